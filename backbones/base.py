@@ -1,0 +1,115 @@
+"""The one interface every latent audio diffusion backbone answers, in the variance-preserving view.
+
+Losses and editors only ever call :meth:`Backbone.predict_noise` and read the schedule
+(:attr:`Backbone.alphas_cumprod`, :meth:`Backbone.add_noise`), so a backbone with a v- or
+EDM-parametrised model converts to ε-prediction inside its adapter, and a toy score function with
+a closed-form ε drops in for tests (the k-diffusion idea of one wrapped call signature).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .conditioning import Conditioning
+
+
+class Backbone(ABC):
+    """A text-conditioned latent audio diffusion model behind one call signature.
+
+    Subclasses set :attr:`family` (a short name used in saved concept files) and
+    :attr:`sample_rate`, and implement the abstract methods. Latents are ``(B, C, T, F)`` or
+    ``(B, C, T)`` tensors with time on axis 2; all public methods take and return float32
+    latents whatever the model's own dtype.
+    """
+
+    family: str
+    sample_rate: int
+
+    # -- schedule ---------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def alphas_cumprod(self) -> Tensor:
+        """ᾱ_t for t = 0 … T−1, float32, shape ``(T,)``, on :attr:`device`."""
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε (DDPM, eq. 4), with ``t`` of shape ``(B,)``."""
+        alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+    # -- model ----------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def denoiser(self) -> nn.Module:
+        """The network whose forward hooks expose self-attention features."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    @abstractmethod
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """Text conditioning for ``len(prompts)`` prompts, unconditional part included (no grad)."""
+
+    @abstractmethod
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor = 1.0,
+    ) -> Tensor:
+        """Classifier-free-guided ε̂ = ε_∅ + g · (ε_y − ε_∅), in one batched denoiser call.
+
+        Args:
+            x_t: noisy latents, ``(B, ...)``.
+            t: integer timesteps, ``(B,)``.
+            cond: conditioning of batch size ``B``.
+            guidance_scale: ``g``, a float or a ``(B,)`` tensor (one per row). ``g == 1`` (for
+                every row) skips the unconditional branch.
+
+        Returns:
+            ε̂ with the shape and dtype of ``x_t``. Differentiable with respect to ``x_t``.
+        """
+
+    # -- audio ----------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        """Latent of a waveform ``(B, channels, samples)`` or ``(B, samples)`` at any rate."""
+
+    @abstractmethod
+    def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
+        """Mono waveform ``(B, samples)`` at :attr:`sample_rate`, cut or padded to ``num_samples``."""
+
+    # -- self-attention geometry ---------------------------------------------------------------
+    @abstractmethod
+    def self_attention_modules(self) -> dict[str, nn.Module]:
+        """The denoiser's self-attention modules by qualified name, in forward order."""
+
+    def feature_grid(self, num_tokens: int, latent_shape: Sequence[int]) -> tuple[int, int]:
+        """(time, frequency) sizes of a self-attention feature map of ``num_tokens`` tokens.
+
+        The default fits 2-D U-Nets that halve both latent axes per level and flatten tokens
+        time-major: the level ``r`` with ``⌈T/2^r⌉ · ⌈F/2^r⌉ == num_tokens``.
+        """
+        time, freq = latent_shape[-2], latent_shape[-1]
+        for level in range(int(math.log2(max(time, freq))) + 1):
+            h, w = math.ceil(time / 2**level), math.ceil(freq / 2**level)
+            if h * w == num_tokens:
+                return h, w
+        raise ValueError(
+            f"{num_tokens} tokens match no resolution level of a latent with (time, frequency) "
+            f"= ({time}, {freq})"
+        )

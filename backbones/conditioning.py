@@ -1,0 +1,91 @@
+"""Text conditioning as data: what a backbone's denoiser needs for a batch of prompts.
+
+A backbone encodes each prompt once (with its unconditional counterpart for classifier-free
+guidance) into a :class:`Conditioning` of batch size 1 and caches it; batches are then built by
+concatenating cached rows, which costs no text-encoder call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _pad_cat(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate along dim 0, zero-padding dim 1 to the longest.
+
+    Sequence fields (token states and their masks) differ in length between prompts. Zero is the
+    right padding for both: a zero mask entry hides the padded token from cross-attention.
+    """
+    if tensors[0].dim() < 2:
+        return torch.cat(list(tensors))
+    length = max(t.shape[1] for t in tensors)
+    padded = []
+    for t in tensors:
+        missing = length - t.shape[1]
+        if missing:
+            # F.pad lists (left, right) pairs from the last dimension backwards; dim 1 is the
+            # (dim() - 2)-th pair.
+            pad = [0, 0] * (t.dim() - 2) + [0, missing]
+            t = F.pad(t, pad)
+        padded.append(t)
+    return torch.cat(padded)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Conditional and unconditional denoiser inputs for a batch of ``B`` prompts.
+
+    Args:
+        cond: keyword arguments of the denoiser for the prompts, each a tensor of shape
+            ``(B, ...)``. Fields whose length (dim 1) varies between prompts must come with a mask
+            field, since rows are zero-padded when concatenated.
+        uncond: the same fields for the unconditional (negative) prompt of each row, ``(B, ...)``.
+    """
+
+    cond: dict[str, Tensor]
+    uncond: dict[str, Tensor]
+
+    def __post_init__(self) -> None:
+        if self.cond.keys() != self.uncond.keys():
+            raise ValueError(
+                f"cond and uncond must have the same fields, got {sorted(self.cond)} "
+                f"and {sorted(self.uncond)}"
+            )
+        sizes = {t.shape[0] for t in (*self.cond.values(), *self.uncond.values())}
+        if len(sizes) != 1:
+            raise ValueError(f"all conditioning fields must share the batch size, got {sizes}")
+
+    def __len__(self) -> int:
+        return next(iter(self.cond.values())).shape[0]
+
+    @classmethod
+    def cat(cls, items: Sequence[Conditioning]) -> Conditioning:
+        """Concatenate conditionings along the batch, padding sequence fields."""
+        if not items:
+            raise ValueError("cannot concatenate an empty list of conditionings")
+        if len(items) == 1:
+            return items[0]
+        keys = items[0].cond.keys()
+        return cls(
+            cond={k: _pad_cat([c.cond[k] for c in items]) for k in keys},
+            uncond={k: _pad_cat([c.uncond[k] for c in items]) for k in keys},
+        )
+
+    def guidance_batch(self) -> dict[str, Tensor]:
+        """Denoiser kwargs for one classifier-free-guidance call: ``[uncond; cond]``, ``(2B, ...)``."""
+        return {k: _pad_cat([self.uncond[k], self.cond[k]]) for k in self.cond}
+
+    def conditional_batch(self) -> dict[str, Tensor]:
+        """Denoiser kwargs for the conditional branch only, ``(B, ...)``."""
+        return dict(self.cond)
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        return Conditioning(
+            cond={k: v.to(device) for k, v in self.cond.items()},
+            uncond={k: v.to(device) for k, v in self.uncond.items()},
+        )

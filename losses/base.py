@@ -1,0 +1,85 @@
+"""What a loss asks of the editor (:class:`NoiseRequest`), what it is given (:class:`LossContext`)
+and what it returns (:class:`LossOutput`).
+
+Losses never call a model themselves: the editor gathers the requests of all losses, removes
+duplicates and evaluates them in as few batched denoiser calls as it can (the diffusers guiders
+idea of declared input predictions).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+LatentRole = Literal["edit", "source"]
+
+
+@dataclass(frozen=True)
+class NoiseRequest:
+    """One classifier-free-guided noise prediction a loss needs at each step.
+
+    Args:
+        latent: ``"edit"`` for x_t (the latent being optimised, noised) or ``"source"`` for
+            x_src_t (the source latent, noised with the same ε and t).
+        prompt: the role of the prompt, a key of the editor's prompts (``"source"``, ``"target"``).
+        guidance_scale: classifier-free guidance scale.
+        model: which model evaluates it (``"base"``; personalised editors add others).
+    """
+
+    latent: LatentRole
+    prompt: str
+    guidance_scale: float
+    model: str = "base"
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """Everything a loss may use at one step, for a batch of ``B`` clips.
+
+    Attributes:
+        t: timesteps, ``(B,)`` integers.
+        alpha_bar: ᾱ_t, ``(B,)``.
+        noise: the ε shared by both latents, shaped like the latent.
+        latent: x, the edited latent (a leaf that requires grad), ``(B, ...)``.
+        noisy_latent: x_t computed from ``latent`` (differentiable), ``(B, ...)``.
+        predictions: the requested noise predictions, each shaped like the latent (no grad).
+    """
+
+    t: Tensor
+    alpha_bar: Tensor
+    noise: Tensor
+    latent: Tensor
+    noisy_latent: Tensor
+    predictions: Mapping[NoiseRequest, Tensor]
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """A loss's contribution at one step, already multiplied by its weight.
+
+    Attributes:
+        value: a detached scalar to log.
+        gradient: a gradient to add to the latent's, shaped like the latent, or ``None``.
+        loss: a differentiable scalar whose gradient reaches the latent, or ``None``.
+    """
+
+    value: Tensor
+    gradient: Tensor | None = None
+    loss: Tensor | None = None
+
+
+class ScoreLoss(ABC):
+    """A loss term of an editor. Subclasses list their :attr:`requests` and implement ``__call__``."""
+
+    requests: tuple[NoiseRequest, ...] = ()
+
+    @abstractmethod
+    def __call__(self, context: LossContext) -> LossOutput: ...
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__

@@ -1,0 +1,30 @@
+"""Timestep weightings w(t) of score-distillation gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TimestepWeighting:
+    """w(t) = scale · (1 − ᾱ_t) (``"1-alpha_bar"``, DreamFusion's choice) or w(t) = scale
+    (``"constant"``).
+
+    The SteerMusic authors use ``scale=2`` for SteerMusic and ``scale=1`` for SteerMusic+.
+    """
+
+    kind: Literal["1-alpha_bar", "constant"] = "1-alpha_bar"
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("1-alpha_bar", "constant"):
+            raise ValueError(f"unknown weighting {self.kind!r}: use '1-alpha_bar' or 'constant'")
+
+    def __call__(self, alpha_bar: Tensor) -> Tensor:
+        """Weights ``(B,)`` for ᾱ_t of shape ``(B,)``."""
+        if self.kind == "constant":
+            return alpha_bar.new_full(alpha_bar.shape, self.scale)
+        return self.scale * (1 - alpha_bar)

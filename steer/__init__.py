@@ -1,0 +1,17 @@
+"""steer: music editing by score distillation (SteerMusic and SteerMusic+)."""
+
+from .audio import Audio, load_audio, save_audio
+from .editor import Editor, EditResult, EditState
+from .recipes import SteerMusic
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Audio",
+    "EditResult",
+    "EditState",
+    "Editor",
+    "SteerMusic",
+    "load_audio",
+    "save_audio",
+]

@@ -1,0 +1,73 @@
+"""Reading and writing audio files (soundfile), with errors that say what went wrong."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A clip: ``waveform`` of shape ``(channels, samples)``, float32 in [-1, 1], at ``sample_rate``."""
+
+    waveform: Tensor
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.waveform.shape[-1] / self.sample_rate
+
+
+def load_audio(path: str | os.PathLike) -> Audio:
+    """Read any format soundfile reads (wav, flac, ogg, …) into an :class:`Audio`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input file not found: {path}")
+    try:
+        data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise ValueError(f"cannot read audio from {path}: {error}") from error
+    if data.shape[0] == 0:
+        raise ValueError(f"audio file is empty: {path}")
+    return Audio(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
+
+
+def save_audio(
+    path: str | os.PathLike,
+    waveform: Tensor,
+    sample_rate: int,
+    *,
+    overwrite: bool = True,
+) -> Path:
+    """Write ``(samples,)`` or ``(channels, samples)`` as 16-bit PCM (or a soundfile format by suffix).
+
+    The file is written to a temporary name and renamed, so an interrupted write never leaves a
+    half file under ``path``. With ``overwrite=False`` an existing file is an error.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"output folder does not exist: {path.parent}")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; choose another name or allow overwriting")
+    data = waveform.detach().float().cpu()
+    if data.dim() == 1:
+        data = data[None]
+    if data.dim() != 2:
+        raise ValueError(f"expected (samples,) or (channels, samples), got {tuple(data.shape)}")
+    data = data.clamp(-1, 1).numpy().T
+    fmt = path.suffix.lstrip(".").upper()
+    if not fmt or not sf.check_format(fmt):
+        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav, .flac or .ogg")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        sf.write(tmp, data, sample_rate, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

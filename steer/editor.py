@@ -1,0 +1,279 @@
+"""The generic score-distillation editing loop.
+
+Each step samples one timestep t and one noise ε per clip, noises the edited latent x and the
+source latent x_src with the SAME (t, ε), evaluates the noise predictions every loss asks for in
+batched calls, adds up the losses' gradients and takes an optimiser step on x (Niu et al.,
+"SteerMusic", section 4.1, generalised to any list of losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from backbones import Backbone
+from losses import LossContext, ScoreLoss
+
+from .audio import Audio
+from .predictions import evaluate_requests, unique_requests
+
+
+@dataclass(frozen=True)
+class EditState:
+    """What a callback sees after each optimiser step.
+
+    Attributes:
+        step: 0-based step index.
+        t: timesteps of this step, ``(B,)``.
+        noise: ε of this step, ``(B, ...)``.
+        latent: x after the step, ``(B, ...)`` (detached).
+        gradient: the total gradient applied to x at this step, ``(B, ...)``.
+        losses: logged value of each loss (detached scalars), by loss name.
+        lr: the learning rate used for this step.
+    """
+
+    step: int
+    t: Tensor
+    noise: Tensor
+    latent: Tensor
+    gradient: Tensor
+    losses: dict[str, Tensor]
+    lr: float
+
+
+@dataclass
+class EditResult:
+    """The outcome of an edit.
+
+    Attributes:
+        latent: the edited latent, ``(B, ...)``.
+        audio: the decoded waveform ``(B, samples)``, or ``None`` when editing latents.
+        sample_rate: sample rate of ``audio``.
+        history: per step, each loss's logged value and their ``"total"``.
+    """
+
+    latent: Tensor
+    audio: Tensor | None
+    sample_rate: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+Prompts = str | Sequence[str]
+
+
+def _prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
+    items = [prompts] * batch if isinstance(prompts, str) else list(prompts)
+    if len(items) != batch:
+        raise ValueError(f"got {len(items)} {role} prompts for {batch} clips")
+    for prompt in items:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the {role} prompt is empty: describe the {role} audio in words")
+    return items
+
+
+class Editor:
+    """Optimise a latent with a weighted sum of score-distillation losses.
+
+    Args:
+        backbone: the diffusion model (the ``"base"`` model of every request).
+        losses: the loss terms; their gradients (already weighted) are summed.
+        steps: optimisation steps.
+        lr: learning rate.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every
+            ``lr_step_size`` steps (StepLR).
+        t_min, t_max: timesteps are drawn uniformly from the integers ``t_min … t_max``
+            (inclusive, out of the backbone's training timesteps).
+        batched: evaluate all predictions of a step in one call per model (see
+            :func:`steer.predictions.evaluate_requests`); ``False`` gives one call per prediction.
+
+    Example:
+        >>> from backbones import load_backbone
+        >>> from losses import DeltaDenoisingScore
+        >>> backbone = load_backbone("tiny")  # random weights: a shape check, not an edit
+        >>> editor = Editor(backbone, losses=[DeltaDenoisingScore(guidance_scale=30)], steps=2)
+        >>> result = editor.edit_latent(torch.zeros(1, 8, 16, 16), source="a piano", target="a violin")
+        >>> result.latent.shape, len(result.history)
+        (torch.Size([1, 8, 16, 16]), 2)
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        losses: Sequence[ScoreLoss],
+        steps: int = 400,
+        lr: float = 0.02,
+        optimizer: str = "sgd",
+        lr_step_size: int = 20,
+        lr_gamma: float = 0.9,
+        t_min: int = 20,
+        t_max: int = 980,
+        batched: bool = True,
+    ) -> None:
+        if not losses:
+            raise ValueError("an editor needs at least one loss")
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        if lr <= 0:
+            raise ValueError(f"the learning rate must be positive, got {lr}")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {optimizer!r}: use 'sgd' or 'adam'")
+        if not 0 <= t_min <= t_max < backbone.num_train_timesteps:
+            raise ValueError(
+                f"need 0 <= t_min <= t_max < {backbone.num_train_timesteps}, got {t_min}, {t_max}"
+            )
+        self.backbone = backbone
+        self.losses = list(losses)
+        self.steps = steps
+        self.lr = lr
+        self.optimizer = optimizer
+        self.lr_step_size = lr_step_size
+        self.lr_gamma = lr_gamma
+        self.t_min = t_min
+        self.t_max = t_max
+        self.batched = batched
+        self.requests = unique_requests(r for loss in self.losses for r in loss.requests)
+        names = [loss.name for loss in self.losses]
+        self.loss_names = [
+            name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
+        ]
+
+    def models(self) -> dict[str, Backbone]:
+        """Backbone by model name used in requests."""
+        return {"base": self.backbone}
+
+    def edit(
+        self,
+        audio: Audio,
+        *,
+        source: Prompts,
+        target: Prompts,
+        seed: int = 0,
+        callback: Callable[[EditState], None] | None = None,
+        progress: bool = False,
+    ) -> EditResult:
+        """Edit a clip (or a batch of equal-length clips) from ``source`` towards ``target``.
+
+        Args:
+            audio: waveform ``(channels, samples)`` (one clip) or ``(B, channels, samples)``.
+            source: the prompt describing the input (one, or one per clip).
+            target: the prompt describing the wanted output.
+            seed: seeds t and ε: the same seed gives the same edit.
+            callback: called with an :class:`EditState` after every step.
+            progress: show a progress bar with the step and the loss.
+
+        Returns:
+            the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
+            the input's duration.
+        """
+        waveform = audio.waveform if audio.waveform.dim() == 3 else audio.waveform[None]
+        latent = self.backbone.encode_audio(waveform, audio.sample_rate)
+        result = self.edit_latent(
+            latent, source=source, target=target, seed=seed, callback=callback, progress=progress
+        )
+        num_samples = round(audio.seconds * self.backbone.sample_rate)
+        with torch.no_grad():
+            result.audio = self.backbone.decode_audio(result.latent, num_samples)
+        return result
+
+    def edit_latent(
+        self,
+        latent: Tensor,
+        *,
+        source: Prompts,
+        target: Prompts,
+        seed: int = 0,
+        callback: Callable[[EditState], None] | None = None,
+        progress: bool = False,
+    ) -> EditResult:
+        """Run the loop on a latent ``(B, ...)``; see :meth:`edit`. ``audio`` is left ``None``."""
+        backbone = self.backbone
+        batch = latent.shape[0]
+        prompts = {
+            "source": backbone.encode_prompt(_prompt_list(source, batch, "source")),
+            "target": backbone.encode_prompt(_prompt_list(target, batch, "target")),
+        }
+        models = self.models()
+        source_latent = latent.detach().float()
+        x = source_latent.clone().requires_grad_(True)
+        optimizer = self._optimizer(x)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        history: list[dict[str, Tensor]] = []
+        x.grad = torch.zeros_like(x)  # the score gradients below are added into it
+
+        bar = tqdm(range(self.steps), desc="editing", disable=not progress, leave=False)
+        for step in bar:
+            t = torch.randint(
+                self.t_min, self.t_max + 1, (batch,), generator=generator, device=x.device
+            )
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            noisy_latent = backbone.add_noise(x, noise, t)
+            predictions = evaluate_requests(
+                self.requests,
+                models=models,
+                latents={
+                    "edit": noisy_latent.detach(),
+                    "source": backbone.add_noise(source_latent, noise, t),
+                },
+                prompts=prompts,
+                t=t,
+                batched=self.batched,
+            )
+            context = LossContext(
+                t=t,
+                alpha_bar=backbone.alphas_cumprod[t],
+                noise=noise,
+                latent=x,
+                noisy_latent=noisy_latent,
+                predictions=predictions,
+            )
+            outputs = [loss(context) for loss in self.losses]
+
+            optimizer.zero_grad(set_to_none=False)
+            differentiable = [o.loss for o in outputs if o.loss is not None]
+            if differentiable:
+                torch.stack(differentiable).sum().backward()
+            # Score-distillation gradients skip the denoiser's Jacobian: adding them to x.grad is
+            # what backpropagating the usual surrogate (grad.detach() * x).sum() would do.
+            for o in outputs:
+                if o.gradient is not None:
+                    x.grad += o.gradient
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+
+            values = dict(zip(self.loss_names, (o.value for o in outputs)))
+            values["total"] = torch.stack(list(values.values())).sum()
+            history.append(values)
+            if progress and (step % 10 == 0 or step == self.steps - 1):
+                bar.set_postfix(loss=f"{values['total'].item():.4g}")
+            if callback is not None:
+                callback(
+                    EditState(
+                        step=step,
+                        t=t,
+                        noise=noise,
+                        latent=x.detach().clone(),
+                        gradient=x.grad.detach().clone(),
+                        losses=values,
+                        lr=lr,
+                    )
+                )
+        bar.close()
+        return EditResult(
+            latent=x.detach(),
+            audio=None,
+            sample_rate=backbone.sample_rate,
+            history=[{k: float(v) for k, v in h.items()} for h in history],
+        )
+
+    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam([x], lr=self.lr)
+        return torch.optim.SGD([x], lr=self.lr)

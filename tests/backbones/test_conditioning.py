@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from backbones import Conditioning
+
+
+def _cond(length: int, value: float) -> Conditioning:
+    return Conditioning(
+        cond={"states": torch.full((1, length, 3), value), "mask": torch.ones(1, length, dtype=torch.long)},
+        uncond={"states": torch.full((1, 2, 3), -value), "mask": torch.ones(1, 2, dtype=torch.long)},
+    )
+
+
+def test_cat_pads_sequences_with_masked_zeros():
+    batch = Conditioning.cat([_cond(2, 1.0), _cond(5, 2.0)])
+    assert len(batch) == 2
+    assert batch.cond["states"].shape == (2, 5, 3)
+    assert batch.cond["mask"].tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch.cond["states"][0, 2:].abs().sum() == 0
+    assert torch.equal(batch.cond["states"][1], torch.full((5, 3), 2.0))
+
+
+def test_guidance_batch_puts_uncond_first_and_pads_across_halves():
+    kwargs = _cond(4, 1.0).guidance_batch()
+    assert kwargs["states"].shape == (2, 4, 3)
+    assert kwargs["states"][0, 0, 0] == -1.0 and kwargs["states"][1, 0, 0] == 1.0
+    assert kwargs["mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_invalid_conditioning_is_rejected():
+    with pytest.raises(ValueError, match="same fields"):
+        Conditioning(cond={"a": torch.zeros(1)}, uncond={"b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="batch size"):
+        Conditioning(cond={"a": torch.zeros(1)}, uncond={"a": torch.zeros(2)})
+    with pytest.raises(ValueError, match="empty"):
+        Conditioning.cat([])

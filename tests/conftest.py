@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny random AudioLDM2 (built once per session) and an analytic backbone
+whose noise prediction is known in closed form."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from backbones import AudioLDM2Backbone, Backbone, Conditioning
+from backbones.tiny import tiny_audioldm2_pipeline
+
+
+class AnalyticBackbone(Backbone):
+    """A backbone whose data distribution for prompt y is a point mass at μ_y.
+
+    Then ε(x_t, y) = (x_t − √ᾱ_t μ_y) / √(1 − ᾱ_t) exactly, the unconditional μ_∅ is 0, and the
+    DDS gradient is w(t) · √ᾱ/√(1−ᾱ) · ((x − x_src) − g (μ_tgt − μ_src)): DDS moves x from x_src
+    along μ_tgt − μ_src, which tests can check without a trained model.
+    """
+
+    family = "analytic"
+    sample_rate = 100
+
+    def __init__(self, shape: Sequence[int] = (2, 6, 4)) -> None:
+        self.shape = tuple(shape)
+        self._denoiser = nn.Linear(1, 1)
+        betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2
+        self._alphas_cumprod = torch.cumprod(1 - betas, 0)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self._alphas_cumprod
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self._denoiser
+
+    def mean(self, prompt: str) -> Tensor:
+        generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+        return torch.randn(self.shape, generator=generator)
+
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        mu = torch.stack([self.mean(p) for p in prompts])
+        return Conditioning(cond={"mu": mu}, uncond={"mu": torch.zeros_like(mu)})
+
+    def predict_noise(self, x_t, t, cond, guidance_scale=1.0):
+        a = self.alphas_cumprod[t].view(-1, *([1] * (x_t.dim() - 1)))
+        g = guidance_scale
+        if isinstance(g, Tensor):
+            g = g.view(-1, *([1] * (x_t.dim() - 1)))
+        mu = g * cond.cond["mu"] + (1 - g) * cond.uncond["mu"]
+        return (x_t - a.sqrt() * mu) / (1 - a).sqrt()
+
+    def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        return waveform.reshape(waveform.shape[0], *self.shape)
+
+    def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
+        return latent.reshape(latent.shape[0], -1)[:, :num_samples]
+
+    def self_attention_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    """One tiny random AudioLDM2 pipeline for the session (treat as read-only)."""
+    return tiny_audioldm2_pipeline(seed=0)
+
+
+@pytest.fixture()
+def tiny_backbone(tiny_pipe) -> AudioLDM2Backbone:
+    """A fresh adapter (empty prompt cache) over the shared tiny pipeline."""
+    return AudioLDM2Backbone.from_pipe(tiny_pipe)
+
+
+@pytest.fixture()
+def analytic_backbone() -> AnalyticBackbone:
+    return AnalyticBackbone()

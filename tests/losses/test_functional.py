@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from losses import TimestepWeighting
+from losses.functional import dds_gradient, sds_gradient
+
+
+def test_dds_gradient_formula_and_nan_handling():
+    eps_t, eps_s = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    w = torch.tensor([0.5, 2.0])
+    grad = dds_gradient(eps_t, eps_s, w)
+    torch.testing.assert_close(grad[0], 0.5 * (eps_t[0] - eps_s[0]))
+    torch.testing.assert_close(grad[1], 2.0 * (eps_t[1] - eps_s[1]))
+    eps_t[0, 0, 0] = float("nan")
+    assert dds_gradient(eps_t, eps_s, w)[0, 0, 0] == 0
+
+
+def test_sds_gradient_formula():
+    eps, noise, w = torch.randn(2, 5), torch.randn(2, 5), torch.tensor([1.0, 3.0])
+    torch.testing.assert_close(sds_gradient(eps, noise, w), w[:, None] * (eps - noise))
+
+
+def test_weighting():
+    alpha_bar = torch.tensor([0.9, 0.1])
+    torch.testing.assert_close(TimestepWeighting(scale=2.0)(alpha_bar), torch.tensor([0.2, 1.8]))
+    torch.testing.assert_close(TimestepWeighting("constant", 3.0)(alpha_bar), torch.tensor([3.0, 3.0]))
+    with pytest.raises(ValueError, match="unknown weighting"):
+        TimestepWeighting("sqrt")

@@ -1,0 +1,78 @@
+"""``steer edit`` with the offline tiny backbone, and its one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from steer.cli import main
+
+
+@pytest.fixture()
+def wav(tmp_path):
+    path = tmp_path / "in.wav"
+    t = np.arange(12000) / 24000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 24000)
+    return path
+
+
+def _edit(*args):
+    return ["edit", *map(str, args), "--backbone", "tiny", "--steps", "2", "--device", "cpu"]
+
+
+def test_edit_writes_a_valid_wav_of_the_input_duration(wav, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    assert main(_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)) == 0
+    data, rate = sf.read(out)
+    assert rate == 16000 and data.shape == (8000,)  # 0.5 s at 16 kHz
+    assert np.isfinite(data).all() and np.abs(data).max() > 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "input file not found"),
+        ("unreadable", "cannot read audio"),
+        ("empty_prompt", "--target is empty"),
+        ("no_folder", "output folder does not exist"),
+        ("exists", "exists; pass --overwrite"),
+    ],
+)
+def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    source, target = "a piano", "a violin"
+    if case == "missing":
+        wav = tmp_path / "nope.wav"
+    elif case == "unreadable":
+        wav.write_bytes(b"RIFF garbage")
+    elif case == "empty_prompt":
+        target = " "
+    elif case == "no_folder":
+        out = tmp_path / "missing" / "out.wav"
+    elif case == "exists":
+        out.write_bytes(b"keep me")
+    assert main(_edit(wav, "--source", source, "--target", target, "-o", out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("steer: error: ") and message in err
+    if case == "exists":
+        assert out.read_bytes() == b"keep me"
+
+
+def test_overwrite_replaces(wav, tmp_path):
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"old")
+    assert main(_edit(wav, "--source", "a", "--target", "b", "-o", out, "--overwrite")) == 0
+    assert sf.info(out).frames == 8000
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "steer.cli", *_edit(tmp_path / "x.wav", "--source", "a", "--target", "b", "-o", tmp_path / "o.wav")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"steer: error: input file not found: {tmp_path / 'x.wav'}"
