@@ -8,3 +8,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# tinysoundfont's metadata requires pyaudio (audio playback), which does not build here and which
+# steer never uses: install the synthesiser alone.
+.venv/bin/python -m pip install --quiet --no-deps "tinysoundfont==0.3.*"

@@ -1,0 +1,80 @@
+"""Atomic file writes: write a temporary file beside the target, then rename it over.
+
+A reader (or a later run's cache check) never sees a half-written file, even if the writer is
+killed; an interrupted write leaves at most a ``.*.tmp`` file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def float_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono 32-bit float WAV bytes: RIFF header, ``fmt`` (IEEE float), ``fact`` and ``data``.
+
+    Written by hand because libsndfile adds a ``PEAK`` chunk holding the time of writing, so the
+    same audio written twice would give different files.
+    """
+    data = np.ascontiguousarray(audio, dtype="<f4").tobytes()
+    n = len(data) // 4
+    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, 4 * sample_rate, 4, 32)  # 3 = IEEE float
+    chunks = (
+        b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"fact"
+        + struct.pack("<II", 4, n)
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def atomic_write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write mono float32 audio as a 32-bit float WAV: bit-exact, and the same audio always
+    gives the same bytes."""
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono (time,) audio, got shape {audio.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(float_wav_bytes(audio, sample_rate))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_valid_wav(path: str | Path, *, frames: int, sample_rate: int) -> bool:
+    """Whether ``path`` is a readable mono float WAV of exactly ``frames`` at ``sample_rate``."""
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, OSError, soundfile.LibsndfileError):
+        return False
+    return (
+        info.frames == frames
+        and info.samplerate == sample_rate
+        and info.channels == 1
+        and info.subtype == "FLOAT"
+    )

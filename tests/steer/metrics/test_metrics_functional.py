@@ -1,0 +1,114 @@
+"""CQT-1 PCC on synthetic tones whose pitches are known, so each number has a reason."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steer.metrics import cqt1_pcc, cqt1_pcc_batch, cqt_top1
+from steer.metrics.functional import _cqt, _pearson
+
+SR = 16000
+
+
+def tones(midi: list[int], *, seconds_each: float = 0.4, sample_rate: int = SR) -> np.ndarray:
+    """A sequence of pure tones, float32."""
+    n = round(seconds_each * sample_rate)
+    t = np.arange(n) / sample_rate
+    return np.concatenate(
+        [0.5 * np.sin(2 * np.pi * 440 * 2 ** ((p - 69) / 12) * t) for p in midi]
+    ).astype(np.float32)
+
+
+MELODY = [60, 64, 67, 72, 69, 65, 62, 71, 60, 76]
+
+
+def expected_bin(midi: int) -> float:
+    return 24 * math.log2(440 * 2 ** ((midi - 69) / 12) / 65)
+
+
+def test_top1_finds_the_pitch_of_a_tone():
+    top = cqt_top1(tones([69], seconds_each=2.0))  # 440 Hz -> bin 24 log2(440/65) = 66.2
+    assert top.dtype == torch.int64
+    assert top.shape == (2 * SR // 512 + 1,)  # centred frames, hop 512
+    assert (top[3:-3] == 66).all()
+
+
+def test_top1_follows_a_melody():
+    top = cqt_top1(tones(MELODY)).numpy()
+    frames_per_note = 0.4 * SR / 512
+    mids = [int((i + 0.5) * frames_per_note) for i in range(len(MELODY))]
+    np.testing.assert_allclose(top[mids], [expected_bin(p) for p in MELODY], atol=0.6)
+
+
+def test_a_clip_with_itself_is_exactly_one():
+    x = tones(MELODY)
+    assert cqt1_pcc(x, x) == 1.0
+
+
+def test_silence_gives_nan():
+    x = tones(MELODY)
+    assert math.isnan(cqt1_pcc(np.zeros_like(x), x))  # a constant top-1 sequence (all bin 0)
+    assert math.isnan(cqt1_pcc(x, np.zeros_like(x)))
+    assert math.isnan(cqt1_pcc(np.zeros_like(x), np.zeros_like(x)))
+
+
+def test_transposition_keeps_the_contour_and_reversal_breaks_it():
+    x = tones(MELODY)
+    fifth_up = tones([p + 7 for p in MELODY])
+    assert cqt1_pcc(x, fifth_up) > 0.99  # Pearson ignores a constant shift of bins
+    assert cqt1_pcc(x, tones(MELODY[::-1])) < 0.0
+    assert abs(cqt1_pcc(x, tones([64, 64, 71, 60, 67, 72, 60, 65, 76, 62]))) < 0.5
+
+
+def test_the_longer_clip_is_cut_to_the_shorter():
+    x = tones(MELODY)
+    longer = np.concatenate([x, np.zeros(3 * SR, np.float32)])  # silence: bin 0, far from all
+    assert cqt1_pcc(x, longer) > 0.99  # 1.0 up to the last frame, which sees the silence
+    assert cqt1_pcc(longer, x) == cqt1_pcc(x, longer)
+
+
+def test_numpy_torch_and_batch_agree():
+    a, b = tones(MELODY), tones(MELODY[::-1])
+    single = cqt1_pcc(a, b)
+    assert cqt1_pcc(torch.from_numpy(a), torch.from_numpy(b)) == single
+    batch = cqt1_pcc_batch(np.stack([a, a, np.zeros_like(a)]), np.stack([b, a, a]))
+    assert batch.shape == (3,) and batch.dtype == torch.float64
+    assert batch[0].item() == pytest.approx(single, abs=1e-12)
+    assert batch[1].item() == 1.0
+    assert math.isnan(batch[2].item())
+
+
+def test_other_sample_rates_are_resampled_to_16k():
+    x16 = tones(MELODY)
+    x44 = tones(MELODY, sample_rate=44100)
+    assert cqt1_pcc(x16, x44, sample_rate=16000) < 1.0  # 44.1 kHz read as 16 kHz: wrong pitches
+    assert cqt_top1(x44, sample_rate=44100).shape == cqt_top1(x16).shape
+    assert cqt1_pcc_batch(x16[None], x16[None]).item() == 1.0
+    top16, top44 = cqt_top1(x16), cqt_top1(x44, sample_rate=44100)
+    assert (top16 == top44).float().mean() > 0.9
+
+
+def test_pearson_matches_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 128, (2, 5, 200))
+    ours = _pearson(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    reference = [np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-12)
+
+
+def test_the_cqt_kernel_is_built_once():
+    assert _cqt(torch.device("cpu")) is _cqt(torch.device("cpu"))
+
+
+def test_bad_shapes_are_refused():
+    x = tones(MELODY)
+    with pytest.raises(ValueError, match="batch"):
+        cqt1_pcc(x[None], x[None])
+    with pytest.raises(ValueError, match="batch"):
+        cqt1_pcc_batch(x, x)
+    with pytest.raises(ValueError, match="shape"):
+        cqt_top1(np.zeros((1, 1, 100), np.float32))
