@@ -9,6 +9,7 @@ import torch
 
 from .audioldm2 import AudioLDM2Backbone
 from .base import Backbone
+from .mel_diffusion import MelDiffusionBackbone
 
 #: Pipeline classes (``model_index.json``'s ``_class_name``) and the adapter that serves each.
 ADAPTERS: dict[str, type[AudioLDM2Backbone]] = {"AudioLDM2Pipeline": AudioLDM2Backbone}
@@ -24,8 +25,9 @@ def load_backbone(
 
     Args:
         name: ``"tiny"`` for a randomly initialised AudioLDM2 built offline (its output is noise;
-            it exists for tests and demos), a folder written by ``save_pretrained``, or a Hub repo
-            id such as ``"cvssp/audioldm2-music"``.
+            it exists for tests and demos), a folder written by ``save_pretrained`` (a diffusers
+            pipeline or a steer mel-diffusion model), or a Hub repo id such as
+            ``"cvssp/audioldm2-music"``.
         torch_dtype: the model weights' dtype (latents stay float32).
         device: where the model runs.
     """
@@ -38,8 +40,13 @@ def load_backbone(
         return AudioLDM2Backbone.from_pipe(pipe.to(device))
     index = Path(name) / "model_index.json"
     if Path(name).is_dir():
+        if (Path(name) / "config.json").is_file() and not index.is_file():
+            return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if not index.is_file():
-            raise ValueError(f"{name} is a folder without model_index.json: not a saved pipeline")
+            raise ValueError(
+                f"{name} is a folder without model_index.json (a diffusers pipeline) or "
+                "config.json (a steer mel-diffusion model)"
+            )
         pipeline = json.loads(index.read_text()).get("_class_name")
         if pipeline not in ADAPTERS:
             raise ValueError(

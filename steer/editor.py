@@ -2,8 +2,8 @@
 
 Each step samples one timestep t and one noise ε per clip, noises the edited latent x and the
 source latent x_src with the SAME (t, ε), evaluates the noise predictions every loss asks for in
-batched calls, adds up the losses' gradients and takes an optimiser step on x (Niu et al.,
-"SteerMusic", section 4.1, generalised to any list of losses).
+batched calls, adds up the losses' gradients and takes an optimiser step on x (Niu et al., 2025,
+"SteerMusic", https://arxiv.org/abs/2504.10826, section 4.1, generalised to any list of losses).
 """
 
 from __future__ import annotations

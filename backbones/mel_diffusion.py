@@ -1,0 +1,218 @@
+"""A small text-to-music diffusion model trained from scratch, behind the :class:`Backbone` interface.
+
+It exists so that edits can be measured on a CPU without downloadable weights (the instrument-swap
+benchmark). It is deliberately plain:
+
+- **latent**: the AudioLDM log-mel (16 kHz, 64 bands, hop 160), standardised and folded 4 × 4
+  into channels (space-to-depth, exactly invertible, no VAE): 2.56 s → ``(B, 16, 64, 16)``, i.e.
+  25 latent frames per second on axis 2 and 16 frequency rows on axis 3, like AudioLDM2's;
+- **denoiser**: a diffusers ``UNet2DConditionModel`` (self-attention ``attn1`` + cross-attention
+  to the prompt in its attention blocks), ε-prediction, the AudioLDM2 noise schedule;
+- **text**: a word-level :class:`~backbones.word_encoder.WordEncoder` trained with it;
+- **vocoder**: Griffin–Lim on the mel pseudo-inverse (:class:`~backbones.griffin_lim.GriffinLimVocoder`).
+
+Weights and config are saved with the Hugging Face Hub mixin (``config.json`` +
+``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from .base import Backbone
+from .conditioning import Conditioning
+from .griffin_lim import GriffinLimVocoder
+from .mel import MelFrontEnd, to_mono
+from .word_encoder import WordEncoder, WordEncoderConfig
+
+
+def default_unet_config(*, channels: int = 16, text_dim: int = 64) -> dict[str, Any]:
+    """The denoiser used for the shipped model: ~3 M parameters, attention below full resolution."""
+    return {
+        "in_channels": channels,
+        "out_channels": channels,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [48, 96, 160],
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "cross_attention_dim": text_dim,
+        "attention_head_dim": 4,
+    }
+
+
+class MelDiffusionModel(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="steer",
+    tags=["audio", "music", "diffusion", "steer"],
+):
+    """The trainable part: denoiser and text encoder, plus the settings that define the latent.
+
+    Args:
+        words: the text vocabulary.
+        text_dim, text_layers: text encoder sizes.
+        unet: ``UNet2DConditionModel`` config (see :func:`default_unet_config`).
+        patch: space-to-depth factor folding the log-mel into latent channels.
+        mel_mean, mel_std: standardisation of the log-mel (training-set statistics).
+        beta_start, beta_end, num_train_timesteps: the scaled-linear noise schedule.
+    """
+
+    def __init__(
+        self,
+        *,
+        words: list[str],
+        text_dim: int = 64,
+        text_layers: int = 2,
+        unet: dict[str, Any] | None = None,
+        patch: int = 4,
+        mel_mean: float = -5.0,
+        mel_std: float = 3.0,
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        unet = unet or default_unet_config(channels=patch * patch, text_dim=text_dim)
+        if unet["in_channels"] != patch * patch:
+            raise ValueError(f"a patch of {patch} needs a UNet with {patch * patch} input channels")
+        self.patch = patch
+        self.mel_mean = mel_mean
+        self.mel_std = mel_std
+        self.text_encoder = WordEncoder(WordEncoderConfig(words=list(words), dim=text_dim, layers=text_layers))
+        self.unet = UNet2DConditionModel(**unet)
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+
+
+class MelDiffusionBackbone(Backbone):
+    """:class:`MelDiffusionModel` as a score function on 16 kHz mono audio.
+
+    Example:
+        >>> backbone = MelDiffusionBackbone(MelDiffusionModel(words=["a", "recording", "of", "flute"]))
+        >>> latent = backbone.encode_audio(torch.zeros(1, 40960), 16000)
+        >>> latent.shape
+        torch.Size([1, 16, 64, 16])
+        >>> backbone.decode_audio(latent).shape
+        torch.Size([1, 40960])
+    """
+
+    family = "mel-diffusion"
+    sample_rate = 16000
+
+    def __init__(self, model: MelDiffusionModel, *, mel: MelFrontEnd = MelFrontEnd()) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.mel = mel
+        self.vocoder = GriffinLimVocoder(mel).to(self.device)
+        self._prompts: dict[str, Conditioning] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        torch_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> MelDiffusionBackbone:
+        """Load a folder (or Hub repo) written by :meth:`save_pretrained`."""
+        try:
+            model = MelDiffusionModel.from_pretrained(str(name_or_path))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({error})") from error
+        return cls(model.to(device=device, dtype=torch_dtype))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.model.save_pretrained(path)
+
+    # -- schedule and model ------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.model.alphas_cumprod
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.model.unet
+
+    # -- conditioning ------------------------------------------------------------------------
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """Word-encoder states ``(B, L, text_dim)`` and mask ``(B, L)``; ``""`` is unconditional."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for prompt in prompts:
+            if prompt not in self._prompts:
+                unknown = self.model.text_encoder.unknown_words(prompt)
+                if unknown:
+                    warnings.warn(
+                        f"words outside this model's vocabulary are read as <unk>: {unknown}",
+                        stacklevel=2,
+                    )
+                self._prompts[prompt] = Conditioning(
+                    cond=self._encode([prompt]), uncond=self._encode([""])
+                )
+        return Conditioning.cat([self._prompts[p] for p in prompts])
+
+    @torch.no_grad()
+    def _encode(self, prompts: Sequence[str]) -> dict[str, Tensor]:
+        encoder = self.model.text_encoder
+        ids, mask = encoder.tokenize(prompts)
+        return {"encoder_hidden_states": encoder(ids, mask), "encoder_attention_mask": mask}
+
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor = 1.0,
+    ) -> Tensor:
+        unet = self.model.unet
+        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1:
+            return unet(x_t.to(unet.dtype), t, **cond.conditional_batch()).sample.to(x_t.dtype)
+        out = unet(
+            torch.cat([x_t, x_t]).to(unet.dtype), torch.cat([t, t]), **cond.guidance_batch()
+        ).sample.to(x_t.dtype)
+        eps_uncond, eps_cond = out.chunk(2)
+        if isinstance(guidance_scale, Tensor):
+            guidance_scale = guidance_scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    # -- audio ---------------------------------------------------------------------------------
+    def mel_to_latent(self, log_mel: Tensor) -> Tensor:
+        """``(B, 1, frames, 64)`` log-mel → ``(B, patch², frames / patch, 64 / patch)``."""
+        m = self.model
+        missing = -log_mel.shape[2] % m.patch
+        log_mel = F.pad(log_mel, (0, 0, 0, missing), value=self.mel.silence())
+        return F.pixel_unshuffle((log_mel - m.mel_mean) / m.mel_std, m.patch)
+
+    def latent_to_mel(self, latent: Tensor) -> Tensor:
+        """Inverse of :meth:`mel_to_latent`, ``(B, 1, frames, 64)``."""
+        m = self.model
+        return F.pixel_shuffle(latent.float(), m.patch) * m.mel_std + m.mel_mean
+
+    def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
+        if waveform.shape[-1] < self.mel.n_fft:
+            raise ValueError(
+                f"audio is too short: {waveform.shape[-1]} samples at {self.sample_rate} Hz, "
+                f"need at least {self.mel.n_fft}"
+            )
+        return self.mel_to_latent(self.mel(self.mel.normalize(waveform)))
+
+    def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
+        if num_samples is None:
+            num_samples = latent.shape[2] * self.model.patch * self.mel.hop_length
+        waveform = self.vocoder(self.latent_to_mel(latent).squeeze(1))
+        waveform = F.pad(waveform, (0, max(0, num_samples - waveform.shape[-1])))
+        return waveform[..., :num_samples]
+
+    # -- geometry ------------------------------------------------------------------------------
+    def self_attention_modules(self) -> dict[str, nn.Module]:
+        return {n: m for n, m in self.model.unet.named_modules() if n.endswith(".attn1")}

@@ -1,0 +1,84 @@
+"""A small word-level text encoder for backbones trained from scratch on a closed vocabulary.
+
+Prompts are lower-cased and split on whitespace and punctuation; each word maps to an embedding
+(unknown words to ``<unk>``, with a warning from the backbone), a learned position is added and a
+small Transformer encoder mixes them. The empty prompt encodes to ``<bos> <eos>``, the
+unconditional input of classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+
+
+def split_words(prompt: str) -> list[str]:
+    """Lower-cased words of a prompt: ``"A recording of a Violin."`` → ``["a", "recording", …]``."""
+    return re.findall(r"[a-z0-9\[\]<>_']+", prompt.lower())
+
+
+@dataclass
+class WordEncoderConfig:
+    """Settings of :class:`WordEncoder` (saved as JSON next to its weights)."""
+
+    words: list[str] = field(default_factory=list)
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    max_words: int = 16
+
+
+class WordEncoder(nn.Module):
+    """Word embeddings + positions + a Transformer encoder.
+
+    Args:
+        config: vocabulary (special tokens are added in front) and sizes.
+
+    Shapes: :meth:`tokenize` gives ids and a mask ``(B, L)``; :meth:`forward` maps them to states
+    ``(B, L, dim)``.
+    """
+
+    def __init__(self, config: WordEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vocabulary = {w: i for i, w in enumerate((*SPECIAL_TOKENS, *config.words))}
+        if len(self.vocabulary) != len(SPECIAL_TOKENS) + len(config.words):
+            raise ValueError("the word list has duplicates or special tokens")
+        self.embed = nn.Embedding(len(self.vocabulary), config.dim)
+        self.position = nn.Parameter(torch.zeros(config.max_words + 2, config.dim))
+        layer = nn.TransformerEncoderLayer(
+            config.dim, config.heads, 4 * config.dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        return [w for w in split_words(prompt) if w not in self.vocabulary]
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token ids and attention mask (1 = word), both ``(B, L)`` with L the longest + 2."""
+        rows = []
+        for prompt in prompts:
+            words = split_words(prompt)[: self.config.max_words]
+            unk = self.vocabulary["<unk>"]
+            rows.append(
+                [self.vocabulary["<bos>"], *(self.vocabulary.get(w, unk) for w in words), self.vocabulary["<eos>"]]
+            )
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return ids.to(self.embed.weight.device), mask.to(self.embed.weight.device)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        h = self.embed(ids) + self.position[: ids.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=mask == 0)
+        return self.norm(h) * mask[..., None]

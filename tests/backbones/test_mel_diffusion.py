@@ -1,0 +1,82 @@
+"""The small mel-diffusion backbone: latent transform, guidance, vocoder, saving and loading."""
+
+import json
+
+import pytest
+import torch
+
+from backbones import MelFrontEnd, load_backbone
+from backbones.griffin_lim import GriffinLimVocoder
+from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel, default_unet_config
+
+WORDS = ["a", "recording", "of", "flute", "violin"]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> MelDiffusionBackbone:
+    torch.manual_seed(0)
+    unet = default_unet_config()
+    unet.update(block_out_channels=[16, 16, 32], norm_num_groups=8)
+    return MelDiffusionBackbone(MelDiffusionModel(words=WORDS, unet=unet, mel_mean=-4.0, mel_std=2.5))
+
+
+def test_latent_transform_is_exactly_invertible(backbone):
+    log_mel = torch.randn(2, 1, 64, 64) * 3 - 4
+    latent = backbone.mel_to_latent(log_mel)
+    assert latent.shape == (2, 16, 16, 16)
+    torch.testing.assert_close(backbone.latent_to_mel(latent), log_mel)
+    # the time axis of the latent is axis 2: frames 4k..4k+3 fold into latent frame k
+    edited = log_mel.clone()
+    edited[:, :, 8:12] += 1
+    changed = (backbone.mel_to_latent(edited) != latent).any(dim=(0, 1, 3))
+    assert changed.nonzero().flatten().tolist() == [2]
+
+
+def test_encode_audio_standardises_and_pads(backbone):
+    latent = backbone.encode_audio(torch.randn(1, 2, 16300) * 0.1, 16000)  # 101 frames → 104
+    assert latent.shape == (1, 16, 26, 16)
+    silence = (MelFrontEnd().silence() - (-4.0)) / 2.5
+    padded = backbone.latent_to_mel(latent)[0, 0, 101:]
+    torch.testing.assert_close(padded, torch.full_like(padded, MelFrontEnd().silence()))
+    assert latent.min() >= silence - 1e-5
+
+
+def test_guidance_and_unknown_words(backbone):
+    x, t = torch.randn(1, 16, 16, 16), torch.tensor([300])
+    cond = backbone.encode_prompt(["a recording of a flute"])
+    eps_c = backbone.predict_noise(x, t, cond, 1.0)
+    eps_u = backbone.predict_noise(x, t, backbone.encode_prompt([""]), 1.0)
+    torch.testing.assert_close(
+        backbone.predict_noise(x, t, cond, 4.0), eps_u + 4.0 * (eps_c - eps_u), rtol=1e-5, atol=1e-5
+    )
+    with pytest.warns(UserWarning, match=r"vocabulary are read as <unk>: \['banjo'\]"):
+        backbone.encode_prompt(["a recording of a banjo"])
+
+
+def test_griffin_lim_keeps_the_pitch():
+    mel = MelFrontEnd()
+    t = torch.arange(16000) / 16000
+    tone = 0.5 * torch.sin(2 * torch.pi * 440 * t)[None]
+    waveform = GriffinLimVocoder(mel)(mel(tone).squeeze(1))
+    assert waveform.shape == (1, 16000)
+    spectrum = torch.fft.rfft(waveform[0, 2000:14000]).abs()
+    peak_hz = spectrum.argmax().item() * 16000 / 12000
+    assert abs(peak_hz - 440) < 10
+
+
+def test_save_and_load_round_trip(backbone, tmp_path):
+    backbone.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["words"] == WORDS and config["mel_std"] == 2.5
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    loaded = load_backbone(str(tmp_path / "m"))
+    assert isinstance(loaded, MelDiffusionBackbone)
+    for (name, a), b in zip(backbone.model.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    x, t = torch.randn(1, 16, 8, 16), torch.tensor([10])
+    torch.testing.assert_close(
+        loaded.predict_noise(x, t, loaded.encode_prompt(["a recording of a violin"]), 3.0),
+        backbone.predict_noise(x, t, backbone.encode_prompt(["a recording of a violin"]), 3.0),
+        rtol=0,
+        atol=0,
+    )
