@@ -1,6 +1,7 @@
 """steer: music editing by score distillation (SteerMusic and SteerMusic+)."""
 
 from .audio import Audio, load_audio, save_audio
+from .baselines import DDIMInversion, SDEdit
 from .editor import Editor, EditResult, EditState
 from .recipes import SteerMusic
 
@@ -8,9 +9,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Audio",
+    "DDIMInversion",
     "EditResult",
     "EditState",
     "Editor",
+    "SDEdit",
     "SteerMusic",
     "load_audio",
     "save_audio",

@@ -8,8 +8,10 @@ batched calls, adds up the losses' gradients and takes an optimiser step on x (N
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,7 +67,8 @@ class EditResult:
 Prompts = str | Sequence[str]
 
 
-def _prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
+def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
+    """One non-empty prompt per clip (a single string is repeated); a clear error otherwise."""
     items = [prompts] * batch if isinstance(prompts, str) else list(prompts)
     if len(items) != batch:
         raise ValueError(f"got {len(items)} {role} prompts for {batch} clips")
@@ -75,7 +78,64 @@ def _prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
     return items
 
 
-class Editor:
+class LatentEditor(ABC):
+    """An editor of latents with the audio boundary around it.
+
+    Subclasses set :attr:`backbone` and implement :meth:`edit_latent`; :meth:`edit` encodes the
+    audio, edits the latent and decodes to the input's duration, the same for every method.
+    """
+
+    backbone: Backbone
+
+    @abstractmethod
+    def edit_latent(
+        self,
+        latent: Tensor,
+        *,
+        source: Prompts,
+        target: Prompts,
+        seed: int = 0,
+        callback: Callable[[Any], None] | None = None,
+        progress: bool = False,
+    ) -> EditResult:
+        """Edit a latent ``(B, ...)``; ``audio`` of the result is left ``None``."""
+
+    def edit(
+        self,
+        audio: Audio,
+        *,
+        source: Prompts,
+        target: Prompts,
+        seed: int = 0,
+        callback: Callable[[Any], None] | None = None,
+        progress: bool = False,
+    ) -> EditResult:
+        """Edit a clip (or a batch of equal-length clips) from ``source`` towards ``target``.
+
+        Args:
+            audio: waveform ``(channels, samples)`` (one clip) or ``(B, channels, samples)``.
+            source: the prompt describing the input (one, or one per clip).
+            target: the prompt describing the wanted output.
+            seed: seeds the method's randomness: the same seed gives the same edit.
+            callback: called with the method's state after every step.
+            progress: show a progress bar.
+
+        Returns:
+            the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
+            the input's duration.
+        """
+        waveform = audio.waveform if audio.waveform.dim() == 3 else audio.waveform[None]
+        latent = self.backbone.encode_audio(waveform, audio.sample_rate)
+        result = self.edit_latent(
+            latent, source=source, target=target, seed=seed, callback=callback, progress=progress
+        )
+        num_samples = round(audio.seconds * self.backbone.sample_rate)
+        with torch.no_grad():
+            result.audio = self.backbone.decode_audio(result.latent, num_samples)
+        return result
+
+
+class Editor(LatentEditor):
     """Optimise a latent with a weighted sum of score-distillation losses.
 
     Args:
@@ -147,40 +207,6 @@ class Editor:
         """Backbone by model name used in requests."""
         return {"base": self.backbone}
 
-    def edit(
-        self,
-        audio: Audio,
-        *,
-        source: Prompts,
-        target: Prompts,
-        seed: int = 0,
-        callback: Callable[[EditState], None] | None = None,
-        progress: bool = False,
-    ) -> EditResult:
-        """Edit a clip (or a batch of equal-length clips) from ``source`` towards ``target``.
-
-        Args:
-            audio: waveform ``(channels, samples)`` (one clip) or ``(B, channels, samples)``.
-            source: the prompt describing the input (one, or one per clip).
-            target: the prompt describing the wanted output.
-            seed: seeds t and ε: the same seed gives the same edit.
-            callback: called with an :class:`EditState` after every step.
-            progress: show a progress bar with the step and the loss.
-
-        Returns:
-            the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
-            the input's duration.
-        """
-        waveform = audio.waveform if audio.waveform.dim() == 3 else audio.waveform[None]
-        latent = self.backbone.encode_audio(waveform, audio.sample_rate)
-        result = self.edit_latent(
-            latent, source=source, target=target, seed=seed, callback=callback, progress=progress
-        )
-        num_samples = round(audio.seconds * self.backbone.sample_rate)
-        with torch.no_grad():
-            result.audio = self.backbone.decode_audio(result.latent, num_samples)
-        return result
-
     def edit_latent(
         self,
         latent: Tensor,
@@ -191,12 +217,15 @@ class Editor:
         callback: Callable[[EditState], None] | None = None,
         progress: bool = False,
     ) -> EditResult:
-        """Run the loop on a latent ``(B, ...)``; see :meth:`edit`. ``audio`` is left ``None``."""
+        """Run the loop on a latent ``(B, ...)``; ``callback`` gets an :class:`EditState` per step.
+
+        ``audio`` of the result is left ``None`` (:meth:`edit` fills it).
+        """
         backbone = self.backbone
         batch = latent.shape[0]
         prompts = {
-            "source": backbone.encode_prompt(_prompt_list(source, batch, "source")),
-            "target": backbone.encode_prompt(_prompt_list(target, batch, "target")),
+            "source": backbone.encode_prompt(prompt_list(source, batch, "source")),
+            "target": backbone.encode_prompt(prompt_list(target, batch, "target")),
         }
         models = self.models()
         source_latent = latent.detach().float()

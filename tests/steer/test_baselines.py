@@ -1,0 +1,174 @@
+"""SDEdit and DDIM-inversion editing: closed forms on the analytic backbone, the Editor's call
+surface on the tiny AudioLDM2."""
+
+import pytest
+import torch
+
+from steer import Audio
+from steer.baselines import DDIMInversion, SDEdit
+from steer.sampling import ddim_timesteps
+
+
+def _randn(*shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _record(states):
+    return lambda state: states.append(state)
+
+
+def _level(backbone, t):
+    """(√ᾱ_t, √(1 − ᾱ_t))"""
+    a = backbone.alphas_cumprod[t]
+    return a.sqrt(), (1 - a).sqrt()
+
+
+# -- SDEdit ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps, strength", [(1000, 1e-3), (50, 0.02), (50, 0.5), (50, 1.0)])
+def test_sdedit_keeps_the_share_of_the_source_its_strength_says(analytic_backbone, steps, strength):
+    """Noised to τ and denoised towards a point mass μ, the source s survives with weight
+    √(1−ᾱ_0) √ᾱ_τ / √(1−ᾱ_τ): two sources edited with the same seed differ by that times s1 − s2."""
+    backbone = analytic_backbone
+    editor = SDEdit(backbone, steps=steps, strength=strength, guidance_scale=1.0)
+    s1, s2 = _randn(1, 2, 6, 4, seed=1), _randn(1, 2, 6, 4, seed=2)
+    kwargs = {"source": "a piano", "target": "a flute", "seed": 7}
+    out1 = editor.edit_latent(s1, **kwargs).latent
+    out2 = editor.edit_latent(s2, **kwargs).latent
+
+    tau = ddim_timesteps(steps, strength=strength)[0]
+    (_, sigma_0), (sqrt_a, sigma) = _level(backbone, 0), _level(backbone, tau)
+    kept = sigma_0 * sqrt_a / sigma
+    torch.testing.assert_close(out1 - out2, kept * (s1 - s2), rtol=0, atol=1e-4)
+
+    mu = backbone.mean("a flute")
+    if strength < 0.01:  # τ = 0: (nearly) the source, up to the noise left at level ᾱ_0
+        assert kept > 0.99 and (out1 - s1).abs().max() < 0.2
+    if strength == 1:  # τ = 981: the source is forgotten, the target's mean is reached
+        assert kept < 0.01 and (out1 - mu).abs().max() < 0.2 and (out2 - mu).abs().max() < 0.2
+
+
+def test_sdedit_moves_further_from_the_source_as_strength_grows(analytic_backbone):
+    source = _randn(1, 2, 6, 4, seed=1)
+    distances = []
+    for strength in (1e-3, 0.01, 0.1, 0.5, 1.0):
+        editor = SDEdit(analytic_backbone, steps=1000, strength=strength)
+        edited = editor.edit_latent(source, source="a piano", target="a flute").latent
+        distances.append((edited - source).norm().item())
+    assert distances == sorted(distances) and distances[0] < 0.1 * distances[-1]
+
+
+def test_sdedit_seed_is_reproducible(analytic_backbone):
+    editor = SDEdit(analytic_backbone, steps=20)
+    source = _randn(2, 2, 6, 4)
+    kwargs = {"source": "a piano", "target": "a flute"}
+    a = editor.edit_latent(source, seed=1, **kwargs).latent
+    b = editor.edit_latent(source, seed=1, **kwargs).latent
+    c = editor.edit_latent(source, seed=2, **kwargs).latent
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+# -- DDIM inversion ----------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_inversion_with_the_same_prompt_returns_the_source(analytic_backbone, steps):
+    editor = DDIMInversion(
+        analytic_backbone, steps=steps, guidance_scale_inversion=1.0, guidance_scale=1.0
+    )
+    source = _randn(2, 2, 6, 4)
+    result = editor.edit_latent(source, source="a piano", target="a piano")
+    torch.testing.assert_close(result.latent, source, rtol=0, atol=1e-4)
+    assert result.audio is None and result.history == []
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.3])
+def test_ddim_inversion_translates_by_the_guided_mean_difference(analytic_backbone, strength):
+    """Inverted with g_src μ_src and sampled with g μ_tgt, a point-mass model moves the source by
+    (g μ_tgt − g_src μ_src) (√ᾱ_0 − √(1−ᾱ_0) √ᾱ_T / √(1−ᾱ_T)): here with the default guidances."""
+    backbone = analytic_backbone
+    editor = DDIMInversion(backbone, steps=20, strength=strength)
+    assert (editor.guidance_scale_inversion, editor.guidance_scale) == (3.0, 12.0)
+    source = _randn(1, 2, 6, 4)
+    edited = editor.edit_latent(source, source="a piano", target="a flute").latent
+
+    (sqrt_a0, sigma_0) = _level(backbone, 0)
+    (sqrt_aT, sigma_T) = _level(backbone, ddim_timesteps(20, strength=strength)[0])
+    shift = 12.0 * backbone.mean("a flute") - 3.0 * backbone.mean("a piano")
+    expected = source + shift * (sqrt_a0 - sigma_0 * sqrt_aT / sigma_T)
+    torch.testing.assert_close(edited, expected, rtol=0, atol=1e-3)
+
+
+def test_ddim_inversion_rows_keep_their_own_prompts(analytic_backbone):
+    editor = DDIMInversion(
+        analytic_backbone, steps=10, guidance_scale_inversion=1, guidance_scale=1
+    )
+    source = _randn(2, 2, 6, 4)
+    edited = editor.edit_latent(
+        source, source=["a piano", "a piano"], target=["a piano", "a flute"]
+    )
+    torch.testing.assert_close(edited.latent[0], source[0], rtol=0, atol=1e-4)
+    assert (edited.latent[1] - source[1]).abs().max() > 0.5
+
+
+def test_ddim_inversion_callback_sees_inversion_then_sampling(analytic_backbone):
+    states = []
+    DDIMInversion(analytic_backbone, steps=5).edit_latent(
+        _randn(1, 2, 6, 4), source="a piano", target="a flute", callback=_record(states)
+    )
+    timesteps = ddim_timesteps(5).tolist()
+    assert [s.step for s in states] == list(range(10))
+    assert [int(s.t[0]) for s in states] == [0, *timesteps[::-1][:-1], *timesteps]
+
+
+# -- the Editor's call surface on the tiny AudioLDM2 -------------------------------------------
+BASELINES = [
+    pytest.param(lambda backbone: SDEdit(backbone, steps=4), id="sdedit"),
+    pytest.param(lambda backbone: DDIMInversion(backbone, steps=2), id="ddim-inversion"),
+]
+
+
+@pytest.mark.parametrize("make", BASELINES)
+def test_edit_audio_returns_audio_of_the_input_duration(tiny_backbone, make):
+    audio = Audio(torch.randn(2, 22050, generator=torch.Generator().manual_seed(0)) * 0.1, 22050)
+    result = make(tiny_backbone).edit(audio, source="a piano", target="a violin")
+    assert result.audio.shape == (1, 16000) and result.sample_rate == 16000
+    assert result.latent.shape == (1, 8, 25, 16) and torch.isfinite(result.audio).all()
+
+
+@pytest.mark.parametrize("make", BASELINES)
+def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
+    editor = make(tiny_backbone)
+    waveform = torch.randn(1, 1, 10240, generator=torch.Generator().manual_seed(0))
+    latent = tiny_backbone.encode_audio(waveform, 16000)
+    a = editor.edit_latent(latent, source="a piano", target="a violin", seed=1).latent
+    b = editor.edit_latent(latent, source="a piano", target="a violin", seed=1).latent
+    c = editor.edit_latent(latent, source="a piano", target="a drum", seed=1).latent
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    other_seed = editor.edit_latent(latent, source="a piano", target="a violin", seed=2).latent
+    # SDEdit's seed draws the noise added to the source; DDIM inversion is deterministic
+    assert torch.equal(a, other_seed) == isinstance(editor, DDIMInversion)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda b: SDEdit(b, strength=0.0), r"strength must be in \(0, 1\]"),
+        (lambda b: SDEdit(b, strength=1.5), r"strength must be in \(0, 1\]"),
+        (lambda b: SDEdit(b, steps=0), r"steps must be in \[1, 1000\]"),
+        (lambda b: DDIMInversion(b, steps=1001), r"steps must be in \[1, 1000\]"),
+        (lambda b: DDIMInversion(b, strength=-0.1), r"strength must be in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_are_clear_errors(analytic_backbone, make, match):
+    with pytest.raises(ValueError, match=match):
+        make(analytic_backbone)
+
+
+@pytest.mark.parametrize("make", BASELINES)
+def test_bad_prompts_are_clear_errors(analytic_backbone, make):
+    editor = make(analytic_backbone)
+    latent = _randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match="target prompt is empty"):
+        editor.edit_latent(latent, source="a piano", target="  ")
+    with pytest.raises(ValueError, match="source prompt is empty"):
+        editor.edit_latent(latent, source="", target="a flute")
+    with pytest.raises(ValueError, match="got 2 source prompts for 1 clips"):
+        editor.edit_latent(latent, source=["a", "b"], target="c")
