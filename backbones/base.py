@@ -82,7 +82,16 @@ class Backbone(ABC):
 
         Returns:
             ε̂ with the shape and dtype of ``x_t``. Differentiable with respect to ``x_t``.
+
+        The denoiser sees the rows ``[unconditional (B); conditional (B)]`` in one batch, or only
+        the conditional rows when ``g == 1`` (see :meth:`conditional_rows`); hooks rely on it.
         """
+
+    @staticmethod
+    def conditional_rows(batch: int, guidance_scale: float | Tensor) -> slice:
+        """Rows of the denoiser batch that hold the conditional branch of a ``predict_noise`` call."""
+        unguided = isinstance(guidance_scale, (int, float)) and guidance_scale == 1
+        return slice(0, batch) if unguided else slice(batch, 2 * batch)
 
     # -- audio ----------------------------------------------------------------------------------
     @abstractmethod

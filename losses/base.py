@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 LatentRole = Literal["edit", "source"]
@@ -37,6 +38,22 @@ class NoiseRequest:
 
 
 @dataclass(frozen=True)
+class FeatureRequest:
+    """Self-attention features a loss reads from the denoiser call that answers ``request``.
+
+    Args:
+        request: the prediction whose call is observed; its conditional branch is kept.
+        layers: regular expression selecting modules among the model's self-attention modules
+            (``Backbone.self_attention_modules``), e.g. ``r"^up_blocks"``.
+        grad: keep the graph back to the edited latent (the call then runs with gradients).
+    """
+
+    request: NoiseRequest
+    layers: str
+    grad: bool = False
+
+
+@dataclass(frozen=True)
 class LossContext:
     """Everything a loss may use at one step, for a batch of ``B`` clips.
 
@@ -47,6 +64,8 @@ class LossContext:
         latent: x, the edited latent (a leaf that requires grad), ``(B, ...)``.
         noisy_latent: x_t computed from ``latent`` (differentiable), ``(B, ...)``.
         predictions: the requested noise predictions, each shaped like the latent (no grad).
+        features: for each feature request, module name → features ``(B, T, F, C)``.
+        generator: the editor's seeded generator, for losses that sample.
     """
 
     t: Tensor
@@ -55,6 +74,8 @@ class LossContext:
     latent: Tensor
     noisy_latent: Tensor
     predictions: Mapping[NoiseRequest, Tensor]
+    features: Mapping[FeatureRequest, Mapping[str, Tensor]]
+    generator: torch.Generator
 
 
 @dataclass(frozen=True)
@@ -73,9 +94,11 @@ class LossOutput:
 
 
 class ScoreLoss(ABC):
-    """A loss term of an editor. Subclasses list their :attr:`requests` and implement ``__call__``."""
+    """A loss term of an editor. Subclasses list their :attr:`requests` (and
+    :attr:`feature_requests`) and implement ``__call__``."""
 
     requests: tuple[NoiseRequest, ...] = ()
+    feature_requests: tuple[FeatureRequest, ...] = ()
 
     @abstractmethod
     def __call__(self, context: LossContext) -> LossOutput: ...

@@ -40,3 +40,52 @@ def dds_gradient(eps_target: Tensor, eps_source: Tensor, weight: Tensor) -> Tens
         weight: w(t), ``(B,)``.
     """
     return torch.nan_to_num(_per_sample(weight, eps_target) * (eps_target - eps_source), nan=0.0)
+
+
+def time_columns(features: Tensor) -> Tensor:
+    """Unit vectors of each time position: ``(B, T, F, C) → (B, T, F·C)``.
+
+    Each (time, frequency) feature is L2-normalised over channels, then the frequency column is
+    flattened and scaled by 1/√F, so the dot product of two columns is the mean over frequency
+    of the per-position cosine similarities (1 for identical columns).
+    """
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    return unit.flatten(2) / unit.shape[2] ** 0.5
+
+
+def patch_nce(
+    query: Tensor,
+    reference: Tensor,
+    *,
+    tau: float = 0.07,
+    num_positions: int | None = 256,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """PatchNCE along time (Nam et al., 2024, "Contrastive Denoising Score"; SteerMusic eq. 9).
+
+    For each sampled time position t', the query column h^{t'} should match the reference column
+    at the same position (positive) rather than at any other sampled position (negatives):
+    ``−log softmax_j(h^{t'} · h_ref^{j} / τ)[t']``, averaged over positions and the batch.
+
+    Args:
+        query: features ``(B, T, F, C)`` (gradients flow through them).
+        reference: features ``(B, T, F, C)`` at the same resolution (detached inside).
+        tau: temperature τ > 0.
+        num_positions: time positions sampled per clip (all if ``None`` or ≥ T).
+        generator: seeds the sampling.
+
+    Returns:
+        a scalar loss.
+    """
+    if query.shape != reference.shape:
+        raise ValueError(f"query {tuple(query.shape)} and reference {tuple(reference.shape)} differ")
+    q, r = time_columns(query), time_columns(reference.detach())
+    positions = q.shape[1]
+    if num_positions is not None and num_positions < positions:
+        device = generator.device if generator is not None else q.device
+        index = torch.randperm(positions, generator=generator, device=device)[:num_positions]
+        index = index.to(q.device)
+        q, r = q[:, index], r[:, index]
+    logits = q @ r.transpose(1, 2) / tau  # (B, P, P): query position × reference position
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())

@@ -3,7 +3,7 @@
 from .audio import Audio, load_audio, save_audio
 from .baselines import DDIMInversion, SDEdit
 from .editor import Editor, EditResult, EditState
-from .recipes import SteerMusic
+from .recipes import SteerMusic, SteerMusicPlus
 
 __version__ = "0.1.0"
 
@@ -15,6 +15,7 @@ __all__ = [
     "Editor",
     "SDEdit",
     "SteerMusic",
+    "SteerMusicPlus",
     "load_audio",
     "save_audio",
 ]

@@ -21,7 +21,7 @@ from backbones import Backbone
 from losses import LossContext, ScoreLoss
 
 from .audio import Audio
-from .predictions import evaluate_requests, unique_requests
+from .predictions import evaluate_requests, unique
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ class Editor(LatentEditor):
         self.t_min = t_min
         self.t_max = t_max
         self.batched = batched
-        self.requests = unique_requests(r for loss in self.losses for r in loss.requests)
+        self.requests = unique(r for loss in self.losses for r in loss.requests)
+        self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
         names = [loss.name for loss in self.losses]
         self.loss_names = [
             name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
@@ -206,6 +207,10 @@ class Editor(LatentEditor):
     def models(self) -> dict[str, Backbone]:
         """Backbone by model name used in requests."""
         return {"base": self.backbone}
+
+    def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:
+        """Prompts by role (one per clip) that requests may name; recipes add roles."""
+        return {"source": source, "target": target}
 
     def edit_latent(
         self,
@@ -223,11 +228,17 @@ class Editor(LatentEditor):
         """
         backbone = self.backbone
         batch = latent.shape[0]
-        prompts = {
-            "source": backbone.encode_prompt(prompt_list(source, batch, "source")),
-            "target": backbone.encode_prompt(prompt_list(target, batch, "target")),
-        }
+        texts = self.prompt_roles(
+            prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
+        )
         models = self.models()
+        prompts = {
+            model: {
+                role: models[model].encode_prompt(texts[role])
+                for role in unique(r.prompt for r in self.requests if r.model == model)
+            }
+            for model in unique(r.model for r in self.requests)
+        }
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
         optimizer = self._optimizer(x)
@@ -243,15 +254,13 @@ class Editor(LatentEditor):
             )
             noise = torch.randn(x.shape, generator=generator, device=x.device)
             noisy_latent = backbone.add_noise(x, noise, t)
-            predictions = evaluate_requests(
+            predictions, features = evaluate_requests(
                 self.requests,
                 models=models,
-                latents={
-                    "edit": noisy_latent.detach(),
-                    "source": backbone.add_noise(source_latent, noise, t),
-                },
+                latents={"edit": noisy_latent, "source": backbone.add_noise(source_latent, noise, t)},
                 prompts=prompts,
                 t=t,
+                features=self.feature_requests,
                 batched=self.batched,
             )
             context = LossContext(
@@ -261,6 +270,8 @@ class Editor(LatentEditor):
                 latent=x,
                 noisy_latent=noisy_latent,
                 predictions=predictions,
+                features=features,
+                generator=generator,
             )
             outputs = [loss(context) for loss in self.losses]
 

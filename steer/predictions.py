@@ -1,66 +1,118 @@
-"""Evaluate the noise predictions that losses request, in as few denoiser calls as possible."""
+"""Evaluate the noise predictions (and features) that losses request, in as few denoiser calls
+as possible."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
+import einops
 import torch
 from torch import Tensor
 
 from backbones import Backbone, Conditioning
-from losses import NoiseRequest
+from hooks import FeatureCapture
+from losses import FeatureRequest, NoiseRequest
 
 
-def unique_requests(requests: Iterable[NoiseRequest]) -> list[NoiseRequest]:
-    """Requests without duplicates, in first-seen order."""
-    return list(dict.fromkeys(requests))
+def unique(items: Iterable) -> list:
+    """Items without duplicates, in first-seen order."""
+    return list(dict.fromkeys(items))
 
 
-@torch.no_grad()
+def _guidance(group: Sequence[NoiseRequest], batch: int, device: torch.device) -> float | Tensor:
+    scales = {r.guidance_scale for r in group}
+    if len(scales) == 1:
+        return scales.pop()
+    return torch.tensor([r.guidance_scale for r in group], device=device).repeat_interleave(batch)
+
+
+def _call(
+    model: Backbone,
+    group: Sequence[NoiseRequest],
+    features: Sequence[FeatureRequest],
+    latents: Mapping[str, Tensor],
+    prompts: Mapping[str, Conditioning],
+    t: Tensor,
+) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
+    """One denoiser call answering every request of ``group`` (all for ``model``)."""
+    batch = len(t)
+    guidance = _guidance(group, batch, t.device)
+    modules = model.self_attention_modules()
+    names = unique(n for f in features for n in modules if re.search(f.layers, n))
+    grad = any(f.grad for f in features)
+    capture = FeatureCapture(model.denoiser, select=names) if names else contextlib.nullcontext()
+    with torch.set_grad_enabled(grad), capture:
+        eps = model.predict_noise(
+            torch.cat([latents[r.latent] if grad else latents[r.latent].detach() for r in group]),
+            t.repeat(len(group)),
+            Conditioning.cat([prompts[r.prompt] for r in group]),
+            guidance,
+        )
+    predictions = dict(zip(group, eps.detach().split(batch)))
+    out: dict[FeatureRequest, dict[str, Tensor]] = {}
+    if names:
+        rows = model.conditional_rows(batch * len(group), guidance)
+        latent_shape = latents[group[0].latent].shape
+        for f in features:
+            start = rows.start + group.index(f.request) * batch
+            out[f] = {}
+            for name in names:
+                if not re.search(f.layers, name):
+                    continue
+                (h,) = capture.features[name]  # (rows, T·F, C), one call
+                h = h[start : start + batch]
+                time, freq = model.feature_grid(h.shape[1], latent_shape)
+                out[f][name] = einops.rearrange(h if f.grad else h.detach(), "b (t f) c -> b t f c", t=time, f=freq)
+    return predictions, out
+
+
 def evaluate_requests(
     requests: Iterable[NoiseRequest],
     *,
     models: Mapping[str, Backbone],
     latents: Mapping[str, Tensor],
-    prompts: Mapping[str, Conditioning],
+    prompts: Mapping[str, Mapping[str, Conditioning]],
     t: Tensor,
+    features: Iterable[FeatureRequest] = (),
     batched: bool = True,
-) -> dict[NoiseRequest, Tensor]:
-    """Guided noise predictions for each distinct request.
+) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
+    """Guided noise predictions for each distinct request, and the requested features.
 
     Args:
         requests: what the losses need (duplicates are evaluated once).
         models: backbone by model name.
-        latents: noisy latent by role (``"edit"``: x_t, ``"source"``: x_src_t), each ``(B, ...)``.
-        prompts: conditioning by prompt role, each of batch size ``B``.
+        latents: noisy latent by role (``"edit"``: x_t, ``"source"``: x_src_t), each ``(B, ...)``;
+            x_t may carry a graph back to the edited latent, used only by calls whose features
+            are requested with ``grad=True``.
+        prompts: model name → prompt role → conditioning of batch size ``B`` (each model encodes
+            its own prompts: a textual-inversion concept changes the encoding).
         t: timesteps ``(B,)``.
+        features: self-attention features to capture from the calls (conditional rows only).
         batched: evaluate all requests of a model in one denoiser call (classifier-free guidance,
             every latent and every prompt stacked along the batch), else one call per request.
 
     Returns:
-        ε̂ for each request, ``(B, ...)``.
+        ε̂ for each request ``(B, ...)`` (detached), and for each feature request the features
+        ``(B, T, F, C)`` by module name.
     """
-    requests = unique_requests(requests)
-    if not batched:
-        return {
-            r: models[r.model].predict_noise(latents[r.latent], t, prompts[r.prompt], r.guidance_scale)
-            for r in requests
-        }
-    out: dict[NoiseRequest, Tensor] = {}
-    for model in dict.fromkeys(r.model for r in requests):
-        group = [r for r in requests if r.model == model]
-        batch = len(t)
-        scales = {r.guidance_scale for r in group}
-        guidance: float | Tensor = (
-            scales.pop()
-            if len(scales) == 1
-            else torch.tensor([r.guidance_scale for r in group], device=t.device).repeat_interleave(batch)
-        )
-        eps = models[model].predict_noise(
-            torch.cat([latents[r.latent] for r in group]),
-            t.repeat(len(group)),
-            Conditioning.cat([prompts[r.prompt] for r in group]),
-            guidance,
-        )
-        out.update(zip(group, eps.split(batch)))
-    return out
+    requests = unique(requests)
+    features = unique(features)
+    missing = [f.request for f in features if f.request not in requests]
+    if missing:
+        raise ValueError(f"features requested from a prediction nobody requested: {missing[0]}")
+    groups = (
+        [[r for r in requests if r.model == m] for m in unique(r.model for r in requests)]
+        if batched
+        else [[r] for r in requests]
+    )
+    predictions: dict[NoiseRequest, Tensor] = {}
+    captured: dict[FeatureRequest, dict[str, Tensor]] = {}
+    for group in groups:
+        model = group[0].model
+        mine = [f for f in features if f.request in group]
+        eps, feats = _call(models[model], group, mine, latents, prompts[model], t)
+        predictions.update(eps)
+        captured.update(feats)
+    return predictions, captured

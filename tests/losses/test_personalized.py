@@ -1,0 +1,98 @@
+"""SteerMusic+'s losses: PDS and the shift term against their formulas, PCon's contrastive maths."""
+
+import pytest
+import torch
+
+from losses import (
+    FeatureRequest,
+    LossContext,
+    NoiseRequest,
+    PersonalizedContrastiveLoss,
+    PersonalizedDeltaScore,
+    ShiftRegularizer,
+    TimestepWeighting,
+)
+from losses.functional import patch_nce, time_columns
+
+
+def _context(predictions, features=None, alpha_bar=(0.3, 0.8)):
+    alpha_bar = torch.tensor(alpha_bar)
+    return LossContext(
+        t=torch.tensor([700, 100]),
+        alpha_bar=alpha_bar,
+        noise=torch.zeros(2, 3),
+        latent=torch.zeros(2, 3),
+        noisy_latent=torch.zeros(2, 3),
+        predictions=predictions,
+        features=features or {},
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def test_pds_and_shift_gradients_equal_the_formulas():
+    eps_p, eps_src, eps_base = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    pds = PersonalizedDeltaScore(guidance_scale=15.0)
+    shift = ShiftRegularizer(strength=0.05, guidance_scale=15.0)
+    assert pds.target == shift.personalized == NoiseRequest("edit", "target", 15.0, "personalized")
+    predictions = {pds.target: eps_p, pds.source: eps_src, shift.base: eps_base}
+    w = (1 - torch.tensor([0.3, 0.8]))[:, None]
+    torch.testing.assert_close(pds(_context(predictions)).gradient, w * (eps_p - eps_src))
+    torch.testing.assert_close(shift(_context(predictions)).gradient, 0.05 * w * (eps_p - eps_base))
+    assert shift.base == NoiseRequest("edit", "target_base", 15.0, "base")
+
+
+def test_time_columns_are_unit_and_mean_cosine():
+    h = torch.randn(2, 5, 4, 8)
+    columns = time_columns(h)
+    assert columns.shape == (2, 5, 32)
+    torch.testing.assert_close(columns.norm(dim=-1), torch.ones(2, 5))
+    cos = torch.nn.functional.cosine_similarity(h[0, 0], h[0, 1], dim=-1).mean()
+    torch.testing.assert_close(columns[0, 0] @ columns[0, 1], cos)
+
+
+def test_aligned_features_score_lower_than_time_shuffled_ones():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(1, 32, 4, 16, generator=generator)
+    aligned = reference + 0.1 * torch.randn(1, 32, 4, 16, generator=generator)
+    shuffled = aligned[:, torch.randperm(32, generator=generator)]
+    assert patch_nce(aligned, reference) < 0.1
+    assert patch_nce(shuffled, reference) > 2.0
+    # a reference without temporal structure cannot tell positions apart: loss = log(positions)
+    constant = reference[:, :1].expand(1, 32, 4, 16)
+    torch.testing.assert_close(patch_nce(aligned, constant), torch.log(torch.tensor(32.0)))
+
+
+def test_patch_nce_samples_positions_and_checks_shapes():
+    a, b = torch.randn(2, 300, 2, 4), torch.randn(2, 300, 2, 4)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    torch.testing.assert_close(patch_nce(a, b, generator=g1), patch_nce(a, b, generator=g2))
+    with pytest.raises(ValueError, match="differ"):
+        patch_nce(a, b[:, :10])
+
+
+def test_patch_nce_gradcheck_float64():
+    query = torch.randn(1, 6, 2, 3, dtype=torch.float64, requires_grad=True)
+    reference = torch.randn(1, 6, 2, 3, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q: patch_nce(q, reference, tau=0.5), (query,))
+
+
+def test_pcon_declares_shared_calls_and_sums_layers():
+    pcon = PersonalizedContrastiveLoss(guidance_scale=15.0, weight=3.0)
+    pds = PersonalizedDeltaScore(guidance_scale=15.0)
+    assert set(pcon.requests) == {pds.target, pds.source}  # no extra prediction
+    assert pcon.query == FeatureRequest(pds.target, pcon.query.layers, grad=True)
+    edited = PersonalizedContrastiveLoss(reference="edited")
+    assert edited.reference.request == NoiseRequest("edit", "target_base", 15.0, "base")
+    q = {"a": torch.randn(2, 8, 2, 4, requires_grad=True), "b": torch.randn(2, 4, 1, 4, requires_grad=True)}
+    r = {"a": torch.randn(2, 8, 2, 4), "b": torch.randn(2, 4, 1, 4)}
+    out = pcon(_context({}, {pcon.query: q, pcon.reference: r}))
+    expected = 3.0 * (patch_nce(q["a"], r["a"], tau=0.07) + patch_nce(q["b"], r["b"], tau=0.07))
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert q["a"].grad.abs().sum() > 0 and q["b"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="tau"):
+        PersonalizedContrastiveLoss(tau=0)
+
+
+def test_weighting_is_shared():
+    assert PersonalizedDeltaScore().weighting == TimestepWeighting("1-alpha_bar", 1.0)

@@ -1,0 +1,67 @@
+"""SteerMusic+ in the editor: reduction to SteerMusic, PCon's gradient path, call counts."""
+
+import pytest
+import torch
+
+from steer import SteerMusic, SteerMusicPlus
+from losses import TimestepWeighting
+
+
+class SameModel:
+    """A concept that changes nothing: ε' = ε (an adapter switched off)."""
+
+    token = "sks"
+
+    def apply(self, backbone):
+        return backbone
+
+
+@pytest.fixture()
+def latent(tiny_backbone):
+    return tiny_backbone.encode_audio(torch.randn(1, 10240, generator=torch.Generator().manual_seed(0)), 16000)
+
+
+def test_without_shift_and_pcon_an_unchanged_concept_is_steermusic(tiny_backbone, latent):
+    kwargs = dict(steps=4, guidance_scale=30.0, lr=0.5, weighting=TimestepWeighting(scale=2.0))
+    plus = SteerMusicPlus(tiny_backbone, SameModel(), shift=0, pcon_weight=0, **kwargs)
+    plain = SteerMusic(tiny_backbone, **kwargs)
+    prompts = dict(source="a piano melody", target="a sks guitar melody")
+    a = plus.edit_latent(latent, **prompts).latent
+    b = plain.edit_latent(latent, **prompts).latent
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(a, latent)
+
+
+def test_pcon_reaches_the_latent_in_two_calls_and_leaves_no_hooks(tiny_backbone, latent, monkeypatch):
+    unet = tiny_backbone.pipe.unet
+    batches = []
+    original = unet.forward
+    monkeypatch.setattr(unet, "forward", lambda x, *a, **k: batches.append((x.shape[0], torch.is_grad_enabled())) or original(x, *a, **k))
+    states = []
+    editor = SteerMusicPlus(tiny_backbone, SameModel(), steps=2, shift=0.05, pcon_weight=3.0, pcon_positions=8)
+    result = editor.edit_latent(latent, source="a piano", target="a sks guitar", callback=states.append)
+    # per step: base (x_src_t·y_src, x_t·y_cls) in one call, personalised ε'(x_t, y_tgt) with grad
+    assert batches == [(2, True), (4, False)] * 2
+    assert all(state.losses["PersonalizedContrastiveLoss"] > 0 for state in states)
+    assert sum(len(m._forward_hooks) for m in unet.modules()) == 0
+    # PCon's gradient is part of the applied one
+    no_pcon = SteerMusicPlus(tiny_backbone, SameModel(), steps=2, shift=0.05, pcon_weight=0)
+    other = no_pcon.edit_latent(latent, source="a piano", target="a sks guitar")
+    assert (result.latent - other.latent).abs().max() > 1e-6
+
+
+def test_target_must_name_the_token(tiny_backbone, latent):
+    editor = SteerMusicPlus(tiny_backbone, SameModel(), steps=1)
+    assert editor.prompt_roles(["a piano"], ["a sks  guitar melody"])["target_base"] == ["a guitar melody"]
+    with pytest.raises(ValueError, match="does not name the concept token 'sks'"):
+        editor.edit_latent(latent, source="a piano", target="a guitar")
+
+
+def test_recipe_defaults_are_the_authors(tiny_backbone):
+    editor = SteerMusicPlus(tiny_backbone, SameModel())
+    pds, shift, pcon = editor.losses
+    assert (editor.steps, editor.lr, editor.lr_step_size, editor.lr_gamma) == (400, 0.1, 20, 0.9)
+    assert pds.target.guidance_scale == 15.0 and pds.weighting == TimestepWeighting(scale=1.0)
+    assert shift.strength == 0.05
+    assert (pcon.weight, pcon.tau, pcon.num_positions) == (3.0, 0.07, 256)
+    assert pcon.reference.request == pds.source  # the paper's choice
