@@ -36,13 +36,13 @@ from .word_encoder import WordEncoder, WordEncoderConfig
 
 
 def default_unet_config(*, channels: int = 16, text_dim: int = 64) -> dict[str, Any]:
-    """The denoiser used for the shipped model: ~3 M parameters, attention below full resolution."""
+    """The denoiser of the shipped model: ~4 M parameters, attention below full resolution."""
     return {
         "in_channels": channels,
         "out_channels": channels,
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-        "block_out_channels": [48, 96, 160],
+        "block_out_channels": [32, 64, 128],
         "layers_per_block": 1,
         "norm_num_groups": 16,
         "cross_attention_dim": text_dim,

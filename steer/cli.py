@@ -8,7 +8,6 @@ without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,13 @@ from .audio import Audio, load_audio, save_audio
 from .recipes import SteerMusic
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+REPOSITORY = Path(__file__).resolve().parents[1]
+#: The shipped small backbone, the instrument classifier and the demo's clips (a source and its
+#: ground-truth swap), found in the source tree that this package was installed from.
+SWAP_BACKBONE = REPOSITORY / "weights" / "mel-diffusion-swap"
+CLASSIFIER = REPOSITORY / "weights" / "instrument-classifier"
+DEMO_SOURCE = REPOSITORY / "examples" / "audio" / "hornpipe_piano.wav"
+DEMO_TRUTH = REPOSITORY / "examples" / "audio" / "hornpipe_violin.wav"
 
 
 class UsageError(ValueError):
@@ -61,6 +67,9 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,9 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("-o", "--output", type=Path, required=True, help="where to write the edit")
     _add_edit_options(edit, backbone="cvssp/audioldm2-music", steps=400)
 
-    demo = commands.add_parser("demo", help="synthesise a melody and edit it with an offline model")
+    demo = commands.add_parser(
+        "demo", help="edit a shipped piano clip into a violin with the shipped offline model"
+    )
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    _add_edit_options(demo, backbone="tiny", steps=100)
+    _add_edit_options(demo, backbone=str(SWAP_BACKBONE), steps=400)
     return parser
 
 
@@ -84,6 +95,10 @@ def _edit(
     args: argparse.Namespace, audio: Audio, source: str, target: str, output: Path
 ) -> Path:
     device = _device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
@@ -92,18 +107,39 @@ def _edit(
     return save_audio(output, result.audio[0], result.sample_rate, overwrite=args.overwrite)
 
 
-def _demo_melody(seconds: float = 4.0, sample_rate: int = 16000) -> Audio:
-    """A plucked eight-note melody (Karplus–Strong-like decaying harmonics), 16 kHz mono."""
-    notes = [60, 62, 64, 65, 67, 65, 64, 62]  # MIDI pitches
-    length = int(seconds * sample_rate / len(notes))
-    t = torch.arange(length) / sample_rate
-    pieces = []
-    for note in notes:
-        f0 = 440.0 * 2 ** ((note - 69) / 12)
-        tone = sum(torch.sin(2 * math.pi * k * f0 * t) / k**1.5 for k in range(1, 6))
-        pieces.append(tone * torch.exp(-4.0 * t))
-    waveform = torch.cat(pieces)
-    return Audio((0.5 * waveform / waveform.abs().max())[None], sample_rate)
+def _demo(args: argparse.Namespace) -> None:
+    """Edit the shipped piano clip towards "a recording of a violin"; compare with the real violin."""
+    from steer.metrics import cqt1_pcc
+
+    from .plot import plot_comparison
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = {name: args.out / f"{name}.wav" for name in ("source", "edit", "ground_truth")}
+    picture = args.out / "comparison.png"
+    for path in (*paths.values(), picture):
+        _check_output(path, args.overwrite)
+    source, truth = load_audio(DEMO_SOURCE), load_audio(DEMO_TRUTH)
+    _edit(args, source, "a recording of a piano", "a recording of a violin", paths["edit"])
+    edit = load_audio(paths["edit"])
+    save_audio(paths["source"], source.waveform, source.sample_rate, overwrite=args.overwrite)
+    save_audio(paths["ground_truth"], truth.waveform, truth.sample_rate, overwrite=args.overwrite)
+    clips = {"source (piano)": source.waveform, "edit → violin": edit.waveform, "ground truth (violin)": truth.waveform}
+    plot_comparison(clips, source.sample_rate, picture, title="steer demo: SteerMusic, piano → violin")
+    print(f"wrote {', '.join(str(p) for p in paths.values())} and {picture}")
+    melody = cqt1_pcc(source.waveform[0], edit.waveform[0], sample_rate=source.sample_rate)
+    reference = cqt1_pcc(source.waveform[0], truth.waveform[0], sample_rate=source.sample_rate)
+    print(f"melody kept (CQT-1 PCC, source vs edit): {melody:.3f}; source vs the real violin: {reference:.3f}")
+    if args.backbone == "tiny":
+        print(
+            "note: the 'tiny' backbone has random weights, so the edit is noise; it shows that the "
+            "whole pipeline runs offline, not what an edit sounds like."
+        )
+    elif CLASSIFIER.is_dir():
+        from steer.metrics.instrument import InstrumentClassifier
+
+        classifier = InstrumentClassifier.from_pretrained(CLASSIFIER).eval()
+        heard = classifier.predict(edit.waveform, edit.sample_rate)[0]
+        print(f"the instrument classifier hears the edit as: {heard}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,19 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = _edit(args, audio, source, target, args.output)
             print(f"wrote {path}")
         else:
-            args.out.mkdir(parents=True, exist_ok=True)
-            source_path, edit_path = args.out / "source.wav", args.out / "edit.wav"
-            for path in (source_path, edit_path):
-                _check_output(path, args.overwrite)
-            melody = _demo_melody()
-            save_audio(source_path, melody.waveform, melody.sample_rate, overwrite=args.overwrite)
-            _edit(args, melody, "a piano melody", "a violin melody", edit_path)
-            print(f"wrote {source_path} and {edit_path}")
-            if args.backbone == "tiny":
-                print(
-                    "note: the 'tiny' backbone has random weights, so the edit is noise; it shows "
-                    "that the whole pipeline runs offline, not what an edit sounds like."
-                )
+            _demo(args)
     except ValueError as error:  # UsageError and the library's input checks
         print(f"steer: error: {error}", file=sys.stderr)
         return 2

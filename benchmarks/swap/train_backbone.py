@@ -1,6 +1,7 @@
 """Train the small mel-diffusion backbone on the rendered instrument-swap data (one command, seeded).
 
-    python benchmarks/swap/train_backbone.py --data data/swap/manifest.jsonl --out weights/mel-diffusion-swap
+    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap \
+        --data data/swap-ryans/manifest.jsonl data/swap-bach/manifest.jsonl
 
 Standard DDPM training (Ho et al., 2020): x_t = √ᾱ x0 + √(1−ᾱ) ε, loss ‖ε̂(x_t, t, y) − ε‖²,
 with the prompt dropped (replaced by "") 10 % of the time for classifier-free guidance (Ho &
@@ -21,29 +22,29 @@ import torch
 import torch.nn.functional as F
 
 from backbones import MelFrontEnd
-from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel
+from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel, default_unet_config
 from backbones.word_encoder import split_words
 from steer import load_audio
 from steer.data import read_manifest
 
 
-def load_log_mels(manifest: Path, mel: MelFrontEnd) -> tuple[torch.Tensor, list[str]]:
-    """Log-mels ``(N, 1, frames, 64)`` of the manifest's training clips and their prompts."""
-    entries = read_manifest(manifest, split="train")
-    if not entries:
-        raise SystemExit(f"{manifest} has no training clips")
+def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor, list[str]]:
+    """Log-mels ``(N, 1, frames, 64)`` of the manifests' training clips and their prompts."""
     mels, prompts = [], []
-    for entry in entries:
-        audio = load_audio(manifest.parent / entry.audio)
-        waveform = audio.waveform.mean(0, keepdim=True)
-        mels.append(mel(mel.normalize(waveform)))
-        prompts.append(entry.prompt)
+    for manifest in manifests:
+        entries = read_manifest(manifest, split="train")
+        if not entries:
+            raise SystemExit(f"{manifest} has no training clips")
+        for entry in entries:
+            audio = load_audio(manifest.parent / entry.audio)
+            mels.append(mel(mel.normalize(audio.waveform.mean(0, keepdim=True))))
+            prompts.append(entry.prompt)
     return torch.cat(mels), prompts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="manifest.jsonl of rendered clips")
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="manifest.jsonl files")
     parser.add_argument("--out", type=Path, required=True, help="output folder (config + safetensors)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
@@ -65,7 +66,10 @@ def main() -> None:
 
     words = sorted({w for p in prompts for w in split_words(p)})
     model = MelDiffusionModel(
-        words=words, mel_mean=float(mels.mean()), mel_std=float(mels.std())
+        words=words,
+        unet=default_unet_config(),  # saved in config.json, so later defaults can't change it
+        mel_mean=float(mels.mean()),
+        mel_std=float(mels.std()),
     )
     backbone = MelDiffusionBackbone(model)  # for the latent transform only
     model.train().requires_grad_(True)
@@ -119,7 +123,7 @@ def main() -> None:
     (args.out / "training.json").write_text(
         json.dumps(
             {
-                "data": str(args.data),
+                "data": [str(d) for d in args.data],
                 "clips": len(mels),
                 "steps": args.steps,
                 "batch": args.batch,

@@ -1,0 +1,167 @@
+"""The instrument-swap benchmark: edit held-out clips into another instrument, with each method.
+
+    python benchmarks/swap/evaluate.py --n 16 --out outputs/swap-benchmark.json
+
+Each item is a melody of the test split rendered with two instruments: the source clip, the
+target prompt ("a recording of a violin") and the ground-truth target rendering, so the ideal
+edit is known. Every method edits the source through the same backbone and its output is scored:
+
+- **CQT-1 PCC** (source ↔ output): melody kept (the SteerMusic paper's metric; 1 = same line);
+- **log-mel L1 to ground truth**: how close the output is to the true swap (lower is better);
+- **target accuracy**: share of outputs the instrument classifier hears as the target;
+- **seconds per edit** on this machine.
+
+Two reference rows bracket the methods: ``identity`` (the source itself, through the backbone's
+encode/decode round trip: no edit at all) and ``ground-truth`` (the true target, through the
+same round trip: the best any edit can score under this decoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from backbones import Backbone, load_backbone
+from steer import Audio, SteerMusic, load_audio
+from steer.baselines import DDIMInversion, SDEdit
+from steer.data import ManifestEntry, read_manifest, swap_pairs
+from steer.metrics import cqt1_pcc, log_mel_distance
+from steer.metrics.instrument import InstrumentClassifier
+
+Method = Callable[[Audio, ManifestEntry, ManifestEntry, int], torch.Tensor]
+
+
+def _round_trip(backbone: Backbone, audio: Audio) -> torch.Tensor:
+    with torch.no_grad():
+        latent = backbone.encode_audio(audio.waveform[None], audio.sample_rate)
+        return backbone.decode_audio(latent, audio.waveform.shape[-1])[0]
+
+
+def methods(backbone: Backbone, args: argparse.Namespace) -> dict[str, Method]:
+    """Each method maps (source audio, source entry, target entry, seed) to a waveform."""
+    editors = {
+        "steermusic": SteerMusic(backbone, steps=args.steps, guidance_scale=args.guidance, lr=args.lr),
+        "sdedit": SDEdit(backbone, strength=args.sdedit_strength, guidance_scale=args.baseline_guidance),
+        "ddim-inversion": DDIMInversion(backbone, guidance_scale=args.baseline_guidance),
+    }
+    table: dict[str, Method] = {"identity": lambda audio, src, tgt, seed: _round_trip(backbone, audio)}
+    for name, editor in editors.items():
+        table[name] = lambda audio, src, tgt, seed, editor=editor: editor.edit(
+            audio, source=src.prompt, target=tgt.prompt, seed=seed
+        ).audio[0]
+    return table
+
+
+def crop(audio: Audio, seconds: float) -> Audio:
+    return Audio(audio.waveform[..., : round(seconds * audio.sample_rate)], audio.sample_rate)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/swap-ryans/manifest.jsonl"))
+    parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
+    parser.add_argument("--classifier", default="weights/instrument-classifier")
+    parser.add_argument("--n", type=int, default=16, help="number of (source, target) items")
+    parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited")
+    parser.add_argument("--methods", nargs="+", default=["identity", "steermusic", "sdedit", "ddim-inversion", "ground-truth"])
+    parser.add_argument("--steps", type=int, default=400, help="SteerMusic steps")
+    parser.add_argument("--guidance", type=float, default=30.0, help="SteerMusic guidance")
+    parser.add_argument("--lr", type=float, default=0.02, help="SteerMusic learning rate")
+    parser.add_argument("--sdedit-strength", type=float, default=0.5)
+    parser.add_argument("--baseline-guidance", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("outputs/swap-benchmark.json"))
+    args = parser.parse_args()
+    if not args.data.is_file():
+        raise SystemExit(
+            f"{args.data} not found: render the data first, e.g. "
+            "python -m steer.data --collection ryansMammoth --n-melodies 400 --out data/swap-ryans"
+        )
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    backbone = load_backbone(args.backbone)
+    classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
+    pairs = swap_pairs(read_manifest(args.data, split="test"))
+    random.Random(args.seed).shuffle(pairs)
+    pairs = pairs[: args.n]
+    table = methods(backbone, args)
+    unknown = [m for m in args.methods if m not in table and m != "ground-truth"]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {sorted(table) + ['ground-truth']}")
+
+    rows = []
+    for index, (source, target) in enumerate(pairs):
+        src_audio = crop(load_audio(args.data.parent / source.audio), args.seconds)
+        tgt_audio = crop(load_audio(args.data.parent / target.audio), args.seconds)
+        for name in args.methods:
+            started = time.perf_counter()
+            if name == "ground-truth":
+                output = _round_trip(backbone, tgt_audio)
+            else:
+                output = table[name](src_audio, source, target, args.seed + index)
+            seconds = time.perf_counter() - started
+            rate = backbone.sample_rate
+            rows.append(
+                {
+                    "item": index,
+                    "melody": source.melody_id,
+                    "source": source.instrument,
+                    "target": target.instrument,
+                    "method": name,
+                    "pcc": cqt1_pcc(src_audio.waveform[0], output, sample_rate=rate),
+                    "distance": float(log_mel_distance(output, tgt_audio.waveform[0], sample_rate=rate)),
+                    "predicted": classifier.predict(output[None], rate)[0],
+                    "seconds": seconds,
+                }
+            )
+        print(f"[{index + 1}/{len(pairs)}] {source.melody_id}: {source.instrument} → {target.instrument}", flush=True)
+
+    summary = {}
+    for name in args.methods:
+        mine = [r for r in rows if r["method"] == name]
+        pcc = [r["pcc"] for r in mine if not math.isnan(r["pcc"])]
+        summary[name] = {
+            "pcc": statistics.fmean(pcc) if pcc else math.nan,
+            "pcc_nan": len(mine) - len(pcc),
+            "distance": statistics.fmean(r["distance"] for r in mine),
+            "target_accuracy": statistics.fmean(r["predicted"] == r["target"] for r in mine),
+            "seconds": statistics.fmean(r["seconds"] for r in mine),
+        }
+    lines = [
+        "| method | CQT-1 PCC ↑ | log-mel L1 to truth ↓ | target accuracy ↑ | s / edit |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {s['pcc']:.3f} | {s['distance']:.3f} | {s['target_accuracy']:.2f} | {s['seconds']:.1f} |"
+            for name, s in summary.items()
+        ),
+    ]
+    print("\n".join(lines))
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "machine": {"processor": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__},
+                "summary": summary,
+                "rows": rows,
+                "table": "\n".join(lines),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
