@@ -50,11 +50,38 @@ def default_unet_config(*, channels: int = 16, text_dim: int = 64) -> dict[str, 
     }
 
 
+MODEL_CARD = """---
+{{ card_data }}
+---
+
+# Mel-diffusion backbone (steer)
+
+A small text-to-music diffusion model trained from scratch so that music editing can be measured
+offline on a CPU: a diffusers `UNet2DConditionModel` over the AudioLDM log-mel (16 kHz, 64 bands,
+hop 10 ms) folded 4 × 4 into 16 latent channels, a word-level text encoder, ε-prediction with the
+AudioLDM2 noise schedule, Griffin–Lim decoding.
+
+```python
+from backbones import load_backbone
+backbone = load_backbone("weights/mel-diffusion-swap")  # a steer Backbone
+```
+
+It knows eight General-MIDI instruments (TimGM6mb soundfont) playing monophonic melodies from
+music21's corpus, prompted as "a recording of a violin"; nothing else. `training.json` beside the
+weights holds the data, the seed and the time it took (`benchmarks/swap/train_backbone.py`).
+
+- Used by: the SteerMusic paper's editing methods, {{ paper_url }}
+"""
+
+
 class MelDiffusionModel(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="steer",
-    tags=["audio", "music", "diffusion", "steer"],
+    tags=["audio", "music", "text-to-audio", "diffusion", "steer"],
+    pipeline_tag="text-to-audio",
+    paper_url="https://arxiv.org/abs/2504.10826",
+    model_card_template=MODEL_CARD,
 ):
     """The trainable part: denoiser and text encoder, plus the settings that define the latent.
 

@@ -8,6 +8,7 @@ unconditional input of classifier-free guidance.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,47 @@ class WordEncoder(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
+
+    def add_words(self, words: Sequence[str], *, init: str | None = None) -> list[int]:
+        """Grow the vocabulary by ``words`` and return their ids (used to learn a concept's token).
+
+        The new embedding rows start at the embedding of the word ``init``, or at the mean of the
+        existing word rows (specials excluded) when ``init`` is ``None``; all other rows and
+        modules are unchanged, so prompts without the new words encode exactly as before.
+        :attr:`config` is replaced by one listing the new words, so that a saved encoder
+        reloads with the grown table.
+
+        Example:
+            >>> encoder = WordEncoder(WordEncoderConfig(words=["a", "guitar"], dim=8, layers=1, heads=2))
+            >>> encoder.add_words(["sks"], init="guitar")
+            [6]
+            >>> torch.equal(encoder.embed.weight[6], encoder.embed.weight[5]), encoder.config.words
+            (True, ['a', 'guitar', 'sks'])
+        """
+        words = list(words)
+        for word in words:
+            if split_words(word) != [word]:
+                raise ValueError(f"{word!r} is not one lower-case word as prompts are split into it")
+            if word in self.vocabulary:
+                raise ValueError(f"{word!r} is already in the vocabulary")
+        if len(set(words)) != len(words):
+            raise ValueError(f"the new words have duplicates: {words}")
+        if init is not None and init not in self.vocabulary:
+            raise ValueError(f"cannot initialise from {init!r}: it is not in the vocabulary")
+        old = self.embed.weight
+        with torch.no_grad():
+            if init is not None:
+                start = old[self.vocabulary[init]]
+            elif len(old) > len(SPECIAL_TOKENS):
+                start = old[len(SPECIAL_TOKENS) :].mean(dim=0)
+            else:
+                start = old.mean(dim=0)
+            weight = torch.cat([old, start.expand(len(words), -1)])
+        first = len(old)
+        self.embed = nn.Embedding.from_pretrained(weight.clone(), freeze=not old.requires_grad)
+        self.config = dataclasses.replace(self.config, words=[*self.config.words, *words])
+        self.vocabulary.update({w: first + i for i, w in enumerate(words)})
+        return list(range(first, first + len(words)))
 
     def unknown_words(self, prompt: str) -> list[str]:
         return [w for w in split_words(prompt) if w not in self.vocabulary]

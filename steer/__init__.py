@@ -2,6 +2,7 @@
 
 from .audio import Audio, load_audio, save_audio
 from .baselines import DDIMInversion, SDEdit
+from .concepts import Concept, PersonalizedBackbone
 from .editor import Editor, EditResult, EditState
 from .recipes import SteerMusic, SteerMusicPlus
 
@@ -9,10 +10,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Audio",
+    "Concept",
     "DDIMInversion",
     "EditResult",
     "EditState",
     "Editor",
+    "PersonalizedBackbone",
     "SDEdit",
     "SteerMusic",
     "SteerMusicPlus",

@@ -17,7 +17,8 @@ import torch
 from backbones import load_backbone
 
 from .audio import Audio, load_audio, save_audio
-from .recipes import SteerMusic
+from .concepts.cli import add_personalize_parser, run_personalize
+from .recipes import SteerMusic, SteerMusicPlus
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -61,8 +62,10 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         help="Hub repo id, local folder saved with save_pretrained, or 'tiny' (random, offline)",
     )
     parser.add_argument("--steps", type=int, default=steps, help="optimisation steps")
-    parser.add_argument("--guidance", type=float, default=30.0, help="classifier-free guidance")
-    parser.add_argument("--lr", type=float, default=0.02, help="learning rate (SGD)")
+    parser.add_argument(
+        "--guidance", type=float, help="classifier-free guidance (30; 15 with --concept)"
+    )
+    parser.add_argument("--lr", type=float, help="learning rate of SGD (0.02; 0.1 with --concept)")
     parser.add_argument("--seed", type=int, default=0, help="seed for timesteps and noise")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights")
@@ -81,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     edit.add_argument("--source", required=True, help="prompt describing the input")
     edit.add_argument("--target", required=True, help="prompt describing the wanted result")
     edit.add_argument("-o", "--output", type=Path, required=True, help="where to write the edit")
+    edit.add_argument(
+        "--concept",
+        help="a concept folder or Hub repo id: edit with SteerMusic+ (the target names its token)",
+    )
     _add_edit_options(edit, backbone="cvssp/audioldm2-music", steps=400)
 
     demo = commands.add_parser(
@@ -88,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     _add_edit_options(demo, backbone=str(SWAP_BACKBONE), steps=400)
+    add_personalize_parser(commands)
     return parser
 
 
@@ -102,7 +110,17 @@ def _edit(
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
-    editor = SteerMusic(backbone, steps=args.steps, guidance_scale=args.guidance, lr=args.lr)
+    settings = {"steps": args.steps}
+    if args.guidance is not None:
+        settings["guidance_scale"] = args.guidance
+    if args.lr is not None:
+        settings["lr"] = args.lr
+    if getattr(args, "concept", None):
+        from .concepts import Concept
+
+        editor = SteerMusicPlus(backbone, Concept.from_pretrained(args.concept), **settings)
+    else:
+        editor = SteerMusic(backbone, **settings)
     result = editor.edit(audio, source=source, target=target, seed=args.seed, progress=True)
     return save_audio(output, result.audio[0], result.sample_rate, overwrite=args.overwrite)
 
@@ -152,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             audio = load_audio(args.input)
             path = _edit(args, audio, source, target, args.output)
             print(f"wrote {path}")
+        elif args.command == "personalize":
+            run_personalize(args)
         else:
             _demo(args)
     except ValueError as error:  # UsageError and the library's input checks

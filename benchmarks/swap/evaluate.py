@@ -71,6 +71,10 @@ def main() -> None:
     parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
     parser.add_argument("--classifier", default="weights/instrument-classifier")
     parser.add_argument("--n", type=int, default=16, help="number of (source, target) items")
+    parser.add_argument(
+        "--split", choices=["train", "test"], default="test",
+        help="melodies to edit: test (held out) for reporting, train for choosing settings",
+    )
     parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited")
     parser.add_argument("--methods", nargs="+", default=["identity", "steermusic", "sdedit", "ddim-inversion", "ground-truth"])
     parser.add_argument("--steps", type=int, default=400, help="SteerMusic steps")
@@ -92,7 +96,7 @@ def main() -> None:
 
     backbone = load_backbone(args.backbone)
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
-    pairs = swap_pairs(read_manifest(args.data, split="test"))
+    pairs = swap_pairs(read_manifest(args.data, split=args.split))
     random.Random(args.seed).shuffle(pairs)
     pairs = pairs[: args.n]
     table = methods(backbone, args)

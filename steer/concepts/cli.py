@@ -1,0 +1,98 @@
+"""``steer personalize``: learn a concept from reference clips, save it, optionally push it.
+
+``steer.cli`` adds the subcommand with :func:`add_personalize_parser` and runs it with
+:func:`run_personalize`; problems with the user's input are raised as ``ValueError`` before any
+model is loaded, so the command line prints them as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from .concept import METHODS
+
+
+def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``personalize`` to a ``parser.add_subparsers()`` object; returns its parser."""
+    parser = subparsers.add_parser(
+        "personalize",
+        help="learn a concept (a token for a sound) from reference clips, for SteerMusic+",
+        description="Fine-tune a backbone on a few reference clips so that '<token> <class word>' "
+        "names their sound (DreamSound's recipe), and save the concept as safetensors with a "
+        "model card. Defaults for steps / lr / batch size depend on the method and the backbone.",
+    )
+    parser.add_argument("references", nargs="+", type=Path, metavar="REF", help="reference audio files")
+    parser.add_argument("--token", required=True, help="the new word naming the concept (e.g. sks)")
+    parser.add_argument("--class-word", help="the kind of sound (e.g. guitar)")
+    parser.add_argument("--method", choices=METHODS, default="lora", help="how to learn it (default: lora)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder to save the concept in")
+    parser.add_argument(
+        "--backbone", default="cvssp/audioldm2-music", help="base model: Hub repo id, local folder or 'tiny'"
+    )
+    parser.add_argument("--steps", type=int, help="training steps (default: by method)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: by method)")
+    parser.add_argument("--batch-size", type=int, help="clips per step (default: 4)")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default: 4)")
+    parser.add_argument("--crop-seconds", type=float, help="training crop length (default: by backbone)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--checkpoint-dir", type=Path, help="save the training state here")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the concept to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing concept folder")
+    return parser
+
+
+def run_personalize(args: argparse.Namespace) -> Path:
+    """Learn, save (and push) the concept ``args`` describe; returns the output folder."""
+    output: Path = args.output
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
+        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    for reference in args.references:
+        if not reference.is_file():
+            raise ValueError(f"reference clip not found: {reference}")
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
+
+    from backbones import load_backbone
+
+    from .concept import Concept
+
+    backbone = load_backbone(args.backbone, device=device)
+    try:
+        concept = Concept.train(
+            backbone,
+            args.references,
+            token=args.token,
+            class_word=args.class_word,
+            method=args.method,
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            rank=args.rank,
+            crop_seconds=args.crop_seconds,
+            seed=args.seed,
+            base_model=None if args.backbone == "tiny" else args.backbone,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            progress=True,
+        )
+    except NotImplementedError as error:  # an unsupported method for this backbone: a usage error
+        raise ValueError(str(error)) from error
+    concept.save_pretrained(output, repo_id=args.push_to_hub)
+    print(f"wrote {output} ({concept.method}); name the concept in prompts as '{concept.prompt()}'")
+    if args.push_to_hub:
+        commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
+        print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
+    return output

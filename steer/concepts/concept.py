@@ -1,0 +1,530 @@
+"""A learnt musical concept: what it is, its weights, and how it is saved, published and loaded.
+
+A concept binds a token ("sks") to the sound of a few reference clips by fine-tuning a base
+backbone (Plitsis et al., 2024, "DreamSound", https://arxiv.org/abs/2309.11140; SteerMusic+ uses
+one as its personalised model ε', Niu et al., 2025, section 4.2). Three methods are supported:
+
+- ``"dreambooth"``: the whole denoiser is fine-tuned (Ruiz et al., 2023); the weights are the full
+  fine-tuned denoiser;
+- ``"lora"``: low-rank adapters on the denoiser's attention projections (Hu et al., 2021), saved
+  in peft's layout (``adapter_model.safetensors`` + ``adapter_config.json``), so that
+  ``peft.PeftModel.from_pretrained(denoiser, folder)`` reads them too;
+- ``"textual_inversion"``: only the token's embedding is learnt (Gal et al., 2022).
+
+A saved concept is a folder (or Hub repo) holding ``concept_config.json``, the weights as
+safetensors (never pickle), and a ``README.md`` model card with the Hub metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+)
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+    from peft import LoraConfig
+
+    from backbones import Backbone
+
+    from .personalized import PersonalizedBackbone
+
+METHODS = ("dreambooth", "lora", "textual_inversion")
+#: The attention projections LoRA adapts (diffusers' DreamBooth-LoRA script targets the same four).
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: DreamSound's instance prompt (``dreambooth_audioldm2.py``: "a recording of a {word} {class}").
+DEFAULT_TEMPLATE = "a recording of a {token} {class_word}"
+
+CONFIG_NAME = "concept_config.json"
+WEIGHTS_NAME = "concept.safetensors"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+CARD_NAME = "README.md"
+FORMAT_VERSION = 1
+#: Weight files that would need unpickling: refused, never opened.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: peft prefixes the keys of a ``PeftModel``'s adapter file with this; steer keeps the layout.
+PEFT_PREFIX = "base_model.model."
+_OWN_FILES = (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, CARD_NAME)
+
+
+def steer_version() -> str:
+    """The installed steer version (read from the package metadata, which avoids an import cycle)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steer")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """What a concept is and what it was learnt on; saved as ``concept_config.json``.
+
+    Attributes:
+        method: ``"dreambooth"``, ``"lora"`` or ``"textual_inversion"``.
+        token: the word that names the concept in prompts (one word, e.g. ``"sks"``).
+        class_word: the kind of sound (``"guitar"``); ``None`` for a token used alone.
+        family: :attr:`Backbone.family` of the base model.
+        base_model: repo id or path of the base model, when known (informational: the
+            compatibility check uses :attr:`base_fingerprint`).
+        base_fingerprint: ``{"architecture": hash of parameter names and shapes, "weights":
+            mean |w| of a few parameters}`` of the base denoiser, checked when the concept is
+            applied (so a local path and a repo id of the same model both pass).
+        lora_rank, lora_alpha, lora_targets: the adapter's settings (LoRA only).
+        templates: training prompts with ``{token}`` and ``{class_word}`` fields.
+        training: how it was learnt (steps, learning rate, seed, reference names, final loss).
+        steer_version: the library version that wrote it.
+        format_version: the layout of the saved files.
+    """
+
+    method: str
+    token: str
+    class_word: str | None
+    family: str
+    base_model: str | None = None
+    base_fingerprint: dict[str, Any] | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: tuple[str, ...] | None = None
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    training: dict[str, Any] = field(default_factory=dict)
+    steer_version: str = field(default_factory=steer_version)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown concept method {self.method!r}: use one of {', '.join(METHODS)}")
+        if not self.token or re.search(r"\s", self.token):
+            raise ValueError(f"the concept token must be one word without spaces, got {self.token!r}")
+        if self.class_word is not None and not self.class_word.strip():
+            raise ValueError("the class word is empty: name the kind of sound (e.g. 'guitar') or pass None")
+        if self.method == "lora":
+            if self.lora_rank is None or self.lora_rank < 1:
+                raise ValueError(f"a LoRA concept needs a rank >= 1, got {self.lora_rank}")
+            if not self.lora_targets:
+                raise ValueError("a LoRA concept needs target modules")
+        if not self.templates or any("{token}" not in t for t in self.templates):
+            raise ValueError(f"every prompt template must contain '{{token}}', got {list(self.templates)}")
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"this concept was written in format {self.format_version} by steer "
+                f"{self.steer_version}; this steer reads format {FORMAT_VERSION}: upgrade steer"
+            )
+        # JSON has no tuples: normalise so that a loaded config equals the saved one.
+        object.__setattr__(self, "templates", tuple(self.templates))
+        if self.lora_targets is not None:
+            object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def prompt(self, template: str = DEFAULT_TEMPLATE) -> str:
+        """A prompt naming the concept: ``"a recording of a sks guitar"``."""
+        text = template.format(token=self.token, class_word=self.class_word or "")
+        return " ".join(text.split())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["templates"] = list(self.templates)
+        if self.lora_targets is not None:
+            data["lora_targets"] = list(self.lora_targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConceptConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{CONFIG_NAME} has fields this steer does not know: {unknown}; upgrade steer")
+        return cls(**data)
+
+
+# -- the base model's identity ---------------------------------------------------------------------
+def _base_parameters(denoiser: nn.Module) -> dict[str, Tensor]:
+    """The denoiser's own parameters by name, as if no peft adapter were injected."""
+    return {
+        name.replace(".base_layer.", "."): p
+        for name, p in denoiser.named_parameters()
+        if ".lora_" not in name
+    }
+
+
+def base_fingerprint(denoiser: nn.Module, *, samples: int = 16) -> dict[str, Any]:
+    """A cheap identity of a base denoiser: architecture hash + mean |w| of a few parameters.
+
+    Robust to the weights' dtype (statistics are compared with a 1 % tolerance) and to adapters
+    injected by other concepts, but different for another checkpoint of the same architecture.
+    """
+    params = _base_parameters(denoiser)
+    names = sorted(params)
+    shapes = "\n".join(f"{n} {tuple(params[n].shape)}" for n in names)
+    picks = names[:: max(1, len(names) // samples)][:samples]
+    with torch.no_grad():
+        weights = [float(params[n].detach().double().abs().mean()) for n in picks]
+    return {
+        "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
+        "weights": weights,
+    }
+
+
+def _same_weights(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-8) for x, y in zip(a, b))
+
+
+# -- the concept -----------------------------------------------------------------------------------
+class Concept:
+    """A learnt concept: its :class:`ConceptConfig` and its weights.
+
+    Weights are held by namespaced key: ``"lora.<module>.lora_A.weight"`` (peft's key without
+    the adapter name), ``"denoiser.<parameter>"`` (dreambooth) and ``"token_embedding"`` (a word
+    added to a closed vocabulary, ``(dim,)``).
+
+    Example:
+        >>> import torch
+        >>> from backbones import load_backbone
+        >>> from steer import Audio
+        >>> backbone = load_backbone("tiny")
+        >>> clips = [Audio(torch.randn(1, 16000) * 0.1, 16000)]  # or paths to audio files
+        >>> concept = Concept.train(backbone, clips, token="sks", class_word="guitar", method="lora",
+        ...                         steps=1, progress=False)
+        >>> concept.prompt()
+        'a recording of a sks guitar'
+        >>> personalized = concept.apply(backbone)  # ε', sharing the base's audio path
+        >>> personalized.close()  # remove the adapter from the base denoiser
+    """
+
+    def __init__(self, config: ConceptConfig, weights: Mapping[str, Tensor]) -> None:
+        self.config = config
+        self.weights = dict(weights)
+
+    # -- what it is ---------------------------------------------------------------------------------
+    @property
+    def token(self) -> str:
+        return self.config.token
+
+    @property
+    def class_word(self) -> str | None:
+        return self.config.class_word
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def prompt(self, template: str = DEFAULT_TEMPLATE) -> str:
+        """A prompt naming the concept (see :meth:`ConceptConfig.prompt`)."""
+        return self.config.prompt(template)
+
+    def weights_under(self, prefix: str) -> dict[str, Tensor]:
+        """The weights whose key starts with ``prefix + "."``, with the prefix removed."""
+        start = prefix + "."
+        return {k[len(start) :]: v for k, v in self.weights.items() if k.startswith(start)}
+
+    @property
+    def lora_config(self) -> LoraConfig:
+        """peft's ``LoraConfig`` of the adapter (B starts at zero: a fresh adapter changes nothing)."""
+        from peft import LoraConfig
+
+        if self.method != "lora":
+            raise ValueError(f"a {self.method} concept has no LoRA config")
+        return LoraConfig(
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha if self.config.lora_alpha is not None else self.config.lora_rank,
+            target_modules=list(self.config.lora_targets),
+            lora_dropout=0.0,
+            init_lora_weights=True,
+            base_model_name_or_path=self.config.base_model,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Concept(method={self.method!r}, token={self.token!r}, class_word={self.class_word!r}, "
+            f"family={self.config.family!r}, base_model={self.config.base_model!r}, "
+            f"tensors={len(self.weights)})"
+        )
+
+    # -- learning and using -------------------------------------------------------------------------
+    @classmethod
+    def train(cls, backbone: Backbone, references: Sequence[Any], **kwargs: Any) -> Concept:
+        """Learn a concept from reference clips; see :func:`steer.concepts.train.train_concept`."""
+        from .train import train_concept
+
+        return train_concept(backbone, references, **kwargs)
+
+    def apply(self, backbone: Backbone) -> PersonalizedBackbone:
+        """The personalised model ε' of this concept on ``backbone`` (its base model)."""
+        from .personalized import PersonalizedBackbone
+
+        return PersonalizedBackbone(backbone, self)
+
+    def check_compatible(self, backbone: Backbone) -> None:
+        """Raise ``ValueError`` unless ``backbone`` is the base model this concept was learnt on."""
+        learnt_on = self.config.base_model or "an unnamed model"
+        if backbone.family != self.config.family:
+            raise ValueError(
+                f"this concept was learnt on a {self.config.family} backbone ({learnt_on}); it "
+                f"cannot be applied to a {backbone.family} backbone"
+            )
+        expected = self.config.base_fingerprint
+        if expected is None:
+            return
+        found = base_fingerprint(backbone.denoiser)
+        if found["architecture"] != expected["architecture"]:
+            raise ValueError(
+                f"this concept was learnt on another base model ({learnt_on}): the backbone's "
+                "denoiser has a different architecture. Load the base model it was trained on."
+            )
+        if not _same_weights(found["weights"], expected["weights"]):
+            raise ValueError(
+                f"this concept was learnt on another base model ({learnt_on}): the backbone's "
+                "denoiser has different weights. Load the base model it was trained on."
+            )
+
+    # -- files --------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
+        """Write the concept to a folder (created if needed); returns the folder.
+
+        Files: ``concept_config.json``; for LoRA ``adapter_model.safetensors`` +
+        ``adapter_config.json`` (peft's layout); ``concept.safetensors`` for the other weights;
+        ``README.md``, the model card (``repo_id`` only changes its usage example). Files of an
+        earlier concept of another method in the same folder are removed.
+        """
+        folder = Path(save_directory)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} exists and is not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        lora = {PEFT_PREFIX + k: v for k, v in self.weights_under("lora").items()}
+        other = {k: v for k, v in self.weights.items() if not k.startswith("lora.")}
+        written = {CONFIG_NAME, CARD_NAME}
+        metadata = {"format": "pt", "steer_method": self.method, "steer_token": self.token}
+        if lora:
+            save_file(_contiguous(lora), folder / ADAPTER_WEIGHTS_NAME, metadata=metadata)
+            self.lora_config.save_pretrained(str(folder))
+            written |= {ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME}
+        if other:
+            save_file(_contiguous(other), folder / WEIGHTS_NAME, metadata=metadata)
+            written.add(WEIGHTS_NAME)
+        for name in set(_OWN_FILES) - written:
+            (folder / name).unlink(missing_ok=True)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        self.model_card(repo_id=repo_id).save(folder / CARD_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> Concept:
+        """Load a concept from a local folder or a Hub repo id (``"me/my-guitar"``).
+
+        Only safetensors are read; a folder whose weights are pickle files (``.bin``, ``.pt``,
+        ``.pkl``, …) is refused without opening them, and such files are never downloaded.
+        """
+        path = Path(name_or_path)
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise ValueError(_pickle_refusal(path))
+        if path.is_file():
+            raise ValueError(f"{path} is a file: pass the concept's folder (the one holding {CONFIG_NAME})")
+        folder = path if path.is_dir() else _download(str(name_or_path), revision, token, cache_dir, local_files_only)
+        return cls._from_folder(folder, str(name_or_path))
+
+    @classmethod
+    def _from_folder(cls, folder: Path, name: str) -> Concept:
+        config_path = folder / CONFIG_NAME
+        if not config_path.is_file():
+            hint = " (it holds a peft adapter: steer needs the concept's token and base model too)" if (folder / ADAPTER_CONFIG_NAME).is_file() else ""
+            raise ValueError(f"{name} is not a steer concept: it has no {CONFIG_NAME}{hint}")
+        try:
+            config = ConceptConfig.from_dict(json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"{name}: cannot read {CONFIG_NAME} ({error})") from error
+        weights: dict[str, Tensor] = {}
+        if config.method == "lora":
+            adapter = _load_safetensors(folder, ADAPTER_WEIGHTS_NAME, name)
+            weights.update({"lora." + k.removeprefix(PEFT_PREFIX): v for k, v in adapter.items()})
+            _check_adapter_config(folder, config, name)
+            if (folder / WEIGHTS_NAME).is_file():
+                weights.update(_load_safetensors(folder, WEIGHTS_NAME, name))
+        else:
+            weights.update(_load_safetensors(folder, WEIGHTS_NAME, name))
+        needed = {"lora": "lora.", "dreambooth": "denoiser.", "textual_inversion": "token_embedding"}[config.method]
+        if not any(k.startswith(needed) for k in weights):
+            raise ValueError(f"{name}: a {config.method} concept but its weights hold no {needed!r} tensors")
+        return cls(config, weights)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> CommitInfo:
+        """Create the Hub repo if needed and upload the saved concept to it (one commit)."""
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, repo_id=repo.repo_id)
+            return api.upload_folder(
+                repo_id=repo.repo_id,
+                folder_path=tmp,
+                repo_type="model",
+                commit_message=commit_message or f"Upload steer concept '{self.prompt()}'",
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    def model_card(self, *, repo_id: str | None = None) -> ModelCard:
+        """The ``README.md``: Hub metadata (library, tags, base model) and how to use the concept."""
+        c = self.config
+        base = c.base_model if c.base_model and _looks_like_repo_id(c.base_model) else None
+        data = ModelCardData(
+            library_name="steer",
+            base_model=base,
+            pipeline_tag="text-to-audio",
+            tags=["steer", "audio", "music", "personalization", "steermusic", c.method.replace("_", "-"), c.family],
+        )
+        training = c.training
+        rows = [("method", c.method), ("base model", c.base_model or "not recorded"), ("backbone family", c.family)]
+        if c.method == "lora":
+            rows.append(("LoRA rank / alpha / targets", f"{c.lora_rank} / {c.lora_alpha} / {', '.join(c.lora_targets or ())}"))
+        for key in ("steps", "lr", "batch_size", "seed", "crop_seconds"):
+            if key in training:
+                rows.append((key.replace("_", " "), str(training[key])))
+        if "references" in training:
+            rows.append(("reference clips", str(len(training["references"]))))
+        if training.get("final_loss") is not None:
+            rows.append(("final training loss", f"{training['final_loss']:.4g}"))
+        table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+        source = repo_id or "path/to/this/folder"
+        body = f"""# {self.prompt("{token} {class_word}")}: a steer concept
+
+A musical concept learnt with steer by **{c.method.replace("_", " ")}**
+from reference clips. Prompts name it as `{self.prompt("{token} {class_word}")}`, e.g. "{self.prompt()}".
+It personalises the base model `{c.base_model or "(not recorded)"}` ({c.family} family) and is the
+personalised model ε' of SteerMusic+ editing ([Niu et al., 2025](https://arxiv.org/abs/2504.10826)).
+
+## Use
+
+```python
+from backbones import load_backbone
+from steer import Concept
+
+backbone = load_backbone("{c.base_model or "<the base model>"}")
+concept = Concept.from_pretrained("{source}")
+personalized = concept.apply(backbone)  # a Backbone: ε'
+```
+
+## Training
+
+| setting | value |
+|---|---|
+{table}
+
+Written by steer {c.steer_version}. Weights are safetensors: {self._files_sentence()}.
+
+## References
+
+- Plitsis et al., 2024, *Investigating Personalization Methods in Text to Music Generation* (DreamSound), https://arxiv.org/abs/2309.11140
+- Niu et al., 2025, *SteerMusic*, https://arxiv.org/abs/2504.10826
+"""
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+    def _files_sentence(self) -> str:
+        if self.method == "lora":
+            return f"`{ADAPTER_WEIGHTS_NAME}` + `{ADAPTER_CONFIG_NAME}` in peft's layout"
+        return f"`{WEIGHTS_NAME}`"
+
+
+# -- file helpers ----------------------------------------------------------------------------------
+def _contiguous(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+
+
+def _pickle_refusal(path: Path) -> str:
+    return (
+        f"{path} is a pickle file, which can run code when loaded: steer only loads safetensors "
+        f"({WEIGHTS_NAME}, {ADAPTER_WEIGHTS_NAME}). Convert it where you trust it, e.g. with "
+        "safetensors.torch.save_file(torch.load(path, weights_only=True), ...)."
+    )
+
+
+def _load_safetensors(folder: Path, filename: str, name: str) -> dict[str, Tensor]:
+    path = folder / filename
+    if not path.is_file():
+        stem = Path(filename).stem
+        pickles = sorted(p.name for p in folder.glob(f"{stem}*") if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise ValueError(_pickle_refusal(folder / pickles[0]))
+        raise ValueError(f"{name}: {filename} is missing")
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{name}: cannot read {filename} ({error})") from error
+
+
+def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> None:
+    path = folder / ADAPTER_CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(f"{name}: {ADAPTER_CONFIG_NAME} is missing")
+    adapter = json.loads(path.read_text())
+    found = (adapter.get("r"), sorted(adapter.get("target_modules") or []))
+    if found != (config.lora_rank, sorted(config.lora_targets or ())):
+        raise ValueError(
+            f"{name}: {ADAPTER_CONFIG_NAME} (rank {found[0]}, targets {found[1]}) disagrees with "
+            f"{CONFIG_NAME} (rank {config.lora_rank}, targets {list(config.lora_targets or ())})"
+        )
+
+
+def _looks_like_repo_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
+def _download(
+    repo_id: str,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | os.PathLike | None,
+    local_files_only: bool,
+) -> Path:
+    try:
+        folder = snapshot_download(
+            repo_id=repo_id,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            # Never fetch pickle weights: they would be refused anyway.
+            allow_patterns=["*.json", "*.safetensors", "*.md"],
+        )
+    except HFValidationError as error:
+        raise ValueError(f"{repo_id} is neither a local folder nor a Hub repo id ({error})") from error
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise ValueError(
+            f"could not load the concept {repo_id!r}: no such local folder, and the Hub download "
+            f"failed ({type(error).__name__}: {error})"
+        ) from error
+    return Path(folder)

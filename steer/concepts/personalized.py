@@ -1,0 +1,376 @@
+"""The personalised model ε' of a concept, behind the same :class:`Backbone` call signature.
+
+SteerMusic+ (Niu et al., 2025, https://arxiv.org/abs/2504.10826, section 4.2) queries a base model
+ε and a personalised model ε' that shares its latent space and noise schedule. How ε' is held
+depends on the concept's method:
+
+- **lora**: base and personalised model are ONE network. The adapter is injected into the base
+  denoiser once and is switched off, so the base backbone predicts exactly as before; it is
+  switched on only inside :meth:`PersonalizedBackbone.predict_noise` (and
+  :meth:`PersonalizedBackbone.adapter_enabled`). :attr:`~PersonalizedBackbone.denoiser` is
+  therefore the base's module: forward hooks on it fire for base AND personalised calls, so
+  feature losses such as PCon must capture around each call rather than for a whole step.
+- **dreambooth**: a fine-tuned copy of the denoiser (its own module).
+- **textual_inversion**: the base denoiser with a text encoder that knows the token; only the
+  prompt encoding differs.
+
+Encoding and decoding audio, the schedule and the feature geometry are the base's. Prompts are
+encoded and cached by ε' itself (for LoRA and dreambooth with the base's unchanged text path).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from backbones import AudioLDM2Backbone, Backbone, Conditioning
+from backbones.mel_diffusion import MelDiffusionBackbone
+
+from .concept import Concept
+
+_adapter_ids = itertools.count()
+
+
+# -- what differs between backbone families ---------------------------------------------------------
+def _audioldm2_view(base: AudioLDM2Backbone, denoiser: nn.Module, text_encoder: nn.Module | None) -> Backbone:
+    """An adapter over the base pipeline's components with ``denoiser`` as its UNet (own prompt cache)."""
+    pipe = type(base.pipe)(**{**base.pipe.components, "unet": denoiser})
+    pipe.set_progress_bar_config(disable=True)
+    return type(base)(pipe, mel=base.mel)
+
+
+def _mel_view(base: MelDiffusionBackbone, denoiser: nn.Module, text_encoder: nn.Module | None) -> Backbone:
+    """A backbone over a shallow copy of the base model with its UNet / word encoder replaced."""
+    model = copy.copy(base.model)
+    # copy.copy shares the module's registries (_modules, _parameters, hooks, ...): copy them so
+    # that replacing a child here leaves the base model untouched.
+    for key, value in vars(base.model).items():
+        if isinstance(value, (dict, set)):
+            model.__dict__[key] = copy.copy(value)
+    model.unet = denoiser
+    if text_encoder is not None:
+        model.text_encoder = text_encoder
+    return type(base)(model, mel=base.mel)
+
+
+def _mel_conditioning(view: MelDiffusionBackbone, prompts: Sequence[str]) -> Conditioning:
+    """Like ``view.encode_prompt`` but differentiable through the word embeddings (textual inversion)."""
+    encoder = view.model.text_encoder
+    ids, mask = encoder.tokenize(prompts)
+    cond = {"encoder_hidden_states": encoder(ids, mask), "encoder_attention_mask": mask}
+    return Conditioning(cond=cond, uncond=view.encode_prompt([""] * len(prompts)).cond)
+
+
+@dataclass(frozen=True)
+class _Family:
+    backbone_type: type
+    view: Callable[[Backbone, nn.Module, nn.Module | None], Backbone]
+    #: the closed-vocabulary word encoder a new token is added to (None: prompts are open text)
+    word_encoder: Callable[[Backbone], nn.Module] | None = None
+    conditioning: Callable[[Backbone, Sequence[str]], Conditioning] | None = None
+
+
+FAMILIES: dict[str, _Family] = {
+    "audioldm2": _Family(AudioLDM2Backbone, _audioldm2_view),
+    "mel-diffusion": _Family(
+        MelDiffusionBackbone,
+        _mel_view,
+        word_encoder=lambda base: base.model.text_encoder,
+        conditioning=_mel_conditioning,
+    ),
+}
+
+
+def family_of(backbone: Backbone, method: str) -> _Family:
+    """The family entry for ``backbone``, or a clear error for unsupported backbones and methods."""
+    family = FAMILIES.get(backbone.family)
+    if family is None or not isinstance(backbone, family.backbone_type):
+        raise ValueError(
+            f"concepts work on base backbones of the families {', '.join(sorted(FAMILIES))}; got "
+            f"{type(backbone).__name__} (family {backbone.family!r})"
+        )
+    if method == "textual_inversion" and family.word_encoder is None:
+        raise NotImplementedError(
+            f"textual inversion is implemented for the backbone families "
+            f"{', '.join(n for n, f in FAMILIES.items() if f.word_encoder is not None)} only. "
+            f"{type(backbone).__name__} encodes prompts with two tokenizers (CLAP's RoBERTa and "
+            "Flan-T5) whose states feed a GPT-2: a new token would need an embedding in both. "
+            "Use method='lora' or 'dreambooth'."
+        )
+    return family
+
+
+# -- peft adapters ----------------------------------------------------------------------------------
+def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})]
+
+
+def _set_adapter_state(layer: nn.Module, active: list[str], disabled: bool) -> None:
+    """Switch a peft layer's active adapters without touching ``requires_grad``.
+
+    peft's public ``enable_adapters``/``set_adapter`` also flip ``requires_grad`` of every adapter
+    parameter (~17 µs per layer, ~25 ms per call on AudioLDM2's 384 adapted projections); the two
+    attributes below are what its forward reads. Tests pin the behaviour.
+    """
+    layer._active_adapter = active
+    layer._disable_adapters = disabled
+
+
+def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] | None) -> list[nn.Module]:
+    """Inject a LoRA adapter ``name`` (switched off, frozen) into ``model``; returns its layers."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    with warnings.catch_warnings():
+        # Several concepts may share one denoiser, each as its own named adapter.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        inject_adapter_in_model(config, model, adapter_name=name)
+    layers = _lora_layers(model, name)
+    try:
+        if not layers:
+            raise ValueError(f"the LoRA targets {config.target_modules} match no module of the denoiser")
+        if weights is not None:
+            result = set_peft_model_state_dict(model, weights, adapter_name=name)
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"the concept's LoRA weights name modules this denoiser lacks, e.g. "
+                    f"{result.unexpected_keys[0]}"
+                )
+            expected = {n for n, _ in model.named_parameters() if f".{name}." in n and ".lora_" in n}
+            missing = expected & set(result.missing_keys)
+            if missing:
+                raise ValueError(f"the concept's LoRA weights lack {len(missing)} tensors, e.g. {min(missing)}")
+    except Exception:
+        remove_lora(model, name)
+        raise
+    for layer in layers:
+        for key in ("lora_A", "lora_B"):
+            getattr(layer, key)[name].requires_grad_(False)
+        _set_adapter_state(layer, list(layer.active_adapters), True)
+    return layers
+
+
+def remove_lora(model: nn.Module, name: str) -> None:
+    """Remove adapter ``name``; layers left without adapters become their original modules again."""
+    adapted = {id(m) for m in _lora_layers(model, name)}
+    for qualified, layer in [(n, m) for n, m in model.named_modules() if id(m) in adapted]:
+        others = [a for a in layer.lora_A if a != name]
+        if others:
+            _set_adapter_state(layer, [a for a in layer.active_adapters if a != name] or others[:1], layer.disable_adapters)
+            layer.delete_adapter(name)
+        else:
+            parent, _, child = qualified.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer.get_base_layer())
+    configs = getattr(model, "peft_config", None)
+    if isinstance(configs, dict):
+        configs.pop(name, None)
+        if not configs:
+            del model.peft_config
+
+
+def strip_adapters(model: nn.Module) -> None:
+    """Remove every peft adapter from ``model`` (a copy of a denoiser other concepts adapted)."""
+    for name in list(getattr(model, "peft_config", {}) or {}):
+        remove_lora(model, name)
+
+
+# -- the personalised backbone ----------------------------------------------------------------------
+class PersonalizedBackbone(Backbone):
+    """ε' of ``concept`` on ``base``: a :class:`Backbone` sharing the base's audio path and schedule.
+
+    Args:
+        base: the base backbone the concept was learnt on (checked).
+        concept: the concept. A concept without weights (as :func:`~steer.concepts.train.train_concept`
+            starts) gets fresh ones: a LoRA adapter with B = 0, a copy of the base denoiser, the
+            token's initial embedding.
+
+    Use it as a context manager, or call :meth:`close`, to remove a LoRA adapter from the base
+    denoiser when done (garbage collection removes it too). Switching adapters is not
+    thread-safe: one module serves both models.
+    """
+
+    def __init__(self, base: Backbone, concept: Concept) -> None:
+        if isinstance(base, PersonalizedBackbone):
+            raise TypeError("apply a concept to a base backbone, not to a personalised one")
+        family = family_of(base, concept.method)
+        concept.check_compatible(base)
+        self.base = base
+        self.concept = concept
+        self.family = base.family
+        self.sample_rate = base.sample_rate
+        self._closed = False
+        self._lora_layers: list[nn.Module] = []
+        self.adapter_name: str | None = None
+        self._family = family
+
+        denoiser = base.denoiser
+        if concept.method == "dreambooth":
+            denoiser = copy.deepcopy(base.denoiser)
+            strip_adapters(denoiser)
+            state = concept.weights_under("denoiser")
+            if state:
+                denoiser.load_state_dict(state, strict=True)
+            denoiser.eval().requires_grad_(False)
+        self.token_id: int | None = None
+        word_encoder = self._word_encoder(family)
+        self._view = family.view(base, denoiser, word_encoder)
+        if concept.method == "lora":
+            self.adapter_name = f"steer_{next(_adapter_ids)}"
+            weights = concept.weights_under("lora") or None
+            self._lora_layers = inject_lora(base.denoiser, concept.lora_config, self.adapter_name, weights)
+            # An unclosed ε' still leaves the base denoiser clean once it is garbage-collected.
+            self._remove = weakref.finalize(self, remove_lora, base.denoiser, self.adapter_name)
+
+    def _word_encoder(self, family: _Family) -> nn.Module | None:
+        """A copy of a closed-vocabulary text encoder that knows the token (None: open text)."""
+        if family.word_encoder is None:
+            return None
+        concept = self.concept
+        encoder = copy.deepcopy(family.word_encoder(self.base))
+        if concept.token in encoder.vocabulary:
+            if concept.method == "textual_inversion":
+                raise ValueError(
+                    f"the token {concept.token!r} is already a word of the base model's vocabulary; "
+                    "textual inversion needs a new word (e.g. 'sks')"
+                )
+            return encoder  # dreambooth / LoRA bind the concept to the existing word
+        if concept.method == "textual_inversion":
+            # Gal et al. start from a word describing the concept; the mean word otherwise.
+            init = concept.class_word if concept.class_word in encoder.vocabulary else None
+        else:
+            # DreamBooth binds the concept to a rare identifier whose embedding means little:
+            # in a closed vocabulary that is <unk>'s (fixed; only the denoiser learns).
+            init = "<unk>"
+        try:
+            (self.token_id,) = encoder.add_words([concept.token], init=init)
+        except ValueError as error:
+            raise ValueError(f"cannot add the token {concept.token!r} to the vocabulary: {error}") from error
+        embedding = concept.weights.get("token_embedding")
+        if embedding is not None:
+            with torch.no_grad():
+                encoder.embed.weight[self.token_id] = embedding.to(encoder.embed.weight)
+        return encoder.eval().requires_grad_(False)
+
+    # -- lifetime -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove the LoRA adapter from the base denoiser (idempotent); ε' is unusable afterwards."""
+        if self.adapter_name is not None and not self._closed:
+            self._remove()  # remove_lora, once
+            self._lora_layers = []
+        self._closed = True
+
+    def __enter__(self) -> PersonalizedBackbone:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def adapter_enabled(self) -> Iterator[None]:
+        """Switch this concept's LoRA adapter on (and others off) in the shared denoiser.
+
+        Restored on exit, exceptions included; a no-op for dreambooth and textual inversion.
+        Autograd keeps what the forward used, so backpropagating after the block is correct.
+        """
+        if self._closed:
+            raise RuntimeError("this personalised backbone was closed")
+        if not self._lora_layers:
+            yield
+            return
+        saved = [(layer, list(layer.active_adapters), layer.disable_adapters) for layer in self._lora_layers]
+        try:
+            for layer, _, _ in saved:
+                _set_adapter_state(layer, [self.adapter_name], False)
+            yield
+        finally:
+            for layer, active, disabled in saved:
+                _set_adapter_state(layer, active, disabled)
+
+    # -- the Backbone interface -------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.base.alphas_cumprod
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The denoiser ε' runs; for LoRA and textual inversion the base's own module."""
+        return self._view.denoiser
+
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        if self._closed:
+            raise RuntimeError("this personalised backbone was closed")
+        return self._view.encode_prompt(prompts)
+
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor = 1.0,
+    ) -> Tensor:
+        with self.adapter_enabled():
+            return self._view.predict_noise(x_t, t, cond, guidance_scale)
+
+    def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        return self.base.encode_audio(waveform, sample_rate)
+
+    def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
+        return self.base.decode_audio(latent, num_samples)
+
+    def self_attention_modules(self) -> dict[str, nn.Module]:
+        return self._view.self_attention_modules()
+
+    def feature_grid(self, num_tokens: int, latent_shape: Sequence[int]) -> tuple[int, int]:
+        return self.base.feature_grid(num_tokens, latent_shape)
+
+    # -- learning (used by steer.concepts.train) --------------------------------------------------
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """What the concept's method learns, by name (``requires_grad`` is left to the caller).
+
+        Textual inversion returns the whole embedding table: the trainer keeps every row but
+        :attr:`token_id` fixed.
+        """
+        method = self.concept.method
+        if method == "lora":  # peft's key layout: the adapter's name left out
+            own = f".{self.adapter_name}."
+            return {
+                n.replace(own, "."): p
+                for n, p in self.base.denoiser.named_parameters()
+                if ".lora_" in n and own in n
+            }
+        if method == "dreambooth":
+            return dict(self.denoiser.named_parameters())
+        return {"token_embedding": self._view.model.text_encoder.embed.weight}
+
+    def training_conditioning(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning for training: differentiable through the token's embedding where it is learnt."""
+        if self.concept.method == "textual_inversion":
+            return self._family.conditioning(self._view, prompts)
+        return self.encode_prompt(prompts)
+
+    def concept_weights(self) -> dict[str, Tensor]:
+        """The learnt weights in :class:`Concept`'s namespaced layout (detached CPU copies)."""
+        from peft import get_peft_model_state_dict
+
+        weights: dict[str, Tensor] = {}
+        method = self.concept.method
+        if method == "lora":
+            # save_embedding_layers=False: "auto" would look the base model up on the Hub.
+            state = get_peft_model_state_dict(
+                self.base.denoiser, adapter_name=self.adapter_name, save_embedding_layers=False
+            )
+            weights.update({f"lora.{k}": v for k, v in state.items()})
+        elif method == "dreambooth":
+            weights.update({f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()})
+        if self.token_id is not None:
+            weights["token_embedding"] = self._view.model.text_encoder.embed.weight[self.token_id]
+        return {k: v.detach().float().cpu().clone() for k, v in weights.items()}

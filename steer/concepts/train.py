@@ -1,0 +1,433 @@
+"""Learning a concept from a few reference clips (DreamSound's recipe, Plitsis et al., 2024).
+
+Every step draws reference clips, a random crop of each, a prompt template, a timestep
+t ~ U{0, …, T−1} and noise ε, and minimises the ε-prediction loss of DDPM (Ho et al., 2020,
+eq. 14) through the personalised model: ‖ε'(√ᾱ_t x0 + √(1−ᾱ_t) ε, t, y) − ε‖², with AdamW
+(β = 0.9, 0.999, weight decay 0.01, ε = 1e-8), gradients clipped to norm 1 and a constant learning
+rate, as DreamSound's ``dreambooth_audioldm2.py`` does. One seeded CPU generator draws everything,
+so a seed fixes the result, and a checkpoint holds its state so that a resumed run ends exactly
+where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from backbones import AudioLDM2Backbone, Backbone, to_mono
+
+from ..audio import Audio, load_audio
+from .concept import (
+    DEFAULT_TEMPLATE,
+    LORA_TARGETS,
+    Concept,
+    ConceptConfig,
+    base_fingerprint,
+)
+from .personalized import PersonalizedBackbone, family_of
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """Steps, learning rate and batch size used when :func:`train_concept` is not given them."""
+
+    steps: int
+    lr: float
+    batch_size: int
+
+
+#: Defaults by method (batch 4 = DreamSound's ``train_batch_size=1`` × ``gradient_accumulation_steps=4``):
+#: - dreambooth: 100 steps at 1e-5 (SteerMusic, section 5.1, following DreamSound's repository);
+#: - lora: 500 steps at 1e-4 (diffusers' DreamBooth-LoRA example; rank 4, alpha = rank);
+#: - textual_inversion: 500 steps at 5e-3 (Gal et al., 2022, use 5e-3 and 5000 steps).
+DEFAULTS: dict[str, MethodDefaults] = {
+    "dreambooth": MethodDefaults(steps=100, lr=1e-5, batch_size=4),
+    "lora": MethodDefaults(steps=500, lr=1e-4, batch_size=4),
+    "textual_inversion": MethodDefaults(steps=500, lr=5e-3, batch_size=4),
+}
+#: Overrides for the small mel-diffusion model (~4 M parameters), chosen on it: a "sks guitar"
+#: concept from five 2.56-s sitar renderings (an instrument outside its vocabulary), scored by
+#: the ε-loss on four held-out sitar melodies and, for drift, on piano clips with "a recording
+#: of a piano" (base: 0.0634 / 0.0630). dreambooth at 1e-5 already gives −6 % / +4 % (1e-4:
+#: −10 % / +16 %), so it keeps the paper's setting; LoRA at 1e-4 × 500 gives −3 % / +0.7 %, at
+#: 1e-3 × 300 −5 % / +1.7 % (1e-2 × 100: −4 % / +5 %); textual inversion gains −1 % at 5e-2 × 500
+#: (0 % drift: the denoiser is the base's) and less at 5e-3.
+FAMILY_DEFAULTS: dict[tuple[str, str], MethodDefaults] = {
+    ("mel-diffusion", "lora"): MethodDefaults(steps=300, lr=1e-3, batch_size=4),
+    ("mel-diffusion", "textual_inversion"): MethodDefaults(steps=500, lr=5e-2, batch_size=4),
+}
+#: Crop length by family: AudioLDM2's 10.24 s (256 latent frames; DreamSound crops 10 s), the
+#: mel-diffusion model's 2.56 s training crops.
+CROP_SECONDS: dict[str, float] = {"audioldm2": 10.24, "mel-diffusion": 2.56}
+#: Shorter reference clips are refused.
+MIN_SECONDS = 0.5
+#: A clip whose peak stays below this (−80 dBFS) is silent.
+SILENCE_PEAK = 1e-4
+#: DreamSound's ``max_grad_norm`` and AdamW settings.
+MAX_GRAD_NORM = 1.0
+ADAMW = {"betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
+
+
+def defaults_for(method: str, family: str) -> MethodDefaults:
+    """The default steps / lr / batch size of ``method`` on a backbone ``family``."""
+    return FAMILY_DEFAULTS.get((family, method), DEFAULTS[method])
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """What a training callback sees after each step (``step`` is 0-based)."""
+
+    step: int
+    loss: float
+    lr: float
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference clip, mono at the backbone's rate."""
+
+    name: str
+    waveform: Tensor  # (samples,)
+
+
+def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate: int) -> list[Reference]:
+    """Read the reference clips, refusing unusable ones with an error that names the file."""
+    if isinstance(references, (str, os.PathLike, Audio)):
+        references = [references]
+    if not references:
+        raise ValueError("no reference clips: pass one or more audio files")
+    clips = []
+    for i, reference in enumerate(references):
+        if isinstance(reference, Audio):
+            name, audio = f"reference clip {i}", reference
+        else:
+            name = str(reference)
+            try:
+                audio = load_audio(reference)
+            except ValueError as error:
+                raise ValueError(f"unusable reference clip: {error}") from error
+        waveform = audio.waveform
+        if waveform.dim() == 1:
+            waveform = waveform[None]
+        if not torch.isfinite(waveform).all():
+            raise ValueError(f"{name}: the audio holds NaN or infinite samples")
+        if audio.seconds < MIN_SECONDS:
+            raise ValueError(
+                f"{name} is too short: {audio.seconds:.2f} s; reference clips need at least {MIN_SECONDS} s"
+            )
+        peak = float(waveform.abs().max())
+        if peak < SILENCE_PEAK:
+            raise ValueError(f"{name} is silent (peak {peak:.1e}): a concept needs a recording of it")
+        clips.append(Reference(name, to_mono(waveform[None], audio.sample_rate, sample_rate)[0]))
+    return clips
+
+
+def base_model_name(backbone: Backbone) -> str | None:
+    """The base model's repo id or path, when the backbone knows it."""
+    name = getattr(backbone, "name_or_path", None)
+    if name is None and isinstance(backbone, AudioLDM2Backbone):
+        name = backbone.pipe.name_or_path
+    return str(name) if name else None
+
+
+@torch.no_grad()
+def diffusion_loss(
+    model: Backbone, latents: Tensor, prompts: Sequence[str], *, t: Tensor, noise: Tensor
+) -> float:
+    """The ε-prediction loss ‖ε(x_t, t, y) − ε‖² (mean) of ``model`` at fixed ``t`` and ``noise``.
+
+    Args:
+        latents: clean latents ``(B, ...)``; ``prompts``: one per row; ``t``: ``(B,)``;
+            ``noise``: like ``latents``.
+    """
+    x_t = model.add_noise(latents, noise, t)
+    return F.mse_loss(model.predict_noise(x_t, t, model.encode_prompt(list(prompts))), noise).item()
+
+
+def train_concept(
+    backbone: Backbone,
+    references: Sequence[str | os.PathLike | Audio],
+    *,
+    token: str,
+    class_word: str | None,
+    method: str = "lora",
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    rank: int = 4,
+    alpha: float | None = None,
+    crop_seconds: float | None = None,
+    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+    base_model: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    keep_checkpoints: int = 2,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[TrainState], None] | None = None,
+) -> Concept:
+    """Learn a concept from reference clips on ``backbone`` (left unchanged).
+
+    Args:
+        backbone: the base model (float32 weights; apply the concept to any dtype later).
+        references: audio files (any format soundfile reads) or :class:`~steer.Audio` clips, at
+            least 0.5 s each; longer ones are randomly cropped to ``crop_seconds``.
+        token: the new word naming the concept (``"sks"``).
+        class_word: the kind of sound (``"guitar"``), or ``None``.
+        method: ``"lora"``, ``"dreambooth"`` or ``"textual_inversion"`` (mel-diffusion only).
+        steps, lr, batch_size: default to :func:`defaults_for` ``(method, backbone.family)``.
+        seed: seeds the crops, prompts, timesteps, noise and a LoRA's initial A.
+        rank, alpha: LoRA rank and scale (alpha defaults to the rank, as diffusers' scripts do).
+        crop_seconds: training clip length; defaults to :data:`CROP_SECONDS` of the family, and
+            is shortened to the shortest reference.
+        templates: prompts with ``{token}`` and ``{class_word}``; one is drawn per clip.
+        base_model: the base model's repo id or path for the config and model card (read from
+            the backbone when it knows it).
+        checkpoint_dir: save the training state there every ``checkpoint_every`` steps (the last
+            ``keep_checkpoints`` are kept).
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` (same settings
+            required; ``steps`` may grow); without one, start from scratch.
+        progress: show a progress bar.
+        callback: called with a :class:`TrainState` after every step.
+
+    Returns:
+        the learnt :class:`Concept`.
+    """
+    if method not in DEFAULTS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULTS)}")
+    family_of(backbone, method)  # unsupported backbones and methods fail before any work
+    defaults = defaults_for(method, backbone.family)
+    steps = defaults.steps if steps is None else steps
+    lr = defaults.lr if lr is None else lr
+    batch_size = defaults.batch_size if batch_size is None else batch_size
+    crop_seconds = CROP_SECONDS.get(backbone.family, 10.24) if crop_seconds is None else crop_seconds
+    if steps < 0 or batch_size < 1 or lr <= 0 or crop_seconds <= 0 or checkpoint_every < 1:
+        raise ValueError(
+            f"need steps >= 0, batch_size >= 1, lr > 0, crop_seconds > 0 and checkpoint_every >= 1; "
+            f"got {steps}, {batch_size}, {lr}, {crop_seconds}, {checkpoint_every}"
+        )
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if backbone.dtype != torch.float32:
+        raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
+    clips = load_references(references, backbone.sample_rate)
+    segment = min(round(crop_seconds * backbone.sample_rate), min(len(c.waveform) for c in clips))
+    settings: dict[str, Any] = {
+        "method": method,
+        "token": token,
+        "class_word": class_word,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "crop_seconds": segment / backbone.sample_rate,
+        "templates": list(templates),
+        "references": [Path(c.name).name for c in clips],
+        "references_sha256": _digest(c.waveform for c in clips),
+        "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8), max_grad_norm=1",
+    }
+    lora = method == "lora"
+    config = ConceptConfig(
+        method=method,
+        token=token,
+        class_word=class_word,
+        family=backbone.family,
+        base_model=base_model or base_model_name(backbone),
+        base_fingerprint=base_fingerprint(backbone.denoiser),
+        lora_rank=rank if lora else None,
+        lora_alpha=(alpha if alpha is not None else float(rank)) if lora else None,
+        lora_targets=LORA_TARGETS if lora else None,
+        templates=tuple(templates),
+    )
+    if lora:
+        settings.update(rank=rank, alpha=config.lora_alpha)
+    for template in config.templates:  # fail before training on a template with unknown fields
+        try:
+            config.prompt(template)
+        except (KeyError, IndexError) as error:
+            raise ValueError(f"the template {template!r} has a field other than {{token}} and {{class_word}}") from error
+
+    devices = [backbone.device] if backbone.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # a fresh LoRA's A is drawn from the global generator
+        personalized = PersonalizedBackbone(backbone, Concept(config, {}))
+    params: dict[str, nn.Parameter] = {}
+    try:
+        params = personalized.trainable_parameters()
+        for p in params.values():
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(list(params.values()), lr=lr, **ADAMW)
+        generator = torch.Generator().manual_seed(seed)
+        keep_rows = _frozen_rows(personalized, params)
+        start = 0
+        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume:
+            start = _resume(folder, params, optimizer, generator, settings, steps)
+        loss: float | None = None
+        bar = tqdm(total=steps, initial=start, desc=f"learning '{config.prompt()}'", disable=not progress, leave=False)
+        for step in range(start, steps):
+            loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
+            bar.update(1)
+            if step % 10 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{loss:.4g}")
+            if folder is not None and (step + 1) % checkpoint_every == 0:
+                _save_checkpoint(folder, step + 1, params, optimizer, generator, settings, keep_checkpoints)
+            if callback is not None:
+                callback(TrainState(step=step, loss=loss, lr=lr))
+        bar.close()
+        weights = personalized.concept_weights()
+    finally:
+        for p in params.values():
+            p.requires_grad_(False)
+        personalized.close()
+    training = {**settings, "steps": steps, "final_loss": loss}  # None when no step ran here
+    return Concept(ConceptConfig(**{**config.to_dict(), "training": training}), weights)
+
+
+def _train_step(
+    personalized: PersonalizedBackbone,
+    clips: list[Reference],
+    segment: int,
+    config: ConceptConfig,
+    batch_size: int,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    params: dict[str, nn.Parameter],
+    keep_rows: tuple[Tensor, Tensor] | None,
+) -> float:
+    """One optimiser step on a fresh batch; returns the loss."""
+    base = personalized.base
+    waveforms, prompts = [], []
+    for index in torch.randint(len(clips), (batch_size,), generator=generator).tolist():
+        clip = clips[index].waveform
+        offset = int(torch.randint(len(clip) - segment + 1, (1,), generator=generator))
+        waveforms.append(clip[offset : offset + segment])
+        template = config.templates[int(torch.randint(len(config.templates), (1,), generator=generator))]
+        prompts.append(config.prompt(template))
+    with torch.no_grad():
+        latents = base.encode_audio(torch.stack(waveforms), base.sample_rate)
+    t = torch.randint(base.num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+    eps = personalized.predict_noise(
+        base.add_noise(latents, noise, t), t, personalized.training_conditioning(prompts)
+    )
+    loss = F.mse_loss(eps.float(), noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if keep_rows is not None:  # textual inversion: only the token's row learns
+        mask, original = keep_rows
+        params["token_embedding"].grad[mask] = 0
+    torch.nn.utils.clip_grad_norm_(list(params.values()), MAX_GRAD_NORM)
+    optimizer.step()
+    if keep_rows is not None:  # undo AdamW's weight decay on the other rows
+        with torch.no_grad():
+            params["token_embedding"][mask] = original[mask]
+    return loss.item()
+
+
+def _frozen_rows(personalized: PersonalizedBackbone, params: dict[str, nn.Parameter]) -> tuple[Tensor, Tensor] | None:
+    if personalized.concept.method != "textual_inversion":
+        return None
+    weight = params["token_embedding"]
+    mask = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
+    mask[personalized.token_id] = False
+    return mask, weight.detach().clone()
+
+
+def _digest(waveforms) -> str:
+    digest = hashlib.sha256()
+    for waveform in waveforms:
+        digest.update(waveform.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+# A checkpoint is a folder `checkpoint-<step>` with the learnt tensors (trainable.safetensors), the
+# optimiser's and the generator's state (state.safetensors) and the settings (trainer_state.json).
+# It is written under a temporary name and renamed, so a crash never leaves half a checkpoint.
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _save_checkpoint(
+    folder: Path,
+    step: int,
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    settings: dict[str, Any],
+    keep: int,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"checkpoint-{step:06d}"
+    partial = folder / f".checkpoint-{step:06d}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, partial / "trainable.safetensors")
+    state = optimizer.state_dict()
+    tensors = {"generator": generator.get_state()}
+    for index, values in state["state"].items():
+        tensors.update({f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in values.items()})
+    save_file(tensors, partial / "state.safetensors")
+    meta = {"step": step, "settings": settings, "param_groups": state["param_groups"], "names": list(params)}
+    (partial / "trainer_state.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    for old in _checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+
+
+def _resume(
+    folder: Path,
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    settings: dict[str, Any],
+    steps: int,
+) -> int:
+    """Load the newest checkpoint into the run; returns the step to continue from (0: none)."""
+    found = _checkpoints(folder) if folder.is_dir() else []
+    if not found:
+        return 0
+    latest = found[-1]
+    meta = json.loads((latest / "trainer_state.json").read_text())
+    saved = meta["settings"]
+    changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != _jsonable(settings.get(k)))
+    if changed:
+        raise ValueError(
+            f"cannot resume from {latest}: it was trained with other settings ({', '.join(changed)}); "
+            "use another checkpoint_dir or the same settings"
+        )
+    if meta["names"] != list(params):
+        raise ValueError(f"cannot resume from {latest}: it holds other parameters than this run trains")
+    if meta["step"] > steps:
+        raise ValueError(f"cannot resume from {latest}: it is at step {meta['step']}, past steps={steps}")
+    trainable = load_file(latest / "trainable.safetensors")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(trainable[name])
+    tensors = load_file(latest / "state.safetensors")
+    generator.set_state(tensors.pop("generator"))
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))

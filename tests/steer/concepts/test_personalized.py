@@ -1,0 +1,176 @@
+"""The personalised backbone ε': one network with a switchable LoRA, copies, and prompt-only concepts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from backbones import Conditioning
+from steer.concepts import Concept, PersonalizedBackbone
+
+PROMPT = "a recording of a sks guitar"
+
+
+def _train(backbone, clips, method, **kwargs):
+    kwargs = {"steps": 2, "batch_size": 1, "lr": 1e-2, "crop_seconds": 0.64, "progress": False, **kwargs}
+    return Concept.train(backbone, clips, token="sks", class_word="guitar", method=method, **kwargs)
+
+
+def _inputs(backbone, channels=8):
+    x = torch.randn(2, channels, 8, 16, generator=torch.Generator().manual_seed(0))
+    return x, torch.tensor([100, 700]), backbone.encode_prompt([PROMPT, "a piano"])
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_fresh_lora_changes_nothing(tiny_backbone, clips):
+    concept = _train(tiny_backbone, clips, "lora", steps=0)
+    assert all(not v.any() for k, v in concept.weights.items() if "lora_B" in k)
+    assert any(v.any() for k, v in concept.weights.items() if "lora_A" in k)
+    x, t, cond = _inputs(tiny_backbone)
+    with concept.apply(tiny_backbone) as personalized:
+        for g in (1.0, 7.5):
+            assert torch.equal(
+                personalized.predict_noise(x, t, personalized.encode_prompt([PROMPT, "a piano"]), g),
+                tiny_backbone.predict_noise(x, t, cond, g),
+            )
+
+
+def test_a_loaded_adapter_is_off_for_the_base(tiny_backbone, clips):
+    unet = tiny_backbone.denoiser
+    x, t, cond = _inputs(tiny_backbone)
+    before = tiny_backbone.predict_noise(x, t, cond, 3.0)
+    state = _state(unet)
+    concept = _train(tiny_backbone, clips, "lora")
+    assert _state(unet).keys() == state.keys()  # training left no adapter behind
+    with concept.apply(tiny_backbone) as personalized:
+        assert personalized.denoiser is unet  # one network
+        assert torch.equal(tiny_backbone.predict_noise(x, t, cond, 3.0), before)
+        eps = personalized.predict_noise(x, t, personalized.encode_prompt([PROMPT, "a piano"]), 3.0)
+        assert (eps - before).abs().max() > 1e-4
+        assert torch.equal(tiny_backbone.predict_noise(x, t, cond, 3.0), before)  # off again
+        assert not any(p.requires_grad for p in unet.parameters())
+    assert not hasattr(unet, "peft_config")
+    assert all(type(m) is nn.Linear for n, m in unet.named_modules() if n.endswith((".to_q", ".to_out.0")))
+    after = _state(unet)
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+
+
+def test_a_forgotten_personalised_model_leaves_the_base_clean(tiny_backbone, clips):
+    import gc
+
+    concept = _train(tiny_backbone, clips, "lora", steps=0)
+    personalized = concept.apply(tiny_backbone)
+    assert hasattr(tiny_backbone.denoiser, "peft_config")
+    del personalized
+    gc.collect()
+    assert not hasattr(tiny_backbone.denoiser, "peft_config")
+    assert all(type(m) is nn.Linear for n, m in tiny_backbone.denoiser.named_modules() if n.endswith(".to_q"))
+
+
+def test_the_adapter_switches_off_after_an_exception(tiny_backbone, clips):
+    x, t, cond = _inputs(tiny_backbone)
+    before = tiny_backbone.predict_noise(x, t, cond)
+    with _train(tiny_backbone, clips, "lora").apply(tiny_backbone) as personalized:
+        with pytest.raises(RuntimeError, match="boom"), personalized.adapter_enabled():
+            assert not torch.equal(tiny_backbone.predict_noise(x, t, cond), before)  # ε' inside
+            raise RuntimeError("boom")
+        assert torch.equal(tiny_backbone.predict_noise(x, t, cond), before)
+    with pytest.raises(RuntimeError, match="closed"):
+        personalized.predict_noise(x, t, cond)
+
+
+def test_two_lora_concepts_share_the_base(tiny_backbone, clips):
+    a = _train(tiny_backbone, clips, "lora", seed=0, steps=1)
+    b = _train(tiny_backbone, clips, "lora", seed=1, rank=2, steps=1)
+    x, t, cond = _inputs(tiny_backbone)
+    with a.apply(tiny_backbone) as alone:
+        eps_a = alone.predict_noise(x, t, cond, 3.0)
+    with a.apply(tiny_backbone) as pa, b.apply(tiny_backbone) as pb:
+        assert torch.equal(pa.predict_noise(x, t, cond, 3.0), eps_a)
+        assert not torch.equal(pb.predict_noise(x, t, cond, 3.0), eps_a)
+
+
+def test_dreambooth_holds_its_own_denoiser(tiny_backbone, clips):
+    x, t, cond = _inputs(tiny_backbone)
+    before = tiny_backbone.predict_noise(x, t, cond, 3.0)
+    concept = _train(tiny_backbone, clips, "dreambooth", lr=1e-3)
+    personalized = concept.apply(tiny_backbone)
+    assert personalized.denoiser is not tiny_backbone.denoiser
+    assert personalized.self_attention_modules().keys() == tiny_backbone.self_attention_modules().keys()
+    assert torch.equal(tiny_backbone.predict_noise(x, t, cond, 3.0), before)
+    assert not torch.equal(personalized.predict_noise(x, t, personalized.encode_prompt([PROMPT, "a piano"]), 3.0), before)
+    # the audio path and the schedule are the base's
+    wave = torch.randn(1, 16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    assert torch.equal(personalized.encode_audio(wave, 16000), tiny_backbone.encode_audio(wave, 16000))
+    assert personalized.alphas_cumprod is tiny_backbone.alphas_cumprod
+
+
+def test_textual_inversion_changes_only_the_prompt(mel_backbone, clips):
+    vocabulary = dict(mel_backbone.model.text_encoder.vocabulary)
+    concept = _train(mel_backbone, clips, "textual_inversion")
+    assert concept.weights.keys() == {"token_embedding"}
+    with concept.apply(mel_backbone) as personalized:
+        assert personalized.denoiser is mel_backbone.denoiser
+        assert mel_backbone.model.text_encoder.vocabulary == vocabulary  # the base never learns the word
+        with pytest.warns(UserWarning, match="<unk>"):
+            mel_backbone.encode_prompt([PROMPT])
+        same = personalized.encode_prompt(["a recording of a violin"]).cond["encoder_hidden_states"]
+        assert torch.equal(same, mel_backbone.encode_prompt(["a recording of a violin"]).cond["encoder_hidden_states"])
+        ours = personalized.encode_prompt([PROMPT]).cond["encoder_hidden_states"]
+        unk = mel_backbone.encode_prompt([PROMPT]).cond["encoder_hidden_states"]
+        assert not torch.equal(ours, unk)
+
+
+def test_a_mel_lora_binds_a_new_token_to_unk(mel_backbone, clips):
+    concept = _train(mel_backbone, clips, "lora")
+    unk = mel_backbone.model.text_encoder.embed.weight[1]
+    assert torch.equal(concept.weights["token_embedding"], unk)  # fixed: only the adapter learns
+    # a word the model knows is used as it is
+    known = Concept.train(mel_backbone, clips, token="violin", class_word=None, method="lora", steps=1, progress=False)
+    assert "token_embedding" not in known.weights
+    with pytest.raises(ValueError, match="already a word of the base model's vocabulary"):
+        Concept.train(mel_backbone, clips, token="violin", class_word=None, method="textual_inversion", steps=1, progress=False)
+
+
+def test_textual_inversion_on_audioldm2_is_not_implemented(tiny_backbone, clips):
+    with pytest.raises(NotImplementedError, match="mel-diffusion only.*two tokenizers.*method='lora'"):
+        _train(tiny_backbone, clips, "textual_inversion")
+
+
+def test_unsupported_backbones_are_refused(analytic_backbone, tiny_backbone, clips):
+    with pytest.raises(ValueError, match="concepts work on base backbones of the families audioldm2, mel-diffusion"):
+        _train(analytic_backbone, clips, "lora")
+    with (
+        _train(tiny_backbone, clips, "lora", steps=0).apply(tiny_backbone) as personalized,
+        pytest.raises(TypeError, match="not to a personalised one"),
+    ):
+        PersonalizedBackbone(personalized, Concept(personalized.concept.config, {}))
+
+
+def test_hooks_on_the_shared_denoiser_see_base_and_personalised_calls(tiny_backbone, clips):
+    """Why PCon captures per call: with LoRA, ε and ε' run the very same attn1 modules."""
+    concept = _train(tiny_backbone, clips, "lora")
+    x, t, cond = _inputs(tiny_backbone)
+    with concept.apply(tiny_backbone) as personalized:
+        name, module = next(iter(personalized.self_attention_modules().items()))
+        assert module is tiny_backbone.self_attention_modules()[name]
+        seen = []
+        handle = module.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+        try:
+            tiny_backbone.predict_noise(x, t, cond)
+            personalized.predict_noise(x, t, cond)
+        finally:
+            handle.remove()
+        assert len(seen) == 2 and not torch.equal(seen[0], seen[1])
+
+
+def test_prompts_are_cached_by_the_personalised_model(tiny_backbone, clips):
+    with _train(tiny_backbone, clips, "lora", steps=0).apply(tiny_backbone) as personalized:
+        cond = personalized.encode_prompt([PROMPT])
+        assert isinstance(cond, Conditioning) and len(cond) == 1
+        assert personalized.encode_prompt([PROMPT]) is cond  # cached on the personalised side
+        assert tiny_backbone.encode_prompt([PROMPT]) is not cond  # not shared with the base
