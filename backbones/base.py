@@ -29,6 +29,9 @@ class Backbone(ABC):
 
     family: str
     sample_rate: int
+    #: Bounds of clean latents where the representation has them (samplers clamp x̂_0 to them);
+    #: ``None`` for learned latent spaces without hard bounds.
+    latent_range: tuple[float, float] | None = None
 
     # -- schedule ---------------------------------------------------------------------------
     @property

@@ -142,6 +142,15 @@ class MelDiffusionBackbone(Backbone):
         self.vocoder = GriffinLimVocoder(mel).to(self.device)
         self._prompts: dict[str, Conditioning] = {}
 
+    @property
+    def latent_range(self) -> tuple[float, float]:
+        """Standardised log-mel bounds: silence below; above, the loudest possible band of a
+        clip at the front end's peak (every STFT bin at peak · Σ window, through the widest filter)."""
+        m = self.model
+        loudest = self.mel.peak * torch.hann_window(self.mel.win_length).sum() * self.mel.filters().sum(0).max()
+        low = (self.mel.silence() - m.mel_mean) / m.mel_std
+        return low, (float(loudest.log()) - m.mel_mean) / m.mel_std
+
     @classmethod
     def from_pretrained(
         cls,

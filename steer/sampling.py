@@ -100,7 +100,11 @@ def ddim_timesteps(
 
 
 def ddim_step(
-    x: Tensor, noise_pred: Tensor, alpha_bar: Tensor, alpha_bar_next: Tensor
+    x: Tensor,
+    noise_pred: Tensor,
+    alpha_bar: Tensor,
+    alpha_bar_next: Tensor,
+    clip: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Move x from noise level ᾱ to ᾱ' along ε̂ (DDIM, eq. 12 with η = 0), in either direction.
 
@@ -111,6 +115,9 @@ def ddim_step(
         x: latents at level ᾱ, ``(B, ...)``.
         noise_pred: ε̂, ``(B, ...)``.
         alpha_bar, alpha_bar_next: ᾱ and ᾱ', ``(B,)``.
+        clip: bounds of clean latents; x̂_0 is clamped to them and ε̂ re-derived from the clamped
+            x̂_0 (diffusers' ``clip_sample``), which keeps an imperfect model from diverging at
+            high noise, where ε̂'s error is amplified by 1/√ᾱ.
 
     Returns:
         ``(x', x̂_0)``, both ``(B, ...)``.
@@ -118,6 +125,9 @@ def ddim_step(
     shape = (-1,) + (1,) * (x.dim() - 1)
     a, a_next = alpha_bar.view(shape), alpha_bar_next.view(shape)
     denoised = (x - (1 - a).sqrt() * noise_pred) / a.sqrt()
+    if clip is not None:
+        denoised = denoised.clamp(*clip)
+        noise_pred = (x - a.sqrt() * denoised) / (1 - a).sqrt()
     return a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise_pred, denoised
 
 
@@ -149,8 +159,10 @@ def _walk(
     for i in tqdm(range(len(path) - 1), desc=desc, disable=not progress, leave=False):
         t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x.device)
         noise_pred = backbone.predict_noise(x, t, cond, guidance_scale).float()
+        # clamp x̂_0 to the backbone's latent range when denoising (not when inverting)
+        clip = backbone.latent_range if alpha_bar[i + 1] > alpha_bar[i] else None
         x, denoised = ddim_step(
-            x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch)
+            x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
         )
         if callback is not None:
             callback(SamplerState(step=i, t=t, latent=x, denoised=denoised, noise_pred=noise_pred))

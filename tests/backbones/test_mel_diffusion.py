@@ -80,3 +80,12 @@ def test_save_and_load_round_trip(backbone, tmp_path):
         rtol=0,
         atol=0,
     )
+
+
+def test_latent_range_bounds_real_audio(backbone):
+    low, high = backbone.latent_range
+    loud = torch.sign(torch.randn(1, 16000)) * 0.9  # full-scale noise, the loudest kind of clip
+    for waveform in (loud, torch.zeros(1, 16000), torch.sin(torch.arange(16000) * 0.3)[None]):
+        latent = backbone.encode_audio(waveform, 16000)
+        assert low - 1e-4 <= latent.min() and latent.max() <= high + 1e-4
+    assert low == pytest.approx((MelFrontEnd().silence() + 4.0) / 2.5)

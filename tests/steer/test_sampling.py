@@ -238,3 +238,17 @@ def test_sampling_follows_the_exact_ode(gaussian_backbone):
         exact = backbone.flow(x_T, cond.cond["mu"], timesteps[0], 0)
         errors.append(((out - exact).norm() / exact.norm()).item())
     assert errors[1] < 0.015 and errors[1] < errors[0] / 4  # measured: 0.063, 0.0077
+
+
+def test_ddim_step_clips_the_denoised_estimate_and_stays_consistent():
+    from steer.sampling import ddim_step
+
+    x = torch.full((1, 3), 5.0)
+    eps = torch.zeros(1, 3)
+    a, a_next = torch.tensor([0.25]), torch.tensor([0.81])
+    unclipped, x0 = ddim_step(x, eps, a, a_next)
+    torch.testing.assert_close(x0, torch.full((1, 3), 10.0))
+    clipped, x0c = ddim_step(x, eps, a, a_next, clip=(-2.0, 2.0))
+    torch.testing.assert_close(x0c, torch.full((1, 3), 2.0))
+    eps_c = (x - 0.5 * x0c) / 0.75**0.5  # ε re-derived from the clamped x̂_0
+    torch.testing.assert_close(clipped, 0.9 * x0c + 0.19**0.5 * eps_c)
