@@ -1,0 +1,202 @@
+"""The instrument classifier (shipped weights, on melodies it never heard) and the swap metrics.
+
+The shipped classifier was trained on Ryan's Mammoth tunes only; a few Bach chorales rendered
+here (3 melodies x 8 instruments x 2.56 s, once per session) are another collection entirely.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from backbones import MelFrontEnd
+from backbones.griffin_lim import GriffinLimVocoder
+from steer.data import DEFAULT_INSTRUMENTS, read_manifest, render_dataset
+from steer.metrics import InstrumentClassifier, instrument_accuracy, log_mel_distance
+
+WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "instrument-classifier"
+SR = 16000
+SECONDS = 2.56
+
+
+@pytest.fixture(scope="session")
+def classifier() -> InstrumentClassifier:
+    return InstrumentClassifier.from_pretrained(str(WEIGHTS))
+
+
+@pytest.fixture(scope="session")
+def chorales(tmp_path_factory) -> dict[tuple[str, str], np.ndarray]:
+    """(melody id, instrument) -> 2.56-s clip of three Bach chorales."""
+    out = tmp_path_factory.mktemp("bach")
+    manifest = render_dataset(out, collection="bach", n_melodies=3, seconds=SECONDS, seed=0)
+    return {
+        (e.melody_id, e.instrument): soundfile.read(out / e.audio, dtype="float32")[0]
+        for e in read_manifest(manifest)
+    }
+
+
+@pytest.fixture(scope="session")
+def batch(chorales) -> tuple[np.ndarray, list[str]]:
+    keys = sorted(chorales)
+    return np.stack([chorales[k] for k in keys]), [instrument for _, instrument in keys]
+
+
+@pytest.fixture(scope="session")
+def vocoded(batch) -> torch.Tensor:
+    """Griffin-Lim round trips of ``batch``, which is how the mel-diffusion backbone's edits
+    sound: waveform -> log-mel -> GriffinLimVocoder -> waveform."""
+    mel = MelFrontEnd()
+    with torch.no_grad():
+        return GriffinLimVocoder(mel)(mel(mel.normalize(torch.from_numpy(batch[0]))).squeeze(1))
+
+
+def tiny(**kwargs) -> InstrumentClassifier:
+    torch.manual_seed(0)
+    return InstrumentClassifier(classes=["piano", "violin", "flute"], channels=(4, 4, 8, 8), **kwargs).eval()
+
+
+# -- the shipped weights ---------------------------------------------------------------------
+def test_shipped_weights_are_small_and_know_the_eight_instruments(classifier):
+    assert (WEIGHTS / "model.safetensors").stat().st_size < 2_000_000
+    assert classifier.classes == list(DEFAULT_INSTRUMENTS)
+    assert not classifier.training  # from_pretrained leaves it in eval mode
+
+
+def test_shipped_classifier_names_instruments_of_unseen_melodies(classifier, batch):
+    waveforms, instruments = batch
+    predicted = classifier.predict(waveforms)
+    accuracy = np.mean([p == t for p, t in zip(predicted, instruments)])
+    assert accuracy >= 0.85, list(zip(instruments, predicted))  # measured: 24/24; chance: 1/8
+    assert instrument_accuracy(classifier, waveforms, instruments) == accuracy
+
+
+def test_shipped_classifier_hears_the_instrument_through_griffin_lim(classifier, batch, vocoded):
+    assert instrument_accuracy(classifier, vocoded, batch[1]) >= 0.75  # measured: 24/24
+
+
+def test_probabilities_are_a_distribution_and_agree_with_predict(classifier, batch):
+    waveforms, _ = batch
+    p = classifier.probabilities(waveforms[:4])
+    assert p.shape == (4, 8)
+    torch.testing.assert_close(p.sum(-1), torch.ones(4))
+    assert [classifier.classes[i] for i in p.argmax(-1)] == classifier.predict(waveforms[:4])
+
+
+# -- the module --------------------------------------------------------------------------------
+def test_save_and_load_give_identical_logits(tmp_path):
+    model = tiny(mel_mean=-4.0, mel_std=2.0)
+    with torch.no_grad():  # make batch norm's running statistics non-trivial
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors"}
+    loaded = InstrumentClassifier.from_pretrained(str(tmp_path))
+    assert loaded.classes == model.classes and (loaded.mel_mean, loaded.mel_std) == (-4.0, 2.0)
+    x = torch.randn(2, SR)
+    assert torch.equal(loaded.logits(x), model.logits(x))
+
+
+def test_any_length_shape_and_rate():
+    model = tiny()
+    for samples in (1024, SR, 3 * SR + 123):
+        assert model.logits(torch.randn(2, samples)).shape == (2, 3)
+    assert model.logits(np.zeros(SR, dtype=np.float32)).shape == (1, 3)  # (time,), numpy
+    stereo = torch.randn(1, 2, 44100)
+    torch.testing.assert_close(
+        model.logits(stereo, sample_rate=44100), model.logits(stereo.mean(1), sample_rate=44100)
+    )
+    assert set(model.predict(torch.randn(5, SR))) <= set(model.classes)
+
+
+def test_gain_does_not_change_the_answer():
+    model = tiny()
+    x = torch.randn(2, SR)
+    torch.testing.assert_close(model.logits(0.1 * x), model.logits(x), rtol=1e-4, atol=1e-4)
+
+
+def test_errors_are_clear():
+    model = tiny()
+    with pytest.raises(ValueError, match="too short"):
+        model.logits(torch.randn(1, 1000))
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(torch.full((1, SR), float("nan")))
+    with pytest.raises(ValueError, match="expected a waveform"):
+        model.logits(torch.randn(1, 1, 1, SR))
+    with pytest.raises(ValueError, match="distinct"):
+        InstrumentClassifier(classes=["piano", "piano"])
+    with pytest.raises(ValueError, match="distinct"):
+        InstrumentClassifier(classes=["piano"])
+    with pytest.raises(ValueError, match="kazoo"):
+        instrument_accuracy(model, torch.randn(1, SR), ["kazoo"])
+    with pytest.raises(ValueError, match="2 clips but 1 targets"):
+        instrument_accuracy(model, torch.randn(2, SR), ["piano"])
+
+
+def test_instrument_accuracy_takes_clips_of_different_lengths():
+    model = tiny()
+    clips = [torch.randn(SR), np.random.default_rng(0).normal(size=2 * SR).astype(np.float32), torch.randn(SR)]
+    names = model.predict(torch.stack([clips[0], clips[2]]))
+    targets = [names[0], model.predict(clips[1])[0], names[1]]
+    assert instrument_accuracy(model, clips, targets, batch_size=1) == 1.0
+    wrong = [next(c for c in model.classes if c != t) for t in targets]
+    assert instrument_accuracy(model, clips, wrong) == 0.0
+    clips[1] = torch.full((SR,), float("nan"))  # a diverged edit is a miss, not a crash
+    assert instrument_accuracy(model, clips, targets) == pytest.approx(2 / 3)
+
+
+# -- log-mel distance ------------------------------------------------------------------------
+def test_log_mel_distance_of_a_clip_with_itself_is_zero_and_grows_with_noise(chorales):
+    clip = chorales[sorted(chorales)[0]]
+    assert log_mel_distance(clip, clip) == 0.0
+    assert log_mel_distance(clip, 0.3 * clip) == pytest.approx(0.0, abs=1e-5)  # normalised gain
+    noise = np.random.default_rng(0).normal(size=clip.shape).astype(np.float32)
+    distances = [log_mel_distance(clip + level * noise, clip) for level in (1e-3, 1e-2, 1e-1)]
+    assert 0 < distances[0] < distances[1] < distances[2]
+
+
+def test_log_mel_distance_batches_and_cuts_to_the_shorter(chorales):
+    a, b, c = (chorales[k] for k in sorted(chorales)[:3])
+    batched = log_mel_distance(np.stack([a, b]), torch.from_numpy(np.stack([b, c])))
+    assert batched.shape == (2,)
+    assert batched[0].item() == pytest.approx(log_mel_distance(a, b), rel=1e-5)
+    assert log_mel_distance(a[:SR], a) == 0.0  # the common second only
+    assert log_mel_distance(a, b[:SR]) == log_mel_distance(a[:SR], b)
+    broken = b.copy()
+    broken[100] = np.inf
+    assert np.isnan(log_mel_distance(broken, a))  # a diverged edit is NaN, not a number
+    with pytest.raises(ValueError, match="both"):
+        log_mel_distance(a, np.stack([a, b]))
+    with pytest.raises(ValueError, match="estimate"):
+        log_mel_distance(a[None, None], a)
+    with pytest.raises(ValueError, match="at least"):
+        log_mel_distance(a[:500], a)
+
+
+def test_distance_to_the_target_falls_as_a_clip_moves_towards_it(chorales):
+    """A crude partial edit: the source cross-faded into the ground-truth target."""
+    melodies = sorted({m for m, _ in chorales})
+    for m, (a, b) in itertools.product(melodies, itertools.permutations(DEFAULT_INSTRUMENTS[:4], 2)):
+        source, target = chorales[m, a], chorales[m, b]
+        distances = [log_mel_distance((1 - w) * source + w * target, target) for w in (0, 0.25, 0.5, 0.75, 1)]
+        assert all(x > y for x, y in itertools.pairwise(distances)), (m, a, b, distances)
+        assert distances[-1] == 0.0
+
+
+def test_griffin_lim_damage_is_small_next_to_a_swap(chorales, batch, vocoded):
+    """The floor of what a mel-diffusion edit (decoded by Griffin-Lim) can reach lies well below
+    the distance between two instruments playing the same notes."""
+    floor = log_mel_distance(vocoded, batch[0]).mean().item()
+    swaps = np.mean([
+        log_mel_distance(chorales[m, a], chorales[m, b])
+        for m, a in sorted(chorales)
+        for b in DEFAULT_INSTRUMENTS
+        if b != a
+    ])
+    assert floor < 0.6 * swaps, (floor, swaps)  # measured: 0.81 against 2.01
