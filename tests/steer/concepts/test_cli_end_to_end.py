@@ -1,0 +1,22 @@
+"""``steer personalize`` then ``steer edit --concept`` through the real entry point."""
+
+import soundfile as sf
+
+from steer.cli import main
+
+
+def test_personalize_then_edit_with_the_concept(clip_files, tmp_path, capsys):
+    concept = tmp_path / "my-guitar"
+    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
+                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
+                 "--batch-size", "1"]) == 0
+    out = tmp_path / "edit.wav"
+    edit = ["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "-o", str(out),
+            "--concept", str(concept), "--backbone", "tiny", "--steps", "2", "--device", "cpu"]
+    assert main(edit) == 0
+    assert sf.info(out).frames == sf.info(clip_files[0]).frames * 16000 // sf.info(clip_files[0]).samplerate
+    # the target must name the concept's token: a one-line error, nothing written
+    capsys.readouterr()
+    assert main([*edit[:5], "a guitar", *edit[6:7], str(tmp_path / "other.wav"), *edit[8:]]) == 2
+    assert "does not name the concept token 'sks'" in capsys.readouterr().err
+    assert not (tmp_path / "other.wav").exists()
