@@ -123,17 +123,9 @@ class AudioLDM2Backbone(Backbone):
 
     # -- conditioning -------------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
-        """Conditioning for ``prompts``; each distinct prompt is encoded once and cached.
-
-        Each prompt is encoded on its own by the pipeline's ``encode_prompt`` (with its empty
-        negative prompt), so a row never depends on which other prompts share the batch.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        for prompt in prompts:
-            if prompt not in self._prompts:
-                self._prompts[prompt] = self._encode_one(prompt)
-        return Conditioning.cat([self._prompts[p] for p in prompts])
+        """Conditioning for ``prompts``; each distinct prompt is encoded once (by the pipeline's
+        ``encode_prompt``, with its empty negative prompt) and cached."""
+        return self.cached_prompts(prompts, self._prompts, self._encode_one)
 
     @torch.no_grad()
     def _encode_one(self, prompt: str) -> Conditioning:
@@ -160,19 +152,13 @@ class AudioLDM2Backbone(Backbone):
         guidance_scale: float | Tensor = 1.0,
     ) -> Tensor:
         unet = self.pipe.unet
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1:
-            out = unet(x_t.to(unet.dtype), t, **cond.conditional_batch(), return_dict=False)[0]
-            return out.to(x_t.dtype)
-        out = unet(
-            torch.cat([x_t, x_t]).to(unet.dtype),
-            torch.cat([t, t]),
-            **cond.guidance_batch(),
-            return_dict=False,
-        )[0].to(x_t.dtype)
-        eps_uncond, eps_cond = out.chunk(2)
-        if isinstance(guidance_scale, Tensor):
-            guidance_scale = guidance_scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return self.guided(
+            lambda x, t, kwargs: unet(x.to(unet.dtype), t, **kwargs, return_dict=False)[0],
+            x_t,
+            t,
+            cond,
+            guidance_scale,
+        )
 
     # -- audio --------------------------------------------------------------------------------
     @property

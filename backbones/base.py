@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -93,8 +93,46 @@ class Backbone(ABC):
     @staticmethod
     def conditional_rows(batch: int, guidance_scale: float | Tensor) -> slice:
         """Rows of the denoiser batch that hold the conditional branch of a ``predict_noise`` call."""
-        unguided = isinstance(guidance_scale, (int, float)) and guidance_scale == 1
-        return slice(0, batch) if unguided else slice(batch, 2 * batch)
+        return slice(0, batch) if _unguided(guidance_scale) else slice(batch, 2 * batch)
+
+    @staticmethod
+    def guided(
+        denoise: Callable[[Tensor, Tensor, dict[str, Tensor]], Tensor],
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor,
+    ) -> Tensor:
+        """Classifier-free guidance around one denoiser call, in the row layout of
+        :meth:`conditional_rows`: ``denoise(x, t, kwargs)`` maps ``(N, ...)`` to ε ``(N, ...)``.
+
+        Adapters implement :meth:`predict_noise` with it, giving only their denoiser call.
+        """
+        if _unguided(guidance_scale):
+            return denoise(x_t, t, cond.conditional_batch()).to(x_t.dtype)
+        out = denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond.guidance_batch()).to(x_t.dtype)
+        eps_uncond, eps_cond = out.chunk(2)
+        if isinstance(guidance_scale, Tensor):
+            guidance_scale = guidance_scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    @staticmethod
+    def cached_prompts(
+        prompts: Sequence[str] | str,
+        cache: MutableMapping[str, Conditioning],
+        encode_one: Callable[[str], Conditioning],
+    ) -> Conditioning:
+        """Conditioning of ``prompts``, encoding each distinct prompt once into ``cache``.
+
+        Each prompt is encoded on its own, so a row never depends on which other prompts share
+        the batch.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for prompt in prompts:
+            if prompt not in cache:
+                cache[prompt] = encode_one(prompt)
+        return Conditioning.cat([cache[p] for p in prompts])
 
     # -- audio ----------------------------------------------------------------------------------
     @abstractmethod
@@ -125,3 +163,8 @@ class Backbone(ABC):
             f"{num_tokens} tokens match no resolution level of a latent with (time, frequency) "
             f"= ({time}, {freq})"
         )
+
+
+def _unguided(guidance_scale: float | Tensor) -> bool:
+    """A plain number 1 skips the unconditional branch (a tensor never does: no device sync)."""
+    return isinstance(guidance_scale, (int, float)) and guidance_scale == 1

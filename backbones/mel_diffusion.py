@@ -181,20 +181,15 @@ class MelDiffusionBackbone(Backbone):
     # -- conditioning ------------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         """Word-encoder states ``(B, L, text_dim)`` and mask ``(B, L)``; ``""`` is unconditional."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        for prompt in prompts:
-            if prompt not in self._prompts:
-                unknown = self.model.text_encoder.unknown_words(prompt)
-                if unknown:
-                    warnings.warn(
-                        f"words outside this model's vocabulary are read as <unk>: {unknown}",
-                        stacklevel=2,
-                    )
-                self._prompts[prompt] = Conditioning(
-                    cond=self._encode([prompt]), uncond=self._encode([""])
-                )
-        return Conditioning.cat([self._prompts[p] for p in prompts])
+        return self.cached_prompts(prompts, self._prompts, self._encode_one)
+
+    def _encode_one(self, prompt: str) -> Conditioning:
+        unknown = self.model.text_encoder.unknown_words(prompt)
+        if unknown:
+            warnings.warn(
+                f"words outside this model's vocabulary are read as <unk>: {unknown}", stacklevel=3
+            )
+        return Conditioning(cond=self._encode([prompt]), uncond=self._encode([""]))
 
     @torch.no_grad()
     def _encode(self, prompts: Sequence[str]) -> dict[str, Tensor]:
@@ -210,15 +205,9 @@ class MelDiffusionBackbone(Backbone):
         guidance_scale: float | Tensor = 1.0,
     ) -> Tensor:
         unet = self.model.unet
-        if isinstance(guidance_scale, (int, float)) and guidance_scale == 1:
-            return unet(x_t.to(unet.dtype), t, **cond.conditional_batch()).sample.to(x_t.dtype)
-        out = unet(
-            torch.cat([x_t, x_t]).to(unet.dtype), torch.cat([t, t]), **cond.guidance_batch()
-        ).sample.to(x_t.dtype)
-        eps_uncond, eps_cond = out.chunk(2)
-        if isinstance(guidance_scale, Tensor):
-            guidance_scale = guidance_scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        return self.guided(
+            lambda x, t, kwargs: unet(x.to(unet.dtype), t, **kwargs).sample, x_t, t, cond, guidance_scale
+        )
 
     # -- audio ---------------------------------------------------------------------------------
     def mel_to_latent(self, log_mel: Tensor) -> Tensor:

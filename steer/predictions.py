@@ -39,7 +39,7 @@ def _call(
     """One denoiser call answering every request of ``group`` (all for ``model``)."""
     batch = len(t)
     guidance = _guidance(group, batch, t.device)
-    modules = model.self_attention_modules()
+    modules = model.self_attention_modules() if features else {}
     names = unique(n for f in features for n in modules if re.search(f.layers, n))
     grad = any(f.grad for f in features)
     capture = FeatureCapture(model.denoiser, select=names) if names else contextlib.nullcontext()

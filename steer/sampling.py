@@ -156,11 +156,11 @@ def _walk(
     x = x.detach().float()
     batch = x.shape[0]
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x.device)
+    # clamp x̂_0 to the backbone's latent range when denoising (not when inverting)
+    clip = backbone.latent_range if path[-1] < path[0] else None
     for i in tqdm(range(len(path) - 1), desc=desc, disable=not progress, leave=False):
         t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x.device)
         noise_pred = backbone.predict_noise(x, t, cond, guidance_scale).float()
-        # clamp x̂_0 to the backbone's latent range when denoising (not when inverting)
-        clip = backbone.latent_range if alpha_bar[i + 1] > alpha_bar[i] else None
         x, denoised = ddim_step(
             x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
         )
