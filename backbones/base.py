@@ -12,6 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, MutableMapping, Sequence
 
+import einops
 import torch
 from torch import Tensor, nn
 
@@ -29,6 +30,8 @@ class Backbone(ABC):
 
     family: str
     sample_rate: int
+    #: Audio channels :meth:`decode_audio` returns (1: mono).
+    channels: int = 1
     #: Bounds of clean latents where the representation has them (samplers clamp x̂_0 to them);
     #: ``None`` for learned latent spaces without hard bounds.
     latent_range: tuple[float, float] | None = None
@@ -141,12 +144,22 @@ class Backbone(ABC):
 
     @abstractmethod
     def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
-        """Mono waveform ``(B, samples)`` at :attr:`sample_rate`, cut or padded to ``num_samples``."""
+        """Waveform at :attr:`sample_rate`, cut or padded to ``num_samples``: ``(B, samples)``
+        for a mono backbone, ``(B, channels, samples)`` when :attr:`channels` > 1."""
 
     # -- self-attention geometry ---------------------------------------------------------------
     @abstractmethod
     def self_attention_modules(self) -> dict[str, nn.Module]:
         """The denoiser's self-attention modules by qualified name, in forward order."""
+
+    def feature_map(self, tokens: Tensor, latent_shape: Sequence[int]) -> Tensor:
+        """A self-attention output ``(B, N, C)`` as a ``(B, time, frequency, C)`` map.
+
+        The default reshapes the tokens with :meth:`feature_grid`; adapters whose attention
+        sees extra tokens (a prepended global token, say) drop them here.
+        """
+        time, freq = self.feature_grid(tokens.shape[1], latent_shape)
+        return einops.rearrange(tokens, "b (t f) c -> b t f c", t=time, f=freq)
 
     def feature_grid(self, num_tokens: int, latent_shape: Sequence[int]) -> tuple[int, int]:
         """(time, frequency) sizes of a self-attention feature map of ``num_tokens`` tokens.

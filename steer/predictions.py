@@ -7,7 +7,6 @@ import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-import einops
 import torch
 from torch import Tensor
 
@@ -63,8 +62,7 @@ def _call(
                     continue
                 (h,) = capture.features[name]  # (rows, T·F, C), one call
                 h = h[start : start + batch]
-                time, freq = model.feature_grid(h.shape[1], latent_shape)
-                out[f][name] = einops.rearrange(h if f.grad else h.detach(), "b (t f) c -> b t f c", t=time, f=freq)
+                out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape)
     return predictions, out
 
 
