@@ -1,9 +1,24 @@
 """Latent audio diffusion backbones behind one interface (:class:`Backbone`)."""
 
+from .audioldm import AudioLDMBackbone
 from .audioldm2 import AudioLDM2Backbone
 from .auto import load_backbone
 from .base import Backbone
 from .conditioning import Conditioning
 from .mel import MelFrontEnd, to_mono
+from .mel_vae import MelVAEBackbone
+from .musicldm import MusicLDMBackbone
+from .stable_audio import StableAudioBackbone
 
-__all__ = ["AudioLDM2Backbone", "Backbone", "Conditioning", "MelFrontEnd", "load_backbone", "to_mono"]
+__all__ = [
+    "AudioLDM2Backbone",
+    "AudioLDMBackbone",
+    "Backbone",
+    "Conditioning",
+    "MelFrontEnd",
+    "MelVAEBackbone",
+    "MusicLDMBackbone",
+    "StableAudioBackbone",
+    "load_backbone",
+    "to_mono",
+]

@@ -1,18 +1,55 @@
-"""Load a backbone by name: ``"tiny"`` (offline, random weights), a local folder or a Hub repo id."""
+"""Load a backbone by name: an offline tiny build, a local folder or a Hub repo id.
+
+A diffusers pipeline names its class in ``model_index.json`` (``_class_name``); the adapter that
+serves it is looked up in :data:`ADAPTERS`. Adapters are imported by path on first use, so an
+adapter (and its dependencies) loads only when its pipeline is asked for.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import hf_hub_download
 
-from .audioldm2 import AudioLDM2Backbone
 from .base import Backbone
 from .mel_diffusion import MelDiffusionBackbone
 
-#: Pipeline classes (``model_index.json``'s ``_class_name``) and the adapter that serves each.
-ADAPTERS: dict[str, type[AudioLDM2Backbone]] = {"AudioLDM2Pipeline": AudioLDM2Backbone}
+#: Pipeline class (``model_index.json``'s ``_class_name``) → its adapter, ``"module:Class"``
+#: relative to this package.
+ADAPTERS: dict[str, str] = {
+    "AudioLDM2Pipeline": "audioldm2:AudioLDM2Backbone",
+    "AudioLDMPipeline": "audioldm:AudioLDMBackbone",
+    "MusicLDMPipeline": "musicldm:MusicLDMBackbone",
+    "StableAudioPipeline": "stable_audio:StableAudioBackbone",
+}
+
+#: Offline builds with random weights (their output is noise; for tests and demos):
+#: name → (pipeline builder ``"module:function"``, pipeline class).
+TINY: dict[str, tuple[str, str]] = {
+    "tiny": ("tiny.audioldm2:tiny_audioldm2_pipeline", "AudioLDM2Pipeline"),
+    "tiny-audioldm": ("tiny.audioldm:tiny_audioldm_pipeline", "AudioLDMPipeline"),
+    "tiny-musicldm": ("tiny.musicldm:tiny_musicldm_pipeline", "MusicLDMPipeline"),
+    "tiny-stable-audio": ("tiny.stable_audio:tiny_stable_audio_pipeline", "StableAudioPipeline"),
+}
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
+def adapter_for(pipeline: str | None, source: str = "this model") -> type[Backbone]:
+    """The adapter class serving a diffusers pipeline class name, or a clear error."""
+    if pipeline not in ADAPTERS:
+        raise ValueError(
+            f"{source} holds a {pipeline}, which steer does not support; supported pipelines: "
+            f"{', '.join(sorted(ADAPTERS))}"
+        )
+    return _import(ADAPTERS[pipeline])
 
 
 def load_backbone(
@@ -24,34 +61,49 @@ def load_backbone(
     """The backbone for ``name``.
 
     Args:
-        name: ``"tiny"`` for a randomly initialised AudioLDM2 built offline (its output is noise;
-            it exists for tests and demos), a folder written by ``save_pretrained`` (a diffusers
-            pipeline or a steer mel-diffusion model), or a Hub repo id such as
-            ``"cvssp/audioldm2-music"``.
+        name: one of :data:`TINY` (``"tiny"`` is AudioLDM2; ``"tiny-audioldm"``,
+            ``"tiny-musicldm"``, ``"tiny-stable-audio"``), a folder written by
+            ``save_pretrained`` (a diffusers pipeline or a steer mel-diffusion model), or a Hub
+            repo id such as ``"cvssp/audioldm2-music"`` (its ``model_index.json`` is fetched
+            first to pick the adapter).
         torch_dtype: the model weights' dtype (latents stay float32).
         device: where the model runs.
-    """
-    if name == "tiny":
-        from .tiny import tiny_audioldm2_pipeline
 
-        pipe = tiny_audioldm2_pipeline()
+    Example:
+        >>> type(load_backbone("tiny-audioldm")).__name__
+        'AudioLDMBackbone'
+    """
+    if name in TINY:
+        build, pipeline = TINY[name]
+        pipe = _import(build)()
         if torch_dtype != torch.float32:  # casting float32 to float32 makes diffusers warn
             pipe.to(dtype=torch_dtype)
-        return AudioLDM2Backbone.from_pipe(pipe.to(device))
-    index = Path(name) / "model_index.json"
-    if Path(name).is_dir():
-        if (Path(name) / "config.json").is_file() and not index.is_file():
+        return adapter_for(pipeline).from_pipe(pipe.to(device))
+    folder = Path(name)
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        if (folder / "config.json").is_file() and not index.is_file():
             return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if not index.is_file():
             raise ValueError(
                 f"{name} is a folder without model_index.json (a diffusers pipeline) or "
                 "config.json (a steer mel-diffusion model)"
             )
-        pipeline = json.loads(index.read_text()).get("_class_name")
-        if pipeline not in ADAPTERS:
-            raise ValueError(
-                f"{name} holds a {pipeline}, which steer does not support; supported pipelines: "
-                f"{', '.join(sorted(ADAPTERS))}"
-            )
-        return ADAPTERS[pipeline].from_pretrained(name, torch_dtype=torch_dtype, device=device)
-    return AudioLDM2Backbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
+    else:
+        index = _hub_model_index(name)
+    pipeline = json.loads(index.read_text()).get("_class_name")
+    adapter = adapter_for(pipeline, name)
+    return adapter.from_pretrained(name, torch_dtype=torch_dtype, device=device)
+
+
+def _hub_model_index(repo_id: str) -> Path:
+    """``model_index.json`` of a Hub repo (downloaded, or from the local cache)."""
+    try:
+        return Path(hf_hub_download(repo_id, "model_index.json"))
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{repo_id!r} is not a local folder, and its model_index.json could not be fetched "
+            f"from the Hugging Face Hub ({type(error).__name__}: {error}). Pass a folder written "
+            f"by save_pretrained, a Hub repo id this machine can reach or has cached, or one of "
+            f"the offline builds {', '.join(TINY)}."
+        ) from error

@@ -19,6 +19,10 @@ from torch import Tensor, nn
 from .conditioning import Conditioning
 
 
+#: The self-attention (``attn1``) modules of a diffusers U-Net's up blocks.
+UP_BLOCK_SELF_ATTENTION = r"^up_blocks\..*\.attn1$"
+
+
 class Backbone(ABC):
     """A text-conditioned latent audio diffusion model behind one call signature.
 
@@ -32,9 +36,16 @@ class Backbone(ABC):
     sample_rate: int
     #: Audio channels :meth:`decode_audio` returns (1: mono).
     channels: int = 1
+    #: Regular expression over :meth:`self_attention_modules` naming the decoder side of the
+    #: network, where feature losses (PCon) read by default: a U-Net's up blocks (the authors'
+    #: choice on AudioLDM2); a DiT names its later blocks.
+    decoder_self_attention: str = UP_BLOCK_SELF_ATTENTION
     #: Bounds of clean latents where the representation has them (samplers clamp x̂_0 to them);
     #: ``None`` for learned latent spaces without hard bounds.
     latent_range: tuple[float, float] | None = None
+    #: The Hub repo id or folder the model was loaded from; ``None`` when it was built in memory
+    #: (``from_pipe``, the tiny builds). Concept files record it as the base model.
+    name_or_path: str | None = None
 
     # -- schedule ---------------------------------------------------------------------------
     @property

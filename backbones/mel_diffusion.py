@@ -136,9 +136,12 @@ class MelDiffusionBackbone(Backbone):
     family = "mel-diffusion"
     sample_rate = 16000
 
-    def __init__(self, model: MelDiffusionModel, *, mel: MelFrontEnd = MelFrontEnd()) -> None:
+    def __init__(
+        self, model: MelDiffusionModel, *, mel: MelFrontEnd = MelFrontEnd(), name_or_path: str | None = None
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.mel = mel
+        self.name_or_path = name_or_path
         self.vocoder = GriffinLimVocoder(mel).to(self.device)
         self._prompts: dict[str, Conditioning] = {}
 
@@ -164,7 +167,7 @@ class MelDiffusionBackbone(Backbone):
             model = MelDiffusionModel.from_pretrained(str(name_or_path))
         except (OSError, ValueError) as error:
             raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({error})") from error
-        return cls(model.to(device=device, dtype=torch_dtype))
+        return cls(model.to(device=device, dtype=torch_dtype), name_or_path=str(name_or_path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         self.model.save_pretrained(path)

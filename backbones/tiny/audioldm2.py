@@ -190,9 +190,9 @@ def _vocoder() -> SpeechT5HifiGan:
     return SpeechT5HifiGan(config)
 
 
-def _clap() -> ClapModel:
-    """CLAP: text ids (B, 128) -> text features (B, 16); the audio tower is only used for scoring."""
-    text_config = ClapTextConfig(
+def _clap_text_config() -> ClapTextConfig:
+    """CLAP's RoBERTa text tower: ids (B, 128) -> pooled state projected to (B, 16)."""
+    return ClapTextConfig(
         vocab_size=len(_roberta_vocab()),
         hidden_size=16,
         intermediate_size=32,
@@ -205,6 +205,11 @@ def _clap() -> ClapModel:
         eos_token_id=2,
         projection_dim=_CLAP_PROJECTION_DIM,
     )
+
+
+def _clap() -> ClapModel:
+    """CLAP: text ids (B, 128) -> text features (B, 16); the audio tower is only used for scoring."""
+    text_config = _clap_text_config()
     audio_config = ClapAudioConfig(
         spec_size=64,
         window_size=4,

@@ -1,0 +1,224 @@
+"""The AudioLDM family behind the :class:`Backbone` interface: mel → VAE latent → UNet → VAE → HiFi-GAN.
+
+AudioLDM, AudioLDM2 and MusicLDM share everything but the text conditioning: the mel front end
+(:mod:`backbones.mel`), a mel VAE with a learnt scaling factor, a 2-D UNet over ``(B, C, T, F)``
+latents (time on axis 2, frequency on axis 3), a discrete VP schedule and a SpeechT5 HiFi-GAN
+vocoder. :class:`MelVAEBackbone` holds all of that once; an adapter overrides only how a prompt
+becomes denoiser inputs (:meth:`MelVAEBackbone.encode_one`) and, where needed, the denoiser call
+(:meth:`MelVAEBackbone._denoise`).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from torch import Tensor, nn
+
+from .base import Backbone
+from .conditioning import Conditioning
+from .mel import MelFrontEnd, to_mono
+
+#: Model parametrisations the adapters turn into ε (the scheduler's ``prediction_type``).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+class MelVAEBackbone(Backbone):
+    """A diffusers pipeline of the AudioLDM family as a score function.
+
+    Subclasses set :attr:`family`, :attr:`pipeline_class`, :attr:`description` and
+    :attr:`example_repo`, and implement :meth:`encode_one`.
+
+    Args:
+        pipe: a loaded pipeline with ``vae``, ``unet``, ``scheduler`` and ``vocoder``; its
+            components are frozen and put in eval mode.
+        mel: the mel front end; its band count and rate must match the vocoder's.
+        name_or_path: the Hub repo id or folder the pipeline was loaded from (``None`` when it
+            was built in memory); concept files record it as the base model.
+    """
+
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+    #: "a …" noun phrase naming the pipeline in loading errors.
+    description: ClassVar[str]
+    #: a Hub repo id of a real checkpoint, quoted in loading errors.
+    example_repo: ClassVar[str]
+
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        *,
+        mel: MelFrontEnd = MelFrontEnd(),
+        name_or_path: str | None = None,
+    ) -> None:
+        if pipe.vocoder.config.model_in_dim != mel.n_mels:
+            raise ValueError(
+                f"the vocoder expects {pipe.vocoder.config.model_in_dim} mel bands but the front "
+                f"end makes {mel.n_mels}"
+            )
+        self.sample_rate = int(pipe.vocoder.config.sampling_rate)
+        if self.sample_rate != mel.sample_rate:
+            raise ValueError(
+                f"the vocoder runs at {self.sample_rate} Hz but the mel front end at "
+                f"{mel.sample_rate} Hz"
+            )
+        prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"the scheduler's prediction_type is {prediction_type!r}; steer reads "
+                f"{' and '.join(PREDICTION_TYPES)} models"
+            )
+        self.pipe = pipe
+        self.mel = mel
+        self.name_or_path = name_or_path
+        for module in self._modules():
+            module.eval().requires_grad_(False)
+        self._prompts: dict[str, Conditioning] = {}
+        self._alphas_cumprod: Tensor | None = None
+
+    def _modules(self) -> list[nn.Module]:
+        return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_pipe(cls, pipe: DiffusionPipeline, **kwargs: Any) -> MelVAEBackbone:
+        """Wrap an existing pipeline (its components are shared, not copied)."""
+        return cls(pipe, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        torch_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        **kwargs: Any,
+    ) -> MelVAEBackbone:
+        """Load a Hub repo id (e.g. :attr:`example_repo`) or a folder saved by :meth:`save_pretrained`.
+
+        Extra keyword arguments go to the pipeline's ``from_pretrained``.
+        """
+        name = str(name_or_path)
+        try:
+            pipe = cls._load_pipeline(name, torch_dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"could not load {cls.description} from {name!r} ({error}). Pass a folder written "
+                f"by save_pretrained, a Hub repo id such as {cls.example_repo!r} that this machine "
+                "can reach or has cached, or use an offline 'tiny' backbone."
+            ) from error
+        return cls(pipe.to(device), name_or_path=name)
+
+    @classmethod
+    def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> DiffusionPipeline:
+        return cls.pipeline_class.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
+        self.pipe.save_pretrained(path, safe_serialization=True)
+
+    def to(self, device: torch.device | str) -> MelVAEBackbone:
+        self.pipe.to(device)
+        self._prompts = {p: c.to(device) for p, c in self._prompts.items()}
+        self._alphas_cumprod = None
+        return self
+
+    # -- schedule -----------------------------------------------------------------------------
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        if self._alphas_cumprod is None or self._alphas_cumprod.device != self.device:
+            self._alphas_cumprod = self.pipe.scheduler.alphas_cumprod.to(self.device, torch.float32)
+        return self._alphas_cumprod
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.pipe.unet
+
+    # -- conditioning -------------------------------------------------------------------------
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning for ``prompts`` (with the empty unconditional prompt); each distinct
+        prompt is encoded once, as the pipeline encodes it, and cached (no grad)."""
+        return self.cached_prompts(prompts, self._prompts, torch.no_grad()(self.encode_one))
+
+    @abstractmethod
+    def encode_one(self, prompt: str) -> Conditioning:
+        """The denoiser inputs of one prompt and of the empty negative prompt, batch size 1.
+
+        Uncached and differentiable through the text encoders (textual inversion trains with
+        it); :meth:`encode_prompt` is the cached, gradient-free way in.
+        """
+
+    # -- score --------------------------------------------------------------------------------
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor = 1.0,
+    ) -> Tensor:
+        return self.guided(self._epsilon, x_t, t, cond, guidance_scale)
+
+    def _denoise(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
+        """The UNet's raw output for latents ``(N, C, T, F)``, as the pipeline calls it."""
+        unet = self.pipe.unet
+        return unet(x.to(unet.dtype), t, **kwargs, return_dict=False)[0]
+
+    def _epsilon(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
+        """ε from the UNet output. For v-prediction (Salimans & Ho, 2022, section 4)
+        v = √ᾱ·ε − √(1−ᾱ)·x_0 and x_t = √ᾱ·x_0 + √(1−ᾱ)·ε give ε = √ᾱ·v + √(1−ᾱ)·x_t; the map
+        is affine in the output, so guiding ε equals guiding the raw outputs as the pipeline does."""
+        out = self._denoise(x, t, kwargs)
+        if self.pipe.scheduler.config.get("prediction_type", "epsilon") == "epsilon":
+            return out
+        alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (x.dim() - 1)))
+        return alpha_bar.sqrt() * out + (1 - alpha_bar).sqrt() * x
+
+    # -- audio --------------------------------------------------------------------------------
+    @property
+    def _downsampling(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        """VAE latent ``(B, C, frames / d, n_mels / d)`` of a waveform at any rate and channel
+        count (``d`` the VAE's downsampling: 4, so ``(B, 8, frames / 4, 16)`` for the real models).
+
+        The waveform is mixed to mono, resampled to the vocoder's rate, mean-removed and scaled
+        to peak 0.5; its log-mel is padded with silence to a multiple of ``d``, and the
+        posterior's mode (the deterministic choice) is scaled by the VAE's scaling factor.
+        """
+        waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
+        if waveform.shape[-1] < self.mel.n_fft:
+            raise ValueError(
+                f"audio is too short: {waveform.shape[-1]} samples at {self.sample_rate} Hz, "
+                f"need at least {self.mel.n_fft}"
+            )
+        mel = self.mel(self.mel.normalize(waveform))
+        missing = -mel.shape[2] % self._downsampling
+        mel = F.pad(mel, (0, 0, 0, missing), value=self.mel.silence())
+        vae = self.pipe.vae
+        with torch.no_grad():
+            latent = vae.encode(mel.to(vae.dtype)).latent_dist.mode()
+        return latent.float() * vae.config.scaling_factor
+
+    def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
+        """Waveform ``(B, samples)``: VAE decode to log-mel, then the HiFi-GAN vocoder.
+
+        ``num_samples`` defaults to the mel frames times the hop (the vocoder adds a few samples
+        of edge, which the pipeline trims too).
+        """
+        if num_samples is None:
+            num_samples = latent.shape[2] * self._downsampling * self.mel.hop_length
+        vae = self.pipe.vae
+        mel = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor).sample
+        waveform = self.pipe.vocoder(mel.squeeze(1).to(self.pipe.vocoder.dtype)).float()
+        waveform = F.pad(waveform, (0, max(0, num_samples - waveform.shape[-1])))
+        return waveform[..., :num_samples]
+
+    # -- geometry -----------------------------------------------------------------------------
+    def self_attention_modules(self) -> dict[str, nn.Module]:
+        """Every ``attn1`` of the UNet's transformer blocks, in forward order."""
+        return {n: m for n, m in self.pipe.unet.named_modules() if n.endswith(".attn1")}

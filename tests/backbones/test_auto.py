@@ -1,0 +1,88 @@
+"""load_backbone: tiny builds by name, pipelines by model_index.json (folder or Hub), clear errors."""
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+
+import backbones.auto
+from backbones import (
+    AudioLDM2Backbone,
+    AudioLDMBackbone,
+    MusicLDMBackbone,
+    load_backbone,
+)
+from backbones.auto import ADAPTERS, adapter_for
+from backbones.mel_diffusion import MelDiffusionBackbone
+
+SUPPORTED = "supported pipelines: AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline, StableAudioPipeline"
+SHIPPED = Path(__file__).parents[2] / "weights" / "mel-diffusion-swap"
+
+
+@pytest.mark.parametrize(
+    ("name", "adapter"),
+    [("tiny", AudioLDM2Backbone), ("tiny-audioldm", AudioLDMBackbone), ("tiny-musicldm", MusicLDMBackbone)],
+)
+def test_tiny_names(name, adapter):
+    backbone = load_backbone(name)
+    assert type(backbone) is adapter and backbone.name_or_path is None
+
+
+def test_the_stable_audio_adapter_is_imported_by_path_when_asked_for():
+    module = pytest.importorskip("backbones.stable_audio")
+    assert adapter_for("StableAudioPipeline") is module.StableAudioBackbone
+
+
+def test_every_registered_class_names_its_pipeline():
+    for pipeline in ("AudioLDM2Pipeline", "AudioLDMPipeline", "MusicLDMPipeline"):
+        assert adapter_for(pipeline).pipeline_class.__name__ == pipeline
+    assert sorted(ADAPTERS) == sorted(SUPPORTED.split(": ")[1].split(", "))
+
+
+def test_an_unknown_pipeline_in_a_folder(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FooPipeline"}))
+    with pytest.raises(ValueError, match=f"{tmp_path} holds a FooPipeline, which steer does not support; {SUPPORTED}"):
+        load_backbone(str(tmp_path))
+
+
+def _hub_index(monkeypatch, tmp_path, pipeline):
+    """Answer hf_hub_download with a model_index.json naming ``pipeline``; records the requests."""
+    index = tmp_path / "model_index.json"
+    index.write_text(json.dumps({"_class_name": pipeline}))
+    calls = []
+    monkeypatch.setattr(backbones.auto, "hf_hub_download", lambda *a, **k: calls.append(a) or str(index))
+    return calls
+
+
+def test_a_hub_repo_is_served_by_the_adapter_its_model_index_names(monkeypatch, tmp_path):
+    calls = _hub_index(monkeypatch, tmp_path, "MusicLDMPipeline")
+    loaded = []
+    monkeypatch.setattr(MusicLDMBackbone, "from_pretrained", classmethod(lambda cls, name, **k: loaded.append((cls, name, k))))
+    load_backbone("ucsd-reach/musicldm")
+    assert calls == [("ucsd-reach/musicldm", "model_index.json")]
+    assert loaded == [(MusicLDMBackbone, "ucsd-reach/musicldm", {"torch_dtype": torch.float32, "device": "cpu"})]
+
+
+def test_an_unknown_pipeline_on_the_hub(monkeypatch, tmp_path):
+    _hub_index(monkeypatch, tmp_path, "FooPipeline")
+    with pytest.raises(ValueError, match=f"me/foo holds a FooPipeline, which steer does not support; {SUPPORTED}"):
+        load_backbone("me/foo")
+
+
+def test_offline_without_a_cached_copy_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="'me/missing' is not a local folder, and its model_index.json could not be fetched"):
+        load_backbone("me/missing")
+
+
+def test_a_path_that_is_not_there_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="is not a local folder.*Pass a folder written by save_pretrained"):
+        load_backbone(str(tmp_path / "no" / "such" / "folder"))
+
+
+def test_the_shipped_mel_diffusion_folder_records_its_path():
+    backbone = load_backbone(str(SHIPPED))
+    assert type(backbone) is MelDiffusionBackbone and backbone.name_or_path == str(SHIPPED)

@@ -1,0 +1,134 @@
+"""The contract every backbone keeps, checked by running the same composed editors on each.
+
+A new backbone joins :data:`CASES`; if it breaks what losses and editors rely on (shapes and
+dtypes of the noise prediction, a VP schedule, self-attention features that carry the gradient to
+the latent, an exactly zero delta score for equal prompts, decoding to the input's duration,
+SteerMusic+ with a LoRA concept), it fails here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbones import Backbone, load_backbone
+from losses import FeatureRequest, NoiseRequest
+from steer import Audio, SteerMusic, SteerMusicPlus
+from steer.concepts import Concept
+from steer.predictions import evaluate_requests
+
+SHIPPED = Path(__file__).parents[2] / "weights" / "mel-diffusion-swap"
+CASES = ["tiny", "tiny-audioldm", "tiny-musicldm", "tiny-stable-audio", "mel-diffusion-swap"]
+# Words the shipped mel-diffusion model knows; any text suits the tiny models.
+SOURCE, TARGET = "a recording of a piano", "a recording of a violin"
+TOKEN, CLASS_WORD = "sks", "violin"
+
+
+def _clip() -> Audio:
+    """1.3 s of a harmonic tone at 22.05 kHz: neither rate nor length is any model's own."""
+    rate = 22050
+    t = torch.arange(round(1.3 * rate)) / rate
+    wave = sum(torch.sin(2 * math.pi * k * 220.0 * t) / k for k in range(1, 5))
+    return Audio((0.4 * wave / wave.abs().max())[None].float(), rate)
+
+
+CLIP = _clip()
+
+
+@pytest.fixture(scope="module", params=CASES)
+def backbone(request) -> Backbone:
+    if request.param == "tiny-stable-audio":
+        pytest.importorskip("backbones.stable_audio", reason="the Stable Audio adapter is not there yet")
+        pytest.importorskip("backbones.tiny.stable_audio", reason="the tiny Stable Audio build is not there yet")
+    return load_backbone(str(SHIPPED) if request.param == "mel-diffusion-swap" else request.param)
+
+
+@pytest.fixture(scope="module")
+def latent(backbone) -> torch.Tensor:
+    return backbone.encode_audio(CLIP.waveform[None], CLIP.sample_rate)
+
+
+def test_the_schedule_is_a_vp_table(backbone):
+    a = backbone.alphas_cumprod
+    assert a.dtype == torch.float32 and a.dim() == 1 and backbone.num_train_timesteps == len(a) > 980
+    assert (a > 0).all() and (a <= 1).all() and (a.diff() < 0).all()
+    x0, noise, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.tensor([20, 980])
+    expected = a[t].sqrt()[:, None, None] * x0 + (1 - a[t]).sqrt()[:, None, None] * noise
+    torch.testing.assert_close(backbone.add_noise(x0, noise, t), expected)
+
+
+def test_latents_and_noise_predictions(backbone, latent):
+    assert latent.dtype == torch.float32 and latent.dim() in (3, 4) and latent.shape[0] == 1
+    assert torch.isfinite(latent).all()
+    x = torch.cat([latent, latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))])
+    t = torch.tensor([20, 980])
+    cond = backbone.encode_prompt([SOURCE, TARGET])
+    for guidance in (1.0, 7.5, torch.tensor([3.0, 7.5])):
+        eps = backbone.predict_noise(x, t, cond, guidance)
+        assert eps.shape == x.shape and eps.dtype == torch.float32 and torch.isfinite(eps).all()
+    # a row does not depend on the rows it is batched with (the editor stacks requests)
+    for i, prompt in enumerate([SOURCE, TARGET]):
+        single = backbone.predict_noise(x[i : i + 1], t[i : i + 1], backbone.encode_prompt([prompt]), float(guidance[i]))
+        torch.testing.assert_close(eps[i : i + 1], single, rtol=1e-4, atol=1e-4)
+
+
+def test_self_attention_features_carry_the_gradient_to_the_latent(backbone, latent):
+    modules = backbone.self_attention_modules()
+    assert modules and any(n.endswith("attn1") for n in modules)
+    x = latent.clone().requires_grad_(True)
+    noisy = backbone.add_noise(x, torch.randn_like(x), torch.tensor([500]))
+    request = NoiseRequest("edit", "target", 3.0)
+    feature = FeatureRequest(request, ".", grad=True)  # every self-attention module
+    _, features = evaluate_requests(
+        [request],
+        models={"base": backbone},
+        latents={"edit": noisy},
+        prompts={"base": {"target": backbone.encode_prompt([TARGET])}},
+        t=torch.tensor([500]),
+        features=[feature],
+    )
+    maps = features[feature]
+    assert maps.keys() == modules.keys()
+    for name, f in maps.items():
+        assert f.dim() == 4 and f.shape[0] == 1, (name, f.shape)  # (B, T, F, C)
+        assert f.shape[1] <= x.shape[2], (name, f.shape)  # time is never finer than the latent's
+    sum(f.square().mean() for f in maps.values()).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_equal_prompts_give_an_exactly_zero_delta_score(backbone, latent):
+    states = []
+    result = SteerMusic(backbone, steps=2).edit_latent(latent, source=SOURCE, target=SOURCE, callback=states.append)
+    assert all(torch.equal(s.gradient, torch.zeros_like(latent)) for s in states)
+    assert torch.equal(result.latent, latent)
+
+
+def test_an_edit_keeps_the_input_duration(backbone):
+    result = SteerMusic(backbone, steps=1).edit(CLIP, source=SOURCE, target=TARGET)
+    samples = round(CLIP.seconds * backbone.sample_rate)
+    expected = (1, samples) if backbone.channels == 1 else (1, backbone.channels, samples)
+    assert tuple(result.audio.shape) == expected and result.sample_rate == backbone.sample_rate
+    assert torch.isfinite(result.audio).all()
+
+
+def test_steermusic_plus_with_a_lora_concept(backbone, latent):
+    layers = backbone.decoder_self_attention
+    matched = [n for n in backbone.self_attention_modules() if re.search(layers, n)]
+    assert 0 < len(matched) < len(backbone.self_attention_modules()), f"PCon's default layers {layers!r}"
+    concept = Concept.train(backbone, [CLIP], token=TOKEN, class_word=CLASS_WORD, method="lora", steps=1, progress=False)
+    before = backbone.predict_noise(latent, torch.tensor([300]), backbone.encode_prompt([TARGET]), 3.0)
+    editor = SteerMusicPlus(backbone, concept, steps=2, pcon_positions=8)
+    states = []
+    target = f"a recording of a {TOKEN} {CLASS_WORD}"
+    with editor:
+        result = editor.edit_latent(latent, source=SOURCE, target=target, callback=states.append)
+    assert all(s.losses["PersonalizedContrastiveLoss"] > 0 for s in states)
+    assert torch.isfinite(result.latent).all() and not torch.equal(result.latent, latent)
+    assert sum(len(m._forward_hooks) for m in backbone.denoiser.modules()) == 0
+    # closing ε' leaves the base model as it was
+    after = backbone.predict_noise(latent, torch.tensor([300]), backbone.encode_prompt([TARGET]), 3.0)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
