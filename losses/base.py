@@ -44,12 +44,13 @@ class FeatureRequest:
     Args:
         request: the prediction whose call is observed; its conditional branch is kept.
         layers: regular expression selecting modules among the model's self-attention modules
-            (``Backbone.self_attention_modules``), e.g. ``r"^up_blocks"``.
+            (``Backbone.self_attention_modules``), e.g. ``r"^up_blocks"``; ``None`` selects the
+            model's ``Backbone.decoder_self_attention``.
         grad: keep the graph back to the edited latent (the call then runs with gradients).
     """
 
     request: NoiseRequest
-    layers: str
+    layers: str | None
     grad: bool = False
 
 

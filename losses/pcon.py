@@ -7,12 +7,10 @@ from typing import Literal
 
 import torch
 
+from backbones.base import UP_BLOCK_SELF_ATTENTION
+
 from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss
 from .functional import patch_nce
-
-#: The authors' choice: the self-attention (``attn1``) outputs of the UNet's up blocks.
-UP_BLOCK_SELF_ATTENTION = r"^up_blocks\..*\.attn1$"
-
 
 class PersonalizedContrastiveLoss(ScoreLoss):
     """PatchNCE along time between self-attention features of the personalised model on the edit
@@ -29,7 +27,9 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         weight: multiplier of the loss (the authors use 3).
         tau: temperature τ (0.07).
         num_positions: time positions sampled per layer (256).
-        layers: regular expression over the model's self-attention module names.
+        layers: regular expression over the model's self-attention module names; ``None``
+            (default) reads each model's :attr:`~backbones.Backbone.decoder_self_attention`,
+            the authors' up-block ``attn1`` outputs (:data:`UP_BLOCK_SELF_ATTENTION`) on a U-Net.
         guidance_scale: must equal the delta score's, so the calls are shared.
         reference: ``"source"`` (paper) or ``"edited"`` (authors' script).
     """
@@ -40,7 +40,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         weight: float = 3.0,
         tau: float = 0.07,
         num_positions: int = 256,
-        layers: str = UP_BLOCK_SELF_ATTENTION,
+        layers: str | None = None,
         guidance_scale: float = 15.0,
         reference: Literal["source", "edited"] = "source",
     ) -> None:

@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 
 from backbones import Backbone
 from losses import LossContext, ScoreLoss
+from losses.fused import noise_pair, triton_available
 
 from .audio import Audio
+from .performance import Performance
 from .predictions import evaluate_requests, unique
 
 
@@ -148,8 +150,9 @@ class Editor(LatentEditor):
             ``lr_step_size`` steps (StepLR).
         t_min, t_max: timesteps are drawn uniformly from the integers ``t_min … t_max``
             (inclusive, out of the backbone's training timesteps).
-        batched: evaluate all predictions of a step in one call per model (see
-            :func:`steer.predictions.evaluate_requests`); ``False`` gives one call per prediction.
+        performance: the execution path (:class:`~steer.performance.Performance`): batched
+            calls (default) or the authors' reference loop, precision, compilation, fused kernels.
+            Every path applies the same gradient up to rounding.
 
     Example:
         >>> from backbones import load_backbone
@@ -173,7 +176,7 @@ class Editor(LatentEditor):
         lr_gamma: float = 0.9,
         t_min: int = 20,
         t_max: int = 980,
-        batched: bool = True,
+        performance: Performance = Performance(),
     ) -> None:
         if not losses:
             raise ValueError("an editor needs at least one loss")
@@ -196,7 +199,7 @@ class Editor(LatentEditor):
         self.lr_gamma = lr_gamma
         self.t_min = t_min
         self.t_max = t_max
-        self.batched = batched
+        self.performance = performance
         self.requests = unique(r for loss in self.losses for r in loss.requests)
         self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
         names = [loss.name for loss in self.losses]
@@ -241,6 +244,13 @@ class Editor(LatentEditor):
         }
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
+        performance = self.performance
+        performance.check(x.device)
+        predictors = (
+            {name: performance.compiled(m, x.device) for name, m in models.items()}
+            if performance.compile
+            else None
+        )
         optimizer = self._optimizer(x)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
         generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -253,16 +263,18 @@ class Editor(LatentEditor):
                 self.t_min, self.t_max + 1, (batch,), generator=generator, device=x.device
             )
             noise = torch.randn(x.shape, generator=generator, device=x.device)
-            noisy_latent = backbone.add_noise(x, noise, t)
-            predictions, features = evaluate_requests(
-                self.requests,
-                models=models,
-                latents={"edit": noisy_latent, "source": backbone.add_noise(source_latent, noise, t)},
-                prompts=prompts,
-                t=t,
-                features=self.feature_requests,
-                batched=self.batched,
-            )
+            noisy_latent, noisy_source = self._noise(x, source_latent, noise, t)
+            with performance.autocast(x.device):
+                predictions, features = evaluate_requests(
+                    self.requests,
+                    models=models,
+                    latents={"edit": noisy_latent, "source": noisy_source},
+                    prompts=prompts,
+                    t=t,
+                    features=self.feature_requests,
+                    batched=performance.batched,
+                    predictors=predictors,
+                )
             context = LossContext(
                 t=t,
                 alpha_bar=backbone.alphas_cumprod[t],
@@ -313,7 +325,24 @@ class Editor(LatentEditor):
             history=[{k: float(v) for k, v in h.items()} for h in history],
         )
 
+    def _noise(self, x: Tensor, source: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """x_t and x_src_t with the same (t, ε): one fused kernel where it runs, else add_noise twice.
+
+        The kernel computes the base class's formula, so a backbone that overrides ``add_noise``
+        keeps its own.
+        """
+        backbone = self.backbone
+        if (
+            self.performance.fused
+            and triton_available(x.device)
+            and type(backbone).add_noise is Backbone.add_noise
+        ):
+            return noise_pair(x, source, noise, backbone.alphas_cumprod[t])
+        return backbone.add_noise(x, noise, t), backbone.add_noise(source, noise, t)
+
     def _optimizer(self, x: Tensor) -> torch.optim.Optimizer:
+        # fused=True: one kernel for the whole update (CPU and CUDA support it for SGD and Adam)
+        fused = self.performance.fused or None
         if self.optimizer == "adam":
-            return torch.optim.Adam([x], lr=self.lr)
-        return torch.optim.SGD([x], lr=self.lr)
+            return torch.optim.Adam([x], lr=self.lr, fused=fused)
+        return torch.optim.SGD([x], lr=self.lr, fused=fused)

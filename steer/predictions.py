@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -34,16 +34,31 @@ def _call(
     latents: Mapping[str, Tensor],
     prompts: Mapping[str, Conditioning],
     t: Tensor,
+    predict: Callable[..., Tensor] | None = None,
 ) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
-    """One denoiser call answering every request of ``group`` (all for ``model``)."""
+    """One denoiser call answering every request of ``group`` (all for ``model``).
+
+    ``predict`` replaces ``model.predict_noise`` (a compiled one) in calls that capture no
+    features: hooks added after compilation would not fire in compiled code.
+    """
     batch = len(t)
     guidance = _guidance(group, batch, t.device)
     modules = model.self_attention_modules() if features else {}
-    names = unique(n for f in features for n in modules if re.search(f.layers, n))
+    patterns = {f: f.layers or model.decoder_self_attention for f in features}
+    names = unique(n for f in features for n in modules if re.search(patterns[f], n))
+    for f, pattern in patterns.items():
+        if not any(re.search(pattern, n) for n in modules):
+            raise ValueError(
+                f"the feature layers {pattern!r} match none of the {len(modules)} self-attention "
+                f"modules of {type(model).__name__} (e.g. {next(iter(modules), None)!r}): pass a "
+                "pattern that names some"
+            )
     grad = any(f.grad for f in features)
     capture = FeatureCapture(model.denoiser, select=names) if names else contextlib.nullcontext()
+    if names or predict is None:
+        predict = model.predict_noise
     with torch.set_grad_enabled(grad), capture:
-        eps = model.predict_noise(
+        eps = predict(
             torch.cat([latents[r.latent] if grad else latents[r.latent].detach() for r in group]),
             t.repeat(len(group)),
             Conditioning.cat([prompts[r.prompt] for r in group]),
@@ -58,11 +73,12 @@ def _call(
             start = rows.start + group.index(f.request) * batch
             out[f] = {}
             for name in names:
-                if not re.search(f.layers, name):
+                if not re.search(patterns[f], name):
                     continue
                 (h,) = capture.features[name]  # (rows, T·F, C), one call
                 h = h[start : start + batch]
-                out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape)
+                # float32 whatever the autocast dtype of the call: losses compute in float32
+                out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape).float()
     return predictions, out
 
 
@@ -75,6 +91,7 @@ def evaluate_requests(
     t: Tensor,
     features: Iterable[FeatureRequest] = (),
     batched: bool = True,
+    predictors: Mapping[str, Callable[..., Tensor]] | None = None,
 ) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
     """Guided noise predictions for each distinct request, and the requested features.
 
@@ -89,7 +106,12 @@ def evaluate_requests(
         t: timesteps ``(B,)``.
         features: self-attention features to capture from the calls (conditional rows only).
         batched: evaluate all requests of a model in one denoiser call (classifier-free guidance,
-            every latent and every prompt stacked along the batch), else one call per request.
+            every latent and every prompt stacked along the batch), features read from the same
+            call. ``False`` is the reference loop: one call per request, without gradients, and
+            for each feature request with ``grad=True`` a second call of its prediction with
+            gradients (the same rows; its ε̂ is discarded).
+        predictors: model name → a function with ``predict_noise``'s signature (e.g. compiled)
+            used for calls that capture no features; by default each model's ``predict_noise``.
 
     Returns:
         ε̂ for each request ``(B, ...)`` (detached), and for each feature request the features
@@ -100,17 +122,23 @@ def evaluate_requests(
     missing = [f.request for f in features if f.request not in requests]
     if missing:
         raise ValueError(f"features requested from a prediction nobody requested: {missing[0]}")
-    groups = (
-        [[r for r in requests if r.model == m] for m in unique(r.model for r in requests)]
-        if batched
-        else [[r] for r in requests]
-    )
+    predictors = predictors or {}
+    if batched:
+        groups = [[r for r in requests if r.model == m] for m in unique(r.model for r in requests)]
+        calls = [(group, [f for f in features if f.request in group]) for group in groups]
+    else:
+        calls = [([r], [f for f in features if f.request == r and not f.grad]) for r in requests]
     predictions: dict[NoiseRequest, Tensor] = {}
     captured: dict[FeatureRequest, dict[str, Tensor]] = {}
-    for group in groups:
+    for group, mine in calls:
         model = group[0].model
-        mine = [f for f in features if f.request in group]
-        eps, feats = _call(models[model], group, mine, latents, prompts[model], t)
+        eps, feats = _call(models[model], group, mine, latents, prompts[model], t, predictors.get(model))
         predictions.update(eps)
         captured.update(feats)
+    if not batched:
+        for f in features:
+            if f.grad:
+                model = f.request.model
+                _, feats = _call(models[model], [f.request], [f], latents, prompts[model], t)
+                captured.update(feats)
     return predictions, captured

@@ -15,9 +15,9 @@ from losses import (
     ShiftRegularizer,
     TimestepWeighting,
 )
-from losses.pcon import UP_BLOCK_SELF_ATTENTION
 
 from .editor import Editor
+from .performance import Performance
 
 
 class SteerMusic(Editor):
@@ -25,7 +25,8 @@ class SteerMusic(Editor):
 
     Defaults are the authors' recipe: 400 SGD steps at learning rate 0.02, decayed ×0.9 every 20
     steps; t uniform in [20, 980]; w(t) = 2 · (1 − ᾱ_t); classifier-free guidance 30 on both
-    predictions; the latent starts at the VAE encoding of the source.
+    predictions; the latent starts at the VAE encoding of the source. ``performance`` picks the
+    execution path (:class:`~steer.performance.Performance`, e.g. ``Performance.preset("fused")``).
 
     Example:
         >>> import torch
@@ -51,7 +52,7 @@ class SteerMusic(Editor):
         lr_gamma: float = 0.9,
         t_min: int = 20,
         t_max: int = 980,
-        batched: bool = True,
+        performance: Performance = Performance(),
     ) -> None:
         super().__init__(
             backbone,
@@ -63,7 +64,7 @@ class SteerMusic(Editor):
             lr_gamma=lr_gamma,
             t_min=t_min,
             t_max=t_max,
-            batched=batched,
+            performance=performance,
         )
 
 
@@ -85,11 +86,17 @@ class SteerMusicPlus(Editor):
     up-block self-attention outputs, 256 time positions, τ = 0.07, reference features from the
     base model on the source (the paper; ``pcon_reference="edited"`` is the authors' script).
 
+    The editor holds ε' (for a LoRA concept, an adapter injected into the base denoiser): use it
+    as a context manager, or call :meth:`close`, to give the base model back unchanged.
+
     Args:
         backbone: the base model ε.
         concept: gives the personalised model ε' (``concept.apply(backbone)``) and its token.
         shift: λ; 0 removes the shift term.
         pcon_weight: weight of PCon; 0 removes it.
+        pcon_layers: self-attention modules PCon reads (a regular expression); ``None`` takes
+            the backbone's ``decoder_self_attention`` (the up blocks of AudioLDM2's U-Net).
+        performance: the execution path (:class:`~steer.performance.Performance`).
     """
 
     def __init__(
@@ -103,7 +110,7 @@ class SteerMusicPlus(Editor):
         weighting: TimestepWeighting = TimestepWeighting(scale=1.0),
         shift: float = 0.05,
         pcon_weight: float = 3.0,
-        pcon_layers: str = UP_BLOCK_SELF_ATTENTION,
+        pcon_layers: str | None = None,
         pcon_tau: float = 0.07,
         pcon_positions: int = 256,
         pcon_reference: Literal["source", "edited"] = "source",
@@ -112,7 +119,7 @@ class SteerMusicPlus(Editor):
         lr_gamma: float = 0.9,
         t_min: int = 20,
         t_max: int = 980,
-        batched: bool = True,
+        performance: Performance = Performance(),
     ) -> None:
         losses: list[ScoreLoss] = [
             PersonalizedDeltaScore(guidance_scale=guidance_scale, weighting=weighting)
@@ -142,10 +149,22 @@ class SteerMusicPlus(Editor):
             lr_gamma=lr_gamma,
             t_min=t_min,
             t_max=t_max,
-            batched=batched,
+            performance=performance,
         )
         self.token = concept.token
         self.personalized = concept.apply(backbone)
+
+    def close(self) -> None:
+        """Release ε' (a LoRA concept's adapter leaves the base denoiser); idempotent."""
+        close = getattr(self.personalized, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> SteerMusicPlus:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def models(self) -> dict[str, Backbone]:
         return {"base": self.backbone, "personalized": self.personalized}

@@ -5,6 +5,7 @@ import torch
 
 from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
 from steer import Audio, Editor, SteerMusic
+from steer.performance import Performance
 
 
 @pytest.fixture()
@@ -70,7 +71,7 @@ def test_batched_and_unbatched_predictions_agree(tiny_backbone, latent):
     ]
     kwargs = dict(source="a piano melody", target="a violin melody", seed=3)
     batched = Editor(tiny_backbone, losses=losses, steps=3, lr=1.0).edit_latent(latent, **kwargs)
-    single = Editor(tiny_backbone, losses=losses, steps=3, lr=1.0, batched=False).edit_latent(
+    single = Editor(tiny_backbone, losses=losses, steps=3, lr=1.0, performance=Performance(path="reference")).edit_latent(
         latent, **kwargs
     )
     torch.testing.assert_close(batched.latent, single.latent, rtol=1e-4, atol=1e-4)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from steer import SteerMusic, SteerMusicPlus
+from steer import Audio, Concept, SteerMusic, SteerMusicPlus
 from losses import TimestepWeighting
 
 
@@ -65,3 +65,25 @@ def test_recipe_defaults_are_the_authors(tiny_backbone):
     assert shift.strength == 0.05
     assert (pcon.weight, pcon.tau, pcon.num_positions) == (3.0, 0.07, 256)
     assert pcon.reference.request == pds.source  # the paper's choice
+
+
+def test_pcon_layers_that_match_nothing_are_refused(tiny_backbone, latent):
+    editor = SteerMusicPlus(tiny_backbone, SameModel(), steps=1, pcon_layers=r"^down_blocks\.9")
+    with pytest.raises(ValueError, match=r"match none of the 48 self-attention modules.*pass a pattern"):
+        editor.edit_latent(latent, source="a piano", target="a sks guitar")
+
+
+def _adapted_layers(module) -> int:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def test_closing_the_editor_removes_the_lora_adapter(tiny_backbone, latent):
+    clip = Audio(0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1)), 16000)
+    concept = Concept.train(tiny_backbone, [clip], token="sks", class_word="guitar", method="lora", steps=0, progress=False)
+    with SteerMusicPlus(tiny_backbone, concept, steps=1, pcon_positions=8) as editor:
+        assert _adapted_layers(tiny_backbone.denoiser) > 0
+        editor.edit_latent(latent, source="a piano", target="a sks guitar")
+    assert _adapted_layers(tiny_backbone.denoiser) == 0
+    editor.close()  # idempotent

@@ -1,0 +1,89 @@
+"""Options and shared state of the step benchmarks (``pytest benchmarks``).
+
+``--real-size`` runs AudioLDM2-music's UNet architecture on a 10.24-s latent (for a GPU); the
+default is the tiny offline model on a 1.28-s latent, so the code stays exercised on the CPU.
+The session ends with a table: per recipe and batch, each path's time, memory, MFU and its
+speed-up over ``reference`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from benchmarks.mfu import Peak, matmul_peak
+from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("steer step benchmarks")
+    group.addoption("--real-size", action="store_true", help="AudioLDM2-music's UNet size and a 10.24-s latent")
+    group.addoption("--steps", type=int, default=None, help="steps per timed edit (default: 3 tiny, 20 real size)")
+    group.addoption("--rounds", type=int, default=3, help="timed edits per case; the fastest counts")
+    group.addoption(
+        "--cpu-compile", action="store_true",
+        help="compile the fused path on the CPU too (inductor: minutes per case on a small CPU)",
+    )
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    real_size: bool
+    steps: int
+    rounds: int
+    compile: bool
+    latent_shape: tuple[int, ...]
+    peak: Peak
+    #: (recipe, batch) -> path -> measured figures
+    results: dict[tuple[str, int], dict[str, dict[str, float | None]]] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def settings(request: pytest.FixtureRequest) -> Settings:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real_size = request.config.getoption("--real-size")
+    steps = request.config.getoption("--steps") or (20 if real_size else 3)
+    settings = Settings(
+        device=device,
+        real_size=real_size,
+        steps=steps,
+        rounds=request.config.getoption("--rounds"),
+        compile=device.type == "cuda" or request.config.getoption("--cpu-compile"),
+        latent_shape=REAL_LATENT if real_size else TINY_LATENT,
+        peak=matmul_peak(device),
+    )
+    request.config._steer_bench = settings  # read by the terminal summary
+    return settings
+
+
+@pytest.fixture(scope="session")
+def bench_backbone(settings: Settings):
+    return build_backbone(real_size=settings.real_size, device=settings.device)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    settings: Settings | None = getattr(config, "_steer_bench", None)
+    if settings is None or not settings.results:
+        return
+    write = terminalreporter.write_line
+    model = "real-size AudioLDM2-music UNet" if settings.real_size else "tiny AudioLDM2"
+    write("")
+    write(
+        f"steer step benchmarks: {model}, latent (B, {', '.join(map(str, settings.latent_shape))}), "
+        f"{settings.device.type}, torch {torch.__version__}, {settings.steps} steps per timed edit, "
+        f"fused path compiled: {'yes' if settings.compile else 'no'}; "
+        f"MFU against the {settings.peak.label} = {settings.peak.flops_per_s / 1e12:.3g} TFLOP/s"
+    )
+    write(f"{'recipe':<16}{'B':>3} {'path':<10}{'ms/step':>10}{'s/400-step edit':>17}{'peak MiB':>10}{'MFU':>8}{'vs reference':>14}")
+    for (recipe, batch), paths in sorted(settings.results.items()):
+        reference = paths.get("reference", {}).get("ms_per_step")
+        for path, r in paths.items():
+            memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
+            speedup = "" if reference is None else f"{reference / r['ms_per_step']:.2f}x"
+            write(
+                f"{recipe:<16}{batch:>3} {path:<10}{r['ms_per_step']:>10.2f}{r['ms_per_step'] * 0.4:>17.2f}"
+                f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}"
+            )

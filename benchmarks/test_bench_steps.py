@@ -1,0 +1,111 @@
+"""Milliseconds per step, peak memory and MFU of SteerMusic and SteerMusic+ on every path
+(issue 5), batch 1 and 8. Run on a GPU with ``pytest benchmarks --real-size``; see README.md.
+
+Each case warms up (prompt encoding, compilation, kernel selection), then times ``--rounds``
+edits of ``--steps`` steps and keeps the fastest. FLOPs are counted once per recipe and batch on
+the batched fp32 path (the work the maths needs): the reference's redundant forward does not
+raise its MFU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from benchmarks.mfu import count_flops, mfu
+from benchmarks.models import lora_concept
+from steer import SteerMusic, SteerMusicPlus
+from steer.performance import Performance
+
+RECIPES = ("steermusic", "steermusic_plus")
+PATHS = ("reference", "batched", "bf16", "fused")
+BATCHES = (1, 8)
+PROMPTS = {
+    "steermusic": dict(source="a piano melody", target="a violin melody"),
+    "steermusic_plus": dict(source="a piano melody", target="a sks guitar melody"),
+}
+
+
+def performance(path: str, compile: bool) -> Performance:
+    """The path's preset; without ``compile`` where compiling is off (the CPU by default)."""
+    preset = Performance.preset(path)
+    return preset if compile or not preset.compile else Performance(precision=preset.precision, fused=preset.fused)
+
+
+def make_editor(recipe: str, backbone, perf: Performance, steps: int):
+    if recipe == "steermusic":
+        return SteerMusic(backbone, steps=steps, performance=perf)
+    return SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=perf)
+
+
+def close(editor) -> None:
+    """Remove SteerMusic+'s LoRA adapter from the shared denoiser."""
+    personalized = getattr(editor, "personalized", None)
+    if personalized is not None:
+        personalized.close()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@pytest.fixture(scope="module")
+def model_flops(settings, bench_backbone):
+    """FLOPs of one batched fp32 step, by (recipe, batch), counted on first use."""
+    cache: dict[tuple[str, int], int] = {}
+
+    def flops(recipe: str, batch: int) -> int:
+        if (recipe, batch) not in cache:
+            latent = torch.zeros(batch, *settings.latent_shape, device=settings.device)
+            editor = make_editor(recipe, bench_backbone, Performance(), steps=1)
+            try:
+                editor.edit_latent(latent, **PROMPTS[recipe])  # encodes the prompts outside the count
+                cache[recipe, batch] = count_flops(lambda: editor.edit_latent(latent, **PROMPTS[recipe]))
+            finally:
+                close(editor)
+        return cache[recipe, batch]
+
+    return flops
+
+
+@pytest.mark.filterwarnings("ignore:fused kernels need triton")
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
+    device = settings.device
+    perf = performance(path, settings.compile)
+    latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
+    times: list[float] = []
+
+    def edit():
+        _sync(device)
+        start = time.perf_counter()
+        result = editor.edit_latent(latent, **PROMPTS[recipe])
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        return result
+
+    try:
+        edit()  # warm-up
+        times.clear()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
+    finally:
+        close(editor)
+    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    seconds = min(times) / settings.steps
+    figures = {
+        "ms_per_step": seconds * 1e3,
+        "peak_mib": peak_mib,
+        "mfu": mfu(model_flops(recipe, batch), seconds, settings.peak),
+    }
+    settings.results.setdefault((recipe, batch), {})[path] = figures
+    benchmark.extra_info.update(figures, performance=repr(perf), peak=settings.peak.label)
+    assert torch.isfinite(result.latent).all()
+    assert not torch.equal(result.latent, latent)  # the step did work

@@ -1,0 +1,140 @@
+"""How an editor runs each step: the same maths along different paths (issue 5).
+
+Every path computes the gradient of the reference loop; they differ in how many denoiser calls a
+step makes, in which precision the denoiser runs, and whether compiled code or fused kernels do
+the work. The latent x, its gradient and the optimiser state stay float32 on every path.
+
+Example:
+    >>> Performance.preset("fused")
+    Performance(path='batched', precision='bf16', compile=True, fused=True)
+    >>> Performance(precision="fp64")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown precision 'fp64': use one of fp32, bf16, fp16
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from backbones import Backbone, Conditioning
+from losses.fused import triton_available
+
+PATHS = ("reference", "batched")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: ``predict_noise``'s signature: ``(x_t, t, cond, guidance_scale) -> ε̂``.
+PredictNoise = Callable[[Tensor, Tensor, Conditioning, "float | Tensor"], Tensor]
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The execution path of an editor's steps.
+
+    Args:
+        path: ``"reference"``: the authors' loop, one ``predict_noise`` call per prediction (each
+            with its own classifier-free-guidance batch of 2) without gradients, and for a loss
+            that backpropagates through features (PCon) a second forward of that prediction with
+            gradients. ``"batched"`` (default): all predictions of a model in one call (guidance
+            rows, both latents and every prompt stacked), features read from the same call.
+        precision: dtype the denoiser runs in under autocast: ``"fp32"`` (no autocast),
+            ``"bf16"`` (CPU and CUDA), ``"fp16"`` (CUDA only). Predictions and features are
+            returned as float32; the latent, its gradient and the optimiser stay float32.
+        compile: ``torch.compile`` each model's ``predict_noise`` (``dynamic=False``; on CUDA
+            ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static). Calls that
+            capture features run eager: dynamo does not guard on forward hooks added after
+            compilation, so a compiled call would silently skip them.
+        fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
+            (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
+            and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).
+    """
+
+    path: Literal["reference", "batched"] = "batched"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"unknown path {self.path!r}: use one of {', '.join(PATHS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
+            )
+
+    @classmethod
+    def preset(cls, name: str) -> Performance:
+        """The paths of issue 5 by name: ``reference``, ``batched``, ``bf16``, ``fused``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown performance preset {name!r}: use one of {', '.join(PRESETS)}")
+        return PRESETS[name]
+
+    @property
+    def batched(self) -> bool:
+        return self.path == "batched"
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, ``None`` for float32."""
+        return PRECISIONS[self.precision]
+
+    def check(self, device: torch.device) -> None:
+        """Refuse what ``device`` cannot run, with the fix; warn once where a fallback is used."""
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ValueError(
+                f"fp16 autocast needs a CUDA device, the edit runs on {device.type}: use "
+                "precision='bf16'"
+            )
+        if self.compile:
+            if device.type == "cuda" and not triton_available(device):
+                raise ValueError("torch.compile on CUDA needs triton: pip install triton, or compile=False")
+            if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+                raise ValueError(
+                    "torch.compile on the CPU needs a C++ compiler (g++): install one, or compile=False"
+                )
+        if self.fused and not triton_available(device):
+            warnings.warn(
+                f"fused kernels need triton on a CUDA device; on {device.type} the same maths "
+                "runs as plain torch",
+                stacklevel=3,
+            )
+
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        """Autocast to :attr:`dtype` on ``device`` (a no-op for float32)."""
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(device.type, dtype=self.dtype):
+            yield
+
+    def compiled(self, model: Backbone, device: torch.device) -> PredictNoise:
+        """``model.predict_noise`` compiled for this path (static shapes).
+
+        With CUDA graphs the output lives in memory the next replay overwrites: it is cloned
+        (one latent-sized copy) so predictions of earlier calls in a step stay valid.
+        """
+        if device.type != "cuda":
+            return torch.compile(model.predict_noise, dynamic=False)
+        graph = torch.compile(model.predict_noise, dynamic=False, mode="reduce-overhead")
+
+        def predict(x_t: Tensor, t: Tensor, cond: Conditioning, guidance_scale: float | Tensor = 1.0) -> Tensor:
+            return graph(x_t, t, cond, guidance_scale).clone()
+
+        return predict
+
+
+PRESETS: dict[str, Performance] = {
+    "reference": Performance(path="reference"),
+    "batched": Performance(),
+    "bf16": Performance(precision="bf16"),
+    "fused": Performance(precision="bf16", compile=True, fused=True),
+}
