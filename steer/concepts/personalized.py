@@ -11,8 +11,10 @@ depends on the concept's method:
   therefore the base's module: forward hooks on it fire for base AND personalised calls, so
   feature losses such as PCon must capture around each call rather than for a whole step.
 - **dreambooth**: a fine-tuned copy of the denoiser (its own module).
-- **textual_inversion**: the base denoiser with a text encoder that knows the token; only the
-  prompt encoding differs.
+- **textual_inversion**: the base denoiser with a text path that knows the token; only the
+  prompt encoding differs. A closed vocabulary (mel-diffusion's word encoder) gets a copy with the
+  new word; open-vocabulary tokenizers (AudioLDM2's CLAP RoBERTa and Flan-T5) get the token
+  through :class:`~steer.concepts.new_token.NewToken`, one learnt row per tokenizer.
 
 Encoding and decoding audio, the schedule and the feature geometry are the base's. Prompts are
 encoded and cached by ε' itself (for LoRA and dreambooth with the base's unchanged text path).
@@ -25,26 +27,60 @@ import itertools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from backbones import AudioLDM2Backbone, Backbone, Conditioning
+from backbones import (
+    AudioLDM2Backbone,
+    AudioLDMBackbone,
+    Backbone,
+    Conditioning,
+    MusicLDMBackbone,
+)
 from backbones.mel_diffusion import MelDiffusionBackbone
+from backbones.stable_audio import StableAudioBackbone
 
 from .concept import Concept
+from .new_token import NewToken
 
 _adapter_ids = itertools.count()
 
 
 # -- what differs between backbone families ---------------------------------------------------------
-def _audioldm2_view(base: AudioLDM2Backbone, denoiser: nn.Module, text_encoder: nn.Module | None) -> Backbone:
-    """An adapter over the base pipeline's components with ``denoiser`` as its UNet (own prompt cache)."""
-    pipe = type(base.pipe)(**{**base.pipe.components, "unet": denoiser})
+def _audioldm2_view(base: AudioLDM2Backbone, denoiser: nn.Module, text: nn.Module | None) -> Backbone:
+    """An adapter over the base pipeline's components with ``denoiser`` as its UNet and, for a
+    :class:`NewToken`, its tokenizers (own prompt cache)."""
+    components = {**base.pipe.components, "unet": denoiser}
+    if isinstance(text, NewToken):
+        components.update(tokenizer=text.tokenizers["clap"], tokenizer_2=text.tokenizers["t5"])
+    pipe = type(base.pipe)(**components)
     pipe.set_progress_bar_config(disable=True)
     return type(base)(pipe, mel=base.mel)
+
+
+def _stable_audio_view(base: StableAudioBackbone, denoiser: nn.Module, text: nn.Module | None) -> Backbone:
+    """An adapter over the base pipeline's components with ``denoiser`` as its DiT (own prompt cache)."""
+    pipe = type(base.pipe)(**{**base.pipe.components, "transformer": denoiser})
+    pipe.set_progress_bar_config(disable=True)
+    return type(base)(pipe, num_train_timesteps=base.num_train_timesteps)
+
+
+def _audioldm2_text_paths(base: AudioLDM2Backbone) -> dict[str, tuple[Any, nn.Embedding]]:
+    """AudioLDM2's two tokenizers and the input embeddings they index (CLAP's RoBERTa, Flan-T5)."""
+    pipe = base.pipe
+    return {
+        "clap": (pipe.tokenizer, pipe.text_encoder.text_model.get_input_embeddings()),
+        "t5": (pipe.tokenizer_2, pipe.text_encoder_2.encoder.get_input_embeddings()),  # the module T5Stack calls
+    }
+
+
+def _audioldm2_conditioning(view: AudioLDM2Backbone, prompts: Sequence[str]) -> Conditioning:
+    """Like ``view.encode_prompt`` but uncached and differentiable (textual inversion)."""
+    return Conditioning.cat([view.encode_one(p) for p in prompts])
 
 
 def _mel_view(base: MelDiffusionBackbone, denoiser: nn.Module, text_encoder: nn.Module | None) -> Backbone:
@@ -75,11 +111,23 @@ class _Family:
     view: Callable[[Backbone, nn.Module, nn.Module | None], Backbone]
     #: the closed-vocabulary word encoder a new token is added to (None: prompts are open text)
     word_encoder: Callable[[Backbone], nn.Module] | None = None
+    #: open-vocabulary text paths a textual-inversion token is added to (see :class:`NewToken`)
+    text_paths: Callable[[Backbone], dict[str, tuple[Any, nn.Embedding]]] | None = None
+    #: differentiable, uncached prompt encoding of a view (textual inversion training)
     conditioning: Callable[[Backbone, Sequence[str]], Conditioning] | None = None
 
 
 FAMILIES: dict[str, _Family] = {
-    "audioldm2": _Family(AudioLDM2Backbone, _audioldm2_view),
+    "audioldm2": _Family(
+        AudioLDM2Backbone,
+        _audioldm2_view,
+        text_paths=_audioldm2_text_paths,
+        conditioning=_audioldm2_conditioning,
+    ),
+    # The same pipeline rebuild serves AudioLDM and MusicLDM (LoRA, dreambooth); no textual inversion.
+    "audioldm": _Family(AudioLDMBackbone, _audioldm2_view),
+    "musicldm": _Family(MusicLDMBackbone, _audioldm2_view),
+    "stable_audio": _Family(StableAudioBackbone, _stable_audio_view),
     "mel-diffusion": _Family(
         MelDiffusionBackbone,
         _mel_view,
@@ -97,13 +145,9 @@ def family_of(backbone: Backbone, method: str) -> _Family:
             f"concepts work on base backbones of the families {', '.join(sorted(FAMILIES))}; got "
             f"{type(backbone).__name__} (family {backbone.family!r})"
         )
-    if method == "textual_inversion" and family.word_encoder is None:
+    if method == "textual_inversion" and family.word_encoder is None and family.text_paths is None:
         raise NotImplementedError(
-            f"textual inversion is implemented for the backbone families "
-            f"{', '.join(n for n, f in FAMILIES.items() if f.word_encoder is not None)} only. "
-            f"{type(backbone).__name__} encodes prompts with two tokenizers (CLAP's RoBERTa and "
-            "Flan-T5) whose states feed a GPT-2: a new token would need an embedding in both. "
-            "Use method='lora' or 'dreambooth'."
+            f"textual inversion is not implemented for {type(backbone).__name__}: use method='lora' or 'dreambooth'"
         )
     return family
 
@@ -207,6 +251,8 @@ class PersonalizedBackbone(Backbone):
         self.concept = concept
         self.family = base.family
         self.sample_rate = base.sample_rate
+        self.channels = base.channels
+        self.decoder_self_attention = base.decoder_self_attention
         self._closed = False
         self._lora_layers: list[nn.Module] = []
         self.adapter_name: str | None = None
@@ -221,8 +267,17 @@ class PersonalizedBackbone(Backbone):
                 denoiser.load_state_dict(state, strict=True)
             denoiser.eval().requires_grad_(False)
         self.token_id: int | None = None
-        word_encoder = self._word_encoder(family)
-        self._view = family.view(base, denoiser, word_encoder)
+        self.new_token: NewToken | None = None
+        if concept.method == "textual_inversion" and family.text_paths is not None:
+            self.new_token = NewToken(concept.token, family.text_paths(base), init_word=concept.class_word)
+            saved = {k.removeprefix("token_embedding."): v for k, v in concept.weights.items() if k.startswith("token_embedding.")}
+            if saved:
+                self.new_token.load(saved)
+            self.new_token.to(base.device)
+            text = self.new_token
+        else:
+            text = self._word_encoder(family)
+        self._view = family.view(base, denoiser, text)
         if concept.method == "lora":
             self.adapter_name = f"steer_{next(_adapter_ids)}"
             weights = concept.weights_under("lora") or None
@@ -308,7 +363,11 @@ class PersonalizedBackbone(Backbone):
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         if self._closed:
             raise RuntimeError("this personalised backbone was closed")
-        return self._view.encode_prompt(prompts)
+        with self._token_active():
+            return self._view.encode_prompt(prompts)
+
+    def _token_active(self) -> AbstractContextManager[None]:
+        return self.new_token.active() if self.new_token is not None else nullcontext()
 
     def predict_noise(
         self,
@@ -329,6 +388,9 @@ class PersonalizedBackbone(Backbone):
     def self_attention_modules(self) -> dict[str, nn.Module]:
         return self._view.self_attention_modules()
 
+    def feature_map(self, tokens: Tensor, latent_shape: Sequence[int]) -> Tensor:
+        return self.base.feature_map(tokens, latent_shape)
+
     def feature_grid(self, num_tokens: int, latent_shape: Sequence[int]) -> tuple[int, int]:
         return self.base.feature_grid(num_tokens, latent_shape)
 
@@ -336,8 +398,8 @@ class PersonalizedBackbone(Backbone):
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """What the concept's method learns, by name (``requires_grad`` is left to the caller).
 
-        Textual inversion returns the whole embedding table: the trainer keeps every row but
-        :attr:`token_id` fixed.
+        Textual inversion returns the token's rows (open vocabularies) or the whole embedding
+        table of a closed one: the trainer keeps every row but :attr:`token_id` fixed.
         """
         method = self.concept.method
         if method == "lora":  # peft's key layout: the adapter's name left out
@@ -349,12 +411,15 @@ class PersonalizedBackbone(Backbone):
             }
         if method == "dreambooth":
             return dict(self.denoiser.named_parameters())
+        if self.new_token is not None:
+            return {f"token_embedding.{name}": row for name, row in self.new_token.rows.items()}
         return {"token_embedding": self._view.model.text_encoder.embed.weight}
 
     def training_conditioning(self, prompts: Sequence[str]) -> Conditioning:
         """Conditioning for training: differentiable through the token's embedding where it is learnt."""
         if self.concept.method == "textual_inversion":
-            return self._family.conditioning(self._view, prompts)
+            with self._token_active():
+                return self._family.conditioning(self._view, prompts)
         return self.encode_prompt(prompts)
 
     def concept_weights(self) -> dict[str, Tensor]:
@@ -373,4 +438,6 @@ class PersonalizedBackbone(Backbone):
             weights.update({f"denoiser.{k}": v for k, v in self.denoiser.state_dict().items()})
         if self.token_id is not None:
             weights["token_embedding"] = self._view.model.text_encoder.embed.weight[self.token_id]
+        if self.new_token is not None:
+            weights.update({f"token_embedding.{name}": row for name, row in self.new_token.rows.items()})
         return {k: v.detach().float().cpu().clone() for k, v in weights.items()}

@@ -187,7 +187,7 @@ def train_concept(
             least 0.5 s each; longer ones are randomly cropped to ``crop_seconds``.
         token: the new word naming the concept (``"sks"``).
         class_word: the kind of sound (``"guitar"``), or ``None``.
-        method: ``"lora"``, ``"dreambooth"`` or ``"textual_inversion"`` (mel-diffusion only).
+        method: ``"lora"``, ``"dreambooth"`` or ``"textual_inversion"``.
         steps, lr, batch_size: default to :func:`defaults_for` ``(method, backbone.family)``.
         seed: seeds the crops, prompts, timesteps, noise and a LoRA's initial A.
         rank, alpha: LoRA rank and scale (alpha defaults to the rank, as diffusers' scripts do).
@@ -338,7 +338,7 @@ def _train_step(
 
 
 def _frozen_rows(personalized: PersonalizedBackbone, params: dict[str, nn.Parameter]) -> tuple[Tensor, Tensor] | None:
-    if personalized.concept.method != "textual_inversion":
+    if "token_embedding" not in params:  # not a whole closed-vocabulary table: nothing to keep
         return None
     weight = params["token_embedding"]
     mask = torch.ones(len(weight), dtype=torch.bool, device=weight.device)

@@ -35,26 +35,25 @@ def _reference_loss(backbone, concept, clips) -> float:
 
 
 @pytest.mark.parametrize(
-    ("family", "method", "lr", "steps"),
-    [
-        ("audioldm2", "lora", 1e-1, 8),
-        ("audioldm2", "dreambooth", 3e-3, 8),
-        ("mel-diffusion", "lora", 1e-1, 8),
-        ("mel-diffusion", "dreambooth", 3e-3, 8),
-        ("mel-diffusion", "textual_inversion", 3e-1, 15),
+    ("family", "method", "lr", "steps", "gain"),
+    [  # gain: the least relative fall of the loss; seen: -6 % (LoRA) to -20 % (dreambooth) in 8 steps
+        ("audioldm2", "lora", 1e-1, 8, 0.03),
+        ("audioldm2", "dreambooth", 3e-3, 8, 0.03),
+        ("mel-diffusion", "lora", 1e-1, 8, 0.03),
+        ("mel-diffusion", "dreambooth", 3e-3, 8, 0.03),
+        # A random model's ε depends little on the prompt, so one learnt embedding can gain only a
+        # little; it must still gain (seen: mel-diffusion 1.1213 -> 1.1197, tiny AudioLDM2, whose
+        # prompt reaches the UNet through GPT-2, 1.14563 -> 1.14548).
+        ("mel-diffusion", "textual_inversion", 3e-1, 15, 4e-4),
+        ("audioldm2", "textual_inversion", 1.0, 15, 7e-5),
     ],
 )
-def test_training_lowers_the_loss_on_the_references(family, method, lr, steps, tiny_backbone, mel_backbone, clips):
+def test_training_lowers_the_loss_on_the_references(family, method, lr, steps, gain, tiny_backbone, mel_backbone, clips):
     backbone = tiny_backbone if family == "audioldm2" else mel_backbone
     kwargs = {"lr": lr, "batch_size": 2, "seed": 0, "crop_seconds": 0.64}
     before = _reference_loss(backbone, _train(backbone, clips, method, steps=0, **kwargs), clips)
     after = _reference_loss(backbone, _train(backbone, clips, method, steps=steps, **kwargs), clips)
-    if method == "textual_inversion":
-        # A random model's ε depends little on the prompt (another word moves it ~6 %), so one
-        # learnt embedding can only gain a little: it must still gain (seen: 1.1213 -> 1.1197).
-        assert after < before - 5e-4, (before, after)
-    else:  # seen: -6 % (LoRA) to -20 % (dreambooth) in 8 steps
-        assert after < 0.97 * before, (before, after)
+    assert after < (1 - gain) * before, (before, after)
 
 
 def test_the_same_seed_gives_the_same_weights(mel_backbone, clips):
@@ -157,5 +156,5 @@ def test_personalize_command(clip_files, tmp_path, capsys):
         run_personalize(parser.parse_args([*missing, "--overwrite"]))
     ti = [*argv, "--overwrite"]
     ti[ti.index("lora")] = "textual_inversion"
-    with pytest.raises(ValueError, match="textual inversion is implemented"):
-        run_personalize(parser.parse_args(ti))
+    run_personalize(parser.parse_args(ti))
+    assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.clap", "token_embedding.t5"}

@@ -136,13 +136,47 @@ def test_a_mel_lora_binds_a_new_token_to_unk(mel_backbone, clips):
         Concept.train(mel_backbone, clips, token="violin", class_word=None, method="textual_inversion", steps=1, progress=False)
 
 
-def test_textual_inversion_on_audioldm2_is_not_implemented(tiny_backbone, clips):
-    with pytest.raises(NotImplementedError, match="mel-diffusion only.*two tokenizers.*method='lora'"):
-        _train(tiny_backbone, clips, "textual_inversion")
+def _hooks(module: nn.Module) -> int:
+    return len(module._forward_hooks) + len(module._forward_pre_hooks)
+
+
+def test_textual_inversion_on_audioldm2_learns_one_row_per_tokenizer(tiny_backbone, clips, tmp_path):
+    pipe = tiny_backbone.pipe
+    embeddings = [pipe.text_encoder.text_model.get_input_embeddings(), pipe.text_encoder_2.encoder.get_input_embeddings()]
+    sizes = (len(pipe.tokenizer), len(pipe.tokenizer_2))
+    base_before = tiny_backbone.encode_prompt([PROMPT]).cond
+    start = _train(tiny_backbone, clips, "textual_inversion", steps=0)
+    concept = _train(tiny_backbone, clips, "textual_inversion", steps=3, lr=1e-1)
+    assert concept.weights.keys() == {"token_embedding.clap", "token_embedding.t5"}
+    # initialised at the class word's mean embedding, then learnt
+    guitar = pipe.tokenizer("guitar", add_special_tokens=False).input_ids
+    assert torch.allclose(start.weights["token_embedding.clap"], embeddings[0].weight[guitar].mean(0))
+    for key in concept.weights:
+        assert not torch.allclose(concept.weights[key], start.weights[key])
+    # the base never learns the word: same tokenizers, same encoding, no hooks left behind
+    assert (len(pipe.tokenizer), len(pipe.tokenizer_2)) == sizes
+    tiny_backbone._prompts.clear()
+    for key, value in tiny_backbone.encode_prompt([PROMPT]).cond.items():
+        assert torch.equal(value, base_before[key])
+    concept.save_pretrained(tmp_path / "ti")
+    loaded = Concept.from_pretrained(tmp_path / "ti")
+    with concept.apply(tiny_backbone) as personalized, loaded.apply(tiny_backbone) as again:
+        assert personalized.denoiser is tiny_backbone.denoiser
+        ours = personalized.encode_prompt([PROMPT]).cond["encoder_hidden_states"]
+        assert not torch.allclose(ours, base_before["encoder_hidden_states"])
+        assert torch.equal(again.encode_prompt([PROMPT]).cond["encoder_hidden_states"], ours)
+        plain = "a recording of a guitar"
+        assert torch.equal(
+            personalized.encode_prompt([plain]).cond["encoder_hidden_states_1"],
+            tiny_backbone.encode_prompt([plain]).cond["encoder_hidden_states_1"],
+        )
+        assert [_hooks(e) for e in embeddings] == [0, 0]
+    with pytest.raises(ValueError, match="already a word of the clap tokenizer"):
+        Concept.train(tiny_backbone, clips, token="a", class_word=None, method="textual_inversion", steps=0, progress=False)
 
 
 def test_unsupported_backbones_are_refused(analytic_backbone, tiny_backbone, clips):
-    with pytest.raises(ValueError, match="concepts work on base backbones of the families audioldm2, mel-diffusion"):
+    with pytest.raises(ValueError, match="concepts work on base backbones of the families audioldm, audioldm2, mel-diffusion, musicldm"):
         _train(analytic_backbone, clips, "lora")
     with (
         _train(tiny_backbone, clips, "lora", steps=0).apply(tiny_backbone) as personalized,
