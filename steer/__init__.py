@@ -4,6 +4,7 @@ from .audio import Audio, load_audio, save_audio
 from .baselines import DDIMInversion, SDEdit
 from .concepts import Concept, PersonalizedBackbone
 from .editor import Editor, EditResult, EditState
+from .performance import Performance
 from .recipes import SteerMusic, SteerMusicPlus
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __all__ = [
     "EditResult",
     "EditState",
     "Editor",
+    "Performance",
     "PersonalizedBackbone",
     "SDEdit",
     "SteerMusic",

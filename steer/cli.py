@@ -1,4 +1,5 @@
-"""The ``steer`` command line: ``steer edit`` and ``steer demo``.
+"""The ``steer`` command line: ``edit``, ``demo``, ``personalize``, ``run`` (a manifest, resumable,
+sharded under ``accelerate launch``), ``eval`` (score a folder of edits) and ``plot``.
 
 Problems with the user's input (files, prompts, paths) are reported as one line on stderr with
 exit status 2, checked before any model is loaded; an existing output is never overwritten
@@ -15,10 +16,12 @@ from pathlib import Path
 import torch
 
 from backbones import load_backbone
+from steer.data._files import atomic_write_text
 
 from .audio import Audio, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
-from .recipes import SteerMusic, SteerMusicPlus
+from .performance import PRESETS
+from .runner import RECIPES, build_editor
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -70,6 +73,13 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
     parser.add_argument("--seed", type=int, default=0, help="seed for timesteps and noise")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights")
+    parser.add_argument(
+        "--performance",
+        choices=sorted(PRESETS),
+        default="batched",
+        help="execution path: reference (the authors' loop), batched, bf16, fused (bf16 + compile "
+        "+ fused kernels)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
@@ -97,33 +107,186 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     _add_edit_options(demo, backbone=str(SWAP_BACKBONE), steps=200)
     add_personalize_parser(commands)
+
+    run = commands.add_parser(
+        "run",
+        help="edit every clip of a manifest into a folder; rerun to resume; shards under accelerate launch",
+    )
+    run.add_argument("manifest", type=Path, help="JSON Lines manifest, or ZoME-Bench's folder or metadata file")
+    run.add_argument("--out", type=Path, required=True, help="output folder (<id>.wav, records/, summary)")
+    run.add_argument(
+        "--recipe", choices=RECIPES, default="steermusic",
+        help="steermusic (items naming a concept still use SteerMusic+) or steermusic_plus (every item needs one)",
+    )
+    run.add_argument("--concept", help="the concept of items that name none (folder or Hub repo id)")
+    run.add_argument("--metrics", default="", help="comma-separated metrics per clip, e.g. cqt1_pcc,log_mel")
+    run.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
+    _add_edit_options(run, backbone="cvssp/audioldm2-music", steps=400)
+
+    evaluate = commands.add_parser("eval", help="score a folder of edits against their sources")
+    evaluate.add_argument("folder", type=Path, nargs="?", help="a 'steer run' output folder")
+    evaluate.add_argument("--manifest", type=Path, help="with --edits: the manifest the edits were made from")
+    evaluate.add_argument("--edits", type=Path, help="with --manifest: a folder of <id>.wav edits")
+    evaluate.add_argument("--metrics", default="cqt1_pcc,log_mel", help="comma-separated metric names")
+    evaluate.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
+    evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json / eval.md")
+
+    plot = commands.add_parser("plot", help="picture of two clips: spectrograms and CQT top-1 melody lines")
+    plot.add_argument("source", type=Path, help="the source clip")
+    plot.add_argument("edit", type=Path, help="the edited clip")
+    plot.add_argument("-o", "--output", type=Path, required=True, help="the PNG to write")
+    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing picture")
     return parser
 
 
-def _edit(
-    args: argparse.Namespace, audio: Audio, source: str, target: str, output: Path
-) -> Path:
-    device = _device(args.device)
+def _edit_settings(args: argparse.Namespace) -> dict:
+    """Check the editing options and apply --threads; the recipe's keyword arguments."""
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
-    settings = {"steps": args.steps}
+    settings = {"steps": args.steps, "performance": PRESETS[args.performance]}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
     if args.lr is not None:
         settings["lr"] = args.lr
+    return settings
+
+
+def _edit(
+    args: argparse.Namespace, audio: Audio, source: str, target: str, output: Path
+) -> Path:
+    device = _device(args.device)
+    settings = _edit_settings(args)
+    backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
+    concept = None
     if getattr(args, "concept", None):
         from .concepts import Concept
 
-        editor = SteerMusicPlus(backbone, Concept.from_pretrained(args.concept), **settings)
-    else:
-        editor = SteerMusic(backbone, **settings)
+        concept = Concept.from_pretrained(args.concept)
+    editor = build_editor(backbone, settings, concept)
     result = editor.edit(audio, source=source, target=target, seed=args.seed, progress=True)
     return save_audio(output, result.audio[0], result.sample_rate, overwrite=args.overwrite)
+
+
+def _metric_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        return names
+    from steer.metrics.collection import METRICS
+
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(sorted(METRICS))}")
+    return names
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Edit a manifest's items; under ``accelerate launch`` each process takes every n-th item.
+
+    The summary is written by the main process from the records on disk once every process is
+    done: the records already are the run's state (a rerun resumes from them), they cover items
+    finished by earlier runs too, and reading them needs no collective beyond a barrier.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object, parse_flag_from_env
+
+    from .evaluate import is_per_clip, write_run_summary
+    from .runner import ManifestRunner, RunCounts, check_concepts, read_edit_manifest
+
+    items = read_edit_manifest(args.manifest)
+    names = _metric_names(args.metrics)
+    settings = _edit_settings(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    check_concepts(items, args.recipe, args.concept)
+    # Without cpu=True, processes started by torchrun on a machine without CUDA would each
+    # believe they are alone (accelerate only sets up gloo for CPUs when asked to).
+    cpu = args.device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    state = PartialState(cpu=cpu)
+    device = state.device if args.device == "auto" else _device(args.device)
+    backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
+    metrics = {}
+    if names:
+        from steer.metrics.collection import build_metrics
+
+        metrics = build_metrics(names, sample_rate=backbone.sample_rate, clap_model=args.clap_model, device=device)
+    runner = ManifestRunner(
+        items,
+        args.out,
+        backbone=backbone,
+        recipe=args.recipe,
+        settings=settings,
+        seed=args.seed,
+        metrics={name: m for name, m in metrics.items() if is_per_clip(m)},
+        default_concept=args.concept,
+        rank=state.process_index,
+        num_processes=state.num_processes,
+        overwrite=args.overwrite,
+    )
+    counts = runner.run()
+    state.wait_for_everyone()
+    everyone = gather_object([counts])
+    if state.is_main_process:
+        total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
+        sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
+        summary = write_run_summary(
+            args.out, items, names, total, set_metrics=sets, sample_rate=backbone.sample_rate
+        )
+        print(
+            f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
+            f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
+        )
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, markdown_table, pairs_from_manifest, pairs_from_run
+    from .runner import write_json
+
+    names = _metric_names(args.metrics)
+    if not names:
+        raise UsageError("--metrics is empty: name at least one metric")
+    if (args.manifest is None) != (args.edits is None):
+        raise UsageError("--manifest and --edits go together")
+    if (args.folder is None) == (args.manifest is None):
+        raise UsageError("give a 'steer run' folder, or --manifest and --edits, not both")
+    if args.folder is not None:
+        if not args.folder.is_dir():
+            raise UsageError(f"folder not found: {args.folder}")
+        folder, missing = args.folder, []
+        pairs = pairs_from_run(folder)
+    else:
+        folder = args.edits
+        pairs, missing = pairs_from_manifest(args.manifest, args.edits)
+    outputs = folder / "eval.json", folder / "eval.md"
+    for path in outputs:
+        _check_output(path, args.overwrite)
+    device = _device(args.device)
+    result = evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
+    table = markdown_table(result["groups"], names)
+    if missing:
+        table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}).\n"
+    write_json(outputs[0], result)
+    atomic_write_text(outputs[1], table)
+    print(table, end="")
+    print(f"wrote {outputs[0]} and {outputs[1]}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    import torchaudio.functional
+
+    from .plot import plot_comparison
+
+    _check_output(args.output, args.overwrite)
+    source, edit = load_audio(args.source), load_audio(args.edit)
+    edited = torchaudio.functional.resample(edit.waveform, edit.sample_rate, source.sample_rate)
+    clips = {f"source: {args.source.name}": source.waveform, f"edit: {args.edit.name}": edited}
+    plot_comparison(clips, source.sample_rate, args.output, title=args.title)
+    print(f"wrote {args.output}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -177,6 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}")
         elif args.command == "personalize":
             run_personalize(args)
+        elif args.command == "run":
+            _run(args)
+        elif args.command == "eval":
+            _eval(args)
+        elif args.command == "plot":
+            _plot(args)
         else:
             _demo(args)
     except ValueError as error:  # UsageError and the library's input checks

@@ -1,20 +1,68 @@
-"""Evaluation metrics: pure functions in :mod:`steer.metrics.functional`, the instrument
-classifier in :mod:`steer.metrics.instrument`."""
+"""Evaluation metrics: pure functions in :mod:`steer.metrics.functional`, ``torchmetrics``
+modules over them (one per metric of the paper, chosen by name in
+:mod:`steer.metrics.collection`), and the instrument classifier in
+:mod:`steer.metrics.instrument`.
+
+The modules need the ``metrics`` extra (torchmetrics); they are imported on first use, so the
+pure functions stay importable without it.
+"""
+
+from importlib import import_module
+from typing import Any
 
 from steer.metrics.functional import (
     cqt1_pcc,
     cqt1_pcc_batch,
     cqt_top1,
+    frechet_distance,
     instrument_accuracy,
     log_mel_distance,
+    lpaps_distance,
 )
 from steer.metrics.instrument import InstrumentClassifier
 
+_LAZY = {
+    "AudioPairMetric": "base",
+    "PerClipMetric": "base",
+    "CDPAM": "cdpam_distance",
+    "ClapEncoder": "clap",
+    "CLAPScore": "clap",
+    "METRICS": "collection",
+    "build_metrics": "collection",
+    "AudioEmbedding": "fad",
+    "ClapAudioEmbedding": "fad",
+    "FrechetAudioDistance": "fad",
+    "LPAPS": "lpaps",
+    "CQT1PCC": "spectral",
+    "LogMelDistance": "spectral",
+}
+
 __all__ = [
+    "CDPAM",
+    "CQT1PCC",
+    "LPAPS",
+    "METRICS",
+    "AudioEmbedding",
+    "AudioPairMetric",
+    "CLAPScore",
+    "ClapAudioEmbedding",
+    "ClapEncoder",
+    "FrechetAudioDistance",
     "InstrumentClassifier",
+    "LogMelDistance",
+    "PerClipMetric",
+    "build_metrics",
     "cqt1_pcc",
     "cqt1_pcc_batch",
     "cqt_top1",
+    "frechet_distance",
     "instrument_accuracy",
     "log_mel_distance",
+    "lpaps_distance",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"steer.metrics.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'steer.metrics' has no attribute {name!r}")

@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torchaudio.functional
@@ -239,3 +241,97 @@ def instrument_accuracy(
                 logits = classifier.logits(torch.stack([clips[i] for i in chunk]), sample_rate)
                 correct += int((logits.argmax(-1).cpu() == wanted[chunk]).sum())
     return correct / len(clips)
+
+
+def frechet_distance(
+    mean_a: np.ndarray | torch.Tensor,
+    cov_a: np.ndarray | torch.Tensor,
+    mean_b: np.ndarray | torch.Tensor,
+    cov_b: np.ndarray | torch.Tensor,
+    *,
+    eps: float = 1e-6,
+) -> float:
+    """Fréchet distance between two Gaussians, computed as fadtk does (so FAD scores compare).
+
+    ``‖μ_a − μ_b‖² + tr(C_a) + tr(C_b) − 2 tr((C_a C_b)^½)`` in float64, with scipy's
+    ``sqrtm`` of the (non-symmetric) product. As in fadtk: when the square root is not finite (a
+    near-singular product), ``eps`` is added to both diagonals and it is taken again; a complex
+    result whose diagonal is real to 1e-3 is replaced by its real part, and a larger imaginary
+    part is an error.
+
+    Args:
+        mean_a, mean_b: ``(D,)`` means.
+        cov_a, cov_b: ``(D, D)`` covariances.
+        eps: the diagonal offset of the fallback.
+
+    Returns:
+        the squared distance, a float ≥ 0 up to rounding (0 for identical statistics).
+
+    Example:
+        >>> import numpy as np
+        >>> frechet_distance(np.zeros(2), np.diag([4.0, 1.0]), np.ones(2), np.diag([1.0, 1.0]))
+        3.0
+    """
+    import scipy.linalg
+
+    mean_a, cov_a, mean_b, cov_b = (
+        np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+        for x in (mean_a, cov_a, mean_b, cov_b)
+    )
+    mean_a, mean_b = np.atleast_1d(mean_a), np.atleast_1d(mean_b)
+    cov_a, cov_b = np.atleast_2d(cov_a), np.atleast_2d(cov_b)
+    if mean_a.shape != mean_b.shape or cov_a.shape != cov_b.shape or cov_a.shape != 2 * mean_a.shape:
+        raise ValueError(
+            f"expected (D,) means and (D, D) covariances of one D, got {mean_a.shape}, "
+            f"{cov_a.shape}, {mean_b.shape}, {cov_b.shape}"
+        )
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(root).all():
+        offset = np.eye(cov_a.shape[0]) * eps
+        root = scipy.linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise ValueError(
+                f"the covariance product has no real square root (imaginary part up to "
+                f"{np.abs(root.imag).max():.3g}); use more clips than embedding dimensions"
+            )
+        root = root.real
+    diff = mean_a - mean_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+
+
+def lpaps_distance(
+    features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor], *, eps: float = 1e-10
+) -> torch.Tensor:
+    """LPAPS between two clips from their audio-encoder stage outputs, as the reference computes it.
+
+    The reference LPAPS (the ZETA authors' ``evals/lpaps.py``, which SteerMusic's evaluation
+    uses unchanged) applies image LPIPS's two steps, unit-normalise along axis 1 then sum axis 1
+    and average axes 1-2, to LAION HTSAT's ``(B, tokens, C)`` stage outputs, not to the
+    ``(B, C, H, W)`` maps LPIPS was written for. Axis 1 is therefore the token axis: each
+    channel's activation map is unit-normalised over positions, the squared differences are
+    summed over positions and averaged over channels, and the stages are summed (not averaged).
+    Per stage that is ``mean_c ‖â_c − b̂_c‖² = mean_c (2 − 2 cos(a_c, b_c))`` for unit-norm maps,
+    so each stage lies in [0, 4] and the total in [0, 4 × stages]. This function reproduces that
+    computation on ``(B, C, H, W)`` maps (positions flattened), so scores compare with the paper's.
+
+    Args:
+        features_a, features_b: one ``(B, C_s, H_s, W_s)`` map per stage, e.g. from
+            :meth:`steer.metrics.clap.ClapEncoder.audio_stages`.
+        eps: added to the norms, as in LPIPS, so an all-zero channel gives 0 rather than NaN.
+
+    Returns:
+        ``(B,)`` float64 distances, 0 for identical features.
+    """
+    if len(features_a) != len(features_b) or not features_a:
+        raise ValueError(
+            f"expected one feature map per stage on both sides, got {len(features_a)} and "
+            f"{len(features_b)}"
+        )
+    total = 0.0
+    for a, b in zip(features_a, features_b):
+        a, b = a.double().flatten(2), b.double().flatten(2)  # (B, C, positions)
+        a = a / (a.norm(dim=-1, keepdim=True) + eps)
+        b = b / (b.norm(dim=-1, keepdim=True) + eps)
+        total = total + (a - b).square().sum(-1).mean(-1)
+    return total

@@ -68,6 +68,17 @@ def test_overwrite_replaces(wav, tmp_path):
     assert sf.info(out).frames == 8000
 
 
+def test_performance_paths_give_the_same_edit(wav, tmp_path):
+    outputs = {}
+    for path in ("reference", "batched"):
+        outputs[path] = tmp_path / f"{path}.wav"
+        argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", outputs[path])
+        assert main([*argv, "--performance", path]) == 0
+    reference, batched = (sf.read(p)[0] for p in outputs.values())
+    assert np.abs(reference).max() > 0
+    np.testing.assert_allclose(batched, reference, atol=2e-4)
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "steer.cli", *_edit(tmp_path / "x.wav", "--source", "a", "--target", "b", "-o", tmp_path / "o.wav")],

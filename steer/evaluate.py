@@ -1,0 +1,253 @@
+"""Score folders of edits against their sources, grouped by edit type.
+
+The pairs come from a ``steer run`` folder (its records name each edit's source clip and
+prompts) or from a manifest plus a folder of ``<id>.wav`` edits made elsewhere. Per-clip metrics
+(those with ``values()``: CQT-1 PCC, CLAP, LPAPS, CDPAM, log-mel distance) are averaged per group
+over their finite values, with the count of NaNs beside them (a silent edit has no melody: its
+CQT-1 PCC is NaN, and hiding it would flatter the mean); set-level metrics (FAD) are computed once
+per group.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torchaudio.functional
+
+from steer.data._files import atomic_write_text
+
+from .audio import load_audio
+from .runner import (
+    EditItem,
+    RunCounts,
+    collect_records,
+    read_edit_manifest,
+    read_record,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
+
+ALL = "all"
+NO_TYPE = "(none)"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An edit and what it was made from."""
+
+    id: str
+    edit_type: str | None
+    source: Path
+    edit: Path
+    target: str
+
+
+def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
+    """The finished edits of a ``steer run`` folder, from its records."""
+    folder = Path(folder)
+    records = sorted((folder / "records").glob("*.json")) if (folder / "records").is_dir() else []
+    if not records:
+        raise ValueError(f"{folder} holds no records/: is it a 'steer run' output folder?")
+    pairs = []
+    for path in records:
+        record = read_record(path)
+        if record is not None and record.status == "done":
+            pairs.append(Pair(record.id, record.edit_type, Path(record.audio), folder / f"{record.id}.wav", record.target))
+    return pairs
+
+
+def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -> tuple[list[Pair], list[str]]:
+    """Pairs of a manifest's items and ``edits/<id>.wav``; also the ids whose edit is missing."""
+    edits = Path(edits)
+    if not edits.is_dir():
+        raise ValueError(f"edits folder not found: {edits}")
+    pairs, missing = [], []
+    for item in read_edit_manifest(manifest):
+        edit = edits / f"{item.id}.wav"
+        if edit.is_file():
+            pairs.append(Pair(item.id, item.edit_type, item.audio, edit, item.target))
+        else:
+            missing.append(item.id)
+    return pairs, missing
+
+
+def _mono(path: Path, sample_rate: int | None) -> tuple[torch.Tensor, int]:
+    """``(samples,)`` mono waveform, resampled to ``sample_rate`` when given."""
+    audio = load_audio(path)
+    waveform = audio.waveform.mean(0)
+    if sample_rate is None or sample_rate == audio.sample_rate:
+        return waveform, audio.sample_rate
+    return torchaudio.functional.resample(waveform, audio.sample_rate, sample_rate), sample_rate
+
+
+def is_per_clip(metric: Metric) -> bool:
+    return callable(getattr(metric, "values", None))
+
+
+def score_pairs(
+    pairs: Sequence[Pair], metrics: Mapping[str, Metric], *, sample_rate: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Run the metrics over the pairs (each clip made mono and resampled to ``sample_rate``,
+    the rate the metrics were built for).
+
+    Returns:
+        per item id, each per-clip metric's value; per group (edit types and :data:`ALL`), each
+        set-level metric's value.
+    """
+    per_clip = {name: m for name, m in metrics.items() if is_per_clip(m)}
+    groups = {ALL, *(pair.edit_type or NO_TYPE for pair in pairs)}
+    per_set = {
+        group: {name: m.clone() for name, m in metrics.items() if not is_per_clip(m)} for group in groups
+    }
+    for metric in per_clip.values():
+        metric.reset()
+    for pair in pairs:
+        edited, _ = _mono(pair.edit, sample_rate)
+        source, _ = _mono(pair.source, sample_rate)
+        targets = [pair.target]
+        for metric in per_clip.values():
+            metric.update(edited[None], source[None], target_prompts=targets)
+        for group in (ALL, pair.edit_type or NO_TYPE):
+            for metric in per_set[group].values():
+                metric.update(edited[None], source[None], target_prompts=targets)
+    values = {name: metric.values().tolist() if pairs else [] for name, metric in per_clip.items()}
+    items = {pair.id: {name: float(values[name][i]) for name in per_clip} for i, pair in enumerate(pairs)}
+    sets = {group: {name: float(m.compute()) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}
+    return items, sets
+
+
+def aggregate(
+    rows: Sequence[tuple[str | None, Mapping[str, float | None]]],
+    names: Sequence[str],
+    set_values: Mapping[str, Mapping[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per edit type (sorted) and a last :data:`ALL` row: ``N``, and for each metric its
+    mean over finite values (``None`` when there are none) and ``<name>_nan``, the count of
+    NaN/missing values; set-level metrics take their value from ``set_values[group]``.
+
+    Example:
+        >>> aggregate([("a", {"m": 1.0}), ("a", {"m": float("nan")}), ("b", {"m": 3.0})], ["m"])[-1]
+        {'edit_type': 'all', 'n': 3, 'm': 2.0, 'm_nan': 1}
+    """
+    set_values = set_values or {}
+    groups: dict[str, list[Mapping[str, float | None]]] = {}
+    for edit_type, values in rows:
+        groups.setdefault(edit_type or NO_TYPE, []).append(values)
+    ordered = [(group, groups[group]) for group in sorted(groups)] + [(ALL, [v for _, v in rows])]
+    table = []
+    for group, members in ordered:
+        row: dict[str, Any] = {"edit_type": group, "n": len(members)}
+        for name in names:
+            if name in set_values.get(group, {}):
+                row[name], row[f"{name}_nan"] = _finite(set_values[group][name]), None
+                continue
+            found = [v.get(name) for v in members]
+            finite = [v for v in found if v is not None and math.isfinite(v)]
+            row[name] = sum(finite) / len(finite) if finite else None
+            row[f"{name}_nan"] = len(found) - len(finite)
+        table.append(row)
+    return table
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
+    """The rows of :func:`aggregate` as a Markdown table."""
+    header = ["edit type", "N"]
+    for name in names:
+        header += [name, f"{name} NaN"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["edit_type"]), str(row["n"])]
+        for name in names:
+            value, nan = row[name], row[f"{name}_nan"]
+            cells += ["—" if value is None else f"{value:.4f}", "—" if nan is None else str(nan)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    pairs: Sequence[Pair],
+    names: Sequence[str],
+    *,
+    clap_model: str | None = None,
+    device: str | torch.device = "cpu",
+    missing: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Score the pairs with the named metrics (:func:`steer.metrics.collection.build_metrics`).
+
+    Returns:
+        ``{"metrics": names, "groups": rows of aggregate(), "items": {id: {name: value}},
+        "missing": ids without an edit}``, NaN written as ``None``.
+    """
+    from steer.metrics.collection import build_metrics
+
+    if not pairs:
+        raise ValueError("no edits to evaluate")
+    sample_rate = load_audio(pairs[0].edit).sample_rate
+    metrics = build_metrics(names, sample_rate=sample_rate, clap_model=clap_model, device=device)
+    items, sets = score_pairs(pairs, metrics, sample_rate=sample_rate)
+    kinds = {pair.id: pair.edit_type for pair in pairs}
+    rows = aggregate([(kinds[i], values) for i, values in items.items()], list(names), sets)
+    return {
+        "metrics": list(names),
+        "groups": rows,
+        "items": {i: {k: _finite(v) for k, v in values.items()} for i, values in items.items()},
+        "missing": list(missing),
+    }
+
+
+def write_run_summary(
+    out: str | os.PathLike,
+    items: Sequence[EditItem],
+    names: Sequence[str],
+    counts: RunCounts,
+    *,
+    set_metrics: Mapping[str, Metric] | None = None,
+    sample_rate: int | None = None,
+) -> dict[str, Any]:
+    """Write ``summary.json`` and ``summary.md`` of a run folder from its records.
+
+    Per-clip metric values come from the records; set-level metrics (``set_metrics``, built at
+    ``sample_rate``) are computed over the finished edits. ``counts`` is what this invocation did
+    (summed over processes); the totals over the manifest come from the records.
+    """
+    out = Path(out)
+    records = collect_records(out, items)
+    done = [r for r in records if r is not None and r.status == "done"]
+    sets: dict[str, dict[str, float]] = {}
+    if set_metrics and done:
+        pairs = [Pair(r.id, r.edit_type, Path(r.audio), out / f"{r.id}.wav", r.target) for r in done]
+        _, sets = score_pairs(pairs, set_metrics, sample_rate=sample_rate or done[0].sample_rate)
+    rows = aggregate(
+        [(r.edit_type, {k: (math.nan if v is None else v) for k, v in r.metrics.items()}) for r in done],
+        list(names),
+        sets,
+    )
+    summary = {
+        "this_run": {"done": counts.done, "skipped": counts.skipped, "failed": counts.failed},
+        "items": len(items),
+        "done": len(done),
+        "failed": sum(r is not None and r.status == "failed" for r in records),
+        "not_finished": sum(r is None or r.status == "running" for r in records),
+        "metrics": list(names),
+        "groups": rows,
+    }
+    write_json(out / "summary.json", summary)
+    text = (
+        f"# steer run summary\n\n{summary['done']} of {summary['items']} items done, "
+        f"{summary['failed']} failed, {summary['not_finished']} not finished.\n\n"
+    )
+    text += markdown_table(rows, names)
+    atomic_write_text(out / "summary.md", text)
+    return summary

@@ -1,0 +1,506 @@
+"""Edit every clip of a manifest: resumable, one record per clip, sharded over processes.
+
+A manifest is JSON Lines, one edit per line::
+
+    {"id": "clip-001", "audio": "clips/a.wav", "source": "a piano melody",
+     "target": "a violin melody", "concept": "concepts/sks-guitar", "edit_type": "instrument"}
+
+``audio`` is relative to the manifest's folder (or absolute); ``concept`` (a concept folder or
+Hub repo id, edited with SteerMusic+) and ``edit_type`` (a group name for the summary) are
+optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
+Inversion Control", https://arxiv.org/abs/2407.13220) is read too: see :func:`read_zome_bench`.
+
+:class:`ManifestRunner` writes ``OUT/<id>.wav`` and ``OUT/records/<id>.json`` per item, both
+atomically. Before editing, an item's record says ``"running"`` with its attempt number, so a
+killed run leaves evidence of what it was doing and a rerun counts the attempt; a rerun skips
+items whose record says ``"done"`` and whose wav exists and redoes the rest. Under
+``accelerate launch`` item ``i`` belongs to process ``i % num_processes``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torchaudio.functional
+
+from backbones import Backbone
+from steer.data._files import atomic_write_text
+
+from .audio import load_audio, save_audio
+from .editor import LatentEditor
+from .recipes import SteerMusic, SteerMusicPlus
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
+
+RECIPES = ("steermusic", "steermusic_plus")
+_FIELDS = {"id": True, "audio": True, "source": True, "target": True, "concept": False, "edit_type": False}
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class EditItem:
+    """One edit of a manifest.
+
+    Attributes:
+        id: unique name; the edit is written to ``<id>.wav``.
+        audio: the source clip.
+        source, target: the prompts describing the clip and the wanted edit.
+        concept: a concept folder or Hub repo id (SteerMusic+), or ``None`` (SteerMusic).
+        edit_type: the group this edit is summarised in, or ``None``.
+    """
+
+    id: str
+    audio: Path
+    source: str
+    target: str
+    concept: str | None = None
+    edit_type: str | None = None
+
+
+def _item(raw: Any, where: str, folder: Path) -> EditItem:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(_FIELDS)})")
+    for name, required in _FIELDS.items():
+        value = raw.get(name)
+        if value is None and not required:
+            continue
+        if value is None:
+            raise ValueError(f"{where}: missing field {name!r}")
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: field {name!r} must be a non-empty string")
+    if not _ID.fullmatch(raw["id"]):
+        raise ValueError(
+            f"{where}: field 'id' {raw['id']!r} must be a file name: letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return EditItem(
+        id=raw["id"],
+        audio=folder / raw["audio"],  # an absolute path stays as it is
+        source=raw["source"],
+        target=raw["target"],
+        concept=raw.get("concept"),
+        edit_type=raw.get("edit_type"),
+    )
+
+
+def _check_unique(items: Sequence[EditItem], where: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for item, place in zip(items, where):
+        if item.id in seen:
+            raise ValueError(f"{place}: field 'id' {item.id!r} is already used at {seen[item.id]}")
+        seen[item.id] = place
+
+
+def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
+    """The items of a JSON Lines manifest, or of ZoME-Bench's metadata (a folder or its file).
+
+    Every line is checked before anything runs: errors name the line and the field.
+    """
+    path = Path(path)
+    if path.is_dir() or _is_zome_bench(path):
+        return read_zome_bench(path)
+    if not path.is_file():
+        raise ValueError(f"manifest not found: {path}")
+    items, places = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not JSON ({error.msg})") from None
+        items.append(_item(raw, where, path.parent))
+        places.append(where)
+    if not items:
+        raise ValueError(f"{path} holds no items")
+    _check_unique(items, places)
+    return items
+
+
+# -- ZoME-Bench -----------------------------------------------------------------------------------
+#: ``editing_type_id`` → name, from the dataset card of ``liuhuadai/ZoME-Bench``.
+ZOME_EDIT_TYPES = {
+    "0": "change_instrument",
+    "1": "add_instrument",
+    "2": "delete_instrument",
+    "3": "change_genre",
+    "4": "change_mood",
+    "5": "change_rhythm",
+    "6": "change_background",
+    "7": "change_melody",
+    "8": "extract_instrument",
+    "9": "random",
+}
+_ZOME_SUFFIXES = (".json", ".jsonl", ".csv")
+_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def _zome_rows(path: Path) -> list[tuple[str | None, dict]]:
+    """``(key, row)`` pairs of a metadata file: a JSON list, a JSON object keyed by id (as
+    PIE-Bench's ``mapping_file.json``), JSON Lines, or CSV."""
+    if path.suffix == ".csv":
+        with path.open(newline="") as file:
+            return [(None, row) for row in csv.DictReader(file)]
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(data, dict):
+        return [(str(key), row) for key, row in data.items()]
+    if isinstance(data, list):
+        return [(None, row) for row in data]
+    raise ValueError(f"{path}: expected a list or an object of rows")
+
+
+def _is_zome_bench(path: Path) -> bool:
+    if not path.is_file() or path.suffix not in _ZOME_SUFFIXES:
+        return False
+    try:
+        rows = _zome_rows(path)
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error):
+        return False
+    return bool(rows) and isinstance(rows[0][1], dict) and "editing_prompt" in rows[0][1]
+
+
+def _find_audio(folder: Path, ytid: str) -> Path:
+    """``audio/<ytid>.wav`` or a clip in ``audio/`` (or the folder) named after the YouTube id:
+    ``<ytid>.*``, ``<ytid>_<start>_<end>.*``, ``[<ytid>]*.*``; the first path when none exists."""
+    for place in (folder / "audio", folder):
+        if not place.is_dir():
+            continue
+        for candidate in sorted(place.iterdir()):
+            stem = candidate.stem
+            if candidate.suffix.lower() in _AUDIO_SUFFIXES and (
+                stem == ytid or stem.startswith((f"{ytid}_", f"{ytid}-", f"[{ytid}]"))
+            ):
+                return candidate
+    return folder / "audio" / f"{ytid}.wav"
+
+
+def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
+    """Items of ZoME-Bench's metadata: its folder (holding one ``.json``/``.jsonl``/``.csv``
+    metadata file) or the file itself.
+
+    Rows need ``original_prompt``, ``editing_prompt`` and ``ytid``; ``editing_type_id`` names the
+    edit type (:data:`ZOME_EDIT_TYPES`). The square brackets that mark the edited word in the
+    prompts ("a [piano] solo") are removed. The benchmark ships no audio (the clips are MusicCaps
+    segments from YouTube): a row's ``audio_path`` (relative to the folder) is used when present,
+    else the clip is looked up by YouTube id in ``audio/``, see :func:`_find_audio`. Ids are the
+    row's key (object files) or ``<row number>_<ytid>``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in _ZOME_SUFFIXES and _is_zome_bench(p))
+        if len(files) != 1:
+            found = ", ".join(p.name for p in files) or "none"
+            raise ValueError(
+                f"{path}: expected one ZoME-Bench metadata file (.json, .jsonl or .csv with "
+                f"'editing_prompt'), found {found}; pass the file itself"
+            )
+        path = files[0]
+    folder = path.parent
+    items, places = [], []
+    for number, (key, row) in enumerate(_zome_rows(path)):
+        where = f"{path}: row {number}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected an object")
+        for name in ("original_prompt", "editing_prompt", "ytid"):
+            if not str(row.get(name) or "").strip():
+                raise ValueError(f"{where}: missing field {name!r}")
+        ytid = str(row["ytid"]).strip()
+        audio = row.get("audio_path")
+        kind = str(row.get("editing_type_id", "")).strip()
+        raw = {
+            "id": re.sub(r"[^A-Za-z0-9._-]", "_", key if key is not None else f"{number:04d}_{ytid}"),
+            "audio": str(audio) if audio else str(_find_audio(folder, ytid)),
+            "source": str(row["original_prompt"]).replace("[", "").replace("]", ""),
+            "target": str(row["editing_prompt"]).replace("[", "").replace("]", ""),
+            "edit_type": ZOME_EDIT_TYPES.get(kind, f"type_{kind}" if kind else None),
+        }
+        items.append(_item({k: v for k, v in raw.items() if v is not None}, where, folder))
+        places.append(where)
+    if not items:
+        raise ValueError(f"{path} holds no rows")
+    _check_unique(items, places)
+    return items
+
+
+# -- editing ---------------------------------------------------------------------------------------
+def build_editor(backbone: Backbone, settings: Mapping[str, Any], concept: Any = None) -> LatentEditor:
+    """SteerMusic, or SteerMusic+ with ``concept``; ``settings`` are the recipe's keyword
+    arguments (``steps``, ``guidance_scale``, ``lr``, ...), missing ones take its defaults."""
+    if concept is not None:
+        return SteerMusicPlus(backbone, concept, **settings)
+    return SteerMusic(backbone, **settings)
+
+
+def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str | None) -> None:
+    """Raise ``ValueError`` for an unknown recipe, or for ``"steermusic_plus"`` when an item has
+    no concept and there is no default."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    missing = [item.id for item in items if item.concept is None]
+    if recipe == "steermusic_plus" and default_concept is None and missing:
+        raise ValueError(
+            f"recipe steermusic_plus needs a concept for every item; {len(missing)} have none "
+            f"(first: {missing[0]!r}): add 'concept' to them or pass --concept"
+        )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN
+
+
+@dataclass
+class ItemRecord:
+    """What ``records/<id>.json`` holds about one item.
+
+    Attributes:
+        status: ``"running"`` (started; a killed run leaves this), ``"done"`` or ``"failed"``.
+        attempt: how many times the item was started, this one included.
+        rank: the process that edited it.
+        metrics: per-clip metric values, ``None`` for NaN.
+        seconds: wall time of the edit and its metrics.
+    """
+
+    id: str
+    status: str
+    attempt: int
+    rank: int
+    audio: str
+    edit: str
+    source: str
+    target: str
+    concept: str | None
+    edit_type: str | None
+    recipe: str
+    started_at: str
+    finished_at: str | None = None
+    seconds: float | None = None
+    sample_rate: int | None = None
+    samples: int | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    error: str | None = None
+
+
+def read_record(path: str | os.PathLike) -> ItemRecord | None:
+    """The record at ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        return ItemRecord(**json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+@dataclass
+class RunCounts:
+    """What one process did: items edited, skipped (already done) and failed."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+class ManifestRunner:
+    """Edit the items of a manifest into a folder, resuming where an earlier run stopped.
+
+    Args:
+        items: the manifest's items (all of them: each process takes its share).
+        out: the output folder (created if needed).
+        backbone: the diffusion model.
+        recipe: ``"steermusic"`` (items with a concept still use SteerMusic+) or
+            ``"steermusic_plus"`` (every item needs a concept, its own or ``default_concept``).
+        settings: the recipe's keyword arguments (see :func:`build_editor`).
+        seed: the seed of every edit.
+        metrics: per-clip metrics (``torchmetrics`` metrics with ``values()``), by name, at
+            ``backbone.sample_rate``; each item's values go into its record.
+        default_concept: the concept of items that name none.
+        load_concept: turns a concept reference into a concept (default
+            :meth:`steer.concepts.Concept.from_pretrained`); each reference is loaded once.
+        rank, num_processes: this process and how many share the work.
+        overwrite: redo items that are already done.
+        progress: show a progress bar per edit.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[EditItem],
+        out: str | os.PathLike,
+        *,
+        backbone: Backbone,
+        recipe: str = "steermusic",
+        settings: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        metrics: Mapping[str, Metric] | None = None,
+        default_concept: str | None = None,
+        load_concept: Callable[[str], Any] | None = None,
+        rank: int = 0,
+        num_processes: int = 1,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> None:
+        check_concepts(items, recipe, default_concept)
+        if not 0 <= rank < num_processes:
+            raise ValueError(f"rank {rank} is not in [0, {num_processes})")
+        self.items = list(items)
+        self.out = Path(out)
+        self.backbone = backbone
+        self.recipe = recipe
+        self.settings = dict(settings or {})
+        self.seed = seed
+        self.metrics = dict(metrics or {})
+        self.default_concept = default_concept
+        if load_concept is None:
+            from .concepts import Concept
+
+            load_concept = Concept.from_pretrained
+        self.load_concept = load_concept
+        self.rank = rank
+        self.num_processes = num_processes
+        self.overwrite = overwrite
+        self.progress = progress
+        self._editors: dict[str | None, LatentEditor | Exception] = {}
+
+    def wav_path(self, item: EditItem) -> Path:
+        return self.out / f"{item.id}.wav"
+
+    def record_path(self, item: EditItem) -> Path:
+        return self.out / "records" / f"{item.id}.json"
+
+    def share(self) -> list[EditItem]:
+        """This process's items: item ``i`` goes to process ``i % num_processes``."""
+        return self.items[self.rank :: self.num_processes]
+
+    def is_done(self, item: EditItem) -> bool:
+        record = read_record(self.record_path(item))
+        return record is not None and record.status == "done" and self.wav_path(item).is_file()
+
+    def _editor(self, concept: str | None) -> LatentEditor:
+        """One editor per concept reference; a concept that fails to load fails every item
+        that names it, without loading it again."""
+        if concept not in self._editors:
+            try:
+                loaded = None if concept is None else self.load_concept(concept)
+                self._editors[concept] = build_editor(self.backbone, self.settings, loaded)
+            except Exception as error:  # noqa: BLE001 - recorded in each item's record
+                self._editors[concept] = error
+        editor = self._editors[concept]
+        if isinstance(editor, Exception):
+            raise ValueError(f"cannot use concept {concept!r}: {editor}") from editor
+        return editor
+
+    def _clean(self, item: EditItem) -> None:
+        """Remove the temporary files an interrupted write of this item left behind."""
+        for path in (self.wav_path(item), self.record_path(item)):
+            if path.parent.is_dir():
+                for stale in path.parent.glob(f".{path.name}.*"):
+                    stale.unlink(missing_ok=True)
+
+    def _scores(self, edited: torch.Tensor, source: torch.Tensor, target: str) -> dict[str, float | None]:
+        """Per-clip metric values of one edit ``(samples,)`` against its source ``(samples',)``."""
+        scores = {}
+        for name, metric in self.metrics.items():
+            metric.reset()
+            metric.update(edited[None], source[None], target_prompts=[target])
+            scores[name] = _finite_or_none(float(metric.values()[0]))
+        return scores
+
+    def edit_item(self, item: EditItem, attempt: int) -> ItemRecord:
+        """Edit one item and write its wav and its record (``"failed"`` with the error when
+        anything goes wrong)."""
+        concept = item.concept or self.default_concept
+        record = ItemRecord(
+            id=item.id,
+            status="running",
+            attempt=attempt,
+            rank=self.rank,
+            audio=str(item.audio),
+            edit=str(self.wav_path(item)),
+            source=item.source,
+            target=item.target,
+            concept=concept,
+            edit_type=item.edit_type,
+            recipe="steermusic_plus" if concept else "steermusic",
+            started_at=_now(),
+        )
+        write_json(self.record_path(item), asdict(record))
+        start = time.perf_counter()
+        try:
+            editor = self._editor(concept)
+            audio = load_audio(item.audio)
+            result = editor.edit(
+                audio, source=item.source, target=item.target, seed=self.seed, progress=self.progress
+            )
+            edited = result.audio[0]
+            save_audio(self.wav_path(item), edited, result.sample_rate)
+            if self.metrics:
+                # score the file as written (16-bit, clipped), so that `steer eval` agrees
+                saved = load_audio(self.wav_path(item)).waveform.mean(0)
+                mono = audio.waveform.mean(0)
+                source = torchaudio.functional.resample(mono, audio.sample_rate, result.sample_rate)
+                record.metrics = self._scores(saved, source, item.target)
+            record.status, record.sample_rate, record.samples = "done", result.sample_rate, edited.shape[-1]
+        except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
+            record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+        record.seconds = round(time.perf_counter() - start, 3)
+        record.finished_at = _now()
+        write_json(self.record_path(item), asdict(record))
+        return record
+
+    def run(self) -> RunCounts:
+        """Edit this process's pending items; returns what was done."""
+        (self.out / "records").mkdir(parents=True, exist_ok=True)
+        counts = RunCounts()
+        try:
+            for item in self.share():
+                if not self.overwrite and self.is_done(item):
+                    counts.skipped += 1
+                    continue
+                self._clean(item)
+                previous = read_record(self.record_path(item))
+                record = self.edit_item(item, attempt=1 + (previous.attempt if previous else 0))
+                if record.status == "done":
+                    counts.done += 1
+                else:
+                    counts.failed += 1
+                    print(f"steer run: {item.id} failed: {record.error}", flush=True)
+        finally:
+            self.close()
+        return counts
+
+    def close(self) -> None:
+        """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser)."""
+        for editor in self._editors.values():
+            if isinstance(editor, SteerMusicPlus):
+                editor.close()
+        self._editors.clear()
+
+
+def collect_records(out: str | os.PathLike, items: Sequence[EditItem]) -> list[ItemRecord | None]:
+    """The record of each item in ``out`` (``None`` where there is none)."""
+    return [read_record(Path(out) / "records" / f"{item.id}.json") for item in items]

@@ -1,0 +1,138 @@
+"""CLAP score and LPAPS with a tiny random CLAP saved to disk and loaded back by path."""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import pytest
+import torch
+import torchaudio.functional as AF
+from transformers import ClapModel, ClapProcessor
+
+from backbones.tiny.audioldm2 import _clap, _clap_feature_extractor, _roberta_tokenizer
+from steer.metrics import LPAPS, ClapEncoder, CLAPScore, build_metrics, lpaps_distance
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def clap_path(tmp_path_factory) -> str:
+    """A tiny random ClapModel + ClapProcessor (2 audio stages, 16-dim embeddings) on disk."""
+    path = tmp_path_factory.mktemp("tiny-clap")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _clap().eval().save_pretrained(path)
+    ClapProcessor(feature_extractor=_clap_feature_extractor(), tokenizer=_roberta_tokenizer()).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clap(clap_path) -> ClapEncoder:
+    return ClapEncoder.from_pretrained(clap_path)
+
+
+def tones(*freqs: float, seconds: float = 1.0) -> torch.Tensor:
+    t = torch.arange(round(seconds * SR)) / SR
+    return torch.stack([0.5 * torch.sin(2 * math.pi * f * t) for f in freqs])  # (B, samples)
+
+
+PROMPTS = ["a solo piano", "violin and cello", "drums"]
+
+
+def test_clap_score_is_the_cosine_of_clap_embeddings(clap_path):
+    metric = CLAPScore(sample_rate=SR, model=clap_path)
+    audio = tones(220, 440, 330)
+    metric.update(audio, audio, target_prompts=PROMPTS)
+
+    model, processor = ClapModel.from_pretrained(clap_path), ClapProcessor.from_pretrained(clap_path)
+    inputs = processor(audio=list(AF.resample(audio, SR, 48000).numpy()), sampling_rate=48000, return_tensors="pt")
+    text = processor(text=PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = model.get_audio_features(**inputs).pooler_output
+        t = model.get_text_features(**text).pooler_output
+    by_hand = (a * t).sum(-1) / (a.norm(dim=-1) * t.norm(dim=-1))
+
+    values = metric.values()
+    assert values.shape == (3,)
+    assert ((values >= -1) & (values <= 1)).all()
+    torch.testing.assert_close(values, by_hand.double(), atol=1e-6, rtol=0)
+    assert metric.compute().item() == pytest.approx(by_hand.mean().item(), abs=1e-6)
+
+
+def test_clap_score_reads_stereo_as_its_mono_mix(clap):
+    metric = CLAPScore(sample_rate=SR, model=clap)
+    left, right = tones(220), tones(440)
+    metric.update(torch.stack([left, right], dim=1), left, target_prompts=PROMPTS[:1])
+    metric.update((left + right) / 2, left, target_prompts=PROMPTS[:1])
+    first, second = metric.values()
+    assert first.item() == pytest.approx(second.item(), abs=1e-6)
+
+
+def test_clap_score_needs_one_prompt_per_clip(clap):
+    metric = CLAPScore(sample_rate=SR, model=clap)
+    with pytest.raises(ValueError, match="target_prompts"):
+        metric.update(tones(220), tones(220))
+    with pytest.raises(ValueError, match="2 clips but 1 target prompts"):
+        metric.update(tones(220, 330), tones(220, 330), target_prompts=["piano"])
+
+
+def test_lpaps_of_a_clip_with_itself_is_zero_and_grows_with_noise(clap):
+    metric = LPAPS(sample_rate=SR, model=clap)
+    clean = tones(220, 440, 330)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    means = []
+    for scale in (0.0, 0.01, 0.1, 1.0):
+        metric.reset()
+        metric.update(clean + scale * noise, clean)
+        means.append(metric.compute().item())
+    assert means[0] == 0.0
+    assert all(x < y for x, y in pairwise(means))
+    assert means[-1] <= 4 * 2  # each of the 2 stages lies in [0, 4]
+
+
+def test_lpaps_distance_matches_the_per_channel_cosine_form():
+    """Σ_stages mean_c (2 − 2 cos(a_c, b_c)), each channel's map normalised over positions."""
+    generator = torch.Generator().manual_seed(1)
+    a = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in ((2, 4, 3, 5), (2, 6, 2, 2))]
+    b = [torch.randn(x.shape, generator=generator, dtype=torch.float64) for x in a]
+    expected = sum(
+        (2 - 2 * torch.cosine_similarity(x.flatten(2), y.flatten(2), dim=-1)).mean(-1)
+        for x, y in zip(a, b)
+    )
+    torch.testing.assert_close(lpaps_distance(a, b), expected, rtol=1e-9, atol=1e-12)
+    # a positive gain on one channel's map changes nothing: the normalisation is over positions
+    scaled = [a[0] * torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)[None, :, None, None], a[1]]
+    torch.testing.assert_close(lpaps_distance(scaled, b), lpaps_distance(a, b), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="stage"):
+        lpaps_distance(a, b[:1])
+
+
+def test_lpaps_averages_overlapping_windows_as_the_reference(clap):
+    metric = LPAPS(sample_rate=SR, model=clap, window_seconds=0.5, overlap=0.1)
+    edited, source = tones(300, seconds=1.2), tones(310, seconds=1.2)
+    metric.update(edited, source)
+    edited48, source48 = (AF.resample(x, SR, 48000) for x in (edited, source))
+    window, hop = 24000, 21600  # starts at 0, 0.45 and 0.9 s
+    by_hand = [
+        lpaps_distance(clap.audio_stages(edited48[:, s : s + window]), clap.audio_stages(source48[:, s : s + window]))
+        for s in (0, hop, 2 * hop)
+    ]
+    torch.testing.assert_close(metric.values(), sum(by_hand) / 3, rtol=1e-12, atol=0)
+
+
+def test_build_metrics_shares_one_clap_model(clap_path):
+    metrics = build_metrics(["clap", "fad", "lpaps", "cqt1_pcc"], sample_rate=SR, clap_model=clap_path)
+    assert list(metrics) == ["clap", "fad", "lpaps", "cqt1_pcc"]
+    assert metrics["clap"].clap is metrics["lpaps"].clap is metrics["fad"].embedding.clap
+    audio = tones(220, 440, 330, 550)
+    for metric in metrics.values():
+        metric.update(audio, audio, target_prompts=PROMPTS + ["flute"])
+    assert metrics["fad"].compute().item() == pytest.approx(0.0, abs=1e-6)
+    assert metrics["lpaps"].compute().item() == 0.0
+    assert metrics["cqt1_pcc"].compute().item() == 1.0
+
+
+def test_a_folder_without_clap_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="cannot load a CLAP model"):
+        build_metrics(["clap"], sample_rate=SR, clap_model=str(tmp_path))

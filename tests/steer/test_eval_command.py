@@ -1,0 +1,81 @@
+"""``steer eval``: a manifest plus a folder of edits, scored per edit type with NaN counts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from steer.cli import main
+from steer.metrics import cqt1_pcc, log_mel_distance
+
+
+def _chirp(f0: float, n: int = 24000, rate: int = 16000) -> np.ndarray:
+    t = np.arange(n) / rate
+    return (0.3 * np.sin(2 * np.pi * f0 * t * (1 + t))).astype(np.float32)
+
+
+@pytest.fixture()
+def edits(tmp_path):
+    """Three sources, their edits (one silent: no melody, CQT-1 PCC is NaN) and a manifest."""
+    (tmp_path / "edits").mkdir()
+    clips = {"a": (220, 230, "timbre"), "b": (330, 500, "timbre"), "c": (440, None, "genre")}
+    rows, pairs = [], {}
+    for name, (f_source, f_edit, kind) in clips.items():
+        source = _chirp(f_source)
+        edit = _chirp(f_edit) if f_edit else np.zeros(24000, np.float32)
+        sf.write(tmp_path / f"{name}.wav", source, 16000, subtype="FLOAT")
+        sf.write(tmp_path / "edits" / f"{name}.wav", edit, 16000, subtype="FLOAT")
+        rows.append({"id": name, "audio": f"{name}.wav", "source": "x", "target": "y", "edit_type": kind})
+        pairs[name] = source, edit
+    rows.append({"id": "d", "audio": "a.wav", "source": "x", "target": "y", "edit_type": "genre"})  # no edit
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path, pairs
+
+
+def test_eval_equals_the_metrics_computed_directly(edits, capsys):
+    folder, pairs = edits
+    args = ["eval", "--manifest", str(folder / "m.jsonl"), "--edits", str(folder / "edits"), "--device", "cpu"]
+    assert main(args) == 0
+    result = json.loads((folder / "edits" / "eval.json").read_text())
+    expected = {
+        name: {"cqt1_pcc": cqt1_pcc(s, e), "log_mel": log_mel_distance(e, s)} for name, (s, e) in pairs.items()
+    }
+    assert math.isnan(expected["c"]["cqt1_pcc"])
+    for name, values in expected.items():
+        for metric, value in values.items():
+            got = result["items"][name][metric]
+            assert got is None if math.isnan(value) else got == pytest.approx(value, abs=1e-6)
+    rows = {row["edit_type"]: row for row in result["groups"]}
+    assert [row["edit_type"] for row in result["groups"]] == ["genre", "timbre", "all"]
+    assert (rows["timbre"]["n"], rows["genre"]["n"], rows["all"]["n"]) == (2, 1, 3)
+    assert rows["timbre"]["cqt1_pcc"] == pytest.approx((expected["a"]["cqt1_pcc"] + expected["b"]["cqt1_pcc"]) / 2)
+    assert (rows["genre"]["cqt1_pcc"], rows["genre"]["cqt1_pcc_nan"], rows["all"]["cqt1_pcc_nan"]) == (None, 1, 1)
+    assert rows["all"]["log_mel"] == pytest.approx(np.mean([v["log_mel"] for v in expected.values()]))
+    assert result["missing"] == ["d"]
+    printed = capsys.readouterr().out
+    assert "| genre | 1 | — | 1 |" in printed and "1 item(s) have no edit" in printed
+    assert (folder / "edits" / "eval.md").read_text() in printed
+    # the tables are outputs like any other: not replaced without --overwrite
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--manifest", "m.jsonl"], "--manifest and --edits go together"),
+        ([], "give a 'steer run' folder"),
+        (["nowhere"], "folder not found"),
+        (["edits"], "holds no records/"),
+        (["--metrics", "nope", "edits"], "unknown metric 'nope'"),
+    ],
+)
+def test_eval_usage_errors(edits, args, message, capsys, monkeypatch):
+    folder, _ = edits
+    monkeypatch.chdir(folder)
+    assert main(["eval", *args]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,227 @@
+"""``steer run``: manifests (ours and ZoME-Bench's), failures, resuming after a kill, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from backbones import load_backbone
+from steer.cli import SWAP_BACKBONE, main
+from steer.runner import EditItem, ManifestRunner, read_edit_manifest, read_record
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+SOURCE, TARGET = "a recording of a piano", "a recording of a violin"
+
+
+def _clip(path: Path, f0: float, seconds: float = 0.5) -> Path:
+    t = np.arange(round(seconds * 16000)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * f0 * t * (1 + t))).astype(np.float32), 16000)
+    return path
+
+
+def _manifest(folder: Path, n: int, *, seconds: float = 0.5, extra: dict | None = None) -> Path:
+    rows = []
+    for i in range(n):
+        _clip(folder / f"c{i}.wav", 220 + 30 * i, seconds)
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "source": SOURCE, "target": TARGET,
+                     "edit_type": "even" if i % 2 == 0 else "odd", **(extra or {}).get(i, {})})
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _run_args(manifest: Path, out: Path, *more: str) -> list[str]:
+    return ["run", str(manifest), "--out", str(out), "--backbone", str(SWAP_BACKBONE),
+            "--steps", "2", "--device", "cpu", *more]
+
+
+# -- manifests ------------------------------------------------------------------------------------
+GOOD = {"id": "a", "audio": "a.wav", "source": "x", "target": "y"}
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not JSON"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "target"}), "missing field 'target'"),
+        (json.dumps({**GOOD, "targt": "y"}), "unknown field 'targt'"),
+        (json.dumps({**GOOD, "source": " "}), "field 'source' must be a non-empty string"),
+        (json.dumps({**GOOD, "concept": 3}), "field 'concept' must be a non-empty string"),
+        (json.dumps({**GOOD, "id": "../a"}), "field 'id' '../a' must be a file name"),
+        (json.dumps(GOOD), "field 'id' 'a' is already used at"),
+    ],
+)
+def test_manifest_errors_name_the_line_and_the_field(tmp_path, line, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**GOOD, "id": "first"}) + "\n" + json.dumps(GOOD) + "\n\n" + line + "\n")
+    with pytest.raises(ValueError) as error:
+        read_edit_manifest(path)
+    assert str(error.value).startswith(f"{path}:4: ") and message in str(error.value)
+
+
+def test_manifest_paths_are_relative_to_its_folder(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": "b", "audio": "/abs/b.wav", "concept": "c"}) + "\n")
+    assert read_edit_manifest(path) == [
+        EditItem("a", tmp_path / "a.wav", "x", "y"),
+        EditItem("b", Path("/abs/b.wav"), "x", "y", concept="c"),
+    ]
+
+
+def test_zome_bench_metadata_folder_and_file(tmp_path):
+    (tmp_path / "audio").mkdir()
+    _clip(tmp_path / "audio" / "-0SdAVK79lg_30_40.wav", 220)
+    rows = {
+        "000": {"ytid": "-0SdAVK79lg", "original_prompt": "a [piano] solo", "editing_prompt": "a [violin] solo",
+                "editing_type_id": "0", "blended_word": "piano violin"},
+        "001": {"ytid": "zzzzzzzzzzz", "original_prompt": "calm jazz", "editing_prompt": "calm rock",
+                "editing_type_id": "3"},
+    }
+    (tmp_path / "ZoME-Bench.json").write_text(json.dumps(rows))
+    items = read_edit_manifest(tmp_path)
+    assert items == read_edit_manifest(tmp_path / "ZoME-Bench.json")
+    assert items == [
+        EditItem("000", tmp_path / "audio" / "-0SdAVK79lg_30_40.wav", "a piano solo", "a violin solo",
+                 edit_type="change_instrument"),
+        EditItem("001", tmp_path / "audio" / "zzzzzzzzzzz.wav", "calm jazz", "calm rock", edit_type="change_genre"),
+    ]
+    (tmp_path / "ZoME-Bench.json").write_text(json.dumps([{**rows["001"], "original_prompt": ""}]))
+    with pytest.raises(ValueError, match="row 0: missing field 'original_prompt'"):
+        read_edit_manifest(tmp_path / "ZoME-Bench.json")
+
+
+# -- runs in this process --------------------------------------------------------------------------
+def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys):
+    manifest = _manifest(tmp_path, 3, seconds=1.0)
+    (tmp_path / "c1.wav").write_bytes(b"RIFF garbage")  # unreadable audio
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out, "--metrics", "cqt1_pcc,log_mel")) == 0
+    printed = capsys.readouterr().out
+    assert "steer run: 2 done, 0 skipped, 1 failed" in printed
+    failed = read_record(out / "records" / "c1.json")
+    assert failed.status == "failed" and "cannot read audio" in failed.error and not (out / "c1.wav").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["items"], summary["done"], summary["failed"]) == (3, 2, 0 + 1)
+    assert summary["this_run"] == {"done": 2, "skipped": 0, "failed": 1}
+    groups = {row["edit_type"]: row for row in summary["groups"]}
+    assert [row["edit_type"] for row in summary["groups"]] == ["even", "all"] and groups["all"]["n"] == 2
+    values = [read_record(out / "records" / f"c{i}.json").metrics["log_mel"] for i in (0, 2)]
+    assert groups["all"]["log_mel"] == pytest.approx(sum(values) / 2)
+    assert "| even | 2 |" in (out / "summary.md").read_text()
+    # `steer eval` over the run folder agrees with the run's own per-clip values
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "eval.json").read_text())["groups"] == summary["groups"]
+    # a rerun skips what is done and retries the failure
+    assert main(_run_args(manifest, out)) == 0
+    assert "steer run: 0 done, 2 skipped, 1 failed" in capsys.readouterr().out
+    assert read_record(out / "records" / "c1.json").attempt == 2
+
+
+def test_a_concept_is_loaded_once_and_a_bad_one_fails_only_its_items(tmp_path):
+    manifest = _manifest(tmp_path, 3, extra={0: {"concept": "no/such"}, 2: {"concept": "no/such"}})
+    loads = []
+
+    def load_concept(reference):
+        loads.append(reference)
+        raise ValueError(f"concept not found: {reference}")
+
+    runner = ManifestRunner(read_edit_manifest(manifest), tmp_path / "out",
+                            backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2},
+                            load_concept=load_concept)
+    counts = runner.run()
+    assert (counts.done, counts.skipped, counts.failed) == (1, 0, 2) and loads == ["no/such"]
+    record = read_record(tmp_path / "out" / "records" / "c2.json")
+    assert record.recipe == "steermusic_plus" and "concept not found: no/such" in record.error
+
+
+def test_steermusic_plus_needs_a_concept_before_loading_anything(tmp_path, capsys):
+    manifest = _manifest(tmp_path, 2)
+    args = _run_args(manifest, tmp_path / "out", "--recipe", "steermusic_plus")
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert "needs a concept for every item; 2 have none (first: 'c0')" in capsys.readouterr().err
+
+
+# -- subprocesses ----------------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_every_item_is_edited_once(tmp_path):
+    n = 5
+    manifest = _manifest(tmp_path, n)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "steer.cli", *_run_args(manifest, out, "--threads", "1")]
+    steps = command.index("--steps") + 1
+    command[steps] = "30"  # most of a second per item: time to see records and kill mid-run
+    process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    records = {}
+    while time.monotonic() < deadline:
+        records = {p.stem: read_record(p) for p in (out / "records").glob("*.json")} if out.is_dir() else {}
+        if sum(r is not None and r.status == "done" for r in records.values()) >= 2:
+            break
+        time.sleep(0.02)
+    still_running = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert still_running, "the run ended before it could be killed"
+    done_before = {i: r for i, r in records.items() if r is not None and r.status == "done"}
+    started = {i for i, r in records.items() if r is not None and r.status == "running"}
+    assert 2 <= len(done_before) < n
+    # half-written items, as a kill during a write leaves them: a temporary file, a wav without record
+    pending = sorted({f"c{i}" for i in range(n)} - set(done_before) - started)
+    (out / f".{pending[0]}.wav.partial").write_bytes(b"half")
+    (out / f"{pending[-1]}.wav").write_bytes(b"half")
+
+    command[steps] = "2"
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(done_before)} skipped, 0 failed" in resumed.stdout
+    after = {i: read_record(out / "records" / f"c{i}.json") for i in range(n)}
+    assert all(r.status == "done" for r in after.values())
+    for i, record in done_before.items():  # untouched by the rerun
+        assert after[int(i[1:])] == record
+    # every start is counted: the items done before the kill once, the one killed mid-edit twice
+    assert sum(r.attempt for r in after.values()) == n + len(started)
+    for i in range(n):
+        info = sf.info(out / f"c{i}.wav")
+        assert (info.frames, info.samplerate) == (8000, 16000)
+    assert not [p.name for p in out.rglob(".*")]  # no temporary files left
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
+    n = 10
+    manifest = _manifest(tmp_path, n)
+    out = tmp_path / "out"
+    # accelerate's --cpu launcher starts one process unless mpirun is set up; --multi_gpu starts
+    # them with torchrun, and `steer run` sets up gloo when there is no CUDA device.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "steer.cli"]
+    done = subprocess.run([*launch, *_run_args(manifest, out, "--threads", "1")], env=_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [read_record(out / "records" / f"c{i}.json") for i in range(n)]
+    assert [r.rank for r in records] == [i % 2 for i in range(n)]
+    assert all(r.status == "done" and r.attempt == 1 for r in records)
+    assert done.stdout.count("steer run: ") == 1 and "steer run: 10 done, 0 skipped, 0 failed" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["done"] == n
