@@ -6,7 +6,7 @@ A LoRA concept ("a recording of a sks guitar") is learnt from ``--references`` t
 clips of one instrument; held-out clips of other instruments are then edited towards it with
 SteerMusic+ (concept) and with SteerMusic (the instrument's plain prompt), and scored as in
 ``evaluate.py``: CQT-1 PCC with the source, log-mel L1 to the true rendering on that instrument,
-and the share the classifier hears as that instrument.
+and the share the classifier hears as that instrument; the unedited sources are scored too.
 """
 
 from __future__ import annotations
@@ -81,6 +81,11 @@ def main() -> None:
         audio = load_audio(args.data.parent / source.audio)
         audio = type(audio)(audio.waveform[..., :crop], audio.sample_rate)
         target = load_audio(args.data.parent / truth[source.melody_id].audio).waveform[0, :crop]
+        rows.append({  # the unedited source: where an edit starts from
+            "method": "unedited source", "source": source.instrument, "melody": source.melody_id,
+            "pcc": 1.0, "distance": float(log_mel_distance(audio.waveform[0], target)),
+            "predicted": classifier.predict(audio.waveform, 16000)[0], "seconds": 0.0,
+        })
         for name, (editor, prompt) in editors.items():
             t0 = time.perf_counter()
             output = editor.edit(audio, source=source.prompt, target=prompt, seed=args.seed + index).audio[0]
@@ -92,7 +97,7 @@ def main() -> None:
         print(f"[{index + 1}/{len(sources)}] {source.melody_id}: {source.instrument}", flush=True)
     lines = ["| method | CQT-1 PCC ↑ | log-mel L1 to truth ↓ | heard as target ↑ | s / edit |", "|---|---|---|---|---|"]
     summary = {}
-    for name in editors:
+    for name in ["unedited source", *editors]:
         mine = [r for r in rows if r["method"] == name]
         pcc = [r["pcc"] for r in mine if not math.isnan(r["pcc"])]
         summary[name] = {
