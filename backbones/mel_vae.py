@@ -10,17 +10,15 @@ becomes denoiser inputs (:meth:`MelVAEBackbone.encode_one`) and, where needed, t
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
-from .base import Backbone
+from .pipeline import PipelineBackbone
 from .conditioning import Conditioning
 from .mel import MelFrontEnd, to_mono
 
@@ -28,7 +26,7 @@ from .mel import MelFrontEnd, to_mono
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-class MelVAEBackbone(Backbone):
+class MelVAEBackbone(PipelineBackbone):
     """A diffusers pipeline of the AudioLDM family as a score function.
 
     Subclasses set :attr:`family`, :attr:`pipeline_class`, :attr:`description` and
@@ -41,12 +39,6 @@ class MelVAEBackbone(Backbone):
         name_or_path: the Hub repo id or folder the pipeline was loaded from (``None`` when it
             was built in memory); concept files record it as the base model.
     """
-
-    pipeline_class: ClassVar[type[DiffusionPipeline]]
-    #: "a …" noun phrase naming the pipeline in loading errors.
-    description: ClassVar[str]
-    #: a Hub repo id of a real checkpoint, quoted in loading errors.
-    example_repo: ClassVar[str]
 
     def __init__(
         self,
@@ -72,60 +64,9 @@ class MelVAEBackbone(Backbone):
                 f"the scheduler's prediction_type is {prediction_type!r}; steer reads "
                 f"{' and '.join(PREDICTION_TYPES)} models"
             )
-        self.pipe = pipe
+        super().__init__(pipe, name_or_path=name_or_path)
         self.mel = mel
-        self.name_or_path = name_or_path
-        for module in self._modules():
-            module.eval().requires_grad_(False)
-        self._prompts: dict[str, Conditioning] = {}
         self._alphas_cumprod: Tensor | None = None
-
-    def _modules(self) -> list[nn.Module]:
-        return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
-
-    # -- loading ------------------------------------------------------------------------------
-    @classmethod
-    def from_pipe(cls, pipe: DiffusionPipeline, **kwargs: Any) -> MelVAEBackbone:
-        """Wrap an existing pipeline (its components are shared, not copied)."""
-        return cls(pipe, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        *,
-        torch_dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        **kwargs: Any,
-    ) -> MelVAEBackbone:
-        """Load a Hub repo id (e.g. :attr:`example_repo`) or a folder saved by :meth:`save_pretrained`.
-
-        Extra keyword arguments go to the pipeline's ``from_pretrained``.
-        """
-        name = str(name_or_path)
-        try:
-            pipe = cls._load_pipeline(name, torch_dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"could not load {cls.description} from {name!r} ({error}). Pass a folder written "
-                f"by save_pretrained, a Hub repo id such as {cls.example_repo!r} that this machine "
-                "can reach or has cached, or use an offline 'tiny' backbone."
-            ) from error
-        return cls(pipe.to(device), name_or_path=name)
-
-    @classmethod
-    def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> DiffusionPipeline:
-        return cls.pipeline_class.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
-        self.pipe.save_pretrained(path, safe_serialization=True)
-
-    def to(self, device: torch.device | str) -> MelVAEBackbone:
-        self.pipe.to(device)
-        self._prompts = {p: c.to(device) for p, c in self._prompts.items()}
-        self._alphas_cumprod = None
-        return self
 
     # -- schedule -----------------------------------------------------------------------------
     @property

@@ -38,9 +38,7 @@ the latent length ``L`` at predict time: no state to set, and correct for any cl
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +47,7 @@ from diffusers import StableAudioPipeline
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import Tensor, nn
 
-from .base import Backbone
+from .pipeline import PipelineBackbone
 from .conditioning import Conditioning
 
 # The DiT prepends one global token (the seconds embeddings plus the timestep embedding) to the
@@ -58,7 +56,7 @@ _GLOBAL_TOKENS = 1
 _PRECONDITIONING = ("precondition_inputs", "precondition_noise", "precondition_outputs")
 
 
-class StableAudioBackbone(Backbone):
+class StableAudioBackbone(PipelineBackbone):
     """Stable Audio Open (``stabilityai/stable-audio-open-1.0``) as a VP score function.
 
     Args:
@@ -82,6 +80,10 @@ class StableAudioBackbone(Backbone):
     """
 
     family = "stable_audio"
+    pipeline_class = StableAudioPipeline
+    description = "a Stable Audio pipeline"
+    example_repo = "stabilityai/stable-audio-open-1.0"
+    loading_note = " The repo is gated: accept its licence and log in first."
 
     def __init__(
         self,
@@ -96,16 +98,13 @@ class StableAudioBackbone(Backbone):
                 f"{type(scheduler).__name__} has no EDM preconditioning; give the pipeline Stable "
                 "Audio Open's CosineDPMSolverMultistepScheduler"
             )
-        self.pipe = pipe
-        self.name_or_path = name_or_path
+        super().__init__(pipe, name_or_path=name_or_path)
         self.sample_rate = int(pipe.vae.config.sampling_rate)
         self.channels = int(pipe.vae.config.audio_channels)
         # PCon's default layers: the later half of the DiT's blocks (a U-Net's up blocks' place).
         blocks = pipe.transformer.config.num_layers
         later = "|".join(str(i) for i in range(blocks // 2, blocks))
         self.decoder_self_attention = rf"^transformer_blocks\.({later})\.attn1$"
-        for module in self._modules():
-            module.eval().requires_grad_(False)
         sigma_min, sigma_max = scheduler.config.sigma_min, scheduler.config.sigma_max
         angle = torch.linspace(
             math.atan(sigma_min), math.atan(sigma_max), num_train_timesteps, dtype=torch.float64
@@ -115,57 +114,12 @@ class StableAudioBackbone(Backbone):
             "sigmas": angle.tan().float(),
             "alphas_cumprod": angle.cos().square().float(),
         }
-        self._prompts: dict[str, Conditioning] = {}
-
-    def _modules(self) -> list[nn.Module]:
-        return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
 
     def _table(self, name: str) -> Tensor:
         table = self._tables[name]
         if table.device != self.device:
             table = self._tables[name] = table.to(self.device)
         return table
-
-    # -- loading ------------------------------------------------------------------------------
-    @classmethod
-    def from_pipe(cls, pipe: StableAudioPipeline, **kwargs: Any) -> StableAudioBackbone:
-        """Wrap an existing pipeline (its components are shared, not copied)."""
-        return cls(pipe, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        *,
-        torch_dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        **kwargs: Any,
-    ) -> StableAudioBackbone:
-        """Load a Hub repo id (``"stabilityai/stable-audio-open-1.0"``) or a folder saved by
-        :meth:`save_pretrained`.
-
-        Extra keyword arguments go to ``StableAudioPipeline.from_pretrained``.
-        """
-        name = str(name_or_path)
-        try:
-            pipe = StableAudioPipeline.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"could not load a Stable Audio pipeline from {name!r} ({error}). Pass a folder "
-                "written by save_pretrained, or a Hub repo id such as "
-                "'stabilityai/stable-audio-open-1.0' that this machine can reach or has cached "
-                "(the repo is gated: accept its licence and log in first)."
-            ) from error
-        return cls(pipe.to(device), name_or_path=name)
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
-        self.pipe.save_pretrained(path, safe_serialization=True)
-
-    def to(self, device: torch.device | str) -> StableAudioBackbone:
-        self.pipe.to(device)
-        self._prompts = {p: c.to(device) for p, c in self._prompts.items()}
-        return self
 
     # -- schedule -----------------------------------------------------------------------------
     @property

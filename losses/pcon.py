@@ -7,8 +7,6 @@ from typing import Literal
 
 import torch
 
-from backbones.base import UP_BLOCK_SELF_ATTENTION
-
 from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss
 from .functional import patch_nce
 
@@ -29,7 +27,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         num_positions: time positions sampled per layer (256).
         layers: regular expression over the model's self-attention module names; ``None``
             (default) reads each model's :attr:`~backbones.Backbone.decoder_self_attention`,
-            the authors' up-block ``attn1`` outputs (:data:`UP_BLOCK_SELF_ATTENTION`) on a U-Net.
+            the authors' up-block ``attn1`` outputs (:data:`backbones.base.UP_BLOCK_SELF_ATTENTION`) on a U-Net.
         guidance_scale: must equal the delta score's, so the calls are shared.
         reference: ``"source"`` (paper) or ``"edited"`` (authors' script).
     """

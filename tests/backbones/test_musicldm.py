@@ -15,7 +15,7 @@ from perfect_denoiser import make_perfect
 from backbones import MusicLDMBackbone, load_backbone
 from backbones.tiny import tiny_musicldm_pipeline
 from losses import FeatureRequest, NoiseRequest
-from losses.pcon import UP_BLOCK_SELF_ATTENTION
+from backbones.base import UP_BLOCK_SELF_ATTENTION
 from steer.predictions import evaluate_requests
 
 

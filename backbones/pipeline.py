@@ -1,0 +1,87 @@
+"""What every adapter over a diffusers pipeline shares: the pipeline's components, frozen, with
+``from_pipe`` / ``from_pretrained`` / ``save_pretrained`` / ``to`` and a per-prompt cache."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DiffusionPipeline
+from torch import nn
+
+from .base import Backbone
+from .conditioning import Conditioning
+
+
+class PipelineBackbone(Backbone):
+    """A :class:`Backbone` over the components of a loaded diffusers pipeline.
+
+    Subclasses set :attr:`pipeline_class`, :attr:`description` and :attr:`example_repo`.
+
+    Args:
+        pipe: the pipeline; its components are shared (not copied), frozen and put in eval mode.
+        name_or_path: the Hub repo id or folder the pipeline was loaded from (``None`` when it
+            was built in memory); concept files record it as the base model.
+    """
+
+    pipeline_class: ClassVar[type[DiffusionPipeline]]
+    #: "a …" noun phrase naming the pipeline in loading errors.
+    description: ClassVar[str]
+    #: a Hub repo id of a real checkpoint, quoted in loading errors.
+    example_repo: ClassVar[str]
+    #: anything else a user must know when loading fails (a gated repo, say).
+    loading_note: ClassVar[str] = ""
+
+    def __init__(self, pipe: DiffusionPipeline, *, name_or_path: str | None = None) -> None:
+        self.pipe = pipe
+        self.name_or_path = name_or_path
+        for module in self._modules():
+            module.eval().requires_grad_(False)
+        self._prompts: dict[str, Conditioning] = {}
+
+    def _modules(self) -> list[nn.Module]:
+        return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
+
+    @classmethod
+    def from_pipe(cls, pipe: DiffusionPipeline, **kwargs: Any) -> PipelineBackbone:
+        """Wrap an existing pipeline (its components are shared, not copied)."""
+        return cls(pipe, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        torch_dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        **kwargs: Any,
+    ) -> PipelineBackbone:
+        """Load a Hub repo id (e.g. :attr:`example_repo`) or a folder saved by :meth:`save_pretrained`.
+
+        Extra keyword arguments go to the pipeline's ``from_pretrained``.
+        """
+        name = str(name_or_path)
+        try:
+            pipe = cls._load_pipeline(name, torch_dtype=torch_dtype, **kwargs)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"could not load {cls.description} from {name!r} ({error}). Pass a folder written "
+                f"by save_pretrained, a Hub repo id such as {cls.example_repo!r} that this machine "
+                f"can reach or has cached, or use an offline 'tiny' backbone.{cls.loading_note}"
+            ) from error
+        return cls(pipe.to(device), name_or_path=name)
+
+    @classmethod
+    def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> DiffusionPipeline:
+        return cls.pipeline_class.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
+        self.pipe.save_pretrained(path, safe_serialization=True)
+
+    def to(self, device: torch.device | str) -> PipelineBackbone:
+        """Move the pipeline and the cached prompt encodings to ``device``."""
+        self.pipe.to(device)
+        self._prompts = {p: c.to(device) for p, c in self._prompts.items()}
+        return self
