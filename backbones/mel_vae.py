@@ -11,7 +11,6 @@ becomes denoiser inputs (:meth:`MelVAEBackbone.encode_one`) and, where needed, t
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,29 +79,12 @@ class MelVAEBackbone(PipelineBackbone):
         return self.pipe.unet
 
     # -- conditioning -------------------------------------------------------------------------
-    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
-        """Conditioning for ``prompts`` (with the empty unconditional prompt); each distinct
-        prompt is encoded once, as the pipeline encodes it, and cached (no grad)."""
-        return self.cached_prompts(prompts, self._prompts, torch.no_grad()(self.encode_one))
-
     @abstractmethod
     def encode_one(self, prompt: str) -> Conditioning:
-        """The denoiser inputs of one prompt and of the empty negative prompt, batch size 1.
-
-        Uncached and differentiable through the text encoders (textual inversion trains with
-        it); :meth:`encode_prompt` is the cached, gradient-free way in.
-        """
+        """The denoiser inputs of one prompt and of the empty negative prompt, batch size 1,
+        as the pipeline encodes them (uncached, differentiable)."""
 
     # -- score --------------------------------------------------------------------------------
-    def predict_noise(
-        self,
-        x_t: Tensor,
-        t: Tensor,
-        cond: Conditioning,
-        guidance_scale: float | Tensor = 1.0,
-    ) -> Tensor:
-        return self.guided(self._epsilon, x_t, t, cond, guidance_scale)
-
     def _denoise(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
         """The UNet's raw output for latents ``(N, C, T, F)``, as the pipeline calls it."""
         unet = self.pipe.unet

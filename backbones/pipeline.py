@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from diffusers import DiffusionPipeline
-from torch import nn
+from torch import Tensor, nn
 
 from .base import Backbone
 from .conditioning import Conditioning
@@ -17,7 +19,8 @@ from .conditioning import Conditioning
 class PipelineBackbone(Backbone):
     """A :class:`Backbone` over the components of a loaded diffusers pipeline.
 
-    Subclasses set :attr:`pipeline_class`, :attr:`description` and :attr:`example_repo`.
+    Subclasses set :attr:`pipeline_class`, :attr:`description` and :attr:`example_repo`, and
+    implement :meth:`encode_one` and :meth:`_epsilon` (and the audio and geometry methods).
 
     Args:
         pipe: the pipeline; its components are shared (not copied), frozen and put in eval mode.
@@ -40,6 +43,36 @@ class PipelineBackbone(Backbone):
             module.eval().requires_grad_(False)
         self._prompts: dict[str, Conditioning] = {}
 
+    # -- conditioning and score ------------------------------------------------------------------
+    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning for ``prompts``: each distinct prompt is encoded once with
+        :meth:`encode_one` and cached (no grad)."""
+        with torch.no_grad():
+            return self.cached_prompts(prompts, self._prompts, self.encode_one)
+
+    @abstractmethod
+    def encode_one(self, prompt: str) -> Conditioning:
+        """The denoiser inputs of one prompt and of its unconditional counterpart, batch size 1.
+
+        Uncached and differentiable through the text encoders (textual inversion trains with
+        it); :meth:`encode_prompt` is the cached, gradient-free way in.
+        """
+
+    def predict_noise(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor = 1.0,
+    ) -> Tensor:
+        return self.guided(self._epsilon, x_t, t, cond, guidance_scale)
+
+    @abstractmethod
+    def _epsilon(self, x_t: Tensor, t: Tensor, fields: dict[str, Tensor]) -> Tensor:
+        """ε̂ of the rows ``(N, ...)`` at timesteps ``(N,)`` with conditioning ``fields``: one
+        denoiser call (what :meth:`Backbone.guided` wraps)."""
+
+    # -- loading ----------------------------------------------------------------------------------
     def _modules(self) -> list[nn.Module]:
         return [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
 

@@ -137,19 +137,15 @@ class StableAudioBackbone(PipelineBackbone):
         return self.pipe.transformer
 
     # -- conditioning -------------------------------------------------------------------------
-    def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
-        """Conditioning for ``prompts``; each distinct prompt is encoded once and cached.
+    def encode_one(self, prompt: str) -> Conditioning:
+        """The conditioning of one prompt (uncached, differentiable; ``encode_prompt`` caches).
 
-        Fields: ``text_states`` ``(B, 128, C)``, the pipeline's projected T5 states (padding
-        tokens zeroed), and ``cross_attention_seconds`` ``(B, 1, 1)``, 1 where cross-attention
+        Fields: ``text_states`` ``(1, 128, C)``, the pipeline's projected T5 states (padding
+        tokens zeroed), and ``cross_attention_seconds`` ``(1, 1, 1)``, 1 where cross-attention
         sees the seconds tokens. The unconditional branch is the pipeline's default (no negative
         prompt): all cross-attention tokens zero, text and seconds alike, while the global token
         keeps the seconds.
         """
-        return self.cached_prompts(prompts, self._prompts, self._encode_one)
-
-    @torch.no_grad()
-    def _encode_one(self, prompt: str) -> Conditioning:
         text = self.pipe.encode_prompt(prompt, self.device, do_classifier_free_guidance=False)
         seconds = text.new_ones(1, 1, 1)
         return Conditioning(
@@ -158,15 +154,6 @@ class StableAudioBackbone(PipelineBackbone):
         )
 
     # -- score --------------------------------------------------------------------------------
-    def predict_noise(
-        self,
-        x_t: Tensor,
-        t: Tensor,
-        cond: Conditioning,
-        guidance_scale: float | Tensor = 1.0,
-    ) -> Tensor:
-        return self.guided(self._epsilon, x_t, t, cond, guidance_scale)
-
     def _epsilon(self, x_vp: Tensor, t: Tensor, fields: dict[str, Tensor]) -> Tensor:
         """ε̂ of VP latents ``(N, 64, L)`` at timesteps ``(N,)``: one DiT call (module docstring)."""
         pipe, scheduler, transformer = self.pipe, self.pipe.scheduler, self.pipe.transformer
