@@ -11,15 +11,16 @@ becomes denoiser inputs (:meth:`MelVAEBackbone.encode_one`) and, where needed, t
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
-from .pipeline import PipelineBackbone
 from .conditioning import Conditioning
 from .mel import MelFrontEnd, to_mono
+from .pipeline import PipelineBackbone
 
 #: Model parametrisations the adapters turn into ε (the scheduler's ``prediction_type``).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -83,6 +84,9 @@ class MelVAEBackbone(PipelineBackbone):
     def encode_one(self, prompt: str) -> Conditioning:
         """The denoiser inputs of one prompt and of the empty negative prompt, batch size 1,
         as the pipeline encodes them (uncached, differentiable)."""
+
+    def _settings(self) -> dict[str, Any]:
+        return {"mel": self.mel}
 
     # -- score --------------------------------------------------------------------------------
     def _denoise(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:

@@ -109,6 +109,41 @@ class PipelineBackbone(Backbone):
     def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> DiffusionPipeline:
         return cls.pipeline_class.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
 
+    def _settings(self) -> dict[str, Any]:
+        """The constructor's keyword arguments besides the pipeline (what :meth:`replace` keeps)."""
+        return {}
+
+    def replace(self, **components: Any) -> PipelineBackbone:
+        """A backbone of the same kind over the same components but ``components`` (e.g. a
+        personalised denoiser or tokenizers that know a new word), with its own prompt cache."""
+        unknown = set(components) - set(self.pipe.components)
+        if unknown:
+            raise ValueError(f"the pipeline has no component {sorted(unknown)[0]!r}")
+        pipe = type(self.pipe)(**{**self.pipe.components, **components})
+        pipe.set_progress_bar_config(disable=True)
+        return type(self)(pipe, **self._settings())
+
+    @property
+    def denoiser_component(self) -> str:
+        """The pipeline component name of :attr:`denoiser` (``"unet"``, ``"transformer"``)."""
+        return next(name for name, c in self.pipe.components.items() if c is self.denoiser)
+
+    def text_paths(self) -> dict[str, tuple[Any, nn.Module]]:
+        """Each tokenizer component by name, with the input embedding module its ids index
+        (the one the text encoder really calls: T5's ``encoder.embed_tokens``, CLAP's text
+        model's word embeddings)."""
+        paths = {}
+        for name, tokenizer in self.pipe.components.items():
+            if not name.startswith("tokenizer") or tokenizer is None:
+                continue
+            encoder = self.pipe.components[name.replace("tokenizer", "text_encoder")]
+            for inner in ("text_model", "encoder"):  # CLAP, T5: the module holding the lookup
+                if isinstance(getattr(encoder, inner, None), nn.Module):
+                    encoder = getattr(encoder, inner)
+                    break
+            paths[name] = (tokenizer, encoder.get_input_embeddings())
+        return paths
+
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
         self.pipe.save_pretrained(path, safe_serialization=True)

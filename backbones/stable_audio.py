@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,8 @@ from diffusers import StableAudioPipeline
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import Tensor, nn
 
-from .pipeline import PipelineBackbone
 from .conditioning import Conditioning
+from .pipeline import PipelineBackbone
 
 # The DiT prepends one global token (the seconds embeddings plus the timestep embedding) to the
 # latent frames; every self-attention output carries it first.
@@ -114,6 +115,9 @@ class StableAudioBackbone(PipelineBackbone):
             "sigmas": angle.tan().float(),
             "alphas_cumprod": angle.cos().square().float(),
         }
+
+    def _settings(self) -> dict[str, Any]:
+        return {"num_train_timesteps": self.num_train_timesteps}
 
     def _table(self, name: str) -> Tensor:
         table = self._tables[name]

@@ -24,7 +24,8 @@ class NewToken(nn.Module):
 
     Args:
         token: the new word (``"sks"``); every tokenizer must not know it yet.
-        paths: text path name → (tokenizer, the input embedding module its ids go to).
+        paths: text path name (a pipeline's tokenizer component) → (tokenizer, the input
+            embedding module its ids go to).
         init_word: initial rows are the mean embedding of this word's tokens (Gal et al. start from
             a word describing the concept); ``None`` starts from the mean of all rows.
 
@@ -44,8 +45,8 @@ class NewToken(nn.Module):
             tokenizer = copy.deepcopy(tokenizer)
             if token in tokenizer.get_vocab() or tokenizer.add_tokens([token]) != 1:
                 raise ValueError(
-                    f"the token {token!r} is already a word of the {name} tokenizer; textual "
-                    "inversion needs a new word (e.g. 'sks')"
+                    f"the token {token!r} is already a word of the base model's {name!r}; "
+                    "textual inversion needs a new word (e.g. 'sks')"
                 )
             self.tokenizers[name] = tokenizer
             self.token_ids[name] = tokenizer.convert_tokens_to_ids(token)

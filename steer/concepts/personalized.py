@@ -13,8 +13,9 @@ depends on the concept's method:
 - **dreambooth**: a fine-tuned copy of the denoiser (its own module).
 - **textual_inversion**: the base denoiser with a text path that knows the token; only the
   prompt encoding differs. A closed vocabulary (mel-diffusion's word encoder) gets a copy with the
-  new word; open-vocabulary tokenizers (AudioLDM2's CLAP RoBERTa and Flan-T5) get the token
-  through :class:`~steer.concepts.new_token.NewToken`, one learnt row per tokenizer.
+  new word; a pipeline's open-vocabulary tokenizers (AudioLDM2's CLAP RoBERTa and Flan-T5,
+  AudioLDM's and MusicLDM's CLAP, Stable Audio's T5) get the token through
+  :class:`~steer.concepts.new_token.NewToken`, one learnt row per tokenizer.
 
 Encoding and decoding audio, the schedule and the feature geometry are the base's. Prompts are
 encoded and cached by ε' itself (for LoRA and dreambooth with the base's unchanged text path).
@@ -34,15 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backbones import (
-    AudioLDM2Backbone,
-    AudioLDMBackbone,
-    Backbone,
-    Conditioning,
-    MusicLDMBackbone,
-)
+from backbones import Backbone, Conditioning
 from backbones.mel_diffusion import MelDiffusionBackbone
-from backbones.stable_audio import StableAudioBackbone
+from backbones.pipeline import PipelineBackbone
 
 from .concept import Concept
 from .new_token import NewToken
@@ -51,34 +46,16 @@ _adapter_ids = itertools.count()
 
 
 # -- what differs between backbone families ---------------------------------------------------------
-def _audioldm2_view(base: AudioLDM2Backbone, denoiser: nn.Module, text: nn.Module | None) -> Backbone:
-    """An adapter over the base pipeline's components with ``denoiser`` as its UNet and, for a
-    :class:`NewToken`, its tokenizers (own prompt cache)."""
-    components = {**base.pipe.components, "unet": denoiser}
+def _pipeline_view(base: PipelineBackbone, denoiser: nn.Module, text: nn.Module | None) -> Backbone:
+    """An adapter over the base pipeline's components with ``denoiser`` and, for a
+    :class:`NewToken`, the tokenizers that know the token (own prompt cache)."""
+    replaced = {base.denoiser_component: denoiser}
     if isinstance(text, NewToken):
-        components.update(tokenizer=text.tokenizers["clap"], tokenizer_2=text.tokenizers["t5"])
-    pipe = type(base.pipe)(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return type(base)(pipe, mel=base.mel)
+        replaced.update(text.tokenizers)
+    return base.replace(**replaced)
 
 
-def _stable_audio_view(base: StableAudioBackbone, denoiser: nn.Module, text: nn.Module | None) -> Backbone:
-    """An adapter over the base pipeline's components with ``denoiser`` as its DiT (own prompt cache)."""
-    pipe = type(base.pipe)(**{**base.pipe.components, "transformer": denoiser})
-    pipe.set_progress_bar_config(disable=True)
-    return type(base)(pipe, num_train_timesteps=base.num_train_timesteps)
-
-
-def _audioldm2_text_paths(base: AudioLDM2Backbone) -> dict[str, tuple[Any, nn.Embedding]]:
-    """AudioLDM2's two tokenizers and the input embeddings they index (CLAP's RoBERTa, Flan-T5)."""
-    pipe = base.pipe
-    return {
-        "clap": (pipe.tokenizer, pipe.text_encoder.text_model.get_input_embeddings()),
-        "t5": (pipe.tokenizer_2, pipe.text_encoder_2.encoder.get_input_embeddings()),  # the module T5Stack calls
-    }
-
-
-def _audioldm2_conditioning(view: AudioLDM2Backbone, prompts: Sequence[str]) -> Conditioning:
+def _pipeline_conditioning(view: PipelineBackbone, prompts: Sequence[str]) -> Conditioning:
     """Like ``view.encode_prompt`` but uncached and differentiable (textual inversion)."""
     return Conditioning.cat([view.encode_one(p) for p in prompts])
 
@@ -117,17 +94,19 @@ class _Family:
     conditioning: Callable[[Backbone, Sequence[str]], Conditioning] | None = None
 
 
+#: Adapters over diffusers pipelines: open-vocabulary tokenizers, so textual inversion adds a
+#: :class:`NewToken` to every tokenizer of the pipeline.
+_PIPELINE = _Family(
+    PipelineBackbone,
+    _pipeline_view,
+    text_paths=PipelineBackbone.text_paths,
+    conditioning=_pipeline_conditioning,
+)
 FAMILIES: dict[str, _Family] = {
-    "audioldm2": _Family(
-        AudioLDM2Backbone,
-        _audioldm2_view,
-        text_paths=_audioldm2_text_paths,
-        conditioning=_audioldm2_conditioning,
-    ),
-    # The same pipeline rebuild serves AudioLDM and MusicLDM (LoRA, dreambooth); no textual inversion.
-    "audioldm": _Family(AudioLDMBackbone, _audioldm2_view),
-    "musicldm": _Family(MusicLDMBackbone, _audioldm2_view),
-    "stable_audio": _Family(StableAudioBackbone, _stable_audio_view),
+    "audioldm2": _PIPELINE,
+    "audioldm": _PIPELINE,
+    "musicldm": _PIPELINE,
+    "stable_audio": _PIPELINE,
     "mel-diffusion": _Family(
         MelDiffusionBackbone,
         _mel_view,

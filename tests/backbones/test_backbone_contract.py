@@ -3,7 +3,8 @@
 A new backbone joins :data:`CASES`; if it breaks what losses and editors rely on (shapes and
 dtypes of the noise prediction, a VP schedule, self-attention features that carry the gradient to
 the latent, an exactly zero delta score for equal prompts, decoding to the input's duration,
-SteerMusic+ with a LoRA concept), it fails here.
+SteerMusic+ with a LoRA concept, a textual-inversion concept that touches only its own token),
+it fails here.
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ CLIP = _clip()
 
 @pytest.fixture(scope="module", params=CASES)
 def backbone(request) -> Backbone:
-    if request.param == "tiny-stable-audio":
-        pytest.importorskip("backbones.stable_audio", reason="the Stable Audio adapter is not there yet")
-        pytest.importorskip("backbones.tiny.stable_audio", reason="the tiny Stable Audio build is not there yet")
     return load_backbone(str(SHIPPED) if request.param == "mel-diffusion-swap" else request.param)
 
 
@@ -132,3 +130,22 @@ def test_steermusic_plus_with_a_lora_concept(backbone, latent):
     # closing ε' leaves the base model as it was
     after = backbone.predict_noise(latent, torch.tensor([300]), backbone.encode_prompt([TARGET]), 3.0)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_textual_inversion_changes_only_prompts_with_the_token(backbone):
+    kwargs = dict(token=TOKEN, class_word=CLASS_WORD, method="textual_inversion", batch_size=1, progress=False)
+    start = Concept.train(backbone, [CLIP], steps=0, **kwargs)
+    concept = Concept.train(backbone, [CLIP], steps=2, lr=0.5, **kwargs)
+    assert concept.weights and all(k.startswith("token_embedding") for k in concept.weights)
+    assert any(not torch.equal(concept.weights[k], start.weights[k]) for k in concept.weights)
+    named = f"a recording of a {TOKEN} {CLASS_WORD}"
+    base = {p: backbone.encode_prompt([p]).cond for p in (SOURCE, named)}
+    with concept.apply(backbone) as personalized:
+        assert personalized.denoiser is backbone.denoiser
+        mine = {p: personalized.encode_prompt([p]).cond for p in (SOURCE, named)}
+    for key, value in base[SOURCE].items():  # a prompt without the token: exactly the base's
+        assert torch.equal(mine[SOURCE][key], value)
+    assert any(not torch.allclose(mine[named][k], v) for k, v in base[named].items())
+    backbone._prompts.clear()  # encode afresh: the base model never learnt the word
+    for key, value in backbone.encode_prompt([named]).cond.items():
+        assert torch.equal(value, base[named][key])

@@ -157,4 +157,4 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     ti = [*argv, "--overwrite"]
     ti[ti.index("lora")] = "textual_inversion"
     run_personalize(parser.parse_args(ti))
-    assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.clap", "token_embedding.t5"}
+    assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.tokenizer", "token_embedding.tokenizer_2"}
