@@ -147,13 +147,19 @@ ZOME_EDIT_TYPES = {
     "8": "extract_instrument",
     "9": "random",
 }
-_ZOME_SUFFIXES = (".json", ".jsonl", ".csv")
+_ZOME_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def _zome_rows(path: Path) -> list[tuple[str | None, dict]]:
     """``(key, row)`` pairs of a metadata file: a JSON list, a JSON object keyed by id (as
-    PIE-Bench's ``mapping_file.json``), JSON Lines, or CSV."""
+    PIE-Bench's ``mapping_file.json``), JSON Lines, CSV, or Parquet (the Hub's dataset layout)."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet
+        except ImportError as error:
+            raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install 'steer[zome]'") from error
+        return [(None, row) for row in pyarrow.parquet.read_table(path).to_pylist()]
     if path.suffix == ".csv":
         with path.open(newline="") as file:
             return [(None, row) for row in csv.DictReader(file)]
@@ -174,7 +180,7 @@ def _is_zome_bench(path: Path) -> bool:
         return False
     try:
         rows = _zome_rows(path)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error):
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, OSError):
         return False
     return bool(rows) and isinstance(rows[0][1], dict) and "editing_prompt" in rows[0][1]
 
@@ -195,8 +201,9 @@ def _find_audio(folder: Path, ytid: str) -> Path:
 
 
 def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
-    """Items of ZoME-Bench's metadata: its folder (holding one ``.json``/``.jsonl``/``.csv``
-    metadata file) or the file itself.
+    """Items of ZoME-Bench's metadata: its folder (holding one ``.json``/``.jsonl``/``.csv``/
+    ``.parquet`` metadata file, at the top or in ``data/`` as the Hub lays datasets out) or the
+    file itself.
 
     Rows need ``original_prompt``, ``editing_prompt`` and ``ytid``; ``editing_type_id`` names the
     edit type (:data:`ZOME_EDIT_TYPES`). The square brackets that mark the edited word in the
@@ -206,16 +213,17 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
     row's key (object files) or ``<row number>_<ytid>``.
     """
     path = Path(path)
+    folder = path if path.is_dir() else path.parent
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in _ZOME_SUFFIXES and _is_zome_bench(p))
+        places = [p for p in (path, path / "data") if p.is_dir()]
+        files = sorted(f for p in places for f in p.iterdir() if f.suffix in _ZOME_SUFFIXES and _is_zome_bench(f))
         if len(files) != 1:
-            found = ", ".join(p.name for p in files) or "none"
+            found = ", ".join(str(f.relative_to(path)) for f in files) or "none"
             raise ValueError(
-                f"{path}: expected one ZoME-Bench metadata file (.json, .jsonl or .csv with "
-                f"'editing_prompt'), found {found}; pass the file itself"
+                f"{path}: expected one ZoME-Bench metadata file (.json, .jsonl, .csv or .parquet "
+                f"with 'editing_prompt'), found {found}; pass the file itself"
             )
         path = files[0]
-    folder = path.parent
     items, places = [], []
     for number, (key, row) in enumerate(_zome_rows(path)):
         where = f"{path}: row {number}"

@@ -225,3 +225,20 @@ def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
     assert all(r.status == "done" and r.attempt == 1 for r in records)
     assert done.stdout.count("steer run: ") == 1 and "steer run: 10 done, 0 skipped, 0 failed" in done.stdout
     assert json.loads((out / "summary.json").read_text())["done"] == n
+
+
+def test_zome_bench_as_the_hub_serves_it_parquet_under_data(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet
+
+    rows = [
+        {"ytid": "abc", "original_prompt": "a [piano] solo", "editing_prompt": "a [violin] solo", "editing_type_id": 0},
+        {"ytid": "def", "original_prompt": "calm jazz", "editing_prompt": "calm rock", "editing_type_id": 3},
+    ]
+    (tmp_path / "data").mkdir()
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "data" / "train-00000-of-00001.parquet")
+    items = read_edit_manifest(tmp_path)
+    assert [(i.id, i.audio, i.source, i.target, i.edit_type) for i in items] == [
+        ("0000_abc", tmp_path / "audio" / "abc.wav", "a piano solo", "a violin solo", "change_instrument"),
+        ("0001_def", tmp_path / "audio" / "def.wav", "calm jazz", "calm rock", "change_genre"),
+    ]
