@@ -196,7 +196,8 @@ def _run(args: argparse.Namespace) -> None:
     from accelerate.utils import gather_object, parse_flag_from_env
 
     from .evaluate import is_per_clip, write_run_summary
-    from .runner import ManifestRunner, RunCounts, check_concepts, read_edit_manifest
+    from .manifest import read_edit_manifest
+    from .runner import ManifestRunner, RunCounts, check_concepts
 
     items = read_edit_manifest(args.manifest)
     names = _metric_names(args.metrics)

@@ -23,14 +23,8 @@ import torchaudio.functional
 from steer.data._files import atomic_write_text
 
 from .audio import load_audio
-from .runner import (
-    EditItem,
-    RunCounts,
-    collect_records,
-    read_edit_manifest,
-    read_record,
-    write_json,
-)
+from .manifest import EditItem, read_edit_manifest
+from .runner import RunCounts, collect_records, read_record, write_json
 
 if TYPE_CHECKING:
     from torchmetrics import Metric

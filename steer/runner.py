@@ -1,14 +1,5 @@
-"""Edit every clip of a manifest: resumable, one record per clip, sharded over processes.
-
-A manifest is JSON Lines, one edit per line::
-
-    {"id": "clip-001", "audio": "clips/a.wav", "source": "a piano melody",
-     "target": "a violin melody", "concept": "concepts/sks-guitar", "edit_type": "instrument"}
-
-``audio`` is relative to the manifest's folder (or absolute); ``concept`` (a concept folder or
-Hub repo id, edited with SteerMusic+) and ``edit_type`` (a group name for the summary) are
-optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
-Inversion Control", https://arxiv.org/abs/2407.13220) is read too: see :func:`read_zome_bench`.
+"""Edit every clip of a manifest (:mod:`steer.manifest`): resumable, one record per clip,
+sharded over processes.
 
 :class:`ManifestRunner` writes ``OUT/<id>.wav`` and ``OUT/records/<id>.json`` per item, both
 atomically. Before editing, an item's record says ``"running"`` with its attempt number, so a
@@ -19,11 +10,9 @@ items whose record says ``"done"`` and whose wav exists and redoes the rest. Und
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,217 +28,13 @@ from steer.data._files import atomic_write_text
 
 from .audio import load_audio, save_audio
 from .editor import LatentEditor
+from .manifest import EditItem
 from .recipes import SteerMusic, SteerMusicPlus
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
 RECIPES = ("steermusic", "steermusic_plus")
-_FIELDS = {"id": True, "audio": True, "source": True, "target": True, "concept": False, "edit_type": False}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class EditItem:
-    """One edit of a manifest.
-
-    Attributes:
-        id: unique name; the edit is written to ``<id>.wav``.
-        audio: the source clip.
-        source, target: the prompts describing the clip and the wanted edit.
-        concept: a concept folder or Hub repo id (SteerMusic+), or ``None`` (SteerMusic).
-        edit_type: the group this edit is summarised in, or ``None``.
-    """
-
-    id: str
-    audio: Path
-    source: str
-    target: str
-    concept: str | None = None
-    edit_type: str | None = None
-
-
-def _item(raw: Any, where: str, folder: Path) -> EditItem:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_FIELDS))
-    if unknown:
-        raise ValueError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(_FIELDS)})")
-    for name, required in _FIELDS.items():
-        value = raw.get(name)
-        if value is None and not required:
-            continue
-        if value is None:
-            raise ValueError(f"{where}: missing field {name!r}")
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: field {name!r} must be a non-empty string")
-    if not _ID.fullmatch(raw["id"]):
-        raise ValueError(
-            f"{where}: field 'id' {raw['id']!r} must be a file name: letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    return EditItem(
-        id=raw["id"],
-        audio=folder / raw["audio"],  # an absolute path stays as it is
-        source=raw["source"],
-        target=raw["target"],
-        concept=raw.get("concept"),
-        edit_type=raw.get("edit_type"),
-    )
-
-
-def _check_unique(items: Sequence[EditItem], where: Sequence[str]) -> None:
-    seen: dict[str, str] = {}
-    for item, place in zip(items, where):
-        if item.id in seen:
-            raise ValueError(f"{place}: field 'id' {item.id!r} is already used at {seen[item.id]}")
-        seen[item.id] = place
-
-
-def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
-    """The items of a JSON Lines manifest, or of ZoME-Bench's metadata (a folder or its file).
-
-    Every line is checked before anything runs: errors name the line and the field.
-    """
-    path = Path(path)
-    if path.is_dir() or _is_zome_bench(path):
-        return read_zome_bench(path)
-    if not path.is_file():
-        raise ValueError(f"manifest not found: {path}")
-    items, places = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not JSON ({error.msg})") from None
-        items.append(_item(raw, where, path.parent))
-        places.append(where)
-    if not items:
-        raise ValueError(f"{path} holds no items")
-    _check_unique(items, places)
-    return items
-
-
-# -- ZoME-Bench -----------------------------------------------------------------------------------
-#: ``editing_type_id`` → name, from the dataset card of ``liuhuadai/ZoME-Bench``.
-ZOME_EDIT_TYPES = {
-    "0": "change_instrument",
-    "1": "add_instrument",
-    "2": "delete_instrument",
-    "3": "change_genre",
-    "4": "change_mood",
-    "5": "change_rhythm",
-    "6": "change_background",
-    "7": "change_melody",
-    "8": "extract_instrument",
-    "9": "random",
-}
-_ZOME_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
-_AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-
-
-def _zome_rows(path: Path) -> list[tuple[str | None, dict]]:
-    """``(key, row)`` pairs of a metadata file: a JSON list, a JSON object keyed by id (as
-    PIE-Bench's ``mapping_file.json``), JSON Lines, CSV, or Parquet (the Hub's dataset layout)."""
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet
-        except ImportError as error:
-            raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install 'steer[zome]'") from error
-        return [(None, row) for row in pyarrow.parquet.read_table(path).to_pylist()]
-    if path.suffix == ".csv":
-        with path.open(newline="") as file:
-            return [(None, row) for row in csv.DictReader(file)]
-    text = path.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if isinstance(data, dict):
-        return [(str(key), row) for key, row in data.items()]
-    if isinstance(data, list):
-        return [(None, row) for row in data]
-    raise ValueError(f"{path}: expected a list or an object of rows")
-
-
-def _is_zome_bench(path: Path) -> bool:
-    if not path.is_file() or path.suffix not in _ZOME_SUFFIXES:
-        return False
-    try:
-        rows = _zome_rows(path)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, OSError):
-        return False
-    return bool(rows) and isinstance(rows[0][1], dict) and "editing_prompt" in rows[0][1]
-
-
-def _find_audio(folder: Path, ytid: str) -> Path:
-    """``audio/<ytid>.wav`` or a clip in ``audio/`` (or the folder) named after the YouTube id:
-    ``<ytid>.*``, ``<ytid>_<start>_<end>.*``, ``[<ytid>]*.*``; the first path when none exists."""
-    for place in (folder / "audio", folder):
-        if not place.is_dir():
-            continue
-        for candidate in sorted(place.iterdir()):
-            stem = candidate.stem
-            if candidate.suffix.lower() in _AUDIO_SUFFIXES and (
-                stem == ytid or stem.startswith((f"{ytid}_", f"{ytid}-", f"[{ytid}]"))
-            ):
-                return candidate
-    return folder / "audio" / f"{ytid}.wav"
-
-
-def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
-    """Items of ZoME-Bench's metadata: its folder (holding one ``.json``/``.jsonl``/``.csv``/
-    ``.parquet`` metadata file, at the top or in ``data/`` as the Hub lays datasets out) or the
-    file itself.
-
-    Rows need ``original_prompt``, ``editing_prompt`` and ``ytid``; ``editing_type_id`` names the
-    edit type (:data:`ZOME_EDIT_TYPES`). The square brackets that mark the edited word in the
-    prompts ("a [piano] solo") are removed. The benchmark ships no audio (the clips are MusicCaps
-    segments from YouTube): a row's ``audio_path`` (relative to the folder) is used when present,
-    else the clip is looked up by YouTube id in ``audio/``, see :func:`_find_audio`. Ids are the
-    row's key (object files) or ``<row number>_<ytid>``.
-    """
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    if path.is_dir():
-        places = [p for p in (path, path / "data") if p.is_dir()]
-        files = sorted(f for p in places for f in p.iterdir() if f.suffix in _ZOME_SUFFIXES and _is_zome_bench(f))
-        if len(files) != 1:
-            found = ", ".join(str(f.relative_to(path)) for f in files) or "none"
-            raise ValueError(
-                f"{path}: expected one ZoME-Bench metadata file (.json, .jsonl, .csv or .parquet "
-                f"with 'editing_prompt'), found {found}; pass the file itself"
-            )
-        path = files[0]
-    items, places = [], []
-    for number, (key, row) in enumerate(_zome_rows(path)):
-        where = f"{path}: row {number}"
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected an object")
-        for name in ("original_prompt", "editing_prompt", "ytid"):
-            if not str(row.get(name) or "").strip():
-                raise ValueError(f"{where}: missing field {name!r}")
-        ytid = str(row["ytid"]).strip()
-        audio = row.get("audio_path")
-        kind = str(row.get("editing_type_id", "")).strip()
-        raw = {
-            "id": re.sub(r"[^A-Za-z0-9._-]", "_", key if key is not None else f"{number:04d}_{ytid}"),
-            "audio": str(audio) if audio else str(_find_audio(folder, ytid)),
-            "source": str(row["original_prompt"]).replace("[", "").replace("]", ""),
-            "target": str(row["editing_prompt"]).replace("[", "").replace("]", ""),
-            "edit_type": ZOME_EDIT_TYPES.get(kind, f"type_{kind}" if kind else None),
-        }
-        items.append(_item({k: v for k, v in raw.items() if v is not None}, where, folder))
-        places.append(where)
-    if not items:
-        raise ValueError(f"{path} holds no rows")
-    _check_unique(items, places)
-    return items
-
-
 # -- editing ---------------------------------------------------------------------------------------
 def build_editor(backbone: Backbone, settings: Mapping[str, Any], concept: Any = None) -> LatentEditor:
     """SteerMusic, or SteerMusic+ with ``concept``; ``settings`` are the recipe's keyword

@@ -17,7 +17,8 @@ import soundfile as sf
 
 from backbones import load_backbone
 from steer.cli import SWAP_BACKBONE, main
-from steer.runner import EditItem, ManifestRunner, read_edit_manifest, read_record
+from steer.manifest import EditItem, read_edit_manifest
+from steer.runner import ManifestRunner, read_record
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SOURCE, TARGET = "a recording of a piano", "a recording of a violin"
@@ -229,14 +230,15 @@ def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
 
 def test_zome_bench_as_the_hub_serves_it_parquet_under_data(tmp_path):
     pyarrow = pytest.importorskip("pyarrow")
-    import pyarrow.parquet
+    from pyarrow import parquet
 
     rows = [
         {"ytid": "abc", "original_prompt": "a [piano] solo", "editing_prompt": "a [violin] solo", "editing_type_id": 0},
         {"ytid": "def", "original_prompt": "calm jazz", "editing_prompt": "calm rock", "editing_type_id": 3},
     ]
     (tmp_path / "data").mkdir()
-    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "data" / "train-00000-of-00001.parquet")
+    table = pyarrow.Table.from_pylist(rows)
+    parquet.write_table(table, tmp_path / "data" / "train-00000-of-00001.parquet")
     items = read_edit_manifest(tmp_path)
     assert [(i.id, i.audio, i.source, i.target, i.edit_type) for i in items] == [
         ("0000_abc", tmp_path / "audio" / "abc.wav", "a piano solo", "a violin solo", "change_instrument"),
