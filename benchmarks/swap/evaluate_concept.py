@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.005, help="SteerMusic's; SteerMusic+ uses 2x (w = 1 - alpha_bar)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ablation", action="store_true", help="also SteerMusic+ without its shift / PCon terms")
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-concept.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,19 +64,25 @@ def main() -> None:
     sources = [e for e in test if e.instrument != args.instrument and e.melody_id in truth]
     sources = rng.sample(sources, args.n)
     crop = round(args.seconds * 16000)
+    concept_prompt = f"a recording of a sks {args.class_word}"
+
+    def plus(**terms: float) -> SteerMusicPlus:
+        return SteerMusicPlus(
+            backbone, concept, steps=args.steps, guidance_scale=args.guidance, lr=2 * args.lr,
+            weighting=TimestepWeighting(scale=1.0), **terms,
+        )
+
     editors = {
         "steermusic (plain prompt)": (
             SteerMusic(backbone, steps=args.steps, guidance_scale=args.guidance, lr=args.lr),
             f"a recording of {'an' if args.instrument[0] in 'aeiou' else 'a'} {args.instrument}",
         ),
-        "steermusic+ (concept)": (
-            SteerMusicPlus(
-                backbone, concept, steps=args.steps, guidance_scale=args.guidance, lr=2 * args.lr,
-                weighting=TimestepWeighting(scale=1.0),
-            ),
-            f"a recording of a sks {args.class_word}",
-        ),
+        "steermusic+ (concept)": (plus(), concept_prompt),
     }
+    if args.ablation:  # the paper's ablation: which of SteerMusic+'s terms does what
+        editors["personalised delta score only"] = (plus(shift=0, pcon_weight=0), concept_prompt)
+        editors["+ shift regulariser (no PCon)"] = (plus(pcon_weight=0), concept_prompt)
+        editors["+ PCon (no shift regulariser)"] = (plus(shift=0), concept_prompt)
     rows = []
     for index, source in enumerate(sources):
         audio = load_audio(args.data.parent / source.audio)
