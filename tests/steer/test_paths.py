@@ -72,6 +72,7 @@ def _cosine(a, b):
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
 
+@pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
 # bf16 SteerMusic on the tiny random UNet measured cosine 0.986-0.991 over seeds 0-5 (guidance 15
 # and 30 alike): the issue's 0.99 is not met there, so this asserts 0.98 and the gap is reported.
 @pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS] + [(p, 0.98) for p in BF16_PATHS])
@@ -83,6 +84,7 @@ def test_steermusic_gradient_matches_the_reference(tiny_backbone, latent, path, 
     assert _cosine(gradient, reference) >= threshold
 
 
+@pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
 @pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS] + [(p, 0.99) for p in BF16_PATHS])
 def test_steermusic_plus_gradient_matches_the_reference(tiny_backbone, lora, latent, path, threshold):
     reference = _first_gradient(_plus(tiny_backbone, lora, "reference", steps=1), latent, **PROMPTS)
@@ -130,6 +132,7 @@ def test_denoiser_calls_per_step(tiny_backbone, lora, latent):
     assert calls["batched"] == [(2, True), (4, False)] * 2
 
 
+@pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
 @pytest.mark.parametrize("path", ["batched", "bf16", Performance(fused=True)])
 def test_a_full_edit_lands_near_the_reference(tiny_backbone, lora, latent, path):
     """Ten steps of SteerMusic+: the edit's displacement from the source agrees with the reference's."""
