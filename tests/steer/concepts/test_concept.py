@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 
 from backbones import AudioLDM2Backbone
+from backbones.mel_diffusion import MelDiffusionBackbone
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer.concepts import Concept
 from steer.concepts import concept as concept_module
@@ -240,3 +241,10 @@ def test_config_validation():
             concept_module.ConceptConfig(**{**config, **bad})
     with pytest.raises(ValueError, match="fields this steer does not know"):
         concept_module.ConceptConfig.from_dict({**config, "future": 1})
+
+
+def test_the_base_model_is_read_from_where_the_backbone_was_loaded(mel_backbone, clips, tmp_path):
+    mel_backbone.save_pretrained(tmp_path / "base")
+    loaded = MelDiffusionBackbone.from_pretrained(tmp_path / "base")
+    assert _train(loaded, clips, "lora", steps=0).config.base_model == str(tmp_path / "base")
+    assert _train(mel_backbone, clips, "lora", steps=0).config.base_model is None  # built in memory
