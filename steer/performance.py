@@ -46,8 +46,9 @@ class Performance:
             gradients. ``"batched"`` (default): all predictions of a model in one call (guidance
             rows, both latents and every prompt stacked), features read from the same call.
         precision: dtype the denoiser runs in under autocast: ``"fp32"`` (no autocast),
-            ``"bf16"`` (CPU and CUDA), ``"fp16"`` (CUDA only). Predictions and features are
-            returned as float32; the latent, its gradient and the optimiser stay float32.
+            ``"bf16"`` (CPU and CUDA), ``"fp16"`` (CUDA only; without loss scaling, so PCon's
+            gradient through the denoiser can underflow: prefer bf16). Predictions and features
+            are returned as float32; the latent, its gradient and the optimiser stay float32.
         compile: ``torch.compile`` each model's ``predict_noise`` (``dynamic=False``; on CUDA
             ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static). Calls that
             capture features run eager: dynamo does not guard on forward hooks added after
