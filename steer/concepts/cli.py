@@ -82,7 +82,6 @@ def run_personalize(args: argparse.Namespace) -> Path:
             rank=args.rank,
             crop_seconds=args.crop_seconds,
             seed=args.seed,
-            base_model=None if args.backbone == "tiny" else args.backbone,
             checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
             resume=args.resume,

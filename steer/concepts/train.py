@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from backbones import AudioLDM2Backbone, Backbone, to_mono
+from backbones import Backbone, to_mono
+from backbones.pipeline import PipelineBackbone
 
 from ..audio import Audio, load_audio
 from .concept import (
@@ -136,9 +137,9 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
 
 def base_model_name(backbone: Backbone) -> str | None:
     """The base model's repo id or path, when the backbone knows it."""
-    name = getattr(backbone, "name_or_path", None)
-    if name is None and isinstance(backbone, AudioLDM2Backbone):
-        name = backbone.pipe.name_or_path
+    name = backbone.name_or_path
+    if name is None and isinstance(backbone, PipelineBackbone):
+        name = backbone.pipe.name_or_path  # a pipeline the user loaded and wrapped with from_pipe
     return str(name) if name else None
 
 

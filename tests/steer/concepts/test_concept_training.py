@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,3 +159,14 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     ti[ti.index("lora")] = "textual_inversion"
     run_personalize(parser.parse_args(ti))
     assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.tokenizer", "token_embedding.tokenizer_2"}
+
+
+def test_personalize_records_the_base_the_backbone_was_loaded_from(clip_files, tmp_path):
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    common = [*map(str, clip_files), "--token", "sks", "--class-word", "guitar", "--steps", "0"]
+    tiny = run_personalize(parser.parse_args(["personalize", *common, "-o", str(tmp_path / "a"), "--backbone", "tiny-audioldm"]))
+    assert Concept.from_pretrained(tiny).config.base_model is None  # an offline random build
+    shipped = str(Path(__file__).parents[3] / "weights" / "mel-diffusion-swap")
+    concept = run_personalize(parser.parse_args(["personalize", *common, "-o", str(tmp_path / "b"), "--backbone", shipped]))
+    assert Concept.from_pretrained(concept).config.base_model == shipped
