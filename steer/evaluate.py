@@ -10,6 +10,7 @@ per group.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -86,6 +87,13 @@ def is_per_clip(metric: Metric) -> bool:
     return callable(getattr(metric, "values", None))
 
 
+def _fresh(metric: Metric) -> Metric:
+    """An empty copy of ``metric`` sharing its models (submodules), not copies of them."""
+    copy_ = copy.deepcopy(metric, {id(child): child for child in metric.children()})
+    copy_.reset()
+    return copy_
+
+
 def score_pairs(
     pairs: Sequence[Pair], metrics: Mapping[str, Metric], *, sample_rate: int
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
@@ -97,21 +105,23 @@ def score_pairs(
         set-level metric's value.
     """
     per_clip = {name: m for name, m in metrics.items() if is_per_clip(m)}
-    groups = {ALL, *(pair.edit_type or NO_TYPE for pair in pairs)}
-    per_set = {
-        group: {name: m.clone() for name, m in metrics.items() if not is_per_clip(m)} for group in groups
-    }
+    per_set = {name: m for name, m in metrics.items() if not is_per_clip(m)}
+    groups = {pair.edit_type or NO_TYPE for pair in pairs}
+    by_group = {group: {name: _fresh(m) for name, m in per_set.items()} for group in groups}
     for metric in per_clip.values():
         metric.reset()
     for pair in pairs:
         edited, _ = _mono(pair.edit, sample_rate)
         source, _ = _mono(pair.source, sample_rate)
         targets = [pair.target]
-        for metric in per_clip.values():
+        for metric in [*per_clip.values(), *by_group[pair.edit_type or NO_TYPE].values()]:
             metric.update(edited[None], source[None], target_prompts=targets)
-        for group in (ALL, pair.edit_type or NO_TYPE):
-            for metric in per_set[group].values():
-                metric.update(edited[None], source[None], target_prompts=targets)
+    # every clip is embedded once: the "all" set merges the groups' states
+    by_group[ALL] = {name: _fresh(m) for name, m in per_set.items()}
+    for group in groups:
+        for name, metric in by_group[group].items():
+            by_group[ALL][name].merge_state(metric)
+    per_set = by_group
     values = {name: metric.values().tolist() if pairs else [] for name, metric in per_clip.items()}
     items = {pair.id: {name: float(values[name][i]) for name in per_clip} for i, pair in enumerate(pairs)}
     sets = {group: {name: float(m.compute()) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,6 +75,8 @@ class ItemRecord:
         rank: the process that edited it.
         metrics: per-clip metric values, ``None`` for NaN.
         seconds: wall time of the edit and its metrics.
+        settings: what made the edit (recipe settings, seed, backbone): a rerun refuses to mix
+            edits made with other settings into one folder.
     """
 
     id: str
@@ -95,6 +97,7 @@ class ItemRecord:
     samples: int | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def read_record(path: str | os.PathLike) -> ItemRecord | None:
@@ -166,6 +169,15 @@ class ManifestRunner:
         self.recipe = recipe
         self.settings = dict(settings or {})
         self.seed = seed
+        # JSON-able (a Performance is a dataclass): what a finished record must match on resume
+        self.fingerprint = json.loads(json.dumps(
+            {
+                "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
+                "seed": seed,
+                "backbone": f"{type(backbone).__name__}:{backbone.name_or_path}",
+            },
+            default=str,
+        ))
         self.metrics = dict(metrics or {})
         self.default_concept = default_concept
         if load_concept is None:
@@ -230,6 +242,7 @@ class ManifestRunner:
         record = ItemRecord(
             id=item.id,
             status="running",
+            settings=self.fingerprint,
             attempt=attempt,
             rank=self.rank,
             audio=str(item.audio),
@@ -268,6 +281,7 @@ class ManifestRunner:
     def run(self) -> RunCounts:
         """Edit this process's pending items; returns what was done."""
         (self.out / "records").mkdir(parents=True, exist_ok=True)
+        self._check_settings()
         counts = RunCounts()
         try:
             for item in self.share():
@@ -285,6 +299,18 @@ class ManifestRunner:
         finally:
             self.close()
         return counts
+
+    def _check_settings(self) -> None:
+        """Refuse to resume into a folder whose finished edits were made with other settings."""
+        if self.overwrite:
+            return
+        for item in self.share():
+            record = read_record(self.record_path(item))
+            if record is not None and record.status == "done" and record.settings != self.fingerprint:
+                raise ValueError(
+                    f"{self.out} holds edits made with other settings ({item.id}: {record.settings}; "
+                    f"now: {self.fingerprint}): pass another --out, or --overwrite to redo them"
+                )
 
     def close(self) -> None:
         """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import AddedToken
 
 
 class NewToken(nn.Module):
@@ -43,7 +44,9 @@ class NewToken(nn.Module):
         self.rows = nn.ParameterDict()
         for name, (tokenizer, embedding) in paths.items():
             tokenizer = copy.deepcopy(tokenizer)
-            if token in tokenizer.get_vocab() or tokenizer.add_tokens([token]) != 1:
+            # A whole word only ("desks" keeps its own tokens), taking the space before it along.
+            word = AddedToken(token, single_word=True, lstrip=True)
+            if token in tokenizer.get_vocab() or tokenizer.add_tokens([word]) != 1:
                 raise ValueError(
                     f"the token {token!r} is already a word of the base model's {name!r}; "
                     "textual inversion needs a new word (e.g. 'sks')"

@@ -342,8 +342,11 @@ class PersonalizedBackbone(Backbone):
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         if self._closed:
             raise RuntimeError("this personalised backbone was closed")
-        with self._token_active():
-            return self._view.encode_prompt(prompts)
+        if self.new_token is None:
+            return self._view.encode_prompt(prompts)  # cached by the view
+        # Not cached: the learnt rows may change (training, load) and a cache would not see it.
+        with torch.no_grad():
+            return self.training_conditioning(prompts)
 
     def _token_active(self) -> AbstractContextManager[None]:
         return self.new_token.active() if self.new_token is not None else nullcontext()

@@ -34,6 +34,13 @@ class AudioPairMetric(Metric):
             raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
         self.sample_rate = sample_rate
 
+    def merge_state(self, incoming_state: dict | Metric) -> None:
+        """Add another metric's clips to this one (torchmetrics' merge), counting its updates
+        too, so that a metric merged from updated ones does not read as never updated."""
+        super().merge_state(incoming_state)
+        if isinstance(incoming_state, Metric):
+            self._update_count += incoming_state.update_count
+
     def _mono(self, waveform: Tensor, name: str) -> Tensor:
         """``(B, samples)`` or ``(B, channels, samples)`` -> ``(B, samples')`` float32 mono at
         ``model_rate``, on the metric's device."""

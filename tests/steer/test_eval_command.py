@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from steer.cli import main
 from steer.metrics import cqt1_pcc, log_mel_distance
@@ -79,3 +80,42 @@ def test_eval_usage_errors(edits, args, message, capsys, monkeypatch):
     monkeypatch.chdir(folder)
     assert main(["eval", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+class _FrameEmbedding(torch.nn.Module):
+    """A cheap frame-level embedding for FAD: 4-dim statistics of 64-sample frames; counts calls."""
+
+    sample_rate = 16000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, waveform):
+        self.calls += 1
+        frames = waveform[:, : waveform.shape[-1] // 64 * 64].unflatten(-1, (-1, 64))
+        return torch.stack([frames.mean(-1), frames.std(-1), frames.abs().amax(-1), frames.diff(dim=-1).std(-1)], -1)
+
+
+def test_set_metrics_embed_each_clip_once_and_all_merges_the_groups(tmp_path):
+    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.metrics import FrechetAudioDistance
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, group in enumerate("aabbb"):
+        paths = []
+        for kind, level in (("src", 0.3), ("edit", 0.2 + 0.05 * i)):
+            paths.append(tmp_path / f"{kind}{i}.wav")
+            sf.write(paths[-1], (level * rng.standard_normal(8000)).astype(np.float32), 16000)
+        pairs.append(Pair(f"x{i}", group, paths[0], paths[1], "t"))
+    embedding = _FrameEmbedding()
+    fad = FrechetAudioDistance(sample_rate=16000, embedding=embedding)
+    _, sets = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
+    assert embedding.calls == 2 * len(pairs)  # edited and source of each pair, once
+    direct = FrechetAudioDistance(sample_rate=16000, embedding=_FrameEmbedding())
+    for pair in pairs:
+        edited, source = (torch.from_numpy(sf.read(p, dtype="float32")[0])[None] for p in (pair.edit, pair.source))
+        direct.update(edited, source)
+    assert math.isclose(sets[ALL]["fad"], float(direct.compute()), rel_tol=1e-9)
+    assert sets["a"]["fad"] != sets["b"]["fad"]

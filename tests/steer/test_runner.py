@@ -126,6 +126,11 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     assert main(_run_args(manifest, out)) == 0
     assert "steer run: 0 done, 2 skipped, 1 failed" in capsys.readouterr().out
     assert read_record(out / "records" / "c1.json").attempt == 2
+    # resuming with other settings would mix edits in one folder: refused, nothing touched
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    assert main([*_run_args(manifest, out), "--guidance", "3"]) == 2
+    assert "holds edits made with other settings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
 
 
 def test_a_concept_is_loaded_once_and_a_bad_one_fails_only_its_items(tmp_path):
@@ -186,7 +191,6 @@ def test_a_killed_run_resumes_and_every_item_is_edited_once(tmp_path):
     (out / f".{pending[0]}.wav.partial").write_bytes(b"half")
     (out / f"{pending[-1]}.wav").write_bytes(b"half")
 
-    command[steps] = "2"
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{len(done_before)} skipped, 0 failed" in resumed.stdout

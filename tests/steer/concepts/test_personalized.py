@@ -165,12 +165,16 @@ def test_textual_inversion_on_audioldm2_learns_one_row_per_tokenizer(tiny_backbo
         ours = personalized.encode_prompt([PROMPT]).cond["encoder_hidden_states"]
         assert not torch.allclose(ours, base_before["encoder_hidden_states"])
         assert torch.equal(again.encode_prompt([PROMPT]).cond["encoder_hidden_states"], ours)
-        plain = "a recording of a guitar"
-        assert torch.equal(
-            personalized.encode_prompt([plain]).cond["encoder_hidden_states_1"],
-            tiny_backbone.encode_prompt([plain]).cond["encoder_hidden_states_1"],
-        )
+        for plain in ("a recording of a guitar", "guitar riffs on desks and tasks"):  # "sks" inside words
+            assert torch.equal(
+                personalized.encode_prompt([plain]).cond["encoder_hidden_states_1"],
+                tiny_backbone.encode_prompt([plain]).cond["encoder_hidden_states_1"],
+            )
         assert [_hooks(e) for e in embeddings] == [0, 0]
+        with torch.no_grad():  # the encoding follows the learnt rows (no stale cache)
+            for row in personalized.trainable_parameters().values():
+                row += 1.0
+        assert not torch.equal(personalized.encode_prompt([PROMPT]).cond["encoder_hidden_states"], ours)
     with pytest.raises(ValueError, match="already a word of the base model's 'tokenizer'"):
         Concept.train(tiny_backbone, clips, token="a", class_word=None, method="textual_inversion", steps=0, progress=False)
 
