@@ -1,0 +1,58 @@
+"""Compose your own editor from losses and run it on any backbone.
+
+    python examples/compose_an_editor.py                                  # the shipped small model
+    python examples/compose_an_editor.py --backbone cvssp/audioldm2-music --device cuda
+
+The editor below is SteerMusic's delta denoising score plus a weak score-distillation term that
+pulls the edit towards the target prompt on its own; the same loop takes any list of losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from backbones import load_backbone, to_mono
+from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
+from steer import Editor, Performance, load_audio, save_audio
+from steer.metrics import cqt1_pcc
+
+HERE = Path(__file__).parent
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default=str(HERE.parent / "weights" / "mel-diffusion-swap"))
+    parser.add_argument("--input", type=Path, default=HERE / "audio" / "hornpipe_piano.wav")
+    parser.add_argument("--source", default="a recording of a piano")
+    parser.add_argument("--target", default="a recording of a violin")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path("outputs/composed.wav"))
+    args = parser.parse_args(argv)
+
+    backbone = load_backbone(args.backbone, device=args.device)
+    editor = Editor(
+        backbone,
+        losses=[
+            DeltaDenoisingScore(guidance_scale=7.5, weighting=TimestepWeighting(scale=2.0)),
+            ScoreDistillationSampling(guidance_scale=7.5, weighting=TimestepWeighting(scale=0.1)),
+        ],
+        steps=args.steps,
+        lr=0.005,
+        performance=Performance.preset("bf16" if args.device.startswith("cuda") else "batched"),
+    )
+    clip = load_audio(args.input)
+    result = editor.edit(clip, source=args.source, target=args.target, progress=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_audio(args.out, result.audio[0], result.sample_rate, overwrite=True)
+    # the melody metric reads 16 kHz mono (the authors' setting), whatever the backbone's output
+    source = to_mono(clip.waveform[None], clip.sample_rate, 16000)[0]
+    edited = to_mono(result.audio[:1], result.sample_rate, 16000)[0]
+    pcc = cqt1_pcc(source, edited)
+    print(f"wrote {args.out}; melody kept (CQT-1 PCC): {pcc:.3f}; last total loss {result.history[-1]['total']:.4g}")
+    return pcc
+
+
+if __name__ == "__main__":
+    main()
