@@ -8,8 +8,9 @@ batched calls, adds up the losses' gradients and takes an optimiser step on x (N
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +18,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from backbones import Backbone
+from backbones import Backbone, Conditioning
 from losses import LossContext, ScoreLoss
 from losses.fused import noise_pair, triton_available
 
 from .audio import Audio
 from .performance import Performance
-from .predictions import evaluate_requests, unique
+from .predictions import Predictor, evaluate_requests, feature_modules, unique
 
 
 @dataclass(frozen=True)
@@ -200,12 +201,58 @@ class Editor(LatentEditor):
         self.t_min = t_min
         self.t_max = t_max
         self.performance = performance
+        self._compiled: tuple[torch.device, dict[str, Predictor]] | None = None
         self.requests = unique(r for loss in self.losses for r in loss.requests)
         self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
         names = [loss.name for loss in self.losses]
         self.loss_names = [
             name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
         ]
+
+    def __enter__(self) -> Editor:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _predictors(self, models: dict[str, Backbone], device: torch.device) -> Iterator[dict[str, Predictor]]:
+        """Each model's :class:`~steer.predictions.Predictor`, observing the modules its feature
+        requests select.
+
+        Eager predictors last one edit (their hooks go after it). Compiled ones last until
+        :meth:`close`: their graphs hold the hooks and are reused by every edit.
+        """
+        def build() -> dict[str, Predictor]:
+            compiler = self.performance.compiler(device)
+            return {
+                name: Predictor(model, feature_modules(model, [f for f in self.feature_requests if f.request.model == name]), compiler)
+                for name, model in models.items()
+            }
+
+        if not self.performance.compile:
+            predictors = build()
+            try:
+                yield predictors
+            finally:
+                for predictor in predictors.values():
+                    predictor.close()
+            return
+        if self._compiled is None or self._compiled[0] != device:
+            self._drop_compiled()
+            self._compiled = (device, build())
+        yield self._compiled[1]
+
+    def close(self) -> None:
+        """Remove the hooks and drop the graphs a compiled editor keeps between edits (recipes
+        release more); idempotent."""
+        self._drop_compiled()
+
+    def _drop_compiled(self) -> None:
+        if self._compiled is not None:
+            for predictor in self._compiled[1].values():
+                predictor.close()
+            self._compiled = None
 
     def models(self) -> dict[str, Backbone]:
         """Backbone by model name used in requests."""
@@ -229,7 +276,6 @@ class Editor(LatentEditor):
 
         ``audio`` of the result is left ``None`` (:meth:`edit` fills it).
         """
-        backbone = self.backbone
         batch = latent.shape[0]
         texts = self.prompt_roles(
             prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
@@ -244,13 +290,23 @@ class Editor(LatentEditor):
         }
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
-        performance = self.performance
-        performance.check(x.device)
-        predictors = (
-            {name: performance.compiled(m, x.device) for name, m in models.items()}
-            if performance.compile
-            else None
-        )
+        self.performance.check(x.device)
+        with self._predictors(models, x.device) as predictors:
+            return self._loop(x, source_latent, prompts, models, predictors, seed, callback, progress)
+
+    def _loop(
+        self,
+        x: Tensor,
+        source_latent: Tensor,
+        prompts: dict[str, dict[str, Conditioning]],
+        models: dict[str, Backbone],
+        predictors: dict[str, Predictor],
+        seed: int,
+        callback: Callable[[EditState], None] | None,
+        progress: bool,
+    ) -> EditResult:
+        """The steps on x ``(B, ...)``, initialised at the source latent."""
+        backbone, performance, batch = self.backbone, self.performance, x.shape[0]
         optimizer = self._optimizer(x)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
         generator = torch.Generator(device=x.device).manual_seed(seed)

@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, compile_backend='inductor')
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -16,23 +16,22 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
-from backbones import Backbone, Conditioning
 from losses.fused import triton_available
 
 PATHS = ("reference", "batched")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-#: ``predict_noise``'s signature: ``(x_t, t, cond, guidance_scale) -> ε̂``.
-PredictNoise = Callable[[Tensor, Tensor, Conditioning, "float | Tensor"], Tensor]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -49,19 +48,24 @@ class Performance:
             ``"bf16"`` (CPU and CUDA), ``"fp16"`` (CUDA only; without loss scaling, so PCon's
             gradient through the denoiser can underflow: prefer bf16). Predictions and features
             are returned as float32; the latent, its gradient and the optimiser stay float32.
-        compile: ``torch.compile`` each model's ``predict_noise`` (``dynamic=False``; on CUDA
-            ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static). Calls that
-            capture features run eager: dynamo does not guard on forward hooks added after
-            compilation, so a compiled call would silently skip them.
+        compile: ``torch.compile`` each model's denoiser calls (``dynamic=False``; on CUDA
+            ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static), those that
+            return PCon's features too: the feature hooks are installed before compilation
+            (:class:`hooks.FeatureTap`) and traced into the graph. A compiled editor keeps its
+            graphs and hooks across edits until :meth:`~steer.editor.Editor.close`.
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
             and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).
+        compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
+            Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
+            without generating code (quick; how the tests check the compiled calls on a CPU).
     """
 
     path: Literal["reference", "batched"] = "batched"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     fused: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -95,9 +99,15 @@ class Performance:
                 "precision='bf16'"
             )
         if self.compile:
-            if device.type == "cuda" and not triton_available(device):
+            backends = torch.compiler.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise ValueError(
+                    f"unknown compile_backend {self.compile_backend!r}: use one of {', '.join(backends)}"
+                )
+            inductor = self.compile_backend == "inductor"
+            if inductor and device.type == "cuda" and not triton_available(device):
                 raise ValueError("torch.compile on CUDA needs triton: pip install triton, or compile=False")
-            if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            if inductor and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
                 raise ValueError(
                     "torch.compile on the CPU needs a C++ compiler (g++): install one, or compile=False"
                 )
@@ -117,20 +127,42 @@ class Performance:
         with torch.autocast(device.type, dtype=self.dtype):
             yield
 
-    def compiled(self, model: Backbone, device: torch.device) -> PredictNoise:
-        """``model.predict_noise`` compiled for this path (static shapes).
+    def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
+        """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
-        With CUDA graphs the output lives in memory the next replay overwrites: it is cloned
-        (one latent-sized copy) so predictions of earlier calls in a step stay valid.
+        ``torch.compile(fn, dynamic=False, backend=compile_backend)``; with inductor on CUDA,
+        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs live in memory its next
+        replay overwrites, so they are cloned (one copy of each output) and the outputs of
+        earlier calls in a step stay valid.
         """
-        if device.type != "cuda":
-            return torch.compile(model.predict_noise, dynamic=False)
-        graph = torch.compile(model.predict_noise, dynamic=False, mode="reduce-overhead")
+        if not self.compile:
+            return None
+        cuda_graphs = device.type == "cuda" and self.compile_backend == "inductor"
+        mode = "reduce-overhead" if cuda_graphs else None
 
-        def predict(x_t: Tensor, t: Tensor, cond: Conditioning, guidance_scale: float | Tensor = 1.0) -> Tensor:
-            return graph(x_t, t, cond, guidance_scale).clone()
+        def compile_fn(fn: Fn) -> Fn:
+            compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
+            if not cuda_graphs:
+                return compiled
 
-        return predict
+            @functools.wraps(fn)
+            def cloned(*args: Any, **kwargs: Any) -> Any:
+                return _clone(compiled(*args, **kwargs))
+
+            return cloned  # type: ignore[return-value]
+
+        return compile_fn
+
+
+def _clone(value: Any) -> Any:
+    """A copy of each tensor in a tensor, tuple or dict (what the compiled calls return)."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
 
 
 PRESETS: dict[str, Performance] = {

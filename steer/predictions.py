@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from backbones import Backbone, Conditioning
-from hooks import FeatureCapture
+from hooks import FeatureTap
 from losses import FeatureRequest, NoiseRequest
 
 
@@ -27,58 +28,119 @@ def _guidance(group: Sequence[NoiseRequest], batch: int, device: torch.device) -
     return torch.tensor([r.guidance_scale for r in group], device=device).repeat_interleave(batch)
 
 
-def _call(
-    model: Backbone,
-    group: Sequence[NoiseRequest],
-    features: Sequence[FeatureRequest],
-    latents: Mapping[str, Tensor],
-    prompts: Mapping[str, Conditioning],
-    t: Tensor,
-    predict: Callable[..., Tensor] | None = None,
-) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
-    """One denoiser call answering every request of ``group`` (all for ``model``).
-
-    ``predict`` replaces ``model.predict_noise`` (a compiled one) in calls that capture no
-    features: hooks added after compilation would not fire in compiled code.
-    """
-    batch = len(t)
-    guidance = _guidance(group, batch, t.device)
-    modules = model.self_attention_modules() if features else {}
-    patterns = {f: f.layers or model.decoder_self_attention for f in features}
-    names = unique(n for f in features for n in modules if re.search(patterns[f], n))
-    for f, pattern in patterns.items():
-        if not any(re.search(pattern, n) for n in modules):
+def feature_modules(model: Backbone, features: Iterable[FeatureRequest]) -> list[str]:
+    """Names of ``model``'s self-attention modules that the feature requests' patterns select
+    (``None``: the backbone's ``decoder_self_attention``); a clear error for a pattern that
+    selects none."""
+    modules = model.self_attention_modules()
+    names: list[str] = []
+    for pattern in unique(f.layers or model.decoder_self_attention for f in features):
+        matched = [n for n in modules if re.search(pattern, n)]
+        if not matched:
             raise ValueError(
                 f"the feature layers {pattern!r} match none of the {len(modules)} self-attention "
                 f"modules of {type(model).__name__} (e.g. {next(iter(modules), None)!r}): pass a "
                 "pattern that names some"
             )
+        names += matched
+    return [n for n in modules if n in set(names)]  # in the model's order
+
+
+class Predictor:
+    """One model's denoiser calls: ``predict_noise``, eager or compiled, optionally returning the
+    outputs of chosen modules.
+
+    The modules are observed by a :class:`~hooks.FeatureTap`, installed before anything is
+    compiled, so compiled calls return features too (with their autograd graph). Compiled
+    functions are kept by the predictor: make one per model and editor, not per call, and
+    :meth:`close` it to remove the hooks.
+
+    Args:
+        model: the backbone.
+        names: modules whose outputs ``record=True`` calls return (empty: none).
+        compiler: compiles a function (:meth:`steer.performance.Performance.compiler`);
+            ``None`` runs eagerly.
+    """
+
+    def __init__(
+        self,
+        model: Backbone,
+        names: Sequence[str] = (),
+        compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+    ) -> None:
+        self.model = model
+        self.tap = FeatureTap(model.denoiser, names) if names else None
+        compile_fn = compiler or (lambda fn: fn)
+        self._plain = compile_fn(model.predict_noise)
+        self._recorded = compile_fn(self._record) if self.tap is not None else None
+
+    def _record(
+        self, x_t: Tensor, t: Tensor, cond: Conditioning, guidance_scale: float | Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.tap.record(self.model.predict_noise, x_t, t, cond, guidance_scale)
+
+    def __call__(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        cond: Conditioning,
+        guidance_scale: float | Tensor,
+        *,
+        record: bool = False,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """ε̂ ``x_t``'s shape, and with ``record`` each observed module's output ``(rows, ...)``."""
+        if not record:
+            return self._plain(x_t, t, cond, guidance_scale), {}
+        if self._recorded is None:
+            raise ValueError("this predictor observes no modules: pass the names to record")
+        try:
+            return self._recorded(x_t, t, cond, guidance_scale)
+        except BaseException:
+            self.tap.reset()
+            raise
+
+    def close(self) -> None:
+        """Remove the hooks; idempotent."""
+        if self.tap is not None:
+            self.tap.remove()
+
+
+def _call(
+    predictor: Predictor,
+    group: Sequence[NoiseRequest],
+    features: Sequence[FeatureRequest],
+    latents: Mapping[str, Tensor],
+    prompts: Mapping[str, Conditioning],
+    t: Tensor,
+) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
+    """One denoiser call answering every request of ``group`` (all for ``predictor``'s model)."""
+    model = predictor.model
+    batch = len(t)
+    guidance = _guidance(group, batch, t.device)
     grad = any(f.grad for f in features)
-    capture = FeatureCapture(model.denoiser, select=names) if names else contextlib.nullcontext()
-    if names or predict is None:
-        predict = model.predict_noise
-    with torch.set_grad_enabled(grad), capture:
-        eps = predict(
+    with torch.set_grad_enabled(grad):
+        eps, captured = predictor(
             torch.cat([latents[r.latent] if grad else latents[r.latent].detach() for r in group]),
             t.repeat(len(group)),
             Conditioning.cat([prompts[r.prompt] for r in group]),
             guidance,
+            record=bool(features),
         )
     predictions = dict(zip(group, eps.detach().split(batch)))
     out: dict[FeatureRequest, dict[str, Tensor]] = {}
-    if names:
+    if features:
         rows = model.conditional_rows(batch * len(group), guidance)
         latent_shape = latents[group[0].latent].shape
         for f in features:
             start = rows.start + group.index(f.request) * batch
-            out[f] = {}
-            for name in names:
-                if not re.search(patterns[f], name):
-                    continue
-                (h,) = capture.features[name]  # (rows, T·F, C), one call
-                h = h[start : start + batch]
-                # float32 whatever the autocast dtype of the call: losses compute in float32
-                out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape).float()
+            names = feature_modules(model, [f])
+            # (rows, T·F, C) → (B, T, F, C), float32 whatever the autocast dtype of the call:
+            # losses compute in float32
+            out[f] = {
+                name: model.feature_map(h if f.grad else h.detach(), latent_shape).float()
+                for name in names
+                for h in [captured[name][start : start + batch]]
+            }
     return predictions, out
 
 
@@ -91,7 +153,7 @@ def evaluate_requests(
     t: Tensor,
     features: Iterable[FeatureRequest] = (),
     batched: bool = True,
-    predictors: Mapping[str, Callable[..., Tensor]] | None = None,
+    predictors: Mapping[str, Predictor] | None = None,
 ) -> tuple[dict[NoiseRequest, Tensor], dict[FeatureRequest, dict[str, Tensor]]]:
     """Guided noise predictions for each distinct request, and the requested features.
 
@@ -110,8 +172,8 @@ def evaluate_requests(
             call. ``False`` is the reference loop: one call per request, without gradients, and
             for each feature request with ``grad=True`` a second call of its prediction with
             gradients (the same rows; its ε̂ is discarded).
-        predictors: model name → a function with ``predict_noise``'s signature (e.g. compiled)
-            used for calls that capture no features; by default each model's ``predict_noise``.
+        predictors: model name → its :class:`Predictor` (compiled, say), observing at least
+            the modules the feature requests select; by default eager ones, made for this call.
 
     Returns:
         ε̂ for each request ``(B, ...)`` (detached), and for each feature request the features
@@ -122,23 +184,25 @@ def evaluate_requests(
     missing = [f.request for f in features if f.request not in requests]
     if missing:
         raise ValueError(f"features requested from a prediction nobody requested: {missing[0]}")
-    predictors = predictors or {}
     if batched:
         groups = [[r for r in requests if r.model == m] for m in unique(r.model for r in requests)]
         calls = [(group, [f for f in features if f.request in group]) for group in groups]
     else:
         calls = [([r], [f for f in features if f.request == r and not f.grad]) for r in requests]
-    predictions: dict[NoiseRequest, Tensor] = {}
-    captured: dict[FeatureRequest, dict[str, Tensor]] = {}
-    for group, mine in calls:
-        model = group[0].model
-        eps, feats = _call(models[model], group, mine, latents, prompts[model], t, predictors.get(model))
-        predictions.update(eps)
-        captured.update(feats)
-    if not batched:
-        for f in features:
-            if f.grad:
-                model = f.request.model
-                _, feats = _call(models[model], [f.request], [f], latents, prompts[model], t)
-                captured.update(feats)
+        # the reference loop's second pass: the prediction again, with gradients, for its features
+        calls += [([f.request], [f]) for f in features if f.grad]
+    with contextlib.ExitStack() as stack:
+        if predictors is None:
+            predictors = {
+                name: stack.enter_context(contextlib.closing(Predictor(model, feature_modules(model, mine))))
+                for name, model in models.items()
+                for mine in [[f for f in features if f.request.model == name]]
+            }
+        predictions: dict[NoiseRequest, Tensor] = {}
+        captured: dict[FeatureRequest, dict[str, Tensor]] = {}
+        for group, mine in calls:
+            eps, feats = _call(predictors[group[0].model], group, mine, latents, prompts[group[0].model], t)
+            for request, value in eps.items():
+                predictions.setdefault(request, value)  # the second pass's ε̂ is discarded
+            captured.update(feats)
     return predictions, captured

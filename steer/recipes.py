@@ -155,16 +155,12 @@ class SteerMusicPlus(Editor):
         self.personalized = concept.apply(backbone)
 
     def close(self) -> None:
-        """Release ε' (a LoRA concept's adapter leaves the base denoiser); idempotent."""
+        """Release ε' (a LoRA concept's adapter leaves the base denoiser) and what
+        :meth:`Editor.close` releases; idempotent."""
+        super().close()
         close = getattr(self.personalized, "close", None)
         if close is not None:
             close()
-
-    def __enter__(self) -> SteerMusicPlus:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def models(self) -> dict[str, Backbone]:
         return {"base": self.backbone, "personalized": self.personalized}

@@ -211,3 +211,45 @@ def test_triton_noise_kernel_computes_add_noise_in_the_interpreter():
         pytest.skip(f"the Triton interpreter cannot run here: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+_COMPILED = {"graphs": 0, "calls": 0}
+
+
+def _counting_backend(graph, example_inputs):
+    """A torch.compile backend that runs dynamo's graph as traced and counts graphs and calls."""
+    _COMPILED["graphs"] += 1
+
+    def run(*args):
+        _COMPILED["calls"] += 1
+        return graph(*args)
+
+    return run
+
+
+def _hooks(backbone):
+    return sum(len(m._forward_hooks) for m in backbone.denoiser.modules())
+
+
+def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone, lora, latent):
+    """Compiled SteerMusic+ (dynamo, a counting backend): PCon's features come out of the compiled
+    calls with their gradient (the step's gradient equals eager's), a second edit reuses the
+    graphs, and close() removes the hooks the graphs were traced with."""
+    from torch._dynamo import register_backend, reset
+
+    reset()
+    if "steer_counting" not in torch.compiler.list_backends(exclude_tags=()):
+        register_backend(_counting_backend, name="steer_counting")
+    _COMPILED.update(graphs=0, calls=0)
+    eager = _first_gradient(_plus(tiny_backbone, lora, "batched", steps=1), latent, **PROMPTS)
+    hooks = _hooks(tiny_backbone)
+    editor = _plus(tiny_backbone, lora, Performance(compile=True, compile_backend="steer_counting"), steps=2)
+    compiled = _first_gradient(editor, latent, **PROMPTS)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
+    assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
+    assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
+    editor.edit_latent(latent, seed=6, **PROMPTS)
+    assert _COMPILED["graphs"] == graphs and _COMPILED["calls"] == 2 * calls
+    editor.close()
+    assert _hooks(tiny_backbone) == hooks

@@ -1,0 +1,88 @@
+"""Feature capture that survives ``torch.compile``: hooks installed first, switched on per call.
+
+:class:`~hooks.capture.FeatureCapture` adds its hooks around a block, so a model compiled before
+the block never runs them: dynamo does not guard on hooks added after tracing, and the compiled
+graph silently skips them. A :class:`FeatureTap` installs its hooks when it is made, before the
+caller compiles anything, and they record only inside :meth:`FeatureTap.record`. Dynamo traces
+the hooks into the graph: the recorded outputs become graph outputs, with their autograd graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from torch import Tensor, nn
+
+from .capture import select_modules
+
+Output = TypeVar("Output")
+
+
+class FeatureTap:
+    """Forward hooks on the named modules that record each output during :meth:`record` only.
+
+    Args:
+        model: the network to observe.
+        names: qualified names of the modules to record (each must exist).
+
+    The hooks stay until :meth:`remove` (or the end of a ``with`` block); outside
+    :meth:`record` they only read one flag.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+        >>> with FeatureTap(net, ["0"]) as tap:
+        ...     _ = net(torch.ones(4, 2))  # not recorded
+        ...     out, features = tap.record(net, torch.ones(4, 2))
+        >>> {name: f.shape for name, f in features.items()}
+        {'0': torch.Size([4, 3])}
+        >>> len(net[0]._forward_hooks)
+        0
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
+        self.names = list(names)
+        self.recording = False
+        self.features: dict[str, Tensor] = {}
+        modules = select_modules(model, self.names)
+        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self.recording:
+                self.features[name] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def record(self, fn: Callable[..., Output], *args: Any, **kwargs: Any) -> tuple[Output, dict[str, Tensor]]:
+        """``fn(*args, **kwargs)`` and the output of each named module during it (the last call's,
+        if a module runs more than once); traceable by dynamo, so ``torch.compile`` may wrap it.
+
+        No ``try``/``finally`` here (dynamo would break the graph on it): a caller that can see
+        an exception calls :meth:`reset` after it.
+        """
+        self.recording = True
+        out = fn(*args, **kwargs)
+        self.recording = False
+        features = dict(self.features)
+        self.features.clear()
+        return out, features
+
+    def reset(self) -> None:
+        """Stop recording and drop what was recorded (after a call that raised)."""
+        self.recording = False
+        self.features.clear()
+
+    def remove(self) -> None:
+        """Remove the hooks; idempotent."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.reset()
+
+    def __enter__(self) -> FeatureTap:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

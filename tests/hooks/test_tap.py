@@ -1,0 +1,44 @@
+"""FeatureTap: hooks installed once, recording only inside record(), gone after remove()."""
+
+import pytest
+import torch
+
+from hooks import FeatureTap
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+
+
+def test_records_only_inside_record_and_keeps_the_graph():
+    net = _net()
+    x = torch.randn(4, 2, requires_grad=True)
+    with FeatureTap(net, ["0", "2"]) as tap:
+        net(x)
+        assert tap.features == {}
+        out, features = tap.record(net, x)
+        assert sorted(features) == ["0", "2"]
+        torch.testing.assert_close(features["2"], out)
+        torch.testing.assert_close(features["0"], net[0](x))
+        (grad,) = torch.autograd.grad(features["0"].sum(), x)  # recorded with its autograd graph
+        torch.testing.assert_close(grad, net[0].weight.sum(0).expand(4, 2))
+        assert tap.features == {} and not tap.recording
+
+
+def test_a_call_that_raises_is_reset_and_the_hooks_go():
+    net = _net()
+    tap = FeatureTap(net, ["0"])
+    with pytest.raises(RuntimeError):
+        tap.record(net, torch.randn(4, 5))  # wrong width: raises inside the first Linear
+    tap.reset()
+    net(torch.randn(4, 2))
+    assert tap.features == {} and not tap.recording
+    tap.remove()
+    tap.remove()
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_unknown_module_is_a_clear_error():
+    with pytest.raises(ValueError, match="no module named 'nope'"):
+        FeatureTap(_net(), ["nope"])
