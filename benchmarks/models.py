@@ -60,7 +60,7 @@ class RealSizeBackbone(AudioLDM2Backbone):
         super().__init__(pipe)
 
     @torch.no_grad()
-    def _encode_one(self, prompt: str) -> Conditioning:
+    def encode_one(self, prompt: str) -> Conditioning:
         generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
 
         def fields() -> dict[str, torch.Tensor]:

@@ -1,0 +1,21 @@
+"""The benchmark's real-size model runs: prompts get conditionings of the UNet's real widths."""
+
+import torch
+
+from benchmarks.models import RealSizeBackbone
+
+
+def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
+    backbone = RealSizeBackbone()
+    assert 340e6 < sum(p.numel() for p in backbone.denoiser.parameters()) < 355e6
+    cond = backbone.encode_prompt(["a piano melody", "a guitar melody"])
+    assert cond.cond["encoder_hidden_states"].shape == (2, 8, 768)
+    assert cond.cond["encoder_hidden_states_1"].shape == (2, 16, 1024)
+    x_t = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eps = backbone.predict_noise(x_t, torch.tensor([10, 900]), cond, 3.0)
+    assert eps.shape == x_t.shape and eps.isfinite().all()
+    # the prompts reach the UNet: another prompt, another prediction
+    with torch.no_grad():
+        other = backbone.predict_noise(x_t, torch.tensor([10, 900]), backbone.encode_prompt(["a", "b"]), 3.0)
+    assert (other - eps).abs().max() > 1e-4
