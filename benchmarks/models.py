@@ -54,10 +54,12 @@ class RealSizeBackbone(AudioLDM2Backbone):
     text encoders would only run once per edit, outside the timed steps).
     """
 
-    def __init__(self, *, seed: int = 0) -> None:
+    @classmethod
+    def build(cls, *, seed: int = 0) -> RealSizeBackbone:
+        """The tiny pipeline with the real-size UNet (random weights from ``seed``)."""
         pipe = tiny_audioldm2_pipeline(seed=seed)
         pipe.unet = real_size_unet(seed=seed)
-        super().__init__(pipe)
+        return cls(pipe)
 
     @torch.no_grad()
     def encode_one(self, prompt: str) -> Conditioning:
@@ -86,5 +88,5 @@ def lora_concept(*, rank: int = 4) -> Concept:
 def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbone:
     """The benchmark's backbone on ``device``: real-size or the tiny offline one."""
     if real_size:
-        return RealSizeBackbone().to(device)
+        return RealSizeBackbone.build().to(device)
     return AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline()).to(device)

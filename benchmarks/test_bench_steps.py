@@ -20,7 +20,7 @@ from steer import SteerMusic, SteerMusicPlus
 from steer.performance import Performance
 
 RECIPES = ("steermusic", "steermusic_plus")
-PATHS = ("reference", "batched", "bf16", "fused")
+PATHS = ("reference", "batched", "bf16", "fp16", "fused")
 BATCHES = (1, 8)
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
@@ -38,13 +38,6 @@ def make_editor(recipe: str, backbone, perf: Performance, steps: int):
     if recipe == "steermusic":
         return SteerMusic(backbone, steps=steps, performance=perf)
     return SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=perf)
-
-
-def close(editor) -> None:
-    """Remove SteerMusic+'s LoRA adapter from the shared denoiser."""
-    personalized = getattr(editor, "personalized", None)
-    if personalized is not None:
-        personalized.close()
 
 
 def _sync(device: torch.device) -> None:
@@ -65,7 +58,7 @@ def model_flops(settings, bench_backbone):
                 editor.edit_latent(latent, **PROMPTS[recipe])  # encodes the prompts outside the count
                 cache[recipe, batch] = count_flops(lambda: editor.edit_latent(latent, **PROMPTS[recipe]))
             finally:
-                close(editor)
+                editor.close()
         return cache[recipe, batch]
 
     return flops
@@ -97,7 +90,7 @@ def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, pat
             torch.cuda.reset_peak_memory_stats(device)
         result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
     finally:
-        close(editor)
+        editor.close()
     peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     seconds = min(times) / settings.steps
     figures = {

@@ -36,7 +36,8 @@ class EditState:
         t: timesteps of this step, ``(B,)``.
         noise: ε of this step, ``(B, ...)``.
         latent: x after the step, ``(B, ...)`` (detached).
-        gradient: the total gradient applied to x at this step, ``(B, ...)``.
+        gradient: the total gradient applied to x at this step, ``(B, ...)`` (non-finite at a
+            step skipped for an fp16 overflow).
         losses: logged value of each loss (detached scalars), by loss name.
         lr: the learning rate used for this step.
     """
@@ -59,12 +60,15 @@ class EditResult:
         audio: the decoded waveform ``(B, samples)``, or ``None`` when editing latents.
         sample_rate: sample rate of ``audio``.
         history: per step, each loss's logged value and their ``"total"``.
+        skipped_steps: steps not taken because the fp16 loss-scaled backward overflowed
+            (:attr:`~steer.performance.Performance.loss_scaling`); 0 on the other paths.
     """
 
     latent: Tensor
     audio: Tensor | None
     sample_rate: int
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
 
 
 Prompts = str | Sequence[str]
@@ -308,6 +312,8 @@ class Editor(LatentEditor):
         """The steps on x ``(B, ...)``, initialised at the source latent."""
         backbone, performance, batch = self.backbone, self.performance, x.shape[0]
         optimizer = self._optimizer(x)
+        scaler = performance.grad_scaler(x.device)
+        skipped = 0
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
         generator = torch.Generator(device=x.device).manual_seed(seed)
         history: list[dict[str, Tensor]] = []
@@ -345,16 +351,29 @@ class Editor(LatentEditor):
 
             optimizer.zero_grad(set_to_none=False)
             differentiable = [o.loss for o in outputs if o.loss is not None]
+            scaled = scaler is not None and bool(differentiable)
             if differentiable:
-                torch.stack(differentiable).sum().backward()
+                loss = torch.stack(differentiable).sum()
+                (scaler.scale(loss) if scaled else loss).backward()
+                if scaled:
+                    scaler.unscale_(optimizer)  # x.grad back to the loss's scale; overflow noted
             # Score-distillation gradients skip the denoiser's Jacobian: adding them to x.grad is
             # what backpropagating the usual surrogate (grad.detach() * x).sum() would do.
             for o in outputs:
                 if o.gradient is not None:
                     x.grad += o.gradient
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            schedule.step()
+            if scaled:
+                scale = scaler.get_scale()
+                scaler.step(optimizer)  # not taken if the scaled backward overflowed in fp16
+                scaler.update()
+                taken = scaler.get_scale() >= scale
+                skipped += not taken
+            else:
+                optimizer.step()
+                taken = True
+            if taken:  # the learning rate follows the steps taken
+                schedule.step()
 
             values = dict(zip(self.loss_names, (o.value for o in outputs)))
             values["total"] = torch.stack(list(values.values())).sum()
@@ -379,6 +398,7 @@ class Editor(LatentEditor):
             audio=None,
             sample_rate=backbone.sample_rate,
             history=[{k: float(v) for k, v in h.items()} for h in history],
+            skipped_steps=skipped,
         )
 
     def _noise(self, x: Tensor, source: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, compile_backend='inductor')
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, compile_backend='inductor')
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -45,9 +45,8 @@ class Performance:
             gradients. ``"batched"`` (default): all predictions of a model in one call (guidance
             rows, both latents and every prompt stacked), features read from the same call.
         precision: dtype the denoiser runs in under autocast: ``"fp32"`` (no autocast),
-            ``"bf16"`` (CPU and CUDA), ``"fp16"`` (CUDA only; without loss scaling, so PCon's
-            gradient through the denoiser can underflow: prefer bf16). Predictions and features
-            are returned as float32; the latent, its gradient and the optimiser stay float32.
+            ``"bf16"`` or ``"fp16"`` (slow on most CPUs). Predictions and features are returned
+            as float32; the latent, its gradient and the optimiser stay float32.
         compile: ``torch.compile`` each model's denoiser calls (``dynamic=False``; on CUDA
             ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static), those that
             return PCon's features too: the feature hooks are installed before compilation
@@ -56,6 +55,12 @@ class Performance:
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
             and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).
+        loss_scaling: with fp16, dynamic loss scaling (``torch.amp.GradScaler``) of the losses
+            that backpropagate through the denoiser (PCon), whose gradients would otherwise
+            underflow in fp16: the loss is multiplied by a scale before the backward pass and
+            x's gradient divided by it after; a step whose scaled backward overflows is skipped
+            (counted in ``EditResult.skipped_steps``) and the scale halves. Score gradients
+            (DDS, PDS, shift) need none: they are formed from float32 predictions.
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).
@@ -65,6 +70,7 @@ class Performance:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     fused: bool = False
+    loss_scaling: bool = True
     compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
@@ -77,7 +83,7 @@ class Performance:
 
     @classmethod
     def preset(cls, name: str) -> Performance:
-        """The paths of issue 5 by name: ``reference``, ``batched``, ``bf16``, ``fused``."""
+        """The paths of issue 5 by name: ``reference``, ``batched``, ``bf16``, ``fp16``, ``fused``."""
         if name not in PRESETS:
             raise ValueError(f"unknown performance preset {name!r}: use one of {', '.join(PRESETS)}")
         return PRESETS[name]
@@ -93,11 +99,6 @@ class Performance:
 
     def check(self, device: torch.device) -> None:
         """Refuse what ``device`` cannot run, with the fix; warn once where a fallback is used."""
-        if self.precision == "fp16" and device.type != "cuda":
-            raise ValueError(
-                f"fp16 autocast needs a CUDA device, the edit runs on {device.type}: use "
-                "precision='bf16'"
-            )
         if self.compile:
             backends = torch.compiler.list_backends(exclude_tags=())
             if self.compile_backend not in backends:
@@ -126,6 +127,17 @@ class Performance:
             return
         with torch.autocast(device.type, dtype=self.dtype):
             yield
+
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
+        """The loss scaler of an fp16 edit (see :attr:`loss_scaling`), else ``None``.
+
+        It starts at 2¹² (torch's default 2¹⁶ would cost more skipped steps while it halves
+        down; a choice not yet measured on a GPU) and doubles after every 100 unskipped steps,
+        so a 400-step edit can recover from a halving.
+        """
+        if self.precision != "fp16" or not self.loss_scaling:
+            return None
+        return torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=100)
 
     def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
@@ -169,5 +181,6 @@ PRESETS: dict[str, Performance] = {
     "reference": Performance(path="reference"),
     "batched": Performance(),
     "bf16": Performance(precision="bf16"),
+    "fp16": Performance(precision="fp16"),
     "fused": Performance(precision="bf16", compile=True, fused=True),
 }

@@ -1,12 +1,13 @@
-"""The benchmark's real-size model runs: prompts get conditionings of the UNet's real widths."""
+"""The benchmark's real-size model runs, with and without its LoRA concept: prompts get
+conditionings of the UNet's real widths."""
 
 import torch
 
-from benchmarks.models import RealSizeBackbone
+from benchmarks.models import RealSizeBackbone, lora_concept
 
 
 def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
-    backbone = RealSizeBackbone()
+    backbone = RealSizeBackbone.build()
     assert 340e6 < sum(p.numel() for p in backbone.denoiser.parameters()) < 355e6
     cond = backbone.encode_prompt(["a piano melody", "a guitar melody"])
     assert cond.cond["encoder_hidden_states"].shape == (2, 8, 768)
@@ -19,3 +20,6 @@ def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
     with torch.no_grad():
         other = backbone.predict_noise(x_t, torch.tensor([10, 900]), backbone.encode_prompt(["a", "b"]), 3.0)
     assert (other - eps).abs().max() > 1e-4
+    with lora_concept().apply(backbone) as personalized, torch.no_grad():
+        personal = personalized.predict_noise(x_t, torch.tensor([10, 900]), cond, 3.0)
+    torch.testing.assert_close(personal, eps)  # the adapter starts at B = 0: ε' = ε
