@@ -23,3 +23,16 @@ def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
     with lora_concept().apply(backbone) as personalized, torch.no_grad():
         personal = personalized.predict_noise(x_t, torch.tensor([10, 900]), cond, 3.0)
     torch.testing.assert_close(personal, eps)  # the adapter starts at B = 0: ε' = ε
+
+
+def test_real_size_steermusic_plus_step_runs_on_a_small_latent():
+    """What `pytest benchmarks --real-size` runs, one batched step on a 16×16 latent: the LoRA
+    concept applies and PCon finds its layers in the real-size UNet."""
+    from steer import SteerMusicPlus
+
+    backbone = RealSizeBackbone.build()
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    with SteerMusicPlus(backbone, lora_concept(), steps=1, pcon_positions=8) as editor:
+        result = editor.edit_latent(latent, source="a piano melody", target="a sks guitar melody")
+    assert result.latent.isfinite().all() and (result.latent - latent).abs().max() > 1e-4
+    assert result.history[0]["PersonalizedContrastiveLoss"] > 0
