@@ -9,14 +9,19 @@ idea of declared input predictions).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
 LatentRole = Literal["edit", "source"]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def _eager(fn: Fn) -> Fn:
+    return fn
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class LossContext:
         predictions: the requested noise predictions, each shaped like the latent (no grad).
         features: for each feature request, module name → features ``(B, T, F, C)``.
         generator: the editor's seeded generator, for losses that sample.
+        compile: gives a pure function compiled for the editor's execution path (once per
+            function and editor), or the function itself where the path does not compile:
+            losses pass their maths through it (``context.compile(dds_gradient)(...)``), and
+            the compiled editor fuses it into a few kernels.
     """
 
     t: Tensor
@@ -77,6 +86,7 @@ class LossContext:
     predictions: Mapping[NoiseRequest, Tensor]
     features: Mapping[FeatureRequest, Mapping[str, Tensor]]
     generator: torch.Generator
+    compile: Callable[[Fn], Fn] = _eager
 
 
 @dataclass(frozen=True)

@@ -37,5 +37,5 @@ class DeltaDenoisingScore(ScoreLoss):
     def __call__(self, context: LossContext) -> LossOutput:
         weight = self.weighting(context.alpha_bar)
         predictions = context.predictions
-        grad = dds_gradient(predictions[self.target], predictions[self.source], weight)
+        grad = context.compile(dds_gradient)(predictions[self.target], predictions[self.source], weight)
         return LossOutput(value=grad.detach().pow(2).mean(), gradient=grad)

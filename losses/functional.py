@@ -7,6 +7,8 @@ is formed directly from the predictions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -53,6 +55,36 @@ def time_columns(features: Tensor) -> Tensor:
     return unit.flatten(2) / unit.shape[2] ** 0.5
 
 
+def sample_positions(
+    length: int, num_positions: int | None, generator: torch.Generator | None, device: torch.device
+) -> Tensor | None:
+    """``num_positions`` distinct indices into ``range(length)`` in random order, on ``device``;
+    ``None`` (all positions) if ``num_positions`` is ``None`` or ≥ ``length``."""
+    if num_positions is None or num_positions >= length:
+        return None
+    sampling_device = generator.device if generator is not None else device
+    return torch.randperm(length, generator=generator, device=sampling_device)[:num_positions].to(device)
+
+
+def patch_nce_at(query: Tensor, reference: Tensor, positions: Tensor | None, tau: float) -> Tensor:
+    """:func:`patch_nce` at given time ``positions`` ``(P,)`` (``None``: all): no randomness
+    inside, so ``torch.compile`` can fuse it whole."""
+    q, r = time_columns(query), time_columns(reference.detach())
+    if positions is not None:
+        q, r = q[:, positions], r[:, positions]
+    logits = q @ r.transpose(1, 2) / tau  # (B, P, P): query position × reference position
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def patch_nce_sum(
+    queries: Sequence[Tensor], references: Sequence[Tensor], positions: Sequence[Tensor | None], tau: float
+) -> Tensor:
+    """The sum of :func:`patch_nce_at` over layers: one function, so one compiled graph (and its
+    backward) covers every layer of PCon."""
+    return torch.stack([patch_nce_at(q, r, p, tau) for q, r, p in zip(queries, references, positions)]).sum()
+
+
 def patch_nce(
     query: Tensor,
     reference: Tensor,
@@ -79,13 +111,5 @@ def patch_nce(
     """
     if query.shape != reference.shape:
         raise ValueError(f"query {tuple(query.shape)} and reference {tuple(reference.shape)} differ")
-    q, r = time_columns(query), time_columns(reference.detach())
-    positions = q.shape[1]
-    if num_positions is not None and num_positions < positions:
-        device = generator.device if generator is not None else q.device
-        index = torch.randperm(positions, generator=generator, device=device)[:num_positions]
-        index = index.to(q.device)
-        q, r = q[:, index], r[:, index]
-    logits = q @ r.transpose(1, 2) / tau  # (B, P, P): query position × reference position
-    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+    positions = sample_positions(query.shape[1], num_positions, generator, query.device)
+    return patch_nce_at(query, reference, positions, tau)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-
 from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss
-from .functional import patch_nce
+from .functional import patch_nce_sum, sample_positions
+
 
 class PersonalizedContrastiveLoss(ScoreLoss):
     """PatchNCE along time between self-attention features of the personalised model on the edit
@@ -62,17 +61,19 @@ class PersonalizedContrastiveLoss(ScoreLoss):
 
     def __call__(self, context: LossContext) -> LossOutput:
         query, reference = context.features[self.query], context.features[self.reference]
-        loss = torch.stack(
-            [
-                patch_nce(
-                    query[name],
-                    reference[name],
-                    tau=self.tau,
-                    num_positions=self.num_positions,
-                    generator=context.generator,
+        names = list(query)
+        for name in names:
+            if query[name].shape != reference[name].shape:
+                raise ValueError(
+                    f"PCon's query and reference features of {name!r} differ: "
+                    f"{tuple(query[name].shape)} and {tuple(reference[name].shape)}"
                 )
-                for name in query
-            ]
-        ).sum()
+        positions = [
+            sample_positions(query[n].shape[1], self.num_positions, context.generator, query[n].device)
+            for n in names
+        ]
+        loss = context.compile(patch_nce_sum)(
+            [query[n] for n in names], [reference[n] for n in names], positions, self.tau
+        )
         loss = self.weight * loss
         return LossOutput(value=loss.detach(), loss=loss)

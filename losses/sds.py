@@ -29,5 +29,5 @@ class ScoreDistillationSampling(ScoreLoss):
 
     def __call__(self, context: LossContext) -> LossOutput:
         weight = self.weighting(context.alpha_bar)
-        grad = sds_gradient(context.predictions[self.target], context.noise, weight)
+        grad = context.compile(sds_gradient)(context.predictions[self.target], context.noise, weight)
         return LossOutput(value=grad.detach().pow(2).mean(), gradient=grad)

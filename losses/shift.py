@@ -38,5 +38,5 @@ class ShiftRegularizer(ScoreLoss):
     def __call__(self, context: LossContext) -> LossOutput:
         weight = self.strength * self.weighting(context.alpha_bar)
         p = context.predictions
-        grad = dds_gradient(p[self.personalized], p[self.base], weight)
+        grad = context.compile(dds_gradient)(p[self.personalized], p[self.base], weight)
         return LossOutput(value=grad.detach().pow(2).mean(), gradient=grad)

@@ -12,7 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -72,6 +72,29 @@ class EditResult:
 
 
 Prompts = str | Sequence[str]
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+@dataclass
+class _Runtime:
+    """What an edit's steps call: each model's predictor, and the losses' maths (compiled once
+    per function where ``compiler`` is set)."""
+
+    device: torch.device
+    predictors: dict[str, Predictor]
+    compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None
+    functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
+
+    def compile(self, fn: Fn) -> Fn:
+        if self.compiler is None:
+            return fn
+        if fn not in self.functions:
+            self.functions[fn] = self.compiler(fn)
+        return self.functions[fn]  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for predictor in self.predictors.values():
+            predictor.close()
 
 
 def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
@@ -205,7 +228,7 @@ class Editor(LatentEditor):
         self.t_min = t_min
         self.t_max = t_max
         self.performance = performance
-        self._compiled: tuple[torch.device, dict[str, Predictor]] | None = None
+        self._compiled: _Runtime | None = None
         self.requests = unique(r for loss in self.losses for r in loss.requests)
         self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
         names = [loss.name for loss in self.losses]
@@ -220,32 +243,32 @@ class Editor(LatentEditor):
         self.close()
 
     @contextlib.contextmanager
-    def _predictors(self, models: dict[str, Backbone], device: torch.device) -> Iterator[dict[str, Predictor]]:
-        """Each model's :class:`~steer.predictions.Predictor`, observing the modules its feature
-        requests select.
+    def _runtime(self, models: dict[str, Backbone], device: torch.device) -> Iterator[_Runtime]:
+        """Each model's :class:`~steer.predictions.Predictor` (observing the modules its feature
+        requests select) and the losses' compiled maths.
 
-        Eager predictors last one edit (their hooks go after it). Compiled ones last until
+        Eager ones last one edit (the hooks go after it). Compiled ones last until
         :meth:`close`: their graphs hold the hooks and are reused by every edit.
         """
-        def build() -> dict[str, Predictor]:
+        def build() -> _Runtime:
             compiler = self.performance.compiler(device)
-            return {
+            predictors = {
                 name: Predictor(model, feature_modules(model, [f for f in self.feature_requests if f.request.model == name]), compiler)
                 for name, model in models.items()
             }
+            return _Runtime(device, predictors, compiler)
 
         if not self.performance.compile:
-            predictors = build()
+            runtime = build()
             try:
-                yield predictors
+                yield runtime
             finally:
-                for predictor in predictors.values():
-                    predictor.close()
+                runtime.close()
             return
-        if self._compiled is None or self._compiled[0] != device:
+        if self._compiled is None or self._compiled.device != device:
             self._drop_compiled()
-            self._compiled = (device, build())
-        yield self._compiled[1]
+            self._compiled = build()
+        yield self._compiled
 
     def close(self) -> None:
         """Remove the hooks and drop the graphs a compiled editor keeps between edits (recipes
@@ -254,8 +277,7 @@ class Editor(LatentEditor):
 
     def _drop_compiled(self) -> None:
         if self._compiled is not None:
-            for predictor in self._compiled[1].values():
-                predictor.close()
+            self._compiled.close()
             self._compiled = None
 
     def models(self) -> dict[str, Backbone]:
@@ -295,8 +317,8 @@ class Editor(LatentEditor):
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
         self.performance.check(x.device)
-        with self._predictors(models, x.device) as predictors:
-            return self._loop(x, source_latent, prompts, models, predictors, seed, callback, progress)
+        with self._runtime(models, x.device) as runtime:
+            return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
 
     def _loop(
         self,
@@ -304,7 +326,7 @@ class Editor(LatentEditor):
         source_latent: Tensor,
         prompts: dict[str, dict[str, Conditioning]],
         models: dict[str, Backbone],
-        predictors: dict[str, Predictor],
+        runtime: _Runtime,
         seed: int,
         callback: Callable[[EditState], None] | None,
         progress: bool,
@@ -335,7 +357,7 @@ class Editor(LatentEditor):
                     t=t,
                     features=self.feature_requests,
                     batched=performance.batched,
-                    predictors=predictors,
+                    predictors=runtime.predictors,
                 )
             context = LossContext(
                 t=t,
@@ -346,6 +368,7 @@ class Editor(LatentEditor):
                 predictions=predictions,
                 features=features,
                 generator=generator,
+                compile=runtime.compile,
             )
             outputs = [loss(context) for loss in self.losses]
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from losses import TimestepWeighting
-from losses.functional import dds_gradient, sds_gradient
+from losses.functional import dds_gradient, patch_nce, patch_nce_sum, sample_positions, sds_gradient
 
 
 def test_dds_gradient_formula_and_nan_handling():
@@ -26,3 +26,19 @@ def test_weighting():
     torch.testing.assert_close(TimestepWeighting("constant", 3.0)(alpha_bar), torch.tensor([3.0, 3.0]))
     with pytest.raises(ValueError, match="unknown weighting"):
         TimestepWeighting("sqrt")
+
+
+def test_patch_nce_sum_is_the_layers_patch_nce_with_the_same_draws():
+    g = torch.Generator().manual_seed(0)
+    queries = [torch.randn(2, 12, 3, 4, generator=g), torch.randn(2, 6, 2, 8, generator=g)]
+    references = [torch.randn(q.shape, generator=g) for q in queries]
+    expected = sum(
+        patch_nce(q, r, tau=0.1, num_positions=5, generator=torch.Generator().manual_seed(3 + i))
+        for i, (q, r) in enumerate(zip(queries, references))
+    )
+    positions = [
+        sample_positions(q.shape[1], 5, torch.Generator().manual_seed(3 + i), q.device) for i, q in enumerate(queries)
+    ]
+    assert [p.shape for p in positions] == [(5,), (5,)]
+    assert sample_positions(4, 5, None, torch.device("cpu")) is None  # fewer positions than asked: all
+    torch.testing.assert_close(patch_nce_sum(queries, references, positions, 0.1), expected)

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from losses.functional import dds_gradient, patch_nce_sum
 from steer import Concept, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 from steer.performance import Performance
@@ -248,6 +249,7 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
     assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
+    assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
     assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
     editor.edit_latent(latent, seed=6, **PROMPTS)
     assert _COMPILED["graphs"] == graphs and _COMPILED["calls"] == 2 * calls
