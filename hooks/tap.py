@@ -65,7 +65,12 @@ class FeatureTap:
         self.recording = True
         out = fn(*args, **kwargs)
         self.recording = False
-        features = dict(self.features)
+        # Read by name, not copied: compiled code then depends on (and dynamo guards) the names,
+        # so a graph traced for other modules is not reused for this tap.
+        missing = [name for name in self.names if name not in self.features]
+        if missing:
+            raise RuntimeError(f"the modules {missing} did not run during the recorded call")
+        features = {name: self.features[name] for name in self.names}
         self.features.clear()
         return out, features
 

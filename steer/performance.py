@@ -50,8 +50,11 @@ class Performance:
         compile: ``torch.compile`` each model's denoiser calls (``dynamic=False``; on CUDA
             ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static), those that
             return PCon's features too: the feature hooks are installed before compilation
-            (:class:`hooks.FeatureTap`) and traced into the graph. A compiled editor keeps its
-            graphs and hooks across edits until :meth:`~steer.editor.Editor.close`.
+            (:class:`hooks.FeatureTap`) and traced into the graph; the losses' maths too
+            (``LossContext.compile``). A compiled editor keeps its graphs and hooks across edits
+            until :meth:`~steer.editor.Editor.close`; each new editor traces its feature calls
+            again, and past dynamo's recompile limit (8 by default) they run eagerly: make
+            one editor per setting and reuse it.
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
             and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).

@@ -42,3 +42,15 @@ def test_a_call_that_raises_is_reset_and_the_hooks_go():
 def test_unknown_module_is_a_clear_error():
     with pytest.raises(ValueError, match="no module named 'nope'"):
         FeatureTap(_net(), ["nope"])
+
+
+def test_compiled_record_returns_the_features_of_each_tap():
+    """A compiled function recording through a tap: traced with the hooks, reused by a tap on the
+    same modules, traced again for a tap on others (not the stale graph)."""
+    net = _net()
+    x = torch.randn(4, 2)
+    for names in (["0"], ["0"], ["0", "2"], ["2"]):
+        with FeatureTap(net, names) as tap:
+            out, features = torch.compile(tap.record, backend="eager", dynamic=False)(net, x)
+        assert sorted(features) == names
+        torch.testing.assert_close(features[names[-1]], net[int(names[-1])](x) if names[-1] == "0" else out)
