@@ -39,7 +39,8 @@ def first_gradient(editor: Editor, latent: Tensor, seed: int) -> Tensor:
 def agreement(
     *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device
 ) -> list[dict[str, float | int | str]]:
-    """Cosine of each path's first-step gradient with the reference's, per seed."""
+    """Cosine of each path's first-step gradient with the reference's, per seed (``skipped``:
+    the step was not taken, an fp16 overflow)."""
     backbone = build_backbone(real_size=real_size, device=device)
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -51,18 +52,25 @@ def agreement(
 
         def make(performance: Performance) -> Editor:
             return SteerMusicPlus(backbone, concept, steps=1, performance=performance)
+    # one editor per path, reused for every seed: a compiled one traces its calls once
+    editors = {path: make(PRESETS[path]) for path in ["reference", *paths]}
     rows = []
-    for seed in seeds:
-        start = time.perf_counter()
-        with make(PRESETS["reference"]) as editor:
-            reference = first_gradient(editor, latent, seed)
-        for path in paths:
-            with make(PRESETS[path]) as editor:
-                gradient = first_gradient(editor, latent, seed)
-            cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0)
-            rows.append({"recipe": recipe, "path": path, "seed": seed, "cosine": cosine.item()})
-        print(f"seed {seed}: " + ", ".join(f"{r['path']} {r['cosine']:.5f}" for r in rows[-len(paths):])
-              + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+    try:
+        for seed in seeds:
+            start = time.perf_counter()
+            reference = first_gradient(editors["reference"], latent, seed)
+            for path in paths:
+                gradient = first_gradient(editors[path], latent, seed)
+                cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0)
+                # a non-finite gradient is an fp16 step skipped for an overflow: no cosine to give
+                rows.append({"recipe": recipe, "path": path, "seed": seed, "cosine": cosine.item(),
+                             "skipped": not bool(gradient.isfinite().all())})
+            done = ", ".join(f"{r['path']} {r['cosine']:.5f}" + (" (skipped)" if r["skipped"] else "")
+                             for r in rows[-len(paths):])
+            print(f"seed {seed}: {done} ({time.perf_counter() - start:.0f} s)", flush=True)
+    finally:
+        for editor in editors.values():
+            editor.close()
     return rows
 
 

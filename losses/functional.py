@@ -67,8 +67,8 @@ def sample_positions(
 
 
 def patch_nce_at(query: Tensor, reference: Tensor, positions: Tensor | None, tau: float) -> Tensor:
-    """:func:`patch_nce` at given time ``positions`` ``(P,)`` (``None``: all): no randomness
-    inside, so ``torch.compile`` can fuse it whole."""
+    """:func:`patch_nce` of features ``(B, T, F, C)`` at given time ``positions`` ``(P,)``
+    (``None``: all T): no randomness inside, so ``torch.compile`` can fuse it whole."""
     q, r = time_columns(query), time_columns(reference.detach())
     if positions is not None:
         q, r = q[:, positions], r[:, positions]

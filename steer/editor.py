@@ -175,7 +175,7 @@ class Editor(LatentEditor):
         lr: learning rate.
         optimizer: ``"sgd"`` or ``"adam"``.
         lr_step_size, lr_gamma: multiply the learning rate by ``lr_gamma`` every
-            ``lr_step_size`` steps (StepLR).
+            ``lr_step_size`` steps taken (StepLR; fp16 steps skipped for an overflow do not count).
         t_min, t_max: timesteps are drawn uniformly from the integers ``t_min … t_max``
             (inclusive, out of the backbone's training timesteps).
         performance: the execution path (:class:`~steer.performance.Performance`): batched
@@ -250,12 +250,15 @@ class Editor(LatentEditor):
         Eager ones last one edit (the hooks go after it). Compiled ones last until
         :meth:`close`: their graphs hold the hooks and are reused by every edit.
         """
+
         def build() -> _Runtime:
-            compiler = self.performance.compiler(device)
-            predictors = {
-                name: Predictor(model, feature_modules(model, [f for f in self.feature_requests if f.request.model == name]), compiler)
+            # every model's modules first: a bad layer pattern raises before any hook is installed
+            names = {
+                name: feature_modules(model, [f for f in self.feature_requests if f.request.model == name])
                 for name, model in models.items()
             }
+            compiler = self.performance.compiler(device)
+            predictors = {name: Predictor(model, names[name], compiler) for name, model in models.items()}
             return _Runtime(device, predictors, compiler)
 
         if not self.performance.compile:
@@ -271,8 +274,9 @@ class Editor(LatentEditor):
         yield self._compiled
 
     def close(self) -> None:
-        """Remove the hooks and drop the graphs a compiled editor keeps between edits (recipes
-        release more); idempotent."""
+        """Remove the hooks a compiled editor keeps between edits and release its compiled
+        functions (dynamo's own caches stay until ``torch._dynamo.reset()``); recipes release
+        more; idempotent."""
         self._drop_compiled()
 
     def _drop_compiled(self) -> None:
@@ -335,6 +339,7 @@ class Editor(LatentEditor):
         backbone, performance, batch = self.backbone, self.performance, x.shape[0]
         optimizer = self._optimizer(x)
         scaler = performance.grad_scaler(x.device)
+        scale = scaler.get_scale() if scaler is not None else None
         skipped = 0
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
         generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -387,10 +392,10 @@ class Editor(LatentEditor):
                     x.grad += o.gradient
             lr = optimizer.param_groups[0]["lr"]
             if scaled:
-                scale = scaler.get_scale()
                 scaler.step(optimizer)  # not taken if the scaled backward overflowed in fp16
                 scaler.update()
-                taken = scaler.get_scale() >= scale
+                scale, previous = scaler.get_scale(), scale  # it halves exactly when not taken
+                taken = scale >= previous
                 skipped += not taken
             else:
                 optimizer.step()

@@ -77,6 +77,7 @@ class Predictor:
     def _record(
         self, x_t: Tensor, t: Tensor, cond: Conditioning, guidance_scale: float | Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        assert self.tap is not None  # only compiled when there is one
         return self.tap.record(self.model.predict_noise, x_t, t, cond, guidance_scale)
 
     def __call__(
@@ -133,14 +134,11 @@ def _call(
         latent_shape = latents[group[0].latent].shape
         for f in features:
             start = rows.start + group.index(f.request) * batch
-            names = feature_modules(model, [f])
-            # (rows, T·F, C) → (B, T, F, C), float32 whatever the autocast dtype of the call:
-            # losses compute in float32
-            out[f] = {
-                name: model.feature_map(h if f.grad else h.detach(), latent_shape).float()
-                for name in names
-                for h in [captured[name][start : start + batch]]
-            }
+            out[f] = {}
+            for name in feature_modules(model, [f]):
+                h = captured[name][start : start + batch]  # (B, T·F, C), conditional rows
+                # (B, T, F, C), float32 whatever the autocast dtype of the call: losses compute in float32
+                out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape).float()
     return predictions, out
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from backbones import Backbone
 from steer.data._files import atomic_write_text
 
 from .audio import load_audio, save_audio
-from .editor import LatentEditor
+from .editor import Editor, LatentEditor
 from .manifest import EditItem
 from .recipes import SteerMusic, SteerMusicPlus
 
@@ -169,10 +169,11 @@ class ManifestRunner:
         self.recipe = recipe
         self.settings = dict(settings or {})
         self.seed = seed
-        # JSON-able (a Performance is a dataclass): what a finished record must match on resume
+        # JSON-able (a Performance is a dataclass, kept as its non-default fields, so a field
+        # added later with a default does not change it): what a finished record must match
         self.fingerprint = json.loads(json.dumps(
             {
-                "settings": {k: asdict(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
+                "settings": {k: _non_default(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
                 "seed": seed,
                 "backbone": f"{type(backbone).__name__}:{backbone.name_or_path}",
             },
@@ -313,11 +314,21 @@ class ManifestRunner:
                 )
 
     def close(self) -> None:
-        """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser)."""
+        """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser, a
+        compiled editor's hooks go)."""
         for editor in self._editors.values():
-            if isinstance(editor, SteerMusicPlus):
+            if isinstance(editor, Editor):
                 editor.close()
         self._editors.clear()
+
+
+def _non_default(config: Any) -> dict[str, Any]:
+    """A dataclass's fields that differ from their defaults."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if f.default is MISSING or getattr(config, f.name) != f.default
+    }
 
 
 def collect_records(out: str | os.PathLike, items: Sequence[EditItem]) -> list[ItemRecord | None]:

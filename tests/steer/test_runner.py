@@ -248,3 +248,12 @@ def test_zome_bench_as_the_hub_serves_it_parquet_under_data(tmp_path):
         ("0000_abc", tmp_path / "audio" / "abc.wav", "a piano solo", "a violin solo", "change_instrument"),
         ("0001_def", tmp_path / "audio" / "def.wav", "calm jazz", "calm rock", "change_genre"),
     ]
+
+
+def test_settings_fingerprint_keeps_only_non_default_performance_fields():
+    """A Performance field added later with a default must not refuse resuming older runs."""
+    from steer.performance import Performance
+    from steer.runner import _non_default
+
+    assert _non_default(Performance()) == {}
+    assert _non_default(Performance(precision="bf16", compile=True)) == {"precision": "bf16", "compile": True}
