@@ -53,5 +53,4 @@ class AudioLDMBackbone(MelVAEBackbone):
 
     def _denoise(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
         """``unet(x, t, encoder_hidden_states=None, class_labels=…)``, as the pipeline calls it."""
-        unet = self.pipe.unet
-        return unet(x.to(unet.dtype), t, encoder_hidden_states=None, **kwargs, return_dict=False)[0]
+        return self.pipe.unet(x.to(self.dtype), t, encoder_hidden_states=None, **kwargs, return_dict=False)[0]

@@ -74,6 +74,9 @@ class Backbone(ABC):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The denoiser's dtype, read from its first parameter: O(1), unlike diffusers'
+        ``ModelMixin.dtype``, which walks every module (45 ms per call on the tiny UNet with a
+        LoRA concept: more than the UNet's own forward)."""
         return next(self.denoiser.parameters()).dtype
 
     @abstractmethod

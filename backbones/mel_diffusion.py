@@ -209,7 +209,7 @@ class MelDiffusionBackbone(Backbone):
     ) -> Tensor:
         unet = self.model.unet
         return self.guided(
-            lambda x, t, kwargs: unet(x.to(unet.dtype), t, **kwargs).sample, x_t, t, cond, guidance_scale
+            lambda x, t, kwargs: unet(x.to(self.dtype), t, **kwargs).sample, x_t, t, cond, guidance_scale
         )
 
     # -- audio ---------------------------------------------------------------------------------

@@ -91,8 +91,7 @@ class MelVAEBackbone(PipelineBackbone):
     # -- score --------------------------------------------------------------------------------
     def _denoise(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
         """The UNet's raw output for latents ``(N, C, T, F)``, as the pipeline calls it."""
-        unet = self.pipe.unet
-        return unet(x.to(unet.dtype), t, **kwargs, return_dict=False)[0]
+        return self.pipe.unet(x.to(self.dtype), t, **kwargs, return_dict=False)[0]
 
     def _epsilon(self, x: Tensor, t: Tensor, kwargs: dict[str, Tensor]) -> Tensor:
         """ε from the UNet output. For v-prediction (Salimans & Ho, 2022, section 4)

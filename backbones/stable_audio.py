@@ -175,7 +175,7 @@ class StableAudioBackbone(PipelineBackbone):
             repeat_interleave_real=False,
         )
         output = transformer(
-            scheduler.precondition_inputs(x, sigma).to(transformer.dtype),
+            scheduler.precondition_inputs(x, sigma).to(self.dtype),
             scheduler.precondition_noise(sigma.flatten()),
             encoder_hidden_states=cross,
             global_hidden_states=torch.cat([start, end], dim=2),

@@ -252,13 +252,11 @@ class Editor(LatentEditor):
         """
 
         def build() -> _Runtime:
-            # every model's modules first: a bad layer pattern raises before any hook is installed
-            names = {
-                name: feature_modules(model, [f for f in self.feature_requests if f.request.model == name])
-                for name, model in models.items()
-            }
+            features = {name: [f for f in self.feature_requests if f.request.model == name] for name in models}
+            for name, model in models.items():  # a bad layer pattern raises before any hook is installed
+                feature_modules(model, features[name])
             compiler = self.performance.compiler(device)
-            predictors = {name: Predictor(model, names[name], compiler) for name, model in models.items()}
+            predictors = {name: Predictor(model, features[name], compiler) for name, model in models.items()}
             return _Runtime(device, predictors, compiler)
 
         if not self.performance.compile:

@@ -57,7 +57,8 @@ class Predictor:
 
     Args:
         model: the backbone.
-        names: modules whose outputs ``record=True`` calls return (empty: none).
+        features: the feature requests its calls answer; the modules each selects are worked
+            out once, here (walking the model's modules per step costs milliseconds).
         compiler: compiles a function (:meth:`steer.performance.Performance.compiler`);
             ``None`` runs eagerly.
     """
@@ -65,11 +66,14 @@ class Predictor:
     def __init__(
         self,
         model: Backbone,
-        names: Sequence[str] = (),
+        features: Sequence[FeatureRequest] = (),
         compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
     ) -> None:
         self.model = model
-        self.tap = FeatureTap(model.denoiser, names) if names else None
+        #: the modules each feature request selects, in the model's order
+        self.names = {f: feature_modules(model, [f]) for f in features}
+        observed = [n for n in model.self_attention_modules() if any(n in v for v in self.names.values())]
+        self.tap = FeatureTap(model.denoiser, observed) if observed else None
         compile_fn = compiler or (lambda fn: fn)
         self._plain = compile_fn(model.predict_noise)
         self._recorded = compile_fn(self._record) if self.tap is not None else None
@@ -135,7 +139,7 @@ def _call(
         for f in features:
             start = rows.start + group.index(f.request) * batch
             out[f] = {}
-            for name in feature_modules(model, [f]):
+            for name in predictor.names[f]:
                 h = captured[name][start : start + batch]  # (B, T·F, C), conditional rows
                 # (B, T, F, C), float32 whatever the autocast dtype of the call: losses compute in float32
                 out[f][name] = model.feature_map(h if f.grad else h.detach(), latent_shape).float()
@@ -170,8 +174,8 @@ def evaluate_requests(
             call. ``False`` is the reference loop: one call per request, without gradients, and
             for each feature request with ``grad=True`` a second call of its prediction with
             gradients (the same rows; its ε̂ is discarded).
-        predictors: model name → its :class:`Predictor` (compiled, say), observing at least
-            the modules the feature requests select; by default eager ones, made for this call.
+        predictors: model name → its :class:`Predictor` (compiled, say), made for (at least)
+            that model's feature requests; by default eager ones, made for this call.
 
     Returns:
         ε̂ for each request ``(B, ...)`` (detached), and for each feature request the features
@@ -192,9 +196,10 @@ def evaluate_requests(
     with contextlib.ExitStack() as stack:
         if predictors is None:
             predictors = {
-                name: stack.enter_context(contextlib.closing(Predictor(model, feature_modules(model, mine))))
+                name: stack.enter_context(
+                    contextlib.closing(Predictor(model, [f for f in features if f.request.model == name]))
+                )
                 for name, model in models.items()
-                for mine in [[f for f in features if f.request.model == name]]
             }
         predictions: dict[NoiseRequest, Tensor] = {}
         captured: dict[FeatureRequest, dict[str, Tensor]] = {}
