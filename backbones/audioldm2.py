@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AudioLDM2Pipeline
+from diffusers import AudioLDM2Pipeline, Transformer2DModel
+from torch import nn
 from transformers import GPT2LMHeadModel
 
+from .base import checkpoint_call
 from .conditioning import Conditioning
 from .mel_vae import MelVAEBackbone
 
@@ -36,6 +38,24 @@ class AudioLDM2Backbone(MelVAEBackbone):
     """
 
     family = "audioldm2"
+
+    @staticmethod
+    def _checkpoint(module: nn.Module, *args: Any) -> Any:
+        """:func:`~backbones.base.checkpoint_call` of ``module(*args)``, with AudioLDM2's
+        transformer calls named.
+
+        AudioLDM2's blocks (diffusers 0.42) give each ``Transformer2DModel`` seven positional
+        arguments written for a signature without ``added_cond_kwargs``, so from the fourth on
+        they land one parameter off (the cross-attention mask becomes the self-attention mask
+        and the call fails); here they are passed by name.
+        """
+        if isinstance(module, Transformer2DModel) and len(args) == 7:
+            hidden, states, timestep, labels, attention_kwargs, mask, states_mask = args
+            return checkpoint_call(
+                module, hidden, encoder_hidden_states=states, timestep=timestep, class_labels=labels,
+                cross_attention_kwargs=attention_kwargs, attention_mask=mask, encoder_attention_mask=states_mask,
+            )
+        return checkpoint_call(module, *args)
     pipeline_class = AudioLDM2Pipeline
     description = "an AudioLDM2 pipeline"
     example_repo = "cvssp/audioldm2-music"

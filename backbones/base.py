@@ -8,19 +8,50 @@ a closed-form ε drops in for tests (the k-diffusion idea of one wrapped call si
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 
 import einops
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .conditioning import Conditioning
 
 
 #: The self-attention (``attn1``) modules of a diffusers U-Net's up blocks.
 UP_BLOCK_SELF_ATTENTION = r"^up_blocks\..*\.attn1$"
+
+
+def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> object:
+    """``module(*args, **kwargs)`` under a non-reentrant ``torch.utils.checkpoint``, recomputed
+    with the adapter state the forward ran with.
+
+    A LoRA concept shares the base denoiser and switches its adapter on only during ε′'s calls,
+    so by the backward pass the adapter is off again: the recomputation would run the base
+    model. Each peft layer's switches (``_active_adapter``, ``_disable_adapters``) are read at
+    the forward and set again around the recomputation.
+    """
+    layers = [m for m in module.modules() if "_disable_adapters" in vars(m)]
+    forward = [(vars(m)["_active_adapter"], vars(m)["_disable_adapters"]) for m in layers]
+
+    @contextlib.contextmanager
+    def as_in_forward() -> Iterator[None]:
+        now = [(vars(m)["_active_adapter"], vars(m)["_disable_adapters"]) for m in layers]
+        try:
+            for m, (active, disabled) in zip(layers, forward):
+                vars(m).update(_active_adapter=active, _disable_adapters=disabled)
+            yield
+        finally:
+            for m, (active, disabled) in zip(layers, now):
+                vars(m).update(_active_adapter=active, _disable_adapters=disabled)
+
+    def contexts() -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
+        return contextlib.nullcontext(), as_in_forward()
+
+    return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
 
 class Backbone(ABC):
@@ -78,6 +109,33 @@ class Backbone(ABC):
         ``ModelMixin.dtype``, which walks every module (45 ms per call on the tiny UNet with a
         LoRA concept: more than the UNet's own forward)."""
         return next(self.denoiser.parameters()).dtype
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether denoiser calls with gradients keep only each block's inputs and recompute the
+        rest in the backward pass (diffusers' gradient checkpointing, non-reentrant); settable.
+        Calls without gradients are unaffected."""
+        return bool(getattr(self.denoiser, "is_gradient_checkpointing", False))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        denoiser = self.denoiser
+        if not getattr(denoiser, "_supports_gradient_checkpointing", False):
+            raise ValueError(
+                f"the denoiser of {type(self).__name__} ({type(denoiser).__name__}) does not support "
+                "gradient checkpointing: leave it off"
+            )
+        if enabled:
+            denoiser.enable_gradient_checkpointing(self._checkpoint)
+        else:
+            denoiser.disable_gradient_checkpointing()
+
+    @staticmethod
+    def _checkpoint(module: nn.Module, *args: object) -> object:
+        """``module(*args)`` recomputed in the backward pass (given to diffusers'
+        ``enable_gradient_checkpointing``); adapters override it where their blocks call
+        modules unusually."""
+        return checkpoint_call(module, *args)
 
     @abstractmethod
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:

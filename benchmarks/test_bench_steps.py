@@ -20,7 +20,7 @@ from steer import SteerMusic, SteerMusicPlus
 from steer.performance import Performance
 
 RECIPES = ("steermusic", "steermusic_plus")
-PATHS = ("reference", "batched", "bf16", "fp16", "fused")
+PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused")
 BATCHES = (1, 8)
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),

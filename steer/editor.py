@@ -256,7 +256,11 @@ class Editor(LatentEditor):
             for name, model in models.items():  # a bad layer pattern raises before any hook is installed
                 feature_modules(model, features[name])
             compiler = self.performance.compiler(device)
-            predictors = {name: Predictor(model, features[name], compiler) for name, model in models.items()}
+            checkpointing = self.performance.checkpointing
+            predictors = {
+                name: Predictor(model, features[name], compiler, checkpointing=checkpointing)
+                for name, model in models.items()
+            }
             return _Runtime(device, predictors, compiler)
 
         if not self.performance.compile:

@@ -61,6 +61,9 @@ class Predictor:
             out once, here (walking the model's modules per step costs milliseconds).
         compiler: compiles a function (:meth:`steer.performance.Performance.compiler`);
             ``None`` runs eagerly.
+        checkpointing: when a feature request needs gradients, switch on the model's
+            :attr:`~backbones.Backbone.gradient_checkpointing` until :meth:`close` (if it was
+            off).
     """
 
     def __init__(
@@ -68,10 +71,16 @@ class Predictor:
         model: Backbone,
         features: Sequence[FeatureRequest] = (),
         compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None,
+        *,
+        checkpointing: bool = False,
     ) -> None:
         self.model = model
         #: the modules each feature request selects, in the model's order
         self.names = {f: feature_modules(model, [f]) for f in features}
+        # switched on here (raising before any hook if the denoiser cannot), off in close()
+        self._checkpointing = checkpointing and any(f.grad for f in features) and not model.gradient_checkpointing
+        if self._checkpointing:
+            model.gradient_checkpointing = True
         observed = [n for n in model.self_attention_modules() if any(n in v for v in self.names.values())]
         self.tap = FeatureTap(model.denoiser, observed) if observed else None
         compile_fn = compiler or (lambda fn: fn)
@@ -105,9 +114,12 @@ class Predictor:
             raise
 
     def close(self) -> None:
-        """Remove the hooks; idempotent."""
+        """Remove the hooks and switch off the checkpointing it switched on; idempotent."""
         if self.tap is not None:
             self.tap.remove()
+        if self._checkpointing:
+            self.model.gradient_checkpointing = False
+            self._checkpointing = False
 
 
 def _call(

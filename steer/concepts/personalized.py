@@ -138,15 +138,24 @@ def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})]
 
 
-def _set_adapter_state(layer: nn.Module, active: list[str], disabled: bool) -> None:
+def _set_adapter_state(layer: nn.Module, active: list[str] | str, disabled: bool) -> None:
     """Switch a peft layer's active adapters without touching ``requires_grad``.
 
     peft's public ``enable_adapters``/``set_adapter`` also flip ``requires_grad`` of every adapter
     parameter (~17 µs per layer, ~25 ms per call on AudioLDM2's 384 adapted projections); the two
-    attributes below are what its forward reads. Tests pin the behaviour.
+    attributes below are what its forward reads. They are written to the instance dict, as
+    ``nn.Module.__setattr__`` would for plain values, without its checks: switching the 384
+    layers twice per personalised call took 2.3 ms that way, 0.16 ms this way. Tests pin the
+    behaviour.
     """
-    layer._active_adapter = active
-    layer._disable_adapters = disabled
+    vars(layer).update(_active_adapter=active, _disable_adapters=disabled)
+
+
+def _adapter_state(layer: nn.Module) -> tuple[list[str] | str, bool]:
+    """What :func:`_set_adapter_state` sets, read from the instance dict (peft's properties cost
+    more than the read)."""
+    state = vars(layer)
+    return state["_active_adapter"], state["_disable_adapters"]
 
 
 def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] | None) -> list[nn.Module]:
@@ -313,17 +322,20 @@ class PersonalizedBackbone(Backbone):
         """Switch this concept's LoRA adapter on (and others off) in the shared denoiser.
 
         Restored on exit, exceptions included; a no-op for dreambooth and textual inversion.
-        Autograd keeps what the forward used, so backpropagating after the block is correct.
+        Autograd keeps what the forward used, so backpropagating after the block is correct
+        (with gradient checkpointing, :func:`backbones.base.checkpoint_call` switches the
+        adapter back on around the recomputation).
         """
         if self._closed:
             raise RuntimeError("this personalised backbone was closed")
         if not self._lora_layers:
             yield
             return
-        saved = [(layer, list(layer.active_adapters), layer.disable_adapters) for layer in self._lora_layers]
+        saved = [(layer, *_adapter_state(layer)) for layer in self._lora_layers]
+        active = [self.adapter_name]
         try:
             for layer, _, _ in saved:
-                _set_adapter_state(layer, [self.adapter_name], False)
+                _set_adapter_state(layer, active, False)
             yield
         finally:
             for layer, active, disabled in saved:
@@ -338,6 +350,14 @@ class PersonalizedBackbone(Backbone):
     def denoiser(self) -> nn.Module:
         """The denoiser ε' runs; for LoRA and textual inversion the base's own module."""
         return self._view.denoiser
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._view.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        self._view.gradient_checkpointing = enabled  # the family's own checkpoint function
 
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         if self._closed:

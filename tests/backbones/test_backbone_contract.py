@@ -20,6 +20,7 @@ from backbones import Backbone, load_backbone
 from losses import FeatureRequest, NoiseRequest
 from steer import Audio, SteerMusic, SteerMusicPlus
 from steer.concepts import Concept
+from steer.performance import Performance
 from steer.predictions import evaluate_requests
 
 SHIPPED = Path(__file__).parents[2] / "weights" / "mel-diffusion-swap"
@@ -126,6 +127,12 @@ def test_steermusic_plus_with_a_lora_concept(backbone, latent):
         result = editor.edit_latent(latent, source=SOURCE, target=target, callback=states.append)
     assert all(s.losses["PersonalizedContrastiveLoss"] > 0 for s in states)
     assert torch.isfinite(result.latent).all() and not torch.equal(result.latent, latent)
+    # gradient checkpointing recomputes ε′'s blocks in the backward pass, adapter on: same gradient
+    checkpointed = []
+    with SteerMusicPlus(backbone, concept, steps=1, pcon_positions=8, performance=Performance(checkpointing=True)) as e:
+        e.edit_latent(latent, source=SOURCE, target=target, callback=checkpointed.append)
+    torch.testing.assert_close(checkpointed[0].gradient, states[0].gradient, rtol=1e-5, atol=1e-6)
+    assert not backbone.gradient_checkpointing
     assert sum(len(m._forward_hooks) for m in backbone.denoiser.modules()) == 0
     # closing ε' leaves the base model as it was
     after = backbone.predict_noise(latent, torch.tensor([300]), backbone.encode_prompt([TARGET]), 3.0)

@@ -1,0 +1,89 @@
+"""Peak memory of one SteerMusic and one SteerMusic+ step, measured on the CPU as a proxy.
+
+A GPU run reads peak memory from the CUDA allocator (``test_bench_steps.py``). Without a GPU,
+this measures the same steps on the CPU: each recipe runs in its own process, the resident-set
+high-water mark (Linux ``VmHWM``) is reset after the model is built and the prompts encoded,
+and the rise during one step is what the step's activations and temporaries needed. The model
+weights are counted from the parameters. CPU kernels (attention in particular) keep other
+temporaries than CUDA's, so read the ratio as an estimate of the issue's "SteerMusic+ ≤ 1.2×
+SteerMusic", not as the GPU figure.
+
+Usage::
+
+    python -m benchmarks.memory --real-size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RECIPES = ("steermusic", "steermusic_plus")
+
+
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` field in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
+
+
+def measure(recipe: str, real_size: bool, path: str) -> dict[str, float]:
+    """Bytes of weights and the rise of the peak resident set during one step (this process)."""
+    import torch
+
+    from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, lora_concept
+    from steer import SteerMusic, SteerMusicPlus
+    from steer.performance import PRESETS
+
+    torch.set_num_threads(1)
+    backbone = build_backbone(real_size=real_size, device=torch.device("cpu"))
+    shape = REAL_LATENT if real_size else TINY_LATENT
+    latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    prompts = {"source": "a piano melody", "target": "a sks guitar melody"}
+    if recipe == "steermusic":
+        editor = SteerMusic(backbone, steps=1, performance=PRESETS[path])
+    else:
+        editor = SteerMusicPlus(backbone, lora_concept(), steps=1, performance=PRESETS[path])
+    with editor:
+        editor.edit_latent(latent, **prompts)  # warm-up: prompt encodings cached, kernels chosen
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+        before = _status("VmRSS")
+        editor.edit_latent(latent, **prompts)
+        peak = _status("VmHWM")
+    weights = sum(p.numel() * p.element_size() for p in backbone.denoiser.parameters())
+    return {"weights": weights, "step_rise": peak - before}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
+    parser.add_argument("--path", default="batched", help="execution path preset (default batched)")
+    parser.add_argument("--recipe", choices=RECIPES, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args(argv)
+    if args.recipe:
+        print(json.dumps(measure(args.recipe, args.real_size, args.path)))
+        return
+    figures = {}
+    for recipe in RECIPES:
+        command = [sys.executable, "-m", "benchmarks.memory", "--recipe", recipe, "--path", args.path]
+        # glibc: every block ≥ 64 KiB its own mapping, unmapped when freed, so the resident set
+        # follows the live tensors (by default freed heap stays resident and hides the peak)
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(command + (["--real-size"] if args.real_size else []), capture_output=True,
+                             text=True, check=True, env=env)
+        figures[recipe] = json.loads(out.stdout.strip().splitlines()[-1])
+        mib = {k: v / 2**20 for k, v in figures[recipe].items()}
+        print(f"{recipe}: weights {mib['weights']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
+    total = {r: f["weights"] + f["step_rise"] for r, f in figures.items()}
+    print(f"SteerMusic+ / SteerMusic (weights + step), {args.path}, CPU proxy: "
+          f"{total['steermusic_plus'] / total['steermusic']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
