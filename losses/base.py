@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 LatentRole = Literal["edit", "source"]
+#: a function type kept through compilation (``compile(fn)`` has ``fn``'s signature)
 Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 

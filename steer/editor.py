@@ -12,7 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
 from losses import LossContext, ScoreLoss
+from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
 from .audio import Audio
@@ -72,7 +73,6 @@ class EditResult:
 
 
 Prompts = str | Sequence[str]
-Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 @dataclass

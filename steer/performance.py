@@ -21,17 +21,17 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from losses.base import Fn
 from losses.fused import triton_available
 
 PATHS = ("reference", "batched")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class Performance:
             recomputes the rest in the backward pass, for about one more forward of that call
             per step. On the real-size UNet (CPU proxy, ``python -m benchmarks.memory``) it cut
             what a SteerMusic+ step adds to the weights from 1522 MiB to 304 MiB (SteerMusic:
-            125 MiB), SteerMusic+/SteerMusic from 1.96× to 1.12×.
+            125 MiB), SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower
+            (CPU, 17.8 → 25.1 s). Not with ``compile`` yet.
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).

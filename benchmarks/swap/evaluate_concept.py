@@ -84,24 +84,28 @@ def main() -> None:
         editors["+ shift regulariser (no PCon)"] = (plus(pcon_weight=0), concept_prompt)
         editors["+ PCon (no shift regulariser)"] = (plus(shift=0), concept_prompt)
     rows = []
-    for index, source in enumerate(sources):
-        audio = load_audio(args.data.parent / source.audio)
-        audio = type(audio)(audio.waveform[..., :crop], audio.sample_rate)
-        target = load_audio(args.data.parent / truth[source.melody_id].audio).waveform[0, :crop]
-        rows.append({  # the unedited source: where an edit starts from
-            "method": "unedited source", "source": source.instrument, "melody": source.melody_id,
-            "pcc": 1.0, "distance": float(log_mel_distance(audio.waveform[0], target)),
-            "predicted": classifier.predict(audio.waveform, 16000)[0], "seconds": 0.0,
-        })
-        for name, (editor, prompt) in editors.items():
-            t0 = time.perf_counter()
-            output = editor.edit(audio, source=source.prompt, target=prompt, seed=args.seed + index).audio[0]
-            rows.append({
-                "method": name, "source": source.instrument, "melody": source.melody_id,
-                "pcc": cqt1_pcc(audio.waveform[0], output), "distance": float(log_mel_distance(output, target)),
-                "predicted": classifier.predict(output[None], 16000)[0], "seconds": time.perf_counter() - t0,
+    try:
+        for index, source in enumerate(sources):
+            audio = load_audio(args.data.parent / source.audio)
+            audio = type(audio)(audio.waveform[..., :crop], audio.sample_rate)
+            target = load_audio(args.data.parent / truth[source.melody_id].audio).waveform[0, :crop]
+            rows.append({  # the unedited source: where an edit starts from
+                "method": "unedited source", "source": source.instrument, "melody": source.melody_id,
+                "pcc": 1.0, "distance": float(log_mel_distance(audio.waveform[0], target)),
+                "predicted": classifier.predict(audio.waveform, 16000)[0], "seconds": 0.0,
             })
-        print(f"[{index + 1}/{len(sources)}] {source.melody_id}: {source.instrument}", flush=True)
+            for name, (editor, prompt) in editors.items():
+                t0 = time.perf_counter()
+                output = editor.edit(audio, source=source.prompt, target=prompt, seed=args.seed + index).audio[0]
+                rows.append({
+                    "method": name, "source": source.instrument, "melody": source.melody_id,
+                    "pcc": cqt1_pcc(audio.waveform[0], output), "distance": float(log_mel_distance(output, target)),
+                    "predicted": classifier.predict(output[None], 16000)[0], "seconds": time.perf_counter() - t0,
+                })
+            print(f"[{index + 1}/{len(sources)}] {source.melody_id}: {source.instrument}", flush=True)
+    finally:
+        for editor, _ in editors.values():
+            editor.close()  # each SteerMusic+ holds its own LoRA adapter in the shared denoiser
     lines = ["| method | CQT-1 PCC ↑ | log-mel L1 to truth ↓ | heard as target ↑ | s / edit |", "|---|---|---|---|---|"]
     summary = {}
     for name in ["unedited source", *editors]:
