@@ -159,14 +159,15 @@ class Performance:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=False, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs live in memory its next
-        replay overwrites, so they are cloned (one copy of each output) and the outputs of
-        earlier calls in a step stay valid.
+        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
+        ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
+        (one copy of each output) and the outputs of earlier calls in a step stay valid.
         """
         if not self.compile:
             return None
-        cuda_graphs = device.type == "cuda" and self.compile_backend == "inductor"
-        mode = "reduce-overhead" if cuda_graphs else None
+        inductor = self.compile_backend == "inductor"
+        cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
+        mode = "reduce-overhead" if cuda_graphs and inductor else None
 
         def compile_fn(fn: Fn) -> Fn:
             compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
