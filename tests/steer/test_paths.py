@@ -310,3 +310,15 @@ def test_gradient_checkpointing_keeps_less_for_the_same_gradient(tiny_backbone, 
     full = _saved_bytes(_plus(tiny_backbone, lora, "batched", steps=1), latent)
     kept = _saved_bytes(_plus(tiny_backbone, lora, "checkpointed", steps=1), latent)
     assert kept < 0.5 * full, (kept, full)  # measured 1.07 MB against 11.9 MB
+
+
+def test_cuda_graph_outputs_are_copied():
+    """What a compiled call returns under CUDA graphs (ε̂, features by name) is copied out of
+    the graph's memory, which its next replay overwrites."""
+    from steer.performance import _clone
+
+    eps, feature = torch.ones(2), torch.zeros(3)
+    out_eps, out_features = _clone((eps, {"attn1": feature}))
+    assert out_eps.data_ptr() != eps.data_ptr() and out_features["attn1"].data_ptr() != feature.data_ptr()
+    torch.testing.assert_close(out_features["attn1"], feature)
+    assert Performance().compiler(torch.device("cuda")) is None  # nothing compiled, nothing copied
