@@ -38,6 +38,9 @@ class AudioLDM2Backbone(MelVAEBackbone):
     """
 
     family = "audioldm2"
+    pipeline_class = AudioLDM2Pipeline
+    description = "an AudioLDM2 pipeline"
+    example_repo = "cvssp/audioldm2-music"
 
     @staticmethod
     def _checkpoint(module: nn.Module, *args: Any) -> Any:
@@ -56,9 +59,6 @@ class AudioLDM2Backbone(MelVAEBackbone):
                 cross_attention_kwargs=attention_kwargs, attention_mask=mask, encoder_attention_mask=states_mask,
             )
         return checkpoint_call(module, *args)
-    pipeline_class = AudioLDM2Pipeline
-    description = "an AudioLDM2 pipeline"
-    example_repo = "cvssp/audioldm2-music"
 
     @classmethod
     def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> AudioLDM2Pipeline:

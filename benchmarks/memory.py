@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from steer.performance import PRESETS
+
 RECIPES = ("steermusic", "steermusic_plus")
 
 
@@ -33,7 +35,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
 
 
-def measure(recipe: str, real_size: bool, path: str) -> dict[str, float]:
+def measure(recipe: str, real_size: bool, path: str) -> dict[str, int]:
     """Bytes of weights and the rise of the peak resident set during one step (this process)."""
     import torch
 
@@ -63,7 +65,8 @@ def measure(recipe: str, real_size: bool, path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
-    parser.add_argument("--path", default="batched", help="execution path preset (default batched)")
+    parser.add_argument("--path", default="batched", choices=[p for p in PRESETS if not PRESETS[p].compile],
+                        help="execution path preset (default batched)")
     parser.add_argument("--recipe", choices=RECIPES, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.recipe:
@@ -76,12 +79,14 @@ def main(argv: list[str] | None = None) -> None:
         # follows the live tensors (by default freed heap stays resident and hides the peak)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         out = subprocess.run(command + (["--real-size"] if args.real_size else []), capture_output=True,
-                             text=True, check=True, env=env)
+                             text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"measuring {recipe} failed:\n{out.stderr}")
         figures[recipe] = json.loads(out.stdout.strip().splitlines()[-1])
         mib = {k: v / 2**20 for k, v in figures[recipe].items()}
-        print(f"{recipe}: weights {mib['weights']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
+        print(f"{recipe}: denoiser weights {mib['weights']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
     total = {r: f["weights"] + f["step_rise"] for r, f in figures.items()}
-    print(f"SteerMusic+ / SteerMusic (weights + step), {args.path}, CPU proxy: "
+    print(f"SteerMusic+ / SteerMusic (denoiser weights + step), {args.path}, CPU proxy: "
           f"{total['steermusic_plus'] / total['steermusic']:.2f}x")
 
 

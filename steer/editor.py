@@ -257,10 +257,12 @@ class Editor(LatentEditor):
                 feature_modules(model, features[name])
             compiler = self.performance.compiler(device)
             checkpointing = self.performance.checkpointing
-            predictors = {
-                name: Predictor(model, features[name], compiler, checkpointing=checkpointing)
-                for name, model in models.items()
-            }
+            with contextlib.ExitStack() as made:  # a predictor that fails closes those made before it
+                predictors = {}
+                for name, model in models.items():
+                    predictors[name] = Predictor(model, features[name], compiler, checkpointing=checkpointing)
+                    made.callback(predictors[name].close)
+                made.pop_all()
             return _Runtime(device, predictors, compiler)
 
         if not self.performance.compile:

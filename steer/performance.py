@@ -33,7 +33,6 @@ PATHS = ("reference", "batched")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-
 @dataclass(frozen=True)
 class Performance:
     """The execution path of an editor's steps.
@@ -66,11 +65,12 @@ class Performance:
             (DDS, PDS, shift) need none: they are formed from float32 predictions.
         checkpointing: gradient checkpointing of the denoiser calls that backpropagate
             (SteerMusic+'s personalised call, for PCon): each block keeps only its inputs and
-            recomputes the rest in the backward pass, for about one more forward of that call
-            per step. On the real-size UNet (CPU proxy, ``python -m benchmarks.memory``) it cut
-            what a SteerMusic+ step adds to the weights from 1522 MiB to 304 MiB (SteerMusic:
-            125 MiB), SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower
-            (CPU, 17.8 → 25.1 s). Not with ``compile`` yet.
+            recomputes the rest in the backward pass (diffusers nests the checkpoints, so the
+            attention blocks' transformers are recomputed twice). On the real-size UNet (CPU
+            proxy, ``python -m benchmarks.memory``) it cut what a SteerMusic+ step adds to the
+            denoiser's weights from 1522 MiB to 304 MiB (SteerMusic: 125 MiB),
+            SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower (CPU,
+            17.8 → 25.1 s). Not with ``compile`` yet.
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).

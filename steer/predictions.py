@@ -63,7 +63,8 @@ class Predictor:
             ``None`` runs eagerly.
         checkpointing: when a feature request needs gradients, switch on the model's
             :attr:`~backbones.Backbone.gradient_checkpointing` until :meth:`close` (if it was
-            off).
+            off). If it is on already, the backbone's checkpoint function is installed anyway:
+            diffusers' own would recompute ε′ with a LoRA concept's adapter switched off.
     """
 
     def __init__(
@@ -77,15 +78,21 @@ class Predictor:
         self.model = model
         #: the modules each feature request selects, in the model's order
         self.names = {f: feature_modules(model, [f]) for f in features}
-        # switched on here (raising before any hook if the denoiser cannot), off in close()
-        self._checkpointing = checkpointing and any(f.grad for f in features) and not model.gradient_checkpointing
-        if self._checkpointing:
-            model.gradient_checkpointing = True
         observed = [n for n in model.self_attention_modules() if any(n in v for v in self.names.values())]
-        self.tap = FeatureTap(model.denoiser, observed) if observed else None
         compile_fn = compiler or (lambda fn: fn)
         self._plain = compile_fn(model.predict_noise)
+        self.tap = FeatureTap(model.denoiser, observed) if observed else None
         self._recorded = compile_fn(self._record) if self.tap is not None else None
+        # last, so nothing above can raise with it switched on; off again in close()
+        grad = any(f.grad for f in features)
+        self._checkpointing = checkpointing and grad and not model.gradient_checkpointing
+        if grad and (checkpointing or model.gradient_checkpointing):
+            try:
+                model.gradient_checkpointing = True
+            except BaseException:
+                self._checkpointing = False
+                self.close()
+                raise
 
     def _record(
         self, x_t: Tensor, t: Tensor, cond: Conditioning, guidance_scale: float | Tensor
@@ -106,7 +113,7 @@ class Predictor:
         if not record:
             return self._plain(x_t, t, cond, guidance_scale), {}
         if self._recorded is None:
-            raise ValueError("this predictor observes no modules: pass the names to record")
+            raise ValueError("this predictor observes no modules: make it with the feature requests to answer")
         try:
             return self._recorded(x_t, t, cond, guidance_scale)
         except BaseException:
@@ -150,6 +157,8 @@ def _call(
         latent_shape = latents[group[0].latent].shape
         for f in features:
             start = rows.start + group.index(f.request) * batch
+            if f not in predictor.names:
+                raise ValueError(f"the predictor of model {f.request.model!r} was not made for {f}: pass it the request")
             out[f] = {}
             for name in predictor.names[f]:
                 h = captured[name][start : start + batch]  # (B, T·F, C), conditional rows

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones import Backbone, Conditioning
+from backbones.adapter_state import adapter_state, set_adapter_state
 from backbones.mel_diffusion import MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
 
@@ -138,26 +139,6 @@ def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})]
 
 
-def _set_adapter_state(layer: nn.Module, active: list[str] | str, disabled: bool) -> None:
-    """Switch a peft layer's active adapters without touching ``requires_grad``.
-
-    peft's public ``enable_adapters``/``set_adapter`` also flip ``requires_grad`` of every adapter
-    parameter (~17 µs per layer, ~25 ms per call on AudioLDM2's 384 adapted projections); the two
-    attributes below are what its forward reads. They are written to the instance dict, as
-    ``nn.Module.__setattr__`` would for plain values, without its checks: switching the 384
-    layers twice per personalised call took 2.3 ms that way, 0.16 ms this way. Tests pin the
-    behaviour.
-    """
-    vars(layer).update(_active_adapter=active, _disable_adapters=disabled)
-
-
-def _adapter_state(layer: nn.Module) -> tuple[list[str] | str, bool]:
-    """What :func:`_set_adapter_state` sets, read from the instance dict (peft's properties cost
-    more than the read)."""
-    state = vars(layer)
-    return state["_active_adapter"], state["_disable_adapters"]
-
-
 def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] | None) -> list[nn.Module]:
     """Inject a LoRA adapter ``name`` (switched off, frozen) into ``model``; returns its layers."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
@@ -187,7 +168,7 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
     for layer in layers:
         for key in ("lora_A", "lora_B"):
             getattr(layer, key)[name].requires_grad_(False)
-        _set_adapter_state(layer, list(layer.active_adapters), True)
+        set_adapter_state(layer, list(layer.active_adapters), True)
     return layers
 
 
@@ -197,7 +178,7 @@ def remove_lora(model: nn.Module, name: str) -> None:
     for qualified, layer in [(n, m) for n, m in model.named_modules() if id(m) in adapted]:
         others = [a for a in layer.lora_A if a != name]
         if others:
-            _set_adapter_state(layer, [a for a in layer.active_adapters if a != name] or others[:1], layer.disable_adapters)
+            set_adapter_state(layer, [a for a in layer.active_adapters if a != name] or others[:1], layer.disable_adapters)
             layer.delete_adapter(name)
         else:
             parent, _, child = qualified.rpartition(".")
@@ -331,15 +312,15 @@ class PersonalizedBackbone(Backbone):
         if not self._lora_layers:
             yield
             return
-        saved = [(layer, *_adapter_state(layer)) for layer in self._lora_layers]
+        saved = [(layer, *adapter_state(layer)) for layer in self._lora_layers]
         active = [self.adapter_name]
         try:
             for layer, _, _ in saved:
-                _set_adapter_state(layer, active, False)
+                set_adapter_state(layer, active, False)
             yield
         finally:
             for layer, active, disabled in saved:
-                _set_adapter_state(layer, active, disabled)
+                set_adapter_state(layer, active, disabled)
 
     # -- the Backbone interface -------------------------------------------------------------------
     @property

@@ -301,24 +301,46 @@ def _saved_bytes(editor, latent):
 
 def test_gradient_checkpointing_keeps_less_for_the_same_gradient(tiny_backbone, lora, latent):
     plain = _first_gradient(_plus(tiny_backbone, lora, "batched", steps=1), latent, **PROMPTS)
-    during = []
-    editor = _plus(tiny_backbone, lora, "checkpointed", steps=1)
-    states = []
-    editor.edit_latent(latent, seed=5, callback=lambda s: (states.append(s), during.append(tiny_backbone.gradient_checkpointing)), **PROMPTS)
+    states, during = [], []
+
+    def callback(state):
+        states.append(state)
+        during.append(tiny_backbone.gradient_checkpointing)
+
+    _plus(tiny_backbone, lora, "checkpointed", steps=1).edit_latent(latent, seed=5, callback=callback, **PROMPTS)
     torch.testing.assert_close(states[0].gradient, plain, rtol=1e-5, atol=1e-6)
     assert during == [True] and not tiny_backbone.gradient_checkpointing  # on for the edit only
     full = _saved_bytes(_plus(tiny_backbone, lora, "batched", steps=1), latent)
     kept = _saved_bytes(_plus(tiny_backbone, lora, "checkpointed", steps=1), latent)
+    # What autograd keeps outside the checkpointed blocks (inside, the checkpoint's own hooks
+    # take over): it shows the blocks are checkpointed, not the memory a GPU would save.
     assert kept < 0.5 * full, (kept, full)  # measured 1.07 MB against 11.9 MB
 
 
-def test_cuda_graph_outputs_are_copied():
-    """What a compiled call returns under CUDA graphs (ε̂, features by name) is copied out of
-    the graph's memory, which its next replay overwrites."""
-    from steer.performance import _clone
+def test_a_predictor_that_cannot_be_made_leaves_no_hooks_and_no_checkpointing(tiny_backbone, lora, latent, monkeypatch):
+    monkeypatch.setattr(type(tiny_backbone.denoiser), "_supports_gradient_checkpointing", False)
+    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+        _plus(tiny_backbone, lora, "checkpointed", steps=1).edit_latent(latent, **PROMPTS)
+    assert _hooks(tiny_backbone) == 0 and not tiny_backbone.gradient_checkpointing
 
+
+def test_cuda_graph_outputs_are_copied(monkeypatch):
+    """What a compiled call returns under CUDA graphs (ε̂, features by name) is copied out of
+    the graph's memory, which its next replay overwrites; other backends' outputs are not."""
+    modes = []
+
+    def compile_(fn, **kwargs):  # records how torch.compile was asked, compiles nothing
+        modes.append(kwargs["mode"])
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile_)
     eps, feature = torch.ones(2), torch.zeros(3)
-    out_eps, out_features = _clone((eps, {"attn1": feature}))
-    assert out_eps.data_ptr() != eps.data_ptr() and out_features["attn1"].data_ptr() != feature.data_ptr()
-    torch.testing.assert_close(out_features["attn1"], feature)
-    assert Performance().compiler(torch.device("cuda")) is None  # nothing compiled, nothing copied
+    cases = [("cuda", "inductor", "reduce-overhead", True), ("cuda", "cudagraphs", None, True),
+             ("cuda", "aot_eager", None, False), ("cpu", "inductor", None, False)]
+    for device, backend, mode, copied in cases:
+        compiler = Performance(compile=True, compile_backend=backend).compiler(torch.device(device))
+        out_eps, out_features = compiler(lambda: (eps, {"attn1": feature}))()
+        assert modes[-1] == mode
+        assert (out_eps.data_ptr() != eps.data_ptr()) == copied, (device, backend)
+        assert (out_features["attn1"].data_ptr() != feature.data_ptr()) == copied, (device, backend)
+        torch.testing.assert_close(out_features["attn1"], feature)
