@@ -78,7 +78,7 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         choices=sorted(PRESETS),
         default="batched",
         help="execution path: reference (the authors' loop), batched, bf16, fp16 (with loss "
-        "scaling), fused (bf16 + compile + fused kernels)",
+        "scaling), checkpointed (less memory for SteerMusic+), fused (bf16 + compile + fused kernels)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
