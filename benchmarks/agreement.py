@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, lora_concept
-from steer import Editor, SteerMusic, SteerMusicPlus
-from steer.performance import PRESETS, Performance
+from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
+from steer import Editor
+from steer.performance import PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
 
@@ -44,16 +44,8 @@ def agreement(
     backbone = build_backbone(real_size=real_size, device=device)
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
-    if recipe == "steermusic":
-        def make(performance: Performance) -> Editor:
-            return SteerMusic(backbone, steps=1, performance=performance)
-    else:
-        concept = lora_concept()
-
-        def make(performance: Performance) -> Editor:
-            return SteerMusicPlus(backbone, concept, steps=1, performance=performance)
     # one editor per path, reused for every seed: a compiled one traces its calls once
-    editors = {path: make(PRESETS[path]) for path in ["reference", *paths]}
+    editors = {path: make_editor(recipe, backbone, PRESETS[path], steps=1) for path in ["reference", *paths]}
     rows = []
     try:
         for seed in seeds:

@@ -39,20 +39,14 @@ def measure(recipe: str, real_size: bool, path: str) -> dict[str, int]:
     """Bytes of weights and the rise of the peak resident set during one step (this process)."""
     import torch
 
-    from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, lora_concept
-    from steer import SteerMusic, SteerMusicPlus
-    from steer.performance import PRESETS
+    from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
 
     torch.set_num_threads(1)
     backbone = build_backbone(real_size=real_size, device=torch.device("cpu"))
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     prompts = {"source": "a piano melody", "target": "a sks guitar melody"}
-    if recipe == "steermusic":
-        editor = SteerMusic(backbone, steps=1, performance=PRESETS[path])
-    else:
-        editor = SteerMusicPlus(backbone, lora_concept(), steps=1, performance=PRESETS[path])
-    with editor:
+    with make_editor(recipe, backbone, PRESETS[path], steps=1) as editor:
         editor.edit_latent(latent, **prompts)  # warm-up: prompt encodings cached, kernels chosen
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
         before = _status("VmRSS")

@@ -17,8 +17,9 @@ from diffusers.pipelines.audioldm2 import AudioLDM2UNet2DConditionModel
 
 from backbones import AudioLDM2Backbone, Conditioning
 from backbones.tiny import tiny_audioldm2_pipeline
-from steer import Concept
+from steer import Concept, Editor, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
+from steer.performance import Performance
 
 #: 10.24 s of audio: (batch, channels, time, frequency).
 REAL_LATENT = (8, 256, 16)
@@ -90,3 +91,11 @@ def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbon
     if real_size:
         return RealSizeBackbone.build().to(device)
     return AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline()).to(device)
+
+
+def make_editor(recipe: str, backbone: AudioLDM2Backbone, performance: Performance, steps: int) -> Editor:
+    """The benchmarks' editor: ``"steermusic"``, or ``"steermusic_plus"`` with :func:`lora_concept`
+    (close it to remove the adapter)."""
+    if recipe == "steermusic":
+        return SteerMusic(backbone, steps=steps, performance=performance)
+    return SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from benchmarks.mfu import count_flops, mfu
-from benchmarks.models import lora_concept
-from steer import SteerMusic, SteerMusicPlus
+from benchmarks.models import make_editor
 from steer.performance import Performance
 
 RECIPES = ("steermusic", "steermusic_plus")
@@ -32,12 +31,6 @@ def performance(path: str, compile: bool) -> Performance:
     """The path's preset; without ``compile`` where compiling is off (the CPU by default)."""
     preset = Performance.preset(path)
     return preset if compile or not preset.compile else Performance(precision=preset.precision, fused=preset.fused)
-
-
-def make_editor(recipe: str, backbone, perf: Performance, steps: int):
-    if recipe == "steermusic":
-        return SteerMusic(backbone, steps=steps, performance=perf)
-    return SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=perf)
 
 
 def _sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ from losses.fused import noise_pair, triton_available
 
 from .audio import Audio
 from .performance import Performance
-from .predictions import Predictor, evaluate_requests, feature_modules, unique
+from .predictions import Predictor, evaluate_requests, unique
 
 
 @dataclass(frozen=True)
@@ -253,8 +253,6 @@ class Editor(LatentEditor):
 
         def build() -> _Runtime:
             features = {name: [f for f in self.feature_requests if f.request.model == name] for name in models}
-            for name, model in models.items():  # a bad layer pattern raises before any hook is installed
-                feature_modules(model, features[name])
             compiler = self.performance.compiler(device)
             checkpointing = self.performance.checkpointing
             with contextlib.ExitStack() as made:  # a predictor that fails closes those made before it

@@ -78,7 +78,7 @@ class Predictor:
         self.model = model
         #: the modules each feature request selects, in the model's order
         self.names = {f: feature_modules(model, [f]) for f in features}
-        observed = [n for n in model.self_attention_modules() if any(n in v for v in self.names.values())]
+        observed = feature_modules(model, features)  # every request's, in the model's order
         compile_fn = compiler or (lambda fn: fn)
         self._plain = compile_fn(model.predict_noise)
         self.tap = FeatureTap(model.denoiser, observed) if observed else None
