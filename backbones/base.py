@@ -34,7 +34,14 @@ def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> objec
     so by the backward pass the adapter is off again: the recomputation would run the base
     model. Each peft layer's switches (``_active_adapter``, ``_disable_adapters``) are read at
     the forward and set again around the recomputation.
+
+    Traced by ``torch.compile``, it is the plain call: dynamo cannot trace the recomputation's
+    context, a compiled graph keeps the adapter state it was traced with, and what a compiled
+    backward pass recomputes is the partitioner's choice
+    (:func:`steer.performance.recomputing_backend`).
     """
+    if torch.compiler.is_compiling():
+        return module(*args, **kwargs)
     layers = [m for m in module.modules() if is_adapter_layer(m)]
     forward = [adapter_state(m) for m in layers]
 

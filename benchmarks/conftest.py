@@ -74,16 +74,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     write(
         f"steer step benchmarks: {model}, latent (B, {', '.join(map(str, settings.latent_shape))}), "
         f"{settings.device.type}, torch {torch.__version__}, {settings.steps} steps per timed edit, "
-        f"fused path compiled: {'yes' if settings.compile else 'no'}; "
+        f"fused paths compiled: {'yes' if settings.compile else 'no'}; "
         f"MFU against the {settings.peak.label} = {settings.peak.flops_per_s / 1e12:.3g} TFLOP/s"
     )
-    write(f"{'recipe':<16}{'B':>3} {'path':<10}{'ms/step':>10}{'s/400-step edit':>17}{'peak MiB':>10}{'MFU':>8}{'vs reference':>14}")
+    width = max(len(path) for paths in settings.results.values() for path in paths) + 1
+    write(f"{'recipe':<16}{'B':>3} {'path':<{width}}{'ms/step':>10}{'s/400-step edit':>17}{'peak MiB':>10}{'MFU':>8}{'vs reference':>14}")
     for (recipe, batch), paths in sorted(settings.results.items()):
         reference = paths.get("reference", {}).get("ms_per_step")
         for path, r in paths.items():
             memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             speedup = "" if reference is None else f"{reference / r['ms_per_step']:.2f}x"
             write(
-                f"{recipe:<16}{batch:>3} {path:<10}{r['ms_per_step']:>10.2f}{r['ms_per_step'] * 0.4:>17.2f}"
+                f"{recipe:<16}{batch:>3} {path:<{width}}{r['ms_per_step']:>10.2f}{r['ms_per_step'] * 0.4:>17.2f}"
                 f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}"
             )

@@ -9,6 +9,7 @@ raise its MFU.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -19,7 +20,7 @@ from benchmarks.models import make_editor
 from steer.performance import Performance
 
 RECIPES = ("steermusic", "steermusic_plus")
-PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused")
+PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
 BATCHES = (1, 8)
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
@@ -30,7 +31,7 @@ PROMPTS = {
 def performance(path: str, compile: bool) -> Performance:
     """The path's preset; without ``compile`` where compiling is off (the CPU by default)."""
     preset = Performance.preset(path)
-    return preset if compile or not preset.compile else Performance(precision=preset.precision, fused=preset.fused)
+    return preset if compile else dataclasses.replace(preset, compile=False)
 
 
 def _sync(device: torch.device) -> None:

@@ -254,7 +254,8 @@ class Editor(LatentEditor):
         def build() -> _Runtime:
             features = {name: [f for f in self.feature_requests if f.request.model == name] for name in models}
             compiler = self.performance.compiler(device)
-            checkpointing = self.performance.checkpointing
+            # compiled: the backend's memory budget recomputes instead (Performance.compiler)
+            checkpointing = self.performance.checkpointing and compiler is None
             with contextlib.ExitStack() as made:  # a predictor that fails closes those made before it
                 predictors = {}
                 for name, model in models.items():

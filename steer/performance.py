@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch._dynamo import lookup_backend
 
 from losses.base import Fn
 from losses.fused import triton_available
@@ -63,14 +64,17 @@ class Performance:
             x's gradient divided by it after; a step whose scaled backward overflows is skipped
             (counted in ``EditResult.skipped_steps``) and the scale halves. Score gradients
             (DDS, PDS, shift) need none: they are formed from float32 predictions.
-        checkpointing: gradient checkpointing of the denoiser calls that backpropagate
-            (SteerMusic+'s personalised call, for PCon): each block keeps only its inputs and
-            recomputes the rest in the backward pass (diffusers nests the checkpoints, so the
-            attention blocks' transformers are recomputed twice). On the real-size UNet (CPU
-            proxy, ``python -m benchmarks.memory``) it cut what a SteerMusic+ step adds to the
-            denoiser's weights from 1522 MiB to 304 MiB (SteerMusic: 125 MiB),
-            SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower (CPU,
-            17.8 → 25.1 s). Not with ``compile`` yet.
+        checkpointing: recompute activations in the backward pass instead of keeping them,
+            for the denoiser calls that backpropagate (SteerMusic+'s personalised call, for
+            PCon). Eager: gradient checkpointing, each block keeping only its inputs (diffusers
+            nests the checkpoints, so the attention blocks' transformers are recomputed twice).
+            On the real-size UNet (CPU proxy, ``python -m benchmarks.memory``) it cut what a
+            SteerMusic+ step adds to the denoiser's weights from 1522 MiB to 304 MiB
+            (SteerMusic: 125 MiB), SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the
+            step 1.41× slower (CPU, 17.8 → 25.1 s). With ``compile``: the compiled graphs are
+            partitioned with AOTAutograd's activation memory budget at 0 (recompute all it
+            can, the whole-graph form of checkpointing), which needs no hooks in the backward
+            pass and keeps the LoRA adapter state the graph was traced with.
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).
@@ -91,15 +95,11 @@ class Performance:
             raise ValueError(
                 f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
             )
-        if self.compile and self.checkpointing:
-            # dynamo (torch 2.11) cannot trace a checkpoint's context_fn, which the recomputation
-            # needs to switch a LoRA concept's adapter back on
-            raise ValueError("checkpointing=True does not compile yet: use compile=False, or checkpointing=False")
 
     @classmethod
     def preset(cls, name: str) -> Performance:
         """The paths by name: ``reference``, ``batched``, ``bf16``, ``fp16``, ``checkpointed``,
-        ``fused``."""
+        ``fused``, ``fused-checkpointed``."""
         if name not in PRESETS:
             raise ValueError(f"unknown performance preset {name!r}: use one of {', '.join(PRESETS)}")
         return PRESETS[name]
@@ -159,7 +159,9 @@ class Performance:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=False, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
+        ``mode="reduce-overhead"`` (CUDA graphs); with :attr:`checkpointing`, the backend
+        partitions forward and backward at activation memory budget 0
+        (:func:`recomputing_backend`). A CUDA graph's outputs (inductor's, or the
         ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
         """
@@ -168,9 +170,12 @@ class Performance:
         inductor = self.compile_backend == "inductor"
         cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
         mode = "reduce-overhead" if cuda_graphs and inductor else None
+        backend: str | Callable[..., Any] = self.compile_backend
+        if self.checkpointing:
+            backend, mode = recomputing_backend(self.compile_backend, mode), None
 
         def compile_fn(fn: Fn) -> Fn:
-            compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
+            compiled = torch.compile(fn, dynamic=False, backend=backend, mode=mode)
             if not cuda_graphs:
                 return compiled
 
@@ -181,6 +186,27 @@ class Performance:
             return cloned  # type: ignore[return-value]
 
         return compile_fn
+
+
+@functools.cache
+def recomputing_backend(name: str, mode: str | None) -> Callable[[torch.fx.GraphModule, list[Tensor]], Any]:
+    """The ``torch.compile`` backend ``name`` (in ``mode``) that partitions each graph's forward
+    and backward with AOTAutograd's ``activation_memory_budget`` at 0: the backward pass
+    recomputes every activation it can instead of keeping it.
+
+    The budget is read when a graph is compiled, so it is set around the backend, not around
+    the calls; and a graph is reused only under the backend it was compiled with (dynamo checks
+    the backend), so graphs compiled with and without the budget never stand in for each
+    other. One object per ``(name, mode)``: editors with the same settings share graphs.
+    """
+    # what torch.compile itself builds for inductor in a mode (torch 2.11); other backends take no mode
+    inner = torch._TorchCompileInductorWrapper(mode, None, False) if name == "inductor" else lookup_backend(name)
+
+    def backend(graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Any:
+        with torch._functorch.config.patch(activation_memory_budget=0.0):
+            return inner(graph, example_inputs)
+
+    return backend
 
 
 def _clone(value: Any) -> Any:
@@ -201,4 +227,5 @@ PRESETS: dict[str, Performance] = {
     "fp16": Performance(precision="fp16"),
     "checkpointed": Performance(checkpointing=True),
     "fused": Performance(precision="bf16", compile=True, fused=True),
+    "fused-checkpointed": Performance(precision="bf16", compile=True, fused=True, checkpointing=True),
 }

@@ -50,3 +50,15 @@ def test_a_denoiser_without_checkpointing_is_a_clear_error(tiny_backbone, monkey
     with pytest.raises(ValueError, match="does not support gradient checkpointing"):
         tiny_backbone.gradient_checkpointing = True
     assert not tiny_backbone.gradient_checkpointing
+
+
+def test_traced_by_dynamo_it_is_the_plain_call():
+    """dynamo cannot trace the recomputation's context (it raised before); traced, the call is
+    plain and the compiled graph keeps the adapter state of its trace."""
+    from torch._dynamo import reset
+
+    reset()
+    net, layers = _adapted()
+    expected = _gradient(net, layers, lambda n, x: n(x))
+    compiled = torch.compile(checkpoint_call, backend="aot_eager", dynamic=False)
+    torch.testing.assert_close(_gradient(net, layers, compiled), expected)
