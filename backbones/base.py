@@ -8,10 +8,9 @@ a closed-form ε drops in for tests (the k-diffusion idea of one wrapped call si
 
 from __future__ import annotations
 
-import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import einops
 import torch
@@ -32,34 +31,42 @@ def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> objec
 
     A LoRA concept shares the base denoiser and switches its adapter on only during ε′'s calls,
     so by the backward pass the adapter is off again: the recomputation would run the base
-    model. Each peft layer's switches (``_active_adapter``, ``_disable_adapters``) are read at
-    the forward and set again around the recomputation.
+    model. Run eagerly, the checkpointed function reads each peft layer's switches
+    (``_active_adapter``, ``_disable_adapters``) at the forward and sets them again around the
+    recomputation.
 
-    Traced by ``torch.compile``, it is the plain call: dynamo cannot trace the recomputation's
-    context, a compiled graph keeps the adapter state it was traced with, and what a compiled
-    backward pass recomputes is the partitioner's choice
-    (:func:`steer.performance.recomputing_backend`).
+    Traced by ``torch.compile``, the checkpoint becomes a region of the compiled graph that the
+    compiled backward pass recomputes, with the adapter state of the trace: no switching is
+    needed. A module with forward hooks inside (a :class:`hooks.FeatureTap` recording PCon's
+    features) is called without a checkpoint there, since dynamo cannot trace a hook's side
+    effects inside a checkpoint and would fall back to eager code.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and _has_hooks(module):
         return module(*args, **kwargs)
-    layers = [m for m in module.modules() if is_adapter_layer(m)]
-    forward = [adapter_state(m) for m in layers]
+    forward: list[tuple[nn.Module, object]] | None = None  # each peft layer and its state at the forward
 
-    @contextlib.contextmanager
-    def as_in_forward() -> Iterator[None]:
-        now = [adapter_state(m) for m in layers]
+    def run(*args: object, **kwargs: object) -> object:
+        nonlocal forward
+        if torch.compiler.is_compiling():  # traced: the graph keeps its trace's adapter state
+            return module(*args, **kwargs)
+        if forward is None:
+            forward = [(m, adapter_state(m)) for m in module.modules() if is_adapter_layer(m)]
+            return module(*args, **kwargs)
+        now = [(m, adapter_state(m)) for m, _ in forward]
         try:
-            for m, state in zip(layers, forward):
+            for m, state in forward:
                 set_adapter_state(m, *state)
-            yield
+            return module(*args, **kwargs)
         finally:
-            for m, state in zip(layers, now):
+            for m, state in now:
                 set_adapter_state(m, *state)
 
-    def contexts() -> tuple[contextlib.AbstractContextManager[None], contextlib.AbstractContextManager[None]]:
-        return contextlib.nullcontext(), as_in_forward()
+    return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
-    return checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts, **kwargs)
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` or a module inside it has forward hooks."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 class Backbone(ABC):

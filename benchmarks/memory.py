@@ -8,14 +8,19 @@ weights are counted from the parameters. CPU kernels (attention in particular) k
 temporaries than CUDA's, so read the ratio as an estimate of the issue's "SteerMusic+ ≤ 1.2×
 SteerMusic", not as the GPU figure.
 
+Compiled paths are compiled with ``--compile-backend`` (default ``aot_eager``: dynamo and
+AOTAutograd's forward/backward partition, which decide what a step keeps, without inductor's
+code generation, which takes many minutes on a CPU).
+
 Usage::
 
-    python -m benchmarks.memory --real-size
+    python -m benchmarks.memory --real-size [--path fused-checkpointed]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,7 +40,7 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
 
 
-def measure(recipe: str, real_size: bool, path: str) -> dict[str, int]:
+def measure(recipe: str, real_size: bool, path: str, compile_backend: str) -> dict[str, int]:
     """Bytes of weights and the rise of the peak resident set during one step (this process)."""
     import torch
 
@@ -46,7 +51,8 @@ def measure(recipe: str, real_size: bool, path: str) -> dict[str, int]:
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     prompts = {"source": "a piano melody", "target": "a sks guitar melody"}
-    with make_editor(recipe, backbone, PRESETS[path], steps=1) as editor:
+    performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend)
+    with make_editor(recipe, backbone, performance, steps=1) as editor:
         editor.edit_latent(latent, **prompts)  # warm-up: prompt encodings cached, kernels chosen
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
         before = _status("VmRSS")
@@ -59,16 +65,18 @@ def measure(recipe: str, real_size: bool, path: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
-    parser.add_argument("--path", default="batched", choices=[p for p in PRESETS if not PRESETS[p].compile],
-                        help="execution path preset (default batched)")
+    parser.add_argument("--path", default="batched", choices=list(PRESETS), help="execution path preset (default batched)")
+    parser.add_argument("--compile-backend", default="aot_eager",
+                        help="torch.compile backend of the compiled paths (default aot_eager)")
     parser.add_argument("--recipe", choices=RECIPES, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
     if args.recipe:
-        print(json.dumps(measure(args.recipe, args.real_size, args.path)))
+        print(json.dumps(measure(args.recipe, args.real_size, args.path, args.compile_backend)))
         return
     figures = {}
     for recipe in RECIPES:
-        command = [sys.executable, "-m", "benchmarks.memory", "--recipe", recipe, "--path", args.path]
+        command = [sys.executable, "-m", "benchmarks.memory", "--recipe", recipe, "--path", args.path,
+                   "--compile-backend", args.compile_backend]
         # glibc: every block ≥ 64 KiB its own mapping, unmapped when freed, so the resident set
         # follows the live tensors (by default freed heap stays resident and hides the peak)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -80,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         mib = {k: v / 2**20 for k, v in figures[recipe].items()}
         print(f"{recipe}: denoiser weights {mib['weights']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
     total = {r: f["weights"] + f["step_rise"] for r, f in figures.items()}
-    print(f"SteerMusic+ / SteerMusic (denoiser weights + step), {args.path}, CPU proxy: "
+    compiled = f" (compiled: {args.compile_backend})" if PRESETS[args.path].compile else ""
+    print(f"SteerMusic+ / SteerMusic (denoiser weights + step), {args.path}{compiled}, CPU proxy: "
           f"{total['steermusic_plus'] / total['steermusic']:.2f}x")
 
 

@@ -79,7 +79,7 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         default="batched",
         help="execution path: reference (the authors' loop), batched, bf16, fp16 (with loss "
         "scaling), checkpointed (less memory for SteerMusic+), fused (bf16 + compile + fused kernels), "
-        "fused-checkpointed (fused, recomputing activations in the backward pass)",
+        "fused-checkpointed (fused + checkpointed)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(

@@ -254,8 +254,7 @@ class Editor(LatentEditor):
         def build() -> _Runtime:
             features = {name: [f for f in self.feature_requests if f.request.model == name] for name in models}
             compiler = self.performance.compiler(device)
-            # compiled: the backend's memory budget recomputes instead (Performance.compiler)
-            checkpointing = self.performance.checkpointing and compiler is None
+            checkpointing = self.performance.checkpointing
             with contextlib.ExitStack() as made:  # a predictor that fails closes those made before it
                 predictors = {}
                 for name, model in models.items():

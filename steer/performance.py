@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch._dynamo import lookup_backend
 
 from losses.base import Fn
 from losses.fused import triton_available
@@ -64,17 +63,19 @@ class Performance:
             x's gradient divided by it after; a step whose scaled backward overflows is skipped
             (counted in ``EditResult.skipped_steps``) and the scale halves. Score gradients
             (DDS, PDS, shift) need none: they are formed from float32 predictions.
-        checkpointing: recompute activations in the backward pass instead of keeping them,
-            for the denoiser calls that backpropagate (SteerMusic+'s personalised call, for
-            PCon). Eager: gradient checkpointing, each block keeping only its inputs (diffusers
-            nests the checkpoints, so the attention blocks' transformers are recomputed twice).
-            On the real-size UNet (CPU proxy, ``python -m benchmarks.memory``) it cut what a
-            SteerMusic+ step adds to the denoiser's weights from 1522 MiB to 304 MiB
-            (SteerMusic: 125 MiB), SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the
-            step 1.41× slower (CPU, 17.8 → 25.1 s). With ``compile``: the compiled graphs are
-            partitioned with AOTAutograd's activation memory budget at 0 (recompute all it
-            can, the whole-graph form of checkpointing), which needs no hooks in the backward
-            pass and keeps the LoRA adapter state the graph was traced with.
+        checkpointing: gradient checkpointing of the denoiser calls that backpropagate
+            (SteerMusic+'s personalised call, for PCon): each block keeps only its inputs and
+            recomputes the rest in the backward pass, with a LoRA concept's adapter as in the
+            forward (diffusers nests the checkpoints, so eagerly the attention blocks'
+            transformers are recomputed twice). On the real-size UNet (CPU proxy,
+            ``python -m benchmarks.memory``) it cut what a SteerMusic+ step adds to the
+            denoiser's weights from 1522 MiB to 304 MiB (SteerMusic: 125 MiB),
+            SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower (CPU,
+            17.8 → 25.1 s). With ``compile`` the checkpointed blocks are traced into the graphs
+            as regions the compiled backward recomputes, except the blocks holding PCon's
+            feature hooks, which dynamo cannot trace inside a checkpoint; compiled in bf16
+            (``fused-checkpointed``) the step's rise fell from 1312 MiB to 157 MiB (SteerMusic:
+            42 MiB), SteerMusic+/SteerMusic 1.92× → 1.08× (CPU proxy, ``aot_eager``).
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).
@@ -159,9 +160,7 @@ class Performance:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=False, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs); with :attr:`checkpointing`, the backend
-        partitions forward and backward at activation memory budget 0
-        (:func:`recomputing_backend`). A CUDA graph's outputs (inductor's, or the
+        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
         ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
         """
@@ -170,12 +169,9 @@ class Performance:
         inductor = self.compile_backend == "inductor"
         cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
         mode = "reduce-overhead" if cuda_graphs and inductor else None
-        backend: str | Callable[..., Any] = self.compile_backend
-        if self.checkpointing:
-            backend, mode = recomputing_backend(self.compile_backend, mode), None
 
         def compile_fn(fn: Fn) -> Fn:
-            compiled = torch.compile(fn, dynamic=False, backend=backend, mode=mode)
+            compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
             if not cuda_graphs:
                 return compiled
 
@@ -186,27 +182,6 @@ class Performance:
             return cloned  # type: ignore[return-value]
 
         return compile_fn
-
-
-@functools.cache
-def recomputing_backend(name: str, mode: str | None) -> Callable[[torch.fx.GraphModule, list[Tensor]], Any]:
-    """The ``torch.compile`` backend ``name`` (in ``mode``) that partitions each graph's forward
-    and backward with AOTAutograd's ``activation_memory_budget`` at 0: the backward pass
-    recomputes every activation it can instead of keeping it.
-
-    The budget is read when a graph is compiled, so it is set around the backend, not around
-    the calls; and a graph is reused only under the backend it was compiled with (dynamo checks
-    the backend), so graphs compiled with and without the budget never stand in for each
-    other. One object per ``(name, mode)``: editors with the same settings share graphs.
-    """
-    # what torch.compile itself builds for inductor in a mode (torch 2.11); other backends take no mode
-    inner = torch._TorchCompileInductorWrapper(mode, None, False) if name == "inductor" else lookup_backend(name)
-
-    def backend(graph: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Any:
-        with torch._functorch.config.patch(activation_memory_budget=0.0):
-            return inner(graph, example_inputs)
-
-    return backend
 
 
 def _clone(value: Any) -> Any:

@@ -52,13 +52,38 @@ def test_a_denoiser_without_checkpointing_is_a_clear_error(tiny_backbone, monkey
     assert not tiny_backbone.gradient_checkpointing
 
 
-def test_traced_by_dynamo_it_is_the_plain_call():
-    """dynamo cannot trace the recomputation's context (it raised before); traced, the call is
-    plain and the compiled graph keeps the adapter state of its trace."""
+def _traced(fn, regions):
+    """``fn`` compiled by dynamo and AOTAutograd (no code generation), counting into
+    ``regions`` the checkpointed regions traced into its graphs."""
     from torch._dynamo import reset
+    from torch._dynamo.backends.debugging import aot_eager
+    from torch._higher_order_ops.wrap import tag_activation_checkpoint
+
+    def backend(graph, example_inputs):
+        regions.append(sum(node.target is tag_activation_checkpoint for node in graph.graph.nodes))
+        return aot_eager(graph, example_inputs)
 
     reset()
+    return torch.compile(fn, backend=backend, dynamic=False)
+
+
+def test_traced_by_dynamo_it_is_a_region_of_the_graph():
+    """Compiled, the checkpoint is traced (dynamo cannot trace the recomputation's adapter
+    switching, which it needs no more: the graph keeps its trace's adapter state)."""
     net, layers = _adapted()
     expected = _gradient(net, layers, lambda n, x: n(x))
-    compiled = torch.compile(checkpoint_call, backend="aot_eager", dynamic=False)
-    torch.testing.assert_close(_gradient(net, layers, compiled), expected)
+    regions = []
+    torch.testing.assert_close(_gradient(net, layers, _traced(checkpoint_call, regions)), expected)
+    assert regions == [1]
+
+
+def test_a_module_with_hooks_is_not_checkpointed_when_traced():
+    """A hook's side effects cannot be traced inside a checkpoint: dynamo would fall back to
+    eager code, so a module with hooks inside is called plainly when traced."""
+    net, layers = _adapted()
+    expected = _gradient(net, layers, lambda n, x: n(x))
+    seen = []
+    net[1].register_forward_hook(lambda module, args, output: seen.append(output))
+    regions = []
+    torch.testing.assert_close(_gradient(net, layers, _traced(checkpoint_call, regions)), expected)
+    assert regions == [0] and len(seen) == 1
