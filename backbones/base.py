@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .adapter_state import adapter_state, is_adapter_layer, set_adapter_state
+from .adapter_state import State, adapter_state, is_adapter_layer, set_adapter_state
 from .conditioning import Conditioning
 
 
@@ -43,20 +43,20 @@ def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> objec
     """
     if torch.compiler.is_compiling() and _has_hooks(module):
         return module(*args, **kwargs)
-    forward: list[tuple[nn.Module, object]] | None = None  # each peft layer and its state at the forward
+    forward: list[tuple[nn.Module, State]] | None = None  # each peft layer and its state at the forward
 
-    def run(*args: object, **kwargs: object) -> object:
+    def run(*inputs: object, **options: object) -> object:
         nonlocal forward
         if torch.compiler.is_compiling():  # traced: the graph keeps its trace's adapter state
-            return module(*args, **kwargs)
+            return module(*inputs, **options)
         if forward is None:
             forward = [(m, adapter_state(m)) for m in module.modules() if is_adapter_layer(m)]
-            return module(*args, **kwargs)
+            return module(*inputs, **options)
         now = [(m, adapter_state(m)) for m, _ in forward]
         try:
             for m, state in forward:
                 set_adapter_state(m, *state)
-            return module(*args, **kwargs)
+            return module(*inputs, **options)
         finally:
             for m, state in now:
                 set_adapter_state(m, *state)
