@@ -50,13 +50,16 @@ class AudioLDM2Backbone(MelVAEBackbone):
         AudioLDM2's blocks (diffusers 0.42) give each ``Transformer2DModel`` seven positional
         arguments written for a signature without ``added_cond_kwargs``, so from the fourth on
         they land one parameter off (the cross-attention mask becomes the self-attention mask
-        and the call fails); here they are passed by name.
+        and the call fails); here they are passed by name, with ``return_dict=False`` (the
+        blocks take item 0 of the result; the default output class is deprecated, warns on each
+        call and breaks a compiled graph).
         """
         if isinstance(module, Transformer2DModel) and len(args) == 7:
             hidden, states, timestep, labels, attention_kwargs, mask, states_mask = args
             return checkpoint_call(
                 module, hidden, encoder_hidden_states=states, timestep=timestep, class_labels=labels,
                 cross_attention_kwargs=attention_kwargs, attention_mask=mask, encoder_attention_mask=states_mask,
+                return_dict=False,
             )
         return checkpoint_call(module, *args)
 

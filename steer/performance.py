@@ -71,11 +71,12 @@ class Performance:
             ``python -m benchmarks.memory``) it cut what a SteerMusic+ step adds to the
             denoiser's weights from 1522 MiB to 304 MiB (SteerMusic: 125 MiB),
             SteerMusic+/SteerMusic from 1.96× to 1.12×, and made the step 1.41× slower (CPU,
-            17.8 → 25.1 s). With ``compile`` the checkpointed blocks are traced into the graphs
-            as regions the compiled backward recomputes, except the blocks holding PCon's
-            feature hooks, which dynamo cannot trace inside a checkpoint; compiled in bf16
-            (``fused-checkpointed``) the step's rise fell from 1312 MiB to 157 MiB (SteerMusic:
-            42 MiB), SteerMusic+/SteerMusic 1.92× → 1.08× (CPU proxy, ``aot_eager``).
+            17.8 → 25.1 s). With ``compile`` the checkpointed blocks, those holding PCon's
+            feature hooks included, are traced into the graphs as regions the compiled backward
+            recomputes; the checkpoints do not nest there (a transformer's blocks are the
+            regions, not the transformer). Compiled in bf16 (``fused-checkpointed``) the step's
+            rise fell from 1316 MiB to 250 MiB (SteerMusic: 48 MiB), SteerMusic+/SteerMusic
+            1.92× → 1.15× (CPU proxy, ``aot_eager``).
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).
@@ -163,25 +164,38 @@ class Performance:
         ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
         ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
+
+        With :attr:`checkpointing`, the functions are traced with dynamo's
+        ``skip_fwd_side_effects_in_bwd_under_checkpoint``: PCon's feature hooks record inside
+        checkpointed blocks in the forward pass, and are not run again by the recomputation
+        (where eagerly they record nothing either), so those blocks are checkpointed too.
         """
         if not self.compile:
             return None
         inductor = self.compile_backend == "inductor"
         cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
         mode = "reduce-overhead" if cuda_graphs and inductor else None
+        hooks_in_checkpoints = self.checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
             compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
-            if not cuda_graphs:
+            if not cuda_graphs and not hooks_in_checkpoints:
                 return compiled
 
             @functools.wraps(fn)
-            def cloned(*args: Any, **kwargs: Any) -> Any:
-                return _clone(compiled(*args, **kwargs))
+            def call(*args: Any, **kwargs: Any) -> Any:
+                with _hooks_traced_in_checkpoints() if hooks_in_checkpoints else contextlib.nullcontext():
+                    out = compiled(*args, **kwargs)
+                return _clone(out) if cuda_graphs else out
 
-            return cloned  # type: ignore[return-value]
+            return call  # type: ignore[return-value]
 
         return compile_fn
+
+
+def _hooks_traced_in_checkpoints() -> contextlib.AbstractContextManager[None]:
+    """Dynamo traces side effects (hooks) in checkpointed regions, run in the forward only."""
+    return torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True)
 
 
 def _clone(value: Any) -> Any:

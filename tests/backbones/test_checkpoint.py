@@ -77,13 +77,81 @@ def test_traced_by_dynamo_it_is_a_region_of_the_graph():
     assert regions == [1]
 
 
-def test_a_module_with_hooks_is_not_checkpointed_when_traced():
-    """A hook's side effects cannot be traced inside a checkpoint: dynamo would fall back to
-    eager code, so a module with hooks inside is called plainly when traced."""
+def test_a_hook_inside_records_the_forward_when_traced():
+    """PCon's feature hooks sit inside checkpointed blocks. Traced with dynamo's
+    ``skip_fwd_side_effects_in_bwd_under_checkpoint`` (as compiled editors trace), the block is
+    still one region, the hook records once (in the forward, not in the recomputation), and the
+    gradient through what it recorded is eager's."""
     net, layers = _adapted()
-    expected = _gradient(net, layers, lambda n, x: n(x))
     seen = []
     net[1].register_forward_hook(lambda module, args, output: seen.append(output))
+
+    def with_feature(n, x):
+        seen.clear()
+        y = checkpoint_call(n, x)
+        return y + seen[-1].square()
+
+    expected = _gradient(net, layers, lambda n, x: n(x) + torch.tanh(n[0](x)).square())
     regions = []
-    torch.testing.assert_close(_gradient(net, layers, _traced(checkpoint_call, regions)), expected)
-    assert regions == [0] and len(seen) == 1
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+        got = _gradient(net, layers, _traced(with_feature, regions))
+    torch.testing.assert_close(got, expected)
+    assert regions == [1] and len(seen) == 1
+
+
+class _Checkpointing(nn.Module):
+    """A block that checkpoints its own layers, as diffusers' transformers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.gradient_checkpointing = True
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(checkpoint_call(layer, x))
+        return x
+
+
+def test_traced_a_block_that_checkpoints_its_layers_is_not_checkpointed_again():
+    """Dynamo cannot trace a hook inside nested regions: traced, the outer block runs plainly
+    and its layers are the regions. Eagerly the checkpoints nest (the inner layers run three
+    times: the forward and two recomputations), which keeps less."""
+    torch.manual_seed(0)
+    block = _Checkpointing()
+    x = torch.randn(3, 4, requires_grad=True)
+    expected = torch.autograd.grad(block(x).square().sum(), x)
+    runs = []
+    counting = block.layers[0].register_forward_pre_hook(lambda module, args: runs.append(1))
+    torch.testing.assert_close(torch.autograd.grad(checkpoint_call(block, x).square().sum(), x), expected)
+    assert len(runs) == 3
+    counting.remove()
+    regions = []
+    torch.testing.assert_close(torch.autograd.grad(_traced(checkpoint_call, regions)(block, x).square().sum(), x), expected)
+    assert regions == [2]
+
+
+def test_switching_the_adapter_is_traced_into_the_graph():
+    """ε′'s call switches the adapter on and off around the denoiser; compiled, the switches must
+    be traced (a graph break would run ε′'s whole call eagerly)."""
+    net, layers = _adapted()
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+
+    def personalised(x):
+        _switch(layers, True)
+        try:
+            return net(x)
+        finally:
+            _switch(layers, False)
+
+    from torch._dynamo import reset
+
+    reset()
+    compiled = torch.compile(personalised, backend="eager", fullgraph=True)  # raises on a graph break
+    torch.testing.assert_close(compiled(x), personalised(x))
+    assert all(adapter_state(layer) == (["c"], True) for layer in layers)
+    _switch(layers, True)
+    on = net(x)
+    _switch(layers, False)
+    torch.testing.assert_close(compiled(x), on)  # the adapter was on inside
+    assert not torch.allclose(on, net(x))
