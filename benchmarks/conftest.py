@@ -24,7 +24,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--rounds", type=int, default=3, help="timed edits per case; the fastest counts")
     group.addoption(
         "--cpu-compile", action="store_true",
-        help="compile the fused path on the CPU too (inductor: minutes per case on a small CPU)",
+        help="compile the fused paths on the CPU too (inductor: minutes per case on a small CPU)",
+    )
+    group.addoption(
+        "--compile-backend", default="inductor",
+        help="torch.compile backend of the fused paths (default inductor; aot_eager traces without code generation)",
     )
 
 
@@ -35,6 +39,7 @@ class Settings:
     steps: int
     rounds: int
     compile: bool
+    compile_backend: str
     latent_shape: tuple[int, ...]
     peak: Peak
     #: (recipe, batch) -> path -> measured figures
@@ -52,6 +57,7 @@ def settings(request: pytest.FixtureRequest) -> Settings:
         steps=steps,
         rounds=request.config.getoption("--rounds"),
         compile=device.type == "cuda" or request.config.getoption("--cpu-compile"),
+        compile_backend=request.config.getoption("--compile-backend"),
         latent_shape=REAL_LATENT if real_size else TINY_LATENT,
         peak=matmul_peak(device),
     )
@@ -74,17 +80,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     write(
         f"steer step benchmarks: {model}, latent (B, {', '.join(map(str, settings.latent_shape))}), "
         f"{settings.device.type}, torch {torch.__version__}, {settings.steps} steps per timed edit, "
-        f"fused paths compiled: {'yes' if settings.compile else 'no'}; "
+        f"fused paths compiled: {settings.compile_backend if settings.compile else 'no'}; "
         f"MFU against the {settings.peak.label} = {settings.peak.flops_per_s / 1e12:.3g} TFLOP/s"
     )
     width = max(len(path) for paths in settings.results.values() for path in paths) + 1
-    write(f"{'recipe':<16}{'B':>3} {'path':<{width}}{'ms/step':>10}{'s/400-step edit':>17}{'peak MiB':>10}{'MFU':>8}{'vs reference':>14}")
+    write(
+        f"{'recipe':<16}{'B':>3} {'path':<{width}}{'ms/step':>10}{'s/400-step edit':>17}{'peak MiB':>10}"
+        f"{'MFU':>8}{'vs reference':>14}{'graph breaks':>14}"
+    )
     for (recipe, batch), paths in sorted(settings.results.items()):
         reference = paths.get("reference", {}).get("ms_per_step")
         for path, r in paths.items():
             memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             speedup = "" if reference is None else f"{reference / r['ms_per_step']:.2f}x"
+            breaks = "" if r["graph_breaks"] is None else str(r["graph_breaks"])
             write(
                 f"{recipe:<16}{batch:>3} {path:<{width}}{r['ms_per_step']:>10.2f}{r['ms_per_step'] * 0.4:>17.2f}"
-                f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}"
+                f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}{breaks:>14}"
             )

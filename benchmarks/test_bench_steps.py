@@ -1,23 +1,31 @@
 """Milliseconds per step, peak memory and MFU of SteerMusic and SteerMusic+ on every path
 (issue 5), batch 1 and 8. Run on a GPU with ``pytest benchmarks --real-size``; see README.md.
 
-Each case warms up (prompt encoding, compilation, kernel selection), then times ``--rounds``
-edits of ``--steps`` steps and keeps the fastest. FLOPs are counted once per recipe and batch on
-the batched fp32 path (the work the maths needs): the reference's redundant forward does not
-raise its MFU.
+Each case starts from a fresh dynamo (no graphs, CUDA-graph pools or recompilations left by
+earlier cases), warms up (prompt encoding, compilation, kernel selection), then times
+``--rounds`` edits of ``--steps`` steps and keeps the fastest. A compiled case whose graphs
+break fails once its figures are recorded: part of it ran eagerly, so they are not the compiled
+path's. FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
+maths needs): the reference's redundant forward does not raise its MFU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
 from steer.performance import Performance
+
+if TYPE_CHECKING:
+    from benchmarks.conftest import Settings
 
 RECIPES = ("steermusic", "steermusic_plus")
 PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
@@ -28,15 +36,27 @@ PROMPTS = {
 }
 
 
-def performance(path: str, compile: bool) -> Performance:
-    """The path's preset; without ``compile`` where compiling is off (the CPU by default)."""
+def performance(path: str, settings: Settings) -> Performance:
+    """The path's preset, compiled with the session's backend, or not compiled where compiling
+    is off (the CPU by default)."""
     preset = Performance.preset(path)
-    return preset if compile else dataclasses.replace(preset, compile=False)
+    if not preset.compile:
+        return preset
+    if not settings.compile:
+        return dataclasses.replace(preset, compile=False)
+    return dataclasses.replace(preset, compile_backend=settings.compile_backend)
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _fresh_dynamo() -> None:
+    """Drop every compiled graph (and with it CUDA-graph memory pools) and dynamo's counts."""
+    torch._dynamo.reset()
+    counters.clear()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +84,8 @@ def model_flops(settings, bench_backbone):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
     device = settings.device
-    perf = performance(path, settings.compile)
+    perf = performance(path, settings)
+    _fresh_dynamo()
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
     editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
     times: list[float] = []
@@ -78,21 +99,28 @@ def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, pat
         return result
 
     try:
-        edit()  # warm-up
-        times.clear()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
+        # a recompilation past dynamo's limit would time eager code: fail instead
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            edit()  # warm-up
+            times.clear()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
     finally:
         editor.close()
+    graph_breaks = sum(counters["graph_break"].values())
     peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     seconds = min(times) / settings.steps
     figures = {
         "ms_per_step": seconds * 1e3,
         "peak_mib": peak_mib,
         "mfu": mfu(model_flops(recipe, batch), seconds, settings.peak),
+        "graph_breaks": graph_breaks if perf.compile else None,
     }
     settings.results.setdefault((recipe, batch), {})[path] = figures
     benchmark.extra_info.update(figures, performance=repr(perf), peak=settings.peak.label)
     assert torch.isfinite(result.latent).all()
     assert not torch.equal(result.latent, latent)  # the step did work
+    assert not graph_breaks or not perf.compile, (
+        f"{graph_breaks} graph breaks: {list(counters['graph_break'])}"
+    )
