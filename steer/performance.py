@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
@@ -165,26 +166,28 @@ class Performance:
         ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
 
-        With :attr:`checkpointing`, the functions are traced with dynamo's
-        ``skip_fwd_side_effects_in_bwd_under_checkpoint``: PCon's feature hooks record inside
-        checkpointed blocks in the forward pass, and are not run again by the recomputation
-        (where eagerly they record nothing either), so those blocks are checkpointed too.
+        Dynamo traces them with two settings (during the compiled calls only):
+        ``Logger.info`` and ``Logger.debug`` calls are dropped from the graphs rather than
+        breaking them (AudioLDM2's UNet logs at info level on every call whose latent length is
+        not a multiple of 8, a 10-s clip's 250 frames say, and a graph break runs the rest of the
+        call eagerly); with :attr:`checkpointing`, ``skip_fwd_side_effects_in_bwd_under_checkpoint``:
+        PCon's feature hooks record inside checkpointed blocks in the forward pass, and are not
+        run again by the recomputation (where eagerly they record nothing either), so those
+        blocks are checkpointed too.
         """
         if not self.compile:
             return None
         inductor = self.compile_backend == "inductor"
         cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
         mode = "reduce-overhead" if cuda_graphs and inductor else None
-        hooks_in_checkpoints = self.checkpointing
+        checkpointing = self.checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
             compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
-            if not cuda_graphs and not hooks_in_checkpoints:
-                return compiled
 
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:
-                with _hooks_traced_in_checkpoints() if hooks_in_checkpoints else contextlib.nullcontext():
+                with _tracing(checkpointing=checkpointing):
                     out = compiled(*args, **kwargs)
                 return _clone(out) if cuda_graphs else out
 
@@ -193,9 +196,15 @@ class Performance:
         return compile_fn
 
 
-def _hooks_traced_in_checkpoints() -> contextlib.AbstractContextManager[None]:
-    """Dynamo traces side effects (hooks) in checkpointed regions, run in the forward only."""
-    return torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True)
+def _tracing(*, checkpointing: bool) -> contextlib.AbstractContextManager[None]:
+    """Dynamo's settings for the compiled calls (see :meth:`Performance.compiler`)."""
+    config = torch._dynamo.config
+    settings: dict[str, Any] = {
+        "ignore_logging_functions": config.ignore_logging_functions | {logging.Logger.info, logging.Logger.debug},
+    }
+    if checkpointing:
+        settings["skip_fwd_side_effects_in_bwd_under_checkpoint"] = True
+    return config.patch(settings)
 
 
 def _clone(value: Any) -> Any:
