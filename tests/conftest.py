@@ -80,3 +80,29 @@ def tiny_backbone(tiny_pipe) -> AudioLDM2Backbone:
 @pytest.fixture()
 def analytic_backbone() -> AnalyticBackbone:
     return AnalyticBackbone()
+
+
+class DynamoWatch:
+    """What dynamo compiled since the :func:`dynamo` fixture reset it."""
+
+    def __init__(self) -> None:
+        from torch._dynamo import reset
+        from torch._dynamo.utils import counters
+
+        reset()
+        counters.clear()
+        self._counters = counters
+
+    def breaks(self) -> list[str]:
+        """Why graphs broke (a graph break runs the rest of the call eagerly, unnoticed)."""
+        return [reason.splitlines()[0] for reason in self._counters["graph_break"]]
+
+    def graphs(self) -> int:
+        """Graphs compiled."""
+        return self._counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture()
+def dynamo() -> DynamoWatch:
+    """A fresh dynamo (no cached graphs, no counts) and what it compiles from here on."""
+    return DynamoWatch()

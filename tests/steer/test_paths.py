@@ -228,34 +228,16 @@ def _counting_backend(graph, example_inputs):
     return run
 
 
-def _reset_dynamo():
-    """A fresh dynamo: no cached graphs, no counts (graph breaks among them)."""
-    from torch._dynamo import reset
-    from torch._dynamo.utils import counters
-
-    reset()
-    counters.clear()
-
-
-def _graph_breaks():
-    """What broke the compiled graphs since :func:`_reset_dynamo` (a graph break runs the rest of
-    the call eagerly: the compiled path would not be what is timed)."""
-    from torch._dynamo.utils import counters
-
-    return [reason.splitlines()[0] for reason in counters["graph_break"]]
-
-
 def _hooks(backbone):
     return sum(len(m._forward_hooks) for m in backbone.denoiser.modules())
 
 
-def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone, lora, latent):
+def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone, lora, latent, dynamo):
     """Compiled SteerMusic+ (dynamo, a counting backend): PCon's features come out of the compiled
     calls with their gradient (the step's gradient equals eager's), a second edit reuses the
     graphs, and close() removes the hooks the graphs were traced with."""
     from torch._dynamo import register_backend
 
-    _reset_dynamo()
     if "steer_counting" not in torch.compiler.list_backends(exclude_tags=()):
         register_backend(_counting_backend, name="steer_counting")
     _COMPILED.update(graphs=0, calls=0)
@@ -266,7 +248,7 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
     assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
-    assert _graph_breaks() == []  # ε′'s adapter switching is traced too
+    assert dynamo.breaks() == []  # ε′'s adapter switching is traced too
     assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
     assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
     editor.edit_latent(latent, seed=6, **PROMPTS)
@@ -348,14 +330,13 @@ def _checkpoint_counting_backend(graph, example_inputs):
     return aot_eager(graph, example_inputs)
 
 
-def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, lora, latent):
+def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, lora, latent, dynamo):
     """compile + checkpointing (dynamo and AOTAutograd, no code generation): the checkpointed
     blocks, PCon's hooked ones included, are traced into the graphs as regions the compiled
     backward recomputes, with ε′'s adapter as in the trace: eager's gradient, with fewer
     activations kept, and no graph break."""
     from torch._dynamo import register_backend
 
-    _reset_dynamo()
     if "steer_checkpoints" not in torch.compiler.list_backends(exclude_tags=()):
         register_backend(_checkpoint_counting_backend, name="steer_checkpoints")
     _REGIONS["checkpoints"] = 0
@@ -366,7 +347,7 @@ def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, 
     compiled = _first_gradient(editor, latent, **PROMPTS)
     torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
     assert _REGIONS["checkpoints"] > 0
-    assert _graph_breaks() == []  # e.g. a transformer's deprecated output class would break them
+    assert dynamo.breaks() == []  # e.g. a transformer's deprecated output class would break them
     kept = _activation_bytes(editor, tiny_backbone, latent)
     assert kept < 0.5 * full, (kept, full)  # measured 1.69 MB against 6.79 MB (eager checkpointed: 0.83 MB)
     editor.close()
