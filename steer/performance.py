@@ -167,10 +167,10 @@ class Performance:
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
 
         Dynamo traces them with two settings (during the compiled calls only):
-        ``Logger.info`` and ``Logger.debug`` calls are dropped from the graphs rather than
-        breaking them (AudioLDM2's UNet logs at info level on every call whose latent length is
-        not a multiple of 8, a 10-s clip's 250 frames say, and a graph break runs the rest of the
-        call eagerly); with :attr:`checkpointing`, ``skip_fwd_side_effects_in_bwd_under_checkpoint``:
+        ``Logger.info`` calls are dropped from the graphs rather than breaking them (AudioLDM2's
+        UNet logs at info level on every call whose latent length is not a multiple of 8, a 10-s
+        clip's 250 frames say, and a graph break runs the rest of the call eagerly); with
+        :attr:`checkpointing`, ``skip_fwd_side_effects_in_bwd_under_checkpoint``:
         PCon's feature hooks record inside checkpointed blocks in the forward pass, and are not
         run again by the recomputation (where eagerly they record nothing either), so those
         blocks are checkpointed too.
@@ -199,12 +199,36 @@ class Performance:
 def _tracing(*, checkpointing: bool) -> contextlib.AbstractContextManager[None]:
     """Dynamo's settings for the compiled calls (see :meth:`Performance.compiler`)."""
     config = torch._dynamo.config
-    settings: dict[str, Any] = {
-        "ignore_logging_functions": config.ignore_logging_functions | {logging.Logger.info, logging.Logger.debug},
-    }
+    settings: dict[str, Any] = {}
+    if _LOGGER_INFO not in config.ignore_logging_functions:
+        settings["ignore_logging_functions"] = config.ignore_logging_functions | {_LOGGER_INFO}
     if checkpointing:
         settings["skip_fwd_side_effects_in_bwd_under_checkpoint"] = True
     return config.patch(settings)
+
+
+class _LoggerMethod(str):
+    """A logging method, for ``torch._dynamo.config.ignore_logging_functions``, that is also its
+    name: equal to the method (and hashed alike), so dynamo finds it in the set, and a string,
+    so torch 2.11's record of each compilation can sort the set and write it as JSON (the
+    method itself cannot be: it logs a TypeError traceback at ERROR level on every compile)."""
+
+    def __new__(cls, method: Callable[..., Any]) -> _LoggerMethod:
+        self = super().__new__(cls, f"{method.__module__}.{method.__qualname__}")
+        self.method = method
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return other is self.method or (isinstance(other, _LoggerMethod) and other.method is self.method)
+
+    def __hash__(self) -> int:
+        return hash(self.method)
+
+    def __reduce__(self) -> tuple[type[_LoggerMethod], tuple[Callable[..., Any]]]:  # copies and pickles
+        return type(self), (self.method,)
+
+
+_LOGGER_INFO = _LoggerMethod(logging.Logger.info)
 
 
 def _clone(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Execution paths (issue 5): every path applies the reference loop's gradient, in its number of
 denoiser calls, on the tiny AudioLDM2 with a LoRA concept for SteerMusic+."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -382,3 +383,27 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
         assert (out_features["attn1"].data_ptr() != feature.data_ptr()) == copied, (device, backend)
         torch.testing.assert_close(out_features["attn1"], feature)
 
+
+
+def test_compiled_calls_drop_info_logging_without_breaking_or_erroring(dynamo):
+    """A library's ``logger.info`` in a compiled call (AudioLDM2's UNet logs on every latent
+    whose length is no multiple of 8) is left out of the graph instead of breaking it, and torch
+    logs no error when it records the compilation (a bare function in dynamo's set of ignored
+    logging functions made it log a traceback on every compile)."""
+    logger = logging.getLogger("steer.tests.compiled")
+
+    def fn(x):
+        logger.info("a message")
+        return x.sin() + 1
+
+    errors = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        compiled = Performance(compile=True, compile_backend="eager").compiler(torch.device("cpu"))(fn)
+        torch.testing.assert_close(compiled(torch.ones(3)), fn(torch.ones(3)))
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+    assert dynamo.breaks() == [] and dynamo.graphs() == 1
+    assert [record.getMessage() for record in errors] == []
