@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import Backbone, load_backbone
+from backbones import AudioLDM2Backbone, Backbone, load_backbone
 from losses import FeatureRequest, NoiseRequest
 from steer import Audio, SteerMusic, SteerMusicPlus
 from steer.concepts import Concept
@@ -145,6 +145,8 @@ def test_compiled_steermusic_plus_is_whole_graphs(backbone, latent, dynamo):
     LoRA concept traces every call without a graph break (one would run the rest of the call
     eagerly, unnoticed), and applies eager's gradient. The clip's latent length is no multiple
     of 8: AudioLDM2's UNet then logs on each call, which broke its graphs 12 times an edit."""
+    if isinstance(backbone, AudioLDM2Backbone):  # the same test (~70 s), with more checks, runs there
+        pytest.skip("run, with more checks, by tests/steer/test_paths.py::test_compiled_checkpointing_recomputes_for_the_same_gradient")
     concept = Concept.train(backbone, [CLIP], token=TOKEN, class_word=CLASS_WORD, method="lora", steps=1, progress=False)
     target = f"a recording of a {TOKEN} {CLASS_WORD}"
     gradients = {}

@@ -331,16 +331,21 @@ def _checkpoint_counting_backend(graph, example_inputs):
     return aot_eager(graph, example_inputs)
 
 
-def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, lora, latent, dynamo):
+def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, lora, dynamo):
     """compile + checkpointing (dynamo and AOTAutograd, no code generation): the checkpointed
     blocks, PCon's hooked ones included, are traced into the graphs as regions the compiled
     backward recomputes, with ε′'s adapter as in the trace: eager's gradient, with fewer
-    activations kept, and no graph break."""
+    activations kept, and no graph break. The latent's 10 frames are no multiple of 8, on which
+    the UNet logs on every call (which broke the graphs, 12 times an edit). The contract test
+    leaves the tiny AudioLDM2 to this test."""
     from torch._dynamo import register_backend
 
     if "steer_checkpoints" not in torch.compiler.list_backends(exclude_tags=()):
         register_backend(_checkpoint_counting_backend, name="steer_checkpoints")
     _REGIONS["checkpoints"] = 0
+    waveform = torch.randn(1, 1, 6400, generator=torch.Generator().manual_seed(0))
+    latent = tiny_backbone.encode_audio(waveform, 16000)
+    assert latent.shape[2] % 8 != 0
     plain = _first_gradient(_plus(tiny_backbone, lora, "batched", steps=1), latent, **PROMPTS)
     full = _activation_bytes(_plus(tiny_backbone, lora, "batched", steps=1), tiny_backbone, latent)
     performance = Performance(compile=True, checkpointing=True, compile_backend="steer_checkpoints")
@@ -350,7 +355,7 @@ def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, 
     assert _REGIONS["checkpoints"] > 0
     assert dynamo.breaks() == []  # e.g. a transformer's deprecated output class would break them
     kept = _activation_bytes(editor, tiny_backbone, latent)
-    assert kept < 0.5 * full, (kept, full)  # measured 1.69 MB against 6.79 MB (eager checkpointed: 0.83 MB)
+    assert kept < 0.5 * full, (kept, full)  # measured 1.31 MB against 4.75 MB
     editor.close()
     assert not tiny_backbone.gradient_checkpointing
 
