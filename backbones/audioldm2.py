@@ -20,6 +20,9 @@ from .base import checkpoint_call
 from .conditioning import Conditioning
 from .mel_vae import MelVAEBackbone
 
+#: the T5 states' padding mask (:attr:`backbones.Conditioning.masks`)
+T5_MASK = {"encoder_hidden_states_1": "encoder_attention_mask_1"}
+
 
 class AudioLDM2Backbone(MelVAEBackbone):
     """AudioLDM2 (``cvssp/audioldm2``, ``-music``, ``-large``) as a score function.
@@ -87,4 +90,5 @@ class AudioLDM2Backbone(MelVAEBackbone):
         return Conditioning(
             cond={k: v[1:] for k, v in fields.items()},
             uncond={k: v[:1] for k, v in fields.items()},
+            masks=T5_MASK,
         )

@@ -8,7 +8,7 @@ concatenating cached rows, which costs no text-encoder call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +24,17 @@ def _pad_cat(tensors: Sequence[Tensor]) -> Tensor:
     if tensors[0].dim() < 2:
         return torch.cat(list(tensors))
     length = max(t.shape[1] for t in tensors)
-    padded = []
-    for t in tensors:
-        missing = length - t.shape[1]
-        if missing:
-            # F.pad lists (left, right) pairs from the last dimension backwards; dim 1 is the
-            # (dim() - 2)-th pair.
-            pad = [0, 0] * (t.dim() - 2) + [0, missing]
-            t = F.pad(t, pad)
-        padded.append(t)
-    return torch.cat(padded)
+    return torch.cat([_pad_to(t, length) for t in tensors])
+
+
+def _pad_to(t: Tensor, length: int) -> Tensor:
+    """``t`` ``(B, L, ...)`` zero-padded along dim 1 to ``length`` ≥ L."""
+    missing = length - t.shape[1]
+    if not missing:
+        return t
+    # F.pad lists (left, right) pairs from the last dimension backwards; dim 1 is the
+    # (dim() - 2)-th pair.
+    return F.pad(t, [0, 0] * (t.dim() - 2) + [0, missing])
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class Conditioning:
             ``(B, ...)``. Fields whose length (dim 1) varies between prompts must come with a mask
             field, since rows are zero-padded when concatenated.
         uncond: the same fields for the unconditional (negative) prompt of each row, ``(B, ...)``.
+        masks: each token-sequence field ``(B, L, ...)`` whose padded tokens its mask field
+            ``(B, L)`` hides from the denoiser, by name: the fields :meth:`padded` may lengthen.
     """
 
     cond: dict[str, Tensor]
     uncond: dict[str, Tensor]
+    masks: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.cond.keys() != self.uncond.keys():
@@ -56,6 +60,9 @@ class Conditioning:
                 f"cond and uncond must have the same fields, got {sorted(self.cond)} "
                 f"and {sorted(self.uncond)}"
             )
+        unknown = sorted({*self.masks, *self.masks.values()} - self.cond.keys())
+        if unknown:
+            raise ValueError(f"masks name fields the conditioning lacks: {unknown}")
         sizes = {t.shape[0] for t in (*self.cond.values(), *self.uncond.values())}
         if len(sizes) != 1:
             raise ValueError(f"all conditioning fields must share the batch size, got {sizes}")
@@ -70,11 +77,31 @@ class Conditioning:
             raise ValueError("cannot concatenate an empty list of conditionings")
         if len(items) == 1:
             return items[0]
-        keys = items[0].cond.keys()
+        keys, masks = items[0].cond.keys(), items[0].masks
+        if any(c.masks != masks for c in items):
+            raise ValueError(f"cannot concatenate conditionings with different masks: {[c.masks for c in items]}")
         return cls(
             cond={k: _pad_cat([c.cond[k] for c in items]) for k in keys},
             uncond={k: _pad_cat([c.uncond[k] for c in items]) for k in keys},
+            masks=masks,
         )
+
+    def padded(self, multiple: int) -> Conditioning:
+        """The same conditioning with each masked sequence field (see ``masks``) and its mask
+        zero-padded to a multiple of ``multiple`` tokens: the masks hide the padding, so the
+        denoiser's output is unchanged up to rounding, and prompts of different lengths give a
+        few shapes (what compiled calls, traced for static shapes, need to be reused)."""
+        if multiple < 1:
+            raise ValueError(f"pad to a multiple of at least 1 token, got {multiple}")
+
+        def pad(fields: dict[str, Tensor]) -> dict[str, Tensor]:
+            out = dict(fields)
+            for name, mask in self.masks.items():
+                length = -(-fields[name].shape[1] // multiple) * multiple
+                out[name], out[mask] = _pad_to(fields[name], length), _pad_to(fields[mask], length)
+            return out
+
+        return Conditioning(cond=pad(self.cond), uncond=pad(self.uncond), masks=self.masks)
 
     def guidance_batch(self) -> dict[str, Tensor]:
         """Denoiser kwargs for one classifier-free-guidance call: ``[uncond; cond]``, ``(2B, ...)``."""
@@ -88,4 +115,5 @@ class Conditioning:
         return Conditioning(
             cond={k: v.to(device) for k, v in self.cond.items()},
             uncond={k: v.to(device) for k, v in self.uncond.items()},
+            masks=self.masks,
         )

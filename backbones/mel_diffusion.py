@@ -34,6 +34,9 @@ from .griffin_lim import GriffinLimVocoder
 from .mel import MelFrontEnd, to_mono
 from .word_encoder import WordEncoder, WordEncoderConfig
 
+#: the word states' padding mask (:attr:`backbones.Conditioning.masks`)
+WORD_MASK = {"encoder_hidden_states": "encoder_attention_mask"}
+
 
 def default_unet_config(*, channels: int = 16, text_dim: int = 64) -> dict[str, Any]:
     """The denoiser of the shipped model: ~4 M parameters, attention below full resolution."""
@@ -192,7 +195,7 @@ class MelDiffusionBackbone(Backbone):
             warnings.warn(
                 f"words outside this model's vocabulary are read as <unk>: {unknown}", stacklevel=3
             )
-        return Conditioning(cond=self._encode([prompt]), uncond=self._encode([""]))
+        return Conditioning(cond=self._encode([prompt]), uncond=self._encode([""]), masks=WORD_MASK)
 
     @torch.no_grad()
     def _encode(self, prompts: Sequence[str]) -> dict[str, Tensor]:

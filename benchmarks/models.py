@@ -16,6 +16,7 @@ import torch
 from diffusers.pipelines.audioldm2 import AudioLDM2UNet2DConditionModel
 
 from backbones import AudioLDM2Backbone, Conditioning
+from backbones.audioldm2 import T5_MASK
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer import Concept, Editor, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
@@ -73,7 +74,7 @@ class RealSizeBackbone(AudioLDM2Backbone):
                 "encoder_attention_mask_1": torch.ones(1, _T5_TOKENS, dtype=torch.long),
             }
 
-        return Conditioning(cond=fields(), uncond=fields()).to(self.device)
+        return Conditioning(cond=fields(), uncond=fields(), masks=T5_MASK).to(self.device)
 
 
 def lora_concept(*, rank: int = 4) -> Concept:

@@ -315,7 +315,7 @@ class Editor(LatentEditor):
         models = self.models()
         prompts = {
             model: {
-                role: models[model].encode_prompt(texts[role])
+                role: self.performance.conditioning(models[model].encode_prompt(texts[role]))
                 for role in unique(r.prompt for r in self.requests if r.model == model)
             }
             for model in unique(r.model for r in self.requests)

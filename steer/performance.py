@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor')
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32)
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from backbones import Conditioning
 from losses.base import Fn
 from losses.fused import triton_available
 
@@ -53,8 +54,9 @@ class Performance:
             (:class:`hooks.FeatureTap`) and traced into the graph; the losses' maths too
             (``LossContext.compile``). A compiled editor keeps its graphs and hooks across edits
             until :meth:`~steer.editor.Editor.close`; each new editor traces its feature calls
-            again, and past dynamo's recompile limit (8 by default) they run eagerly: make
-            one editor per setting and reuse it.
+            again, and so does each new clip length or batch size (prompt lengths do not: see
+            ``prompt_padding``); past dynamo's recompile limit (8 by default) they run eagerly:
+            make one editor per setting and reuse it over clips of one length.
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
             and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).
@@ -81,6 +83,14 @@ class Performance:
         compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
             Triton/C++ kernels), or e.g. ``"aot_eager"``, which traces forward and backward
             without generating code (quick; how the tests check the compiled calls on a CPU).
+        prompt_padding: with ``compile``, the prompts' token sequences (the fields a backbone
+            masks, :attr:`backbones.Conditioning.masks`: AudioLDM2's T5 states, say) are padded
+            with masked zeros to a multiple of this many tokens. The graphs are traced for static
+            shapes, so without it every new prompt length traces the denoiser's call again
+            (minutes with inductor) and, past dynamo's recompile limit, runs it eagerly; with it,
+            a manifest of prompts up to 32 tokens long uses one graph. The masks hide the
+            padding: the predictions are unchanged up to rounding. The clip's length still
+            picks the graph: clips of one length share it.
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -90,6 +100,7 @@ class Performance:
     loss_scaling: bool = True
     checkpointing: bool = False
     compile_backend: str = "inductor"
+    prompt_padding: int = 32
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -98,6 +109,8 @@ class Performance:
             raise ValueError(
                 f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}"
             )
+        if self.prompt_padding < 1:
+            raise ValueError(f"prompt_padding must be a number of tokens ≥ 1, got {self.prompt_padding}")
 
     @classmethod
     def preset(cls, name: str) -> Performance:
@@ -146,6 +159,11 @@ class Performance:
             return
         with torch.autocast(device.type, dtype=self.dtype):
             yield
+
+    def conditioning(self, cond: Conditioning) -> Conditioning:
+        """``cond`` as this path's denoiser calls take it: padded (:attr:`prompt_padding`) when
+        compiled, as it is otherwise."""
+        return cond.padded(self.prompt_padding) if self.compile else cond
 
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
         """The loss scaler of an fp16 edit (see :attr:`loss_scaling`), else ``None``.

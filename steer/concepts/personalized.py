@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone, Conditioning
 from backbones.adapter_state import adapter_state, set_adapter_state
-from backbones.mel_diffusion import MelDiffusionBackbone
+from backbones.mel_diffusion import WORD_MASK, MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
 
 from .concept import Concept
@@ -80,7 +80,7 @@ def _mel_conditioning(view: MelDiffusionBackbone, prompts: Sequence[str]) -> Con
     encoder = view.model.text_encoder
     ids, mask = encoder.tokenize(prompts)
     cond = {"encoder_hidden_states": encoder(ids, mask), "encoder_attention_mask": mask}
-    return Conditioning(cond=cond, uncond=view.encode_prompt([""] * len(prompts)).cond)
+    return Conditioning(cond=cond, uncond=view.encode_prompt([""] * len(prompts)).cond, masks=WORD_MASK)
 
 
 @dataclass(frozen=True)

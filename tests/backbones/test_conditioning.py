@@ -34,3 +34,34 @@ def test_invalid_conditioning_is_rejected():
         Conditioning(cond={"a": torch.zeros(1)}, uncond={"a": torch.zeros(2)})
     with pytest.raises(ValueError, match="empty"):
         Conditioning.cat([])
+
+
+def _masked(length: int) -> Conditioning:
+    fields = lambda: {  # noqa: E731
+        "states": torch.randn(1, length, 3),
+        "mask": torch.ones(1, length, dtype=torch.long),
+        "fixed": torch.randn(1, 8, 3),  # a sequence no mask hides: never lengthened
+    }
+    return Conditioning(cond=fields(), uncond=fields(), masks={"states": "mask"})
+
+
+def test_padded_lengthens_masked_sequences_to_a_multiple_with_masked_zeros():
+    cond = _masked(5)
+    padded = cond.padded(4)
+    for half, original in ((padded.cond, cond.cond), (padded.uncond, cond.uncond)):
+        assert half["states"].shape == (1, 8, 3) and half["mask"].tolist() == [[1] * 5 + [0] * 3]
+        assert torch.equal(half["states"][:, :5], original["states"]) and half["states"][:, 5:].abs().sum() == 0
+        assert half["fixed"] is original["fixed"]
+    assert padded.masks == cond.masks
+    assert cond.padded(5).cond["states"].shape == (1, 5, 3)  # a multiple already
+    assert Conditioning.cat([_masked(2), _masked(7)]).padded(32).cond["states"].shape == (2, 32, 3)
+
+
+def test_masks_must_name_fields_and_agree_when_concatenated():
+    with pytest.raises(ValueError, match="masks name fields the conditioning lacks: \\['mask'\\]"):
+        Conditioning(cond={"states": torch.zeros(1, 2)}, uncond={"states": torch.zeros(1, 2)}, masks={"states": "mask"})
+    plain = Conditioning(cond=_masked(2).cond, uncond=_masked(2).uncond)
+    with pytest.raises(ValueError, match="different masks"):
+        Conditioning.cat([_masked(2), plain])
+    with pytest.raises(ValueError, match="at least 1 token"):
+        _masked(2).padded(0)

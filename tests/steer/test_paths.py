@@ -236,7 +236,8 @@ def _hooks(backbone):
 def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone, lora, latent, dynamo):
     """Compiled SteerMusic+ (dynamo, a counting backend): PCon's features come out of the compiled
     calls with their gradient (the step's gradient equals eager's), a second edit reuses the
-    graphs, and close() removes the hooks the graphs were traced with."""
+    graphs (its prompts are longer: padded to the same 32 tokens), and close() removes the hooks
+    the graphs were traced with."""
     from torch._dynamo import register_backend
 
     if "steer_counting" not in torch.compiler.list_backends(exclude_tags=()):
@@ -246,13 +247,15 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
     hooks = _hooks(tiny_backbone)
     editor = _plus(tiny_backbone, lora, Performance(compile=True, compile_backend="steer_counting"), steps=2)
     compiled = _first_gradient(editor, latent, **PROMPTS)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    # compiled prompts are padded to 32 tokens: eagerly that alone moves the gradient (max 2.3) by 5.8e-6
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
     assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
     assert dynamo.breaks() == []  # ε′'s adapter switching is traced too
     assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
     assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
-    editor.edit_latent(latent, seed=6, **PROMPTS)
+    longer = dict(source="a soft piano melody", target="a sks guitar melody, fast")  # 21 and 27 tokens against 16 and 21
+    editor.edit_latent(latent, seed=6, **longer)
     assert _COMPILED["graphs"] == graphs and _COMPILED["calls"] == 2 * calls
     editor.close()
     assert _hooks(tiny_backbone) == hooks
@@ -351,7 +354,7 @@ def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, 
     performance = Performance(compile=True, checkpointing=True, compile_backend="steer_checkpoints")
     editor = _plus(tiny_backbone, lora, performance, steps=1)
     compiled = _first_gradient(editor, latent, **PROMPTS)
-    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled, plain, rtol=1e-5, atol=1e-5)  # the prompts' padding: see above
     assert _REGIONS["checkpoints"] > 0
     assert dynamo.breaks() == []  # e.g. a transformer's deprecated output class would break them
     kept = _activation_bytes(editor, tiny_backbone, latent)
