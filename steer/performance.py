@@ -239,6 +239,9 @@ class _LoggerMethod(str):
     def __eq__(self, other: object) -> bool:
         return other is self.method or (isinstance(other, _LoggerMethod) and other.method is self.method)
 
+    def __ne__(self, other: object) -> bool:  # str's own would disagree with __eq__
+        return not self == other
+
     def __hash__(self) -> int:
         return hash(self.method)
 

@@ -392,7 +392,6 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
         torch.testing.assert_close(out_features["attn1"], feature)
 
 
-
 def test_compiled_calls_drop_info_logging_without_breaking_or_erroring(dynamo):
     """A library's ``logger.info`` in a compiled call (AudioLDM2's UNet logs on every latent
     whose length is no multiple of 8) is left out of the graph instead of breaking it, and torch
