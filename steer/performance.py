@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None)
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -48,15 +48,14 @@ class Performance:
         precision: dtype the denoiser runs in under autocast: ``"fp32"`` (no autocast),
             ``"bf16"`` or ``"fp16"`` (slow on most CPUs). Predictions and features are returned
             as float32; the latent, its gradient and the optimiser stay float32.
-        compile: ``torch.compile`` each model's denoiser calls (``dynamic=False``; on CUDA
-            ``mode="reduce-overhead"``, i.e. CUDA graphs, the shapes being static), those that
-            return PCon's features too: the feature hooks are installed before compilation
-            (:class:`hooks.FeatureTap`) and traced into the graph; the losses' maths too
-            (``LossContext.compile``). A compiled editor keeps its graphs and hooks across edits
-            until :meth:`~steer.editor.Editor.close`; each new editor traces its feature calls
-            again, and so does each new clip length or batch size (prompt lengths do not: see
-            ``prompt_padding``); past dynamo's recompile limit (8 by default) they run eagerly:
-            make one editor per setting and reuse it over clips of one length.
+        compile: ``torch.compile`` each model's denoiser calls (on CUDA
+            ``mode="reduce-overhead"``, i.e. CUDA graphs), those that return PCon's features
+            too: the feature hooks are installed before compilation (:class:`hooks.FeatureTap`)
+            and traced into the graph; the losses' maths too (``LossContext.compile``). A
+            compiled editor keeps its graphs and hooks across edits until
+            :meth:`~steer.editor.Editor.close`; each new editor traces its feature calls again.
+            How new clip lengths and batch sizes are traced: ``dynamic``; prompt lengths:
+            ``prompt_padding``.
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
             and the fused optimiser step (``SGD``/``Adam`` with ``fused=True``).
@@ -85,12 +84,20 @@ class Performance:
             without generating code (quick; how the tests check the compiled calls on a CPU).
         prompt_padding: with ``compile``, the prompts' token sequences (the fields a backbone
             masks, :attr:`backbones.Conditioning.masks`: AudioLDM2's T5 states, say) are padded
-            with masked zeros to a multiple of this many tokens. The graphs are traced for static
-            shapes, so without it every new prompt length traces the denoiser's call again
-            (minutes with inductor) and, past dynamo's recompile limit, runs it eagerly; with it,
-            a manifest of prompts up to 32 tokens long uses one graph. The masks hide the
-            padding: the predictions are unchanged up to rounding. The clip's length still
-            picks the graph: clips of one length share it.
+            with masked zeros to a multiple of this many tokens, so a manifest of prompts up to
+            32 tokens long keeps one graph with the token count constant. Without it a new prompt
+            length traces the denoiser's call again (minutes with inductor), as a new clip length
+            does (see ``dynamic``). The masks hide the padding: the predictions are unchanged up
+            to rounding.
+        dynamic: with ``compile``, how the graphs follow the clip's length and the batch size
+            (``torch.compile``'s ``dynamic``). ``None`` (default): the first edit's shapes are
+            traced as constants; an edit of another length traces the calls once more with that
+            size symbolic, and that graph serves every later length (a few more traces where a
+            model branches on the length, e.g. AudioLDM2's UNet on multiples of 8): a manifest
+            of clips of many lengths traces each call two or three times, not once per length.
+            ``False``: every new length is traced again (minutes each with inductor) and, past
+            dynamo's recompile limit (8), runs eagerly. ``True``: symbolic from the first trace.
+            With CUDA graphs each new shape still records its own graph (a replay, no trace).
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -101,6 +108,7 @@ class Performance:
     checkpointing: bool = False
     compile_backend: str = "inductor"
     prompt_padding: int = 32
+    dynamic: bool | None = None
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -179,7 +187,7 @@ class Performance:
     def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
-        ``torch.compile(fn, dynamic=False, backend=compile_backend)``; with inductor on CUDA,
+        ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
         ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
         ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
         (one copy of each output) and the outputs of earlier calls in a step stay valid.
@@ -201,7 +209,7 @@ class Performance:
         checkpointing = self.checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
-            compiled = torch.compile(fn, dynamic=False, backend=self.compile_backend, mode=mode)
+            compiled = torch.compile(fn, dynamic=self.dynamic, backend=self.compile_backend, mode=mode)
 
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from losses.functional import dds_gradient, patch_nce_sum
+from backbones import load_backbone
 from steer import Concept, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 from steer.performance import Performance
@@ -261,6 +262,30 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
     assert _hooks(tiny_backbone) == hooks
 
 
+@pytest.mark.slow
+def test_a_compiled_editor_traces_new_clip_lengths_a_bounded_number_of_times(dynamo):
+    """One compiled editor over clips of 5 lengths (a manifest's): each applies eager's gradient
+    without a graph break, and the graphs stop growing. The second length traces the calls with
+    the length symbolic, a length on the other side of the UNet's branch on multiples of 8 the
+    UNet's call once more, and the last two reuse those graphs (with ``dynamic=False`` each
+    length traced its calls again). The tiny AudioLDM: its UNet branches as AudioLDM2's does
+    (both diffusers' UNet2DConditionModel with 3 upsamplers), and it traces 3× faster."""
+    backbone = load_backbone("tiny-audioldm")
+    frames = [16, 24, 20, 32, 28]  # the UNet logs on lengths that are no multiple of 8
+    editor = SteerMusic(backbone, steps=1, performance=Performance(compile=True, compile_backend="eager"))
+    graphs = []
+    for n in frames:
+        waveform = torch.randn(1, 1, 640 * n, generator=torch.Generator().manual_seed(n))
+        latent = backbone.encode_audio(waveform, 16000)
+        assert latent.shape[2] == n
+        eager = _first_gradient(SteerMusic(backbone, steps=1), latent, **PROMPTS)
+        torch.testing.assert_close(_first_gradient(editor, latent, **PROMPTS), eager, rtol=1e-5, atol=1e-5)
+        graphs.append(dynamo.graphs())
+    editor.close()
+    assert dynamo.breaks() == []
+    assert graphs == [2, 4, 5, 5, 5], graphs  # the UNet's call and the DDS gradient, then the UNet's again
+
+
 def _pcon_gradient(backbone, concept, latent, performance, weight):
     """PCon's part of the first step's gradient: with PCon minus without (shift off)."""
     kwargs = dict(steps=1, shift=0, performance=performance)
@@ -377,6 +402,7 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
 
     def compile_(fn, **kwargs):  # records how torch.compile was asked, compiles nothing
         modes.append(kwargs["mode"])
+        assert kwargs["dynamic"] is None  # Performance.dynamic's default: see the test above
         return fn
 
     monkeypatch.setattr(torch, "compile", compile_)
