@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,27 @@ def feature_modules(model: Backbone, features: Iterable[FeatureRequest]) -> list
     return [n for n in modules if n in set(names)]  # in the model's order
 
 
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a function or bound method) running a copy of its code object; anything else
+    callable, as it is.
+
+    Dynamo keeps a code object's compiled graphs on it and counts them against its recompile
+    limit (8) there; graphs of different objects share that count unless their guards pin the
+    object, which a module's are not. Every editor's predictors run the same methods, so they
+    shared one count: 3 compiled SteerMusic+ editors (3 concepts) and a second clip length were
+    past it, and the next predictor's calls ran eagerly. With its own copies, each predictor's
+    graphs count for it alone, and go with it.
+    """
+    bound = fn.__self__ if isinstance(fn, types.MethodType) else None
+    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
+    if not isinstance(func, types.FunctionType):
+        return fn
+    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    copy.__kwdefaults__ = func.__kwdefaults__
+    copy.__qualname__ = func.__qualname__
+    return copy if bound is None else types.MethodType(copy, bound)
+
+
 class Predictor:
     """One model's denoiser calls: ``predict_noise``, eager or compiled, optionally returning the
     outputs of chosen modules.
@@ -79,7 +101,7 @@ class Predictor:
         #: the modules each feature request selects, in the model's order
         self.names = {f: feature_modules(model, [f]) for f in features}
         observed = feature_modules(model, features)  # every request's, in the model's order
-        compile_fn = compiler or (lambda fn: fn)
+        compile_fn = (lambda fn: compiler(_own_code(fn))) if compiler else (lambda fn: fn)
         self._plain = compile_fn(model.predict_noise)
         self.tap = FeatureTap(model.denoiser, observed) if observed else None
         self._recorded = compile_fn(self._record) if self.tap is not None else None

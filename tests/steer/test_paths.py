@@ -10,11 +10,13 @@ import textwrap
 import pytest
 import torch
 
+from losses import FeatureRequest, NoiseRequest
 from losses.functional import dds_gradient, patch_nce_sum
 from backbones import load_backbone
 from steer import Concept, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 from steer.performance import Performance
+from steer.predictions import Predictor
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
 FP32_PATHS = ["batched", Performance(fused=True)]
@@ -284,6 +286,26 @@ def test_a_compiled_editor_traces_new_clip_lengths_a_bounded_number_of_times(dyn
     editor.close()
     assert dynamo.breaks() == []
     assert graphs == [2, 4, 5, 5, 5], graphs  # the UNet's call and the DDS gradient, then the UNet's again
+
+
+def test_compiled_predictors_count_their_recompilations_apart(dynamo):
+    """Dynamo counts recompilations against its limit per code object: the predictors of
+    several editors (a manifest's concepts) ran the same methods and shared one count, and the
+    first past it ran eagerly (seen: 3 compiled SteerMusic+ editors and a second clip length).
+    With the limit at 1, two predictors recording one model's features (two editors' taps on
+    it) each trace a graph; sharing the code, the second was a recompilation past the limit."""
+    backbone = load_backbone("tiny-audioldm")
+    features = [FeatureRequest(NoiseRequest("edit", "target", 3.0), layers=None)]
+    compiler = Performance(compile=True, compile_backend="eager").compiler(torch.device("cpu"))
+    x_t = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, cond = torch.tensor([500, 500]), backbone.encode_prompt(["a", "b"])
+    predictors = [Predictor(backbone, features, compiler) for _ in range(2)]  # two editors' taps
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        outputs = [p(x_t, t, cond, 3.0, record=True) for p in predictors]
+    for p in predictors:
+        p.close()
+    assert dynamo.graphs() == 2 and dynamo.breaks() == []
+    torch.testing.assert_close(outputs[1], outputs[0])
 
 
 def _pcon_gradient(backbone, concept, latent, performance, weight):
