@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+import warnings
 
 import torch
 from torch._dynamo.utils import counters
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="latent lengths in turn (default: 256 250 512 496 for --real-size, else 32 24 40 30)")
     parser.add_argument("--steps", type=int, default=2, help="steps per edit")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="fused kernels need triton")  # said on every CPU edit
     frames = args.frames or ([256, 250, 512, 496] if args.real_size else [32, 24, 40, 30])
     if any(n < 8 for n in frames):
         parser.error(f"--frames must be latent lengths of at least 8 frames, got {frames}")

@@ -52,11 +52,11 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     callable, as it is.
 
     Dynamo keeps a code object's compiled graphs on it and counts them against its recompile
-    limit (8) there; graphs of different objects share that count unless their guards pin the
-    object, which a module's are not. Every editor's predictors run the same methods, so they
-    shared one count: 3 compiled SteerMusic+ editors (3 concepts) and a second clip length were
-    past it, and the next predictor's calls ran eagerly. With its own copies, each predictor's
-    graphs count for it alone, and go with it.
+    limit (8) there; graphs for different objects share that count unless their guards pin the
+    object by identity, which a module's do not. Every editor's predictors run the same
+    methods, so they shared one count: 3 compiled SteerMusic+ editors (3 concepts) and a second
+    clip length were past it, and the next predictor's calls ran eagerly. With its own copies,
+    each predictor's graphs count for it alone, and go with it.
     """
     bound = fn.__self__ if isinstance(fn, types.MethodType) else None
     func = fn.__func__ if isinstance(fn, types.MethodType) else fn

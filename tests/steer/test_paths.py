@@ -10,9 +10,9 @@ import textwrap
 import pytest
 import torch
 
+from backbones import load_backbone
 from losses import FeatureRequest, NoiseRequest
 from losses.functional import dds_gradient, patch_nce_sum
-from backbones import load_backbone
 from steer import Concept, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 from steer.performance import Performance
@@ -424,7 +424,7 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
 
     def compile_(fn, **kwargs):  # records how torch.compile was asked, compiles nothing
         modes.append(kwargs["mode"])
-        assert kwargs["dynamic"] is None  # Performance.dynamic's default: see the test above
+        assert kwargs["dynamic"] is None  # Performance.dynamic's default: dynamo's automatic dynamic shapes
         return fn
 
     monkeypatch.setattr(torch, "compile", compile_)
