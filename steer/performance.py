@@ -120,6 +120,10 @@ class Performance:
             )
         if self.prompt_padding < 1:
             raise ValueError(f"prompt_padding must be a number of tokens ≥ 1, got {self.prompt_padding}")
+        if self.dynamic not in (None, True, False):
+            raise ValueError(
+                f"dynamic must be None (symbolic sizes from a second shape on), True or False, got {self.dynamic!r}"
+            )
 
     @classmethod
     def preset(cls, name: str) -> Performance:

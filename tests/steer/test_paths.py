@@ -155,6 +155,8 @@ def test_bad_combinations_are_clear_errors(tiny_backbone, latent):
         Performance(path="fast")
     with pytest.raises(ValueError, match="unknown performance preset 'turbo'"):
         Performance.preset("turbo")
+    with pytest.raises(ValueError, match="dynamic must be None .*, True or False, got 'auto'"):
+        Performance(dynamic="auto")
     editor = SteerMusic(tiny_backbone, steps=1, performance=Performance(compile=True, compile_backend="fast"))
     with pytest.raises(ValueError, match="unknown compile_backend 'fast': use one of .*inductor"):
         editor.edit_latent(latent, source="a", target="b")
