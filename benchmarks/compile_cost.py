@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -41,29 +42,27 @@ def compile_cost(
     backbone = build_backbone(real_size=real_size, device=device)
     channels, _, width = REAL_LATENT if real_size else TINY_LATENT
     performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend)
-    editors: dict[str, Editor] = {"steermusic": SteerMusic(backbone, steps=steps, performance=performance)}
-    for i in range(concepts):
-        editors[f"concept {i}"] = SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)
-    torch._dynamo.reset()
-    counters.clear()
     rows = []
-    try:
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-            for n in frames:
-                latent = torch.randn(1, channels, n, width, generator=torch.Generator().manual_seed(n)).to(device)
-                for name, editor in editors.items():
-                    start = time.perf_counter()
-                    editor.edit_latent(latent, **PROMPTS)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    rows.append({"editor": name, "frames": n, "seconds": time.perf_counter() - start,
-                                 "graphs": counters["stats"]["unique_graphs"],
-                                 "graph_breaks": sum(counters["graph_break"].values())})
-                    print("{editor:>10} {frames:6d} frames {seconds:8.2f} s {graphs:4d} graphs "
-                          "{graph_breaks:3d} breaks".format(**rows[-1]), flush=True)
-    finally:
+    with contextlib.ExitStack() as editors_open, torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        editors: dict[str, Editor] = {"steermusic": SteerMusic(backbone, steps=steps, performance=performance)}
+        for i in range(concepts):
+            editors[f"concept {i}"] = SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)
         for editor in editors.values():
-            editor.close()
+            editors_open.enter_context(editor)  # closed on the way out, whatever happens
+        torch._dynamo.reset()
+        counters.clear()
+        for n in frames:
+            latent = torch.randn(1, channels, n, width, generator=torch.Generator().manual_seed(n)).to(device)
+            for name, editor in editors.items():
+                start = time.perf_counter()
+                editor.edit_latent(latent, **PROMPTS)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                rows.append({"editor": name, "frames": n, "seconds": time.perf_counter() - start,
+                             "graphs": counters["stats"]["unique_graphs"],
+                             "graph_breaks": sum(counters["graph_break"].values())})
+                print("{editor:>10} {frames:6d} frames {seconds:8.2f} s {graphs:4d} graphs "
+                      "{graph_breaks:3d} breaks".format(**rows[-1]), flush=True)
     return rows
 
 

@@ -58,14 +58,14 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
     clip length were past it, and the next predictor's calls ran eagerly. With its own copies,
     each predictor's graphs count for it alone, and go with it.
     """
-    bound = fn.__self__ if isinstance(fn, types.MethodType) else None
-    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
-    if not isinstance(func, types.FunctionType):
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(_own_code(fn.__func__), fn.__self__)
+    if not isinstance(fn, types.FunctionType):
         return fn
-    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__)
-    copy.__kwdefaults__ = func.__kwdefaults__
-    copy.__qualname__ = func.__qualname__
-    return copy if bound is None else types.MethodType(copy, bound)
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = fn.__qualname__
+    return copy
 
 
 class Predictor:
