@@ -44,11 +44,11 @@ def compile_cost(
     performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend)
     rows = []
     with contextlib.ExitStack() as editors_open, torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        editors: dict[str, Editor] = {"steermusic": SteerMusic(backbone, steps=steps, performance=performance)}
+        # each closed on the way out (a LoRA concept's adapter leaves the backbone), whatever happens
+        editors: dict[str, Editor] = {"steermusic": editors_open.enter_context(SteerMusic(backbone, steps=steps, performance=performance))}
         for i in range(concepts):
-            editors[f"concept {i}"] = SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)
-        for editor in editors.values():
-            editors_open.enter_context(editor)  # closed on the way out, whatever happens
+            editor = SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)
+            editors[f"concept {i}"] = editors_open.enter_context(editor)
         torch._dynamo.reset()
         counters.clear()
         for n in frames:
