@@ -355,7 +355,7 @@ class Editor(LatentEditor):
             )
             noise = torch.randn(x.shape, generator=generator, device=x.device)
             noisy_latent, noisy_source = self._noise(x, source_latent, noise, t)
-            with performance.autocast(x.device):
+            with performance.autocast(x.device), performance.guarding(step):
                 predictions, features = evaluate_requests(
                     self.requests,
                     models=models,

@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step')
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -32,6 +32,7 @@ from losses.base import Fn
 from losses.fused import triton_available
 
 PATHS = ("reference", "batched")
+GUARDS = ("first-step", "every-step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -99,6 +100,20 @@ class Performance:
             ``False``: every new length is traced again (minutes each with inductor) and, past
             dynamo's recompile limit (8), runs eagerly. ``True``: symbolic from the first trace.
             With CUDA graphs each new shape still records its own graph (a replay, no trace).
+        guards: with ``compile``, when dynamo checks that a compiled denoiser call's graph still
+            fits its inputs and the model (its guards: thousands, on every module's attributes
+            and parameters). On the real-size UNet the compiled calls of a step cost the host
+            0.6 ms besides their graphs' work with every guard checked, 0.25 ms with a later
+            step's checks, for SteerMusic; 19.8 ms against 1.4 ms for SteerMusic+ with a LoRA
+            concept (CPU,
+            ``python -m benchmarks.host_time``; a 1-s edit leaves 2.5 ms a step).
+            ``"first-step"`` (default): in full at each edit's first step; its later steps run
+            only the guards that tell a model's graphs apart (input shapes and dtypes, and what
+            failed before: ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``), as they
+            call the denoisers with the first step's shapes, prompts and models. A change to a
+            model during an edit (by a ``callback``) is then seen from the next edit on.
+            ``"every-step"``: in full at every call. The losses' compiled maths are always
+            checked in full (a few guards).
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -110,6 +125,7 @@ class Performance:
     compile_backend: str = "inductor"
     prompt_padding: int = 32
     dynamic: bool | None = None
+    guards: Literal["first-step", "every-step"] = "first-step"
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -124,6 +140,8 @@ class Performance:
             raise ValueError(
                 f"dynamic must be None (symbolic sizes from a second shape on), True or False, got {self.dynamic!r}"
             )
+        if self.guards not in GUARDS:
+            raise ValueError(f"unknown guards {self.guards!r}: use one of {', '.join(GUARDS)}")
 
     @classmethod
     def preset(cls, name: str) -> Performance:
@@ -172,6 +190,17 @@ class Performance:
             return
         with torch.autocast(device.type, dtype=self.dtype):
             yield
+
+    def guarding(self, step: int) -> contextlib.AbstractContextManager[None]:
+        """Around step ``step``'s denoiser calls (counted from 0 in each edit): how dynamo checks
+        the compiled ones (:attr:`guards`). From the second step of a ``"first-step"`` edit
+        only the guards that tell graphs apart run; the user's compiler stance is kept."""
+        if not self.compile or self.guards == "every-step" or step == 0:
+            return contextlib.nullcontext()
+        stance = torch._dynamo.eval_frame._stance
+        return torch.compiler.set_stance(
+            stance.stance, skip_guard_eval_unsafe=True, force_backend=stance.backend
+        )
 
     def conditioning(self, cond: Conditioning) -> Conditioning:
         """``cond`` as this path's denoiser calls take it: padded (:attr:`prompt_padding`) when

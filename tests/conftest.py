@@ -27,6 +27,8 @@ class AnalyticBackbone(Backbone):
 
     def __init__(self, shape: Sequence[int] = (2, 6, 4)) -> None:
         self.shape = tuple(shape)
+        #: scales every prediction (1: the exact one); a plain attribute, as a module's settings are
+        self.gain = 1.0
         self._denoiser = nn.Linear(1, 1)
         betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000) ** 2
         self._alphas_cumprod = torch.cumprod(1 - betas, 0)
@@ -53,7 +55,7 @@ class AnalyticBackbone(Backbone):
         if isinstance(g, Tensor):
             g = g.view(-1, *([1] * (x_t.dim() - 1)))
         mu = g * cond.cond["mu"] + (1 - g) * cond.uncond["mu"]
-        return (x_t - a.sqrt() * mu) / (1 - a).sqrt()
+        return self.gain * (x_t - a.sqrt() * mu) / (1 - a).sqrt()
 
     def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
         return waveform.reshape(waveform.shape[0], *self.shape)

@@ -157,6 +157,8 @@ def test_bad_combinations_are_clear_errors(tiny_backbone, latent):
         Performance.preset("turbo")
     with pytest.raises(ValueError, match="dynamic must be None .*, True or False, got 'auto'"):
         Performance(dynamic="auto")
+    with pytest.raises(ValueError, match="unknown guards 'never': use one of first-step, every-step"):
+        Performance(guards="never")
     editor = SteerMusic(tiny_backbone, steps=1, performance=Performance(compile=True, compile_backend="fast"))
     with pytest.raises(ValueError, match="unknown compile_backend 'fast': use one of .*inductor"):
         editor.edit_latent(latent, source="a", target="b")
@@ -309,6 +311,64 @@ def test_compiled_predictors_count_their_recompilations_apart(dynamo):
     assert dynamo.graphs() == 2 and dynamo.breaks() == []
     torch.testing.assert_close(outputs[1], outputs[0])
 
+
+
+@pytest.mark.parametrize("guards", ["first-step", "every-step"])
+def test_compiled_steps_after_an_edits_first_skip_the_guards_on_the_model(analytic_backbone, dynamo, guards):
+    """Dynamo checks a compiled denoiser call's guards (thousands on a UNet: ms of host time a
+    call) in full at an edit's first step only: a model setting a callback changes after step 0
+    is seen from the next edit on, and at once with ``guards="every-step"``."""
+    backbone = analytic_backbone
+    latent = backbone.encode_audio(torch.randn(1, 48, generator=torch.Generator().manual_seed(0)), 100)
+
+    def edit(editor, gain, *, then=None):
+        backbone.gain = gain
+
+        def callback(state):
+            if state.step == 0 and then is not None:
+                backbone.gain = then
+
+        return editor.edit_latent(latent, seed=3, callback=callback, **PROMPTS).latent
+
+    eager = SteerMusic(backbone, steps=3)
+    unchanged, changed, doubled = edit(eager, 1.0), edit(eager, 1.0, then=2.0), edit(eager, 2.0)
+    assert (changed - unchanged).abs().max() > 0.01
+    performance = Performance(compile=True, compile_backend="eager", guards=guards)
+    compiled = SteerMusic(backbone, steps=3, performance=performance)
+    torch.testing.assert_close(edit(compiled, 1.0, then=2.0), unchanged if guards == "first-step" else changed)
+    assert dynamo.graphs() == (2 if guards == "first-step" else 3)  # the call, retraced for the new gain; the DDS maths
+    torch.testing.assert_close(edit(compiled, 2.0), doubled)  # the next edit's first step sees it
+    assert dynamo.graphs() == 3
+    compiled.close()
+
+
+def test_steps_after_the_first_call_the_graph_their_inputs_were_traced_for(dynamo):
+    """With guards skipped after an edit's first step, each call still gets its own graph when a
+    predictor has several: the reference loop reads features without gradients, then again with
+    them (PCon's second pass), from the same compiled call."""
+    backbone = load_backbone("tiny-audioldm")
+    features = [FeatureRequest(NoiseRequest("edit", "target", 3.0), layers=None, grad=True)]
+    performance = Performance(compile=True, compile_backend="eager")
+    compiled = Predictor(backbone, features, performance.compiler(torch.device("cpu")))
+    eager = Predictor(backbone, features)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 16, 16, generator=generator).requires_grad_(True)
+    t, cond = torch.tensor([300, 700]), backbone.encode_prompt(["a", "b"])
+
+    def calls(predictor):
+        with torch.no_grad():
+            plain, _ = predictor(0.9 * x, t, cond, 3.0, record=True)
+        _, captured = predictor(0.9 * x, t, cond, 3.0, record=True)
+        (gradient,) = torch.autograd.grad(sum(h.square().sum() for h in captured.values()), x)
+        return plain, gradient
+
+    expected = calls(eager)
+    for step in range(3):
+        with performance.guarding(step):
+            torch.testing.assert_close(calls(compiled), expected, rtol=1e-5, atol=1e-5)
+    compiled.close()
+    eager.close()
+    assert dynamo.graphs() == 2 and dynamo.breaks() == []
 
 def _pcon_gradient(backbone, concept, latent, performance, weight):
     """PCon's part of the first step's gradient: with PCon minus without (shift off)."""
