@@ -102,10 +102,9 @@ class Performance:
             With CUDA graphs each new shape still records its own graph (a replay, no trace).
         guards: with ``compile``, when dynamo checks that a compiled denoiser call's graph still
             fits its inputs and the model (its guards: thousands, on every module's attributes
-            and parameters). On the real-size UNet the compiled calls of a step cost the host
-            0.6 ms besides their graphs' work with every guard checked, 0.25 ms with a later
-            step's checks, for SteerMusic; 19.8 ms against 1.4 ms for SteerMusic+ with a LoRA
-            concept (CPU,
+            and parameters). On the real-size UNet the host's time a step, the graphs' work
+            left out, was 3.7–4.5 ms with every guard checked and 1.2–2.6 ms with a later step's
+            checks for SteerMusic, 25.3 ms and 11.7 ms for SteerMusic+ with a LoRA concept (CPU,
             ``python -m benchmarks.host_time``; a 1-s edit leaves 2.5 ms a step).
             ``"first-step"`` (default): in full at each edit's first step; its later steps run
             only the guards that tell a model's graphs apart (input shapes and dtypes, and what
