@@ -1,0 +1,115 @@
+"""Host time of a compiled edit's steps, the graphs' work left out: dynamo's guard checks, the
+gathering of each graph's inputs and the putting back of its side effects, the eager ops between
+the compiled calls and the editor's own Python, with each ``Performance.guards`` setting.
+
+On a GPU a step's compiled calls are CUDA-graph replays: the GPU runs them while the host goes
+on, unless the host's own work per step takes longer. A 1-s, 400-step edit leaves 2.5 ms a step,
+so the host time measured here bounds the edit from below. The editor compiles with a backend
+that runs each graph during two 2-step warm-up edits and from then on returns the graph's last outputs
+(detached, for outputs that carried gradients: the compiled backward's work is left out too);
+edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The eager
+ops between the calls are counted in a profiled edit (``torch.profiler``, top-level ``aten::``
+ops: on CUDA each a dispatch or a kernel launch).
+
+Usage::
+
+    python -m benchmarks.host_time --real-size --device cuda --recipe steermusic_plus
+    python -m benchmarks.host_time --real-size        # the host's figures, on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._pytree import tree_map_only
+
+from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
+from steer.performance import GUARDS, PRESETS
+
+PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
+COMPILED = [name for name, preset in PRESETS.items() if preset.compile]
+BACKEND = "steer_host_only"
+
+
+class _HostOnly:
+    """A ``torch.compile`` backend that runs each graph until :attr:`frozen`, then returns the
+    graph's last outputs: a call then costs only what dynamo does around its graph."""
+
+    def __init__(self) -> None:
+        self.frozen = False
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        last: list[Any] = []
+
+        def run(*args: Any) -> Any:
+            if not (self.frozen and last):
+                last[:] = [graph(*args)]
+                return last[0]
+            return tree_map_only(torch.Tensor, lambda t: t.detach().requires_grad_(t.requires_grad), last[0])
+
+        return run
+
+
+_HOST_ONLY = _HostOnly()
+
+
+def host_time(
+    *, recipe: str, real_size: bool, device: torch.device, path: str, steps: int, rounds: int,
+) -> dict[str, float]:
+    """Host milliseconds a step with each :data:`~steer.performance.GUARDS` setting (the
+    fastest of ``rounds`` edits of ``steps`` steps, the first step included), and the eager ops
+    a step makes between the compiled calls (``"eager ops a step"``)."""
+    if BACKEND not in torch.compiler.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(_HOST_ONLY, name=BACKEND)
+    backbone = build_backbone(real_size=real_size, device=device)
+    latent = torch.randn(1, *(REAL_LATENT if real_size else TINY_LATENT), generator=torch.Generator().manual_seed(0))
+    latent = latent.to(device)
+    figures: dict[str, float] = {}
+    for guards in GUARDS:
+        performance = dataclasses.replace(PRESETS[path], compile_backend=BACKEND, guards=guards)
+        _HOST_ONLY.frozen = False
+        torch._dynamo.reset()
+        with make_editor(recipe, backbone, performance, steps=2) as editor:
+            for _ in range(2):  # traces the calls; runs each graph a few times
+                editor.edit_latent(latent, **PROMPTS)
+            _HOST_ONLY.frozen = True
+            editor.steps = steps
+            times = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                editor.edit_latent(latent, **PROMPTS)
+                times.append(time.perf_counter() - start)
+            figures[f"guards={guards} ms a step"] = min(times) / steps * 1e3
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                editor.edit_latent(latent, **PROMPTS)
+        top = [e for e in profiled.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+        figures["eager ops a step"] = len(top) / steps
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--recipe", default="steermusic", choices=("steermusic", "steermusic_plus"))
+    parser.add_argument("--path", default="fused", choices=COMPILED)
+    parser.add_argument("--steps", type=int, default=50, help="steps of each timed edit")
+    parser.add_argument("--rounds", type=int, default=3, help="timed edits per setting; the fastest counts")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="fused kernels need triton")  # said on every CPU edit
+    warnings.filterwarnings("ignore", message="Warning: Profiler clears events")
+    figures = host_time(recipe=args.recipe, real_size=args.real_size, device=torch.device(args.device),
+                        path=args.path, steps=args.steps, rounds=args.rounds)
+    print(f"{args.recipe}, {args.path}, {'real-size' if args.real_size else 'tiny'}, {args.device}: "
+          + ", ".join(f"{name} {value:.2f}" for name, value in figures.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
