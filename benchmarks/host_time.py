@@ -5,11 +5,11 @@ the compiled calls and the editor's own Python, with each ``Performance.guards``
 On a GPU a step's compiled calls are CUDA-graph replays: the GPU runs them while the host goes
 on, unless the host's own work per step takes longer. A 1-s, 400-step edit leaves 2.5 ms a step,
 so the host time measured here bounds the edit from below. The editor compiles with a backend
-that runs each graph during two 2-step warm-up edits and from then on returns the graph's last outputs
-(detached, for outputs that carried gradients: the compiled backward's work is left out too);
-edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The eager
-ops between the calls are counted in a profiled edit (``torch.profiler``, top-level ``aten::``
-ops: on CUDA each a dispatch or a kernel launch).
+that runs each graph during two 2-step warm-up edits and from then on returns the graph's last
+outputs (detached, for outputs that carried gradients: the compiled backward's work is left out
+too); edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The
+eager ops between the calls are counted in a profiled edit (``torch.profiler``, top-level
+``aten::`` ops: on CUDA each a dispatch or a kernel launch).
 
 Usage::
 
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps of each timed edit")
     parser.add_argument("--rounds", type=int, default=3, help="timed edits per setting; the fastest counts")
     args = parser.parse_args(argv)
+    if args.steps < 2 or args.rounds < 1:
+        parser.error(f"--steps must be at least 2 (a first step and later ones) and --rounds at least 1, "
+                     f"got {args.steps} and {args.rounds}")
     warnings.filterwarnings("ignore", message="fused kernels need triton")  # said on every CPU edit
     warnings.filterwarnings("ignore", message="Warning: Profiler clears events")
     figures = host_time(recipe=args.recipe, real_size=args.real_size, device=torch.device(args.device),
