@@ -322,8 +322,9 @@ def test_compiled_predictors_count_their_recompilations_apart(dynamo):
 @pytest.mark.parametrize("guards", ["first-step", "every-step"])
 def test_compiled_steps_after_an_edits_first_skip_the_guards_on_the_model(analytic_backbone, dynamo, guards):
     """Dynamo checks a compiled denoiser call's guards (thousands on a UNet, up to milliseconds
-    of host time a call) in full at an edit's first step only: a model setting a callback changes after step 0
-    is seen from the next edit on, and at once with ``guards="every-step"``."""
+    of host time a call) in full at an edit's first step only: a model setting a callback
+    changes after step 0 is seen from the next edit on, and at once with
+    ``guards="every-step"``."""
     backbone = analytic_backbone
     latent = backbone.encode_audio(torch.randn(1, 48, generator=torch.Generator().manual_seed(0)), 100)
 
