@@ -9,6 +9,7 @@ speed-up over ``reference`` measured in the same run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--compile-backend", default="inductor",
         help="torch.compile backend of the fused paths (default inductor; aot_eager traces without code generation)",
     )
+    group.addoption(
+        "--profile-file", type=Path, default=None,
+        help="profile one more edit per case and append its summary here (wall and kernel time a step, top ops)",
+    )
 
 
 @dataclass
@@ -42,6 +47,7 @@ class Settings:
     compile_backend: str
     latent_shape: tuple[int, ...]
     peak: Peak
+    profile_file: Path | None = None
     #: (recipe, batch) -> path -> measured figures
     results: dict[tuple[str, int], dict[str, dict[str, float | None]]] = field(default_factory=dict)
 
@@ -60,6 +66,7 @@ def settings(request: pytest.FixtureRequest) -> Settings:
         compile_backend=request.config.getoption("--compile-backend"),
         latent_shape=REAL_LATENT if real_size else TINY_LATENT,
         peak=matmul_peak(device),
+        profile_file=request.config.getoption("--profile-file"),
     )
     request.config._steer_bench = settings  # read by the terminal summary
     return settings

@@ -22,6 +22,7 @@ from torch._dynamo.utils import counters
 
 from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
+from benchmarks.profiling import profile_summary
 from steer.performance import Performance
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 RECIPES = ("steermusic", "steermusic_plus")
 PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
 BATCHES = (1, 8)
+#: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)
+PROFILED_STEPS = 3
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
     "steermusic_plus": dict(source="a piano melody", target="a sks guitar melody"),
@@ -82,9 +85,10 @@ def model_flops(settings, bench_backbone):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
+def test_step_time(request, benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
     device = settings.device
     perf = performance(path, settings)
+    flops = model_flops(recipe, batch)  # before this case's editor holds memory
     _fresh_dynamo()
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
     editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
@@ -102,23 +106,38 @@ def test_step_time(benchmark, settings, bench_backbone, model_flops, recipe, pat
         # a recompilation past dynamo's limit would time eager code: fail instead
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             edit()  # warm-up
-            times.clear()
+            warm_up = times.pop()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
+            graph_breaks = sum(counters["graph_break"].values())
+            seconds = min(times) / settings.steps
+            figures = {
+                "ms_per_step": seconds * 1e3,
+                "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+                "mfu": mfu(flops, seconds, settings.peak),
+                "graph_breaks": graph_breaks if perf.compile else None,
+                "warm_up_s": warm_up,
+            }
+            settings.results.setdefault((recipe, batch), {})[path] = figures
+            benchmark.extra_info.update(figures, performance=repr(perf), peak=settings.peak.label)
+            # each case's figures as it ends: a run stopped before the closing table keeps them
+            memory = "n/a" if figures["peak_mib"] is None else f"{figures['peak_mib']:.0f} MiB"
+            plugins = request.config.pluginmanager
+            with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+                plugins.get_plugin("terminalreporter").write_line(
+                    f"{recipe} B={batch} {path}: {figures['ms_per_step']:.3f} ms/step, peak {memory}, "
+                    f"MFU {figures['mfu']:.1%}, graph breaks {figures['graph_breaks']}, "
+                    f"warm-up edit (compiling) {warm_up:.1f} s"
+                )
+            if settings.profile_file is not None:
+                editor.steps = PROFILED_STEPS
+                summary = profile_summary(lambda: editor.edit_latent(latent, **PROMPTS[recipe]),
+                                          steps=PROFILED_STEPS, device=device)
+                with settings.profile_file.open("a") as file:
+                    file.write(f"\n== {recipe} B={batch} {path}: {perf!r}\n{summary}\n")
     finally:
         editor.close()
-    graph_breaks = sum(counters["graph_break"].values())
-    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    seconds = min(times) / settings.steps
-    figures = {
-        "ms_per_step": seconds * 1e3,
-        "peak_mib": peak_mib,
-        "mfu": mfu(model_flops(recipe, batch), seconds, settings.peak),
-        "graph_breaks": graph_breaks if perf.compile else None,
-    }
-    settings.results.setdefault((recipe, batch), {})[path] = figures
-    benchmark.extra_info.update(figures, performance=repr(perf), peak=settings.peak.label)
     assert torch.isfinite(result.latent).all()
     assert not torch.equal(result.latent, latent)  # the step did work
-    assert not figures["graph_breaks"], f"{graph_breaks} graph breaks: {list(counters['graph_break'])}"
+    assert not graph_breaks, f"{graph_breaks} graph breaks: {list(counters['graph_break'])}"

@@ -1,9 +1,13 @@
 """The benchmark's real-size model runs, with and without its LoRA concept: prompts get
 conditionings of the UNet's real widths."""
 
+import re
+import time
+
 import torch
 
 from benchmarks.models import RealSizeBackbone, lora_concept
+from benchmarks.profiling import profile_summary
 
 
 def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
@@ -36,3 +40,21 @@ def test_real_size_steermusic_plus_step_runs_on_a_small_latent():
         result = editor.edit_latent(latent, source="a piano melody", target="a sks guitar melody")
     assert result.latent.isfinite().all() and (result.latent - latent).abs().max() > 1e-4
     assert result.history[0]["PersonalizedContrastiveLoss"] > 0
+
+
+def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
+    """`pytest benchmarks --profile-file` writes this per case: the wall time divided by the
+    edit's steps, and the ops with the most time, with their call counts."""
+    a = torch.randn(64, 64)
+
+    def edit():  # 3 "steps", each one matmul and one sleep of 20 ms
+        for _ in range(3):
+            a @ a
+            time.sleep(0.02)
+
+    summary = profile_summary(edit, steps=3, device=torch.device("cpu"), rows=5)
+    wall = float(re.match(r"profiled wall ([\d.]+) ms a step", summary).group(1))
+    assert 20 <= wall < 50  # the edit's 60 ms over its 3 steps
+    mm = next(line for line in summary.splitlines() if line.strip().startswith("aten::mm"))
+    assert mm.split()[-1] == "3"  # its number of calls
+    assert "kernels" not in summary  # device time is only given on CUDA
