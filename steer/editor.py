@@ -24,7 +24,7 @@ from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
 from .audio import Audio
-from .performance import Performance
+from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
 
 
@@ -83,6 +83,7 @@ class _Runtime:
     device: torch.device
     predictors: dict[str, Predictor]
     compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None
+    weights: CastOnce | None = None
     functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
 
     def compile(self, fn: Fn) -> Fn:
@@ -91,6 +92,11 @@ class _Runtime:
         if fn not in self.functions:
             self.functions[fn] = self.compiler(fn)
         return self.functions[fn]  # type: ignore[return-value]
+
+    def cast_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The denoisers' weights in the precision they run in, during an edit (see
+        :attr:`~steer.performance.Performance.cast_weights`)."""
+        return contextlib.nullcontext() if self.weights is None else self.weights.applied()
 
     def close(self) -> None:
         for predictor in self.predictors.values():
@@ -261,7 +267,8 @@ class Editor(LatentEditor):
                     predictors[name] = Predictor(model, features[name], compiler, checkpointing=checkpointing)
                     made.callback(predictors[name].close)
                 made.pop_all()
-            return _Runtime(device, predictors, compiler)
+            weights = self.performance.weight_casts(model.denoiser for model in models.values())
+            return _Runtime(device, predictors, compiler, weights)
 
         if not self.performance.compile:
             runtime = build()
@@ -323,7 +330,7 @@ class Editor(LatentEditor):
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
         self.performance.check(x.device)
-        with self._runtime(models, x.device) as runtime:
+        with self._runtime(models, x.device) as runtime, runtime.cast_weights():
             return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
 
     def _loop(

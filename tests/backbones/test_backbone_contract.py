@@ -156,6 +156,33 @@ def test_steermusic_plus_with_a_lora_concept(backbone, latent):
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
+def test_weights_cast_once_give_autocasts_edit_bit_for_bit(backbone, latent):
+    """bf16 with the matmul and convolution weights cast once per edit (the default) against
+    autocast casting them on every call: SteerMusic+ with a LoRA concept (its adapter's weights
+    cast too, PCon's backward through ε′) applies the same gradients exactly; during the edit the
+    modules hold bf16 copies, after it their own float32 parameters."""
+    concept = Concept.train(backbone, [CLIP], token=TOKEN, class_word=CLASS_WORD, method="lora", steps=1, progress=False)
+    target = f"a recording of a {TOKEN} {CLASS_WORD}"
+    parameters = dict(backbone.denoiser.named_parameters())
+    runs = {}
+    for cast in (True, False):
+        states, dtypes = [], set()
+
+        def seen(state, states=states, dtypes=dtypes):
+            states.append(state)
+            dtypes.update(p.dtype for m in backbone.denoiser.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters())
+
+        performance = Performance(precision="bf16", cast_weights=cast)
+        with SteerMusicPlus(backbone, concept, steps=2, pcon_positions=8, performance=performance) as editor:
+            result = editor.edit_latent(latent, source=SOURCE, target=target, callback=seen)
+        runs[cast] = result.latent, [s.gradient for s in states]
+        assert dtypes == ({torch.bfloat16} if cast else {torch.float32})
+        after = dict(backbone.denoiser.named_parameters())
+        assert after.keys() == parameters.keys() and all(after[n] is p for n, p in parameters.items())
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1], strict=True))
+    assert torch.equal(runs[True][0], runs[False][0]) and not torch.equal(runs[True][0], latent)
+
+
 @pytest.mark.slow
 def test_compiled_steermusic_plus_is_whole_graphs(backbone, latent, dynamo):
     """Compiled with checkpointing (dynamo alone: graph breaks are dynamo's), SteerMusic+ with a

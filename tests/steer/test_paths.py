@@ -15,7 +15,7 @@ from losses import FeatureRequest, NoiseRequest
 from losses.functional import dds_gradient, patch_nce_sum
 from steer import Concept, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
-from steer.performance import Performance
+from steer.performance import CastOnce, Performance
 from steer.predictions import Predictor
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
@@ -347,6 +347,50 @@ def test_compiled_steps_after_an_edits_first_skip_the_guards_on_the_model(analyt
     torch.testing.assert_close(edit(compiled, 2.0), doubled)  # the next edit's first step sees it
     assert dynamo.graphs() == 3
     compiled.close()
+
+
+def test_cast_once_keeps_its_copies_and_casts_changed_or_replaced_weights_again():
+    net = torch.nn.Sequential(torch.nn.Conv1d(2, 3, 1), torch.nn.GroupNorm(1, 3), torch.nn.Linear(3, 3, bias=False))
+    conv, norm, linear = net
+    own = list(net.parameters())
+    casts = CastOnce([net, net], torch.bfloat16)  # a module given twice is cast once
+    with casts.applied():
+        copies = list(net.parameters())
+    assert [p.dtype for p in copies] == [torch.bfloat16] * 2 + [torch.float32] * 2 + [torch.bfloat16]
+    assert copies[2] is norm.weight and not any(p.requires_grad for p in copies[:2] + copies[4:])
+    assert all(torch.equal(c, p.to(torch.bfloat16)) for c, p in zip(copies, own, strict=True))
+    assert all(a is b for a, b in zip(net.parameters(), own, strict=True))  # its own ones back
+    with torch.no_grad():
+        conv.weight.add_(1)  # changed in place
+    linear.weight = torch.nn.Parameter(torch.randn(3, 3))  # replaced
+    with casts.applied():
+        again = list(net.parameters())
+    assert all(a is b for a, b in zip(again, copies, strict=True))  # the same copies (a graph's addresses)
+    assert torch.equal(again[0], conv.weight.to(torch.bfloat16)) and torch.equal(again[4], linear.weight.to(torch.bfloat16))
+    with pytest.raises(RuntimeError, match="boom"), casts.applied():
+        raise RuntimeError("boom")
+    assert net[0].weight.dtype == torch.float32 and linear.weight.dtype == torch.float32
+
+
+def test_compiled_bf16_editors_keep_their_cast_weights_and_follow_changes(dynamo):
+    """A compiled bf16 editor's weights are cast once and the copies kept between edits, so the
+    first edit's graphs serve the next; a float32 weight changed in place between edits is cast
+    again into its copy, and the next edit uses it, as a new editor would."""
+    backbone = load_backbone("tiny")
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    performance = Performance(precision="bf16", compile=True, compile_backend="eager")
+    with SteerMusic(backbone, steps=2, performance=performance) as compiled:
+        first = compiled.edit_latent(latent, **PROMPTS).latent
+        graphs = dynamo.graphs()
+        torch.testing.assert_close(compiled.edit_latent(latent, **PROMPTS).latent, first, rtol=0, atol=0)
+        conv = next(m for m in backbone.denoiser.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            conv.weight.mul_(2)
+        changed = compiled.edit_latent(latent, **PROMPTS).latent
+        assert dynamo.graphs() == graphs and dynamo.breaks() == []
+    assert (changed - first).abs().max() > 1e-3
+    with SteerMusic(backbone, steps=2, performance=performance) as fresh:
+        torch.testing.assert_close(changed, fresh.edit_latent(latent, **PROMPTS).latent, rtol=0, atol=0)
 
 
 def test_steps_after_the_first_call_the_graph_their_inputs_were_traced_for(dynamo):
