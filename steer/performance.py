@@ -125,7 +125,8 @@ class Performance:
             autocast makes, so predictions and gradients are the same bit for bit (tested on
             every backbone). The copies add half the float32 size of those weights on the
             device for the edit (a compiled editor's until :meth:`~steer.editor.Editor.close`);
-            outside the edits the modules hold their float32 parameters.
+            outside the edits the modules hold their float32 parameters (a ``callback`` runs
+            inside the edit: a denoiser it calls has the copies).
     """
 
     path: Literal["reference", "batched"] = "batched"
