@@ -1,5 +1,6 @@
 """``steer edit`` with the offline tiny backbone, and its one-line errors."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from steer.cli import main
+from steer.cli import _edit_settings, _parser, main
+from steer.performance import PRESETS
 
 
 @pytest.fixture()
@@ -77,6 +79,21 @@ def test_performance_paths_give_the_same_edit(wav, tmp_path):
     reference, batched = (sf.read(p)[0] for p in outputs.values())
     assert np.abs(reference).max() > 0
     np.testing.assert_allclose(batched, reference, atol=2e-4)
+
+
+def test_compile_backend_sets_the_compiled_paths_backend_and_is_refused_elsewhere(wav, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
+    args = _parser().parse_args([*argv, "--performance", "fused", "--compile-backend", "cudagraphs"])
+    assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS["fused"], compile_backend="cudagraphs")
+    for more, message in [
+        (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
+        (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),
+    ]:
+        assert main([*argv, *more]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert not out.exists()
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):
