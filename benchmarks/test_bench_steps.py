@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from benchmarks.conftest import Settings
 
 RECIPES = ("steermusic", "steermusic_plus")
-PATHS = ("reference", "batched", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
+#: paths the benchmarks time besides the presets: the one before an optimisation, for its ratio
+VARIANTS = {"bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False)}
+PATHS = ("reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)
 PROFILED_STEPS = 3
@@ -40,9 +42,9 @@ PROMPTS = {
 
 
 def performance(path: str, settings: Settings) -> Performance:
-    """The path's preset, compiled with the session's backend, or not compiled where compiling
-    is off (the CPU by default)."""
-    preset = Performance.preset(path)
+    """The path's preset (or variant), compiled with the session's backend, or not compiled
+    where compiling is off (the CPU by default)."""
+    preset = VARIANTS[path] if path in VARIANTS else Performance.preset(path)
     if not preset.compile:
         return preset
     if not settings.compile:
