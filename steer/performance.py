@@ -309,7 +309,7 @@ class CastOnce:
     """
 
     def __init__(self, modules: Iterable[nn.Module], dtype: torch.dtype) -> None:
-        self.modules = list({id(m): m for m in modules}.values())  # a shared denoiser once
+        self.modules = list(modules)
         self.dtype = dtype
         self._copies: dict[tuple[int, str], _Copy] = {}
 
@@ -318,6 +318,7 @@ class CastOnce:
         """The modules hold the cast copies inside the block, their own parameters after it."""
         swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
         try:
+            # each module once, a denoiser shared by several models included
             for module in {id(m): m for root in self.modules for m in root.modules()}.values():
                 if not isinstance(module, AUTOCAST_MODULES):
                     continue
