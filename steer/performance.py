@@ -34,6 +34,14 @@ from losses.fused import triton_available
 PATHS = ("reference", "batched")
 GUARDS = ("first-step", "every-step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: :attr:`Performance.compile_backend` for :func:`steer.cuda_graphs.cuda_graphs`
+STEER_CUDA_GRAPHS = "steer-cudagraphs"
+
+
+def compile_backends() -> list[str]:
+    """The names :attr:`Performance.compile_backend` takes: ``"steer-cudagraphs"``
+    (:func:`steer.cuda_graphs.cuda_graphs`) and torch's registered backends."""
+    return [STEER_CUDA_GRAPHS, *torch.compiler.list_backends(exclude_tags=())]
 
 
 @dataclass(frozen=True)
@@ -81,13 +89,16 @@ class Performance:
             regions, not the transformer). Compiled in bf16 (``fused-checkpointed``) the step's
             rise fell from 1316 MiB to 250 MiB (SteerMusic: 48 MiB), SteerMusic+/SteerMusic
             1.92× → 1.15× (CPU proxy, ``aot_eager``).
-        compile_backend: the ``torch.compile`` backend: ``"inductor"`` (default: generated
-            Triton/C++ kernels), ``"cudagraphs"`` (CUDA: dynamo's graphs replayed as CUDA graphs,
-            no code generated; on one H200, real-size UNet, SteerMusic at batch 1: 21.7 ms a
-            step, 6.7× ``reference``, after a 33-s first edit; inductor's first edit there was
-            stopped by that session's time limit, unmeasured), or e.g. ``"aot_eager"``, which traces
-            forward and backward without generating code (quick; how the tests check the
-            compiled calls on a CPU).
+        compile_backend: the ``torch.compile`` backend (:func:`compile_backends`):
+            ``"inductor"`` (default: generated Triton/C++ kernels); ``"steer-cudagraphs"``
+            (:mod:`steer.cuda_graphs`: on CUDA dynamo's graphs replayed as CUDA graphs that read
+            the parameters in place, no code generated; not yet measured on a GPU);
+            ``"cudagraphs"`` (torch's: the same, but every replay copies each parameter into
+            the graph; on one H200, real-size UNet, SteerMusic at batch 1: 21.7 ms a step, 6.7×
+            ``reference``, after a 33-s first edit, with about 1 700 copies a step, 2.9 of its
+            16.3 ms of kernels; inductor's first edit there was stopped by that session's time
+            limit, unmeasured), or e.g. ``"aot_eager"``, which traces forward and backward
+            without generating code (quick; how the tests check the compiled calls on a CPU).
         prompt_padding: with ``compile``, the prompts' token sequences (the fields a backbone
             masks, :attr:`backbones.Conditioning.masks`: AudioLDM2's T5 states, say) are padded
             with masked zeros to a multiple of this many tokens, so a manifest of prompts up to
@@ -177,7 +188,7 @@ class Performance:
     def check(self, device: torch.device) -> None:
         """Refuse what ``device`` cannot run, with the fix; warn once where a fallback is used."""
         if self.compile:
-            backends = torch.compiler.list_backends(exclude_tags=())
+            backends = compile_backends()
             if self.compile_backend not in backends:
                 raise ValueError(
                     f"unknown compile_backend {self.compile_backend!r}: use one of {', '.join(backends)}"
@@ -244,8 +255,9 @@ class Performance:
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
         ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
-        ``cudagraphs`` backend's) live in memory its next replay overwrites, so they are cloned
-        (one copy of each output) and the outputs of earlier calls in a step stay valid.
+        ``steer-cudagraphs`` or ``cudagraphs`` backend's) live in memory its next replay
+        overwrites, so they are cloned (one copy of each output) and the outputs of earlier
+        calls in a step stay valid.
 
         Dynamo traces them with two settings (during the compiled calls only):
         ``Logger.info`` calls are dropped from the graphs rather than breaking them (AudioLDM2's
@@ -259,12 +271,17 @@ class Performance:
         if not self.compile:
             return None
         inductor = self.compile_backend == "inductor"
-        cuda_graphs = device.type == "cuda" and (inductor or self.compile_backend == "cudagraphs")
+        cuda_graphs = device.type == "cuda" and (
+            inductor or self.compile_backend in ("cudagraphs", STEER_CUDA_GRAPHS)
+        )
         mode = "reduce-overhead" if cuda_graphs and inductor else None
+        backend: str | Callable[..., Any] = self.compile_backend
+        if backend == STEER_CUDA_GRAPHS:  # imported here: it imports inductor's CUDA-graph trees
+            from steer.cuda_graphs import cuda_graphs as backend
         checkpointing = self.checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
-            compiled = torch.compile(fn, dynamic=self.dynamic, backend=self.compile_backend, mode=mode)
+            compiled = torch.compile(fn, dynamic=self.dynamic, backend=backend, mode=mode)
 
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:

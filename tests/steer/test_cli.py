@@ -84,8 +84,9 @@ def test_performance_paths_give_the_same_edit(wav, tmp_path):
 def test_compile_backend_sets_the_compiled_paths_backend_and_is_refused_elsewhere(wav, tmp_path, capsys):
     out = tmp_path / "out.wav"
     argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
-    args = _parser().parse_args([*argv, "--performance", "fused", "--compile-backend", "cudagraphs"])
-    assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS["fused"], compile_backend="cudagraphs")
+    for backend in ("steer-cudagraphs", "cudagraphs"):
+        args = _parser().parse_args([*argv, "--performance", "fused", "--compile-backend", backend])
+        assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS["fused"], compile_backend=backend)
     for more, message in [
         (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
         (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),

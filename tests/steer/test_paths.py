@@ -544,7 +544,8 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
     monkeypatch.setattr(torch, "compile", compile_)
     eps, feature = torch.ones(2), torch.zeros(3)
     cases = [("cuda", "inductor", "reduce-overhead", True), ("cuda", "cudagraphs", None, True),
-             ("cuda", "aot_eager", None, False), ("cpu", "inductor", None, False)]
+             ("cuda", "steer-cudagraphs", None, True), ("cuda", "aot_eager", None, False),
+             ("cpu", "inductor", None, False)]
     for device, backend, mode, copied in cases:
         compiler = Performance(compile=True, compile_backend=backend).compiler(torch.device(device))
         out_eps, out_features = compiler(lambda: (eps, {"attn1": feature}))()
@@ -576,3 +577,4 @@ def test_compiled_calls_drop_info_logging_without_breaking_or_erroring(dynamo):
         logging.getLogger("torch._dynamo").removeHandler(handler)
     assert dynamo.breaks() == [] and dynamo.graphs() == 1
     assert [record.getMessage() for record in errors] == []
+
