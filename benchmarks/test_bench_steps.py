@@ -29,9 +29,19 @@ if TYPE_CHECKING:
     from benchmarks.conftest import Settings
 
 RECIPES = ("steermusic", "steermusic_plus")
-#: paths the benchmarks time besides the presets: the one before an optimisation, for its ratio
-VARIANTS = {"bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False)}
-PATHS = ("reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed", "fused", "fused-checkpointed")
+#: paths the benchmarks time besides the presets, each for a ratio measured in the same run:
+#: bf16 before ``cast_weights``; ``fused`` on the backends that replay dynamo's graphs as CUDA
+#: graphs without generating code (torch's, which copies the parameters into the graphs on every
+#: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says
+VARIANTS = {
+    "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
+    "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
+    "fused-steer-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="steer-cudagraphs"),
+}
+PATHS = (
+    "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
+    "fused", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
+)
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)
 PROFILED_STEPS = 3
@@ -42,14 +52,17 @@ PROMPTS = {
 
 
 def performance(path: str, settings: Settings) -> Performance:
-    """The path's preset (or variant), compiled with the session's backend, or not compiled
-    where compiling is off (the CPU by default)."""
-    preset = VARIANTS[path] if path in VARIANTS else Performance.preset(path)
+    """The path's preset, compiled with the session's backend, or variant, compiled with its own;
+    not compiled where compiling is off (the CPU by default)."""
+    if path in VARIANTS:
+        preset, backend = VARIANTS[path], VARIANTS[path].compile_backend
+    else:
+        preset, backend = Performance.preset(path), settings.compile_backend
     if not preset.compile:
         return preset
     if not settings.compile:
         return dataclasses.replace(preset, compile=False)
-    return dataclasses.replace(preset, compile_backend=settings.compile_backend)
+    return dataclasses.replace(preset, compile_backend=backend)
 
 
 def _sync(device: torch.device) -> None:
