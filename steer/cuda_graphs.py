@@ -52,8 +52,8 @@ def cuda_graphs(graph: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Call
     becomes a CUDA-graph tree node (:func:`torch._inductor.cudagraph_trees.cudagraphify_impl`):
     the forward with every parameter static (AOTAutograd's ``static_input_indices``, which dynamo
     sets for ``nn.Parameter`` inputs), the backward with its saved tensors static (the forward's
-    outputs, in memory the tree owns). A replay's outputs live in that memory until the tree's
-    next replay of the same graph: clone what must outlive it (``Performance.compiler`` does).
+    outputs, in memory the tree owns). A replay's outputs live in memory a later replay reuses:
+    clone what must outlive it (``Performance.compiler`` does).
     """
     recording = _Recording()
 
