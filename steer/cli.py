@@ -86,9 +86,9 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "--compile-backend",
         help="torch.compile backend of the compiled paths (fused, fused-checkpointed): inductor "
         "(default); steer-cudagraphs (CUDA graphs of dynamo's graphs reading the weights in "
-        "place, no code generation: a first edit in seconds to a minute on a GPU instead of "
-        "minutes); cudagraphs (torch's: the same, copying the weights into the graphs on every "
-        "replay; 6.7x the reference path on one H200)",
+        "place, no code generation; not yet timed on a GPU); cudagraphs (torch's: the same, "
+        "copying the weights into the graphs on every replay; on one H200 6.7x the reference "
+        "path, after a first edit of about 30 s instead of inductor's minutes)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
