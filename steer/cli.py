@@ -88,7 +88,8 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "(default); steer-cudagraphs (CUDA graphs of dynamo's graphs reading the weights in "
         "place, no code generation; not yet timed on a GPU); cudagraphs (torch's: the same, "
         "copying the weights into the graphs on every replay; on one H200 6.7x the reference "
-        "path, after a first edit of about 30 s instead of inductor's minutes)",
+        "path, after a first edit of about 30 s; inductor's first edit there had not ended "
+        "after more than a minute)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
