@@ -86,7 +86,7 @@ def test_graphs_read_the_parameters_in_place_and_give_the_traced_values(recorder
         assert call["addresses"] == forward["calls"][0]["addresses"]
     assert len(forward["calls"]) == 2 and len(backward["calls"]) == 2
     assert backward["static"] == set(range(len(backward["static"])))  # the tangents come last
-    dynamo.__init__()
+    torch._dynamo.reset()  # the same net, traced afresh
     traced = _traced(net)
     for got, expected in zip(first + second, _run(traced, x) + _run(traced, x + 1)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -100,7 +100,7 @@ def test_graphs_on_the_cpu_run_as_traced(dynamo):
     net, x = _net(), torch.randn(2, 4, 16)
     got = _run(torch.compile(net, backend=cuda_graphs), x)
     assert counters["inductor"]["cudagraph_skips"] == 1
-    dynamo.__init__()
+    torch._dynamo.reset()  # the same net, traced afresh
     for got_, expected in zip(got, _run(_traced(net), x)):
         torch.testing.assert_close(got_, expected, rtol=0, atol=0)
 
@@ -118,7 +118,7 @@ def test_a_backward_that_cannot_be_a_cuda_graph_runs_as_traced_after_a_recorded_
     got = _run(torch.compile(net, backend=cuda_graphs), x)
     assert len(recorder.forwards()) == 1 and recorder.backwards() == []
     assert counters["inductor"]["cudagraph_skips"] == 1
-    dynamo.__init__()
+    torch._dynamo.reset()  # the same net, traced afresh
     for got_, expected in zip(got, _run(_traced(net), x)):
         torch.testing.assert_close(got_, expected, rtol=0, atol=0)
 

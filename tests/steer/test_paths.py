@@ -577,4 +577,3 @@ def test_compiled_calls_drop_info_logging_without_breaking_or_erroring(dynamo):
         logging.getLogger("torch._dynamo").removeHandler(handler)
     assert dynamo.breaks() == [] and dynamo.graphs() == 1
     assert [record.getMessage() for record in errors] == []
-
