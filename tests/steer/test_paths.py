@@ -19,7 +19,10 @@ from steer.performance import CastOnce, Performance
 from steer.predictions import Predictor
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
-FP32_PATHS = ["batched", Performance(fused=True)]
+FP32_PATHS = ["batched", "checkpointed", Performance(fused=True)]
+# fp16 keeps 10 mantissa bits to bf16's 7: it meets the fp32 paths' threshold here (measured
+# 0.99983 SteerMusic, 0.99989 SteerMusic+) and at real size (0.99992, benchmarks/README.md)
+FP16_PATHS = ["fp16"]
 BF16_PATHS = ["bf16", Performance(precision="bf16", fused=True)]
 
 
@@ -85,7 +88,7 @@ def _cosine(a, b):
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
 # bf16 SteerMusic on the tiny random UNet measured cosine 0.986-0.991 over seeds 0-5 (guidance 15
 # and 30 alike): the issue's 0.99 is not met there, so this asserts 0.98 and the gap is reported.
-@pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS] + [(p, 0.98) for p in BF16_PATHS])
+@pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS + FP16_PATHS] + [(p, 0.98) for p in BF16_PATHS])
 def test_steermusic_gradient_matches_the_reference(tiny_backbone, latent, path, threshold):
     prompts = dict(source="a piano melody", target="a violin melody")
     reference = _first_gradient(SteerMusic(tiny_backbone, steps=1, performance=Performance.preset("reference")), latent, **prompts)
@@ -95,7 +98,7 @@ def test_steermusic_gradient_matches_the_reference(tiny_backbone, latent, path, 
 
 
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
-@pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS] + [(p, 0.99) for p in BF16_PATHS])
+@pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS + FP16_PATHS] + [(p, 0.99) for p in BF16_PATHS])
 def test_steermusic_plus_gradient_matches_the_reference(tiny_backbone, lora, latent, path, threshold):
     reference = _first_gradient(_plus(tiny_backbone, lora, "reference", steps=1), latent, **PROMPTS)
     gradient = _first_gradient(_plus(tiny_backbone, lora, path, steps=1), latent, **PROMPTS)
@@ -143,16 +146,18 @@ def test_denoiser_calls_per_step(tiny_backbone, lora, latent):
 
 
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
-@pytest.mark.parametrize("path", ["batched", "bf16", Performance(fused=True)])
+@pytest.mark.parametrize("path", FP32_PATHS + FP16_PATHS + BF16_PATHS)
 def test_a_full_edit_lands_near_the_reference(tiny_backbone, lora, latent, path):
-    """Ten steps of SteerMusic+: the edit's displacement from the source agrees with the reference's."""
+    """Ten steps of SteerMusic+: the edit's displacement from the source agrees with the reference's.
+    The compiled paths are held to their eager twins (``test_compiled_*``)."""
     reference = _plus(tiny_backbone, lora, "reference", steps=10).edit_latent(latent, **PROMPTS).latent
     edited = _plus(tiny_backbone, lora, path, steps=10).edit_latent(latent, **PROMPTS).latent
-    bf16 = _performance(path).precision == "bf16"
+    # (cosine, distance / displacement) by precision; measured after 10 steps: fp16 0.99991 and
+    # 0.013, bf16 0.10 of the displacement, checkpointed 6e-6
+    cosine, distance = {"fp32": (0.999, 0.01), "fp16": (0.999, 0.05), "bf16": (0.99, 0.15)}[_performance(path).precision]
     assert (reference - latent).abs().max() > 1e-2
-    assert _cosine(edited - latent, reference - latent) >= (0.99 if bf16 else 0.999)
-    # bf16 measured 0.10 of the displacement after 10 steps
-    assert (edited - reference).norm() <= (0.15 if bf16 else 0.01) * (reference - latent).norm()
+    assert _cosine(edited - latent, reference - latent) >= cosine
+    assert (edited - reference).norm() <= distance * (reference - latent).norm()
 
 
 def test_bad_combinations_are_clear_errors(tiny_backbone, latent):
