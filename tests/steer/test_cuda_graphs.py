@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import steer.cuda_graphs
-from steer import SteerMusic
+from steer import SteerMusic, SteerMusicPlus
 from steer.cuda_graphs import cuda_graphs
 from steer.performance import Performance
 
@@ -144,6 +144,44 @@ def test_a_compiled_bf16_editor_records_its_graphs_once_with_the_cast_weights_st
     for call in unet[0]["calls"]:
         assert call["parameters"] == static and call["addresses"] == unet[0]["calls"][0]["addresses"]
     assert unet[0]["calls"][0]["dtypes"] == {torch.bfloat16, torch.float32}  # cast weights; norms' stay
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.equal(first, latent)
+    editor.close()
+
+
+def _recorded_by_now(recorder):
+    """How many graphs the recorder holds and how often each was called."""
+    return [len(g["calls"]) for g in recorder.graphs]
+
+
+@pytest.mark.filterwarnings("ignore:fused kernels need triton")
+def test_a_compiled_steermusic_plus_records_forward_backward_and_inference_graphs_once(tiny_backbone, lora, recorder, dynamo):
+    """Compiled bf16 SteerMusic+ (a LoRA concept, PCon) with ``steer-cudagraphs``, two edits of
+    two steps: ε′'s call (with gradients, PCon's features out) records a forward and a backward
+    graph, ε's call (no gradients) a forward graph; each UNet graph is called once a step with
+    every parameter input static (LoRA's included) at the same addresses, and no graph is
+    recorded after the first edit's first step. The second edit repeats the first."""
+    waveform = torch.randn(1, 1, 10240, generator=torch.Generator().manual_seed(0))
+    latent = tiny_backbone.encode_audio(waveform, 16000)
+    prompts = dict(source="a piano melody", target="a sks guitar melody")
+    performance = Performance(precision="bf16", compile=True, compile_backend="steer-cudagraphs")
+    editor = SteerMusicPlus(tiny_backbone, lora, steps=2, pcon_positions=8, performance=performance)
+    calls_a_step = []
+    first = editor.edit_latent(latent, seed=3, callback=lambda state: calls_a_step.append(_recorded_by_now(recorder)), **prompts).latent
+    second = editor.edit_latent(latent, seed=3, **prompts).latent
+    assert dynamo.breaks() == []
+    assert len(calls_a_step[1]) == len(calls_a_step[0]) == len(recorder.graphs)  # all recorded in the first step
+    assert [len(g["calls"]) for g in recorder.graphs] == [4 * n for n in calls_a_step[0]]  # and replayed in each
+    unet = [g for g in recorder.forwards() if torch.bfloat16 in g["calls"][0]["dtypes"]]
+    assert len(unet) == 2 and all(len(g["calls"]) == 4 for g in unet)  # ε′ and ε, once a step
+    base = sum(1 for name, _ in tiny_backbone.denoiser.named_parameters() if "lora_" not in name)
+    adapter = sum(1 for name, _ in tiny_backbone.denoiser.named_parameters() if "lora_" in name)
+    assert sorted(len(g["static"]) for g in unet) == [base, base + adapter]  # ε runs with the adapter off
+    for graph in unet:
+        for call in graph["calls"]:
+            assert call["parameters"] == graph["static"] and call["addresses"] == graph["calls"][0]["addresses"]
+    # ε′'s backward (PCon's gradient through the UNet), recorded once, replayed each step
+    assert any(len(g["static"]) > base and len(g["calls"]) == 4 for g in recorder.backwards())
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     assert not torch.equal(first, latent)
     editor.close()

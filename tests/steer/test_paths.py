@@ -13,8 +13,7 @@ import torch
 from backbones import load_backbone
 from losses import FeatureRequest, NoiseRequest
 from losses.functional import dds_gradient, patch_nce_sum
-from steer import Concept, SteerMusic, SteerMusicPlus
-from steer.concepts.concept import LORA_TARGETS, ConceptConfig
+from steer import SteerMusic, SteerMusicPlus
 from steer.performance import CastOnce, Performance
 from steer.predictions import Predictor
 
@@ -30,34 +29,6 @@ BF16_PATHS = ["bf16", Performance(precision="bf16", fused=True)]
 def latent(tiny_backbone):
     waveform = torch.randn(1, 1, 10240, generator=torch.Generator().manual_seed(0))
     return tiny_backbone.encode_audio(waveform, 16000)  # (1, 8, 16, 16)
-
-
-@pytest.fixture()
-def lora(tiny_backbone):
-    """A LoRA concept whose adapter changes the UNet (random B instead of peft's zeros)."""
-    config = ConceptConfig(
-        method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2,
-        lora_targets=LORA_TARGETS,
-    )
-    concept = Concept(config, {})
-    with concept.apply(tiny_backbone) as personalized:
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in personalized.trainable_parameters().items():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-        yield _Applied(concept, personalized)
-
-
-class _Applied:
-    """The concept, applied once: SteerMusicPlus gets the same ε' (and one adapter) every time."""
-
-    def __init__(self, concept, personalized):
-        self.token = concept.token
-        self.personalized = personalized
-
-    def apply(self, backbone):
-        return self.personalized
 
 
 def _performance(path):
