@@ -26,7 +26,7 @@ class _Recorder:
         return [g for g in self.graphs if g["backward"]]
 
     def replay(self, run, inputs, static, *, is_backward, **options):
-        graph = dict(static=set(static), backward=is_backward, calls=[])
+        graph = dict(static=set(static), backward=is_backward, inference=options["is_inference"], calls=[])
         self.graphs.append(graph)
 
         def call(args):
@@ -176,7 +176,8 @@ def test_a_compiled_steermusic_plus_records_forward_backward_and_inference_graph
     assert len(unet) == 2 and all(len(g["calls"]) == 4 for g in unet)  # ε′ and ε, once a step
     base = sum(1 for name, _ in tiny_backbone.denoiser.named_parameters() if "lora_" not in name)
     adapter = sum(1 for name, _ in tiny_backbone.denoiser.named_parameters() if "lora_" in name)
-    assert sorted(len(g["static"]) for g in unet) == [base, base + adapter]  # ε runs with the adapter off
+    # ε runs with the adapter off and without gradients, ε′ with both
+    assert sorted((len(g["static"]), g["inference"]) for g in unet) == [(base, True), (base + adapter, False)]
     for graph in unet:
         for call in graph["calls"]:
             assert call["parameters"] == graph["static"] and call["addresses"] == graph["calls"][0]["addresses"]
