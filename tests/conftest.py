@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random AudioLDM2 (built once per session) and an analytic backbone
-whose noise prediction is known in closed form."""
+"""Shared fixtures: a tiny random AudioLDM2 (built once per session), a LoRA concept that changes
+its UNet, and an analytic backbone whose noise prediction is known in closed form."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 from backbones import AudioLDM2Backbone, Backbone, Conditioning
 from backbones.tiny import tiny_audioldm2_pipeline
+from steer import Concept
+from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 
 
 class AnalyticBackbone(Backbone):
@@ -77,6 +79,35 @@ def tiny_pipe():
 def tiny_backbone(tiny_pipe) -> AudioLDM2Backbone:
     """A fresh adapter (empty prompt cache) over the shared tiny pipeline."""
     return AudioLDM2Backbone.from_pipe(tiny_pipe)
+
+
+@pytest.fixture()
+def lora(tiny_backbone):
+    """A LoRA concept applied to the tiny AudioLDM2 whose adapter changes the UNet (random B
+    instead of peft's zeros); SteerMusicPlus gets the same ε′ (and one adapter) every time."""
+    config = ConceptConfig(
+        method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2,
+        lora_targets=LORA_TARGETS,
+    )
+    concept = Concept(config, {})
+    with concept.apply(tiny_backbone) as personalized:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in personalized.trainable_parameters().items():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        yield _AppliedOnce(concept.token, personalized)
+
+
+class _AppliedOnce:
+    """A concept that :meth:`apply` gives the same applied model every time."""
+
+    def __init__(self, token: str, personalized) -> None:
+        self.token = token
+        self.personalized = personalized
+
+    def apply(self, backbone):
+        return self.personalized
 
 
 @pytest.fixture()
