@@ -32,15 +32,21 @@ RECIPES = ("steermusic", "steermusic_plus")
 #: paths the benchmarks time besides the presets, each for a ratio measured in the same run:
 #: bf16 before ``cast_weights``; ``fused`` on the backends that replay dynamo's graphs as CUDA
 #: graphs without generating code (torch's, which copies the parameters into the graphs on every
-#: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says
+#: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says; and
+#: ``fused-checkpointed`` on steer's, for SteerMusic+'s memory against SteerMusic's
+#: ``fused-steer-cudagraphs`` in a run too short for inductor's compile
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
     "fused-steer-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="steer-cudagraphs"),
+    "fused-checkpointed-steer-cudagraphs": dataclasses.replace(
+        Performance.preset("fused-checkpointed"), compile_backend="steer-cudagraphs"
+    ),
 }
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
     "fused", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
+    "fused-checkpointed-steer-cudagraphs",
 )
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)

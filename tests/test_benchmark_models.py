@@ -1,9 +1,13 @@
 """The benchmark's real-size model runs, with and without its LoRA concept: prompts get
 conditionings of the UNet's real widths."""
 
+import os
 import re
+import subprocess
+import sys
 import time
 
+import pytest
 import torch
 
 from benchmarks.models import RealSizeBackbone, lora_concept
@@ -58,3 +62,23 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     mm = next(line for line in summary.splitlines() if line.strip().startswith("aten::mm"))
     assert mm.split()[-1] == "3"  # its number of calls
     assert "kernels" not in summary  # device time is only given on CUDA
+
+
+@pytest.mark.parametrize(("plan", "cases"), [("first", 8), ("rest", 7)])
+def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(tmp_path, plan, cases):
+    """`benchmarks/gpu_figures.sh` names its cases by id: each must be a case of the step
+    benchmarks (pytest fails on an id it cannot find), run in the script's order."""
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path), plan, "--collect-only", "-q"],
+        capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    collected = re.findall(r"test_step_time\[([\w-]+)\]", (tmp_path / "log.txt").read_text())
+    assert len(collected) == cases and len(set(collected)) == cases
+    assert collected[0] == ("steermusic-reference-1" if plan == "first" else "steermusic_plus-reference-1")
+
+
+def test_the_gpu_figures_script_refuses_an_unknown_plan(tmp_path):
+    run = subprocess.run(["bash", "benchmarks/gpu_figures.sh", str(tmp_path), "all"], capture_output=True, text=True)
+    assert run.returncode == 2 and "unknown plan 'all': use first or rest" in run.stderr
+    assert not (tmp_path / "log.txt").exists()

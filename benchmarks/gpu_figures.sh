@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The step benchmarks' cases that benchmarks/README.md has no GPU figures for yet (issue 5),
+# on the real-size model, most telling first, each printing its figures as it ends: a run
+# stopped by a time limit keeps what it measured, and SIGINT still prints the closing table.
+#
+#   bash benchmarks/gpu_figures.sh OUT_DIR [first|rest] [pytest options...]
+#
+# `first` fits a 10-minute call on one H100/H200 (STEER_GPU_SECONDS, default 540, then SIGINT;
+# the inductor cases' compile times are not known, so the last ones may not be reached);
+# `rest` holds the cases measured after it. OUT_DIR gets the log, the pytest-benchmark JSON,
+# the profile summaries, nvidia-smi's report and the package versions.
+set -uo pipefail
+if [[ $# -lt 1 || ${1:0:1} == "-" ]]; then
+    echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [first|rest] [pytest options...]" >&2
+    exit 2
+fi
+out=$1
+plan=${2:-first}
+shift $(( $# >= 2 ? 2 : 1 ))
+python=${PYTHON:-python3}
+
+# SteerMusic at batch 1 against its reference; cast_weights' effect on the eager bf16 step;
+# steer-cudagraphs (no code generated, parameters read in place); inductor, the fused default,
+# at batch 1 and 8 (MFU); SteerMusic+ compiled (CUDA-graph trees replaying its forward and
+# backward graphs) for its memory against SteerMusic's on the same backend.
+first=(
+    steermusic-reference-1 steermusic-bf16-autocast-1 steermusic-bf16-1
+    steermusic-fused-steer-cudagraphs-1 steermusic-fused-1
+    steermusic_plus-fused-checkpointed-steer-cudagraphs-1
+    steermusic-fused-8 steermusic_plus-fused-checkpointed-1
+)
+rest=(
+    steermusic_plus-reference-1 steermusic_plus-fused-1 steermusic_plus-checkpointed-1
+    steermusic-fused-cudagraphs-1 steermusic-reference-8 steermusic-fused-steer-cudagraphs-8
+    steermusic_plus-fused-steer-cudagraphs-1
+)
+case $plan in
+    first) cases=("${first[@]}") ;;
+    rest) cases=("${rest[@]}") ;;
+    *) echo "unknown plan '$plan': use first or rest" >&2; exit 2 ;;
+esac
+
+mkdir -p "$out"
+ids=()
+for c in "${cases[@]}"; do ids+=("benchmarks/test_bench_steps.py::test_step_time[$c]"); done
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+"$python" -c 'import diffusers, torch, transformers
+triton = __import__("importlib.util").util.find_spec("triton") and __import__("triton").__version__
+print(f"torch {torch.__version__}, triton {triton}, diffusers {diffusers.__version__}, transformers {transformers.__version__}")' \
+    | tee "$out/versions.txt"
+PYTHONUNBUFFERED=1 timeout -s INT -k 30 "${STEER_GPU_SECONDS:-540}" \
+    "$python" -m pytest "${ids[@]}" --real-size --steps 20 --rounds 2 -p no:cacheprovider \
+    --benchmark-json "$out/bench.json" --profile-file "$out/profiles.txt" "$@" 2>&1 | tee "$out/log.txt"
