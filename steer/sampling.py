@@ -1,4 +1,4 @@
-"""Deterministic DDIM sampling and inversion through the :class:`~backbones.Backbone` interface.
+"""DDIM and DDPM sampling and inversion through the :class:`~backbones.Backbone` interface.
 
 Only ``backbone.predict_noise`` and ``backbone.alphas_cumprod`` are used, so every backbone
 (AudioLDM2, the trained mel model, the analytic toy of the tests) samples the same way.
@@ -13,6 +13,10 @@ References:
     https://arxiv.org/abs/2010.02502
     DDIM inversion: the same paper, section 4.3 (the Euler step of the DDIM ODE) and section 5.4
     (encoding x_0 into x_T by running it backwards).
+    DDPM steps: DDIM's eq. 12 with η = 1 (Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic
+    Models", NeurIPS 2020, eq. 7, over the sampler's coarser steps).
+    Edit-friendly DDPM inversion: Huberman-Spiegelglas, Kligerman & Michaeli, CVPR 2024,
+    https://arxiv.org/abs/2304.06140
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ from backbones import Backbone, Conditioning
 
 from .editor import prompt_list
 
-__all__ = ["SamplerState", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps", "sample"]
+__all__ = [
+    "SamplerState",
+    "ddim_invert",
+    "ddim_sample",
+    "ddim_step",
+    "ddim_timesteps",
+    "ddpm_invert",
+    "ddpm_sample",
+    "ddpm_step_mean",
+    "sample",
+]
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,15 @@ def ddim_step(
     alpha_bar: Tensor,
     alpha_bar_next: Tensor,
     clip: tuple[float, float] | None = None,
+    *,
+    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Move x from noise level ᾱ to ᾱ' along ε̂ (DDIM, eq. 12 with η = 0), in either direction.
+    """Move x from noise level ᾱ to ᾱ' along ε̂ (DDIM, eq. 12), in either direction.
 
-    x̂_0 = (x − √(1 − ᾱ) ε̂) / √ᾱ, then x' = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂. Sampling takes ᾱ' > ᾱ,
-    inversion ᾱ' < ᾱ.
+    x̂_0 = (x − √(1 − ᾱ) ε̂) / √ᾱ, then x' = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂ (η = 0). Sampling takes
+    ᾱ' > ᾱ, inversion ᾱ' < ᾱ. Given ``noise`` z, the step is DDPM's (η = 1, sampling only):
+    x' = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z with σ² = (1 − ᾱ')/(1 − ᾱ) · (1 − ᾱ/ᾱ'), the
+    posterior's variance (:func:`ddpm_step_mean`).
 
     Args:
         x: latents at level ᾱ, ``(B, ...)``.
@@ -118,17 +136,61 @@ def ddim_step(
         clip: bounds of clean latents; x̂_0 is clamped to them and ε̂ re-derived from the clamped
             x̂_0 (diffusers' ``clip_sample``), which keeps an imperfect model from diverging at
             high noise, where ε̂'s error is amplified by 1/√ᾱ.
+        noise: z, ``(B, ...)``, for a DDPM step; ``None`` (default) for DDIM's deterministic one.
 
     Returns:
         ``(x', x̂_0)``, both ``(B, ...)``.
     """
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    a, a_next = alpha_bar.view(shape), alpha_bar_next.view(shape)
+    if noise is not None:
+        mean, sigma, denoised = ddpm_step_mean(x, noise_pred, alpha_bar, alpha_bar_next, clip)
+        return mean + sigma * noise, denoised
+    a_next = alpha_bar_next.view(_per_row(x))
+    denoised, noise_pred = _denoise(x, noise_pred, alpha_bar, clip)
+    return a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise_pred, denoised
+
+
+def ddpm_step_mean(
+    x: Tensor,
+    noise_pred: Tensor,
+    alpha_bar: Tensor,
+    alpha_bar_next: Tensor,
+    clip: tuple[float, float] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The mean and standard deviation of DDPM's step from level ᾱ down to ᾱ' > ᾱ along ε̂.
+
+    DDIM's eq. 12 with η = 1 (the posterior q(x' | x, x̂_0) of DDPM, Ho et al., 2020, eq. 7, over
+    the step from ᾱ to ᾱ'): σ² = (1 − ᾱ')/(1 − ᾱ) · (1 − ᾱ/ᾱ') and mean = √ᾱ' x̂_0 +
+    √(1 − ᾱ' − σ²) ε̂; a step draws x' = mean + σ z, as diffusers' ``DDIMScheduler.step(eta=1)``.
+
+    Args:
+        x, noise_pred, alpha_bar, alpha_bar_next, clip: as :func:`ddim_step`.
+
+    Returns:
+        ``(mean, σ, x̂_0)``: ``(B, ...)``, ``(B, 1, …)`` (broadcasts over x), ``(B, ...)``.
+    """
+    if (alpha_bar_next <= alpha_bar).any():
+        raise ValueError("a DDPM step lowers the noise: every alpha_bar_next must exceed its alpha_bar")
+    a, a_next = alpha_bar.view(_per_row(x)), alpha_bar_next.view(_per_row(x))
+    denoised, noise_pred = _denoise(x, noise_pred, alpha_bar, clip)
+    variance = (1 - a_next) / (1 - a) * (1 - a / a_next)
+    return a_next.sqrt() * denoised + (1 - a_next - variance).sqrt() * noise_pred, variance.sqrt(), denoised
+
+
+def _per_row(x: Tensor) -> tuple[int, ...]:
+    """The shape that broadcasts a ``(B,)`` tensor over ``x`` ``(B, ...)``."""
+    return (-1,) + (1,) * (x.dim() - 1)
+
+
+def _denoise(
+    x: Tensor, noise_pred: Tensor, alpha_bar: Tensor, clip: tuple[float, float] | None
+) -> tuple[Tensor, Tensor]:
+    """(x̂_0, ε̂): x̂_0 = (x − √(1 − ᾱ) ε̂) / √ᾱ, clamped to ``clip`` with ε̂ re-derived from it."""
+    a = alpha_bar.view(_per_row(x))
     denoised = (x - (1 - a).sqrt() * noise_pred) / a.sqrt()
     if clip is not None:
         denoised = denoised.clamp(*clip)
         noise_pred = (x - a.sqrt() * denoised) / (1 - a).sqrt()
-    return a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise_pred, denoised
+    return denoised, noise_pred
 
 
 def _check_timesteps(backbone: Backbone, timesteps: Tensor | Sequence[int]) -> Tensor:
@@ -151,8 +213,10 @@ def _walk(
     callback: SamplerCallback | None,
     progress: bool,
     desc: str,
+    noises: Tensor | None = None,
 ) -> Tensor:
-    """DDIM steps from the level of ``path[i]`` to that of ``path[i + 1]``, with ε̂(x, path[i])."""
+    """DDIM steps from the level of ``path[i]`` to that of ``path[i + 1]``, with ε̂(x, path[i]);
+    DDPM steps with the noise maps ``noises[i]`` where given."""
     x = x.detach().float()
     batch = x.shape[0]
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x.device)
@@ -162,7 +226,8 @@ def _walk(
         t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x.device)
         noise_pred = backbone.predict_noise(x, t, cond, guidance_scale).float()
         x, denoised = ddim_step(
-            x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
+            x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip,
+            noise=None if noises is None else noises[i],
         )
         if callback is not None:
             callback(SamplerState(step=i, t=t, latent=x, denoised=denoised, noise_pred=noise_pred))
@@ -245,6 +310,113 @@ def ddim_invert(
     timesteps = _check_timesteps(backbone, timesteps)
     path = torch.cat([timesteps, timesteps.new_zeros(1)]).flip(0)
     return _walk(backbone, x0, cond, path, guidance_scale, callback, progress, "inverting")
+
+
+@torch.no_grad()
+def ddpm_invert(
+    backbone: Backbone,
+    x0: Tensor,
+    cond: Conditioning,
+    *,
+    timesteps: Tensor | Sequence[int],
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: SamplerCallback | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Edit-friendly DDPM inversion: the noise maps with which :func:`ddpm_sample` returns x0.
+
+    Huberman-Spiegelglas, Kligerman & Michaeli, "An Edit Friendly DDPM Noise Space: Inversion and
+    Manipulations", CVPR 2024, https://arxiv.org/abs/2304.06140 (section 3), the inversion of
+    ZETA's text-based audio editing (Manor & Michaeli, ICML 2024). Each level of the path
+    τ_0 > … > τ_{K−1} gets its own noising of x0, drawn independently (not a Markov chain):
+    x_i = √ᾱ_{τ_i} x0 + √(1 − ᾱ_{τ_i}) ε_i, and x_K = x0 at the level of timestep 0. Step i's
+    noise map is then the z that takes x_i to x_{i+1} by a DDPM step along the guided
+    ε̂(x_i, τ_i): z_i = (x_{i+1} − mean_i) / σ_i (:func:`ddpm_step_mean`). Sampling with these
+    maps, the same prompt and guidance retraces x_0 … x_K exactly; another prompt changes the
+    means but keeps the maps, which carry much of x0's structure.
+
+    Unlike the reference code, the last step's map is kept (that code zeroes it, leaving the
+    round trip off by that step's σ z), so that the round trip is exact.
+
+    Args:
+        backbone: the model.
+        x0: clean latents, ``(B, ...)``.
+        cond: conditioning of batch size ``B`` (the source prompt when editing).
+        timesteps: strictly decreasing integer timesteps above 0, as given to :func:`ddpm_sample`.
+        guidance_scale: classifier-free guidance of every prediction.
+        generator: draws the noisings ε_i (on ``x0``'s device).
+        callback: called with a :class:`SamplerState` after every step, in sampling order
+            (``latent`` is x_{i+1}, where the step's noise map takes x_i).
+        progress: show a progress bar.
+
+    Returns:
+        ``(x_T, noises)``: the latents at the level of ``timesteps[0]``, ``(B, ...)``, and the
+        noise maps, ``(K, B, ...)``, both float32.
+    """
+    timesteps = _check_timesteps(backbone, timesteps)
+    if timesteps[-1] == 0:
+        raise ValueError("DDPM inversion needs timesteps above 0 (timestep 0 is the clean latent's level)")
+    x0 = x0.detach().float()
+    path = torch.cat([timesteps, timesteps.new_zeros(1)])
+    alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x0.device)
+    levels = alpha_bar[:-1].view(-1, *[1] * x0.dim())
+    draws = torch.randn((len(timesteps), *x0.shape), generator=generator, device=x0.device)
+    xs = torch.cat([levels.sqrt() * x0 + (1 - levels).sqrt() * draws, x0[None]])
+    noises = torch.empty_like(draws)
+    batch = x0.shape[0]
+    clip = backbone.latent_range
+    for i in tqdm(range(len(timesteps)), desc="inverting", disable=not progress, leave=False):
+        t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x0.device)
+        noise_pred = backbone.predict_noise(xs[i], t, cond, guidance_scale).float()
+        mean, sigma, denoised = ddpm_step_mean(
+            xs[i], noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
+        )
+        noises[i] = (xs[i + 1] - mean) / sigma
+        if callback is not None:
+            callback(SamplerState(step=i, t=t, latent=xs[i + 1], denoised=denoised, noise_pred=noise_pred))
+    return xs[0], noises
+
+
+@torch.no_grad()
+def ddpm_sample(
+    backbone: Backbone,
+    x_t: Tensor,
+    cond: Conditioning,
+    *,
+    timesteps: Tensor | Sequence[int],
+    noises: Tensor,
+    guidance_scale: float = 1.0,
+    callback: SamplerCallback | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Denoise ``x_t`` from the level of ``timesteps[0]`` with DDPM steps and the given noise maps.
+
+    Step i evaluates ε̂(x, τ_i) and moves x to the level of τ_{i+1} (ᾱ_0 after the last):
+    x ← mean_i + σ_i · noises[i] (:func:`ddpm_step_mean`). With the maps of
+    :func:`ddpm_invert` this is the reverse process of DDPM-inversion editing.
+
+    Args:
+        backbone: the model.
+        x_t: latents at the noise level of ``timesteps[0]``, ``(B, ...)``.
+        cond: conditioning of batch size ``B``.
+        timesteps: strictly decreasing integer timesteps above 0, e.g. :func:`ddim_timesteps`.
+        noises: one noise map per step, ``(K, B, ...)`` for K timesteps.
+        guidance_scale: classifier-free guidance of every prediction.
+        callback: called with a :class:`SamplerState` after every step.
+        progress: show a progress bar.
+
+    Returns:
+        the denoised latents, ``(B, ...)`` float32.
+    """
+    timesteps = _check_timesteps(backbone, timesteps)
+    if noises.shape != (len(timesteps), *x_t.shape):
+        raise ValueError(
+            f"noises has shape {tuple(noises.shape)}; {len(timesteps)} steps of latents "
+            f"{tuple(x_t.shape)} need {(len(timesteps), *x_t.shape)} (one map per step, see ddpm_invert)"
+        )
+    path = torch.cat([timesteps, timesteps.new_zeros(1)])
+    return _walk(backbone, x_t, cond, path, guidance_scale, callback, progress, "sampling", noises.float())
 
 
 @torch.no_grad()

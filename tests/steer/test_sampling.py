@@ -1,10 +1,20 @@
-"""DDIM sampling and inversion: diffusers as the reference, closed forms on analytic backbones."""
+"""DDIM and DDPM sampling and inversion: diffusers as the reference, closed forms on analytic
+backbones."""
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from steer.sampling import ddim_invert, ddim_sample, ddim_timesteps, sample
+from steer.sampling import (
+    ddim_invert,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_invert,
+    ddpm_sample,
+    ddpm_step_mean,
+    sample,
+)
 
 # AudioLDM2's scheduler config (see backbones/tiny.py), the schedule of the analytic backbone too
 SCHEDULER = {
@@ -241,8 +251,6 @@ def test_sampling_follows_the_exact_ode(gaussian_backbone):
 
 
 def test_ddim_step_clips_the_denoised_estimate_and_stays_consistent():
-    from steer.sampling import ddim_step
-
     x = torch.full((1, 3), 5.0)
     eps = torch.zeros(1, 3)
     a, a_next = torch.tensor([0.25]), torch.tensor([0.81])
@@ -252,3 +260,90 @@ def test_ddim_step_clips_the_denoised_estimate_and_stays_consistent():
     torch.testing.assert_close(x0c, torch.full((1, 3), 2.0))
     eps_c = (x - 0.5 * x0c) / 0.75**0.5  # ε re-derived from the clamped x̂_0
     torch.testing.assert_close(clipped, 0.9 * x0c + 0.19**0.5 * eps_c)
+
+
+# -- DDPM steps and edit-friendly DDPM inversion -----------------------------------------------
+def test_ddpm_sampling_matches_diffusers_ddim_scheduler_at_eta_1(analytic_backbone):
+    """DDPM steps with given noise maps are diffusers' ``DDIMScheduler.step(eta=1, variance_noise=z)``."""
+    reference = DDIMScheduler(**SCHEDULER)
+    reference.set_timesteps(20)
+    cond = analytic_backbone.encode_prompt(["a flute", "a piano"])
+    x_t = _randn(2, 2, 6, 4)
+    noises = _randn(20, 2, 2, 6, 4, seed=1)
+    expected = x_t
+    for i, t in enumerate(reference.timesteps):
+        eps = analytic_backbone.predict_noise(expected, t.repeat(2), cond, 3.0)
+        expected = reference.step(eps, t, expected, eta=1.0, variance_noise=noises[i]).prev_sample
+    out = ddpm_sample(
+        analytic_backbone, x_t, cond, timesteps=ddim_timesteps(20), noises=noises, guidance_scale=3.0
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    # the maps matter: other maps, another sample
+    other = ddpm_sample(analytic_backbone, x_t, cond, timesteps=ddim_timesteps(20), noises=-noises, guidance_scale=3.0)
+    assert (other - out).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("steps, guidance", [(10, 1.0), (50, 3.0)])
+def test_ddpm_inversion_round_trip_is_exact_on_a_real_unet(tiny_backbone, steps, guidance):
+    """Edit-friendly inversion's defining property: sampling with its maps, the same prompt and
+    guidance retraces the inversion to x0, whatever the model (here a random AudioLDM2 UNet)."""
+    x0 = _randn(1, 8, 16, 16)
+    cond = tiny_backbone.encode_prompt(["a piano melody"])
+    timesteps = ddim_timesteps(steps, strength=0.6)
+    generator = torch.Generator().manual_seed(0)
+    x_t, noises = ddpm_invert(tiny_backbone, x0, cond, timesteps=timesteps, guidance_scale=guidance, generator=generator)
+    assert noises.shape == (len(timesteps), 1, 8, 16, 16)
+    back = ddpm_sample(tiny_backbone, x_t, cond, timesteps=timesteps, noises=noises, guidance_scale=guidance)
+    torch.testing.assert_close(back, x0, rtol=0, atol=1e-4)
+
+
+def test_ddpm_inversion_round_trip_is_exact_with_clamped_estimates(analytic_backbone, monkeypatch):
+    """A backbone that clamps x̂_0 (the trained mel model) clamps it in both directions alike."""
+    monkeypatch.setattr(type(analytic_backbone), "latent_range", (-0.5, 0.5), raising=False)
+    x0 = 3 * _randn(1, 2, 6, 4)  # far outside the range: most estimates are clamped
+    cond = analytic_backbone.encode_prompt(["a flute"])
+    timesteps = ddim_timesteps(20)
+    x_t, noises = ddpm_invert(analytic_backbone, x0, cond, timesteps=timesteps, generator=torch.Generator().manual_seed(0))
+    back = ddpm_sample(analytic_backbone, x_t, cond, timesteps=timesteps, noises=noises)
+    torch.testing.assert_close(back, x0, rtol=0, atol=1e-4)
+
+
+def test_ddpm_inversion_noises_each_level_independently(analytic_backbone):
+    """x_i = √ᾱ_i x0 + √(1 − ᾱ_i) ε_i with independent ε_i (the generator's draws, in order), and
+    x_K = x0 itself: on the point mass at x0, x̂_0 = x0 and ε̂(x_i) = ε_i exactly, so the map of
+    step i is (x_{i+1} − √ᾱ_{i+1} x0 − √(1 − ᾱ_{i+1} − σ_i²) ε_i) / σ_i."""
+    backbone = analytic_backbone
+    x0 = backbone.mean("a flute")[None].expand(2, -1, -1, -1)
+    cond = backbone.encode_prompt(["a flute", "a flute"])
+    timesteps = ddim_timesteps(8)
+    x_t, noises = ddpm_invert(backbone, x0, cond, timesteps=timesteps, generator=torch.Generator().manual_seed(3))
+    draws = torch.randn((8, *x0.shape), generator=torch.Generator().manual_seed(3))
+    a = backbone.alphas_cumprod[torch.cat([timesteps, timesteps.new_zeros(1)])]
+    xs = [a[i].sqrt() * x0 + (1 - a[i]).sqrt() * draws[i] for i in range(8)] + [x0]
+    for i in range(8):
+        variance = (1 - a[i + 1]) / (1 - a[i]) * (1 - a[i] / a[i + 1])
+        mean = a[i + 1].sqrt() * x0 + (1 - a[i + 1] - variance).sqrt() * draws[i]
+        torch.testing.assert_close(noises[i], (xs[i + 1] - mean) / variance.sqrt(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x_t, xs[0])
+
+
+def test_ddpm_inversion_callback_reports_each_step_in_sampling_order(analytic_backbone):
+    states = []
+    timesteps = ddim_timesteps(5)
+    x0 = _randn(1, 2, 6, 4)
+    ddpm_invert(analytic_backbone, x0, analytic_backbone.encode_prompt(["a flute"]), timesteps=timesteps,
+                callback=_record(states))
+    assert [s.step for s in states] == list(range(5))
+    assert [int(s.t[0]) for s in states] == timesteps.tolist()
+    torch.testing.assert_close(states[-1].latent, x0)  # the last map takes x_{K-1} to x0
+
+
+def test_ddpm_bad_arguments_are_clear_errors(analytic_backbone):
+    cond = analytic_backbone.encode_prompt(["a flute"])
+    x = _randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match=r"noises has shape \(4, 1, 2, 6, 4\); 5 steps of latents \(1, 2, 6, 4\) need"):
+        ddpm_sample(analytic_backbone, x, cond, timesteps=ddim_timesteps(5), noises=_randn(4, 1, 2, 6, 4))
+    with pytest.raises(ValueError, match="DDPM inversion needs timesteps above 0"):
+        ddpm_invert(analytic_backbone, x, cond, timesteps=[5, 0])
+    with pytest.raises(ValueError, match="a DDPM step lowers the noise"):
+        ddpm_step_mean(x, x, torch.tensor([0.9]), torch.tensor([0.5]))
