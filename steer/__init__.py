@@ -1,7 +1,7 @@
 """steer: music editing by score distillation (SteerMusic and SteerMusic+)."""
 
 from .audio import Audio, load_audio, save_audio
-from .baselines import DDIMInversion, SDEdit
+from .baselines import DDIMInversion, DDPMInversion, SDEdit
 from .concepts import Concept, PersonalizedBackbone
 from .editor import Editor, EditResult, EditState
 from .performance import Performance
@@ -13,6 +13,7 @@ __all__ = [
     "Audio",
     "Concept",
     "DDIMInversion",
+    "DDPMInversion",
     "EditResult",
     "EditState",
     "Editor",

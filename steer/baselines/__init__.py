@@ -4,9 +4,13 @@ same call surface as :class:`steer.Editor`: ``edit(audio, source=..., target=...
 
 - :class:`SDEdit`: noise the source part-way, denoise towards the target prompt (Meng et al., 2021).
 - :class:`DDIMInversion`: invert the source with the source prompt, sample with the target prompt.
+- :class:`DDPMInversion`: ZETA's edit-friendly DDPM inversion with the source prompt, DDPM
+  sampling from the same noise maps with the target prompt (Manor & Michaeli, 2024).
 """
 
 from .ddim_inversion import DDIMInversion
+from .ddpm_inversion import DDPMInversion
+from .inversion import InversionEditor
 from .sdedit import SDEdit
 
-__all__ = ["DDIMInversion", "SDEdit"]
+__all__ = ["DDIMInversion", "DDPMInversion", "InversionEditor", "SDEdit"]

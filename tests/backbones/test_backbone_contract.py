@@ -2,7 +2,8 @@
 
 A new backbone joins :data:`CASES`; if it breaks what losses and editors rely on (shapes and
 dtypes of the noise prediction, a VP schedule, self-attention features that carry the gradient to
-the latent, an exactly zero delta score for equal prompts, decoding to the input's duration,
+the latent, an exactly zero delta score for equal prompts, an exact DDPM-inversion round trip,
+decoding to the input's duration,
 SteerMusic+ with a LoRA concept, a textual-inversion concept that touches only its own token),
 it fails here.
 """
@@ -18,7 +19,7 @@ import torch
 
 from backbones import AudioLDM2Backbone, Backbone, Conditioning, load_backbone
 from losses import FeatureRequest, NoiseRequest
-from steer import Audio, SteerMusic, SteerMusicPlus
+from steer import Audio, DDPMInversion, SteerMusic, SteerMusicPlus
 from steer.concepts import Concept
 from steer.performance import Performance
 from steer.predictions import evaluate_requests
@@ -121,6 +122,15 @@ def test_equal_prompts_give_an_exactly_zero_delta_score(backbone, latent):
     result = SteerMusic(backbone, steps=2).edit_latent(latent, source=SOURCE, target=SOURCE, callback=states.append)
     assert all(torch.equal(s.gradient, torch.zeros_like(latent)) for s in states)
     assert torch.equal(result.latent, latent)
+
+
+def test_ddpm_inversion_with_equal_prompts_returns_the_latent(backbone, latent):
+    """The inversion baselines use only ``predict_noise`` and the schedule: on every backbone
+    (3-D latents, v-prediction converted to ε, the mel model's clamped estimates) DDPM inversion
+    and sampling with one prompt and guidance retrace the source."""
+    editor = DDPMInversion(backbone, steps=10, guidance_scale_inversion=3.0, guidance_scale=3.0)
+    result = editor.edit_latent(latent, source=SOURCE, target=SOURCE)
+    torch.testing.assert_close(result.latent, latent, rtol=0, atol=1e-3 * latent.abs().max().item())
 
 
 def test_an_edit_keeps_the_input_duration(backbone):

@@ -1,11 +1,11 @@
-"""SDEdit and DDIM-inversion editing: closed forms on the analytic backbone, the Editor's call
-surface on the tiny AudioLDM2."""
+"""SDEdit, DDIM-inversion and DDPM-inversion editing: closed forms on the analytic backbone, the
+Editor's call surface on the tiny AudioLDM2."""
 
 import pytest
 import torch
 
 from steer import Audio
-from steer.baselines import DDIMInversion, SDEdit
+from steer.baselines import DDIMInversion, DDPMInversion, SDEdit
 from steer.sampling import ddim_timesteps
 
 
@@ -118,10 +118,64 @@ def test_ddim_inversion_callback_sees_inversion_then_sampling(analytic_backbone)
     assert [int(s.t[0]) for s in states] == [0, *timesteps[::-1][:-1], *timesteps]
 
 
+# -- DDPM inversion (ZETA) ---------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ddpm_inversion_with_the_same_prompt_and_guidance_returns_the_source(analytic_backbone, seed):
+    editor = DDPMInversion(analytic_backbone, steps=50, guidance_scale_inversion=3.0, guidance_scale=3.0)
+    source = _randn(2, 2, 6, 4)
+    result = editor.edit_latent(source, source="a piano", target="a piano", seed=seed)
+    torch.testing.assert_close(result.latent, source, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_ddpm_inversion_translates_by_the_guided_mean_difference(analytic_backbone, strength):
+    """On a point mass x̂_0 is the guided mean m, so with shared maps the edit and the inversion's
+    path differ by d, where d' = √ᾱ' Δm + k (d − √ᾱ Δm) / √(1 − ᾱ), k = √(1 − ᾱ' − σ²), from d = 0
+    at x_T: the edit is x0 + c Δm, Δm = 12 μ_tgt − 3 μ_src with the defaults, whatever the seed."""
+    backbone = analytic_backbone
+    assert (DDPMInversion(backbone).strength, DDIMInversion(backbone).strength) == (0.5, 1.0)  # ZETA's
+    editor = DDPMInversion(backbone, steps=20, strength=strength)
+    assert (editor.steps, editor.strength, editor.guidance_scale_inversion, editor.guidance_scale) == (
+        20, strength, 3.0, 12.0
+    )
+    timesteps = ddim_timesteps(20, strength=strength)
+    a = backbone.alphas_cumprod[torch.cat([timesteps, timesteps.new_zeros(1)])].double()
+    c = 0.0
+    for i in range(len(timesteps)):
+        variance = (1 - a[i + 1]) / (1 - a[i]) * (1 - a[i] / a[i + 1])
+        k = (1 - a[i + 1] - variance).sqrt()
+        c = a[i + 1].sqrt() + k * (c - a[i].sqrt()) / (1 - a[i]).sqrt()
+    source = _randn(1, 2, 6, 4)
+    shift = 12.0 * backbone.mean("a flute") - 3.0 * backbone.mean("a piano")
+    for seed in (0, 1):
+        edited = editor.edit_latent(source, source="a piano", target="a flute", seed=seed).latent
+        torch.testing.assert_close(edited, source + float(c) * shift, rtol=0, atol=1e-3)
+    assert abs(float(c)) > 0.1  # the edit moves
+
+
+def test_ddpm_inversion_rows_keep_their_own_prompts(analytic_backbone):
+    editor = DDPMInversion(analytic_backbone, steps=10, guidance_scale_inversion=1, guidance_scale=1)
+    source = _randn(2, 2, 6, 4)
+    edited = editor.edit_latent(source, source=["a piano", "a piano"], target=["a piano", "a flute"])
+    torch.testing.assert_close(edited.latent[0], source[0], rtol=0, atol=1e-4)
+    assert (edited.latent[1] - source[1]).abs().max() > 0.5
+
+
+def test_ddpm_inversion_callback_sees_inversion_then_sampling(analytic_backbone):
+    states = []
+    DDPMInversion(analytic_backbone, steps=10).edit_latent(
+        _randn(1, 2, 6, 4), source="a piano", target="a flute", callback=_record(states)
+    )
+    timesteps = ddim_timesteps(10, strength=0.5).tolist()
+    assert [s.step for s in states] == list(range(10))
+    assert [int(s.t[0]) for s in states] == [*timesteps, *timesteps]
+
+
 # -- the Editor's call surface on the tiny AudioLDM2 -------------------------------------------
 BASELINES = [
     pytest.param(lambda backbone: SDEdit(backbone, steps=4), id="sdedit"),
     pytest.param(lambda backbone: DDIMInversion(backbone, steps=2), id="ddim-inversion"),
+    pytest.param(lambda backbone: DDPMInversion(backbone, steps=4), id="ddpm-inversion"),
 ]
 
 
@@ -143,7 +197,8 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
     c = editor.edit_latent(latent, source="a piano", target="a drum", seed=1).latent
     assert torch.equal(a, b) and not torch.allclose(a, c)
     other_seed = editor.edit_latent(latent, source="a piano", target="a violin", seed=2).latent
-    # SDEdit's seed draws the noise added to the source; DDIM inversion is deterministic
+    # SDEdit's seed draws the noise added to the source, DDPM inversion's the noisings it inverts;
+    # DDIM inversion is deterministic
     assert torch.equal(a, other_seed) == isinstance(editor, DDIMInversion)
 
 
@@ -155,6 +210,8 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
         (lambda b: SDEdit(b, steps=0), r"steps must be in \[1, 1000\]"),
         (lambda b: DDIMInversion(b, steps=1001), r"steps must be in \[1, 1000\]"),
         (lambda b: DDIMInversion(b, strength=-0.1), r"strength must be in \(0, 1\]"),
+        (lambda b: DDPMInversion(b, strength=0.0), r"strength must be in \(0, 1\]"),
+        (lambda b: DDPMInversion(b, steps=0), r"steps must be in \[1, 1000\]"),
     ],
 )
 def test_bad_settings_are_clear_errors(analytic_backbone, make, match):

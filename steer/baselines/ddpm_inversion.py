@@ -1,0 +1,73 @@
+"""DDPM-inversion editing, ZETA's text-based audio editing (Manor & Michaeli, "Zero-Shot
+Unsupervised and Text-Based Audio Editing Using DDPM Inversion", ICML 2024,
+https://arxiv.org/abs/2402.10009): extract the noise maps of the source with the source prompt
+(edit-friendly DDPM inversion, Huberman-Spiegelglas et al., CVPR 2024), then run DDPM sampling
+with the target prompt and the same maps.
+
+A baseline of SteerMusic's comparison (Niu et al., section 5.3, Table 1: ZETA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from backbones import Conditioning
+
+from ..sampling import SamplerCallback, ddpm_invert, ddpm_sample
+from .inversion import InversionEditor
+
+
+class DDPMInversion(InversionEditor):
+    """Edit by edit-friendly DDPM inversion with the source prompt and DDPM sampling, from the
+    same noise maps, with the target prompt.
+
+    The defaults are those of ZETA's public code for text-based editing (``main_run.py``; see
+    :class:`~steer.baselines.InversionEditor`): 200 steps, the reverse process started at step
+    100 of 200 (``strength=0.5``, its ``--tstart 100``), guidance 3 while inverting and 12 while
+    sampling, η = 1. The noisings that are inverted are drawn afresh for each edit from ``seed``;
+    only the last ``strength`` of the schedule is inverted, the part the sampling uses (ZETA
+    inverts all of it and discards the rest). ZETA's code zeroes the last step's map; it is kept
+    here, so that a target prompt equal to the source, at equal guidance, returns the source
+    exactly.
+
+    Args:
+        backbone: the diffusion model.
+        steps: steps of the full schedule.
+        strength: fraction of the schedule that is inverted and re-sampled, in (0, 1] (ZETA's
+            ``tstart / steps``, default 0.5): larger edits more and keeps less of the source.
+        guidance_scale_inversion: classifier-free guidance of the source prompt while inverting.
+        guidance_scale: classifier-free guidance of the target prompt while sampling.
+
+    Example:
+        >>> import torch
+        >>> from backbones import load_backbone
+        >>> from steer import Audio
+        >>> editor = DDPMInversion(load_backbone("tiny"), steps=4)  # random weights: a shape check
+        >>> clip = Audio(torch.randn(1, 16000) * 0.1, 16000)
+        >>> editor.edit(clip, source="a piano melody", target="a violin melody").audio.shape
+        torch.Size([1, 16000])
+    """
+
+    default_strength = 0.5
+
+    def invert(
+        self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
+        callback: SamplerCallback | None, progress: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """``(x_T, noise maps)`` (:func:`~steer.sampling.ddpm_invert`), the noisings drawn from ``seed``."""
+        generator = torch.Generator(device=latent.device).manual_seed(seed)
+        return ddpm_invert(
+            self.backbone, latent, cond, timesteps=timesteps, guidance_scale=self.guidance_scale_inversion,
+            generator=generator, callback=callback, progress=progress,
+        )
+
+    def sample(
+        self, inverted: tuple[Tensor, Tensor], cond: Conditioning, timesteps: Tensor, *,
+        callback: SamplerCallback | None, progress: bool,
+    ) -> Tensor:
+        x_t, noises = inverted
+        return ddpm_sample(
+            self.backbone, x_t, cond, timesteps=timesteps, noises=noises, guidance_scale=self.guidance_scale,
+            callback=callback, progress=progress,
+        )

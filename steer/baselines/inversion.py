@@ -1,0 +1,106 @@
+"""What the inversion editors share: invert the source latent with the source prompt over the
+last ``strength`` of a ``steps``-step schedule, then sample back down with the target prompt."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from backbones import Backbone, Conditioning
+
+from ..editor import EditResult, LatentEditor, Prompts, prompt_list
+from ..sampling import SamplerCallback, SamplerState, ddim_timesteps
+
+
+class InversionEditor(LatentEditor):
+    """Edit by inverting with the source prompt and sampling with the target prompt.
+
+    Subclasses implement :meth:`invert` and :meth:`sample` and set :attr:`default_strength`;
+    ``edit_latent`` encodes the prompts, builds the timesteps
+    (:func:`~steer.sampling.ddim_timesteps`) and runs the two, with one callback over both: the
+    inversion's steps first, then the sampling's, numbered on. The defaults are those of ZETA's
+    public code on AudioLDM2 (Manor & Michaeli, ICML 2024,
+    https://github.com/HilaManor/AudioEditingCode, ``main_run.py``), the reference
+    implementation of both inversion baselines for text-based music editing: 200 steps (also the
+    default of diffusers' ``AudioLDM2Pipeline``), guidance 3 while inverting with the source
+    prompt and 12 while sampling with the target.
+
+    Args:
+        backbone: the diffusion model.
+        steps: steps of the full schedule.
+        strength: fraction of the schedule that is inverted and re-sampled, in (0, 1]; ``None``
+            for the method's :attr:`default_strength`.
+        guidance_scale_inversion: classifier-free guidance of the source prompt while inverting.
+        guidance_scale: classifier-free guidance of the target prompt while sampling.
+    """
+
+    #: the strength an editor gets when none is given
+    default_strength: float
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        steps: int = 200,
+        strength: float | None = None,
+        guidance_scale_inversion: float = 3.0,
+        guidance_scale: float = 12.0,
+    ) -> None:
+        strength = self.default_strength if strength is None else strength
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if not 1 <= steps <= backbone.num_train_timesteps:
+            raise ValueError(f"steps must be in [1, {backbone.num_train_timesteps}], got {steps}")
+        self.backbone = backbone
+        self.steps = steps
+        self.strength = strength
+        self.guidance_scale_inversion = guidance_scale_inversion
+        self.guidance_scale = guidance_scale
+
+    @abstractmethod
+    def invert(
+        self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
+        callback: SamplerCallback | None, progress: bool,
+    ) -> Any:
+        """Invert ``latent`` ``(B, ...)`` with the source conditioning up to ``timesteps[0]``;
+        returns what :meth:`sample` starts from."""
+
+    @abstractmethod
+    def sample(
+        self, inverted: Any, cond: Conditioning, timesteps: Tensor, *,
+        callback: SamplerCallback | None, progress: bool,
+    ) -> Tensor:
+        """Sample the edited latents ``(B, ...)`` from :meth:`invert`'s result with the target
+        conditioning."""
+
+    def edit_latent(
+        self,
+        latent: Tensor,
+        *,
+        source: Prompts,
+        target: Prompts,
+        seed: int = 0,
+        callback: Callable[[SamplerState], None] | None = None,
+        progress: bool = False,
+    ) -> EditResult:
+        """Edit a latent ``(B, ...)``; see :meth:`edit`. ``audio`` is left ``None``."""
+        backbone = self.backbone
+        batch = latent.shape[0]
+        source_cond = backbone.encode_prompt(prompt_list(source, batch, "source"))
+        target_cond = backbone.encode_prompt(prompt_list(target, batch, "target"))
+        timesteps = ddim_timesteps(
+            self.steps, num_train_timesteps=backbone.num_train_timesteps, strength=self.strength
+        )
+        inverted = self.invert(latent, source_cond, timesteps, seed=seed, callback=callback, progress=progress)
+        if callback is not None:
+            user_callback = callback
+
+            def callback(state: SamplerState) -> None:
+                user_callback(dataclasses.replace(state, step=state.step + len(timesteps)))
+
+        edited = self.sample(inverted, target_cond, timesteps, callback=callback, progress=progress)
+        return EditResult(latent=edited, audio=None, sample_rate=backbone.sample_rate)
