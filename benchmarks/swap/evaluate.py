@@ -32,7 +32,7 @@ import torch
 
 from backbones import Backbone, load_backbone
 from steer import Audio, SteerMusic, load_audio
-from steer.baselines import DDIMInversion, SDEdit
+from steer.baselines import DDIMInversion, DDPMInversion, SDEdit
 from steer.data import ManifestEntry, read_manifest, swap_pairs
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
@@ -53,6 +53,7 @@ def methods(backbone: Backbone, args: argparse.Namespace) -> dict[str, Method]:
         # the baselines keep their reference settings (ZETA's code), but for the step count
         "sdedit": SDEdit(backbone, strength=args.sdedit_strength, steps=args.baseline_steps),
         "ddim-inversion": DDIMInversion(backbone, steps=args.baseline_steps),
+        "ddpm-inversion": DDPMInversion(backbone, steps=args.baseline_steps),  # ZETA
     }
     table: dict[str, Method] = {"identity": lambda audio, src, tgt, seed: _round_trip(backbone, audio)}
     for name, editor in editors.items():
@@ -77,12 +78,16 @@ def main() -> None:
         help="melodies to edit: test (held out) for reporting, train for choosing settings",
     )
     parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited")
-    parser.add_argument("--methods", nargs="+", default=["identity", "steermusic", "sdedit", "ddim-inversion", "ground-truth"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["identity", "steermusic", "sdedit", "ddim-inversion", "ddpm-inversion", "ground-truth"],
+    )
     parser.add_argument("--steps", type=int, default=400, help="SteerMusic steps")
     parser.add_argument("--guidance", type=float, default=30.0, help="SteerMusic guidance")
     parser.add_argument("--lr", type=float, default=0.02, help="SteerMusic learning rate")
     parser.add_argument("--sdedit-strength", type=float, default=0.5)
-    parser.add_argument("--baseline-steps", type=int, default=50, help="DDIM steps of the baselines")
+    parser.add_argument("--baseline-steps", type=int, default=50, help="steps of the baselines' schedules")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-benchmark.json"))
