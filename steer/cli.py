@@ -22,7 +22,7 @@ from steer.data._files import atomic_write_text
 from .audio import Audio, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
 from .performance import PRESETS, compile_backends
-from .runner import RECIPES, build_editor
+from .runner import BASELINES, RECIPES, build_editor
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -66,9 +66,13 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         default=backbone,
         help="Hub repo id, local folder saved with save_pretrained, or 'tiny' (random, offline)",
     )
-    parser.add_argument("--steps", type=int, default=steps, help="optimisation steps")
     parser.add_argument(
-        "--guidance", type=float, help="classifier-free guidance (30; 15 with --concept)"
+        "--steps", type=int, help=f"optimisation steps ({steps}); a baseline's schedule steps (200)"
+    )
+    parser.set_defaults(default_steps=steps)
+    parser.add_argument(
+        "--guidance", type=float,
+        help="classifier-free guidance (30; 15 with --concept; a baseline's sampling guidance: 12)",
     )
     parser.add_argument("--lr", type=float, help="learning rate of SGD (0.02; 0.1 with --concept)")
     parser.add_argument("--seed", type=int, default=0, help="seed for timesteps and noise")
@@ -110,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         "--concept",
         help="a concept folder or Hub repo id: edit with SteerMusic+ (the target names its token)",
     )
+    edit.add_argument(
+        "--recipe", choices=RECIPES, default="steermusic",
+        help="steermusic (SteerMusic+ with --concept), steermusic_plus (needs --concept), or one of "
+        "the paper's baselines with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA)",
+    )
     _add_edit_options(edit, backbone="cvssp/audioldm2-music", steps=400)
 
     demo = commands.add_parser(
@@ -127,7 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, required=True, help="output folder (<id>.wav, records/, summary)")
     run.add_argument(
         "--recipe", choices=RECIPES, default="steermusic",
-        help="steermusic (items naming a concept still use SteerMusic+) or steermusic_plus (every item needs one)",
+        help="steermusic (items naming a concept still use SteerMusic+), steermusic_plus (every item "
+        "needs one), or a baseline with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA)",
     )
     run.add_argument("--concept", help="the concept of items that name none (folder or Hub repo id)")
     run.add_argument("--metrics", default="", help="comma-separated metrics per clip, e.g. cqt1_pcc,log_mel")
@@ -152,14 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _edit_settings(args: argparse.Namespace) -> dict:
+def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict:
     """Check the editing options and apply --threads; the recipe's keyword arguments."""
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if recipe in BASELINES:
+        return _baseline_settings(args, recipe)
     performance = PRESETS[args.performance]
     if args.compile_backend is not None:
         if not performance.compile:
@@ -171,7 +183,7 @@ def _edit_settings(args: argparse.Namespace) -> dict:
         if args.compile_backend not in backends:
             raise UsageError(f"unknown --compile-backend {args.compile_backend!r}: use one of {', '.join(backends)}")
         performance = dataclasses.replace(performance, compile_backend=args.compile_backend)
-    settings = {"steps": args.steps, "performance": performance}
+    settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
     if args.lr is not None:
@@ -179,18 +191,48 @@ def _edit_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def _baseline_settings(args: argparse.Namespace, recipe: str) -> dict:
+    """A baseline's keyword arguments: the options it has, given; the others refused."""
+    given = [
+        option
+        for option, value, default in (
+            ("--lr", args.lr, None),
+            ("--performance", args.performance, "batched"),
+            ("--compile-backend", args.compile_backend, None),
+        )
+        if value != default
+    ]
+    if given:
+        raise UsageError(
+            f"{given[0]} applies to the score-distillation recipes (steermusic, steermusic_plus), "
+            f"not to {recipe}: leave it out"
+        )
+    settings = {}
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if args.guidance is not None:
+        settings["guidance_scale"] = args.guidance
+    return settings
+
+
 def _edit(
     args: argparse.Namespace, audio: Audio, source: str, target: str, output: Path
 ) -> Path:
+    recipe = getattr(args, "recipe", "steermusic")
+    concept_reference = getattr(args, "concept", None)
+    if recipe in BASELINES and concept_reference:
+        raise UsageError(f"--recipe {recipe} takes no --concept: use steermusic or steermusic_plus")
+    if recipe == "steermusic_plus" and not concept_reference:
+        raise UsageError("--recipe steermusic_plus needs --concept (a concept folder or Hub repo id)")
     device = _device(args.device)
-    settings = _edit_settings(args)
+    settings = _edit_settings(args, recipe)
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
     concept = None
-    if getattr(args, "concept", None):
+    if concept_reference:
         from .concepts import Concept
 
-        concept = Concept.from_pretrained(args.concept)
-    editor = build_editor(backbone, settings, concept)
+        concept = Concept.from_pretrained(concept_reference)
+    editor = build_editor(backbone, settings, concept, recipe)
     result = editor.edit(audio, source=source, target=target, seed=args.seed, progress=True)
     return save_audio(output, result.audio[0], result.sample_rate, overwrite=args.overwrite)
 
@@ -223,7 +265,7 @@ def _run(args: argparse.Namespace) -> None:
 
     items = read_edit_manifest(args.manifest)
     names = _metric_names(args.metrics)
-    settings = _edit_settings(args)
+    settings = _edit_settings(args, args.recipe)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     check_concepts(items, args.recipe, args.concept)

@@ -27,6 +27,7 @@ from backbones import Backbone
 from steer.data._files import atomic_write_text
 
 from .audio import load_audio, save_audio
+from .baselines import DDIMInversion, DDPMInversion, SDEdit
 from .editor import Editor, LatentEditor
 from .manifest import EditItem
 from .recipes import SteerMusic, SteerMusicPlus
@@ -34,19 +35,33 @@ from .recipes import SteerMusic, SteerMusicPlus
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
-RECIPES = ("steermusic", "steermusic_plus")
+#: the paper's baselines by recipe name: they take a schedule's ``steps`` and ``guidance_scale``,
+#: no concept and no execution path
+BASELINES: dict[str, type[LatentEditor]] = {
+    "sdedit": SDEdit,
+    "ddim_inversion": DDIMInversion,
+    "ddpm_inversion": DDPMInversion,
+}
+RECIPES = ("steermusic", "steermusic_plus", *BASELINES)
 # -- editing ---------------------------------------------------------------------------------------
-def build_editor(backbone: Backbone, settings: Mapping[str, Any], concept: Any = None) -> LatentEditor:
-    """SteerMusic, or SteerMusic+ with ``concept``; ``settings`` are the recipe's keyword
-    arguments (``steps``, ``guidance_scale``, ``lr``, ...), missing ones take its defaults."""
+def build_editor(
+    backbone: Backbone, settings: Mapping[str, Any], concept: Any = None, recipe: str = "steermusic"
+) -> LatentEditor:
+    """SteerMusic, SteerMusic+ with ``concept``, or a baseline of :data:`BASELINES`; ``settings``
+    are its keyword arguments (``steps``, ``guidance_scale``, ``lr``, ...), missing ones take its
+    defaults."""
+    if recipe in BASELINES:
+        if concept is not None:
+            raise ValueError(f"recipe {recipe} takes no concept: use steermusic or steermusic_plus")
+        return BASELINES[recipe](backbone, **settings)
     if concept is not None:
         return SteerMusicPlus(backbone, concept, **settings)
     return SteerMusic(backbone, **settings)
 
 
 def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str | None) -> None:
-    """Raise ``ValueError`` for an unknown recipe, or for ``"steermusic_plus"`` when an item has
-    no concept and there is no default."""
+    """Raise ``ValueError`` for an unknown recipe, for ``"steermusic_plus"`` when an item has
+    no concept and there is no default, and for a baseline when there is a concept."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     missing = [item.id for item in items if item.concept is None]
@@ -55,6 +70,16 @@ def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str 
             f"recipe steermusic_plus needs a concept for every item; {len(missing)} have none "
             f"(first: {missing[0]!r}): add 'concept' to them or pass --concept"
         )
+    if recipe in BASELINES:
+        named = [item.id for item in items if item.concept is not None]
+        if default_concept is not None or named:
+            which = "--concept is given" if default_concept is not None else (
+                f"{len(named)} item(s) name one (first: {named[0]!r})"
+            )
+            raise ValueError(
+                f"recipe {recipe} takes no concept, but {which}: edit those items with "
+                f"steermusic or steermusic_plus"
+            )
 
 
 def _now() -> str:
@@ -75,8 +100,9 @@ class ItemRecord:
         rank: the process that edited it.
         metrics: per-clip metric values, ``None`` for NaN.
         seconds: wall time of the edit and its metrics.
-        settings: what made the edit (recipe settings, seed, backbone): a rerun refuses to mix
-            edits made with other settings into one folder.
+        recipe: what edited it: ``"steermusic"``, ``"steermusic_plus"`` or a baseline's name.
+        settings: what made the edit (recipe settings, seed, backbone, a baseline's name): a
+            rerun refuses to mix edits made with other settings into one folder.
     """
 
     id: str
@@ -129,8 +155,9 @@ class ManifestRunner:
         items: the manifest's items (all of them: each process takes its share).
         out: the output folder (created if needed).
         backbone: the diffusion model.
-        recipe: ``"steermusic"`` (items with a concept still use SteerMusic+) or
-            ``"steermusic_plus"`` (every item needs a concept, its own or ``default_concept``).
+        recipe: ``"steermusic"`` (items with a concept still use SteerMusic+),
+            ``"steermusic_plus"`` (every item needs a concept, its own or ``default_concept``), or
+            a baseline of :data:`BASELINES` (no item may name a concept).
         settings: the recipe's keyword arguments (see :func:`build_editor`).
         seed: the seed of every edit.
         metrics: per-clip metrics (``torchmetrics`` metrics with ``values()``), by name, at
@@ -176,6 +203,8 @@ class ManifestRunner:
                 "settings": {k: _non_default(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
                 "seed": seed,
                 "backbone": f"{type(backbone).__name__}:{backbone.name_or_path}",
+                # a baseline's name (SteerMusic's records, older than the baselines, have none)
+                **({"recipe": recipe} if recipe in BASELINES else {}),
             },
             default=str,
         ))
@@ -212,7 +241,7 @@ class ManifestRunner:
         if concept not in self._editors:
             try:
                 loaded = None if concept is None else self.load_concept(concept)
-                self._editors[concept] = build_editor(self.backbone, self.settings, loaded)
+                self._editors[concept] = build_editor(self.backbone, self.settings, loaded, self.recipe)
             except Exception as error:  # noqa: BLE001 - recorded in each item's record
                 self._editors[concept] = error
         editor = self._editors[concept]
@@ -252,7 +281,7 @@ class ManifestRunner:
             target=item.target,
             concept=concept,
             edit_type=item.edit_type,
-            recipe="steermusic_plus" if concept else "steermusic",
+            recipe=self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic",
             started_at=_now(),
         )
         write_json(self.record_path(item), asdict(record))

@@ -97,6 +97,40 @@ def test_compile_backend_sets_the_compiled_paths_backend_and_is_refused_elsewher
     assert not out.exists()
 
 
+@pytest.mark.parametrize("recipe", ["sdedit", "ddim_inversion", "ddpm_inversion"])
+def test_a_baseline_recipe_edits_like_its_editor(recipe, wav, tmp_path):
+    """``--recipe`` runs the paper's baselines with the options they have (steps, guidance,
+    seed); the file is the editor's own edit."""
+    from backbones import load_backbone
+    from steer import load_audio, save_audio
+    from steer.runner import BASELINES
+
+    out = tmp_path / "out.wav"
+    argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
+    assert main([*argv, "--recipe", recipe, "--guidance", "5", "--seed", "3"]) == 0
+    editor = BASELINES[recipe](load_backbone("tiny"), steps=2, guidance_scale=5.0)
+    result = editor.edit(load_audio(wav), source="a piano", target="a violin", seed=3)
+    save_audio(tmp_path / "direct.wav", result.audio[0], result.sample_rate)
+    assert out.read_bytes() == (tmp_path / "direct.wav").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (["--recipe", "ddpm_inversion", "--lr", "0.1"], "--lr applies to the score-distillation recipes"),
+        (["--recipe", "sdedit", "--performance", "fused"], "--performance applies to the score-distillation"),
+        (["--recipe", "ddim_inversion", "--concept", "my-guitar"], "--recipe ddim_inversion takes no --concept"),
+        (["--recipe", "steermusic_plus"], "--recipe steermusic_plus needs --concept"),
+    ],
+)
+def test_options_a_recipe_does_not_have_are_refused(more, message, wav, tmp_path, capsys):
+    out = tmp_path / "out.wav"
+    assert main([*_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out), *more]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
 def test_console_script_reports_errors_without_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "steer.cli", *_edit(tmp_path / "x.wav", "--source", "a", "--target", "b", "-o", tmp_path / "o.wav")],

@@ -159,6 +159,37 @@ def test_steermusic_plus_needs_a_concept_before_loading_anything(tmp_path, capsy
 
 
 # -- subprocesses ----------------------------------------------------------------------------------
+def test_a_baseline_recipe_edits_a_manifest_and_keeps_its_folder_to_itself(tmp_path, capsys):
+    """``--recipe ddpm_inversion`` edits every item with the baseline (the file is its editor's
+    own edit); its records name it, and another recipe cannot resume into its folder."""
+    from steer import DDPMInversion, load_audio, save_audio
+
+    manifest = _manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out, "--recipe", "ddpm_inversion")) == 0
+    assert "steer run: 2 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    record = read_record(out / "records" / "c1.json")
+    assert record.recipe == "ddpm_inversion" and record.settings["recipe"] == "ddpm_inversion"
+    assert record.settings["settings"] == {"steps": 2}  # no execution path: the baselines have none
+    editor = DDPMInversion(load_backbone(str(SWAP_BACKBONE)), steps=2)
+    result = editor.edit(load_audio(tmp_path / "c1.wav"), source=SOURCE, target=TARGET, seed=0)
+    save_audio(tmp_path / "direct.wav", result.audio[0], result.sample_rate)
+    assert (out / "c1.wav").read_bytes() == (tmp_path / "direct.wav").read_bytes()
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    assert main(_run_args(manifest, out, "--recipe", "sdedit")) == 2
+    assert "holds edits made with other settings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
+
+
+def test_a_baseline_recipe_refuses_concepts_before_loading_anything(tmp_path, capsys):
+    manifest = _manifest(tmp_path, 3, extra={1: {"concept": "my-guitar"}})
+    args = _run_args(manifest, tmp_path / "out", "--recipe", "sdedit")
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert "recipe sdedit takes no concept, but 1 item(s) name one (first: 'c1')" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
 
