@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from backbones import Conditioning
+from backbones import Backbone, Conditioning
 
 from ..sampling import SamplerCallback, ddpm_invert, ddpm_sample
 from .inversion import InversionEditor
@@ -38,6 +38,10 @@ class DDPMInversion(InversionEditor):
             ``tstart / steps``, default 0.5): larger edits more and keeps less of the source.
         guidance_scale_inversion: classifier-free guidance of the source prompt while inverting.
         guidance_scale: classifier-free guidance of the target prompt while sampling.
+        steps_per_call: inversion steps per denoiser call (:func:`~steer.sampling.ddpm_invert`):
+            k batches k steps' predictions into one call, for k times the memory. On the CPU, 25
+            inversion steps of the shipped mel model took 0.64 s at k = 5 against 0.87 s one a
+            call (one thread, one run each beside other work); not measured on a GPU.
 
     Example:
         >>> import torch
@@ -51,6 +55,24 @@ class DDPMInversion(InversionEditor):
 
     default_strength = 0.5
 
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        steps: int = 200,
+        strength: float | None = None,
+        guidance_scale_inversion: float = 3.0,
+        guidance_scale: float = 12.0,
+        steps_per_call: int = 1,
+    ) -> None:
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
+        super().__init__(
+            backbone, steps=steps, strength=strength,
+            guidance_scale_inversion=guidance_scale_inversion, guidance_scale=guidance_scale,
+        )
+        self.steps_per_call = steps_per_call
+
     def invert(
         self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
         callback: SamplerCallback | None, progress: bool,
@@ -59,7 +81,7 @@ class DDPMInversion(InversionEditor):
         generator = torch.Generator(device=latent.device).manual_seed(seed)
         return ddpm_invert(
             self.backbone, latent, cond, timesteps=timesteps, guidance_scale=self.guidance_scale_inversion,
-            generator=generator, callback=callback, progress=progress,
+            generator=generator, steps_per_call=self.steps_per_call, callback=callback, progress=progress,
         )
 
     def sample(

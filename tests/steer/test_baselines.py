@@ -176,6 +176,7 @@ BASELINES = [
     pytest.param(lambda backbone: SDEdit(backbone, steps=4), id="sdedit"),
     pytest.param(lambda backbone: DDIMInversion(backbone, steps=2), id="ddim-inversion"),
     pytest.param(lambda backbone: DDPMInversion(backbone, steps=4), id="ddpm-inversion"),
+    pytest.param(lambda backbone: DDPMInversion(backbone, steps=8, steps_per_call=3), id="ddpm-inversion-batched"),
 ]
 
 
@@ -212,6 +213,7 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
         (lambda b: DDIMInversion(b, strength=-0.1), r"strength must be in \(0, 1\]"),
         (lambda b: DDPMInversion(b, strength=0.0), r"strength must be in \(0, 1\]"),
         (lambda b: DDPMInversion(b, steps=0), r"steps must be in \[1, 1000\]"),
+        (lambda b: DDPMInversion(b, steps_per_call=0), "steps_per_call must be at least 1, got 0"),
     ],
 )
 def test_bad_settings_are_clear_errors(analytic_backbone, make, match):

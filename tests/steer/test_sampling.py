@@ -327,6 +327,35 @@ def test_ddpm_inversion_noises_each_level_independently(analytic_backbone):
     torch.testing.assert_close(x_t, xs[0])
 
 
+def test_ddpm_inversion_batches_its_steps_into_fewer_calls_with_the_same_maps(tiny_backbone, monkeypatch):
+    """The levels are drawn up front, so k steps' predictions are one call of k rows a clip: 7
+    steps three at a time are 3 calls, the maps those of one step a call up to rounding, in
+    the same order, and sampling with them still returns x0."""
+    x0 = _randn(2, 8, 16, 16)
+    cond = tiny_backbone.encode_prompt(["a piano melody", "a flute melody"])
+    timesteps = ddim_timesteps(10, strength=0.7)
+    assert len(timesteps) == 7
+
+    def invert(steps_per_call, callback=None):
+        return ddpm_invert(tiny_backbone, x0, cond, timesteps=timesteps, guidance_scale=3.0, callback=callback,
+                           generator=torch.Generator().manual_seed(0), steps_per_call=steps_per_call)
+
+    x_t, noises = invert(1)
+    calls = []
+    predict = tiny_backbone.predict_noise
+    monkeypatch.setattr(tiny_backbone, "predict_noise", lambda x, t, c, g: calls.append(t.tolist()) or predict(x, t, c, g))
+    states = []
+    batched_x_t, batched = invert(3, _record(states))
+    monkeypatch.undo()
+    steps = timesteps.tolist()
+    assert calls == [[t for t in steps[i : i + 3] for _ in range(2)] for i in (0, 3, 6)]
+    assert [s.step for s in states] == list(range(7)) and [s.t.tolist() for s in states] == [[t, t] for t in steps]
+    assert torch.equal(batched_x_t, x_t)
+    torch.testing.assert_close(batched, noises, rtol=1e-4, atol=1e-4 * float(noises.abs().max()))
+    back = ddpm_sample(tiny_backbone, x_t, cond, timesteps=timesteps, noises=batched, guidance_scale=3.0)
+    torch.testing.assert_close(back, x0, rtol=0, atol=1e-3)
+
+
 def test_ddpm_inversion_callback_reports_each_step_in_sampling_order(analytic_backbone):
     states = []
     timesteps = ddim_timesteps(5)
@@ -345,5 +374,7 @@ def test_ddpm_bad_arguments_are_clear_errors(analytic_backbone):
         ddpm_sample(analytic_backbone, x, cond, timesteps=ddim_timesteps(5), noises=_randn(4, 1, 2, 6, 4))
     with pytest.raises(ValueError, match="DDPM inversion needs timesteps above 0"):
         ddpm_invert(analytic_backbone, x, cond, timesteps=[5, 0])
+    with pytest.raises(ValueError, match="steps_per_call must be at least 1, got 0"):
+        ddpm_invert(analytic_backbone, x, cond, timesteps=[5, 1], steps_per_call=0)
     with pytest.raises(ValueError, match="a DDPM step lowers the noise"):
         ddpm_step_mean(x, x, torch.tensor([0.9]), torch.tensor([0.5]))
