@@ -14,7 +14,7 @@ from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
-from ..sampling import SamplerCallback, ddpm_invert, ddpm_sample
+from ..sampling import SamplerCallback, ddim_timesteps, ddpm_invert, ddpm_sample
 from .inversion import InversionEditor
 
 
@@ -71,6 +71,11 @@ class DDPMInversion(InversionEditor):
             backbone, steps=steps, strength=strength,
             guidance_scale_inversion=guidance_scale_inversion, guidance_scale=guidance_scale,
         )
+        if ddim_timesteps(steps, num_train_timesteps=backbone.num_train_timesteps)[-1] == 0:
+            raise ValueError(
+                f"steps={steps} puts the last step at timestep 0, the clean latent's level, which "
+                f"DDPM inversion cannot invert: use at most {backbone.num_train_timesteps - 1} steps"
+            )
         self.steps_per_call = steps_per_call
 
     def invert(

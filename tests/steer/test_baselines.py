@@ -214,6 +214,7 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
         (lambda b: DDPMInversion(b, strength=0.0), r"strength must be in \(0, 1\]"),
         (lambda b: DDPMInversion(b, steps=0), r"steps must be in \[1, 1000\]"),
         (lambda b: DDPMInversion(b, steps_per_call=0), "steps_per_call must be at least 1, got 0"),
+        (lambda b: DDPMInversion(b, steps=1000), "use at most 999 steps"),
     ],
 )
 def test_bad_settings_are_clear_errors(analytic_backbone, make, match):
