@@ -1,5 +1,6 @@
 """The ``steer`` command line: ``edit``, ``demo``, ``personalize``, ``run`` (a manifest, resumable,
-sharded under ``accelerate launch``), ``eval`` (score a folder of edits) and ``plot``.
+sharded under ``accelerate launch``), ``eval`` (score folders of edits; several runs side by
+side) and ``plot``.
 
 Problems with the user's input (files, prompts, paths) are reported as one line on stderr with
 exit status 2, checked before any model is loaded; an existing output is never overwritten
@@ -144,8 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
     _add_edit_options(run, backbone="cvssp/audioldm2-music", steps=400)
 
-    evaluate = commands.add_parser("eval", help="score a folder of edits against their sources")
-    evaluate.add_argument("folder", type=Path, nargs="?", help="a 'steer run' output folder")
+    evaluate = commands.add_parser(
+        "eval", help="score folders of edits against their sources; several runs: one table comparing them"
+    )
+    evaluate.add_argument(
+        "folder", type=Path, nargs="*",
+        help="'steer run' output folders (several, e.g. one per recipe: a table comparing them too)",
+    )
     evaluate.add_argument("--manifest", type=Path, help="with --edits: the manifest the edits were made from")
     evaluate.add_argument("--edits", type=Path, help="with --manifest: a folder of <id>.wav edits")
     evaluate.add_argument("--metrics", default="cqt1_pcc,log_mel", help="comma-separated metric names")
@@ -309,7 +315,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate, markdown_table, pairs_from_manifest, pairs_from_run
+    from .evaluate import (
+        comparison_table,
+        evaluate,
+        markdown_table,
+        pairs_from_manifest,
+        pairs_from_run,
+    )
     from .runner import write_json
 
     names = _metric_names(args.metrics)
@@ -317,28 +329,38 @@ def _eval(args: argparse.Namespace) -> None:
         raise UsageError("--metrics is empty: name at least one metric")
     if (args.manifest is None) != (args.edits is None):
         raise UsageError("--manifest and --edits go together")
-    if (args.folder is None) == (args.manifest is None):
-        raise UsageError("give a 'steer run' folder, or --manifest and --edits, not both")
-    if args.folder is not None:
-        if not args.folder.is_dir():
-            raise UsageError(f"folder not found: {args.folder}")
-        folder, missing = args.folder, []
-        pairs = pairs_from_run(folder)
-    else:
-        folder = args.edits
-        pairs, missing = pairs_from_manifest(args.manifest, args.edits)
-    outputs = folder / "eval.json", folder / "eval.md"
-    for path in outputs:
-        _check_output(path, args.overwrite)
+    if bool(args.folder) == (args.manifest is not None):
+        raise UsageError("give 'steer run' folders, or --manifest and --edits, not both")
+    # every folder and output is checked before anything is scored or written
+    jobs = []
+    for folder in args.folder:
+        if not folder.is_dir():
+            raise UsageError(f"folder not found: {folder}")
+        jobs.append((folder, pairs_from_run(folder), []))
+    if args.manifest is not None:
+        jobs.append((args.edits, *pairs_from_manifest(args.manifest, args.edits)))
+    if len({folder.resolve() for folder, _, _ in jobs}) < len(jobs):
+        raise UsageError("a folder is given twice")
+    for folder, _, _ in jobs:
+        for path in (folder / "eval.json", folder / "eval.md"):
+            _check_output(path, args.overwrite)
     device = _device(args.device)
-    result = evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
-    table = markdown_table(result["groups"], names)
-    if missing:
-        table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}).\n"
-    write_json(outputs[0], result)
-    atomic_write_text(outputs[1], table)
-    print(table, end="")
-    print(f"wrote {outputs[0]} and {outputs[1]}")
+    results = {}
+    for folder, pairs, missing in jobs:
+        result = evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
+        table = markdown_table(result["groups"], names)
+        if missing:
+            table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}).\n"
+        write_json(folder / "eval.json", result)
+        atomic_write_text(folder / "eval.md", table)
+        if len(jobs) > 1:
+            print(f"## {folder}\n")
+        print(table, end="")
+        print(f"wrote {folder / 'eval.json'} and {folder / 'eval.md'}")
+        results[str(folder)] = result
+    if len(results) > 1:
+        print(f"\n## {len(results)} runs compared\n")
+        print(comparison_table(results, names), end="")
 
 
 def _plot(args: argparse.Namespace) -> None:

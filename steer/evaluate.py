@@ -180,6 +180,28 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def comparison_table(results: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
+    """One Markdown table of several runs' :func:`evaluate` results, a ``run`` column first (the
+    paper's tables: a row per method and edit type), and a line under it where the runs scored
+    different items (their means are then over different clips)."""
+    parts = []
+    for run, result in results.items():
+        table = markdown_table(result["groups"], names).splitlines()
+        if not parts:
+            parts += ["| run " + table[0], "|---" + table[1]]
+        parts += [f"| {run} " + line for line in table[2:]]
+    text = "\n".join(parts) + "\n"
+    scored = {run: set(result["items"]) for run, result in results.items()}
+    if len({frozenset(items) for items in scored.values()}) > 1:
+        common = set.intersection(*scored.values())
+        counts = ", ".join(f"{run} {len(items)}" for run, items in scored.items())
+        text += (
+            f"\nThe runs scored different items ({counts}; {len(common)} in all of them): "
+            "their means are over different clips.\n"
+        )
+    return text
+
+
 def evaluate(
     pairs: Sequence[Pair],
     names: Sequence[str],

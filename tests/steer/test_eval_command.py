@@ -69,7 +69,7 @@ def test_eval_equals_the_metrics_computed_directly(edits, capsys):
     "args, message",
     [
         (["--manifest", "m.jsonl"], "--manifest and --edits go together"),
-        ([], "give a 'steer run' folder"),
+        ([], "give 'steer run' folders, or --manifest and --edits"),
         (["nowhere"], "folder not found"),
         (["edits"], "holds no records/"),
         (["--metrics", "nope", "edits"], "unknown metric 'nope'"),

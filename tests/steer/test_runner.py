@@ -181,6 +181,47 @@ def test_a_baseline_recipe_edits_a_manifest_and_keeps_its_folder_to_itself(tmp_p
     assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
 
 
+def test_eval_compares_runs_in_one_table_and_says_when_they_scored_different_items(tmp_path, capsys):
+    """One folder per recipe, as the paper's Table 1 compares methods: ``steer eval`` scores each
+    (its own eval.json / eval.md) and prints one table with a row per run and edit type."""
+    manifest = _manifest(tmp_path, 3)
+    runs = {recipe: tmp_path / recipe for recipe in ("sdedit", "ddpm_inversion")}
+    for recipe, out in runs.items():
+        assert main(_run_args(manifest, out, "--recipe", recipe)) == 0
+    shorter = tmp_path / "two.jsonl"  # a third run edits only two of the items
+    shorter.write_text("".join(manifest.read_text().splitlines(keepends=True)[:2]))
+    partial = tmp_path / "partial"
+    assert main(_run_args(shorter, partial, "--recipe", "sdedit")) == 0
+    capsys.readouterr()
+    evaluate = ["eval", "--metrics", "log_mel", "--device", "cpu"]
+    assert main([*evaluate, *map(str, runs.values())]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("## 2 runs compared") :].splitlines()
+    assert table[2] == "| run | edit type | N | log_mel | log_mel NaN |"
+    rows = [line for line in table[4:] if line.startswith("| ")]
+    expected = []
+    for out in runs.values():
+        for group in json.loads((out / "eval.json").read_text())["groups"]:
+            expected.append(f"| {out} | {group['edit_type']} | {group['n']} | {group['log_mel']:.4f} | 0 |")
+    assert rows == expected and len(rows) == 6  # even, odd, all per run
+    assert float(rows[2].split(" | ")[3]) != float(rows[5].split(" | ")[3])  # the methods differ
+    assert "scored different items" not in printed
+    # a run that finished fewer items: said under the table
+    assert main([*evaluate, "--overwrite", str(runs["sdedit"]), str(partial)]) == 0
+    printed = capsys.readouterr().out
+    assert f"The runs scored different items ({runs['sdedit']} 3, {partial} 2; 2 in all of them)" in printed
+    # every output is checked before anything is written; a folder twice is refused
+    for name in ("eval.json", "eval.md"):
+        (runs["ddpm_inversion"] / name).unlink()
+    before = (runs["sdedit"] / "eval.json").read_bytes()
+    assert main([*evaluate, str(runs["ddpm_inversion"]), str(runs["sdedit"])]) == 2
+    assert f"{runs['sdedit'] / 'eval.json'} exists; pass --overwrite" in capsys.readouterr().err
+    assert not (runs["ddpm_inversion"] / "eval.json").exists()
+    assert main([*evaluate, "--overwrite", str(partial), str(partial)]) == 2
+    assert "a folder is given twice" in capsys.readouterr().err
+    assert (runs["sdedit"] / "eval.json").read_bytes() == before
+
+
 def test_a_baseline_recipe_refuses_concepts_before_loading_anything(tmp_path, capsys):
     manifest = _manifest(tmp_path, 3, extra={1: {"concept": "my-guitar"}})
     args = _run_args(manifest, tmp_path / "out", "--recipe", "sdedit")
