@@ -312,6 +312,10 @@ def _run(args: argparse.Namespace) -> None:
             f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
             f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
         )
+    # leave together and take the process group down, as accelerate's own end_training() does:
+    # a process exiting while another still holds its gloo connections can abort that one
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def _eval(args: argparse.Namespace) -> None:
