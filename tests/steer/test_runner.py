@@ -298,7 +298,9 @@ def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
               "--main_process_port", str(_free_port()), "-m", "steer.cli"]
     done = subprocess.run([*launch, *_run_args(manifest, out, "--threads", "1")], env=_env(),
                           capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # a failure's cause is above torchrun's closing report: keep the lines that name it too
+    causes = [line for line in done.stderr.splitlines() if any(w in line for w in ("terminate", "rror", "abort"))]
+    assert done.returncode == 0, "\n".join([*causes[:20], "...", done.stderr[-2000:]])
     records = [read_record(out / "records" / f"c{i}.json") for i in range(n)]
     assert [r.rank for r in records] == [i % 2 for i in range(n)]
     assert all(r.status == "done" and r.attempt == 1 for r in records)
