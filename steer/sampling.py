@@ -119,15 +119,11 @@ def ddim_step(
     alpha_bar: Tensor,
     alpha_bar_next: Tensor,
     clip: tuple[float, float] | None = None,
-    *,
-    noise: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Move x from noise level ᾱ to ᾱ' along ε̂ (DDIM, eq. 12), in either direction.
+    """Move x from noise level ᾱ to ᾱ' along ε̂ (DDIM, eq. 12 with η = 0), in either direction.
 
-    x̂_0 = (x − √(1 − ᾱ) ε̂) / √ᾱ, then x' = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂ (η = 0). Sampling takes
-    ᾱ' > ᾱ, inversion ᾱ' < ᾱ. Given ``noise`` z, the step is DDPM's (η = 1, sampling only):
-    x' = √ᾱ' x̂_0 + √(1 − ᾱ' − σ²) ε̂ + σ z with σ² = (1 − ᾱ')/(1 − ᾱ) · (1 − ᾱ/ᾱ'), the
-    posterior's variance (:func:`ddpm_step_mean`).
+    x̂_0 = (x − √(1 − ᾱ) ε̂) / √ᾱ, then x' = √ᾱ' x̂_0 + √(1 − ᾱ') ε̂. Sampling takes ᾱ' > ᾱ,
+    inversion ᾱ' < ᾱ. DDPM's stochastic step (η = 1) is :func:`ddpm_step_mean`'s mean + σ z.
 
     Args:
         x: latents at level ᾱ, ``(B, ...)``.
@@ -136,14 +132,10 @@ def ddim_step(
         clip: bounds of clean latents; x̂_0 is clamped to them and ε̂ re-derived from the clamped
             x̂_0 (diffusers' ``clip_sample``), which keeps an imperfect model from diverging at
             high noise, where ε̂'s error is amplified by 1/√ᾱ.
-        noise: z, ``(B, ...)``, for a DDPM step; ``None`` (default) for DDIM's deterministic one.
 
     Returns:
         ``(x', x̂_0)``, both ``(B, ...)``.
     """
-    if noise is not None:
-        mean, sigma, denoised = ddpm_step_mean(x, noise_pred, alpha_bar, alpha_bar_next, clip)
-        return mean + sigma * noise, denoised
     a_next = alpha_bar_next.view(_per_row(x))
     denoised, noise_pred = _denoise(x, noise_pred, alpha_bar, clip)
     return a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise_pred, denoised
@@ -170,6 +162,18 @@ def ddpm_step_mean(
     """
     if (alpha_bar_next <= alpha_bar).any():
         raise ValueError("a DDPM step lowers the noise: every alpha_bar_next must exceed its alpha_bar")
+    return _ddpm_step_mean(x, noise_pred, alpha_bar, alpha_bar_next, clip)
+
+
+def _ddpm_step_mean(
+    x: Tensor,
+    noise_pred: Tensor,
+    alpha_bar: Tensor,
+    alpha_bar_next: Tensor,
+    clip: tuple[float, float] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`ddpm_step_mean` for levels already checked (the samplers check their timesteps
+    once, not with a device sync each step)."""
     a, a_next = alpha_bar.view(_per_row(x)), alpha_bar_next.view(_per_row(x))
     denoised, noise_pred = _denoise(x, noise_pred, alpha_bar, clip)
     variance = (1 - a_next) / (1 - a) * (1 - a / a_next)
@@ -204,6 +208,15 @@ def _check_timesteps(backbone: Backbone, timesteps: Tensor | Sequence[int]) -> T
     return timesteps
 
 
+def _check_ddpm_timesteps(backbone: Backbone, timesteps: Tensor | Sequence[int], what: str) -> Tensor:
+    """:func:`_check_timesteps`, and none at 0: a DDPM step must lower the noise, and the last
+    one lands on timestep 0's level."""
+    timesteps = _check_timesteps(backbone, timesteps)
+    if timesteps[-1] == 0:
+        raise ValueError(f"{what} needs timesteps above 0 (timestep 0 is the clean latent's level)")
+    return timesteps
+
+
 def _walk(
     backbone: Backbone,
     x: Tensor,
@@ -225,10 +238,12 @@ def _walk(
     for i in tqdm(range(len(path) - 1), desc=desc, disable=not progress, leave=False):
         t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x.device)
         noise_pred = backbone.predict_noise(x, t, cond, guidance_scale).float()
-        x, denoised = ddim_step(
-            x, noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip,
-            noise=None if noises is None else noises[i],
-        )
+        levels = alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch)
+        if noises is None:
+            x, denoised = ddim_step(x, noise_pred, *levels, clip)
+        else:
+            mean, sigma, denoised = _ddpm_step_mean(x, noise_pred, *levels, clip)
+            x = mean + sigma * noises[i]
         if callback is not None:
             callback(SamplerState(step=i, t=t, latent=x, denoised=denoised, noise_pred=noise_pred))
     return x
@@ -360,9 +375,7 @@ def ddpm_invert(
         ``(x_T, noises)``: the latents at the level of ``timesteps[0]``, ``(B, ...)``, and the
         noise maps, ``(K, B, ...)``, both float32.
     """
-    timesteps = _check_timesteps(backbone, timesteps)
-    if timesteps[-1] == 0:
-        raise ValueError("DDPM inversion needs timesteps above 0 (timestep 0 is the clean latent's level)")
+    timesteps = _check_ddpm_timesteps(backbone, timesteps, "DDPM inversion")
     x0 = x0.detach().float()
     path = torch.cat([timesteps, timesteps.new_zeros(1)])
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x0.device)
@@ -381,7 +394,7 @@ def ddpm_invert(
         rows = Conditioning.cat([cond] * len(steps))
         noise_preds = backbone.predict_noise(xs[start : steps.stop].flatten(0, 1), t, rows, guidance_scale)
         for i, noise_pred in zip(steps, noise_preds.float().unflatten(0, (len(steps), batch)), strict=True):
-            mean, sigma, denoised = ddpm_step_mean(
+            mean, sigma, denoised = _ddpm_step_mean(
                 xs[i], noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
             )
             noises[i] = (xs[i + 1] - mean) / sigma
@@ -422,7 +435,7 @@ def ddpm_sample(
     Returns:
         the denoised latents, ``(B, ...)`` float32.
     """
-    timesteps = _check_timesteps(backbone, timesteps)
+    timesteps = _check_ddpm_timesteps(backbone, timesteps, "DDPM sampling")
     if noises.shape != (len(timesteps), *x_t.shape):
         raise ValueError(
             f"noises has shape {tuple(noises.shape)}; {len(timesteps)} steps of latents "

@@ -374,6 +374,8 @@ def test_ddpm_bad_arguments_are_clear_errors(analytic_backbone):
         ddpm_sample(analytic_backbone, x, cond, timesteps=ddim_timesteps(5), noises=_randn(4, 1, 2, 6, 4))
     with pytest.raises(ValueError, match="DDPM inversion needs timesteps above 0"):
         ddpm_invert(analytic_backbone, x, cond, timesteps=[5, 0])
+    with pytest.raises(ValueError, match="DDPM sampling needs timesteps above 0"):  # before any step
+        ddpm_sample(analytic_backbone, x, cond, timesteps=[5, 0], noises=_randn(2, 1, 2, 6, 4))
     with pytest.raises(ValueError, match="steps_per_call must be at least 1, got 0"):
         ddpm_invert(analytic_backbone, x, cond, timesteps=[5, 1], steps_per_call=0)
     with pytest.raises(ValueError, match="a DDPM step lowers the noise"):
