@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones import AudioLDM2Backbone, Backbone, Conditioning, load_backbone
+from backbones import Backbone, Conditioning, load_backbone
 from losses import FeatureRequest, NoiseRequest
 from steer import Audio, DDPMInversion, SteerMusic, SteerMusicPlus
 from steer.concepts import Concept
@@ -42,9 +42,13 @@ def _clip() -> Audio:
 CLIP = _clip()
 
 
+def _load(case: str) -> Backbone:
+    return load_backbone(str(SHIPPED) if case == "mel-diffusion-swap" else case)
+
+
 @pytest.fixture(scope="module", params=CASES)
 def backbone(request) -> Backbone:
-    return load_backbone(str(SHIPPED) if request.param == "mel-diffusion-swap" else request.param)
+    return _load(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +197,22 @@ def test_weights_cast_once_give_autocasts_edit_bit_for_bit(backbone, latent):
     assert torch.equal(runs[True][0], runs[False][0]) and not torch.equal(runs[True][0], latent)
 
 
-@pytest.mark.slow
-def test_compiled_steermusic_plus_is_whole_graphs(backbone, latent, dynamo):
+# The tiny AudioLDM2 runs the same test, with more checks, in tests/steer/test_paths.py
+# (test_compiled_checkpointing_recomputes_for_the_same_gradient). Tracing the tiny diffusers
+# models takes 30-55 s each on 2 cores: they run with --slow; the shipped model's 16 s run always.
+@pytest.mark.parametrize("case", [
+    pytest.param("tiny-audioldm", marks=pytest.mark.slow),
+    pytest.param("tiny-musicldm", marks=pytest.mark.slow),
+    pytest.param("tiny-stable-audio", marks=pytest.mark.slow),
+    "mel-diffusion-swap",
+])
+def test_compiled_steermusic_plus_is_whole_graphs(case, dynamo):
     """Compiled with checkpointing (dynamo alone: graph breaks are dynamo's), SteerMusic+ with a
     LoRA concept traces every call without a graph break (one would run the rest of the call
     eagerly, unnoticed), and applies eager's gradient. The clip's latent length is no multiple
     of 8: AudioLDM2's UNet then logs on each call, which broke its graphs 12 times an edit."""
-    if isinstance(backbone, AudioLDM2Backbone):  # the same test (~70 s), with more checks, runs there
-        pytest.skip("run, with more checks, by tests/steer/test_paths.py::test_compiled_checkpointing_recomputes_for_the_same_gradient")
+    backbone = _load(case)
+    latent = backbone.encode_audio(CLIP.waveform[None], CLIP.sample_rate)
     concept = Concept.train(backbone, [CLIP], token=TOKEN, class_word=CLASS_WORD, method="lora", steps=1, progress=False)
     target = f"a recording of a {TOKEN} {CLASS_WORD}"
     gradients = {}

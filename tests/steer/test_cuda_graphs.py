@@ -123,6 +123,7 @@ def test_a_backward_that_cannot_be_a_cuda_graph_runs_as_traced_after_a_recorded_
         torch.testing.assert_close(got_, expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")
 def test_a_compiled_bf16_editor_records_its_graphs_once_with_the_cast_weights_static(tiny_backbone, recorder, dynamo):
     """Compiled bf16 SteerMusic with ``compile_backend="steer-cudagraphs"`` (tiny AudioLDM2, two
@@ -154,6 +155,7 @@ def _recorded_by_now(recorder):
     return [len(g["calls"]) for g in recorder.graphs]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")
 def test_a_compiled_steermusic_plus_records_forward_backward_and_inference_graphs_once(tiny_backbone, lora, recorder, dynamo):
     """Compiled bf16 SteerMusic+ (a LoRA concept, PCon) with ``steer-cudagraphs``, two edits of

@@ -235,7 +235,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow
 def test_a_killed_run_resumes_and_every_item_is_edited_once(tmp_path):
     n = 5
     manifest = _manifest(tmp_path, n)
@@ -286,7 +285,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
     n = 10
     manifest = _manifest(tmp_path, n)
