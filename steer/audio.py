@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,36 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Audio:
-    """A clip: ``waveform`` of shape ``(channels, samples)``, float32 in [-1, 1], at ``sample_rate``."""
+    """A clip: ``waveform`` of shape ``(channels, samples)``, floating point in [-1, 1], at
+    ``sample_rate`` (Hz); ``(samples,)`` is kept as one channel ``(1, samples)``, and
+    ``(B, channels, samples)`` is a batch of equal-length clips.
+
+    Raises:
+        TypeError: for a waveform that is not a tensor.
+        ValueError: for a waveform that is not floating point, has no 1 to 3 dimensions or
+            holds NaN or infinite samples, or a sample rate that is not a positive integer.
+    """
 
     waveform: Tensor
     sample_rate: int
+
+    def __post_init__(self) -> None:
+        waveform, rate = self.waveform, self.sample_rate
+        if not isinstance(waveform, Tensor):
+            raise TypeError(f"Audio's waveform must be a torch.Tensor, got {type(waveform).__name__}: "
+                            "wrap a NumPy array with torch.from_numpy")
+        if not waveform.is_floating_point():
+            raise ValueError(f"Audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: "
+                             "divide 16-bit samples by 32768")
+        if not 1 <= waveform.dim() <= 3:
+            raise ValueError(f"Audio's waveform must be (channels, samples), got shape {tuple(waveform.shape)}")
+        if not torch.isfinite(waveform).all():
+            raise ValueError("the audio holds NaN or infinite samples")
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
+            raise ValueError(f"the sample rate must be a positive whole number of Hz, got {rate!r}")
+        if waveform.dim() == 1:
+            object.__setattr__(self, "waveform", waveform[None])
+        object.__setattr__(self, "sample_rate", int(rate))
 
     @property
     def seconds(self) -> float:
@@ -35,7 +62,10 @@ def load_audio(path: str | os.PathLike) -> Audio:
         raise ValueError(f"cannot read audio from {path}: {error}") from error
     if data.shape[0] == 0:
         raise ValueError(f"audio file is empty: {path}")
-    return Audio(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
+    try:
+        return Audio(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
+    except ValueError as error:  # a float file may hold NaN
+        raise ValueError(f"{path}: {error}") from error
 
 
 def save_audio(

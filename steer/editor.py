@@ -105,11 +105,15 @@ class _Runtime:
 
 def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
     """One non-empty prompt per clip (a single string is repeated); a clear error otherwise."""
+    if not isinstance(prompts, (str, Sequence)):
+        raise TypeError(f"the {role} prompt must be a string or a list of strings, got {type(prompts).__name__}")
     items = [prompts] * batch if isinstance(prompts, str) else list(prompts)
     if len(items) != batch:
         raise ValueError(f"got {len(items)} {role} prompts for {batch} clips")
     for prompt in items:
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise TypeError(f"the {role} prompts must be strings, got {type(prompt).__name__}")
+        if not prompt.strip():
             raise ValueError(f"the {role} prompt is empty: describe the {role} audio in words")
     return items
 
@@ -160,6 +164,9 @@ class LatentEditor(ABC):
             the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
             the input's duration.
         """
+        if not isinstance(audio, Audio):
+            raise TypeError(f"edit takes an Audio, got {type(audio).__name__}: pass "
+                            "steer.Audio(waveform, sample_rate), or a latent to edit_latent")
         waveform = audio.waveform if audio.waveform.dim() == 3 else audio.waveform[None]
         latent = self.backbone.encode_audio(waveform, audio.sample_rate)
         result = self.edit_latent(

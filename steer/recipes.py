@@ -3,6 +3,7 @@ authors' public code."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal, Protocol
 
@@ -16,6 +17,7 @@ from losses import (
     TimestepWeighting,
 )
 
+from .concepts import Concept
 from .editor import Editor
 from .performance import Performance
 
@@ -91,7 +93,9 @@ class SteerMusicPlus(Editor):
 
     Args:
         backbone: the base model ε.
-        concept: gives the personalised model ε' (``concept.apply(backbone)``) and its token.
+        concept: gives the personalised model ε' (``concept.apply(backbone)``) and its token: a
+            :class:`~steer.concepts.Concept`, or its folder or Hub repo id (loaded with
+            :meth:`Concept.from_pretrained <steer.concepts.Concept.from_pretrained>`).
         shift: λ; 0 removes the shift term.
         pcon_weight: weight of PCon; 0 removes it.
         pcon_layers: self-attention modules PCon reads (a regular expression); ``None`` takes
@@ -102,7 +106,7 @@ class SteerMusicPlus(Editor):
     def __init__(
         self,
         backbone: Backbone,
-        concept: ConceptLike,
+        concept: ConceptLike | str | os.PathLike,
         *,
         steps: int = 400,
         guidance_scale: float = 15.0,
@@ -121,6 +125,10 @@ class SteerMusicPlus(Editor):
         t_max: int = 980,
         performance: Performance = Performance(),
     ) -> None:
+        if isinstance(concept, (str, os.PathLike)):
+            concept = Concept.from_pretrained(concept)
+        elif not isinstance(getattr(concept, "token", None), str) or not callable(getattr(concept, "apply", None)):
+            raise TypeError(f"SteerMusicPlus needs a Concept (or its folder or Hub repo id), got {type(concept).__name__}")
         losses: list[ScoreLoss] = [
             PersonalizedDeltaScore(guidance_scale=guidance_scale, weighting=weighting)
         ]

@@ -120,10 +120,6 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
             except ValueError as error:
                 raise ValueError(f"unusable reference clip: {error}") from error
         waveform = audio.waveform
-        if waveform.dim() == 1:
-            waveform = waveform[None]
-        if not torch.isfinite(waveform).all():
-            raise ValueError(f"{name}: the audio holds NaN or infinite samples")
         if audio.seconds < MIN_SECONDS:
             raise ValueError(
                 f"{name} is too short: {audio.seconds:.2f} s; reference clips need at least {MIN_SECONDS} s"

@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from steer import load_audio, save_audio
+from steer import Audio, load_audio, save_audio
 
 
 def test_round_trip(tmp_path):
@@ -34,3 +34,32 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="unsupported audio format"):
         save_audio(tmp_path / "a.xyz", torch.zeros(10), 8000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.wav", "keep.wav"]
+
+
+def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
+    audio = Audio(torch.zeros(800), np.int64(8000))
+    assert audio.waveform.shape == (1, 800) and type(audio.sample_rate) is int and audio.seconds == 0.1
+    assert Audio(torch.zeros(2, 2, 800), 8000).waveform.shape == (2, 2, 800)  # a batch stays
+
+
+@pytest.mark.parametrize("waveform, rate, error, match", [
+    (np.zeros((1, 800), np.float32), 8000, TypeError, "torch.Tensor, got ndarray: wrap a NumPy array"),
+    (torch.zeros(1, 800, dtype=torch.int16), 8000, ValueError, "floating point .* torch.int16: divide 16-bit"),
+    (torch.zeros(1, 1, 1, 800), 8000, ValueError, r"\(channels, samples\), got shape \(1, 1, 1, 800\)"),
+    (torch.tensor([[0.0, float("nan")]]), 8000, ValueError, "NaN or infinite"),
+    (torch.tensor([[0.0, float("-inf")]]), 8000, ValueError, "NaN or infinite"),
+    (torch.zeros(1, 800), 0, ValueError, "positive whole number of Hz, got 0"),
+    (torch.zeros(1, 800), 22050.5, ValueError, "got 22050.5"),
+    (torch.zeros(1, 800), True, ValueError, "got True"),
+])
+def test_unusable_clips_are_refused_when_made(waveform, rate, error, match):
+    with pytest.raises(error, match=match):
+        Audio(waveform, rate)
+
+
+def test_a_float_file_holding_nan_is_refused_by_name(tmp_path):
+    data = np.zeros((100, 1), np.float32)
+    data[50] = np.nan
+    sf.write(tmp_path / "nan.wav", data, 8000, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"nan\.wav: the audio holds NaN"):
+        load_audio(tmp_path / "nan.wav")

@@ -148,3 +148,9 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
         editor.edit_latent(latent, source="a piano", target="  ")
     with pytest.raises(ValueError, match="got 2 source prompts for 1 clips"):
         editor.edit_latent(latent, source=["a", "b"], target="c")
+    with pytest.raises(TypeError, match="edit takes an Audio, got Tensor: pass steer.Audio"):
+        editor.edit(torch.zeros(1, 16000), source="a piano", target="a violin")
+    with pytest.raises(TypeError, match="source prompt must be a string or a list of strings, got int"):
+        editor.edit_latent(latent, source=3, target="c")
+    with pytest.raises(TypeError, match="target prompts must be strings, got NoneType"):
+        editor.edit_latent(latent, source="a", target=[None])

@@ -87,3 +87,22 @@ def test_closing_the_editor_removes_the_lora_adapter(tiny_backbone, latent):
         editor.edit_latent(latent, source="a piano", target="a sks guitar")
     assert _adapted_layers(tiny_backbone.denoiser) == 0
     editor.close()  # idempotent
+
+
+def test_a_concept_folder_or_repo_id_is_loaded(tiny_backbone, latent, tmp_path):
+    clip = Audio(0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1)), 16000)
+    concept = Concept.train(tiny_backbone, [clip], token="sks", class_word="guitar", method="lora", steps=2, lr=0.05, progress=False)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in concept.weights.items())
+    concept.save_pretrained(tmp_path / "guitar")
+    edits = []
+    for given in (concept, str(tmp_path / "guitar"), tmp_path / "guitar"):
+        with SteerMusicPlus(tiny_backbone, given, steps=2, pcon_positions=8) as editor:
+            edits.append(editor.edit_latent(latent, source="a piano", target="a sks guitar").latent)
+    torch.testing.assert_close(edits[1], edits[0], rtol=0, atol=0)
+    torch.testing.assert_close(edits[2], edits[0], rtol=0, atol=0)
+    with SteerMusicPlus(tiny_backbone, SameModel(), steps=2, pcon_positions=8) as editor:  # the concept counts
+        assert not torch.allclose(editor.edit_latent(latent, source="a piano", target="a sks guitar").latent, edits[0])
+    with pytest.raises(TypeError, match="needs a Concept .*, got NoneType"):
+        SteerMusicPlus(tiny_backbone, None)
+    with pytest.raises(ValueError, match="is not a steer concept"):
+        SteerMusicPlus(tiny_backbone, tmp_path)
