@@ -8,6 +8,7 @@ idea of declared input predictions).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,10 @@ class NoiseRequest:
     prompt: str
     guidance_scale: float
     model: str = "base"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.guidance_scale):  # NaN guidance made NaN gradients, zeroed: no edit
+            raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale}")
 
 
 @dataclass(frozen=True)

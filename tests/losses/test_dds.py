@@ -1,5 +1,6 @@
 """DDS and SDS on the analytic backbone, where the right answer is known in closed form."""
 
+import pytest
 import torch
 
 from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
@@ -51,3 +52,9 @@ def test_requests_are_declared():
     ]
     sds = ScoreDistillationSampling(guidance_scale=7.0)
     assert sds.requests == (dds.target,)
+
+
+@pytest.mark.parametrize("guidance", [float("nan"), float("inf")])
+def test_a_guidance_that_is_not_a_finite_number_is_refused(guidance):
+    with pytest.raises(ValueError, match=f"guidance_scale must be a finite number, got {guidance}"):
+        DeltaDenoisingScore(guidance_scale=guidance)
