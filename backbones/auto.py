@@ -7,6 +7,7 @@ adapter (and its dependencies) loads only when its pipeline is asked for.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 from pathlib import Path
@@ -89,6 +90,12 @@ def load_backbone(
                 f"{name} is a folder without model_index.json (a diffusers pipeline) or "
                 "config.json (a steer mel-diffusion model)"
             )
+    elif "/" not in name:  # no Hub repo id: ask no server (offline, it retries for ~20 s)
+        close = difflib.get_close_matches(name, TINY, n=1)
+        raise ValueError(
+            f"{name!r} is not an offline build ({', '.join(TINY)}), a local folder or a Hub repo id "
+            f"(owner/name, e.g. cvssp/audioldm2-music)" + (f": did you mean {close[0]!r}?" if close else "")
+        )
     else:
         index = _hub_model_index(name)
     pipeline = json.loads(index.read_text()).get("_class_name")

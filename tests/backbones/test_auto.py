@@ -1,6 +1,7 @@
 """load_backbone: tiny builds by name, pipelines by model_index.json (folder or Hub), clear errors."""
 
 import json
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -86,3 +87,12 @@ def test_a_path_that_is_not_there_is_a_clear_error(tmp_path):
 def test_the_shipped_mel_diffusion_folder_records_its_path():
     backbone = load_backbone(str(SHIPPED))
     assert type(backbone) is MelDiffusionBackbone and backbone.name_or_path == str(SHIPPED)
+
+
+@pytest.mark.parametrize("name, hint", [("tinyy", ": did you mean 'tiny'?"), ("tiny-audio-ldm", ": did you mean 'tiny-audioldm'?"), ("xyz", "")])
+def test_a_name_that_is_no_build_folder_or_repo_id_is_refused_without_the_hub(monkeypatch, name, hint):
+    calls = []
+    monkeypatch.setattr(backbones.auto, "hf_hub_download", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=f"^'{name}' is not an offline build .*e.g. cvssp/audioldm2-music\\){re.escape(hint)}$"):
+        load_backbone(name)
+    assert calls == []
