@@ -9,6 +9,7 @@ batched calls, adds up the losses' gradients and takes an optimiser step on x (N
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from losses import LossContext, ScoreLoss
 from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
-from .audio import Audio
+from .audio import Audio, load_audio
 from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
 
@@ -142,7 +143,7 @@ class LatentEditor(ABC):
 
     def edit(
         self,
-        audio: Audio,
+        audio: Audio | str | os.PathLike,
         *,
         source: Prompts,
         target: Prompts,
@@ -153,7 +154,8 @@ class LatentEditor(ABC):
         """Edit a clip (or a batch of equal-length clips) from ``source`` towards ``target``.
 
         Args:
-            audio: waveform ``(channels, samples)`` (one clip) or ``(B, channels, samples)``.
+            audio: an :class:`Audio`, waveform ``(channels, samples)`` (one clip) or
+                ``(B, channels, samples)``, or an audio file's path (read with :func:`load_audio`).
             source: the prompt describing the input (one, or one per clip).
             target: the prompt describing the wanted output.
             seed: seeds the method's randomness: the same seed gives the same edit.
@@ -164,8 +166,10 @@ class LatentEditor(ABC):
             the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
             the input's duration.
         """
+        if isinstance(audio, (str, os.PathLike)):
+            audio = load_audio(audio)
         if not isinstance(audio, Audio):
-            raise TypeError(f"edit takes an Audio, got {type(audio).__name__}: pass "
+            raise TypeError(f"edit takes an Audio or a file's path, got {type(audio).__name__}: pass "
                             "steer.Audio(waveform, sample_rate), or a latent to edit_latent")
         waveform = audio.waveform if audio.waveform.dim() == 3 else audio.waveform[None]
         latent = self.backbone.encode_audio(waveform, audio.sample_rate)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
-from steer import Audio, Editor, SteerMusic
+from steer import Audio, Editor, SteerMusic, load_audio, save_audio
 from steer.performance import Performance
 
 
@@ -127,6 +127,17 @@ def test_edit_audio_returns_audio_of_the_input_duration(tiny_backbone):
     assert torch.isfinite(result.audio).all()
 
 
+def test_edit_reads_a_file_given_by_path(tiny_backbone, tmp_path):
+    path = save_audio(tmp_path / "in.wav", torch.randn(2, 22050, generator=torch.Generator().manual_seed(0)) * 0.1, 22050)
+    editor = SteerMusic(tiny_backbone, steps=2)
+    expected = editor.edit(load_audio(path), source="a piano", target="a violin", seed=3).audio
+    for given in (path, str(path)):
+        result = editor.edit(given, source="a piano", target="a violin", seed=3)
+        torch.testing.assert_close(result.audio, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input file not found"):
+        editor.edit(tmp_path / "missing.wav", source="a piano", target="a violin")
+
+
 def test_recipe_defaults_are_the_papers(tiny_backbone):
     editor = SteerMusic(tiny_backbone)
     (dds,) = editor.losses
@@ -148,7 +159,7 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
         editor.edit_latent(latent, source="a piano", target="  ")
     with pytest.raises(ValueError, match="got 2 source prompts for 1 clips"):
         editor.edit_latent(latent, source=["a", "b"], target="c")
-    with pytest.raises(TypeError, match="edit takes an Audio, got Tensor: pass steer.Audio"):
+    with pytest.raises(TypeError, match="edit takes an Audio or a file.s path, got Tensor: pass steer.Audio"):
         editor.edit(torch.zeros(1, 16000), source="a piano", target="a violin")
     with pytest.raises(TypeError, match="source prompt must be a string or a list of strings, got int"):
         editor.edit_latent(latent, source=3, target="c")
