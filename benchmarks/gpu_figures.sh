@@ -20,18 +20,19 @@ shift $(( $# >= 2 ? 2 : 1 ))
 python=${PYTHON:-python3}
 
 # SteerMusic at batch 1 against its reference; cast_weights' effect on the eager bf16 step;
-# steer-cudagraphs (no code generated, parameters read in place); inductor, the fused default,
-# at batch 1 and 8 (MFU); SteerMusic+ compiled (CUDA-graph trees replaying its forward and
-# backward graphs) for its memory against SteerMusic's on the same backend.
+# steer-cudagraphs (no code generated, parameters read in place); SteerMusic+ on it (CUDA-graph
+# trees replaying its forward and backward graphs) for its memory against SteerMusic's on the
+# same backend; inductor, the fused default, at batch 1 and 8 (MFU); torch's cudagraphs backend
+# for the parameter copies' cost against steer's; SteerMusic+ on inductor.
 first=(
     steermusic-reference-1 steermusic-bf16-autocast-1 steermusic-bf16-1
-    steermusic-fused-steer-cudagraphs-1 steermusic-fused-1
-    steermusic_plus-fused-checkpointed-steer-cudagraphs-1
-    steermusic-fused-8 steermusic_plus-fused-checkpointed-1
+    steermusic-fused-steer-cudagraphs-1 steermusic_plus-fused-checkpointed-steer-cudagraphs-1
+    steermusic-fused-1 steermusic-fused-8 steermusic-fused-cudagraphs-1
+    steermusic_plus-fused-checkpointed-1
 )
 rest=(
     steermusic_plus-reference-1 steermusic_plus-fused-1 steermusic_plus-checkpointed-1
-    steermusic-fused-cudagraphs-1 steermusic-reference-8 steermusic-fused-steer-cudagraphs-8
+    steermusic-reference-8 steermusic-fused-steer-cudagraphs-8
     steermusic_plus-fused-steer-cudagraphs-1
 )
 case $plan in

@@ -83,6 +83,14 @@ def _fresh_dynamo() -> None:
     gc.collect()
 
 
+def _say(request: pytest.FixtureRequest, line: str) -> None:
+    """Write a line to the terminal at once, past pytest's capture: a run stopped by a time limit
+    keeps each case's progress and figures."""
+    plugins = request.config.pluginmanager
+    with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+        plugins.get_plugin("terminalreporter").write_line(line)
+
+
 @pytest.fixture(scope="module")
 def model_flops(settings, bench_backbone):
     """FLOPs of one batched fp32 step, by (recipe, batch), counted on first use."""
@@ -123,11 +131,14 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
         times.append(time.perf_counter() - start)
         return result
 
+    case = f"{recipe} B={batch} {path}"
     try:
         # a recompilation past dynamo's limit would time eager code: fail instead
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            _say(request, f"{case}: warm-up edit (compiling) from {time.strftime('%H:%M:%S')}")
             edit()  # warm-up
             warm_up = times.pop()
+            _say(request, f"{case}: warm-up edit took {warm_up:.1f} s")
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
@@ -144,19 +155,17 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             benchmark.extra_info.update(figures, performance=repr(perf), peak=settings.peak.label)
             # each case's figures as it ends: a run stopped before the closing table keeps them
             memory = "n/a" if figures["peak_mib"] is None else f"{figures['peak_mib']:.0f} MiB"
-            plugins = request.config.pluginmanager
-            with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
-                plugins.get_plugin("terminalreporter").write_line(
-                    f"{recipe} B={batch} {path}: {figures['ms_per_step']:.3f} ms/step, peak {memory}, "
-                    f"MFU {figures['mfu']:.1%}, graph breaks {figures['graph_breaks']}, "
-                    f"warm-up edit (compiling) {warm_up:.1f} s"
-                )
+            _say(
+                request,
+                f"{case}: {figures['ms_per_step']:.3f} ms/step, peak {memory}, MFU {figures['mfu']:.1%}, "
+                f"graph breaks {figures['graph_breaks']}, warm-up edit (compiling) {warm_up:.1f} s",
+            )
             if settings.profile_file is not None:
                 editor.steps = PROFILED_STEPS
                 summary = profile_summary(lambda: editor.edit_latent(latent, **PROMPTS[recipe]),
                                           steps=PROFILED_STEPS, device=device)
                 with settings.profile_file.open("a") as file:
-                    file.write(f"\n== {recipe} B={batch} {path}: {perf!r}\n{summary}\n")
+                    file.write(f"\n== {case}: {perf!r}\n{summary}\n")
     finally:
         editor.close()
     assert torch.isfinite(result.latent).all()

@@ -64,7 +64,7 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     assert "kernels" not in summary  # device time is only given on CUDA
 
 
-@pytest.mark.parametrize(("plan", "cases"), [("first", 8), ("rest", 7)])
+@pytest.mark.parametrize(("plan", "cases"), [("first", 9), ("rest", 6)])
 def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(tmp_path, plan, cases):
     """`benchmarks/gpu_figures.sh` names its cases by id: each must be a case of the step
     benchmarks (pytest fails on an id it cannot find), run in the script's order."""
