@@ -3,7 +3,9 @@
 
 Each case starts from a fresh dynamo (no graphs, CUDA-graph pools or recompilations left by
 earlier cases), warms up (prompt encoding, compilation, kernel selection), then times
-``--rounds`` edits of ``--steps`` steps and keeps the fastest. A compiled case whose graphs
+``--rounds`` edits of ``--steps`` steps and keeps the fastest, less an edit's fixed cost
+(prompts, the weights' cast, set-up: the fastest of 0-step edits), which a 400-step edit's time
+counts once. A compiled case whose graphs
 break fails once its figures are recorded: part of it ran eagerly, so they are not the compiled
 path's. FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
 maths needs): the reference's redundant forward does not raise its MFU.
@@ -51,6 +53,8 @@ PATHS = (
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)
 PROFILED_STEPS = 3
+#: 0-step edits timed per case for an edit's fixed cost; the fastest counts
+SET_UP_ROUNDS = 3
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
     "steermusic_plus": dict(source="a piano melody", target="a sks guitar melody"),
@@ -143,9 +147,19 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
                 torch.cuda.reset_peak_memory_stats(device)
             result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
             graph_breaks = sum(counters["graph_break"].values())
-            seconds = min(times) / settings.steps
+            edit_s = min(times)
+            # what an edit costs besides its steps (prompts, the weights' cast, set-up), from
+            # 0-step edits: a step's time leaves it out, and a 400-step edit counts it once
+            times.clear()
+            editor.steps = 0
+            for _ in range(SET_UP_ROUNDS):
+                edit()
+            set_up = min(times)
+            seconds = (edit_s - set_up) / settings.steps
             figures = {
                 "ms_per_step": seconds * 1e3,
+                "set_up_ms": set_up * 1e3,
+                "edit_400_s": set_up + 400 * seconds,
                 "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
                 "mfu": mfu(flops, seconds, settings.peak),
                 "graph_breaks": graph_breaks if perf.compile else None,
@@ -157,7 +171,8 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             memory = "n/a" if figures["peak_mib"] is None else f"{figures['peak_mib']:.0f} MiB"
             _say(
                 request,
-                f"{case}: {figures['ms_per_step']:.3f} ms/step, peak {memory}, MFU {figures['mfu']:.1%}, "
+                f"{case}: {figures['ms_per_step']:.3f} ms/step, set-up {figures['set_up_ms']:.1f} ms, "
+                f"peak {memory}, MFU {figures['mfu']:.1%}, "
                 f"graph breaks {figures['graph_breaks']}, warm-up edit (compiling) {warm_up:.1f} s",
             )
             if settings.profile_file is not None:

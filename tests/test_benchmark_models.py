@@ -64,7 +64,7 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     assert "kernels" not in summary  # device time is only given on CUDA
 
 
-@pytest.mark.parametrize(("plan", "cases"), [("first", 9), ("rest", 6)])
+@pytest.mark.parametrize(("plan", "cases"), [("first", 5), ("rest", 7)])
 def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(tmp_path, plan, cases):
     """`benchmarks/gpu_figures.sh` names its cases by id: each must be a case of the step
     benchmarks (pytest fails on an id it cannot find), run in the script's order."""
@@ -75,7 +75,7 @@ def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(tmp_path, 
     assert run.returncode == 0, run.stdout + run.stderr
     collected = re.findall(r"test_step_time\[([\w-]+)\]", (tmp_path / "log.txt").read_text())
     assert len(collected) == cases and len(set(collected)) == cases
-    assert collected[0] == ("steermusic-reference-1" if plan == "first" else "steermusic_plus-reference-1")
+    assert collected[0] == ("steermusic-reference-1" if plan == "first" else "steermusic_plus-fused-checkpointed-steer-cudagraphs-1")
 
 
 def test_the_gpu_figures_script_refuses_an_unknown_plan(tmp_path):
