@@ -9,9 +9,11 @@ import time
 
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 
 from benchmarks.models import RealSizeBackbone, lora_concept
-from benchmarks.profiling import profile_summary
+from benchmarks.profiling import device_time_us, profile_summary
 
 
 def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
@@ -62,6 +64,24 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     mm = next(line for line in summary.splitlines() if line.strip().startswith("aten::mm"))
     assert mm.split()[-1] == "3"  # its number of calls
     assert "kernels" not in summary  # device time is only given on CUDA
+
+
+def test_device_time_counts_kernels_and_copies_but_not_the_profilers_own_activities():
+    """A profiled SteerMusic+ edit on an H100 listed CUPTI's "Activity Buffer Request" and
+    "Buffer Flush" among its device events, a third of their time: they are not the edit's."""
+
+    def event(name: str, us: float, device: DeviceType = DeviceType.CUDA) -> FunctionEvent:
+        return FunctionEvent(id=0, name=name, thread=0, start_us=0, end_us=us, use_device="cuda", device_type=device)
+
+    events = [
+        event("void at::native::elementwise_kernel<128, 4>", 30.0),
+        event("Memcpy DtoD (Device -> Device)", 2.0),
+        event("Activity Buffer Request", 500.0),
+        event("Buffer Flush", 400.0),
+        event("aten::mm", 999.0, DeviceType.CPU),  # a host op: its kernels are events of their own
+    ]
+    assert [e.self_device_time_total for e in events[:4]] == [30.0, 2.0, 500.0, 400.0]
+    assert device_time_us(events) == 32.0
 
 
 @pytest.mark.parametrize(("plan", "cases"), [("first", 5), ("rest", 7)])
