@@ -90,15 +90,15 @@ class Performance:
             rise fell from 1316 MiB to 250 MiB (SteerMusic: 48 MiB), SteerMusic+/SteerMusic
             1.92× → 1.15× (CPU proxy, ``aot_eager``).
         compile_backend: the ``torch.compile`` backend (:func:`compile_backends`):
-            ``"inductor"`` (default: generated Triton/C++ kernels); ``"steer-cudagraphs"``
-            (:mod:`steer.cuda_graphs`: on CUDA dynamo's graphs replayed as CUDA graphs that read
-            the parameters in place, no code generated; not yet measured on a GPU);
-            ``"cudagraphs"`` (torch's: the same, but every replay copies each parameter into
-            the graph; on one H200, real-size UNet, SteerMusic at batch 1: 21.7 ms a step, 6.7×
-            ``reference``, after a 33-s first edit, with about 1 700 copies a step, 2.9 of its
-            16.3 ms of kernels; inductor's first edit there was stopped by that session's time
-            limit, unmeasured), or e.g. ``"aot_eager"``, which traces forward and backward
-            without generating code (quick; how the tests check the compiled calls on a CPU).
+            ``"inductor"`` (default: generated Triton/C++ kernels; on one H100, real-size UNet,
+            SteerMusic at batch 1: 8.5 ms a step, 22× ``reference``, after a 120-s first edit);
+            ``"steer-cudagraphs"`` (:mod:`steer.cuda_graphs`: on CUDA dynamo's graphs replayed
+            as CUDA graphs that read the parameters in place, no code generated: 14.3 ms a
+            step after a 32-s first edit); ``"cudagraphs"`` (torch's: the same, but every replay
+            copies each parameter into the graph: 23.3 ms a step, with 1 534 device copies a
+            step against steer-cudagraphs' 180), or e.g. ``"aot_eager"``, which traces forward
+            and backward without generating code (quick; how the tests check the compiled calls
+            on a CPU).
         prompt_padding: with ``compile``, the prompts' token sequences (the fields a backbone
             masks, :attr:`backbones.Conditioning.masks`: AudioLDM2's T5 states, say) are padded
             with masked zeros to a multiple of this many tokens, so a manifest of prompts up to
