@@ -77,7 +77,9 @@ class LossContext:
         noisy_latent: x_t computed from ``latent`` (differentiable), ``(B, ...)``.
         predictions: the requested noise predictions, each shaped like the latent (no grad).
         features: for each feature request, module name → features ``(B, T, F, C)``.
-        generator: the editor's seeded generator, for losses that sample.
+        generator: the editor's seeded generator, for losses that sample: draw for one clip
+            and give the draw to each (the editor does so with ``t`` and ``noise``), so a clip
+            is edited in a batch as alone.
         compile: gives a pure function compiled for the editor's execution path (once per
             function and editor), or the function itself where the path does not compile:
             losses pass their maths through it (``context.compile(dds_gradient)(...)``), and

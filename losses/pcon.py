@@ -20,6 +20,10 @@ class PersonalizedContrastiveLoss(ScoreLoss):
     editor makes anyway for the delta score and the shift term, so PCon costs no extra forward
     pass (only the backward through ε').
 
+    Each clip's loss is averaged over its positions; the logged value is the mean over the
+    batch's clips, and the gradient their sum, so a clip's gradient does not depend on the
+    clips edited beside it (the positions are drawn once for all of them).
+
     Args:
         weight: multiplier of the loss (the authors use 3).
         tau: temperature τ (0.07).
@@ -75,5 +79,6 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         loss = context.compile(patch_nce_sum)(
             [query[n] for n in names], [reference[n] for n in names], positions, self.tau
         )
-        loss = self.weight * loss
-        return LossOutput(value=loss.detach(), loss=loss)
+        loss = self.weight * loss  # the mean over the clips
+        # summed over the clips: each clip's gradient is the one it gets alone
+        return LossOutput(value=loss.detach(), loss=loss * len(context.t))

@@ -199,6 +199,11 @@ class Editor(LatentEditor):
             calls (default) or the authors' reference loop, precision, compilation, fused kernels.
             Every path applies the same gradient up to rounding.
 
+    A batch of clips is edited as each clip is alone with the same seed, up to rounding: every
+    clip gets the timesteps and noise one clip would draw, and every loss gives each clip the
+    gradient it gets alone (batching is for speed only; fp16's loss scaling skips a step for all
+    clips when one overflows).
+
     Example:
         >>> from backbones import load_backbone
         >>> from losses import DeltaDenoisingScore
@@ -368,10 +373,11 @@ class Editor(LatentEditor):
 
         bar = tqdm(range(self.steps), desc="editing", disable=not progress, leave=False)
         for step in bar:
-            t = torch.randint(
-                self.t_min, self.t_max + 1, (batch,), generator=generator, device=x.device
-            )
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            # drawn for one clip and given to each: a clip of a batch is edited as it is alone
+            t = torch.randint(self.t_min, self.t_max + 1, (1,), generator=generator, device=x.device)
+            t = t.repeat(batch)
+            noise = torch.randn((1, *x.shape[1:]), generator=generator, device=x.device)
+            noise = noise.expand(x.shape).contiguous()
             noisy_latent, noisy_source = self._noise(x, source_latent, noise, t)
             with performance.autocast(x.device), performance.guarding(step):
                 predictions, features = evaluate_requests(

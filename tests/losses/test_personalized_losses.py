@@ -87,7 +87,8 @@ def test_pcon_declares_shared_calls_and_sums_layers():
     r = {"a": torch.randn(2, 8, 2, 4), "b": torch.randn(2, 4, 1, 4)}
     out = pcon(_context({}, {pcon.query: q, pcon.reference: r}))
     expected = 3.0 * (patch_nce(q["a"], r["a"], tau=0.07) + patch_nce(q["b"], r["b"], tau=0.07))
-    torch.testing.assert_close(out.loss, expected)
+    torch.testing.assert_close(out.value, expected.detach())  # the mean over the 2 clips
+    torch.testing.assert_close(out.loss, 2 * expected)  # their sum: each clip's gradient as alone
     out.loss.backward()
     assert q["a"].grad.abs().sum() > 0 and q["b"].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="tau"):
