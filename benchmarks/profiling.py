@@ -1,4 +1,5 @@
-"""What limits a path: a profiled edit's device time next to its wall time, and its top kernels.
+"""What limits a path: a profiled edit's device time next to its wall time, and its top kernels;
+and where a host-bound step's host time goes.
 
 On CUDA a step is host-bound when its kernels' time is well below its wall time (the GPU waits
 for launches, guard checks and Python between the calls), and compute- or memory-bound when they
@@ -8,8 +9,11 @@ time here is an upper bound; the step benchmarks time the same edits unprofiled.
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
@@ -56,3 +60,23 @@ def profile_summary(edit: Callable[[], object], *, steps: int, device: torch.dev
         lines[0] += f", kernels {kernels / steps / 1e3:.3f} ms a step ({kernels / 1e6 / wall:.0%} of the wall time)"
     lines.append(profiled.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70))
     return "\n".join(lines)
+
+
+def host_summary(edit: Callable[[], object], *, steps: int, rows: int = 12) -> str:
+    """Run ``edit`` (``steps`` steps) once under ``cProfile``: the host's milliseconds a step,
+    and the ``rows`` Python functions with the most own time, with their calls a step. Where a
+    step is host-bound (kernels well below its time), this says which Python takes the time:
+    CUDA-graph trees' bookkeeping, dynamo's guards, the editor's own code. ``cProfile`` slows
+    Python-heavy code, so the figures are upper bounds, for ranking."""
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(edit)
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, function) -> (primitive calls, calls, own s, cumulative s, callers)
+    top = sorted(stats.items(), key=lambda entry: entry[1][2], reverse=True)[:rows]
+    lines = [f"host under cProfile {wall / steps * 1e3:.3f} ms a step; own ms a step, calls a step, function:"]
+    for (file, line, function), (_, calls, own, _, _) in top:
+        where = f"{Path(file).name}:{line}" if line else file  # built-ins have no file
+        lines.append(f"{own / steps * 1e3:10.3f} {calls / steps:10.1f}  {where}({function})")
+    return "\n".join(lines)
+

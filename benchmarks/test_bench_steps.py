@@ -24,7 +24,7 @@ from torch._dynamo.utils import counters
 
 from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
-from benchmarks.profiling import profile_summary
+from benchmarks.profiling import host_summary, profile_summary
 from steer.performance import Performance
 
 if TYPE_CHECKING:
@@ -177,8 +177,9 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             )
             if settings.profile_file is not None:
                 editor.steps = PROFILED_STEPS
-                summary = profile_summary(lambda: editor.edit_latent(latent, **PROMPTS[recipe]),
-                                          steps=PROFILED_STEPS, device=device)
+                profiled = lambda: editor.edit_latent(latent, **PROMPTS[recipe])  # noqa: E731
+                summary = profile_summary(profiled, steps=PROFILED_STEPS, device=device)
+                summary += "\n" + host_summary(profiled, steps=PROFILED_STEPS)
                 with settings.profile_file.open("a") as file:
                     file.write(f"\n== {case}: {perf!r}\n{summary}\n")
     finally:

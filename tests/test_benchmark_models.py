@@ -13,7 +13,7 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 
 from benchmarks.models import RealSizeBackbone, lora_concept
-from benchmarks.profiling import device_time_us, profile_summary
+from benchmarks.profiling import device_time_us, host_summary, profile_summary
 
 
 def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
@@ -64,6 +64,28 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     mm = next(line for line in summary.splitlines() if line.strip().startswith("aten::mm"))
     assert mm.split()[-1] == "3"  # its number of calls
     assert "kernels" not in summary  # device time is only given on CUDA
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):  # Python's own work: no calls for cProfile to charge elsewhere
+        total += i
+    return total
+
+
+def test_host_summary_ranks_python_functions_by_their_own_time_a_step():
+    def edit():  # 3 "steps", each one _spin and a 1-ms sleep
+        for _ in range(3):
+            _spin(300_000)
+            time.sleep(0.001)
+
+    summary = host_summary(edit, steps=3, rows=4)
+    wall = float(re.match(r"host under cProfile ([\d.]+) ms a step", summary).group(1))
+    own, calls, function = summary.splitlines()[1].split()
+    assert function.startswith("test_benchmark_models.py:") and function.endswith("(_spin)")
+    assert float(calls) == 1.0 and 0.6 * wall <= float(own) <= wall  # once a step, most of it
+    sleep = next(line for line in summary.splitlines() if "sleep" in line)
+    assert float(sleep.split()[1]) == 1.0 and 1.0 <= float(sleep.split()[0]) < 20
 
 
 def test_device_time_counts_kernels_and_copies_but_not_the_profilers_own_activities():
