@@ -5,9 +5,8 @@ Each case starts from a fresh dynamo (no graphs, CUDA-graph pools or recompilati
 earlier cases), warms up (prompt encoding, compilation, kernel selection), then times
 ``--rounds`` edits of ``--steps`` steps and keeps the fastest, less an edit's fixed cost
 (prompts, the weights' cast, set-up: the fastest of 0-step edits), which a 400-step edit's time
-counts once. A compiled case whose graphs
-break fails once its figures are recorded: part of it ran eagerly, so they are not the compiled
-path's. FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
+counts once. A compiled case whose graphs break fails once its figures are recorded: part of it
+ran eagerly, so they are not the compiled path's. FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
 maths needs): the reference's redundant forward does not raise its MFU.
 """
 

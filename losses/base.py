@@ -104,7 +104,9 @@ class LossOutput:
     Attributes:
         value: a detached scalar to log.
         gradient: a gradient to add to the latent's, shaped like the latent, or ``None``.
-        loss: a differentiable scalar whose gradient reaches the latent, or ``None``.
+        loss: a differentiable scalar whose gradient reaches the latent, or ``None``: the sum
+            of the clips' terms, not their mean, so each clip's gradient is the one it gets
+            alone.
     """
 
     value: Tensor

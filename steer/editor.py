@@ -200,9 +200,9 @@ class Editor(LatentEditor):
             Every path applies the same gradient up to rounding.
 
     A batch of clips is edited as each clip is alone with the same seed, up to rounding: every
-    clip gets the timesteps and noise one clip would draw, and every loss gives each clip the
-    gradient it gets alone (batching is for speed only; fp16's loss scaling skips a step for all
-    clips when one overflows).
+    clip gets the timesteps and noise one clip would draw, and the library's losses give each
+    clip the gradient it gets alone (batching is for speed only; fp16's loss scaling skips a step
+    for all clips when one overflows).
 
     Example:
         >>> from backbones import load_backbone
