@@ -291,6 +291,8 @@ class ManifestRunner:
         """``items`` in groups of up to :attr:`batch_size` that one call can edit: the same
         concept and the same sample rate, channels and length (read from the files' headers;
         an item whose header cannot be read goes alone, to fail with the reader's error)."""
+        if self.batch_size == 1:
+            return [[item] for item in items]
         groups: dict[tuple[Any, ...], list[EditItem]] = {}
         batches: list[list[EditItem]] = []
         for item in items:
@@ -321,6 +323,8 @@ class ManifestRunner:
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
                 record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         edited = [(item, record) for item, record in zip(items, records) if item.id in audios]
+        for _, record in edited:
+            record.batch = len(edited)
         if edited:
             try:
                 self._edit_batch(edited, [audios[item.id] for item, _ in edited])
@@ -370,7 +374,6 @@ class ManifestRunner:
             progress=self.progress,
         )
         for (item, record), audio, clip in zip(edited, audios, result.audio):
-            record.batch = len(items)
             try:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
                 if self.metrics:

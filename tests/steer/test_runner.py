@@ -171,6 +171,21 @@ def test_a_batched_run_edits_each_item_as_it_is_edited_alone(tmp_path, capsys):
     assert np.abs(flute[: len(violin)] - violin).max() > 0.01  # each clip kept its own prompt
 
 
+def test_a_batch_whose_edit_fails_fails_each_of_its_items(tmp_path):
+    manifest = _manifest(tmp_path, 3, extra={0: {"concept": "no/such"}, 2: {"concept": "no/such"}})
+
+    def load_concept(reference):
+        raise ValueError(f"concept not found: {reference}")
+
+    runner = ManifestRunner(read_edit_manifest(manifest), tmp_path / "out", backbone=load_backbone(str(SWAP_BACKBONE)),
+                            settings={"steps": 2}, load_concept=load_concept, batch_size=2)
+    counts = runner.run()
+    assert (counts.done, counts.failed) == (1, 2)
+    records = [read_record(tmp_path / "out" / "records" / f"c{i}.json") for i in range(3)]
+    assert [(r.status, r.batch) for r in records] == [("failed", 2), ("done", 1), ("failed", 2)]
+    assert all("concept not found: no/such" in records[i].error for i in (0, 2))
+
+
 @pytest.mark.parametrize(
     "more, message",
     [
