@@ -94,6 +94,10 @@ def check_batch_size(batch_size: int, recipe: str) -> None:
         )
 
 
+def _fail(record: ItemRecord, error: Exception) -> None:
+    record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -321,7 +325,7 @@ class ManifestRunner:
             try:
                 audios[item.id] = load_audio(item.audio)
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
-                record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+                _fail(record, error)
         edited = [(item, record) for item, record in zip(items, records) if item.id in audios]
         for _, record in edited:
             record.batch = len(edited)
@@ -330,7 +334,7 @@ class ManifestRunner:
                 self._edit_batch(edited, [audios[item.id] for item, _ in edited])
             except Exception as error:  # noqa: BLE001 - recorded in each item's record
                 for _, record in edited:
-                    record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+                    _fail(record, error)
         seconds = round((time.perf_counter() - start) / len(items), 3)
         for item, record in zip(items, records):
             record.seconds, record.finished_at = seconds, _now()
@@ -384,7 +388,7 @@ class ManifestRunner:
                     record.metrics = self._scores(saved, source, item.target)
                 record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
-                record.status, record.error = "failed", f"{type(error).__name__}: {error}"
+                _fail(record, error)
 
     def run(self) -> RunCounts:
         """Edit this process's pending items; returns what was done."""
