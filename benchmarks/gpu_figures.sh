@@ -28,7 +28,10 @@ first=(
     steermusic-reference-1 steermusic-fused-1 steermusic_plus-reference-1
     steermusic_plus-fused-checkpointed-1 steermusic-fused-steer-cudagraphs-8
 )
+# `rest` opens with inductor's autotuned kernels (`--autotune`, not yet run on a GPU; its compile
+# time is unknown) at batch 1 and 8, against `fused` in `first` and below.
 rest=(
+    steermusic-fused-autotune-1 steermusic-fused-autotune-8
     steermusic_plus-fused-checkpointed-steer-cudagraphs-1 steermusic-fused-steer-cudagraphs-1
     steermusic-reference-8 steermusic-fused-8 steermusic_plus-checkpointed-1
     steermusic_plus-fused-1 steermusic_plus-fused-steer-cudagraphs-1

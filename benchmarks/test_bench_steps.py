@@ -35,7 +35,8 @@ RECIPES = ("steermusic", "steermusic_plus")
 #: graphs without generating code (torch's, which copies the parameters into the graphs on every
 #: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says; and
 #: ``fused-checkpointed`` on steer's, for SteerMusic+'s memory against SteerMusic's
-#: ``fused-steer-cudagraphs`` in a run too short for inductor's compile
+#: ``fused-steer-cudagraphs`` in a run too short for inductor's compile; ``fused`` with inductor's
+#: kernels tuned (``autotune``) against ``fused``
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
@@ -43,10 +44,11 @@ VARIANTS = {
     "fused-checkpointed-steer-cudagraphs": dataclasses.replace(
         Performance.preset("fused-checkpointed"), compile_backend="steer-cudagraphs"
     ),
+    "fused-autotune": dataclasses.replace(Performance.preset("fused"), autotune=True),
 }
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
-    "fused", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
+    "fused", "fused-autotune", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
     "fused-checkpointed-steer-cudagraphs",
 )
 BATCHES = (1, 8)
@@ -70,7 +72,7 @@ def performance(path: str, settings: Settings) -> Performance:
     if not preset.compile:
         return preset
     if not settings.compile:
-        return dataclasses.replace(preset, compile=False)
+        return dataclasses.replace(preset, compile=False, autotune=False)
     return dataclasses.replace(preset, compile_backend=backend)
 
 

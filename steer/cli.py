@@ -96,6 +96,12 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "30 s); cudagraphs (torch's: the same, copying the weights into the graphs on every "
         "replay: 8x after about 40 s)",
     )
+    parser.add_argument(
+        "--autotune", action="store_true",
+        help="with inductor (fused, fused-checkpointed): time candidate kernels for each matmul "
+        "and convolution at the first edit and keep the fastest (inductor's max-autotune; a "
+        "longer first edit; the gain is not yet measured at real size)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
@@ -195,6 +201,14 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
         if args.compile_backend not in backends:
             raise UsageError(f"unknown --compile-backend {args.compile_backend!r}: use one of {', '.join(backends)}")
         performance = dataclasses.replace(performance, compile_backend=args.compile_backend)
+    if args.autotune:
+        if not (performance.compile and performance.compile_backend == "inductor"):
+            raise UsageError(
+                f"--autotune tunes inductor's kernels: use it with --performance fused or "
+                f"fused-checkpointed on the inductor backend (got --performance {args.performance}"
+                f"{'' if args.compile_backend is None else ' --compile-backend ' + args.compile_backend})"
+            )
+        performance = dataclasses.replace(performance, autotune=True)
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
@@ -211,6 +225,7 @@ def _baseline_settings(args: argparse.Namespace, recipe: str) -> dict:
             ("--lr", args.lr, None),
             ("--performance", args.performance, "batched"),
             ("--compile-backend", args.compile_backend, None),
+            ("--autotune", args.autotune, False),
         )
         if value != default
     ]

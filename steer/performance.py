@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True, autotune=False)
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -138,6 +138,15 @@ class Performance:
             device for the edit (a compiled editor's until :meth:`~steer.editor.Editor.close`);
             outside the edits the modules hold their float32 parameters (a ``callback`` runs
             inside the edit: a denoiser it calls has the copies).
+        autotune: with ``compile`` on ``"inductor"``, its ``max-autotune`` mode: compiling a
+            graph, inductor times candidate kernels for each matmul and convolution (its own
+            Triton templates, with the ops around them fused in, against cuBLAS and cuDNN) and
+            tunes the launch settings of the kernels it generates (coordinate descent), keeping
+            the fastest; on CUDA the graphs are CUDA graphs as without it. It aims at the
+            small matmuls of a batch-1 step (most ran 3–5 µs each in cuBLAS on one H100,
+            6.5 ms of kernels a step: ``benchmarks/README.md``). A first edit compiles for
+            longer, timing every candidate; the results differ from the untuned kernels' by
+            rounding. Neither the gain nor the compile time is measured at real size yet.
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -151,6 +160,7 @@ class Performance:
     dynamic: bool | None = None
     guards: Literal["first-step", "every-step"] = "first-step"
     cast_weights: bool = True
+    autotune: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -167,6 +177,12 @@ class Performance:
             )
         if self.guards not in GUARDS:
             raise ValueError(f"unknown guards {self.guards!r}: use one of {', '.join(GUARDS)}")
+        if self.autotune and not (self.compile and self.compile_backend == "inductor"):
+            raise ValueError(
+                "autotune tunes the kernels inductor generates: set compile=True with "
+                f"compile_backend='inductor' (got compile={self.compile}, "
+                f"compile_backend={self.compile_backend!r}), or autotune=False"
+            )
 
     @classmethod
     def preset(cls, name: str) -> Performance:
@@ -254,7 +270,8 @@ class Performance:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs). A CUDA graph's outputs (inductor's, or the
+        ``mode="reduce-overhead"`` (CUDA graphs), or ``"max-autotune"`` with :attr:`autotune`
+        (``"max-autotune-no-cudagraphs"`` on the CPU). A CUDA graph's outputs (inductor's, or the
         ``steer-cudagraphs`` or ``cudagraphs`` backend's) live in memory its next replay
         overwrites, so they are cloned (one copy of each output) and the outputs of earlier
         calls in a step stay valid.
@@ -274,7 +291,12 @@ class Performance:
         cuda_graphs = device.type == "cuda" and (
             inductor or self.compile_backend in ("cudagraphs", STEER_CUDA_GRAPHS)
         )
-        mode = "reduce-overhead" if cuda_graphs and inductor else None
+        if not inductor:
+            mode = None
+        elif self.autotune:
+            mode = "max-autotune" if cuda_graphs else "max-autotune-no-cudagraphs"
+        else:
+            mode = "reduce-overhead" if cuda_graphs else None
         backend: str | Callable[..., Any] = self.compile_backend
         if backend == STEER_CUDA_GRAPHS:  # imported here: it imports inductor's CUDA-graph trees
             from steer.cuda_graphs import cuda_graphs as backend

@@ -81,15 +81,23 @@ def test_performance_paths_give_the_same_edit(wav, tmp_path):
     np.testing.assert_allclose(batched, reference, atol=2e-4)
 
 
-def test_compile_backend_sets_the_compiled_paths_backend_and_is_refused_elsewhere(wav, tmp_path, capsys):
+def test_compile_backend_and_autotune_set_the_compiled_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):
     out = tmp_path / "out.wav"
     argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
     for backend in ("steer-cudagraphs", "cudagraphs"):
         args = _parser().parse_args([*argv, "--performance", "fused", "--compile-backend", backend])
         assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS["fused"], compile_backend=backend)
+    for preset in ("fused", "fused-checkpointed"):
+        args = _parser().parse_args([*argv, "--performance", preset, "--autotune"])
+        assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], autotune=True)
     for more, message in [
         (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
         (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),
+        (["--autotune"], "--autotune tunes inductor's kernels: use it with --performance fused or "
+         "fused-checkpointed on the inductor backend (got --performance batched)"),
+        (["--performance", "fused", "--compile-backend", "steer-cudagraphs", "--autotune"],
+         "(got --performance fused --compile-backend steer-cudagraphs)"),
+        (["--recipe", "sdedit", "--autotune"], "--autotune applies to the score-distillation recipes"),
     ]:
         assert main([*argv, *more]) == 2
         err = capsys.readouterr().err

@@ -140,6 +140,10 @@ def test_bad_combinations_are_clear_errors(tiny_backbone, latent):
         Performance(dynamic="auto")
     with pytest.raises(ValueError, match="unknown guards 'never': use one of first-step, every-step"):
         Performance(guards="never")
+    with pytest.raises(ValueError, match="autotune tunes the kernels inductor generates: set compile=True .*got compile=False"):
+        Performance(autotune=True)
+    with pytest.raises(ValueError, match="compile_backend='inductor' .*compile_backend='steer-cudagraphs'"):
+        Performance(compile=True, compile_backend="steer-cudagraphs", autotune=True)
     editor = SteerMusic(tiny_backbone, steps=1, performance=Performance(compile=True, compile_backend="fast"))
     with pytest.raises(ValueError, match="unknown compile_backend 'fast': use one of .*inductor"):
         editor.edit_latent(latent, source="a", target="b")
@@ -507,7 +511,8 @@ def test_a_predictor_that_cannot_be_made_leaves_no_hooks_and_no_checkpointing(ti
 
 def test_cuda_graph_outputs_are_copied(monkeypatch):
     """What a compiled call returns under CUDA graphs (ε̂, features by name) is copied out of
-    the graph's memory, which its next replay overwrites; other backends' outputs are not."""
+    the graph's memory, which its next replay overwrites; other backends' outputs are not.
+    Inductor runs in the mode that makes CUDA graphs on CUDA, tuned with ``autotune``."""
     modes = []
 
     def compile_(fn, **kwargs):  # records how torch.compile was asked, compiles nothing
@@ -517,11 +522,13 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", compile_)
     eps, feature = torch.ones(2), torch.zeros(3)
-    cases = [("cuda", "inductor", "reduce-overhead", True), ("cuda", "cudagraphs", None, True),
-             ("cuda", "steer-cudagraphs", None, True), ("cuda", "aot_eager", None, False),
-             ("cpu", "inductor", None, False)]
-    for device, backend, mode, copied in cases:
-        compiler = Performance(compile=True, compile_backend=backend).compiler(torch.device(device))
+    cases = [("cuda", "inductor", False, "reduce-overhead", True), ("cuda", "cudagraphs", False, None, True),
+             ("cuda", "steer-cudagraphs", False, None, True), ("cuda", "aot_eager", False, None, False),
+             ("cpu", "inductor", False, None, False), ("cuda", "inductor", True, "max-autotune", True),
+             ("cpu", "inductor", True, "max-autotune-no-cudagraphs", False)]
+    for device, backend, autotune, mode, copied in cases:
+        performance = Performance(compile=True, compile_backend=backend, autotune=autotune)
+        compiler = performance.compiler(torch.device(device))
         out_eps, out_features = compiler(lambda: (eps, {"attn1": feature}))()
         assert modes[-1] == mode
         assert (out_eps.data_ptr() != eps.data_ptr()) == copied, (device, backend)
