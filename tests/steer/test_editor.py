@@ -54,6 +54,24 @@ def test_a_different_target_moves_the_latent(tiny_backbone, latent):
     assert len(result.history) == 5 and all(h["total"] > 0 for h in result.history)
 
 
+def test_the_history_holds_each_steps_losses_read_from_the_device_at_once(tiny_backbone, latent):
+    """The loss values of every step, as the callback saw them, read at the end in one copy: no
+    ``item()`` per value (on a GPU each one waits for the device). A first edit encodes the
+    prompts (the text encoders read a few numbers), so the second is watched."""
+    from torch.profiler import ProfilerActivity, profile
+
+    losses = [DeltaDenoisingScore(guidance_scale=10.0), ScoreDistillationSampling(guidance_scale=3.0)]
+    editor = Editor(tiny_backbone, losses=losses, steps=3, lr=1.0)
+    prompts = dict(source="a piano melody", target="a violin melody")
+    editor.edit_latent(latent, **prompts)
+    states = []
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        result = editor.edit_latent(latent, callback=_record(states), **prompts)
+    assert result.history == [{name: value.item() for name, value in s.losses.items()} for s in states]
+    assert len({h["total"] for h in result.history}) == 3
+    assert not [e.name for e in profiled.events() if e.name in ("aten::item", "aten::_local_scalar_dense")]
+
+
 def test_same_seed_same_edit_other_seed_other_edit(tiny_backbone, latent):
     editor = SteerMusic(tiny_backbone, steps=3, lr=1.0)
     kwargs = dict(source="a piano melody", target="a violin melody")
