@@ -8,7 +8,6 @@ a closed-form ε drops in for tests (the k-diffusion idea of one wrapped call si
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, MutableMapping, Sequence
 
@@ -259,14 +258,16 @@ class Backbone(ABC):
         time-major: the level ``r`` with ``⌈T/2^r⌉ · ⌈F/2^r⌉ == num_tokens``.
         """
         time, freq = latent_shape[-2], latent_shape[-1]
-        for level in range(int(math.log2(max(time, freq))) + 1):
-            h, w = math.ceil(time / 2**level), math.ceil(freq / 2**level)
-            if h * w == num_tokens:
-                return h, w
-        raise ValueError(
-            f"{num_tokens} tokens match no resolution level of a latent with (time, frequency) "
-            f"= ({time}, {freq})"
-        )
+        h, w = time, freq
+        # integer steps (⌈h/2⌉ = −(−h // 2)): symbolic sizes in a compiled call stay symbolic
+        while h * w != num_tokens:
+            if h == w == 1:
+                raise ValueError(
+                    f"{num_tokens} tokens match no resolution level of a latent with (time, frequency) "
+                    f"= ({time}, {freq})"
+                )
+            h, w = -(-h // 2), -(-w // 2)
+        return h, w
 
 
 def _unguided(guidance_scale: float | Tensor) -> bool:

@@ -275,6 +275,25 @@ def test_a_compiled_editor_traces_new_clip_lengths_a_bounded_number_of_times(dyn
     assert graphs == [2, 4, 5, 5, 5], graphs  # the UNet's call and the DDS gradient, then the UNet's again
 
 
+@pytest.mark.slow
+def test_a_compiled_steermusic_plus_editor_reads_features_of_a_new_clip_length(tiny_backbone, lora, dynamo):
+    """PCon's features are picked from the call's rows and reshaped to (time, frequency) maps
+    inside the compiled calls: a second clip length traces them once more with the length
+    symbolic (each of ε's and ε′'s calls, and the losses' maths), without a graph break, and
+    the gradient is eager's for both lengths."""
+    editor = _plus(tiny_backbone, lora, Performance(compile=True, compile_backend="eager"), steps=1)
+    graphs = []
+    for frames in (16, 24):
+        waveform = torch.randn(1, 1, 640 * frames, generator=torch.Generator().manual_seed(frames))
+        latent = tiny_backbone.encode_audio(waveform, 16000)
+        eager = _first_gradient(_plus(tiny_backbone, lora, "batched", steps=1), latent, **PROMPTS)
+        torch.testing.assert_close(_first_gradient(editor, latent, **PROMPTS), eager, rtol=1e-4, atol=1e-4)
+        graphs.append(dynamo.graphs())
+    editor.close()
+    assert dynamo.breaks() == []
+    assert graphs == [4, 8], graphs
+
+
 def test_compiled_predictors_count_their_recompilations_apart(dynamo):
     """Dynamo counts recompilations against its limit per code object: the predictors of
     several editors (a manifest's concepts) ran the same methods and shared one count, and the
@@ -288,7 +307,7 @@ def test_compiled_predictors_count_their_recompilations_apart(dynamo):
     t, cond = torch.tensor([500, 500]), backbone.encode_prompt(["a", "b"])
     predictors = [Predictor(backbone, features, compiler) for _ in range(2)]  # two editors' taps
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        outputs = [p(x_t, t, cond, 3.0, record=True) for p in predictors]
+        outputs = [p(x_t, t, cond, 3.0, features=[(features[0], 0)]) for p in predictors]
     for p in predictors:
         p.close()
     assert dynamo.graphs() == 2 and dynamo.breaks() == []
@@ -370,6 +389,30 @@ def test_compiled_bf16_editors_keep_their_cast_weights_and_follow_changes(dynamo
         torch.testing.assert_close(changed, fresh.edit_latent(latent, **PROMPTS).latent, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+def test_a_predictor_reads_each_requests_features_from_its_latents_rows(tiny_backbone, guidance):
+    """Features of a latent stacked with others in one call (its block of the conditional rows)
+    are those of the latent called alone, as float32 ``(B, T, F, C)`` maps; only a request
+    with ``grad`` keeps its graph. (Compiled, the same code is traced: the compiled editors'
+    tests compare their gradients with eager ones.)"""
+    x_t = torch.randn(4, 8, 16, 16, generator=torch.Generator().manual_seed(0)).requires_grad_(True)  # 2 latents of 2 clips
+    t, cond = torch.tensor([300, 700, 300, 700]), tiny_backbone.encode_prompt(["a", "b", "c", "d"])
+    cond_alone = tiny_backbone.encode_prompt(["c", "d"])
+    first = FeatureRequest(NoiseRequest("source", "source", guidance), layers="up_blocks.1")
+    second = FeatureRequest(NoiseRequest("edit", "target", guidance), layers="up_blocks.2", grad=True)
+    predictor = Predictor(tiny_backbone, [first, second])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, both = predictor(x_t, t, cond, guidance, features=[(first, 0), (second, 1)], blocks=2)
+        _, alone = predictor(x_t[2:], t[2:], cond_alone, guidance, features=[(second, 0)])
+    predictor.close()
+    assert list(both) == [first, second]
+    assert list(both[second]) == list(alone[second]) == predictor.names[second] != predictor.names[first]
+    for name, h in both[second].items():
+        assert h.dtype == torch.float32 and h.shape[0] == 2 and h.dim() == 4 and h.requires_grad
+        torch.testing.assert_close(h, alone[second][name], rtol=0.02, atol=0.02)  # bf16 rows of other batches
+    assert not any(h.requires_grad for h in both[first].values())
+
+
 def test_steps_after_the_first_call_the_graph_their_inputs_were_traced_for(dynamo):
     """With guards skipped after an edit's first step, each call still gets its own graph when a
     predictor has several: the reference loop reads features without gradients, then again with
@@ -385,9 +428,10 @@ def test_steps_after_the_first_call_the_graph_their_inputs_were_traced_for(dynam
 
     def calls(predictor):
         with torch.no_grad():
-            plain, _ = predictor(0.9 * x, t, cond, 3.0, record=True)
-        _, captured = predictor(0.9 * x, t, cond, 3.0, record=True)
-        (gradient,) = torch.autograd.grad(sum(h.square().sum() for h in captured.values()), x)
+            plain, _ = predictor(0.9 * x, t, cond, 3.0, features=[(features[0], 0)])
+        _, captured = predictor(0.9 * x, t, cond, 3.0, features=[(features[0], 0)])
+        maps = captured[features[0]].values()
+        (gradient,) = torch.autograd.grad(sum(h.square().sum() for h in maps), x)
         return plain, gradient
 
     expected = calls(eager)
