@@ -202,13 +202,14 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
             raise UsageError(f"unknown --compile-backend {args.compile_backend!r}: use one of {', '.join(backends)}")
         performance = dataclasses.replace(performance, compile_backend=args.compile_backend)
     if args.autotune:
-        if not (performance.compile and performance.compile_backend == "inductor"):
+        try:  # Performance refuses it off inductor's compiled paths
+            performance = dataclasses.replace(performance, autotune=True)
+        except ValueError:
             raise UsageError(
                 f"--autotune tunes inductor's kernels: use it with --performance fused or "
                 f"fused-checkpointed on the inductor backend (got --performance {args.performance}"
                 f"{'' if args.compile_backend is None else ' --compile-backend ' + args.compile_backend})"
-            )
-        performance = dataclasses.replace(performance, autotune=True)
+            ) from None
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
