@@ -155,3 +155,56 @@ def test_switching_the_adapter_is_traced_into_the_graph():
     _switch(layers, False)
     torch.testing.assert_close(compiled(x), on)  # the adapter was on inside
     assert not torch.allclose(on, net(x))
+
+
+class _Attention(nn.Module):
+    """Self-attention over ``(B, tokens, 8)`` through SDPA, an op torch tags as drawing random
+    numbers (it can drop out), as diffusers' attention processors call it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)  # each (B, heads, tokens, 4)
+        return self.out(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+def test_traced_regions_keep_attention_instead_of_recomputing_it():
+    """Traced, a region keeps what may draw random numbers (attention's output) and recomputes
+    the rest: its graphs hold no op that saves or restores a generator's state, which CUDA graphs
+    cannot capture (all of a SteerMusic+ step's checkpointed ε′ call ran uncaptured), and the
+    backward pass runs no attention forward; the gradient is eager's."""
+    from torch._dynamo import reset
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._inductor.utils import get_first_incompatible_cudagraph_node
+
+    graphs = {}
+
+    def keep(name):
+        def compiler(graph, example_inputs):
+            graphs[name] = graph
+            return make_boxed_func(graph)
+
+        return compiler
+
+    torch.manual_seed(0)
+    block = _Attention()
+    x = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    (expected,) = torch.autograd.grad(block(x).square().sum(), x)
+    reset()
+    with torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True):
+        traced = torch.compile(checkpoint_call, backend=aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward")))
+        (got,) = torch.autograd.grad(traced(block, x).square().sum(), x)
+    torch.testing.assert_close(got, expected)
+
+    def ops(graph):
+        return [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+
+    for graph in graphs.values():
+        assert get_first_incompatible_cudagraph_node(graph) is None, ops(graph)
+    backward = ops(graphs["backward"])
+    assert not [op for op in backward if "attention" in op and "backward" not in op], backward
+    assert any("attention" in op and "backward" in op for op in backward)
+    assert any(op.startswith("aten.addmm") for op in backward)  # the projections are recomputed
