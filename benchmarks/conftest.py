@@ -93,15 +93,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     width = max(len(path) for paths in settings.results.values() for path in paths) + 1
     write(
         f"{'recipe':<16}{'B':>3} {'path':<{width}}{'ms/step':>10}{'set-up ms':>11}{'s/400-step edit':>17}{'peak MiB':>10}"
-        f"{'MFU':>8}{'vs reference':>14}{'graph breaks':>14}"
+        f"{'MFU':>8}{'vs reference':>14}{'graph breaks':>14}{'uncaptured':>12}"
     )
     for (recipe, batch), paths in sorted(settings.results.items()):
         reference = paths.get("reference", {}).get("ms_per_step")
         for path, r in paths.items():
             memory = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             speedup = "" if reference is None else f"{reference / r['ms_per_step']:.2f}x"
-            breaks = "" if r["graph_breaks"] is None else str(r["graph_breaks"])
+            breaks, uncaptured = ("" if r[k] is None else str(r[k]) for k in ("graph_breaks", "uncaptured_graphs"))
             write(
                 f"{recipe:<16}{batch:>3} {path:<{width}}{r['ms_per_step']:>10.2f}{r['set_up_ms']:>11.1f}{r['edit_400_s']:>17.2f}"
-                f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}{breaks:>14}"
+                f"{memory:>10}{r['mfu']:>8.1%}{speedup:>14}{breaks:>14}{uncaptured:>12}"
             )

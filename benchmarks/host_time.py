@@ -7,7 +7,8 @@ on, unless the host's own work per step takes longer. A 1-s, 400-step edit leave
 so the host time measured here bounds the edit from below. The editor compiles with a backend
 that runs each graph during two 2-step warm-up edits and from then on returns the graph's last
 outputs (detached, for outputs that carried gradients: the compiled backward's work is left out
-too); edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The
+too; ``--autograd`` keeps AOTAutograd's forward and backward wrappers and the backward pass,
+with the graphs inside them frozen alike); edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The
 eager ops between the calls are counted in a profiled edit (``torch.profiler``, top-level
 ``aten::`` ops: on CUDA each a dispatch or a kernel launch).
 
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch._dynamo.backends.common import aot_autograd
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._pytree import tree_map_only
 
@@ -40,12 +42,18 @@ BACKEND = "steer_host_only"
 
 class _HostOnly:
     """A ``torch.compile`` backend that runs each graph until :attr:`frozen`, then returns the
-    graph's last outputs: a call then costs only what dynamo does around its graph."""
+    graph's last outputs: a call then costs only what dynamo does around its graph. With
+    :attr:`autograd`, AOTAutograd splits each graph into a forward and a backward, each frozen
+    alike: a call costs what dynamo and AOTAutograd's wrappers do around the graphs, and a
+    backward pass what the autograd engine and the compiled backward's wrapper do."""
 
     def __init__(self) -> None:
         self.frozen = False
+        self.autograd = False
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        if self.autograd:
+            return aot_autograd(fw_compiler=self._boxed, bw_compiler=self._boxed)(graph, example_inputs)
         last: list[Any] = []
 
         def run(*args: Any) -> Any:
@@ -56,18 +64,34 @@ class _HostOnly:
 
         return run
 
+    def _boxed(self, graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[[list[Any]], Any]:
+        """An AOTAutograd graph (called with its inputs in a list), frozen after :attr:`frozen`."""
+        last: list[Any] = []
+
+        def run(args: list[Any]) -> Any:
+            if not (self.frozen and last):
+                last[:] = [graph(*args)]
+            args.clear()
+            return last[0]
+
+        run._boxed_call = True  # type: ignore[attr-defined]
+        return run
+
 
 _HOST_ONLY = _HostOnly()
 
 
 def host_time(
     *, recipe: str, real_size: bool, device: torch.device, path: str, steps: int, rounds: int,
+    autograd: bool = False,
 ) -> dict[str, float]:
     """Host milliseconds a step with each :data:`~steer.performance.GUARDS` setting (the
     fastest of ``rounds`` edits of ``steps`` steps, the first step included), and the eager ops
-    a step makes between the compiled calls (``"eager ops a step"``)."""
+    a step makes between the compiled calls (``"eager ops a step"``); with ``autograd``,
+    AOTAutograd's wrappers and the backward pass through the compiled calls included."""
     if BACKEND not in torch.compiler.list_backends(exclude_tags=()):
         torch._dynamo.register_backend(_HOST_ONLY, name=BACKEND)
+    _HOST_ONLY.autograd = autograd
     backbone = build_backbone(real_size=real_size, device=device)
     latent = torch.randn(1, *(REAL_LATENT if real_size else TINY_LATENT), generator=torch.Generator().manual_seed(0))
     latent = latent.to(device)
@@ -102,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", default="fused", choices=COMPILED)
     parser.add_argument("--steps", type=int, default=50, help="steps of each timed edit")
     parser.add_argument("--rounds", type=int, default=3, help="timed edits per setting; the fastest counts")
+    parser.add_argument("--autograd", action="store_true",
+                        help="include AOTAutograd's wrappers around the graphs and the backward pass through "
+                             "them (SteerMusic+'s PCon); without it, graphs with gradients return detached outputs")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.rounds < 1:
         parser.error(f"--steps must be at least 2 (a first step and later ones) and --rounds at least 1, "
@@ -109,8 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="fused kernels need triton")  # said on every CPU edit
     warnings.filterwarnings("ignore", message="Warning: Profiler clears events")
     figures = host_time(recipe=args.recipe, real_size=args.real_size, device=torch.device(args.device),
-                        path=args.path, steps=args.steps, rounds=args.rounds)
-    print(f"{args.recipe}, {args.path}, {'real-size' if args.real_size else 'tiny'}, {args.device}: "
+                        path=args.path, steps=args.steps, rounds=args.rounds, autograd=args.autograd)
+    mode = ", with autograd" if args.autograd else ""
+    print(f"{args.recipe}, {args.path}, {'real-size' if args.real_size else 'tiny'}, {args.device}{mode}: "
           + ", ".join(f"{name} {value:.2f}" for name, value in figures.items()), flush=True)
 
 
