@@ -88,9 +88,10 @@ class Performance:
             recomputes; the checkpoints do not nest there (a transformer's blocks are the
             regions, not the transformer), and the regions keep attention's outputs rather than
             recompute attention under a saved generator state, which CUDA graphs cannot capture
-            (:func:`backbones.base.keep_random`). Compiled in bf16 (``fused-checkpointed``) the step's
-            rise fell from 1316 MiB to 233 MiB (SteerMusic: 48 MiB), SteerMusic+/SteerMusic
-            1.92× → 1.13× (CPU proxy, ``aot_eager``; keeping attention's outputs added 31 MiB).
+            (:func:`backbones.base.keep_random`). Compiled in bf16 (``fused-checkpointed``) the
+            step's rise fell from 1316 MiB to 233 MiB (SteerMusic: 48 MiB),
+            SteerMusic+/SteerMusic 1.92× → 1.13× (CPU proxy, ``aot_eager``; keeping attention's
+            outputs added 31 MiB).
         compile_backend: the ``torch.compile`` backend (:func:`compile_backends`):
             ``"inductor"`` (default: generated Triton/C++ kernels; on one H100, real-size UNet,
             SteerMusic at batch 1: 8.5 ms a step, 22× ``reference``, after a 120-s first edit);
