@@ -8,9 +8,9 @@ so the host time measured here bounds the edit from below. The editor compiles w
 that runs each graph during two 2-step warm-up edits and from then on returns the graph's last
 outputs (detached, for outputs that carried gradients: the compiled backward's work is left out
 too; ``--autograd`` keeps AOTAutograd's forward and backward wrappers and the backward pass,
-with the graphs inside them frozen alike); edits of ``--steps`` steps are then timed without a profiler, and the fastest counts. The
-eager ops between the calls are counted in a profiled edit (``torch.profiler``, top-level
-``aten::`` ops: on CUDA each a dispatch or a kernel launch).
+with the graphs inside them frozen alike); edits of ``--steps`` steps are then timed without a
+profiler, and the fastest counts. The eager ops between the calls are counted in a profiled
+edit (``torch.profiler``, top-level ``aten::`` ops: on CUDA each a dispatch or a kernel launch).
 
 Usage::
 

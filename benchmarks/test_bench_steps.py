@@ -24,7 +24,7 @@ from torch._dynamo.utils import counters
 from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
 from benchmarks.profiling import host_summary, profile_summary
-from steer.performance import STEER_CUDA_GRAPHS, Performance
+from steer.performance import Performance
 
 if TYPE_CHECKING:
     from benchmarks.conftest import Settings
@@ -56,8 +56,6 @@ BATCHES = (1, 8)
 PROFILED_STEPS = 3
 #: 0-step edits timed per case for an edit's fixed cost; the fastest counts
 SET_UP_ROUNDS = 3
-#: the compile backends whose graphs are CUDA graphs on CUDA
-CUDA_GRAPH_BACKENDS = ("inductor", "cudagraphs", STEER_CUDA_GRAPHS)
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
     "steermusic_plus": dict(source="a piano melody", target="a sks guitar melody"),
@@ -151,8 +149,7 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
             graph_breaks = sum(counters["graph_break"].values())
             # graphs a CUDA-graph backend could not capture (they run kernel by kernel from the host)
-            graphed = perf.compile and device.type == "cuda" and perf.compile_backend in CUDA_GRAPH_BACKENDS
-            uncaptured = counters["inductor"]["cudagraph_skips"] if graphed else None
+            uncaptured = counters["inductor"]["cudagraph_skips"] if perf.cuda_graphs(device) else None
             edit_s = min(times)
             # what an edit costs besides its steps (prompts, the weights' cast, set-up), from
             # 0-step edits: a step's time leaves it out, and a 400-step edit counts it once

@@ -269,6 +269,15 @@ class Performance:
             return None
         return torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=100)
 
+    def cuda_graphs(self, device: torch.device) -> bool:
+        """Whether this path's compiled calls run as CUDA graphs on ``device`` (compiled on CUDA
+        with inductor, ``"cudagraphs"`` or ``"steer-cudagraphs"``)."""
+        return (
+            self.compile
+            and device.type == "cuda"
+            and self.compile_backend in ("inductor", "cudagraphs", STEER_CUDA_GRAPHS)
+        )
+
     def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
@@ -291,9 +300,7 @@ class Performance:
         if not self.compile:
             return None
         inductor = self.compile_backend == "inductor"
-        cuda_graphs = device.type == "cuda" and (
-            inductor or self.compile_backend in ("cudagraphs", STEER_CUDA_GRAPHS)
-        )
+        cuda_graphs = self.cuda_graphs(device)
         if not inductor:
             mode = None
         elif self.autotune:

@@ -586,9 +586,11 @@ def test_cuda_graph_outputs_are_copied(monkeypatch):
         compiler = performance.compiler(torch.device(device))
         out_eps, out_features = compiler(lambda: (eps, {"attn1": feature}))()
         assert modes[-1] == mode
+        assert performance.cuda_graphs(torch.device(device)) == copied, (device, backend)
         assert (out_eps.data_ptr() != eps.data_ptr()) == copied, (device, backend)
         assert (out_features["attn1"].data_ptr() != feature.data_ptr()) == copied, (device, backend)
         torch.testing.assert_close(out_features["attn1"], feature)
+    assert not Performance().cuda_graphs(torch.device("cuda"))  # not compiled
 
 
 def test_compiled_calls_drop_info_logging_without_breaking_or_erroring(dynamo):
