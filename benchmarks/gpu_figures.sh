@@ -21,17 +21,20 @@ shift $(( $# >= 2 ? 2 : 1 ))
 python=${PYTHON:-python3}
 
 # The H100 run of 2026-11-26 (benchmarks/README.md) measured SteerMusic B=1 on every path but
-# with an edit's fixed cost spread over its 20 steps, and inductor at B=8. First now: SteerMusic
-# B=1 on inductor again, its set-up apart; SteerMusic+ against its reference and on inductor
-# with checkpointing (the memory goal on the fused default); steer-cudagraphs at B=8.
+# with an edit's fixed cost spread over its 20 steps, and inductor at B=8. First now: the step
+# graphs (never run on a GPU; the eager ones compile nothing), each step replayed as one CUDA
+# graph, against the reference and inductor without them, SteerMusic B=1 and SteerMusic+ (whose
+# host work a step the step graph removes); then SteerMusic+ on inductor with checkpointing (the
+# memory goal on the fused default).
 first=(
-    steermusic-reference-1 steermusic-fused-1 steermusic_plus-reference-1
-    steermusic_plus-fused-checkpointed-1 steermusic-fused-steer-cudagraphs-8
+    steermusic-reference-1 steermusic-bf16-step-graph-1 steermusic_plus-bf16-step-graph-1
+    steermusic-fused-step-graph-1 steermusic-fused-1 steermusic_plus-reference-1
+    steermusic_plus-fused-checkpointed-step-graph-1 steermusic_plus-fused-checkpointed-1
 )
 # `rest` opens with inductor's autotuned kernels (`--autotune`, not yet run on a GPU; its compile
 # time is unknown) at batch 1 and 8, against `fused` in `first` and below.
 rest=(
-    steermusic-fused-autotune-1 steermusic-fused-autotune-8
+    steermusic-fused-autotune-1 steermusic-fused-autotune-8 steermusic-fused-steer-cudagraphs-8
     steermusic_plus-fused-checkpointed-steer-cudagraphs-1 steermusic-fused-steer-cudagraphs-1
     steermusic-reference-8 steermusic-fused-8 steermusic_plus-checkpointed-1
     steermusic_plus-fused-1 steermusic_plus-fused-steer-cudagraphs-1
@@ -50,6 +53,11 @@ nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 triton = __import__("importlib.util").util.find_spec("triton") and __import__("triton").__version__
 print(f"torch {torch.__version__}, triton {triton}, diffusers {diffusers.__version__}, transformers {transformers.__version__}")' \
     | tee "$out/versions.txt"
-PYTHONUNBUFFERED=1 timeout -s INT -k 30 "${STEER_GPU_SECONDS:-540}" \
+start=$SECONDS
+if [[ $plan == first ]]; then  # the step graphs' correctness on CUDA first (tiny models, seconds)
+    timeout 120 "$python" -m pytest tests/steer/test_step_graph.py -m gpu -q -p no:cacheprovider 2>&1 \
+        | tee "$out/gpu_tests.txt"
+fi
+PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$(( ${STEER_GPU_SECONDS:-540} - (SECONDS - start) ))" \
     "$python" -m pytest "${ids[@]}" --real-size --steps 20 --rounds 2 -p no:cacheprovider \
     --benchmark-json "$out/bench.json" --profile-file "$out/profiles.txt" "$@" 2>&1 | tee "$out/log.txt"

@@ -25,6 +25,7 @@ from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
 from benchmarks.profiling import host_summary, profile_summary
 from steer.performance import Performance
+from steer.step_graph import WARMUP
 
 if TYPE_CHECKING:
     from benchmarks.conftest import Settings
@@ -36,7 +37,9 @@ RECIPES = ("steermusic", "steermusic_plus")
 #: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says; and
 #: ``fused-checkpointed`` on steer's, for SteerMusic+'s memory against SteerMusic's
 #: ``fused-steer-cudagraphs`` in a run too short for inductor's compile; ``fused`` with inductor's
-#: kernels tuned (``autotune``) against ``fused``
+#: kernels tuned (``autotune``) against ``fused``; and ``bf16``, ``fused`` and
+#: ``fused-checkpointed`` with each step after the third replayed as one CUDA graph
+#: (``step_graph``; on the CPU they run as without it)
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
@@ -45,16 +48,22 @@ VARIANTS = {
         Performance.preset("fused-checkpointed"), compile_backend="steer-cudagraphs"
     ),
     "fused-autotune": dataclasses.replace(Performance.preset("fused"), autotune=True),
+    **{
+        f"{preset}-step-graph": dataclasses.replace(Performance.preset(preset), step_graph=True)
+        for preset in ("bf16", "fused", "fused-checkpointed")
+    },
 }
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
     "fused", "fused-autotune", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
-    "fused-checkpointed-steer-cudagraphs",
+    "fused-checkpointed-steer-cudagraphs", "bf16-step-graph", "fused-step-graph", "fused-checkpointed-step-graph",
 )
 BATCHES = (1, 8)
-#: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it)
+#: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it), after a
+#: step graph's steps that are not replays
 PROFILED_STEPS = 3
-#: 0-step edits timed per case for an edit's fixed cost; the fastest counts
+#: shortest edits timed per case for an edit's fixed cost (0 steps; a step graph's: up to its
+#: recording); the fastest counts
 SET_UP_ROUNDS = 3
 PROMPTS = {
     "steermusic": dict(source="a piano melody", target="a violin melody"),
@@ -116,6 +125,7 @@ def model_flops(settings, bench_backbone):
 
 
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")
+@pytest.mark.filterwarnings("ignore:step_graph records CUDA graphs")
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -127,6 +137,9 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
     editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
     times: list[float] = []
+    fixed_steps = WARMUP + 1 if perf.step_graphs(device) else 0  # steps not replayed
+    if settings.steps <= fixed_steps:
+        pytest.fail(f"a step graph replays from step {fixed_steps + 1} on: give --steps > {fixed_steps}")
 
     def edit():
         _sync(device)
@@ -151,14 +164,19 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             # graphs a CUDA-graph backend could not capture (they run kernel by kernel from the host)
             uncaptured = counters["inductor"]["cudagraph_skips"] if perf.cuda_graphs(device) else None
             edit_s = min(times)
-            # what an edit costs besides its steps (prompts, the weights' cast, set-up), from
-            # 0-step edits: a step's time leaves it out, and a 400-step edit counts it once
+            # what an edit costs besides its steps (prompts, the weights' cast, set-up; with a
+            # step graph its first steps' excess and the capture too), from the shortest edits
+            # (0 steps; a step graph's, those that record it): a step's time leaves it out, and
+            # a 400-step edit counts it once
             times.clear()
-            editor.steps = 0
+            editor.steps = fixed_steps
             for _ in range(SET_UP_ROUNDS):
                 edit()
-            set_up = min(times)
-            seconds = (edit_s - set_up) / settings.steps
+            fixed = min(times)
+            # a step graph's edit runs its first steps as they are and records the next: the
+            # replayed steps' time is what an edit longer by one step takes longer
+            seconds = (edit_s - fixed) / (settings.steps - fixed_steps)
+            set_up = fixed - fixed_steps * seconds
             figures = {
                 "ms_per_step": seconds * 1e3,
                 "set_up_ms": set_up * 1e3,
@@ -181,10 +199,11 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
                 f"warm-up edit (compiling) {warm_up:.1f} s",
             )
             if settings.profile_file is not None:
-                editor.steps = PROFILED_STEPS
+                # a step graph's steps: those run as they are and recorded, then 3 replays
+                editor.steps = steps = fixed_steps + PROFILED_STEPS
                 profiled = lambda: editor.edit_latent(latent, **PROMPTS[recipe])  # noqa: E731
-                summary = profile_summary(profiled, steps=PROFILED_STEPS, device=device)
-                summary += "\n" + host_summary(profiled, steps=PROFILED_STEPS)
+                summary = profile_summary(profiled, steps=steps, device=device)
+                summary += "\n" + host_summary(profiled, steps=steps)
                 with settings.profile_file.open("a") as file:
                     file.write(f"\n== {case}: {perf!r}\n{summary}\n")
     finally:

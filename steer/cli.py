@@ -102,6 +102,12 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "and convolution at the first edit and keep the fastest (inductor's max-autotune; a "
         "longer first edit; the gain is not yet measured at real size)",
     )
+    parser.add_argument(
+        "--step-graph", action="store_true",
+        help="on CUDA, record the third step of an edit as one CUDA graph and replay it for the "
+        "later steps, with no host work between them (any --performance but fp16; with the "
+        "compiled paths, --compile-backend inductor or aot_eager; not yet measured on a GPU)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
@@ -210,6 +216,16 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
                 f"fused-checkpointed on the inductor backend (got --performance {args.performance}"
                 f"{'' if args.compile_backend is None else ' --compile-backend ' + args.compile_backend})"
             ) from None
+    if args.step_graph:
+        try:  # Performance refuses fp16's loss scaling and the CUDA-graph backends
+            performance = dataclasses.replace(performance, step_graph=True)
+        except ValueError:
+            raise UsageError(
+                "--step-graph replays whole steps as one CUDA graph, which cannot hold fp16's loss "
+                "scaling or the steer-cudagraphs and cudagraphs backends' own graphs: use another "
+                f"--performance or --compile-backend (got --performance {args.performance}"
+                f"{'' if args.compile_backend is None else ' --compile-backend ' + args.compile_backend})"
+            ) from None
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
@@ -227,6 +243,7 @@ def _baseline_settings(args: argparse.Namespace, recipe: str) -> dict:
             ("--performance", args.performance, "batched"),
             ("--compile-backend", args.compile_backend, None),
             ("--autotune", args.autotune, False),
+            ("--step-graph", args.step_graph, False),
         )
         if value != default
     ]

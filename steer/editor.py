@@ -27,6 +27,7 @@ from losses.fused import noise_pair, triton_available
 from .audio import Audio, load_audio
 from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
+from .step_graph import CUDAGraph, StepGraph
 
 
 @dataclass(frozen=True)
@@ -362,24 +363,25 @@ class Editor(LatentEditor):
     ) -> EditResult:
         """The steps on x ``(B, ...)``, initialised at the source latent."""
         backbone, performance, batch = self.backbone, self.performance, x.shape[0]
-        optimizer = self._optimizer(x)
+        graphed = performance.step_graphs(x.device)
+        # a step graph reads the learning rate from the device, where it is set before each step
+        optimizer = self._optimizer(x, torch.tensor(self.lr, device=x.device) if graphed else self.lr)
         scaler = performance.grad_scaler(x.device)
         scale = scaler.get_scale() if scaler is not None else None
-        skipped = 0
-        schedule = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_step_size, self.lr_gamma)
+        taken_steps = skipped = 0
         generator = torch.Generator(device=x.device).manual_seed(seed)
         history: list[dict[str, Tensor]] = []
         x.grad = torch.zeros_like(x)  # the score gradients below are added into it
 
-        bar = tqdm(range(self.steps), desc="editing", disable=not progress, leave=False)
-        for step in bar:
+        def step(index: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            """One step on x: its (t, ε) and the losses' values."""
             # drawn for one clip and given to each: a clip of a batch is edited as it is alone
             t = torch.randint(self.t_min, self.t_max + 1, (1,), generator=generator, device=x.device)
             t = t.repeat(batch)
             noise = torch.randn((1, *x.shape[1:]), generator=generator, device=x.device)
             noise = noise.expand(x.shape).contiguous()
             noisy_latent, noisy_source = self._noise(x, source_latent, noise, t)
-            with performance.autocast(x.device), performance.guarding(step):
+            with performance.autocast(x.device), performance.guarding(index):
                 predictions, features = evaluate_requests(
                     self.requests,
                     models=models,
@@ -416,28 +418,33 @@ class Editor(LatentEditor):
             for o in outputs:
                 if o.gradient is not None:
                     x.grad += o.gradient
-            lr = optimizer.param_groups[0]["lr"]
             if scaled:
                 scaler.step(optimizer)  # not taken if the scaled backward overflowed in fp16
                 scaler.update()
-                scale, previous = scaler.get_scale(), scale  # it halves exactly when not taken
-                taken = scale >= previous
-                skipped += not taken
             else:
                 optimizer.step()
-                taken = True
-            if taken:  # the learning rate follows the steps taken
-                schedule.step()
-
             values = dict(zip(self.loss_names, (o.value for o in outputs)))
             values["total"] = torch.stack(list(values.values())).sum()
+            return t, noise, values
+
+        run = StepGraph(step, CUDAGraph(x.device, [generator])) if graphed else step
+        bar = tqdm(range(self.steps), desc="editing", disable=not progress, leave=False)
+        for index in bar:
+            lr = self._set_lr(optimizer, taken_steps)
+            t, noise, values = run(index)
+            taken = True
+            if scaler is not None:  # the scale halves exactly when a scaled step was not taken
+                scale, previous = scaler.get_scale(), scale
+                taken = scale >= previous
+            skipped += not taken
+            taken_steps += taken
             history.append(values)
-            if progress and (step % 10 == 0 or step == self.steps - 1):
+            if progress and (index % 10 == 0 or index == self.steps - 1):
                 bar.set_postfix(loss=f"{values['total'].item():.4g}")
             if callback is not None:
                 callback(
                     EditState(
-                        step=step,
+                        step=index,
                         t=t,
                         noise=noise,
                         latent=x.detach().clone(),
@@ -455,6 +462,18 @@ class Editor(LatentEditor):
             skipped_steps=skipped,
         )
 
+    def _set_lr(self, optimizer: torch.optim.Optimizer, taken_steps: int) -> float:
+        """Set the learning rate of the step after ``taken_steps`` steps taken (``lr`` times
+        ``lr_gamma`` every ``lr_step_size`` of them, as ``torch.optim.lr_scheduler.StepLR``) and
+        return it; a tensor learning rate is filled in place, where a step graph reads it."""
+        lr = self.lr * self.lr_gamma ** (taken_steps // self.lr_step_size)
+        group = optimizer.param_groups[0]
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+        return lr
+
     def _noise(self, x: Tensor, source: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """x_t and x_src_t with the same (t, ε): one fused kernel where it runs, else add_noise twice.
 
@@ -470,12 +489,13 @@ class Editor(LatentEditor):
             return noise_pair(x, source, noise, backbone.alphas_cumprod[t])
         return backbone.add_noise(x, noise, t), backbone.add_noise(source, noise, t)
 
-    def _optimizer(self, x: Tensor) -> torch.optim.Optimizer:
-        # fused=True: one kernel for the whole update (CPU and CUDA support it for SGD and Adam)
-        fused = self.performance.fused or None
+    def _optimizer(self, x: Tensor, lr: float | Tensor) -> torch.optim.Optimizer:
+        # fused=True: one kernel for the whole update (CPU and CUDA support it for SGD and Adam);
+        # a step graph's too, as the unfused updates read a tensor learning rate on the host
+        fused = self.performance.fused or isinstance(lr, Tensor) or None
         if self.optimizer == "adam":
-            return torch.optim.Adam([x], lr=self.lr, fused=fused)
-        return torch.optim.SGD([x], lr=self.lr, fused=fused)
+            return torch.optim.Adam([x], lr=lr, fused=fused, capturable=isinstance(lr, Tensor))
+        return torch.optim.SGD([x], lr=lr, fused=fused)
 
 
 def _numbers(history: list[dict[str, Tensor]]) -> list[dict[str, float]]:

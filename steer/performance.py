@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True, autotune=False)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True, autotune=False, step_graph=False)
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -36,6 +36,8 @@ GUARDS = ("first-step", "every-step")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: :attr:`Performance.compile_backend` for :func:`steer.cuda_graphs.cuda_graphs`
 STEER_CUDA_GRAPHS = "steer-cudagraphs"
+#: the backends that replay their graphs as CUDA graphs (inductor too, unless ``step_graph``)
+CUDA_GRAPH_BACKENDS = ("cudagraphs", STEER_CUDA_GRAPHS)
 
 
 def compile_backends() -> list[str]:
@@ -58,7 +60,7 @@ class Performance:
             ``"bf16"`` or ``"fp16"`` (slow on most CPUs). Predictions and features are returned
             as float32; the latent, its gradient and the optimiser stay float32.
         compile: ``torch.compile`` each model's denoiser calls (on CUDA
-            ``mode="reduce-overhead"``, i.e. CUDA graphs), those that return PCon's features
+            ``mode="reduce-overhead"``, i.e. CUDA graphs, unless ``step_graph``), those that return PCon's features
             too: the feature hooks are installed before compilation (:class:`hooks.FeatureTap`)
             and traced into the graph; the losses' maths too (``LossContext.compile``). A
             compiled editor keeps its graphs and hooks across edits until
@@ -150,6 +152,18 @@ class Performance:
             6.5 ms of kernels a step: ``benchmarks/README.md``). A first edit compiles for
             longer, timing every candidate; the results differ from the untuned kernels' by
             rounding. Neither the gain nor the compile time is measured at real size yet.
+        step_graph: on CUDA, each step of an edit as one CUDA graph (:mod:`steer.step_graph`):
+            the first two steps run as they are (compilation, kernel choices), the third is
+            recorded, and every later step is one replay of the step's kernels (noising, the
+            denoiser calls, the backward pass, the losses, the optimiser), with no host work
+            between them: no guards, no AOTAutograd wrappers, no autograd engine. It works on
+            any path but fp16 with ``loss_scaling`` (whose skipped steps are decided on the
+            host), eager ones included, where it spares the compile; compiled calls are then
+            not CUDA graphs themselves (inductor without ``"reduce-overhead"``; the
+            ``"cudagraphs"`` and ``"steer-cudagraphs"`` backends are refused). The timesteps
+            and noise are drawn as without it, from the same generator; the graph and its
+            memory last one edit. On the CPU a step runs as it is (said once in a warning).
+            Not yet measured on a GPU.
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -164,6 +178,7 @@ class Performance:
     guards: Literal["first-step", "every-step"] = "first-step"
     cast_weights: bool = True
     autotune: bool = False
+    step_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -185,6 +200,17 @@ class Performance:
                 "autotune tunes the kernels inductor generates: set compile=True with "
                 f"compile_backend='inductor' (got compile={self.compile}, "
                 f"compile_backend={self.compile_backend!r}), or autotune=False"
+            )
+        if self.step_graph and self.precision == "fp16" and self.loss_scaling:
+            raise ValueError(
+                "step_graph cannot replay fp16's loss scaling (whether a step is skipped is read "
+                "on the host each step): use precision='bf16', loss_scaling=False, or step_graph=False"
+            )
+        if self.step_graph and self.compile and self.compile_backend in CUDA_GRAPH_BACKENDS:
+            raise ValueError(
+                f"step_graph records each step as one CUDA graph, which cannot hold the "
+                f"{self.compile_backend!r} backend's own CUDA graphs: use compile_backend='inductor' "
+                "(or e.g. 'aot_eager'), or step_graph=False"
             )
 
     @classmethod
@@ -219,6 +245,11 @@ class Performance:
                 raise ValueError(
                     "torch.compile on the CPU needs a C++ compiler (g++): install one, or compile=False"
                 )
+        if self.step_graph and device.type != "cuda":
+            warnings.warn(
+                f"step_graph records CUDA graphs; on {device.type} each step runs as it is",
+                stacklevel=3,
+            )
         if self.fused and not triton_available(device):
             warnings.warn(
                 f"fused kernels need triton on a CUDA device; on {device.type} the same maths "
@@ -228,11 +259,12 @@ class Performance:
 
     @contextlib.contextmanager
     def autocast(self, device: torch.device) -> Iterator[None]:
-        """Autocast to :attr:`dtype` on ``device`` (a no-op for float32)."""
+        """Autocast to :attr:`dtype` on ``device`` (a no-op for float32); in a step graph without
+        autocast's cache of cast weights, which a CUDA graph's capture must not keep."""
         if self.dtype is None:
             yield
             return
-        with torch.autocast(device.type, dtype=self.dtype):
+        with torch.autocast(device.type, dtype=self.dtype, cache_enabled=not self.step_graphs(device)):
             yield
 
     def guarding(self, step: int) -> contextlib.AbstractContextManager[None]:
@@ -271,18 +303,24 @@ class Performance:
 
     def cuda_graphs(self, device: torch.device) -> bool:
         """Whether this path's compiled calls run as CUDA graphs on ``device`` (compiled on CUDA
-        with inductor, ``"cudagraphs"`` or ``"steer-cudagraphs"``)."""
+        with inductor, ``"cudagraphs"`` or ``"steer-cudagraphs"``; not with :attr:`step_graph`,
+        whose graph holds them)."""
         return (
             self.compile
             and device.type == "cuda"
-            and self.compile_backend in ("inductor", "cudagraphs", STEER_CUDA_GRAPHS)
+            and not self.step_graph
+            and self.compile_backend in ("inductor", *CUDA_GRAPH_BACKENDS)
         )
+
+    def step_graphs(self, device: torch.device) -> bool:
+        """Whether an edit's steps on ``device`` are replayed as one CUDA graph (:attr:`step_graph`)."""
+        return self.step_graph and device.type == "cuda"
 
     def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs), or ``"max-autotune"`` with :attr:`autotune`
+        ``mode="reduce-overhead"`` (CUDA graphs; not inside a :attr:`step_graph`), or ``"max-autotune"`` with :attr:`autotune`
         (``"max-autotune-no-cudagraphs"`` on the CPU). A CUDA graph's outputs (inductor's, or the
         ``steer-cudagraphs`` or ``cudagraphs`` backend's) live in memory its next replay
         overwrites, so they are cloned (one copy of each output) and the outputs of earlier
@@ -319,7 +357,7 @@ class Performance:
             def call(*args: Any, **kwargs: Any) -> Any:
                 with _tracing(checkpointing=checkpointing):
                     out = compiled(*args, **kwargs)
-                return _clone(out) if cuda_graphs else out
+                return clone_outputs(out) if cuda_graphs else out
 
             return call  # type: ignore[return-value]
 
@@ -454,14 +492,14 @@ class _LoggerMethod(str):
 _LOGGER_INFO = _LoggerMethod(logging.Logger.info)
 
 
-def _clone(value: Any) -> Any:
+def clone_outputs(value: Any) -> Any:
     """A copy of each tensor in a tensor, tuple or dict (what the compiled calls return)."""
     if isinstance(value, Tensor):
         return value.clone()
     if isinstance(value, tuple):
-        return tuple(_clone(v) for v in value)
+        return tuple(clone_outputs(v) for v in value)
     if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: clone_outputs(v) for k, v in value.items()}
     return value
 
 

@@ -81,7 +81,7 @@ def test_performance_paths_give_the_same_edit(wav, tmp_path):
     np.testing.assert_allclose(batched, reference, atol=2e-4)
 
 
-def test_compile_backend_and_autotune_set_the_compiled_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):
+def test_compile_backend_autotune_and_step_graph_set_their_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):
     out = tmp_path / "out.wav"
     argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
     for backend in ("steer-cudagraphs", "cudagraphs"):
@@ -90,6 +90,9 @@ def test_compile_backend_and_autotune_set_the_compiled_paths_and_are_refused_els
     for preset in ("fused", "fused-checkpointed"):
         args = _parser().parse_args([*argv, "--performance", preset, "--autotune"])
         assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], autotune=True)
+    for preset in ("batched", "checkpointed", "fused-checkpointed"):
+        args = _parser().parse_args([*argv, "--performance", preset, "--step-graph"])
+        assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], step_graph=True)
     for more, message in [
         (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
         (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),
@@ -98,6 +101,12 @@ def test_compile_backend_and_autotune_set_the_compiled_paths_and_are_refused_els
         (["--performance", "fused", "--compile-backend", "steer-cudagraphs", "--autotune"],
          "(got --performance fused --compile-backend steer-cudagraphs)"),
         (["--recipe", "sdedit", "--autotune"], "--autotune applies to the score-distillation recipes"),
+        (["--performance", "fp16", "--step-graph"], "cannot hold fp16's loss scaling or the "
+         "steer-cudagraphs and cudagraphs backends' own graphs: use another --performance or "
+         "--compile-backend (got --performance fp16)"),
+        (["--performance", "fused", "--compile-backend", "steer-cudagraphs", "--step-graph"],
+         "(got --performance fused --compile-backend steer-cudagraphs)"),
+        (["--recipe", "ddim_inversion", "--step-graph"], "--step-graph applies to the score-distillation recipes"),
     ]:
         assert main([*argv, *more]) == 2
         err = capsys.readouterr().err
