@@ -162,8 +162,10 @@ class Performance:
             not CUDA graphs themselves (inductor without ``"reduce-overhead"``; the
             ``"cudagraphs"`` and ``"steer-cudagraphs"`` backends are refused). The timesteps
             and noise are drawn as without it, from the same generator; the graph and its
-            memory last one edit. On the CPU a step runs as it is (said once in a warning).
-            Not yet measured on a GPU.
+            memory last one edit. A ``callback`` still sees each step, but a change it makes to
+            a model reaches the replays only where it writes into the tensors they read (a
+            setting's new Python value does not: the recording keeps the old one). On the CPU a
+            step runs as it is (said once in a warning). Not yet measured on a GPU.
     """
 
     path: Literal["reference", "batched"] = "batched"

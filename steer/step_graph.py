@@ -118,7 +118,13 @@ class StepGraph(Generic[Out]):
             with self.graph.warming():
                 return self.step(*args)
         if self._outputs is None:
-            with self.graph.capturing():
-                self._outputs = self.step(*args)
+            try:
+                with self.graph.capturing():
+                    self._outputs = self.step(*args)
+            except Exception as error:
+                raise RuntimeError(
+                    f"recording a step as one CUDA graph failed ({type(error).__name__}: {error}); "
+                    "edit without a step graph: Performance(step_graph=False), or leave out --step-graph"
+                ) from error
         self.graph.replay()
         return clone_outputs(self._outputs)
