@@ -60,13 +60,13 @@ class Performance:
             ``"bf16"`` or ``"fp16"`` (slow on most CPUs). Predictions and features are returned
             as float32; the latent, its gradient and the optimiser stay float32.
         compile: ``torch.compile`` each model's denoiser calls (on CUDA
-            ``mode="reduce-overhead"``, i.e. CUDA graphs, unless ``step_graph``), those that return PCon's features
-            too: the feature hooks are installed before compilation (:class:`hooks.FeatureTap`)
-            and traced into the graph; the losses' maths too (``LossContext.compile``). A
-            compiled editor keeps its graphs and hooks across edits until
-            :meth:`~steer.editor.Editor.close`; each new editor traces its calls again, and
-            dynamo's recompile limit (8) counts each editor's model calls apart. How new clip
-            lengths and batch sizes are traced: ``dynamic``; prompt lengths:
+            ``mode="reduce-overhead"``, i.e. CUDA graphs, unless ``step_graph``), those that
+            return PCon's features too: the feature hooks are installed before compilation
+            (:class:`hooks.FeatureTap`) and traced into the graph; the losses' maths too
+            (``LossContext.compile``). A compiled editor keeps its graphs and hooks across
+            edits until :meth:`~steer.editor.Editor.close`; each new editor traces its calls
+            again, and dynamo's recompile limit (8) counts each editor's model calls apart. How
+            new clip lengths and batch sizes are traced: ``dynamic``; prompt lengths:
             ``prompt_padding``.
         fused: fused kernels: the Triton kernel that noises x and x_src from one read of ε
             (CUDA with triton; elsewhere the backbone's ``add_noise``, said once in a warning)
