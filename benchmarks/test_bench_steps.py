@@ -39,7 +39,8 @@ RECIPES = ("steermusic", "steermusic_plus")
 #: ``fused-steer-cudagraphs`` in a run too short for inductor's compile; ``fused`` with inductor's
 #: kernels tuned (``autotune``) against ``fused``; and ``bf16``, ``fused`` and
 #: ``fused-checkpointed`` with each step after the third replayed as one CUDA graph
-#: (``step_graph``; on the CPU they run as without it)
+#: (``step_graph``; on the CPU they run as without it); ``fused`` and ``fused-step-graph`` with
+#: each attention's projections of one input as one matmul (``fuse_projections``)
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
@@ -52,11 +53,16 @@ VARIANTS = {
         f"{preset}-step-graph": dataclasses.replace(Performance.preset(preset), step_graph=True)
         for preset in ("bf16", "fused", "fused-checkpointed")
     },
+    "fused-projections": dataclasses.replace(Performance.preset("fused"), fuse_projections=True),
+    "fused-projections-step-graph": dataclasses.replace(
+        Performance.preset("fused"), fuse_projections=True, step_graph=True
+    ),
 }
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
     "fused", "fused-autotune", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
     "fused-checkpointed-steer-cudagraphs", "bf16-step-graph", "fused-step-graph", "fused-checkpointed-step-graph",
+    "fused-projections", "fused-projections-step-graph",
 )
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it), after a

@@ -108,6 +108,12 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "later steps, with no host work between them (any --performance but fp16; with the "
         "compiled paths, --compile-backend inductor or aot_eager; not yet measured on a GPU)",
     )
+    parser.add_argument(
+        "--fuse-projections", action="store_true",
+        help="run each attention's query, key and value projections (cross-attention's key and "
+        "value) as one matmul: fewer, larger kernels, one more copy of those weights; layers "
+        "with a LoRA adapter keep theirs (not yet measured on a GPU)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
@@ -226,6 +232,8 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
                 f"--performance or --compile-backend (got --performance {args.performance}"
                 f"{'' if args.compile_backend is None else ' --compile-backend ' + args.compile_backend})"
             ) from None
+    if args.fuse_projections:
+        performance = dataclasses.replace(performance, fuse_projections=True)
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
@@ -244,6 +252,7 @@ def _baseline_settings(args: argparse.Namespace, recipe: str) -> dict:
             ("--compile-backend", args.compile_backend, None),
             ("--autotune", args.autotune, False),
             ("--step-graph", args.step_graph, False),
+            ("--fuse-projections", args.fuse_projections, False),
         )
         if value != default
     ]

@@ -27,6 +27,7 @@ from losses.fused import noise_pair, triton_available
 from .audio import Audio, load_audio
 from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
+from .projections import FusedProjections
 from .step_graph import CUDAGraph, StepGraph
 
 
@@ -86,6 +87,7 @@ class _Runtime:
     predictors: dict[str, Predictor]
     compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None
     weights: CastOnce | None = None
+    projections: FusedProjections | None = None
     functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
 
     def compile(self, fn: Fn) -> Fn:
@@ -95,10 +97,16 @@ class _Runtime:
             self.functions[fn] = self.compiler(fn)
         return self.functions[fn]  # type: ignore[return-value]
 
-    def cast_weights(self) -> contextlib.AbstractContextManager[None]:
-        """The denoisers' weights in the precision they run in, during an edit (see
-        :attr:`~steer.performance.Performance.cast_weights`)."""
-        return contextlib.nullcontext() if self.weights is None else self.weights.applied()
+    @contextlib.contextmanager
+    def edit_weights(self) -> Iterator[None]:
+        """The denoisers' weights as an edit runs them: in the precision they run in (see
+        :attr:`~steer.performance.Performance.cast_weights`), then with their attention
+        projections fused (:attr:`~steer.performance.Performance.fuse_projections`)."""
+        with contextlib.ExitStack() as stack:
+            for weights in (self.weights, self.projections):
+                if weights is not None:
+                    stack.enter_context(weights.applied())
+            yield
 
     def close(self) -> None:
         for predictor in self.predictors.values():
@@ -284,8 +292,11 @@ class Editor(LatentEditor):
                     predictors[name] = Predictor(model, features[name], compiler, checkpointing=checkpointing)
                     made.callback(predictors[name].close)
                 made.pop_all()
-            weights = self.performance.weight_casts(model.denoiser for model in models.values())
-            return _Runtime(device, predictors, compiler, weights)
+            denoisers = [model.denoiser for model in models.values()]
+            return _Runtime(
+                device, predictors, compiler, self.performance.weight_casts(denoisers),
+                self.performance.projection_fusion(denoisers),
+            )
 
         if not self.performance.compile:
             runtime = build()
@@ -347,7 +358,7 @@ class Editor(LatentEditor):
         source_latent = latent.detach().float()
         x = source_latent.clone().requires_grad_(True)
         self.performance.check(x.device)
-        with self._runtime(models, x.device) as runtime, runtime.cast_weights():
+        with self._runtime(models, x.device) as runtime, runtime.edit_weights():
             return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
 
     def _loop(

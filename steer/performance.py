@@ -6,7 +6,7 @@ the work. The latent x, its gradient and the optimiser state stay float32 on eve
 
 Example:
     >>> Performance.preset("fused")
-    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True, autotune=False, step_graph=False)
+    Performance(path='batched', precision='bf16', compile=True, fused=True, loss_scaling=True, checkpointing=False, compile_backend='inductor', prompt_padding=32, dynamic=None, guards='first-step', cast_weights=True, autotune=False, step_graph=False, fuse_projections=False)
     >>> Performance(precision="fp64")
     Traceback (most recent call last):
     ...
@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from backbones import Conditioning
 from losses.base import Fn
 from losses.fused import triton_available
+
+from .projections import FusedProjections
 
 PATHS = ("reference", "batched")
 GUARDS = ("first-step", "every-step")
@@ -166,6 +168,14 @@ class Performance:
             a model reaches the replays only where it writes into the tensors they read (a
             setting's new Python value does not: the recording keeps the old one). On the CPU a
             step runs as it is (said once in a warning). Not yet measured on a GPU.
+        fuse_projections: during an edit, each attention's projections of one input run as one
+            matmul (:class:`~steer.projections.FusedProjections`): self-attention's query, key
+            and value, cross-attention's key and value. A guided call of the real-size AudioLDM2
+            UNet then runs 128 matmuls without a bias instead of 288, the same products (its
+            output on the CPU was the same bit for bit), for one more copy of those weights
+            (129 MiB in bf16). Attention layers with a LoRA adapter on their projections
+            (SteerMusic+'s usual concept) and other processors (Stable Audio's) keep theirs. Not
+            yet measured on a GPU.
     """
 
     path: Literal["reference", "batched"] = "batched"
@@ -181,6 +191,7 @@ class Performance:
     cast_weights: bool = True
     autotune: bool = False
     step_graph: bool = False
+    fuse_projections: bool = False
 
     def __post_init__(self) -> None:
         if self.path not in PATHS:
@@ -286,6 +297,11 @@ class Performance:
         if self.dtype is None or not self.cast_weights:
             return None
         return CastOnce(modules, self.dtype)
+
+    def projection_fusion(self, modules: Iterable[nn.Module]) -> FusedProjections | None:
+        """What fuses ``modules``' attention projections for this path (see
+        :attr:`fuse_projections`), or ``None``."""
+        return FusedProjections(modules) if self.fuse_projections else None
 
     def conditioning(self, cond: Conditioning) -> Conditioning:
         """``cond`` as this path's denoiser calls take it: padded (:attr:`prompt_padding`) when

@@ -81,7 +81,7 @@ def test_performance_paths_give_the_same_edit(wav, tmp_path):
     np.testing.assert_allclose(batched, reference, atol=2e-4)
 
 
-def test_compile_backend_autotune_and_step_graph_set_their_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):
+def test_compile_backend_autotune_step_graph_and_fused_projections_set_their_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):
     out = tmp_path / "out.wav"
     argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)
     for backend in ("steer-cudagraphs", "cudagraphs"):
@@ -93,6 +93,9 @@ def test_compile_backend_autotune_and_step_graph_set_their_paths_and_are_refused
     for preset in ("batched", "checkpointed", "fused-checkpointed"):
         args = _parser().parse_args([*argv, "--performance", preset, "--step-graph"])
         assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], step_graph=True)
+    for preset in ("reference", "bf16", "fused"):
+        args = _parser().parse_args([*argv, "--performance", preset, "--fuse-projections"])
+        assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], fuse_projections=True)
     for more, message in [
         (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
         (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),
@@ -107,6 +110,7 @@ def test_compile_backend_autotune_and_step_graph_set_their_paths_and_are_refused
         (["--performance", "fused", "--compile-backend", "steer-cudagraphs", "--step-graph"],
          "(got --performance fused --compile-backend steer-cudagraphs)"),
         (["--recipe", "ddim_inversion", "--step-graph"], "--step-graph applies to the score-distillation recipes"),
+        (["--recipe", "sdedit", "--fuse-projections"], "--fuse-projections applies to the score-distillation recipes"),
     ]:
         assert main([*argv, *more]) == 2
         err = capsys.readouterr().err

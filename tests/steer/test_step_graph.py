@@ -152,11 +152,13 @@ DECAYING = dict(steps=7, lr=0.5, lr_step_size=2, lr_gamma=0.5)
 
 
 @pytest.mark.parametrize(
-    "path", ["batched", "reference", "bf16", "adam"], ids=lambda p: p
+    "path", ["batched", "reference", "bf16", "adam", "fused-projections"], ids=lambda p: p
 )
 def test_steermusic_edits_the_same_when_its_later_steps_replay_the_third(tiny_backbone, latent, tapes, path):
     # Adam: fused in both (a step graph fuses the update, which reads its learning rate on the device)
-    performance = Performance(fused=True) if path == "adam" else Performance.preset(path)
+    performance = {
+        "adam": Performance(fused=True), "fused-projections": Performance(precision="bf16", fuse_projections=True)
+    }.get(path) or Performance.preset(path)
     options = dict(DECAYING, optimizer="adam" if path == "adam" else "sgd")
     plain = _edit(SteerMusic(tiny_backbone, performance=performance, **options), latent, **PROMPTS)
     graphed_performance = dataclasses.replace(performance, step_graph=True)

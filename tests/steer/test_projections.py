@@ -1,0 +1,231 @@
+"""Fused attention projections (``Performance(fuse_projections=True)``, issue 5): an attention's
+projections of one input as one matmul during an edit, the same predictions, fewer matmuls."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+)
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from backbones import AudioLDM2Backbone, load_backbone
+from backbones.tiny import tiny_audioldm2_pipeline
+from steer import Concept, SteerMusic, SteerMusicPlus
+from steer.concepts.concept import LORA_TARGETS, ConceptConfig
+from steer.performance import CastOnce, Performance
+from steer.projections import FusedProjections
+
+PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
+aten = torch.ops.aten
+
+
+class _Ops(TorchDispatchMode):
+    """Counts the aten ops run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _attentions(model: torch.nn.Module) -> list[Attention]:
+    return [m for m in model.modules() if isinstance(m, Attention)]
+
+
+def _processors(model: torch.nn.Module) -> collections.Counter[str]:
+    return collections.Counter(type(m.processor).__name__ for m in _attentions(model))
+
+
+def _predict(backbone, seed: int = 0) -> tuple[torch.Tensor, collections.Counter[str]]:
+    """A guided call on a fixed latent, and the aten ops it ran."""
+    generator = torch.Generator().manual_seed(seed)
+    x_t, cond = torch.randn(2, 8, 16, 16, generator=generator), backbone.encode_prompt(["a", "b"])
+    with torch.no_grad(), _Ops() as ops:
+        eps = backbone.predict_noise(x_t, torch.tensor([300, 700]), cond, 3.0)
+    return eps, ops.counts
+
+
+def _saved_matmuls(backbone) -> int:
+    """How many matmuls fusion spares in :func:`_predict`'s call: each attention call's
+    projections but one (self-attention, or a cross-attention called without text, as
+    AudioLDM's are), but two for a cross-attention with text (its query stays apart)."""
+    calls = collections.Counter()
+    hooks = []
+    for attn in _attentions(backbone.denoiser):
+        def count(module, args, kwargs) -> None:
+            calls["text" if kwargs.get("encoder_hidden_states") is not None else "latent"] += 1
+
+        hooks.append(attn.register_forward_pre_hook(count, with_kwargs=True))
+    _predict(backbone)
+    for hook in hooks:
+        hook.remove()
+    return 2 * calls["latent"] + calls["text"]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-audioldm", "tiny-musicldm"])
+def test_fused_projections_predict_the_same_with_fewer_matmuls(name):
+    """Each self-attention's three projections become one matmul and each cross-attention's two
+    become one; the module is as it was after the block."""
+    backbone = load_backbone(name)
+    denoiser = backbone.denoiser
+    attentions = _attentions(denoiser)
+    own = dict(denoiser.state_dict(keep_vars=True))
+    saved = _saved_matmuls(backbone)
+    plain, plain_ops = _predict(backbone)
+    fused = FusedProjections([denoiser, denoiser])  # a denoiser given twice is fused once
+    with fused.applied():
+        assert _processors(denoiser) == {"FusedAttnProcessor2_0": len(attentions)}
+        eps, ops = _predict(backbone)
+    torch.testing.assert_close(eps, plain, rtol=1e-6, atol=1e-6)
+    assert saved >= len(attentions)  # each attention runs once a call (both rows of guidance)
+    assert ops["aten.mm"] + ops["aten.addmm"] == plain_ops["aten.mm"] + plain_ops["aten.addmm"] - saved
+    assert _processors(denoiser) == {"AttnProcessor2_0": len(attentions)}
+    assert not any(hasattr(a, "to_qkv") or hasattr(a, "to_kv") for a in attentions)
+    assert denoiser.state_dict(keep_vars=True).keys() == own.keys()
+    assert all(p is own[n] for n, p in denoiser.state_dict(keep_vars=True).items())
+
+
+def test_lora_layers_hooked_projections_and_other_processors_keep_their_matmuls(tiny_backbone, lora):
+    """What a fused matmul would skip is left alone: a LoRA adapter's layers, a hook on a
+    projection (a feature read from it), a processor of the user's own choice."""
+    denoiser = lora.personalized.denoiser
+    with FusedProjections([denoiser]).applied():  # the adapter is on every projection
+        assert _processors(denoiser) == {"AttnProcessor2_0": len(_attentions(denoiser))}
+    backbone = AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline())
+    hooked, other, *rest = _attentions(backbone.denoiser)
+    seen = []
+    hooked.to_k.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+    other.set_processor(AttnProcessor())
+    with FusedProjections([backbone.denoiser]).applied():
+        assert type(hooked.processor) is AttnProcessor2_0 and type(other.processor) is AttnProcessor
+        assert all(type(a.processor) is FusedAttnProcessor2_0 for a in rest)
+        _predict(backbone)
+    assert len(seen) == 1
+
+
+def test_fused_weights_are_kept_and_follow_changed_or_replaced_projections():
+    torch.manual_seed(0)
+    self_attn, cross_attn = Attention(8, heads=2, dim_head=4), Attention(8, cross_attention_dim=6, heads=2, dim_head=4)
+    fused = FusedProjections([self_attn, cross_attn])
+
+    def expected(attn: Attention, names: tuple[str, ...]) -> torch.Tensor:
+        return torch.cat([getattr(attn, n).weight for n in names])
+
+    with fused.applied():
+        qkv, kv = self_attn.to_qkv, cross_attn.to_kv
+        assert torch.equal(qkv.weight, expected(self_attn, ("to_q", "to_k", "to_v")))
+        assert torch.equal(kv.weight, expected(cross_attn, ("to_k", "to_v")))
+        assert not qkv.weight.requires_grad and not hasattr(cross_attn, "to_qkv")
+    with torch.no_grad():
+        self_attn.to_k.weight.add_(1)  # changed in place
+    cross_attn.to_v.weight = torch.nn.Parameter(torch.randn(8, 6))  # replaced
+    with fused.applied():
+        assert self_attn.to_qkv is qkv and cross_attn.to_kv is kv  # the same layers (a graph's addresses)
+        assert torch.equal(qkv.weight, expected(self_attn, ("to_q", "to_k", "to_v")))
+        assert torch.equal(kv.weight, expected(cross_attn, ("to_k", "to_v")))
+    self_attn.to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="boom"), fused.applied():
+        assert self_attn.to_qkv.weight.dtype == torch.bfloat16
+        raise RuntimeError("boom")
+    assert type(self_attn.processor) is AttnProcessor2_0 and not hasattr(self_attn, "to_qkv")
+
+
+def test_fused_projections_are_made_from_cast_weights():
+    """Entered after :class:`CastOnce`, the fused layer holds the bf16 copies side by side."""
+    attn = Attention(8, heads=2, dim_head=4)
+    casts, fused = CastOnce([attn], torch.bfloat16), FusedProjections([attn])
+    with casts.applied(), fused.applied():
+        assert attn.to_qkv.weight.dtype == torch.bfloat16
+        assert torch.equal(attn.to_qkv.weight, torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+    assert attn.to_q.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("path", ["batched", "reference", "bf16"])
+def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path):
+    performance = Performance.preset(path)
+    fused_processors = []
+
+    def look(state) -> None:
+        fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
+
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = SteerMusic(tiny_backbone, steps=3, performance=performance).edit_latent(latent, **PROMPTS)
+    editor = SteerMusic(tiny_backbone, steps=3, performance=dataclasses.replace(performance, fuse_projections=True))
+    fused = editor.edit_latent(latent, callback=look, **PROMPTS)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if path != "bf16" else dict(rtol=0.02, atol=0.02)
+    torch.testing.assert_close(fused.latent, plain.latent, **tolerance)
+    assert fused_processors == [len(_attentions(tiny_backbone.denoiser))] * 3  # on during the edit
+    assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0  # and off after it
+
+
+class _Applied:
+    """A concept whose :meth:`apply` gives one applied model."""
+
+    def __init__(self, token: str, personalized) -> None:
+        self.token, self.personalized = token, personalized
+
+    def apply(self, backbone):
+        return self.personalized
+
+
+@pytest.mark.parametrize("targets", [LORA_TARGETS, ("to_out.0",)], ids=["lora-on-projections", "lora-on-outputs"])
+def test_steermusic_plus_fuses_the_projections_its_lora_concept_leaves(tiny_backbone, targets):
+    """ε and ε′ share the denoiser: a projection with the adapter is left as it is (nothing is
+    fused with the default targets); with the adapter elsewhere both models run fused ones."""
+    config = ConceptConfig(
+        method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2, lora_targets=targets
+    )
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    fused_processors = []
+    with Concept(config, {}).apply(tiny_backbone) as personalized:
+        with torch.no_grad():
+            for name, p in personalized.trainable_parameters().items():
+                if "lora_B" in name:  # an adapter that changes ε′
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+        concept = _Applied("sks", personalized)
+
+        def edit(performance: Performance, callback=None):
+            editor = SteerMusicPlus(tiny_backbone, concept, steps=3, performance=performance)
+            return editor.edit_latent(latent, callback=callback, **PROMPTS)
+
+        def look(state) -> None:
+            fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
+
+        plain = edit(Performance())
+        fused = edit(Performance(fuse_projections=True), look)
+    torch.testing.assert_close(fused.latent, plain.latent, rtol=1e-5, atol=1e-5)
+    assert (plain.latent - latent).abs().max() > 1e-3
+    fusing = 0 if targets == LORA_TARGETS else len(_attentions(tiny_backbone.denoiser))
+    assert fused_processors == [fusing] * 3
+
+
+def test_a_compiled_editor_keeps_its_fused_layers_and_graphs_and_follows_changed_weights(dynamo):
+    """The fused layers are the same between edits, so the first edit's graphs serve the next; a
+    projection changed in place between edits is copied into them, and the next edit uses it, as
+    an eager editor does."""
+    backbone = load_backbone("tiny")
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    eager = SteerMusic(backbone, steps=2, performance=Performance(fuse_projections=True))
+    performance = Performance(compile=True, compile_backend="eager", fuse_projections=True)
+    with SteerMusic(backbone, steps=2, performance=performance) as compiled:
+        first = compiled.edit_latent(latent, **PROMPTS).latent
+        graphs = dynamo.graphs()
+        torch.testing.assert_close(compiled.edit_latent(latent, **PROMPTS).latent, first, rtol=0, atol=0)
+        with torch.no_grad():
+            for attn in _attentions(backbone.denoiser):
+                attn.to_v.weight.mul_(2)
+        changed = compiled.edit_latent(latent, **PROMPTS).latent
+        assert dynamo.graphs() == graphs >= 1 and dynamo.breaks() == []
+    assert (changed - first).abs().max() > 1e-4
+    torch.testing.assert_close(changed, eager.edit_latent(latent, **PROMPTS).latent, rtol=1e-5, atol=1e-5)
