@@ -114,6 +114,13 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "value) as one matmul: fewer, larger kernels, one more copy of those weights; layers "
         "with a LoRA adapter keep theirs (not yet measured on a GPU)",
     )
+    parser.add_argument(
+        "--merge-lora", action="store_true",
+        help="SteerMusic+ with a LoRA concept: run each adapted layer as one matmul with the "
+        "adapter merged into a copy of its weight once an edit, so that the personalised "
+        "model's call costs the base model's; one more copy of the adapted weights (not yet "
+        "measured on a GPU)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
@@ -234,6 +241,8 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
             ) from None
     if args.fuse_projections:
         performance = dataclasses.replace(performance, fuse_projections=True)
+    if args.merge_lora:
+        performance = dataclasses.replace(performance, merge_lora=True)
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance
@@ -253,6 +262,7 @@ def _baseline_settings(args: argparse.Namespace, recipe: str) -> dict:
             ("--autotune", args.autotune, False),
             ("--step-graph", args.step_graph, False),
             ("--fuse-projections", args.fuse_projections, False),
+            ("--merge-lora", args.merge_lora, False),
         )
         if value != default
     ]

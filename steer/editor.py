@@ -25,6 +25,7 @@ from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
 from .audio import Audio, load_audio
+from .merged_lora import MergedLoRA
 from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
 from .projections import FusedProjections
@@ -86,6 +87,7 @@ class _Runtime:
     device: torch.device
     predictors: dict[str, Predictor]
     compiler: Callable[[Callable[..., Any]], Callable[..., Any]] | None
+    merges: MergedLoRA | None = None
     weights: CastOnce | None = None
     projections: FusedProjections | None = None
     functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
@@ -99,11 +101,12 @@ class _Runtime:
 
     @contextlib.contextmanager
     def edit_weights(self) -> Iterator[None]:
-        """The denoisers' weights as an edit runs them: in the precision they run in (see
-        :attr:`~steer.performance.Performance.cast_weights`), then with their attention
+        """The denoisers' weights as an edit runs them: LoRA adapters merged
+        (:attr:`~steer.performance.Performance.merge_lora`), in the precision they run in
+        (:attr:`~steer.performance.Performance.cast_weights`), then with their attention
         projections fused (:attr:`~steer.performance.Performance.fuse_projections`)."""
         with contextlib.ExitStack() as stack:
-            for weights in (self.weights, self.projections):
+            for weights in (self.merges, self.weights, self.projections):
                 if weights is not None:
                     stack.enter_context(weights.applied())
             yield
@@ -293,9 +296,10 @@ class Editor(LatentEditor):
                     made.callback(predictors[name].close)
                 made.pop_all()
             denoisers = [model.denoiser for model in models.values()]
+            adapters = [name for model in models.values() if (name := getattr(model, "adapter_name", None))]
             return _Runtime(
-                device, predictors, compiler, self.performance.weight_casts(denoisers),
-                self.performance.projection_fusion(denoisers),
+                device, predictors, compiler, self.performance.lora_merges(denoisers, adapters),
+                self.performance.weight_casts(denoisers), self.performance.projection_fusion(denoisers),
             )
 
         if not self.performance.compile:

@@ -96,6 +96,8 @@ def test_compile_backend_autotune_step_graph_and_fused_projections_set_their_pat
     for preset in ("reference", "bf16", "fused"):
         args = _parser().parse_args([*argv, "--performance", preset, "--fuse-projections"])
         assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], fuse_projections=True)
+        args = _parser().parse_args([*argv, "--performance", preset, "--merge-lora"])
+        assert _edit_settings(args)["performance"] == dataclasses.replace(PRESETS[preset], merge_lora=True)
     for more, message in [
         (["--compile-backend", "cudagraphs"], "--compile-backend applies to the compiled paths: add --performance fused"),
         (["--performance", "fused", "--compile-backend", "nope"], "unknown --compile-backend 'nope': use one of"),
@@ -111,6 +113,7 @@ def test_compile_backend_autotune_step_graph_and_fused_projections_set_their_pat
          "(got --performance fused --compile-backend steer-cudagraphs)"),
         (["--recipe", "ddim_inversion", "--step-graph"], "--step-graph applies to the score-distillation recipes"),
         (["--recipe", "sdedit", "--fuse-projections"], "--fuse-projections applies to the score-distillation recipes"),
+        (["--recipe", "sdedit", "--merge-lora"], "--merge-lora applies to the score-distillation recipes"),
     ]:
         assert main([*argv, *more]) == 2
         err = capsys.readouterr().err
