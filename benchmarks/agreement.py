@@ -9,11 +9,17 @@ Usage::
 
     python -m benchmarks.agreement --real-size --seeds 0 1 2 3 --paths batched bf16 fused
     python -m benchmarks.agreement --recipe steermusic_plus --json agreement.json
+    python -m benchmarks.agreement --real-size --recipe steermusic_plus --lora-std 0.05 --merge-lora
+
+``--fuse-projections`` and ``--merge-lora`` set those options (``steer.performance.Performance``)
+on every path compared with the reference, which runs without them; ``--lora-std`` draws
+SteerMusic+'s LoRA B (else 0: ε′'s adapter changes nothing, as in the rows recorded before it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import warnings
@@ -22,7 +28,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
+from benchmarks.models import (
+    REAL_LATENT,
+    TINY_LATENT,
+    build_backbone,
+    lora_concept,
+    make_editor,
+)
 from steer import Editor
 from steer.performance import PRESETS
 
@@ -37,15 +49,20 @@ def first_gradient(editor: Editor, latent: Tensor, seed: int) -> Tensor:
 
 
 def agreement(
-    *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device
+    *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device,
+    options: dict[str, bool] | None = None, lora_std: float = 0.0,
 ) -> list[dict[str, float | int | str]]:
     """Cosine of each path's first-step gradient with the reference's, per seed (``skipped``:
-    the step was not taken, an fp16 overflow)."""
+    the step was not taken, an fp16 overflow); ``options`` are set on every path but the
+    reference, ``lora_std`` draws SteerMusic+'s LoRA B (:func:`benchmarks.models.lora_concept`)."""
     backbone = build_backbone(real_size=real_size, device=device)
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    concept = lora_concept(backbone=backbone, std=lora_std) if recipe == "steermusic_plus" else None
+    performances = {"reference": PRESETS["reference"]}
+    performances.update({path: dataclasses.replace(PRESETS[path], **(options or {})) for path in paths})
     # one editor per path, reused for every seed: a compiled one traces its calls once
-    editors = {path: make_editor(recipe, backbone, PRESETS[path], steps=1) for path in ["reference", *paths]}
+    editors = {path: make_editor(recipe, backbone, p, steps=1, concept=concept) for path, p in performances.items()}
     rows = []
     try:
         for seed in seeds:
@@ -72,11 +89,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paths", nargs="+", default=["batched", "bf16"], choices=[p for p in PRESETS if p != "reference"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
+    parser.add_argument("--fuse-projections", action="store_true", help="Performance.fuse_projections on the paths")
+    parser.add_argument("--merge-lora", action="store_true", help="Performance.merge_lora on the paths")
+    parser.add_argument("--lora-std", type=float, default=0.0, help="SteerMusic+'s LoRA B drawn with this std (0: B = 0)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warnings.filterwarnings("ignore", message="fused kernels need triton")
-    rows = agreement(recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device)
+    options = {"fuse_projections": args.fuse_projections, "merge_lora": args.merge_lora}
+    rows = agreement(
+        recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device,
+        options=options, lora_std=args.lora_std,
+    )
     for path in args.paths:
         cosines = [r["cosine"] for r in rows if r["path"] == path]
         print(f"{args.recipe} {path}: cosine with reference min {min(cosines):.5f}, max {max(cosines):.5f} "

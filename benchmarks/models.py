@@ -77,14 +77,27 @@ class RealSizeBackbone(AudioLDM2Backbone):
         return Conditioning(cond=fields(), uncond=fields(), masks=T5_MASK).to(self.device)
 
 
-def lora_concept(*, rank: int = 4) -> Concept:
+def lora_concept(*, rank: int = 4, backbone: AudioLDM2Backbone | None = None, std: float = 0.0) -> Concept:
     """A LoRA concept on the attention projections (rank 4); applied, its adapter starts with
-    B = 0, which costs the same as trained weights."""
+    B = 0, which costs the same as trained weights. With ``std`` > 0, B is drawn with that
+    standard deviation (seeded) on ``backbone``'s denoiser instead, so that ε′ differs from ε
+    as a trained concept's does (what the gradient agreement of SteerMusic+ needs)."""
     config = ConceptConfig(
         method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=rank,
         lora_targets=LORA_TARGETS,
     )
-    return Concept(config, {})
+    concept = Concept(config, {})
+    if std == 0:
+        return concept
+    if backbone is None:
+        raise ValueError("drawing B needs the backbone whose denoiser the concept adapts")
+    generator = torch.Generator().manual_seed(0)
+    with concept.apply(backbone) as personalized, torch.no_grad():
+        for name, p in sorted(personalized.trainable_parameters().items()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+        weights = personalized.concept_weights()
+    return Concept(config, weights)
 
 
 def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbone:
@@ -94,9 +107,11 @@ def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbon
     return AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline()).to(device)
 
 
-def make_editor(recipe: str, backbone: AudioLDM2Backbone, performance: Performance, steps: int) -> Editor:
-    """The benchmarks' editor: ``"steermusic"``, or ``"steermusic_plus"`` with :func:`lora_concept`
-    (close it to remove the adapter)."""
+def make_editor(
+    recipe: str, backbone: AudioLDM2Backbone, performance: Performance, steps: int, concept: Concept | None = None
+) -> Editor:
+    """The benchmarks' editor: ``"steermusic"``, or ``"steermusic_plus"`` with ``concept``
+    (:func:`lora_concept` by default; close the editor to remove the adapter)."""
     if recipe == "steermusic":
         return SteerMusic(backbone, steps=steps, performance=performance)
-    return SteerMusicPlus(backbone, lora_concept(), steps=steps, performance=performance)
+    return SteerMusicPlus(backbone, concept or lora_concept(), steps=steps, performance=performance)

@@ -26,8 +26,8 @@ from backbones.adapter_state import adapter_state, is_adapter_layer
 def mergeable(layer: nn.Module, adapter: str) -> bool:
     """Whether ``layer`` is a peft LoRA ``Linear`` whose ``adapter`` :class:`MergedLoRA` can merge:
     plain LoRA (no DoRA or other variant, no bias on B, no dropout that acts), nothing merged into
-    its weights by peft already, and no hooks on it (a feature read from it: the merged matmul
-    would not call it)."""
+    its weights by peft already, and no hooks on it or its base layer (a feature read from
+    them: the merged matmul would not call them)."""
     if not is_adapter_layer(layer) or adapter not in getattr(layer, "lora_A", {}):
         return False
     base = layer.base_layer
@@ -39,7 +39,7 @@ def mergeable(layer: nn.Module, adapter: str) -> bool:
         and not layer.merged
         and not getattr(layer, "fan_in_fan_out", False)
         and (isinstance(dropout, nn.Identity) or not dropout.training)
-        and not (layer._forward_hooks or layer._forward_pre_hooks)
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in (layer, base))
     )
 
 
@@ -62,7 +62,7 @@ class MergedLinear(nn.Module):
         active, disabled = adapter_state(self.layer)
         base = self.layer.base_layer
         if disabled:
-            return F.linear(x, base.weight, base.bias)
+            return base(x)
         names = [active] if isinstance(active, str) else active
         if len(names) == 1 and names[0] in self.merged:
             return F.linear(x, self.merged[names[0]], base.bias)

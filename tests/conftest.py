@@ -1,14 +1,17 @@
 """Shared fixtures: a tiny random AudioLDM2 (built once per session), a LoRA concept that changes
-its UNet, and an analytic backbone whose noise prediction is known in closed form."""
+its UNet, and an analytic backbone whose noise prediction is known in closed form; an aten-op
+counter (:class:`OpCounts`, the ``op_counts`` fixture)."""
 
 from __future__ import annotations
 
+import collections
 import zlib
 from collections.abc import Sequence
 
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from backbones import AudioLDM2Backbone, Backbone, Conditioning
 from backbones.tiny import tiny_audioldm2_pipeline
@@ -82,12 +85,13 @@ def tiny_backbone(tiny_pipe) -> AudioLDM2Backbone:
 
 
 @pytest.fixture()
-def lora(tiny_backbone):
+def lora(tiny_backbone, request):
     """A LoRA concept applied to the tiny AudioLDM2 whose adapter changes the UNet (random B
-    instead of peft's zeros); SteerMusicPlus gets the same ε′ (and one adapter) every time."""
+    instead of peft's zeros); SteerMusicPlus gets the same ε′ (and one adapter) every time.
+    Its target modules are :data:`LORA_TARGETS`, or the fixture's parameter (``indirect``)."""
     config = ConceptConfig(
         method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2,
-        lora_targets=LORA_TARGETS,
+        lora_targets=getattr(request, "param", LORA_TARGETS),
     )
     concept = Concept(config, {})
     with concept.apply(tiny_backbone) as personalized:
@@ -97,6 +101,22 @@ def lora(tiny_backbone):
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
         yield _AppliedOnce(concept.token, personalized)
+
+
+class OpCounts(TorchDispatchMode):
+    """Counts the aten ops run inside it (``counts``, by op name) and their matmuls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def matmuls(self) -> int:
+        return self.counts["aten.mm"] + self.counts["aten.addmm"]
 
 
 class _AppliedOnce:
@@ -139,3 +159,9 @@ class DynamoWatch:
 def dynamo() -> DynamoWatch:
     """A fresh dynamo (no cached graphs, no counts) and what it compiles from here on."""
     return DynamoWatch()
+
+
+@pytest.fixture()
+def op_counts() -> type[OpCounts]:
+    """:class:`OpCounts`: ``with op_counts() as ops: ...`` then ``ops.counts``, ``ops.matmuls``."""
+    return OpCounts

@@ -48,6 +48,26 @@ def test_real_size_steermusic_plus_step_runs_on_a_small_latent():
     assert result.history[0]["PersonalizedContrastiveLoss"] > 0
 
 
+def test_agreement_compares_the_paths_with_their_options_against_a_drawn_lora_concept():
+    """`python -m benchmarks.agreement`: B drawn (not 0), and the paths with ε′'s LoRA merged and
+    the projections fused follow the reference's gradient (tiny model)."""
+    from benchmarks.agreement import agreement
+    from benchmarks.models import build_backbone
+
+    backbone = build_backbone(real_size=False, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="drawing B needs the backbone"):
+        lora_concept(std=0.1)
+    drawn = lora_concept(backbone=backbone, std=0.3)
+    lora_b = [w for name, w in drawn.weights.items() if "lora_B" in name]
+    assert lora_b and all(w.abs().max() > 0 for w in lora_b)
+    options = {"merge_lora": True, "fuse_projections": True}
+    rows = agreement(
+        recipe="steermusic_plus", paths=["batched"], seeds=[0], real_size=False, device=torch.device("cpu"),
+        options=options, lora_std=0.3,
+    )
+    assert [(r["path"], r["skipped"]) for r in rows] == [("batched", False)] and rows[0]["cosine"] > 0.999
+
+
 def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     """`pytest benchmarks --profile-file` writes this per case: the wall time divided by the
     edit's steps, and the ops with the most time, with their call counts."""

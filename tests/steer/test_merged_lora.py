@@ -3,83 +3,51 @@ each during an edit, the same predictions up to rounding, ε's untouched."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from backbones import load_backbone
 from backbones.adapter_state import set_adapter_state
-from steer import Concept, SteerMusicPlus
-from steer.concepts.concept import LORA_TARGETS, ConceptConfig
+from steer import SteerMusicPlus
 from steer.merged_lora import MergedLinear, MergedLoRA
 from steer.performance import CastOnce, Performance
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
-LORA = ConceptConfig(
-    method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2, lora_targets=LORA_TARGETS
-)
 
 
-class _Ops(TorchDispatchMode):
-    """Counts the aten ops run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def _matmuls(counts: collections.Counter[str]) -> int:
-    return counts["aten.mm"] + counts["aten.addmm"]
-
-
-def _randomise(personalized) -> None:
-    """B = 0 in a fresh adapter, which would change nothing: random values instead."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in personalized.trainable_parameters().items():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-
-
-def test_merged_layers_predict_as_the_adapter_with_fewer_matmuls_and_leave_the_base_model_alone():
-    backbone = load_backbone("tiny")
+def test_merged_layers_predict_as_the_adapter_with_fewer_matmuls_and_leave_the_base_model_alone(
+    tiny_backbone, lora, op_counts
+):
+    personalized = lora.personalized
     x_t = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([300, 700])
-    with Concept(LORA, {}).apply(backbone) as personalized:
-        _randomise(personalized)
-        cond = personalized.encode_prompt(["a sks guitar", "a sks guitar solo"])
-        layers = dict(backbone.denoiser.named_modules())
-        own = dict(backbone.denoiser.state_dict(keep_vars=True))
+    cond = personalized.encode_prompt(["a sks guitar", "a sks guitar solo"])
+    layers = dict(tiny_backbone.denoiser.named_modules())
+    own = dict(tiny_backbone.denoiser.state_dict(keep_vars=True))
 
-        def predict() -> tuple[torch.Tensor, torch.Tensor, collections.Counter[str]]:
-            with torch.no_grad():
-                eps = backbone.predict_noise(x_t, t, cond, 3.0)
-                with personalized.adapter_enabled(), _Ops() as ops:
-                    eps_prime = personalized.predict_noise(x_t, t, cond, 3.0)
-            return eps, eps_prime, ops.counts
+    def predict(ops) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            eps = tiny_backbone.predict_noise(x_t, t, cond, 3.0)
+            with personalized.adapter_enabled(), ops:
+                return eps, personalized.predict_noise(x_t, t, cond, 3.0)
 
-        eps, eps_prime, ops = predict()
-        merged = MergedLoRA([backbone.denoiser, personalized.denoiser], [personalized.adapter_name])
-        with merged.applied():
-            adapted = [m for m in backbone.denoiser.modules() if isinstance(m, MergedLinear)]
-            merged_eps, merged_eps_prime, merged_ops = predict()
-        assert len(adapted) == len(personalized._lora_layers) > 0
-        torch.testing.assert_close(merged_eps, eps, rtol=0, atol=0)  # ε: the base weights, as they are
-        torch.testing.assert_close(merged_eps_prime, eps_prime, rtol=1e-5, atol=1e-5)
-        assert (eps_prime - eps).abs().max() > 1e-2  # the adapter matters
-        # each adapted layer runs once a call (both rows of guidance): 2 matmuls fewer
-        assert _matmuls(merged_ops) == _matmuls(ops) - 2 * len(adapted)
-        assert dict(backbone.denoiser.named_modules()) == layers  # put back
-        assert all(p is own[n] for n, p in backbone.denoiser.state_dict(keep_vars=True).items())
+    ops, merged_ops = op_counts(), op_counts()
+    eps, eps_prime = predict(ops)
+    merged = MergedLoRA([tiny_backbone.denoiser, personalized.denoiser], [personalized.adapter_name])
+    with merged.applied():
+        adapted = [m for m in tiny_backbone.denoiser.modules() if isinstance(m, MergedLinear)]
+        merged_eps, merged_eps_prime = predict(merged_ops)
+    assert len(adapted) == len(personalized._lora_layers) > 0
+    torch.testing.assert_close(merged_eps, eps, rtol=0, atol=0)  # ε: the base weights, as they are
+    torch.testing.assert_close(merged_eps_prime, eps_prime, rtol=1e-5, atol=1e-5)
+    assert (eps_prime - eps).abs().max() > 1e-2  # the adapter matters
+    # each adapted layer runs once a call (both rows of guidance): 2 matmuls fewer
+    assert merged_ops.matmuls == ops.matmuls - 2 * len(adapted)
+    assert dict(tiny_backbone.denoiser.named_modules()) == layers  # put back
+    assert all(p is own[n] for n, p in tiny_backbone.denoiser.state_dict(keep_vars=True).items())
 
 
 def _adapted(rank: int = 2) -> nn.Sequential:
@@ -179,33 +147,20 @@ def test_a_steermusic_plus_edit_with_merged_lora_edits_as_one_without(tiny_backb
 
 
 @pytest.mark.slow  # SteerMusic+'s calls traced by dynamo: about a minute on 2 cores
-def test_a_compiled_steermusic_plus_editor_keeps_its_merged_weights_and_follows_changes(dynamo):
-    backbone = load_backbone("tiny")
+def test_a_compiled_steermusic_plus_editor_keeps_its_merged_weights_and_follows_changes(tiny_backbone, lora, dynamo):
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    with Concept(LORA, {}).apply(backbone) as personalized:
-        _randomise(personalized)
-        concept = _Applied(personalized)
-        eager = SteerMusicPlus(backbone, concept, steps=2, performance=Performance(merge_lora=True))
-        performance = Performance(compile=True, compile_backend="eager", merge_lora=True)
-        with SteerMusicPlus(backbone, concept, steps=2, performance=performance) as compiled:
-            first = compiled.edit_latent(latent, **PROMPTS).latent
-            graphs = dynamo.graphs()
-            torch.testing.assert_close(compiled.edit_latent(latent, **PROMPTS).latent, first, rtol=0, atol=0)
-            with torch.no_grad():
-                for layer in personalized._lora_layers:
-                    layer.lora_B[personalized.adapter_name].weight.mul_(2)
-            changed = compiled.edit_latent(latent, **PROMPTS).latent
-            assert dynamo.graphs() == graphs >= 1 and dynamo.breaks() == []
-            expected = eager.edit_latent(latent, **PROMPTS).latent
+    personalized = lora.personalized
+    eager = SteerMusicPlus(tiny_backbone, lora, steps=2, performance=Performance(merge_lora=True))
+    performance = Performance(compile=True, compile_backend="eager", merge_lora=True)
+    with SteerMusicPlus(tiny_backbone, lora, steps=2, performance=performance) as compiled:
+        first = compiled.edit_latent(latent, **PROMPTS).latent
+        graphs = dynamo.graphs()
+        torch.testing.assert_close(compiled.edit_latent(latent, **PROMPTS).latent, first, rtol=0, atol=0)
+        with torch.no_grad():
+            for layer in personalized._lora_layers:
+                layer.lora_B[personalized.adapter_name].weight.mul_(2)
+        changed = compiled.edit_latent(latent, **PROMPTS).latent
+        assert dynamo.graphs() == graphs >= 1 and dynamo.breaks() == []
+        expected = eager.edit_latent(latent, **PROMPTS).latent  # before the editor's exit closes ε′
     assert (changed - first).abs().max() > 1e-4
     torch.testing.assert_close(changed, expected, rtol=1e-5, atol=1e-5)
-
-
-class _Applied:
-    """A concept whose :meth:`apply` gives one applied model (kept open by the test)."""
-
-    def __init__(self, personalized) -> None:
-        self.token, self.personalized = "sks", personalized
-
-    def apply(self, backbone):
-        return self.personalized

@@ -4,6 +4,7 @@ projections of one input as one matmul during an edit, the same predictions, few
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 
 import pytest
@@ -18,25 +19,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from backbones import AudioLDM2Backbone, load_backbone
 from backbones.tiny import tiny_audioldm2_pipeline
-from steer import Concept, SteerMusic, SteerMusicPlus
-from steer.concepts.concept import LORA_TARGETS, ConceptConfig
+from steer import SteerMusic, SteerMusicPlus
+from steer.concepts.concept import LORA_TARGETS
 from steer.performance import CastOnce, Performance
 from steer.projections import FusedProjections
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
 aten = torch.ops.aten
-
-
-class _Ops(TorchDispatchMode):
-    """Counts the aten ops run inside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _attentions(model: torch.nn.Module) -> list[Attention]:
@@ -47,16 +36,15 @@ def _processors(model: torch.nn.Module) -> collections.Counter[str]:
     return collections.Counter(type(m.processor).__name__ for m in _attentions(model))
 
 
-def _predict(backbone, seed: int = 0) -> tuple[torch.Tensor, collections.Counter[str]]:
-    """A guided call on a fixed latent, and the aten ops it ran."""
-    generator = torch.Generator().manual_seed(seed)
+def _predict(backbone, ops: TorchDispatchMode) -> torch.Tensor:
+    """A guided call on a fixed latent, its aten ops counted by ``ops``."""
+    generator = torch.Generator().manual_seed(0)
     x_t, cond = torch.randn(2, 8, 16, 16, generator=generator), backbone.encode_prompt(["a", "b"])
-    with torch.no_grad(), _Ops() as ops:
-        eps = backbone.predict_noise(x_t, torch.tensor([300, 700]), cond, 3.0)
-    return eps, ops.counts
+    with torch.no_grad(), ops:
+        return backbone.predict_noise(x_t, torch.tensor([300, 700]), cond, 3.0)
 
 
-def _saved_matmuls(backbone) -> int:
+def _saved_matmuls(backbone, op_counts) -> int:
     """How many matmuls fusion spares in :func:`_predict`'s call: each attention call's
     projections but one (self-attention, or a cross-attention called without text, as
     AudioLDM's are), but two for a cross-attention with text (its query stays apart)."""
@@ -67,36 +55,37 @@ def _saved_matmuls(backbone) -> int:
             calls["text" if kwargs.get("encoder_hidden_states") is not None else "latent"] += 1
 
         hooks.append(attn.register_forward_pre_hook(count, with_kwargs=True))
-    _predict(backbone)
+    _predict(backbone, op_counts())
     for hook in hooks:
         hook.remove()
     return 2 * calls["latent"] + calls["text"]
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-audioldm", "tiny-musicldm"])
-def test_fused_projections_predict_the_same_with_fewer_matmuls(name):
+def test_fused_projections_predict_the_same_with_fewer_matmuls(name, op_counts):
     """Each self-attention's three projections become one matmul and each cross-attention's two
     become one; the module is as it was after the block."""
     backbone = load_backbone(name)
     denoiser = backbone.denoiser
     attentions = _attentions(denoiser)
     own = dict(denoiser.state_dict(keep_vars=True))
-    saved = _saved_matmuls(backbone)
-    plain, plain_ops = _predict(backbone)
+    saved = _saved_matmuls(backbone, op_counts)
+    plain_ops, ops = op_counts(), op_counts()
+    plain = _predict(backbone, plain_ops)
     fused = FusedProjections([denoiser, denoiser])  # a denoiser given twice is fused once
     with fused.applied():
         assert _processors(denoiser) == {"FusedAttnProcessor2_0": len(attentions)}
-        eps, ops = _predict(backbone)
+        eps = _predict(backbone, ops)
     torch.testing.assert_close(eps, plain, rtol=1e-6, atol=1e-6)
     assert saved >= len(attentions)  # each attention runs once a call (both rows of guidance)
-    assert ops["aten.mm"] + ops["aten.addmm"] == plain_ops["aten.mm"] + plain_ops["aten.addmm"] - saved
+    assert ops.matmuls == plain_ops.matmuls - saved
     assert _processors(denoiser) == {"AttnProcessor2_0": len(attentions)}
     assert not any(hasattr(a, "to_qkv") or hasattr(a, "to_kv") for a in attentions)
     assert denoiser.state_dict(keep_vars=True).keys() == own.keys()
     assert all(p is own[n] for n, p in denoiser.state_dict(keep_vars=True).items())
 
 
-def test_lora_layers_hooked_projections_and_other_processors_keep_their_matmuls(tiny_backbone, lora):
+def test_lora_layers_hooked_projections_and_other_processors_keep_their_matmuls(lora):
     """What a fused matmul would skip is left alone: a LoRA adapter's layers, a hook on a
     projection (a feature read from it), a processor of the user's own choice."""
     denoiser = lora.personalized.denoiser
@@ -110,7 +99,7 @@ def test_lora_layers_hooked_projections_and_other_processors_keep_their_matmuls(
     with FusedProjections([backbone.denoiser]).applied():
         assert type(hooked.processor) is AttnProcessor2_0 and type(other.processor) is AttnProcessor
         assert all(type(a.processor) is FusedAttnProcessor2_0 for a in rest)
-        _predict(backbone)
+        _predict(backbone, contextlib.nullcontext())
     assert len(seen) == 1
 
 
@@ -169,45 +158,26 @@ def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path
     assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0  # and off after it
 
 
-class _Applied:
-    """A concept whose :meth:`apply` gives one applied model."""
-
-    def __init__(self, token: str, personalized) -> None:
-        self.token, self.personalized = token, personalized
-
-    def apply(self, backbone):
-        return self.personalized
-
-
-@pytest.mark.parametrize("targets", [LORA_TARGETS, ("to_out.0",)], ids=["lora-on-projections", "lora-on-outputs"])
-def test_steermusic_plus_fuses_the_projections_its_lora_concept_leaves(tiny_backbone, targets):
+@pytest.mark.parametrize("lora", [LORA_TARGETS, ("to_out.0",)], ids=["on-projections", "on-outputs"], indirect=True)
+def test_steermusic_plus_fuses_the_projections_its_lora_concept_leaves(tiny_backbone, lora):
     """ε and ε′ share the denoiser: a projection with the adapter is left as it is (nothing is
     fused with the default targets); with the adapter elsewhere both models run fused ones."""
-    config = ConceptConfig(
-        method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2, lora_targets=targets
-    )
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     fused_processors = []
-    with Concept(config, {}).apply(tiny_backbone) as personalized:
-        with torch.no_grad():
-            for name, p in personalized.trainable_parameters().items():
-                if "lora_B" in name:  # an adapter that changes ε′
-                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
-        concept = _Applied("sks", personalized)
 
-        def edit(performance: Performance, callback=None):
-            editor = SteerMusicPlus(tiny_backbone, concept, steps=3, performance=performance)
-            return editor.edit_latent(latent, callback=callback, **PROMPTS)
+    def look(state) -> None:
+        fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
 
-        def look(state) -> None:
-            fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
+    def edit(performance: Performance, callback=None):
+        editor = SteerMusicPlus(tiny_backbone, lora, steps=3, performance=performance)
+        return editor.edit_latent(latent, callback=callback, **PROMPTS)
 
-        plain = edit(Performance())
-        fused = edit(Performance(fuse_projections=True), look)
+    plain = edit(Performance())
+    fused = edit(Performance(fuse_projections=True), look)
     torch.testing.assert_close(fused.latent, plain.latent, rtol=1e-5, atol=1e-5)
     assert (plain.latent - latent).abs().max() > 1e-3
-    fusing = 0 if targets == LORA_TARGETS else len(_attentions(tiny_backbone.denoiser))
-    assert fused_processors == [fusing] * 3
+    on_projections = lora.personalized.concept.config.lora_targets == LORA_TARGETS
+    assert fused_processors == [0 if on_projections else len(_attentions(tiny_backbone.denoiser))] * 3
 
 
 def test_a_compiled_editor_keeps_its_fused_layers_and_graphs_and_follows_changed_weights(dynamo):
