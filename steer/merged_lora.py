@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbones.adapter_state import adapter_state, is_adapter_layer
+
+from .predictions import unique
+from .sources import Sources
 
 
 def mergeable(layer: nn.Module, adapter: str) -> bool:
@@ -69,20 +71,6 @@ class MergedLinear(nn.Module):
         return self.layer(x)
 
 
-@dataclass(eq=False)
-class _Merge:
-    params: tuple[Tensor, ...]  # the base weight and the adapter's A and B it was merged from
-    versions: tuple[int, ...]  # their version counters then
-    scaling: float
-
-    def __eq__(self, other: object) -> bool:  # the same tensors (not equal values), versions and scale
-        return (
-            isinstance(other, _Merge)
-            and all(a is b for a, b in zip(self.params, other.params, strict=True))
-            and (self.versions, self.scaling) == (other.versions, other.scaling)
-        )
-
-
 class MergedLoRA:
     """The LoRA ``adapters`` of the peft layers in ``modules`` merged (see the module's
     docstring) during :meth:`applied`, in ``dtype`` (``None``: the base weight's).
@@ -111,7 +99,7 @@ class MergedLoRA:
         self.adapters = list(adapters)
         self.dtype = dtype
         self._merged: dict[int, MergedLinear] = {}
-        self._merges: dict[tuple[int, str], _Merge] = {}
+        self._merges: dict[tuple[int, str], tuple[Sources, float]] = {}  # what each was merged from
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -119,7 +107,7 @@ class MergedLoRA:
         swapped: list[tuple[nn.Module, str, nn.Module]] = []
         try:
             # each parent once, a denoiser shared by several models included
-            for parent in {id(m): m for root in self.modules for m in root.modules()}.values():
+            for parent in unique(m for root in self.modules for m in root.modules()):
                 if isinstance(parent, MergedLinear):
                     continue
                 for name, layer in list(parent._modules.items()):
@@ -146,16 +134,15 @@ class MergedLoRA:
         layer = merged.layer
         base, down, up = layer.base_layer.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
         params, scaling = (base, down, up), float(layer.scaling[adapter])
-        versions = tuple(p._version for p in params)
         dtype = self.dtype or base.dtype
         weight = merged.merged.get(adapter)
         fits = weight is not None and (weight.shape, weight.dtype, weight.device) == (base.shape, dtype, base.device)
-        entry = self._merges.get((id(layer), adapter))
-        if fits and entry == _Merge(params, versions, scaling):
+        sources, merged_scaling = self._merges.get((id(layer), adapter), (None, None))
+        if fits and sources is not None and sources.current(params) and merged_scaling == scaling:
             return
         value = base.float() + scaling * (up.float() @ down.float())
         if fits:
             weight.copy_(value)
         else:
             merged.merged[adapter] = nn.Parameter(value.to(dtype), requires_grad=False)
-        self._merges[id(layer), adapter] = _Merge(params, versions, scaling)
+        self._merges[id(layer), adapter] = (Sources.of(params), scaling)

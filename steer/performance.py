@@ -32,7 +32,9 @@ from losses.base import Fn
 from losses.fused import triton_available
 
 from .merged_lora import MergedLoRA
+from .predictions import unique
 from .projections import FusedProjections
+from .sources import Sources
 
 PATHS = ("reference", "batched")
 GUARDS = ("first-step", "every-step")
@@ -406,8 +408,7 @@ AUTOCAST_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 @dataclass
 class _Copy:
-    source: nn.Parameter  # the float32 parameter it was cast from
-    version: int  # the source's version counter when it was cast
+    sources: Sources  # the float32 parameter it was cast from
     copy: nn.Parameter
 
 
@@ -442,7 +443,7 @@ class CastOnce:
         swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
         try:
             # each module once, a denoiser shared by several models included
-            for module in {id(m): m for root in self.modules for m in root.modules()}.values():
+            for module in unique(m for root in self.modules for m in root.modules()):
                 if not isinstance(module, AUTOCAST_MODULES):
                     continue
                 for name, param in module._parameters.items():
@@ -457,13 +458,13 @@ class CastOnce:
     def _copy(self, module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter:
         entry = self._copies.get((id(module), name))
         if entry is not None and entry.copy.shape == param.shape and entry.copy.device == param.device:
-            if entry.source is not param or entry.version != param._version:
+            if not entry.sources.current([param]):
                 with torch.no_grad():
                     entry.copy.copy_(param)
-                entry.source, entry.version = param, param._version
+                entry.sources = Sources.of([param])
             return entry.copy
         copy = nn.Parameter(param.detach().to(self.dtype), requires_grad=False)
-        self._copies[id(module), name] = _Copy(param, param._version, copy)
+        self._copies[id(module), name] = _Copy(Sources.of([param]), copy)
         return copy
 
 

@@ -23,11 +23,13 @@ from diffusers.models.attention_processor import (
 )
 from torch import nn
 
+from .predictions import unique
+from .sources import Sources
+
 
 @dataclass
 class _Fused:
-    params: tuple[nn.Parameter, ...]  # the projections' weights and biases it was filled from
-    versions: tuple[int, ...]  # their version counters then
+    sources: Sources  # the projections' weights and biases it was filled from
     linear: nn.Linear  # their rows side by side
     layers: dict[str, nn.Linear]  # what the module gets: ``linear``, or views of its rows
 
@@ -109,7 +111,7 @@ class FusedProjections:
         swapped: list[tuple[Attention, list[str], AttnProcessor2_0]] = []
         try:
             # each module once, a denoiser shared by several models included
-            for attn in {id(m): m for root in self.modules for m in root.modules()}.values():
+            for attn in unique(m for root in self.modules for m in root.modules()):
                 if not isinstance(attn, Attention) or not fusable(attn):
                     continue
                 layers = self._layers(attn)
@@ -130,7 +132,6 @@ class FusedProjections:
         names = _fused_names(attn)
         layers = [attn.to_q, attn.to_k, attn.to_v] if "to_qkv" in names else [attn.to_k, attn.to_v]
         params = _parameters(layers)
-        versions = tuple(p._version for p in params)
         first, rows = layers[0], sum(layer.out_features for layer in layers)
         entry = self._fused.get(id(attn))
         if entry is not None:
@@ -141,10 +142,9 @@ class FusedProjections:
                 and (fused.weight.dtype, fused.weight.device) == (first.weight.dtype, first.weight.device)
                 and (fused.bias is None) == (first.bias is None)
             ):
-                same = len(entry.params) == len(params) and all(a is b for a, b in zip(entry.params, params))
-                if not same or entry.versions != versions:
+                if not entry.sources.current(params):
                     _fill(fused, layers)
-                    entry.params, entry.versions = params, versions
+                    entry.sources = Sources.of(params)
                 return entry.layers
         fused = _linear(first.in_features, rows, first)
         _fill(fused, layers)
@@ -156,7 +156,7 @@ class FusedProjections:
             if fused.bias is not None:
                 kv.bias = nn.Parameter(fused.bias[queries:], requires_grad=False)
             fused_layers["to_kv"] = kv
-        self._fused[id(attn)] = _Fused(params, versions, fused, fused_layers)
+        self._fused[id(attn)] = _Fused(Sources.of(params), fused, fused_layers)
         return fused_layers
 
 
