@@ -33,12 +33,14 @@ first=(
 )
 # `rest` opens with the fused attention projections (`fuse_projections`: 160 fewer matmuls a
 # call) in a step graph, and SteerMusic+ with its LoRA merged into ε′'s weights (`merge_lora`:
-# 768 fewer matmuls in ε′'s call), against `first`'s steermusic-fused-step-graph-1 and
+# 768 fewer matmuls in ε′'s call) and then with the merged projections fused too (ε's and ε′'s
+# calls 160 fewer each), against `first`'s steermusic-fused-step-graph-1 and
 # steermusic_plus-fused-checkpointed-step-graph-1 on the same machine, then inductor's autotuned
 # kernels (`--autotune`, not yet run on a GPU; its compile time is unknown) at batch 1 and 8,
 # against `fused` in `first` and below.
 rest=(
     steermusic-fused-projections-step-graph-1 steermusic_plus-fused-checkpointed-merge-lora-step-graph-1
+    steermusic_plus-fused-checkpointed-merge-lora-fuse-projections-step-graph-1
     steermusic-fused-autotune-1 steermusic-fused-autotune-8 steermusic-fused-steer-cudagraphs-8
     steermusic_plus-fused-checkpointed-steer-cudagraphs-1 steermusic-fused-steer-cudagraphs-1
     steermusic-reference-8 steermusic-fused-8 steermusic_plus-checkpointed-1

@@ -42,7 +42,8 @@ RECIPES = ("steermusic", "steermusic_plus")
 #: (``step_graph``; on the CPU they run as without it); ``fused`` and ``fused-step-graph`` with
 #: each attention's projections of one input as one matmul (``fuse_projections``);
 #: ``fused-checkpointed`` and its step graph with SteerMusic+'s LoRA merged into ε′'s weights
-#: (``merge_lora``; SteerMusic runs them as without it)
+#: (``merge_lora``; SteerMusic runs them as without it), and that step graph with the merged
+#: projections fused too
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
@@ -63,13 +64,16 @@ VARIANTS = {
     "fused-checkpointed-merge-lora-step-graph": dataclasses.replace(
         Performance.preset("fused-checkpointed"), merge_lora=True, step_graph=True
     ),
+    "fused-checkpointed-merge-lora-fuse-projections-step-graph": dataclasses.replace(
+        Performance.preset("fused-checkpointed"), merge_lora=True, fuse_projections=True, step_graph=True
+    ),
 }
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
     "fused", "fused-autotune", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
     "fused-checkpointed-steer-cudagraphs", "bf16-step-graph", "fused-step-graph", "fused-checkpointed-step-graph",
     "fused-projections", "fused-projections-step-graph", "fused-checkpointed-merge-lora",
-    "fused-checkpointed-merge-lora-step-graph",
+    "fused-checkpointed-merge-lora-step-graph", "fused-checkpointed-merge-lora-fuse-projections-step-graph",
 )
 BATCHES = (1, 8)
 #: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it), after a

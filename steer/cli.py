@@ -112,7 +112,7 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
         "--fuse-projections", action="store_true",
         help="run each attention's query, key and value projections (cross-attention's key and "
         "value) as one matmul: fewer, larger kernels, one more copy of those weights; layers "
-        "with a LoRA adapter keep theirs (not yet measured on a GPU)",
+        "with a LoRA adapter keep theirs unless --merge-lora merges it (not yet measured on a GPU)",
     )
     parser.add_argument(
         "--merge-lora", action="store_true",

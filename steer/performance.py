@@ -176,9 +176,9 @@ class Performance:
             and value, cross-attention's key and value. A guided call of the real-size AudioLDM2
             UNet then runs 128 matmuls without a bias instead of 288, the same products (its
             output on the CPU was the same bit for bit), for one more copy of those weights
-            (129 MiB in bf16). Attention layers with a LoRA adapter on their projections
-            (SteerMusic+'s usual concept) and other processors (Stable Audio's) keep theirs. Not
-            yet measured on a GPU.
+            (129 MiB in bf16). Attention layers with an unmerged LoRA adapter on their
+            projections (SteerMusic+'s usual concept without :attr:`merge_lora`) and other
+            processors (Stable Audio's) keep theirs. Not yet measured on a GPU.
         merge_lora: during an edit, a LoRA concept's adapted layers run one matmul each
             (:class:`~steer.merged_lora.MergedLoRA`): with ``W + s·BA``, merged once an edit,
             while ε′ runs, and with ``W`` while ε does, instead of the adapter's two more
@@ -187,7 +187,10 @@ class Performance:
             288 matmuls without a bias instead of 1 056 (4 206 aten ops instead of 8 046), and
             its backward pass drops the adapter's too. The merged weights are one more copy of
             the adapted weights in the dtype the edit runs in (183 MiB in bf16 there); the
-            predictions differ from the adapter's by rounding. Not yet measured on a GPU.
+            predictions differ from the adapter's by rounding. With :attr:`fuse_projections`
+            the merged projections are fused too
+            (:class:`~steer.projections.FusedMergedLinear`), their merged weights kept once.
+            Not yet measured on a GPU.
     """
 
     path: Literal["reference", "batched"] = "batched"

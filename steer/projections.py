@@ -7,63 +7,139 @@ runs the module with diffusers' ``FusedAttnProcessor2_0``, which splits that mat
 same products, in 160 fewer matmuls a call of AudioLDM2's real-size UNet (128 against 288, next to
 its 216 with a bias). At batch 1 such a call is hundreds of short kernels, most matmuls of 3–5 µs
 on an H100 (``benchmarks/README.md``), so fewer and larger ones are the aim.
+
+A SteerMusic+ concept's LoRA adapter usually sits on those projections. Merged
+(:class:`~steer.merged_lora.MergedLoRA`, entered before), each is a
+:class:`~steer.merged_lora.MergedLinear` that runs its base weight while ε runs and its merged
+weight while ε′ does; their fused layer is a :class:`FusedMergedLinear`, which does the same with
+the base and the merged weights side by side, so both models run one matmul per group.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import (
     Attention,
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
 )
-from torch import nn
+from torch import Tensor, nn
 
+from backbones.adapter_state import adapter_state
+
+from .merged_lora import MergedLinear
 from .predictions import unique
 from .sources import Sources
 
 
+class FusedMergedLinear(nn.Module):
+    """Merged LoRA layers (:class:`~steer.merged_lora.MergedLinear`) run as one matmul: their
+    base weights side by side (``base``) while their adapters are off, an adapter's merged
+    weights side by side (``merged``) while it alone is on, as each of ``parts`` would.
+
+    It reads the switches of the parts' peft layers; where those differ between the parts, or
+    name an adapter with no merged weights here, each part runs by itself and their outputs are
+    put side by side.
+    """
+
+    def __init__(self, base: nn.Linear, merged: dict[str, Tensor], parts: Sequence[MergedLinear]) -> None:
+        super().__init__()
+        self.base = base
+        self.merged = nn.ParameterDict({a: nn.Parameter(w, requires_grad=False) for a, w in merged.items()})
+        self.parts = tuple(parts)  # a plain attribute: they are the attention module's own layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``(..., in_features)`` -> ``(..., sum of the parts' out_features)``."""
+        states = [adapter_state(part.layer) for part in self.parts]
+        active, disabled = states[0]
+        if all(state == states[0] for state in states[1:]):
+            if disabled:
+                return self.base(x)
+            names = [active] if isinstance(active, str) else active
+            if len(names) == 1 and names[0] in self.merged:
+                return F.linear(x, self.merged[names[0]], self.base.bias)
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
 @dataclass
 class _Fused:
-    sources: Sources  # the projections' weights and biases it was filled from
-    linear: nn.Linear  # their rows side by side
-    layers: dict[str, nn.Linear]  # what the module gets: ``linear``, or views of its rows
+    layout: tuple[object, ...]  # what it was built for (see :meth:`FusedProjections._layers`)
+    sources: Sources  # the weights and biases it was filled from
+    base: nn.Linear  # the base weights' rows side by side
+    merged: dict[str, Tensor]  # for each merged adapter, the merged weights' rows side by side
+    layers: dict[str, nn.Module]  # what the module gets: built on ``base`` and ``merged``, or views of their rows
 
 
-def _parameters(layers: Iterable[nn.Linear]) -> tuple[nn.Parameter, ...]:
-    return tuple(p for layer in layers for p in (layer.weight, layer.bias) if p is not None)
+def _base(layer: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that holds ``layer``'s base weight: itself, or a merged LoRA layer's."""
+    return layer.layer.base_layer if isinstance(layer, MergedLinear) else layer
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _parameters(layers: Sequence[nn.Module]) -> tuple[Tensor, ...]:
+    """What ``layers``' fused weights are made from: their base weights and biases, and their
+    merged weights."""
+    bases = (p for layer in layers for p in (_base(layer).weight, _base(layer).bias) if p is not None)
+    merged = (w for layer in layers if isinstance(layer, MergedLinear) for w in layer.merged.values())
+    return (*bases, *merged)
 
 
 @torch.no_grad()
-def _fill(linear: nn.Linear, layers: Iterable[nn.Linear]) -> None:
-    """Copy ``layers``' weights (and biases) into consecutive rows of ``linear``'s."""
+def _fill(target: Tensor, tensors: Iterable[Tensor]) -> None:
+    """Copy ``tensors`` into consecutive rows of ``target``."""
     row = 0
-    for layer in layers:
-        rows = slice(row, row + layer.out_features)
-        linear.weight[rows].copy_(layer.weight)
-        if linear.bias is not None:
-            linear.bias[rows].copy_(layer.bias)
-        row = rows.stop
+    for tensor in tensors:
+        target[row : row + len(tensor)].copy_(tensor)
+        row += len(tensor)
+
+
+@torch.no_grad()
+def _share(target: Tensor, parts: Sequence[MergedLinear], adapter: str) -> None:
+    """Hold each part's merged weight for ``adapter`` as a view of its rows of ``target``, copied
+    there first, so that the merged weights are kept once; :class:`~steer.merged_lora.MergedLoRA`
+    then merges into those rows in place."""
+    row = 0
+    for part in parts:
+        weight = part.merged[adapter]
+        rows = target[row : row + len(weight)]
+        if weight.data_ptr() != rows.data_ptr():
+            rows.copy_(weight)
+            part.merged[adapter] = nn.Parameter(rows, requires_grad=False)
+        row += len(weight)
 
 
 def fusable(attn: Attention) -> bool:
     """Whether :class:`FusedProjections` fuses ``attn``'s projections. It leaves alone a processor
     other than diffusers' ``AttnProcessor2_0`` (the module's own choice, or a fused one already),
-    projections that are not plain ``nn.Linear`` (a LoRA adapter's layers) or differ in dtype,
-    device or bias, added projections, and hooks on a projection (a feature read from one: the
-    fused matmul would not call it)."""
+    projections that are neither all plain ``nn.Linear`` nor all merged LoRA layers with the same
+    adapters (:class:`~steer.merged_lora.MergedLinear`; an unmerged adapter's layers), or that
+    differ in dtype, device or bias, added projections, and hooks on a projection (a feature read
+    from one: the fused matmul would not call it)."""
     if type(attn.processor) is not AttnProcessor2_0 or getattr(attn, "add_q_proj", None) is not None:
         return False
     layers = [attn.to_q, attn.to_k, attn.to_v]
-    if any(type(layer) is not nn.Linear or layer._forward_hooks or layer._forward_pre_hooks for layer in layers):
+    if {type(layer) for layer in layers} == {MergedLinear}:
+        if len({tuple(layer.merged) for layer in layers}) != 1:
+            return False
+        modules = [m for layer in layers for m in (layer, layer.layer, layer.layer.base_layer)]
+    elif {type(layer) for layer in layers} == {nn.Linear}:
+        modules = layers
+    else:
         return False
-    return len({(w.weight.dtype, w.weight.device, w.bias is None) for w in layers}) == 1 and (
-        attn.to_k.in_features == attn.to_v.in_features
-    )
+    bases = [_base(layer) for layer in layers]
+    if any(type(base) is not nn.Linear for base in bases) or any(_hooked(m) for m in modules):
+        return False
+    same_kind = len({(w.dtype, w.device) for w in _parameters(layers)}) == 1
+    same_bias = len({base.bias is None for base in bases}) == 1
+    return same_kind and same_bias and bases[1].in_features == bases[2].in_features
 
 
 def _fused_names(attn: Attention) -> list[str]:
@@ -72,7 +148,7 @@ def _fused_names(attn: Attention) -> list[str]:
     ``to_kv`` for a cross-attention's text."""
     if not attn.is_cross_attention:
         return ["to_qkv"]
-    return ["to_qkv", "to_kv"] if attn.to_k.in_features == attn.to_q.in_features else ["to_kv"]
+    return ["to_qkv", "to_kv"] if _base(attn.to_k).in_features == _base(attn.to_q).in_features else ["to_kv"]
 
 
 class FusedProjections:
@@ -80,11 +156,13 @@ class FusedProjections:
     one input fused (see the module's docstring) during :meth:`applied`.
 
     The fused weights are built from the projections the modules hold when :meth:`applied`
-    starts (a :class:`~steer.performance.CastOnce`'s cast copies, entered before it) and kept
-    between uses, so that a compiled graph reads them at the same addresses; they are copied
-    again, in place, where a projection's weight was changed (its version counter) or replaced.
-    They add one more copy of the fused projections' weights in their dtype (67.5 M values on
-    the real-size AudioLDM2 UNet: 129 MiB in bf16). Outside the block the modules are as they
+    starts (a :class:`~steer.performance.CastOnce`'s cast copies and a
+    :class:`~steer.merged_lora.MergedLoRA`'s merged layers, entered before it) and kept between
+    uses, so that a compiled graph reads them at the same addresses; they are copied again, in
+    place, where a projection's weight was changed (its version counter) or replaced. They add
+    one more copy of the fused projections' base weights in their dtype (67.5 M values on the
+    real-size AudioLDM2 UNet: 129 MiB in bf16); merged weights are not copied twice, the merged
+    layers holding views of the fused rows instead. Outside the block the modules are as they
     were. The products are the same; only how a matmul library splits the larger one could change
     their rounding (on this CPU the real-size UNet's output was the same bit for bit, in float32
     and in bf16).
@@ -126,38 +204,49 @@ class FusedProjections:
                     delattr(attn, name)
                 attn.set_processor(processor)
 
-    def _layers(self, attn: Attention) -> dict[str, nn.Linear]:
+    def _layers(self, attn: Attention) -> dict[str, nn.Module]:
         """``attn``'s fused layers: the kept ones, filled again if its projections changed, or
         new ones."""
         names = _fused_names(attn)
-        layers = [attn.to_q, attn.to_k, attn.to_v] if "to_qkv" in names else [attn.to_k, attn.to_v]
-        params = _parameters(layers)
-        first, rows = layers[0], sum(layer.out_features for layer in layers)
+        parts = [attn.to_q, attn.to_k, attn.to_v] if "to_qkv" in names else [attn.to_k, attn.to_v]
+        first = _base(parts[0])
+        adapters = tuple(parts[0].merged) if isinstance(parts[0], MergedLinear) else ()
+        rows = sum(_base(part).out_features for part in parts)
+        layout = (
+            tuple(names), rows, first.in_features, first.weight.dtype, first.weight.device, first.bias is None, adapters
+        )
         entry = self._fused.get(id(attn))
-        if entry is not None:
-            fused = entry.linear
-            if (
-                list(entry.layers) == names
-                and fused.weight.shape == (rows, first.in_features)
-                and (fused.weight.dtype, fused.weight.device) == (first.weight.dtype, first.weight.device)
-                and (fused.bias is None) == (first.bias is None)
-            ):
-                if not entry.sources.current(params):
-                    _fill(fused, layers)
-                    entry.sources = Sources.of(params)
-                return entry.layers
-        fused = _linear(first.in_features, rows, first)
-        _fill(fused, layers)
-        fused_layers = {"to_qkv" if len(layers) == 3 else "to_kv": fused}
+        if entry is None or entry.layout != layout:
+            base = _linear(first.in_features, rows, first)
+            merged = {a: torch.empty_like(base.weight) for a in adapters}
+            entry = _Fused(layout, Sources.of(()), base, merged, self._views(attn, names, base, merged, parts))
+            self._fused[id(attn)] = entry
+        if not entry.sources.current(_parameters(parts)):
+            _fill(entry.base.weight, [_base(part).weight for part in parts])
+            if entry.base.bias is not None:
+                _fill(entry.base.bias, [_base(part).bias for part in parts])
+            for adapter, weight in entry.merged.items():
+                _share(weight, parts, adapter)
+            entry.sources = Sources.of(_parameters(parts))
+        return entry.layers
+
+    @staticmethod
+    def _views(
+        attn: Attention, names: list[str], base: nn.Linear, merged: dict[str, Tensor], parts: list[nn.Module]
+    ) -> dict[str, nn.Module]:
+        """The layers ``attn`` gets from the fused weights: one on all their rows, and for
+        ``["to_qkv", "to_kv"]`` one more on the key and value rows."""
+        whole = FusedMergedLinear(base, merged, parts) if merged else base
+        layers = {"to_qkv" if len(parts) == 3 else "to_kv": whole}
         if names == ["to_qkv", "to_kv"]:  # the key and value rows of to_qkv, in place
-            queries = attn.to_q.out_features
-            kv = _linear(first.in_features, rows - queries, first, device="meta")
-            kv.weight = nn.Parameter(fused.weight[queries:], requires_grad=False)
-            if fused.bias is not None:
-                kv.bias = nn.Parameter(fused.bias[queries:], requires_grad=False)
-            fused_layers["to_kv"] = kv
-        self._fused[id(attn)] = _Fused(Sources.of(params), fused, fused_layers)
-        return fused_layers
+            queries = _base(attn.to_q).out_features
+            kv = _linear(base.in_features, base.out_features - queries, base, device="meta")
+            kv.weight = nn.Parameter(base.weight[queries:], requires_grad=False)
+            if base.bias is not None:
+                kv.bias = nn.Parameter(base.bias[queries:], requires_grad=False)
+            kv_merged = {a: w[queries:] for a, w in merged.items()}
+            layers["to_kv"] = FusedMergedLinear(kv, kv_merged, parts[1:]) if merged else kv
+        return layers
 
 
 def _linear(in_features: int, out_features: int, like: nn.Linear, device: str | None = None) -> nn.Linear:

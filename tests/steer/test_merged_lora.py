@@ -146,12 +146,18 @@ def test_a_steermusic_plus_edit_with_merged_lora_edits_as_one_without(tiny_backb
     assert not any(isinstance(m, MergedLinear) for m in tiny_backbone.denoiser.modules())
 
 
-@pytest.mark.slow  # SteerMusic+'s calls traced by dynamo: about a minute on 2 cores
-def test_a_compiled_steermusic_plus_editor_keeps_its_merged_weights_and_follows_changes(tiny_backbone, lora, dynamo):
+@pytest.mark.slow  # SteerMusic+'s calls traced by dynamo: about a minute on 2 cores each
+@pytest.mark.parametrize("fuse_projections", [False, True], ids=["merged", "merged-fused"])
+def test_a_compiled_steermusic_plus_editor_keeps_its_merged_weights_and_follows_changes(
+    tiny_backbone, lora, dynamo, fuse_projections
+):
+    """The merged (and fused) weights are the same tensors between edits, so the first edit's
+    graphs serve the next; a LoRA weight changed in place between edits reaches them."""
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     personalized = lora.personalized
-    eager = SteerMusicPlus(tiny_backbone, lora, steps=2, performance=Performance(merge_lora=True))
-    performance = Performance(compile=True, compile_backend="eager", merge_lora=True)
+    options = dict(merge_lora=True, fuse_projections=fuse_projections)
+    eager = SteerMusicPlus(tiny_backbone, lora, steps=2, performance=Performance(**options))
+    performance = Performance(compile=True, compile_backend="eager", **options)
     with SteerMusicPlus(tiny_backbone, lora, steps=2, performance=performance) as compiled:
         first = compiled.edit_latent(latent, **PROMPTS).latent
         graphs = dynamo.graphs()

@@ -15,14 +15,18 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
 )
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from backbones import AudioLDM2Backbone, load_backbone
+from backbones.adapter_state import set_adapter_state
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer import SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS
+from steer.merged_lora import MergedLinear, MergedLoRA
 from steer.performance import CastOnce, Performance
-from steer.projections import FusedProjections
+from steer.projections import FusedMergedLinear, FusedProjections
 
 PROMPTS = dict(source="a piano melody", target="a sks guitar melody")
 aten = torch.ops.aten
@@ -199,3 +203,144 @@ def test_a_compiled_editor_keeps_its_fused_layers_and_graphs_and_follows_changed
         assert dynamo.graphs() == graphs >= 1 and dynamo.breaks() == []
     assert (changed - first).abs().max() > 1e-4
     torch.testing.assert_close(changed, eager.edit_latent(latent, **PROMPTS).latent, rtol=1e-5, atol=1e-5)
+
+
+def _adapted_attentions() -> nn.ModuleDict:
+    """A self-attention, a cross-attention and one whose text has the latent's width (AudioLDM's
+    are called without text), with a LoRA adapter ``a`` (random B) on each query, key and value."""
+    torch.manual_seed(0)
+    net = nn.ModuleDict(
+        {
+            "self": Attention(8, heads=2, dim_head=4),
+            "cross": Attention(8, cross_attention_dim=6, heads=2, dim_head=4),
+            "same": Attention(8, cross_attention_dim=8, heads=2, dim_head=4),
+        }
+    )
+    net = inject_adapter_in_model(LoraConfig(r=2, target_modules=["to_q", "to_k", "to_v"]), net, adapter_name="a")
+    with torch.no_grad():
+        for module in net.modules():
+            if hasattr(module, "lora_B"):
+                module.lora_B["a"].weight.normal_()
+    return net
+
+
+def _calls(net: nn.ModuleDict) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    x, text, same_text = (torch.randn(2, n, width, generator=generator) for n, width in ((5, 8), (3, 6), (3, 8)))
+    return {
+        "self": net["self"](x), "cross": net["cross"](x, text),
+        "same": net["same"](x), "same-text": net["same"](x, same_text),
+    }
+
+
+def _switch(net: nn.Module, disabled: bool, only: str | None = None) -> None:
+    for name, module in net.named_modules():
+        if hasattr(module, "lora_B") and (only is None or name.endswith(only)):
+            set_adapter_state(module, "a", disabled)
+
+
+def test_merged_lora_projections_fuse_switch_with_the_adapter_and_share_the_merged_weights(op_counts):
+    """With the adapter merged, each group of projections is one matmul for ε′ (the adapter on)
+    and for ε (off), as peft's layers compute; the merged layers' weights are views of the fused
+    ones (held once), and a LoRA weight changed in place reaches the fused rows."""
+    net = _adapted_attentions()
+    with torch.no_grad():
+        adapted = _calls(net)
+        _switch(net, disabled=True)
+        base = _calls(net)
+        _switch(net, disabled=False)
+    merged, fused = MergedLoRA([net], ["a"]), FusedProjections([net])
+    fused_ops = op_counts()
+    with torch.no_grad(), merged.applied(), fused.applied():
+        assert _processors(net) == {"FusedAttnProcessor2_0": 3}
+        assert {type(net[n].to_kv) for n in ("cross", "same")} == {FusedMergedLinear}
+        with fused_ops:
+            outputs = _calls(net)
+        _switch(net, disabled=True)
+        base_outputs = _calls(net)
+        _switch(net, disabled=False)
+        qkv = net["self"].to_qkv.merged["a"]
+        views = [net["self"].to_q.merged["a"], net["self"].to_k.merged["a"], net["self"].to_v.merged["a"]]
+    for name in adapted:
+        torch.testing.assert_close(outputs[name], adapted[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(base_outputs[name], base[name], rtol=1e-6, atol=1e-6)
+    # one matmul a group (self: qkv; cross: kv; same without text: qkv; with text: kv), plus the
+    # cross-attentions' queries and the four output projections
+    assert fused_ops.counts["aten.mm"] == 4 + 2
+    assert all(v.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr() for v in views)
+    assert [v.data_ptr() for v in views] == [qkv[r].data_ptr() for r in (0, 8, 16)]
+    layer = net["self"].to_k.lora_B["a"]
+    with torch.no_grad():
+        layer.weight.mul_(3)  # changed in place between uses
+        expected = _calls(net)["self"]
+        with merged.applied(), fused.applied():
+            assert net["self"].to_qkv.merged["a"] is qkv
+            torch.testing.assert_close(_calls(net)["self"], expected, rtol=1e-5, atol=1e-6)
+    assert type(net["self"].to_q).__name__ == "Linear" and not hasattr(net["self"], "to_qkv")  # peft's, put back
+
+
+def test_fused_merged_projections_switched_apart_run_each_part():
+    """A state the fused weights do not hold (one projection's adapter off, the others on) runs
+    each merged layer by itself, as peft's layers would."""
+    net = _adapted_attentions()
+    _switch(net, disabled=True, only="to_k")
+    with torch.no_grad():
+        expected = _calls(net)
+        with MergedLoRA([net], ["a"]).applied(), FusedProjections([net]).applied():
+            assert isinstance(net["self"].to_qkv, FusedMergedLinear)
+            outputs = _calls(net)
+    for name in expected:
+        torch.testing.assert_close(outputs[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["batched", "reference", "checkpointed", "bf16"])
+def test_a_steermusic_plus_edit_with_merged_lora_fuses_every_projection_and_edits_as_one_without(
+    tiny_backbone, lora, path
+):
+    """Merged, the concept's default targets no longer keep ε and ε′ from fused projections:
+    both run them, the checkpointed recomputation included, and the edit is the same."""
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    performance = Performance.preset(path)
+    fused_processors = []
+
+    def look(state) -> None:
+        fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
+
+    def edit(performance: Performance, callback=None):
+        editor = SteerMusicPlus(tiny_backbone, lora, steps=3, performance=performance)
+        return editor.edit_latent(latent, callback=callback, **PROMPTS)
+
+    merged = edit(dataclasses.replace(performance, merge_lora=True))
+    fused = edit(dataclasses.replace(performance, merge_lora=True, fuse_projections=True), look)
+    assert (merged.latent - latent).abs().max() > 0.1
+    if path != "bf16":
+        torch.testing.assert_close(fused.latent, merged.latent, rtol=1e-5, atol=1e-5)
+    else:  # the larger bf16 matmuls round apart: as near the float32 edit (0.077 against 0.069)
+        exact = edit(Performance()).latent
+        error, merged_error = ((e.latent - exact).abs().max() for e in (fused, merged))
+        assert 0 < error < 1.5 * merged_error < 0.15
+    assert fused_processors == [len(_attentions(tiny_backbone.denoiser))] * 3
+    assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0
+    assert not any(isinstance(m, MergedLinear) for m in tiny_backbone.denoiser.modules())
+
+
+def test_merged_and_fused_the_personalised_call_runs_as_few_matmuls_as_the_fused_base_model(
+    tiny_backbone, lora, op_counts
+):
+    """ε′ with its adapter merged and its projections fused runs the fused ε's matmuls: the
+    adapter's two more a layer and the fusion's saving both taken off."""
+    personalized = lora.personalized
+    saved = _saved_matmuls(tiny_backbone, op_counts)
+    base_ops, ops, fused_base_ops, fused_ops = (op_counts() for _ in range(4))
+    _predict(tiny_backbone, base_ops)
+    with personalized.adapter_enabled():
+        adapted = _predict(personalized, ops)
+    denoiser = tiny_backbone.denoiser
+    with MergedLoRA([denoiser], [personalized.adapter_name]).applied(), FusedProjections([denoiser]).applied():
+        base = _predict(tiny_backbone, fused_base_ops)
+        with personalized.adapter_enabled():
+            fused = _predict(personalized, fused_ops)
+    torch.testing.assert_close(fused, adapted, rtol=1e-5, atol=1e-5)
+    assert (fused - base).abs().max() > 1e-2
+    assert fused_base_ops.matmuls == fused_ops.matmuls == base_ops.matmuls - saved
+    assert ops.matmuls == base_ops.matmuls + 2 * len(personalized._lora_layers)

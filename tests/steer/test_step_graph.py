@@ -168,18 +168,21 @@ def test_steermusic_edits_the_same_when_its_later_steps_replay_the_third(tiny_ba
     assert all(s.lr == pytest.approx(0.5 * 0.5 ** (s.step // 2)) for s in graphed[1])
 
 
-@pytest.mark.parametrize("path", ["batched", "checkpointed", "checkpointed-merge-lora"])
+@pytest.mark.parametrize(
+    "path", ["batched", "checkpointed", "checkpointed-merge-lora", "checkpointed-merge-lora-fuse-projections"]
+)
 def test_steermusic_plus_edits_the_same_when_its_later_steps_replay_the_third(tiny_backbone, lora, latent, tapes, path):
     """PCon backpropagates through ε′ (checkpointed: recomputed with the adapter switched on in
-    the backward pass; merged: with ε′'s merged weights) and samples its positions from the
-    editor's generator each step."""
+    the backward pass; merged: with ε′'s merged weights, and fused: its projections' and ε's as
+    one matmul a group) and samples its positions from the editor's generator each step."""
 
     def edit(performance: Performance):
         editor = SteerMusicPlus(tiny_backbone, lora, pcon_positions=8, performance=performance, **DECAYING)
         return _edit(editor, latent, **PROMPTS)
 
-    performance = Performance.preset(path.removesuffix("-merge-lora"))
-    performance = dataclasses.replace(performance, merge_lora=path.endswith("-merge-lora"))
+    performance = dataclasses.replace(
+        Performance.preset(path.split("-")[0]), merge_lora="-merge-lora" in path, fuse_projections="-fuse-" in path
+    )
     _assert_same_edit(edit(dataclasses.replace(performance, step_graph=True)), edit(performance))
     assert [(t.captures, t.replays) for t in tapes] == [(1, 5)]
 
@@ -281,14 +284,18 @@ def test_a_step_graph_holds_inductors_graphs_as_plain_kernels(monkeypatch):
     [
         Performance(), Performance(checkpointing=True), Performance(precision="bf16", fused=True),
         Performance(precision="bf16", fused=True, checkpointing=True, merge_lora=True),
+        Performance(precision="bf16", fused=True, checkpointing=True, merge_lora=True, fuse_projections=True),
     ],
-    ids=["batched", "checkpointed", "bf16-fused-kernels", "bf16-checkpointed-merged-lora"],
+    ids=[
+        "batched", "checkpointed", "bf16-fused-kernels", "bf16-checkpointed-merged-lora",
+        "bf16-checkpointed-merged-fused-projections",
+    ],
 )
 def test_a_cuda_step_graph_edits_as_the_steps_run_as_they_are(performance):
     """On CUDA, a real CUDA graph: SteerMusic+ (tiny AudioLDM2, a LoRA concept, PCon) with and
     without its later steps replayed: eagerly checkpointed (no generator state read during the
     capture), in bf16 with the Triton noising kernel and the fused SGD step, and so with ε′'s
-    LoRA merged and checkpointed. The draws of
+    LoRA merged and checkpointed, its projections fused or not. The draws of
     (t, ε) must match: the graph advances the editor's generator as the steps did."""
     backbone = AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline(seed=0).to("cuda"))
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0)).cuda()
