@@ -172,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1,
         help="edit up to this many clips of one concept and one length in a call, each as it "
         "is edited alone (default 1; on one H100 inductor-compiled SteerMusic took 25.8 ms a "
-        "step for 8 clips against 8.5 ms for one); not for the baselines",
+        "step for 8 clips against 8.5 ms for one; compiled, a last smaller batch is filled up "
+        "with copies of a clip rather than compiled again); not for the baselines",
     )
     _add_edit_options(run, backbone="cvssp/audioldm2-music", steps=400)
 

@@ -117,7 +117,8 @@ class ItemRecord:
         metrics: per-clip metric values, ``None`` for NaN.
         seconds: wall time of the edit and its metrics; an item edited in a batch gets the
             batch's time over its items.
-        batch: how many clips were edited together, this one included.
+        batch: how many clips were edited together, this one included (not counting the
+            copies that fill up a compiled editor's batch).
         recipe: what edited it: ``"steermusic"``, ``"steermusic_plus"`` or a baseline's name.
         settings: what made the edit (recipe settings, seed, backbone, a baseline's name): a
             rerun refuses to mix edits made with other settings into one folder.
@@ -190,7 +191,10 @@ class ManifestRunner:
         batch_size: edit up to this many items in one call, among those sharing a concept, a
             sample rate, a channel count and a length (each is edited as it is alone, up to
             rounding: see :class:`~steer.editor.Editor`); on a GPU several clips a call take
-            less time each. Baselines edit one at a time.
+            less time each. With a compiled editor (``Performance.compile``) a smaller batch
+            is filled up with copies of its last clip, whose edits are thrown away, so that
+            the calls traced for a full batch serve it (instead of a trace, and with inductor
+            minutes of compiling, for one call). Baselines edit one at a time.
     """
 
     def __init__(
@@ -369,15 +373,20 @@ class ManifestRunner:
         item's wav and metrics, into its record."""
         items = [item for item, _ in edited]
         editor = self._editor(items[0].concept or self.default_concept)
-        batch = Audio(torch.stack([audio.waveform for audio in audios]), audios[0].sample_rate)
+        # a compiled editor's calls were traced for full batches: a smaller one would trace (and
+        # with inductor compile) them again for one call, so it gets copies of its last clip
+        compiled = getattr(editor, "performance", None) is not None and editor.performance.compile
+        padding = self.batch_size - len(items) if compiled else 0
+        waveforms = [audio.waveform for audio in audios] + [audios[-1].waveform] * padding
+        prompts = [(item.source, item.target) for item in items] + [(items[-1].source, items[-1].target)] * padding
         result = editor.edit(
-            batch,
-            source=[item.source for item in items],
-            target=[item.target for item in items],
+            Audio(torch.stack(waveforms), audios[0].sample_rate),
+            source=[source for source, _ in prompts],
+            target=[target for _, target in prompts],
             seed=self.seed,
             progress=self.progress,
         )
-        for (item, record), audio, clip in zip(edited, audios, result.audio):
+        for (item, record), audio, clip in zip(edited, audios, result.audio[: len(items)], strict=True):
             try:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
                 if self.metrics:

@@ -381,3 +381,29 @@ def test_settings_fingerprint_keeps_only_non_default_performance_fields():
 
     assert _non_default(Performance()) == {}
     assert _non_default(Performance(precision="bf16", compile=True)) == {"precision": "bf16", "compile": True}
+
+
+def test_a_compiled_batched_run_fills_up_a_smaller_batch_instead_of_tracing_again(tmp_path, dynamo):
+    """With a compiled editor, the third clip of three at ``batch_size=2`` is edited beside a
+    copy of itself, by the graphs traced for the first two: no more graphs than a run of two
+    clips traces, and its edit is the one it gets alone (up to rounding)."""
+    from steer.performance import Performance
+
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    items = read_edit_manifest(_manifest(tmp_path, 3))
+
+    def run(out: str, items: list[EditItem], batch_size: int, compile: bool = True) -> None:
+        settings = {"steps": 2, "performance": Performance(compile=compile, compile_backend="eager")}
+        runner = ManifestRunner(items, tmp_path / out, backbone=backbone, settings=settings, batch_size=batch_size)
+        assert runner.run().done == len(items)
+
+    run("two", items[:2], 2)
+    first = dynamo.graphs()
+    run("again", items[:2], 2)  # what a new editor traces again (not the losses' maths)
+    again = dynamo.graphs()
+    run("three", items, 2)
+    assert dynamo.graphs() - again == again - first >= 1
+    assert [read_record(tmp_path / "three" / "records" / f"c{i}.json").batch for i in range(3)] == [2, 2, 1]
+    run("alone", items[2:], 1, compile=False)
+    alone, filled = (sf.read(tmp_path / run / "c2.wav")[0] for run in ("alone", "three"))
+    assert np.sqrt(np.mean((filled - alone) ** 2)) < 0.01 * np.sqrt(np.mean(alone**2))
