@@ -4,7 +4,9 @@ A GPU run reads peak memory from the CUDA allocator (``test_bench_steps.py``). W
 this measures the same steps on the CPU: each recipe runs in its own process, the resident-set
 high-water mark (Linux ``VmHWM``) is reset after the model is built and the prompts encoded,
 and the rise during one step is what the step's activations and temporaries needed. The model
-weights are counted from the parameters. CPU kernels (attention in particular) keep other
+weights are counted from the parameters; what the first edit leaves resident (the copies an edit
+keeps between edits: weights cast to bf16, fused projections, merged LoRA weights; and the
+prompts' encodings) is the resident set's rise over that edit. CPU kernels (attention in particular) keep other
 temporaries than CUDA's, so read the ratio as an estimate of the issue's "SteerMusic+ ≤ 1.2×
 SteerMusic", not as the GPU figure.
 
@@ -14,13 +16,14 @@ code generation, which takes many minutes on a CPU).
 
 Usage::
 
-    python -m benchmarks.memory --real-size [--path fused-checkpointed]
+    python -m benchmarks.memory --real-size [--path fused-checkpointed] [--merge-lora] [--fuse-projections]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -40,8 +43,9 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
 
 
-def measure(recipe: str, real_size: bool, path: str, compile_backend: str) -> dict[str, int]:
-    """Bytes of weights and the rise of the peak resident set during one step (this process)."""
+def measure(recipe: str, real_size: bool, path: str, compile_backend: str, options: dict[str, bool]) -> dict[str, int]:
+    """Bytes of weights, of what the first edit left resident (``kept``) and the rise of the
+    peak resident set during one step (this process); ``options``: ``Performance`` fields."""
     import torch
 
     from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
@@ -51,15 +55,18 @@ def measure(recipe: str, real_size: bool, path: str, compile_backend: str) -> di
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     prompts = {"source": "a piano melody", "target": "a sks guitar melody"}
-    performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend)
+    performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend, **options)
     with make_editor(recipe, backbone, performance, steps=1) as editor:
+        gc.collect()
+        start = _status("VmRSS")
         editor.edit_latent(latent, **prompts)  # warm-up: prompt encodings cached, kernels chosen
+        gc.collect()
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
         before = _status("VmRSS")
         editor.edit_latent(latent, **prompts)
         peak = _status("VmHWM")
     weights = sum(p.numel() * p.element_size() for p in backbone.denoiser.parameters())
-    return {"weights": weights, "step_rise": peak - before}
+    return {"weights": weights, "kept": before - start, "step_rise": peak - before}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,15 +75,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", default="batched", choices=list(PRESETS), help="execution path preset (default batched)")
     parser.add_argument("--compile-backend", default="aot_eager",
                         help="torch.compile backend of the compiled paths (default aot_eager)")
+    parser.add_argument("--merge-lora", action="store_true", help="Performance.merge_lora")
+    parser.add_argument("--fuse-projections", action="store_true", help="Performance.fuse_projections")
     parser.add_argument("--recipe", choices=RECIPES, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
+    options = {"merge_lora": args.merge_lora, "fuse_projections": args.fuse_projections}
     if args.recipe:
-        print(json.dumps(measure(args.recipe, args.real_size, args.path, args.compile_backend)))
+        print(json.dumps(measure(args.recipe, args.real_size, args.path, args.compile_backend, options)))
         return
     figures = {}
     for recipe in RECIPES:
         command = [sys.executable, "-m", "benchmarks.memory", "--recipe", recipe, "--path", args.path,
                    "--compile-backend", args.compile_backend]
+        command += [f"--{name.replace('_', '-')}" for name, on in options.items() if on]
         # glibc: every block ≥ 64 KiB its own mapping, unmapped when freed, so the resident set
         # follows the live tensors (by default freed heap stays resident and hides the peak)
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -86,11 +97,15 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"measuring {recipe} failed:\n{out.stderr}")
         figures[recipe] = json.loads(out.stdout.strip().splitlines()[-1])
         mib = {k: v / 2**20 for k, v in figures[recipe].items()}
-        print(f"{recipe}: denoiser weights {mib['weights']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
-    total = {r: f["weights"] + f["step_rise"] for r, f in figures.items()}
+        print(f"{recipe}: denoiser weights {mib['weights']:.0f} MiB, kept after the first edit "
+              f"{mib['kept']:.0f} MiB, peak rise during one step {mib['step_rise']:.0f} MiB")
     compiled = f" (compiled: {args.compile_backend})" if PRESETS[args.path].compile else ""
-    print(f"SteerMusic+ / SteerMusic (denoiser weights + step), {args.path}{compiled}, CPU proxy: "
-          f"{total['steermusic_plus'] / total['steermusic']:.2f}x")
+    chosen = "".join(f", {name}" for name, on in options.items() if on)
+    sums = {"weights + step": ("weights", "step_rise"), "weights + kept + step": ("weights", "kept", "step_rise")}
+    for label, parts in sums.items():
+        total = {r: sum(f[k] for k in parts) for r, f in figures.items()}
+        print(f"SteerMusic+ / SteerMusic ({label}), {args.path}{compiled}{chosen}, CPU proxy: "
+              f"{total['steermusic_plus'] / total['steermusic']:.2f}x")
 
 
 if __name__ == "__main__":

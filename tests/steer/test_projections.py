@@ -162,24 +162,30 @@ def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path
     assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0  # and off after it
 
 
+def _plus_edit(backbone, lora, performance: Performance):
+    """A 3-step SteerMusic+ edit of :func:`_latent`, and how many attention modules ran fused
+    projections at each step."""
+    fused_processors = []
+
+    def look(state) -> None:
+        fused_processors.append(_processors(backbone.denoiser)["FusedAttnProcessor2_0"])
+
+    editor = SteerMusicPlus(backbone, lora, steps=3, performance=performance)
+    return editor.edit_latent(_latent(), callback=look, **PROMPTS), fused_processors
+
+
+def _latent() -> torch.Tensor:
+    return torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize("lora", [LORA_TARGETS, ("to_out.0",)], ids=["on-projections", "on-outputs"], indirect=True)
 def test_steermusic_plus_fuses_the_projections_its_lora_concept_leaves(tiny_backbone, lora):
     """ε and ε′ share the denoiser: a projection with the adapter is left as it is (nothing is
     fused with the default targets); with the adapter elsewhere both models run fused ones."""
-    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    fused_processors = []
-
-    def look(state) -> None:
-        fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
-
-    def edit(performance: Performance, callback=None):
-        editor = SteerMusicPlus(tiny_backbone, lora, steps=3, performance=performance)
-        return editor.edit_latent(latent, callback=callback, **PROMPTS)
-
-    plain = edit(Performance())
-    fused = edit(Performance(fuse_projections=True), look)
+    plain, _ = _plus_edit(tiny_backbone, lora, Performance())
+    fused, fused_processors = _plus_edit(tiny_backbone, lora, Performance(fuse_projections=True))
     torch.testing.assert_close(fused.latent, plain.latent, rtol=1e-5, atol=1e-5)
-    assert (plain.latent - latent).abs().max() > 1e-3
+    assert (plain.latent - _latent()).abs().max() > 1e-3
     on_projections = lora.personalized.concept.config.lora_targets == LORA_TARGETS
     assert fused_processors == [0 if on_projections else len(_attentions(tiny_backbone.denoiser))] * 3
 
@@ -299,24 +305,14 @@ def test_a_steermusic_plus_edit_with_merged_lora_fuses_every_projection_and_edit
 ):
     """Merged, the concept's default targets no longer keep ε and ε′ from fused projections:
     both run them, the checkpointed recomputation included, and the edit is the same."""
-    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
-    performance = Performance.preset(path)
-    fused_processors = []
-
-    def look(state) -> None:
-        fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
-
-    def edit(performance: Performance, callback=None):
-        editor = SteerMusicPlus(tiny_backbone, lora, steps=3, performance=performance)
-        return editor.edit_latent(latent, callback=callback, **PROMPTS)
-
-    merged = edit(dataclasses.replace(performance, merge_lora=True))
-    fused = edit(dataclasses.replace(performance, merge_lora=True, fuse_projections=True), look)
-    assert (merged.latent - latent).abs().max() > 0.1
+    performance = dataclasses.replace(Performance.preset(path), merge_lora=True)
+    merged, _ = _plus_edit(tiny_backbone, lora, performance)
+    fused, fused_processors = _plus_edit(tiny_backbone, lora, dataclasses.replace(performance, fuse_projections=True))
+    assert (merged.latent - _latent()).abs().max() > 0.1
     if path != "bf16":
         torch.testing.assert_close(fused.latent, merged.latent, rtol=1e-5, atol=1e-5)
     else:  # the larger bf16 matmuls round apart: as near the float32 edit (0.077 against 0.069)
-        exact = edit(Performance()).latent
+        exact = _plus_edit(tiny_backbone, lora, Performance())[0].latent
         error, merged_error = ((e.latent - exact).abs().max() for e in (fused, merged))
         assert 0 < error < 1.5 * merged_error < 0.15
     assert fused_processors == [len(_attentions(tiny_backbone.denoiser))] * 3
