@@ -111,7 +111,8 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
     parser.add_argument(
         "--fuse-projections", action="store_true",
         help="run each attention's query, key and value projections (cross-attention's key and "
-        "value) as one matmul: fewer, larger kernels, one more copy of those weights; layers "
+        "value) as one matmul: fewer, larger kernels; one more copy of those weights in float32 "
+        "(none where they are cast to bf16); layers "
         "with a LoRA adapter keep theirs unless --merge-lora merges it (not yet measured on a GPU)",
     )
     parser.add_argument(

@@ -297,9 +297,10 @@ class Editor(LatentEditor):
                 made.pop_all()
             denoisers = [model.denoiser for model in models.values()]
             adapters = [name for model in models.values() if (name := getattr(model, "adapter_name", None))]
+            casts = self.performance.weight_casts(denoisers)
             return _Runtime(
-                device, predictors, compiler, self.performance.lora_merges(denoisers, adapters),
-                self.performance.weight_casts(denoisers), self.performance.projection_fusion(denoisers),
+                device, predictors, compiler, self.performance.lora_merges(denoisers, adapters), casts,
+                self.performance.projection_fusion(denoisers, casts),
             )
 
         if not self.performance.compile:

@@ -175,8 +175,10 @@ class Performance:
             matmul (:class:`~steer.projections.FusedProjections`): self-attention's query, key
             and value, cross-attention's key and value. A guided call of the real-size AudioLDM2
             UNet then runs 128 matmuls without a bias instead of 288, the same products (its
-            output on the CPU was the same bit for bit), for one more copy of those weights
-            (129 MiB in bf16). Attention layers with an unmerged LoRA adapter on their
+            output on the CPU was the same bit for bit). Where the weights are cast for the edit
+            (:attr:`cast_weights`) their cast copies are views of the fused rows, so it takes no
+            more memory; in float32 it takes one more copy of those weights (67.5 M values:
+            258 MiB). Attention layers with an unmerged LoRA adapter on their
             projections (SteerMusic+'s usual concept without :attr:`merge_lora`) and other
             processors (Stable Audio's) keep theirs. Not yet measured on a GPU.
         merge_lora: during an edit, a LoRA concept's adapted layers run one matmul each
@@ -189,7 +191,8 @@ class Performance:
             the adapted weights in the dtype the edit runs in (183 MiB in bf16 there); the
             predictions differ from the adapter's by rounding. With :attr:`fuse_projections`
             the merged projections are fused too
-            (:class:`~steer.projections.FusedMergedLinear`), their merged weights kept once.
+            (:class:`~steer.projections.FusedMergedLinear`), for no more memory than merging
+            alone in bf16.
             Not yet measured on a GPU.
     """
 
@@ -321,10 +324,10 @@ class Performance:
             return None
         return MergedLoRA(modules, adapters, self.dtype if self.cast_weights else None)
 
-    def projection_fusion(self, modules: Iterable[nn.Module]) -> FusedProjections | None:
+    def projection_fusion(self, modules: Iterable[nn.Module], casts: CastOnce | None = None) -> FusedProjections | None:
         """What fuses ``modules``' attention projections for this path (see
-        :attr:`fuse_projections`), or ``None``."""
-        return FusedProjections(modules) if self.fuse_projections else None
+        :attr:`fuse_projections`), holding ``casts``' copies of them in its rows, or ``None``."""
+        return FusedProjections(modules, casts) if self.fuse_projections else None
 
     def conditioning(self, cond: Conditioning) -> Conditioning:
         """``cond`` as this path's denoiser calls take it: padded (:attr:`prompt_padding`) when
@@ -457,6 +460,22 @@ class CastOnce:
         finally:
             for module, name, param in swapped:
                 module._parameters[name] = param
+
+    @torch.no_grad()
+    def keep_in(self, module: nn.Module, name: str, tensor: Tensor) -> None:
+        """Inside :meth:`applied`, hold ``module``'s cast ``name`` in ``tensor`` (of its shape and
+        dtype: a view of rows of :class:`~steer.projections.FusedProjections`' fused weights) from
+        now on, so that the two are one copy; later casts write into it. A parameter it did not
+        cast is left alone."""
+        entry = self._copies.get((id(module), name))
+        if entry is None or module._parameters.get(name) is not entry.copy:
+            return
+        if (tensor.shape, tensor.dtype, tensor.device) != (entry.copy.shape, entry.copy.dtype, entry.copy.device):
+            raise ValueError(f"cannot keep a {entry.copy.dtype} {tuple(entry.copy.shape)} cast in {tensor.dtype} "
+                             f"{tuple(tensor.shape)}")
+        if tensor.data_ptr() != entry.copy.data_ptr():
+            tensor.copy_(entry.copy)
+            entry.copy = module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
 
     def _copy(self, module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter:
         entry = self._copies.get((id(module), name))

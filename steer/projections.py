@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,9 @@ from backbones.adapter_state import adapter_state
 from .merged_lora import MergedLinear
 from .predictions import unique
 from .sources import Sources
+
+if TYPE_CHECKING:
+    from .performance import CastOnce
 
 
 class FusedMergedLinear(nn.Module):
@@ -92,28 +96,17 @@ def _parameters(layers: Sequence[nn.Module]) -> tuple[Tensor, ...]:
     return (*bases, *merged)
 
 
-@torch.no_grad()
-def _fill(target: Tensor, tensors: Iterable[Tensor]) -> None:
-    """Copy ``tensors`` into consecutive rows of ``target``."""
-    row = 0
-    for tensor in tensors:
-        target[row : row + len(tensor)].copy_(tensor)
-        row += len(tensor)
+def _rows(target: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """Views of consecutive rows of ``target``, one as long as each of ``tensors``."""
+    return target.split([len(tensor) for tensor in tensors])
 
 
 @torch.no_grad()
-def _share(target: Tensor, parts: Sequence[MergedLinear], adapter: str) -> None:
-    """Hold each part's merged weight for ``adapter`` as a view of its rows of ``target``, copied
-    there first, so that the merged weights are kept once; :class:`~steer.merged_lora.MergedLoRA`
-    then merges into those rows in place."""
-    row = 0
-    for part in parts:
-        weight = part.merged[adapter]
-        rows = target[row : row + len(weight)]
-        if weight.data_ptr() != rows.data_ptr():
-            rows.copy_(weight)
-            part.merged[adapter] = nn.Parameter(rows, requires_grad=False)
-        row += len(weight)
+def _fill(target: Tensor, tensors: Sequence[Tensor]) -> None:
+    """Copy ``tensors`` into consecutive rows of ``target`` (where one is not those rows already)."""
+    for rows, tensor in zip(_rows(target, tensors), tensors, strict=True):
+        if rows.data_ptr() != tensor.data_ptr():
+            rows.copy_(tensor)
 
 
 def fusable(attn: Attention) -> bool:
@@ -160,10 +153,11 @@ class FusedProjections:
     :class:`~steer.merged_lora.MergedLoRA`'s merged layers, entered before it) and kept between
     uses, so that a compiled graph reads them at the same addresses; they are copied again, in
     place, where a projection's weight was changed (its version counter) or replaced. They add
-    one more copy of the fused projections' base weights in their dtype (67.5 M values on the
-    real-size AudioLDM2 UNet: 129 MiB in bf16); merged weights are not copied twice, the merged
-    layers holding views of the fused rows instead. Outside the block the modules are as they
-    were. The products are the same; only how a matmul library splits the larger one could change
+    one more copy of the fused projections' weights in their dtype (67.5 M values on the
+    real-size AudioLDM2 UNet), except where the projections' own are copies made for the edit,
+    which then become views of the fused rows, so that each is kept once: the cast weights of
+    ``casts`` (:class:`~steer.performance.CastOnce`, entered before this one) and the merged
+    LoRA weights. Outside the block the modules are as they were. The products are the same; only how a matmul library splits the larger one could change
     their rounding (on this CPU the real-size UNet's output was the same bit for bit, in float32
     and in bf16).
 
@@ -178,8 +172,9 @@ class FusedProjections:
         ('AttnProcessor2_0', False)
     """
 
-    def __init__(self, modules: Iterable[nn.Module]) -> None:
+    def __init__(self, modules: Iterable[nn.Module], casts: CastOnce | None = None) -> None:
         self.modules = list(modules)
+        self.casts = casts
         self._fused: dict[int, _Fused] = {}
         self._processor = FusedAttnProcessor2_0()
 
@@ -222,13 +217,26 @@ class FusedProjections:
             entry = _Fused(layout, Sources.of(()), base, merged, self._views(attn, names, base, merged, parts))
             self._fused[id(attn)] = entry
         if not entry.sources.current(_parameters(parts)):
-            _fill(entry.base.weight, [_base(part).weight for part in parts])
-            if entry.base.bias is not None:
-                _fill(entry.base.bias, [_base(part).bias for part in parts])
-            for adapter, weight in entry.merged.items():
-                _share(weight, parts, adapter)
+            self._fill(entry, parts)
             entry.sources = Sources.of(_parameters(parts))
         return entry.layers
+
+    def _fill(self, entry: _Fused, parts: list[nn.Module]) -> None:
+        """Copy ``parts``' weights into ``entry``'s rows, then let the copies made for the edit
+        (cast, merged) be views of those rows from now on."""
+        bases = [_base(part) for part in parts]
+        for name in ("weight", "bias") if entry.base.bias is not None else ("weight",):
+            fused, own = getattr(entry.base, name), [getattr(base, name) for base in bases]
+            _fill(fused, own)
+            if self.casts is not None:
+                for base, rows in zip(bases, _rows(fused, own), strict=True):
+                    self.casts.keep_in(base, name, rows)
+        for adapter, fused in entry.merged.items():
+            own = [part.merged[adapter] for part in parts]
+            _fill(fused, own)
+            for part, rows in zip(parts, _rows(fused, own), strict=True):
+                if part.merged[adapter].data_ptr() != rows.data_ptr():
+                    part.merged[adapter] = nn.Parameter(rows, requires_grad=False)
 
     @staticmethod
     def _views(

@@ -134,23 +134,60 @@ def test_fused_weights_are_kept_and_follow_changed_or_replaced_projections():
     assert type(self_attn.processor) is AttnProcessor2_0 and not hasattr(self_attn, "to_qkv")
 
 
-def test_fused_projections_are_made_from_cast_weights():
-    """Entered after :class:`CastOnce`, the fused layer holds the bf16 copies side by side."""
+def test_fused_projections_hold_the_cast_weights_once():
+    """Entered after :class:`CastOnce`, the fused layer holds the bf16 copies side by side, and
+    the cast copies become views of its rows (one copy of them), into which a float32 weight
+    changed between edits is cast again."""
     attn = Attention(8, heads=2, dim_head=4)
-    casts, fused = CastOnce([attn], torch.bfloat16), FusedProjections([attn])
+    casts = CastOnce([attn], torch.bfloat16)
+    fused = FusedProjections([attn], casts)
+
+    def projections() -> list[torch.Tensor]:
+        return [attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]
+
     with casts.applied(), fused.applied():
-        assert attn.to_qkv.weight.dtype == torch.bfloat16
-        assert torch.equal(attn.to_qkv.weight, torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+        qkv = attn.to_qkv.weight
+        assert qkv.dtype == torch.bfloat16 and torch.equal(qkv, torch.cat(projections()))
+        assert [w.data_ptr() for w in projections()] == [qkv[row].data_ptr() for row in (0, 8, 16)]
     assert attn.to_q.weight.dtype == torch.float32
+    with torch.no_grad():
+        attn.to_v.weight.mul_(2)
+    with casts.applied(), fused.applied():
+        assert attn.to_qkv.weight is qkv and attn.to_v.weight.data_ptr() == qkv[16].data_ptr()
+    assert torch.equal(qkv[16:], attn.to_v.weight.to(torch.bfloat16))
+
+
+def test_merged_and_cast_projections_are_held_once_in_the_fused_rows():
+    """bf16 with merged LoRA: the fused base rows hold the cast base weights and the fused merged
+    rows the merged weights; the layers' own are views of them."""
+    net = _adapted_attentions()
+    with torch.no_grad():
+        adapted = _calls(net)
+    merged, casts = MergedLoRA([net], ["a"], torch.bfloat16), CastOnce([net], torch.bfloat16)
+    fused = FusedProjections([net], casts)
+    with torch.no_grad(), merged.applied(), casts.applied(), fused.applied():
+        qkv, parts = net["self"].to_qkv, [net["self"].to_q, net["self"].to_k, net["self"].to_v]
+        for fused_weight, weights in (
+            (qkv.base.weight, [part.layer.base_layer.weight for part in parts]),
+            (qkv.merged["a"], [part.merged["a"] for part in parts]),
+        ):
+            assert [w.data_ptr() for w in weights] == [fused_weight[row].data_ptr() for row in (0, 8, 16)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = _calls(net)
+    for name in adapted:
+        torch.testing.assert_close(outputs[name].float(), adapted[name], rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("path", ["batched", "reference", "bf16"])
 def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path):
+    """The same edit; in bf16 the editor's cast copies of the projections are the fused rows."""
     performance = Performance.preset(path)
-    fused_processors = []
+    fused_processors, shared = [], []
 
     def look(state) -> None:
         fused_processors.append(_processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"])
+        attn = _attentions(tiny_backbone.denoiser)[0]
+        shared.append(attn.to_q.weight.data_ptr() == attn.to_qkv.weight.data_ptr())
 
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     plain = SteerMusic(tiny_backbone, steps=3, performance=performance).edit_latent(latent, **PROMPTS)
@@ -160,6 +197,7 @@ def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path
     torch.testing.assert_close(fused.latent, plain.latent, **tolerance)
     assert fused_processors == [len(_attentions(tiny_backbone.denoiser))] * 3  # on during the edit
     assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0  # and off after it
+    assert shared == [path == "bf16"] * 3
 
 
 def _plus_edit(backbone, lora, performance: Performance):
