@@ -4,11 +4,12 @@ A GPU run reads peak memory from the CUDA allocator (``test_bench_steps.py``). W
 this measures the same steps on the CPU: each recipe runs in its own process, the resident-set
 high-water mark (Linux ``VmHWM``) is reset after the model is built and the prompts encoded,
 and the rise during one step is what the step's activations and temporaries needed. The model
-weights are counted from the parameters; what the first edit leaves resident (the copies an edit
+weights are counted from the parameters; what the first edit leaves held (the copies an edit
 keeps between edits: weights cast to bf16, fused projections, merged LoRA weights; and the
-prompts' encodings) is the resident set's rise over that edit. CPU kernels (attention in particular) keep other
-temporaries than CUDA's, so read the ratio as an estimate of the issue's "SteerMusic+ ≤ 1.2×
-SteerMusic", not as the GPU figure.
+prompts' encodings) is counted from the tensors Python holds after it (not the resident set,
+which also keeps what the CPU's allocator and kernel libraries hold on to). CPU kernels
+(attention in particular) keep other temporaries than CUDA's, so read the ratio as an estimate
+of the issue's "SteerMusic+ ≤ 1.2× SteerMusic", not as the GPU figure.
 
 Compiled paths are compiled with ``--compile-backend`` (default ``aot_eager``: dynamo and
 AOTAutograd's forward/backward partition, which decide what a step keeps, without inductor's
@@ -43,6 +44,15 @@ def _status(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status (this needs Linux)")
 
 
+def _storages() -> dict[int, int]:
+    """Bytes of the storages of the tensors and parameters Python holds, by address."""
+    import torch
+
+    gc.collect()
+    held = (o for o in gc.get_objects() if type(o) in (torch.Tensor, torch.nn.Parameter))
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held if t.device.type == "cpu"}
+
+
 def measure(recipe: str, real_size: bool, path: str, compile_backend: str, options: dict[str, bool]) -> dict[str, int]:
     """Bytes of weights, of what the first edit left resident (``kept``) and the rise of the
     peak resident set during one step (this process); ``options``: ``Performance`` fields."""
@@ -57,16 +67,15 @@ def measure(recipe: str, real_size: bool, path: str, compile_backend: str, optio
     prompts = {"source": "a piano melody", "target": "a sks guitar melody"}
     performance = dataclasses.replace(PRESETS[path], compile_backend=compile_backend, **options)
     with make_editor(recipe, backbone, performance, steps=1) as editor:
-        gc.collect()
-        start = _status("VmRSS")
+        start = _storages()
         editor.edit_latent(latent, **prompts)  # warm-up: prompt encodings cached, kernels chosen
-        gc.collect()
+        kept = sum(size for address, size in _storages().items() if address not in start)
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
         before = _status("VmRSS")
         editor.edit_latent(latent, **prompts)
         peak = _status("VmHWM")
     weights = sum(p.numel() * p.element_size() for p in backbone.denoiser.parameters())
-    return {"weights": weights, "kept": before - start, "step_rise": peak - before}
+    return {"weights": weights, "kept": kept, "step_rise": peak - before}
 
 
 def main(argv: list[str] | None = None) -> None:
