@@ -175,10 +175,10 @@ class Performance:
             matmul (:class:`~steer.projections.FusedProjections`): self-attention's query, key
             and value, cross-attention's key and value. A guided call of the real-size AudioLDM2
             UNet then runs 128 matmuls without a bias instead of 288, the same products (its
-            output on the CPU was the same bit for bit). Where the weights are cast for the edit
-            (:attr:`cast_weights`) their cast copies are views of the fused rows, so it takes no
-            more memory; in float32 it takes one more copy of those weights (67.5 M values:
-            258 MiB). Attention layers with an unmerged LoRA adapter on their
+            output on the CPU differed by rounding only, if at all). Where the weights are cast
+            for the edit (:attr:`cast_weights`) their cast copies are views of the fused rows,
+            so it takes no more memory; in float32 it takes one more copy of those weights
+            (67.5 M values: 258 MiB). Attention layers with an unmerged LoRA adapter on their
             projections (SteerMusic+'s usual concept without :attr:`merge_lora`) and other
             processors (Stable Audio's) keep theirs. Not yet measured on a GPU.
         merge_lora: during an edit, a LoRA concept's adapted layers run one matmul each
@@ -188,12 +188,12 @@ class Performance:
             AudioLDM2 UNet with a LoRA on every attention projection, ε′'s guided call runs
             288 matmuls without a bias instead of 1 056 (4 206 aten ops instead of 8 046), and
             its backward pass drops the adapter's too. The merged weights are one more copy of
-            the adapted weights in the dtype the edit runs in (183 MiB in bf16 there); the
-            predictions differ from the adapter's by rounding. With :attr:`fuse_projections`
-            the merged projections are fused too
+            the adapted weights in the dtype the edit runs in (183 MiB in bf16 there: SteerMusic+
+            at 1.19× SteerMusic's memory on the CPU proxy, ``benchmarks/memory.py``, against
+            1.09× without); the predictions differ from the adapter's by rounding. With
+            :attr:`fuse_projections` the merged projections are fused too
             (:class:`~steer.projections.FusedMergedLinear`), for no more memory than merging
-            alone in bf16.
-            Not yet measured on a GPU.
+            alone in bf16. Not yet measured on a GPU.
     """
 
     path: Literal["reference", "batched"] = "batched"

@@ -157,9 +157,10 @@ class FusedProjections:
     real-size AudioLDM2 UNet), except where the projections' own are copies made for the edit,
     which then become views of the fused rows, so that each is kept once: the cast weights of
     ``casts`` (:class:`~steer.performance.CastOnce`, entered before this one) and the merged
-    LoRA weights. Outside the block the modules are as they were. The products are the same; only how a matmul library splits the larger one could change
-    their rounding (on this CPU the real-size UNet's output was the same bit for bit, in float32
-    and in bf16).
+    LoRA weights. Outside the block the modules are as they were. The products are the same;
+    only how a matmul library splits the larger one could change their rounding (on this CPU
+    the real-size UNet's output was the same bit for bit in one probe, in float32 and in bf16,
+    and within 2.1e-5 of values up to 3.6 in float32 in another).
 
     Example:
         >>> from diffusers.models.attention_processor import Attention

@@ -154,6 +154,8 @@ def test_fused_projections_hold_the_cast_weights_once():
         attn.to_v.weight.mul_(2)
     with casts.applied(), fused.applied():
         assert attn.to_qkv.weight is qkv and attn.to_v.weight.data_ptr() == qkv[16].data_ptr()
+        with pytest.raises(ValueError, match=r"cannot keep a torch.bfloat16 \(8, 8\) cast in torch.float32"):
+            casts.keep_in(attn.to_q, "weight", torch.zeros(8, 8))
     assert torch.equal(qkv[16:], attn.to_v.weight.to(torch.bfloat16))
 
 
