@@ -218,11 +218,11 @@ class FusedProjections:
             entry = _Fused(layout, Sources.of(()), base, merged, self._views(attn, names, base, merged, parts))
             self._fused[id(attn)] = entry
         if not entry.sources.current(_parameters(parts)):
-            self._fill(entry, parts)
+            self._refill(entry, parts)
             entry.sources = Sources.of(_parameters(parts))
         return entry.layers
 
-    def _fill(self, entry: _Fused, parts: list[nn.Module]) -> None:
+    def _refill(self, entry: _Fused, parts: list[nn.Module]) -> None:
         """Copy ``parts``' weights into ``entry``'s rows, then let the copies made for the edit
         (cast, merged) be views of those rows from now on."""
         bases = [_base(part) for part in parts]
