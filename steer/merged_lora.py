@@ -13,13 +13,13 @@ while its adapter is on, and with ``W`` while it is off: ε′'s call then costs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backbones.adapter_state import adapter_state, is_adapter_layer
+from backbones.adapter_state import State, adapter_state, is_adapter_layer
 
 from .predictions import unique
 from .sources import Sources
@@ -45,6 +45,17 @@ def mergeable(layer: nn.Module, adapter: str) -> bool:
     )
 
 
+def weight_for(state: State, base: Tensor, merged: Mapping[str, Tensor]) -> Tensor | None:
+    """The weight a merged layer whose peft switches are ``state`` runs: ``base`` while its
+    adapters are off, the ``merged`` weight of its one active adapter, or ``None`` where it
+    has none (the peft layer must run)."""
+    active, disabled = state
+    if disabled:
+        return base
+    names = [active] if isinstance(active, str) else active
+    return merged[names[0]] if len(names) == 1 and names[0] in merged else None
+
+
 class MergedLinear(nn.Module):
     """A peft LoRA ``Linear`` run as one matmul: with the merged weight of its active adapter,
     or its base weight while its adapters are off.
@@ -61,14 +72,9 @@ class MergedLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``(..., in_features)`` -> ``(..., out_features)``."""
-        active, disabled = adapter_state(self.layer)
         base = self.layer.base_layer
-        if disabled:
-            return base(x)
-        names = [active] if isinstance(active, str) else active
-        if len(names) == 1 and names[0] in self.merged:
-            return F.linear(x, self.merged[names[0]], base.bias)
-        return self.layer(x)
+        weight = weight_for(adapter_state(self.layer), base.weight, self.merged)
+        return self.layer(x) if weight is None else F.linear(x, weight, base.bias)
 
 
 class MergedLoRA:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from backbones.adapter_state import adapter_state
 
-from .merged_lora import MergedLinear
+from .merged_lora import MergedLinear, weight_for
 from .predictions import unique
 from .sources import Sources
 
@@ -60,13 +60,10 @@ class FusedMergedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``(..., in_features)`` -> ``(..., sum of the parts' out_features)``."""
         states = [adapter_state(part.layer) for part in self.parts]
-        active, disabled = states[0]
         if all(state == states[0] for state in states[1:]):
-            if disabled:
-                return self.base(x)
-            names = [active] if isinstance(active, str) else active
-            if len(names) == 1 and names[0] in self.merged:
-                return F.linear(x, self.merged[names[0]], self.base.bias)
+            weight = weight_for(states[0], self.base.weight, self.merged)
+            if weight is not None:
+                return F.linear(x, weight, self.base.bias)
         return torch.cat([part(x) for part in self.parts], dim=-1)
 
 
