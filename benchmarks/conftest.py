@@ -35,6 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--profile-file", type=Path, default=None,
         help="profile one more edit per case and append its summary here (wall and kernel time a step, top ops)",
     )
+    group.addoption(
+        "--warm-only", action="store_true",
+        help="run each case's warm-up edit only, timing nothing: its compile fills inductor's on-disk cache "
+        "(TORCHINDUCTOR_CACHE_DIR) for a later run's",
+    )
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Settings:
     latent_shape: tuple[int, ...]
     peak: Peak
     profile_file: Path | None = None
+    #: ``--warm-only``: compile each case and time nothing
+    warm_only: bool = False
     #: (recipe, batch) -> path -> measured figures
     results: dict[tuple[str, int], dict[str, dict[str, float | None]]] = field(default_factory=dict)
 
@@ -67,6 +74,7 @@ def settings(request: pytest.FixtureRequest) -> Settings:
         latent_shape=REAL_LATENT if real_size else TINY_LATENT,
         peak=matmul_peak(device),
         profile_file=request.config.getoption("--profile-file"),
+        warm_only=request.config.getoption("--warm-only"),
     )
     request.config._steer_bench = settings  # read by the terminal summary
     return settings

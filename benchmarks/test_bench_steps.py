@@ -6,7 +6,9 @@ earlier cases), warms up (prompt encoding, compilation, kernel selection), then 
 ``--rounds`` edits of ``--steps`` steps and keeps the fastest, less an edit's fixed cost
 (prompts, the weights' cast, set-up: the fastest of 0-step edits), which a 400-step edit's time
 counts once. A compiled case whose graphs break fails once its figures are recorded: part of it
-ran eagerly, so they are not the compiled path's. FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
+ran eagerly, so they are not the compiled path's. With ``--warm-only`` a case stops after its warm-up
+edit: run in other processes beforehand, the compiles fill inductor's on-disk cache, and a case
+then compiles in a fraction of the time (``gpu_figures.sh``'s ``prewarm`` plan). FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
 maths needs): the reference's redundant forward does not raise its MFU.
 """
 
@@ -29,6 +31,7 @@ from steer.step_graph import WARMUP
 
 if TYPE_CHECKING:
     from benchmarks.conftest import Settings
+    from steer.editor import EditResult
 
 RECIPES = ("steermusic", "steermusic_plus")
 #: paths the benchmarks time besides the presets, each for a ratio measured in the same run:
@@ -143,13 +146,14 @@ def model_flops(settings, bench_backbone):
 
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")
 @pytest.mark.filterwarnings("ignore:step_graph records CUDA graphs")
+@pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # --warm-only
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_step_time(request, benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
     device = settings.device
     perf = performance(path, settings)
-    flops = model_flops(recipe, batch)  # before this case's editor holds memory
+    flops = None if settings.warm_only else model_flops(recipe, batch)  # before this case's editor holds memory
     _fresh_dynamo()
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
     editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
@@ -171,9 +175,12 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
         # a recompilation past dynamo's limit would time eager code: fail instead
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             _say(request, f"{case}: warm-up edit (compiling) from {time.strftime('%H:%M:%S')}")
-            edit()  # warm-up
+            result = edit()  # warm-up
             warm_up = times.pop()
             _say(request, f"{case}: warm-up edit took {warm_up:.1f} s")
+            if settings.warm_only:  # compiled: inductor's cache holds what a timed run needs
+                _check(result, latent, sum(counters["graph_break"].values()))
+                return
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             result = benchmark.pedantic(edit, rounds=settings.rounds, iterations=1)
@@ -225,6 +232,11 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
                     file.write(f"\n== {case}: {perf!r}\n{summary}\n")
     finally:
         editor.close()
+    _check(result, latent, graph_breaks)
+
+
+def _check(result: EditResult, latent: torch.Tensor, graph_breaks: int | None) -> None:
+    """A case's edit moved the latent to finite values, and no compiled graph broke."""
     assert torch.isfinite(result.latent).all()
     assert not torch.equal(result.latent, latent)  # the step did work
     assert not graph_breaks, f"{graph_breaks} graph breaks: {list(counters['graph_break'])}"

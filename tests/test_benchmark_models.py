@@ -1,11 +1,13 @@
 """The benchmark's real-size model runs, with and without its LoRA concept: prompts get
 conditionings of the UNet's real widths."""
 
+import itertools
 import os
 import re
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from torch.autograd.profiler_util import FunctionEvent
 
 from benchmarks.models import RealSizeBackbone, lora_concept
 from benchmarks.profiling import device_time_us, host_summary, profile_summary
+from benchmarks.test_bench_steps import performance
 
 
 def test_real_size_backbone_predicts_noise_from_its_own_conditioning():
@@ -126,21 +129,72 @@ def test_device_time_counts_kernels_and_copies_but_not_the_profilers_own_activit
     assert device_time_us(events) == 32.0
 
 
+@pytest.fixture(scope="module")
+def gpu_figures_cases(tmp_path_factory) -> dict[str, list[list[str]]]:
+    """What `benchmarks/gpu_figures.sh` would run with `--collect-only`, by plan: one list of
+    case ids per pytest it starts (`prewarm` with 4 jobs)."""
+    out = tmp_path_factory.mktemp("gpu_figures")
+    env = {**os.environ, "PYTHON": sys.executable, "STEER_PREWARM_JOBS": "4"}
+    runs = {
+        plan: subprocess.Popen(
+            ["bash", "benchmarks/gpu_figures.sh", str(out / plan), plan, "--collect-only", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+        for plan in ("first", "rest", "prewarm")
+    }
+    for run in runs.values():
+        output = run.communicate(timeout=300)[0]
+        assert run.returncode == 0, output
+    logs = {"first": ["log.txt"], "rest": ["log.txt"], "prewarm": [f"prewarm-{j}.txt" for j in range(4)]}
+    assert not (out / "prewarm" / "prewarm-4.txt").exists()
+    return {
+        plan: [re.findall(r"test_step_time\[([\w-]+)\]", (out / plan / log).read_text()) for log in names]
+        for plan, names in logs.items()
+    }
+
+
 @pytest.mark.parametrize(("plan", "cases"), [("first", 8), ("rest", 13)])
-def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(tmp_path, plan, cases):
+def test_the_gpu_figures_script_names_step_benchmark_cases_that_exist(gpu_figures_cases, plan, cases):
     """`benchmarks/gpu_figures.sh` names its cases by id: each must be a case of the step
     benchmarks (pytest fails on an id it cannot find), run in the script's order."""
-    run = subprocess.run(
-        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path), plan, "--collect-only", "-q"],
-        capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    collected = re.findall(r"test_step_time\[([\w-]+)\]", (tmp_path / "log.txt").read_text())
+    [collected] = gpu_figures_cases[plan]
     assert len(collected) == cases and len(set(collected)) == cases
     assert collected[0] == ("steermusic-reference-1" if plan == "first" else "steermusic-fused-projections-step-graph-1")
 
 
+def test_the_gpu_figures_prewarm_plan_compiles_every_inductor_case_of_the_timed_plans(gpu_figures_cases):
+    """`prewarm` deals the cases of `first` and `rest` that inductor compiles (and only those:
+    the others gain nothing from its cache) to its jobs in turn, each a pytest of its own with
+    `--warm-only`, SteerMusic+'s longest compile first."""
+    settings = types.SimpleNamespace(compile=True, compile_backend="inductor")
+
+    def inductor(case: str) -> bool:
+        path = re.fullmatch(r"(?:steermusic|steermusic_plus)-(.+)-\d+", case).group(1)
+        perf = performance(path, settings)
+        return perf.compile and perf.compile_backend == "inductor"
+
+    timed = [case for plan in ("first", "rest") for case in gpu_figures_cases[plan][0]]
+    jobs = gpu_figures_cases["prewarm"]
+    dealt = [case for turn in itertools.zip_longest(*jobs) for case in turn if case is not None]
+    assert sorted(dealt) == sorted(case for case in timed if inductor(case))
+    assert len(dealt) == 11 and dealt[0] == "steermusic_plus-fused-checkpointed-step-graph-1"
+    assert [len(job) for job in jobs] == [3, 3, 3, 2]
+
+
+def test_warm_only_runs_each_cases_warm_up_edit_and_times_nothing():
+    """`--warm-only` (the `prewarm` plan's processes): the warm-up edit, checked, and no timed
+    rounds, figures or closing table."""
+    cases = [f"benchmarks/test_bench_steps.py::test_step_time[{c}]" for c in ("steermusic-bf16-1", "steermusic-fused-1")]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", *cases, "--warm-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
+    assert len(re.findall(r"B=1 (?:bf16|fused): warm-up edit took [\d.]+ s", run.stdout)) == 2
+    assert "ms/step" not in run.stdout and "steer step benchmarks" not in run.stdout
+
+
 def test_the_gpu_figures_script_refuses_an_unknown_plan(tmp_path):
     run = subprocess.run(["bash", "benchmarks/gpu_figures.sh", str(tmp_path), "all"], capture_output=True, text=True)
-    assert run.returncode == 2 and "unknown plan 'all': use first or rest" in run.stderr
+    assert run.returncode == 2 and "unknown plan 'all': use prewarm, first or rest" in run.stderr
     assert not (tmp_path / "log.txt").exists()
