@@ -70,6 +70,11 @@ case $plan in
     prewarm) cases=("${prewarm[@]}") ;;
     *) echo "unknown plan '$plan': use prewarm, first or rest" >&2; exit 2 ;;
 esac
+jobs=${STEER_PREWARM_JOBS:-6}
+if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
+    echo "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '$jobs'" >&2
+    exit 2
+fi
 
 mkdir -p "$out"
 ids=()
@@ -81,7 +86,6 @@ print(f"torch {torch.__version__}, triton {triton}, diffusers {diffusers.__versi
     | tee "$out/versions.txt"
 start=$SECONDS
 if [[ $plan == prewarm ]]; then
-    jobs=${STEER_PREWARM_JOBS:-6}
     threads=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
     for (( j = 0; j < jobs && j < ${#ids[@]}; j++ )); do
         share=()

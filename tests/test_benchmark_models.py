@@ -194,7 +194,17 @@ def test_warm_only_runs_each_cases_warm_up_edit_and_times_nothing():
     assert "ms/step" not in run.stdout and "steer step benchmarks" not in run.stdout
 
 
-def test_the_gpu_figures_script_refuses_an_unknown_plan(tmp_path):
-    run = subprocess.run(["bash", "benchmarks/gpu_figures.sh", str(tmp_path), "all"], capture_output=True, text=True)
-    assert run.returncode == 2 and "unknown plan 'all': use prewarm, first or rest" in run.stderr
-    assert not (tmp_path / "log.txt").exists()
+@pytest.mark.parametrize(
+    ("plan", "jobs", "error"),
+    [
+        ("all", "6", "unknown plan 'all': use prewarm, first or rest"),
+        ("prewarm", "0", "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '0'"),
+    ],
+)
+def test_the_gpu_figures_script_refuses_an_unknown_plan_or_job_count(tmp_path, plan, jobs, error):
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), plan],
+        capture_output=True, text=True, env={**os.environ, "STEER_PREWARM_JOBS": jobs},
+    )
+    assert run.returncode == 2 and error in run.stderr
+    assert not (tmp_path / "out").exists()
