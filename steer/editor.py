@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -470,11 +471,21 @@ class Editor(LatentEditor):
                     )
                 )
         bar.close()
+        numbers, nonfinite = _read(history, x)
+        if nonfinite:
+            warnings.warn(
+                f"the edited latent holds non-finite values after {self.steps} steps on "
+                f"{self.performance!r}, so its audio is noise. A known cause: SteerMusic+ compiled with "
+                "inductor on a CPU (benchmarks/README.md); edit it again with "
+                "Performance(compile_backend='aot_eager'), or without compile",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return EditResult(
             latent=x.detach(),
             audio=None,
             sample_rate=backbone.sample_rate,
-            history=_numbers(history),
+            history=numbers,
             skipped_steps=skipped,
         )
 
@@ -514,11 +525,14 @@ class Editor(LatentEditor):
         return torch.optim.SGD([x], lr=lr, fused=fused)
 
 
-def _numbers(history: list[dict[str, Tensor]]) -> list[dict[str, float]]:
-    """Each step's loss values as numbers, read from the device in one copy: reading them one
-    by one waited for the device once per value (4 a step for SteerMusic+, 1 600 an edit)."""
-    if not history:
-        return []
-    names = list(history[0])
-    table = torch.stack([torch.stack([step[name] for name in names]) for step in history]).tolist()
-    return [dict(zip(names, row)) for row in table]
+def _read(history: list[dict[str, Tensor]], latent: Tensor) -> tuple[list[dict[str, float]], bool]:
+    """Each step's loss values as numbers, and whether any of ``latent``'s values is not finite,
+    read from the device in one copy: reading them one by one waited for the device once per
+    value (4 a step for SteerMusic+, 1 600 an edit)."""
+    names = list(history[0]) if history else []
+    values = [step[name] for step in history for name in names]
+    nonfinite = (~torch.isfinite(latent)).any().to(values[0].dtype if values else torch.float32)
+    flat = torch.stack([*values, nonfinite]).tolist()
+    found = bool(flat.pop())
+    rows = [dict(zip(names, flat[i * len(names) : (i + 1) * len(names)])) for i in range(len(history))]
+    return rows, found

@@ -1,5 +1,7 @@
 """The editing loop on the tiny AudioLDM2: the gradient it applies, exactness, reproducibility."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -70,6 +72,20 @@ def test_the_history_holds_each_steps_losses_read_from_the_device_at_once(tiny_b
     assert result.history == [{name: value.item() for name, value in s.losses.items()} for s in states]
     assert len({h["total"] for h in result.history}) == 3
     assert not [e.name for e in profiled.events() if e.name in ("aten::item", "aten::_local_scalar_dense")]
+
+
+def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbone, latent):
+    """A NaN gradient (inductor's CPU code for SteerMusic+'s backward gave one:
+    benchmarks/README.md) makes the audio noise: the edit warns, naming its path and what to do,
+    read in the same copy as the history; a sound edit does not warn."""
+    prompts = dict(source="a piano melody", target="a violin melody")
+    with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*aot_eager"):
+        result = SteerMusic(tiny_backbone, steps=2, lr=float("nan")).edit_latent(latent, **prompts)
+    assert result.latent.isnan().all() and len(result.history) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = SteerMusic(tiny_backbone, steps=2, lr=1.0).edit_latent(latent, **prompts)
+    assert result.latent.isfinite().all()
 
 
 def test_same_seed_same_edit_other_seed_other_edit(tiny_backbone, latent):
