@@ -20,7 +20,7 @@
 # while the other processes shared the GPU; what the timed cases measure is the chosen kernels.
 set -uo pipefail
 if [[ $# -lt 1 || ${1:0:1} == "-" ]]; then
-    echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [first|rest] [pytest options...]" >&2
+    echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest] [pytest options...]" >&2
     exit 2
 fi
 out=$1

@@ -6,10 +6,11 @@ earlier cases), warms up (prompt encoding, compilation, kernel selection), then 
 ``--rounds`` edits of ``--steps`` steps and keeps the fastest, less an edit's fixed cost
 (prompts, the weights' cast, set-up: the fastest of 0-step edits), which a 400-step edit's time
 counts once. A compiled case whose graphs break fails once its figures are recorded: part of it
-ran eagerly, so they are not the compiled path's. With ``--warm-only`` a case stops after its warm-up
-edit: run in other processes beforehand, the compiles fill inductor's on-disk cache, and a case
-then compiles in a fraction of the time (``gpu_figures.sh``'s ``prewarm`` plan). FLOPs are counted once per recipe and batch on the batched fp32 path (the work the
-maths needs): the reference's redundant forward does not raise its MFU.
+ran eagerly, so they are not the compiled path's. With ``--warm-only`` a case stops after its
+warm-up edit: run in other processes beforehand, the compiles fill inductor's on-disk cache,
+and a case then compiles in a fraction of the time (``gpu_figures.sh``'s ``prewarm`` plan).
+FLOPs are counted once per recipe and batch on the batched fp32 path (the work the maths
+needs): the reference's redundant forward does not raise its MFU.
 """
 
 from __future__ import annotations
