@@ -475,9 +475,9 @@ class Editor(LatentEditor):
         if nonfinite:
             warnings.warn(
                 f"the edited latent holds non-finite values after {self.steps} steps on "
-                f"{self.performance!r}, so its audio is noise. A known cause: SteerMusic+ compiled with "
-                "inductor on a CPU (benchmarks/README.md); edit it again with "
-                "Performance(compile_backend='aot_eager'), or without compile",
+                f"{self.performance!r}, so its audio is noise. Compiled code the C++ compiler got "
+                "wrong is one cause (steer.toolchain checks for a known one); edit it again with "
+                "Performance(compile_backend='aot_eager'), or without compile, to tell",
                 RuntimeWarning,
                 stacklevel=3,
             )

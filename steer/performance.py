@@ -31,6 +31,7 @@ from backbones import Conditioning
 from losses.base import Fn
 from losses.fused import triton_available
 
+from . import toolchain
 from .merged_lora import MergedLoRA
 from .predictions import unique
 from .projections import FusedProjections
@@ -108,7 +109,9 @@ class Performance:
             copies each parameter into the graph: 23.3 ms a step, with 1 534 device copies a
             step against steer-cudagraphs' 180), or e.g. ``"aot_eager"``, which traces forward
             and backward without generating code (quick; how the tests check the compiled calls
-            on a CPU).
+            on a CPU). Inductor on a CPU, in bf16 or fp16, first checks that the host's C++
+            compiler gets its AVX-512 code right (:mod:`steer.toolchain`; g++ 12.2 does not) and
+            writes AVX2 code where it does not, with a warning.
         prompt_padding: with ``compile``, the prompts' token sequences (the fields a backbone
             masks, :attr:`backbones.Conditioning.masks`: AudioLDM2's T5 states, say) are padded
             with masked zeros to a multiple of this many tokens, so a manifest of prompts up to
@@ -277,6 +280,17 @@ class Performance:
                 raise ValueError(
                     "torch.compile on the CPU needs a C++ compiler (g++): install one, or compile=False"
                 )
+            if self.inductor_options(device):
+                wrong = toolchain.wrong_values(self.dtype)
+                warnings.warn(
+                    f"inductor's AVX-512 code for {self.precision} tensors in two memory layouts came "
+                    f"out wrong with this machine's C++ compiler ({wrong} of 4096 values of "
+                    "steer.toolchain's check; g++ 12.2 drops the stores of torch's tile transpose): "
+                    "compiling AVX2 code instead (cpp.simdlen=256). A C++ compiler without the "
+                    "defect, named in the CXX environment variable, gets the AVX-512 code back",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         if self.step_graph and device.type != "cuda":
             warnings.warn(
                 f"step_graph records CUDA graphs; on {device.type} each step runs as it is",
@@ -360,12 +374,23 @@ class Performance:
         """Whether an edit's steps on ``device`` are replayed as one CUDA graph (:attr:`step_graph`)."""
         return self.step_graph and device.type == "cuda"
 
+    def inductor_options(self, device: torch.device) -> dict[str, Any]:
+        """The inductor settings this path adds on ``device``: :data:`steer.toolchain.AVX2`
+        where inductor compiles a bf16 or fp16 path for a CPU whose C++ compiler gets its
+        AVX-512 code wrong (:func:`steer.toolchain.wrong_values`, checked once per process),
+        else none."""
+        if not (self.compile and self.compile_backend == "inductor" and device.type == "cpu"):
+            return {}
+        if self.dtype is None or not toolchain.wrong_values(self.dtype):
+            return {}
+        return dict(toolchain.AVX2)
+
     def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
         ``mode="reduce-overhead"`` (CUDA graphs; not inside a :attr:`step_graph`), or ``"max-autotune"`` with :attr:`autotune`
-        (``"max-autotune-no-cudagraphs"`` on the CPU). A CUDA graph's outputs (inductor's, or the
+        (``"max-autotune-no-cudagraphs"`` on the CPU), with :meth:`inductor_options` added. A CUDA graph's outputs (inductor's, or the
         ``steer-cudagraphs`` or ``cudagraphs`` backend's) live in memory its next replay
         overwrites, so they are cloned (one copy of each output) and the outputs of earlier
         calls in a step stay valid.
@@ -389,13 +414,18 @@ class Performance:
             mode = "max-autotune" if cuda_graphs else "max-autotune-no-cudagraphs"
         else:
             mode = "reduce-overhead" if cuda_graphs else None
+        options = self.inductor_options(device)
+        if options and mode is not None:  # torch.compile takes a mode or options, not both
+            from torch._inductor import list_mode_options
+
+            options, mode = {**list_mode_options(mode), **options}, None
         backend: str | Callable[..., Any] = self.compile_backend
         if backend == STEER_CUDA_GRAPHS:  # imported here: it imports inductor's CUDA-graph trees
             from steer.cuda_graphs import cuda_graphs as backend
         checkpointing = self.checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
-            compiled = torch.compile(fn, dynamic=self.dynamic, backend=backend, mode=mode)
+            compiled = torch.compile(fn, dynamic=self.dynamic, backend=backend, mode=mode, options=options or None)
 
             @functools.wraps(fn)
             def call(*args: Any, **kwargs: Any) -> Any:

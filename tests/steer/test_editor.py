@@ -75,8 +75,8 @@ def test_the_history_holds_each_steps_losses_read_from_the_device_at_once(tiny_b
 
 
 def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbone, latent):
-    """A NaN gradient (inductor's CPU code for SteerMusic+'s backward gave one:
-    benchmarks/README.md) makes the audio noise: the edit warns, naming its path and what to do,
+    """A NaN gradient (inductor's CPU code for SteerMusic+'s backward gave one, miscompiled by
+    g++: benchmarks/README.md) makes the audio noise: the edit warns, naming its path and what to do,
     read in the same copy as the history; a sound edit does not warn."""
     prompts = dict(source="a piano melody", target="a violin melody")
     with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*aot_eager"):
