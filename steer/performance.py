@@ -389,8 +389,9 @@ class Performance:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
-        ``mode="reduce-overhead"`` (CUDA graphs; not inside a :attr:`step_graph`), or ``"max-autotune"`` with :attr:`autotune`
-        (``"max-autotune-no-cudagraphs"`` on the CPU), with :meth:`inductor_options` added. A CUDA graph's outputs (inductor's, or the
+        ``mode="reduce-overhead"`` (CUDA graphs; not inside a :attr:`step_graph`), or
+        ``"max-autotune"`` with :attr:`autotune` (``"max-autotune-no-cudagraphs"`` on the CPU),
+        with :meth:`inductor_options` added. A CUDA graph's outputs (inductor's, or the
         ``steer-cudagraphs`` or ``cudagraphs`` backend's) live in memory its next replay
         overwrites, so they are cloned (one copy of each output) and the outputs of earlier
         calls in a step stay valid.
