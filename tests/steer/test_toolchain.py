@@ -83,15 +83,12 @@ def test_check_warns_where_the_avx2_code_stands_in(wrong):
 
 @pytest.mark.slow  # inductor compiles three small C++ kernels: about a minute on 2 cores
 def test_a_compiled_bf16_path_computes_the_checks_expression_exactly():
-    """On this project's CPU (g++ 12.2, AVX-512) inductor's own AVX-512 code gets 3304 of the
+    """On this project's CPU (g++ 12.2, AVX-512) inductor's own AVX-512 code gets about 3300 of the
     4096 values wrong; the path's code must get every one right, on any machine."""
     assert toolchain.wrong_values(torch.bfloat16, simdlen=256) == 0  # the stand-in itself
     generator = torch.Generator().manual_seed(1)
     a, b, c = (torch.randint(-4, 5, toolchain.SHAPE, generator=generator).to(torch.bfloat16) for _ in range(3))
     a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        Performance(precision="bf16", compile=True).check(CPU)
 
     def mix(a, b, c):
         return c + a * b
