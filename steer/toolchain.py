@@ -6,10 +6,12 @@ a contiguous one say, the AVX-512 kernel transposes 32 × 32 tiles with torch's
 ``at::vec::transpose_mxn``; with two such tiles in one loop, g++ 12.2 (Debian 12, torch 2.11)
 keeps that function out of line, clones it for the constant sizes, turns the clone's 32 row
 stores into one copy from a stack buffer it never fills (``-ftree-loop-distribute-patterns``),
-and the kernel reads garbage: finite values, or NaN. Inductor's layout optimisation makes such
-expressions in a UNet's backward (a group norm's gradient on channels-last tensors added to a
-contiguous one), which is how a SteerMusic+ gradient compiled in bfloat16 on this project's CPU
-came out all NaN.
+and the kernel reads garbage: finite values, or NaN. Whether it does depends on how
+inductor's ``-march=native`` tunes: it did on an Intel CPU (AVX-512 with AMX), and does on an
+AMD EPYC (Zen 4) with ``-mtune=generic`` added, not with that CPU's own tuning (``znver3``).
+Inductor's layout optimisation makes such expressions in a UNet's backward (a group norm's
+gradient on channels-last tensors added to a contiguous one), which is how a SteerMusic+
+gradient compiled in bfloat16 on that Intel CPU came out all NaN.
 
 :func:`wrong_values` compiles the smallest such expression, ``c + a·b``, and counts the values
 it gets wrong; :class:`~steer.performance.Performance` asks it before compiling a 16-bit path
