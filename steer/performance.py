@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import shutil
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -276,9 +275,14 @@ class Performance:
             inductor = self.compile_backend == "inductor"
             if inductor and device.type == "cuda" and not triton_available(device):
                 raise ValueError("torch.compile on CUDA needs triton: pip install triton, or compile=False")
-            if inductor and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            if inductor and device.type == "cpu" and toolchain.compiler() is None:
+                from torch._inductor import config
+
+                cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+                searched = ", ".join(c for c in cxx if c)
                 raise ValueError(
-                    "torch.compile on the CPU needs a C++ compiler (g++): install one, or compile=False"
+                    f"torch.compile on the CPU needs a C++ compiler, and none of inductor's ({searched}) "
+                    "runs: install g++ or name one in the CXX environment variable, or compile=False"
                 )
             if self.inductor_options(device):
                 wrong = toolchain.wrong_values(self.dtype)

@@ -34,6 +34,17 @@ SHAPE = (1, 64, 64, 1)
 AVX2: dict[str, Any] = {"cpp.simdlen": 256}
 
 
+def compiler() -> str | None:
+    """The C++ compiler inductor builds CPU kernels with: the first of
+    ``torch._inductor.config.cpp.cxx`` (``CXX``, else ``g++``) that runs, ``None`` where none does."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return None
+
+
 def _mix(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return c + a * b
 

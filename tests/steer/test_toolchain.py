@@ -87,8 +87,8 @@ def test_check_warns_where_the_avx2_code_stands_in(wrong):
 def generic_gxx(tmp_path):
     """Inductor builds with g++ tuned for no CPU in particular (``-mtune=generic`` after its own
     ``-march=native``), in an empty cache. Tuned so, g++ 12.2 drops the transpose's stores on
-    an AMD EPYC (Zen 4) as on the Intel CPU (AVX-512 with AMX) where the NaN was found; tuned
-    for the Zen 4 (``native``: znver3) it does not. So the defect shows on either machine."""
+    an AMD EPYC (Zen 4), which its own tuning there (znver3) does not, as plain ``-march=native``
+    did on the Intel CPU (AVX-512 with AMX) where the NaN was found: the defect shows on both."""
     gxx = shutil.which("g++")
     if gxx is None:
         pytest.skip("no g++ on this machine")
@@ -117,3 +117,14 @@ def test_a_compiled_bf16_path_is_exact_where_the_compiler_gets_avx512_wrong(gene
     compiled = Performance(precision="bf16", compile=True).compiler(CPU)(mix)
     with torch.no_grad():
         torch.testing.assert_close(compiled(a, b, c), c + a * b, rtol=0, atol=0)
+
+
+def test_a_cpu_compile_is_refused_with_the_fix_where_inductors_compiler_does_not_run():
+    assert toolchain.compiler() is not None  # this machine's g++ (or CXX)
+    with torch._inductor.config.patch({"cpp.cxx": (None, "/nowhere/g++")}):
+        assert toolchain.compiler() is None
+        fix = r"none of inductor's \(/nowhere/g\+\+\) runs: install g\+\+ or name one in the CXX"
+        with pytest.raises(ValueError, match=fix):
+            Performance(compile=True).check(CPU)
+        Performance(compile=True, compile_backend="aot_eager").check(CPU)  # no C++ needed
+    assert toolchain.compiler() is not None
