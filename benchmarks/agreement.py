@@ -1,8 +1,8 @@
 """How closely each execution path's gradient follows the reference loop's, on the benchmark models.
 
 For each seed, the first step's gradient on the latent (the same t and ε on every path) is
-compared with the ``reference`` path's by cosine similarity: what the issue's thresholds (≥ 0.999
-fp32, ≥ 0.99 bf16) are stated on. The tests check the tiny model; this script measures the
+compared with the ``reference`` path's (in full fp32: no TF32 on a GPU) by cosine similarity:
+what the issue's thresholds (≥ 0.999 fp32, ≥ 0.99 bf16) are stated on. The tests check the tiny model; this script measures the
 real-size UNet, where rounding in bf16 accumulates over more and wider layers.
 
 Usage::
@@ -19,10 +19,12 @@ SteerMusic+'s LoRA B (else 0: ε′'s adapter changes nothing, as in the rows re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -48,6 +50,19 @@ def first_gradient(editor: Editor, latent: Tensor, seed: int) -> Tensor:
     return states[0].gradient
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """CUDA's float32 maths without TF32 (torch lets cuDNN's convolutions use it by default, and
+    matmuls where a user allowed it), so that ``reference`` is the plain fp32 loop on a GPU too."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def agreement(
     *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device,
     options: dict[str, bool] | None = None, lora_std: float = 0.0,
@@ -67,7 +82,8 @@ def agreement(
     try:
         for seed in seeds:
             start = time.perf_counter()
-            reference = first_gradient(editors["reference"], latent, seed)
+            with full_fp32():
+                reference = first_gradient(editors["reference"], latent, seed)
             for path in paths:
                 gradient = first_gradient(editors[path], latent, seed)
                 cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0)

@@ -4,7 +4,7 @@
 # on the real-size model, most telling first, each printing its figures as it ends: a run
 # stopped by a time limit keeps what it measured, and SIGINT still prints the closing table.
 #
-#   bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest] [pytest options...]
+#   bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest|agree] [pytest options...]
 #
 # `first` fits a 10-minute call on one H100/H200 (STEER_GPU_SECONDS, default 540, then SIGINT;
 # SteerMusic+'s inductor compile is not known, so the last case may not be reached);
@@ -18,9 +18,13 @@
 # model, CPU: 37 s against 170 s for SteerMusic, 107 s against 713 s for SteerMusic+). The
 # kernels' autotuning (inductor's configs; `max-autotune`'s choice of matmul kernels) then ran
 # while the other processes shared the GPU; what the timed cases measure is the chosen kernels.
+# `agree` measures no time: each path's first-step gradient against `reference` in full fp32
+# (benchmarks/agreement.py), SteerMusic then SteerMusic+, on the GPU's kernels (cuBLAS and
+# cuDNN in bf16, inductor's Triton code, the fused Triton kernel), which no run has compared
+# yet; its extra options go to the agreement script (`--seeds 0` for one seed).
 set -uo pipefail
 if [[ $# -lt 1 || ${1:0:1} == "-" ]]; then
-    echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest] [pytest options...]" >&2
+    echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest|agree] [pytest options...]" >&2
     exit 2
 fi
 out=$1
@@ -68,7 +72,8 @@ case $plan in
     first) cases=("${first[@]}") ;;
     rest) cases=("${rest[@]}") ;;
     prewarm) cases=("${prewarm[@]}") ;;
-    *) echo "unknown plan '$plan': use prewarm, first or rest" >&2; exit 2 ;;
+    agree) cases=() ;;
+    *) echo "unknown plan '$plan': use prewarm, first, rest or agree" >&2; exit 2 ;;
 esac
 jobs=${STEER_PREWARM_JOBS:-6}
 if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
@@ -96,6 +101,20 @@ if [[ $plan == prewarm ]]; then
     done
     wait
     grep -h -e "warm-up edit" -e " passed" -e " failed" -e "error" "$out"/prewarm-*.txt | tee "$out/log.txt"
+    exit 0
+fi
+if [[ $plan == agree ]]; then
+    runs=(
+        "--paths batched bf16 fp16 fused --seeds 0 1"
+        "--recipe steermusic_plus --merge-lora --fuse-projections --lora-std 0.05 --paths batched bf16 checkpointed fused-checkpointed --seeds 0 1"
+    )
+    for i in "${!runs[@]}"; do
+        left=$(( ${STEER_GPU_SECONDS:-540} - (SECONDS - start) ))
+        (( left > 0 )) || break
+        # shellcheck disable=SC2086  # each run's options, split into words
+        PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$left" "$python" -m benchmarks.agreement --real-size ${runs[i]} \
+            --json "$out/agreement-$i.json" "$@" 2>&1 | tee -a "$out/log.txt"
+    done
     exit 0
 fi
 if [[ $plan == first ]]; then  # the step graphs' correctness on CUDA first (tiny models, seconds)

@@ -71,6 +71,22 @@ def test_agreement_compares_the_paths_with_their_options_against_a_drawn_lora_co
     assert [(r["path"], r["skipped"]) for r in rows] == [("batched", False)] and rows[0]["cosine"] > 0.999
 
 
+def test_the_agreements_reference_runs_without_tf32_and_leaves_the_users_settings_as_they_were():
+    """On a GPU torch lets cuDNN's convolutions use TF32 by default: the reference gradient is
+    taken without it (and without TF32 matmuls, where a user allowed them)."""
+    from benchmarks.agreement import full_fp32
+
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError, match="inside"), full_fp32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("inside")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     """`pytest benchmarks --profile-file` writes this per case: the wall time divided by the
     edit's steps, and the ops with the most time, with their call counts."""
@@ -197,7 +213,7 @@ def test_warm_only_runs_each_cases_warm_up_edit_and_times_nothing():
 @pytest.mark.parametrize(
     ("plan", "jobs", "error"),
     [
-        ("all", "6", "unknown plan 'all': use prewarm, first or rest"),
+        ("all", "6", "unknown plan 'all': use prewarm, first, rest or agree"),
         ("prewarm", "0", "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '0'"),
     ],
 )
@@ -225,3 +241,24 @@ def test_the_gpu_wheels_script_fetches_this_venvs_versions_for_the_gpu_machines_
     assert "-cp312-" in wheels[0] and "manylinux_2_28" in wheels[4]  # cffi built; libsndfile inside
     refused = subprocess.run(["bash", "benchmarks/gpu_wheels.sh", "a", "b"], capture_output=True, text=True)
     assert refused.returncode == 2 and "usage: bash benchmarks/gpu_wheels.sh [DIR]" in refused.stderr
+
+
+def test_the_gpu_figures_agree_plan_runs_the_agreement_script_for_each_recipe(tmp_path):
+    """`agree` runs `benchmarks.agreement` on the real-size model, SteerMusic then SteerMusic+
+    (both options, B drawn), each writing its JSON, with the extra options passed on (a stand-in
+    Python records the commands)."""
+    calls = tmp_path / "calls.txt"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_figures.sh", str(out), "agree", "--seeds", "0"],
+        capture_output=True, text=True, env={**os.environ, "PYTHON": str(python)},
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    agreement = [line.split() for line in calls.read_text().splitlines() if "benchmarks.agreement" in line]
+    assert [call[:3] for call in agreement] == [["-m", "benchmarks.agreement", "--real-size"]] * 2
+    assert agreement[0][-3:] == [str(out / "agreement-0.json"), "--seeds", "0"]
+    assert "--recipe steermusic_plus --merge-lora --fuse-projections --lora-std 0.05" in " ".join(agreement[1])
+    assert "fused-checkpointed" in agreement[1] and "fused" in agreement[0]
