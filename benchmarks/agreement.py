@@ -2,8 +2,9 @@
 
 For each seed, the first step's gradient on the latent (the same t and ε on every path) is
 compared with the ``reference`` path's (in full fp32: no TF32 on a GPU) by cosine similarity:
-what the issue's thresholds (≥ 0.999 fp32, ≥ 0.99 bf16) are stated on. The tests check the tiny model; this script measures the
-real-size UNet, where rounding in bf16 accumulates over more and wider layers.
+what the issue's thresholds (≥ 0.999 fp32, ≥ 0.99 bf16) are stated on. The tests check the
+tiny model; this script measures the real-size UNet, where rounding in bf16 accumulates over
+more and wider layers.
 
 Usage::
 
