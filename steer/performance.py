@@ -276,12 +276,9 @@ class Performance:
             if inductor and device.type == "cuda" and not triton_available(device):
                 raise ValueError("torch.compile on CUDA needs triton: pip install triton, or compile=False")
             if inductor and device.type == "cpu" and toolchain.compiler() is None:
-                from torch._inductor import config
-
-                cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
-                searched = ", ".join(c for c in cxx if c)
                 raise ValueError(
-                    f"torch.compile on the CPU needs a C++ compiler, and none of inductor's ({searched}) "
+                    "torch.compile on the CPU needs a C++ compiler, and none of inductor's "
+                    f"({', '.join(toolchain.candidates())}) "
                     "runs: install g++ or name one in the CXX environment variable, or compile=False"
                 )
             if self.inductor_options(device):

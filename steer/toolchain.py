@@ -34,9 +34,18 @@ SHAPE = (1, 64, 64, 1)
 AVX2: dict[str, Any] = {"cpp.simdlen": 256}
 
 
+def candidates() -> list[str]:
+    """The C++ compilers inductor tries, in order: ``torch._inductor.config.cpp.cxx`` (``CXX``,
+    else ``g++``)."""
+    from torch._inductor import config
+
+    cxx = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    return [c for c in cxx if c]
+
+
 def compiler() -> str | None:
-    """The C++ compiler inductor builds CPU kernels with: the first of
-    ``torch._inductor.config.cpp.cxx`` (``CXX``, else ``g++``) that runs, ``None`` where none does."""
+    """The C++ compiler inductor builds CPU kernels with: the first of :func:`candidates` that
+    runs, ``None`` where none does."""
     from torch._inductor import cpp_builder, exc
 
     try:
