@@ -28,7 +28,10 @@ def test_without_shift_and_pcon_an_unchanged_concept_is_steermusic(tiny_backbone
     prompts = dict(source="a piano melody", target="a sks guitar melody")
     a = plus.edit_latent(latent, **prompts).latent
     b = plain.edit_latent(latent, **prompts).latent
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # equal but for rounding: the two editors batch their calls differently, and guidance 30 with
+    # lr 0.5 moves the latent by up to 11; measured 1.2e-5 of the displacement (1.6e-5 with the
+    # tiny text encoders of transformers 5.0), 1.3e-4 at most in one value
+    assert (a - b).norm() <= 1e-4 * (b - latent).norm()
     assert not torch.allclose(a, latent)
 
 
