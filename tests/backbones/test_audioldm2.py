@@ -155,9 +155,9 @@ def test_save_and_load_round_trip(tiny_backbone, tmp_path):
     x, t = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
     a = tiny_backbone.predict_noise(x, t, tiny_backbone.encode_prompt(["a cello"]), 3.0)
     b = loaded.predict_noise(x, t, loaded.encode_prompt(["a cello"]), 3.0)
-    # Equal to float32 rounding, not bit for bit: the loaded CLAP weights are not 64-byte aligned
-    # as the built ones are, and its pooler's output already differs by 6e-8. With transformers
-    # 5.24 the prediction came out equal all the same; with 5.17 it differed by 3.7e-6 (|ε̂| ≈ 1.6).
+    # Equal to float32 rounding, not bit for bit: the built and the loaded model round differently
+    # from CLAP's pooler on (6e-8 there; why was not traced). With transformers 5.24 the
+    # prediction came out equal all the same; with 5.17 it differed by 3.7e-6 (|ε̂| ≈ 1.6).
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
