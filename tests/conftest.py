@@ -1,12 +1,13 @@
 """Shared fixtures: a tiny random AudioLDM2 (built once per session), a LoRA concept that changes
 its UNet, and an analytic backbone whose noise prediction is known in closed form; an aten-op
-counter (:class:`OpCounts`, the ``op_counts`` fixture)."""
+counter (:class:`OpCounts`, the ``op_counts`` fixture); diffusers' log records (``diffusers_log``)."""
 
 from __future__ import annotations
 
 import collections
+import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
@@ -170,3 +171,15 @@ def dynamo() -> DynamoWatch:
 def op_counts() -> type[OpCounts]:
     """:class:`OpCounts`: ``with op_counts() as ops: ...`` then ``ops.counts``, ``ops.matmuls``."""
     return OpCounts
+
+
+@pytest.fixture()
+def diffusers_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` that also hears diffusers' loggers: they do not propagate to the root logger,
+    the only one caplog listens to before pytest 9.2."""
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

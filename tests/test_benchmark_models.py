@@ -228,16 +228,19 @@ def test_the_gpu_figures_script_refuses_an_unknown_plan_or_job_count(tmp_path, p
 
 def test_the_gpu_wheels_script_fetches_this_venvs_versions_for_the_gpu_machines_python(tmp_path):
     """`benchmarks/gpu_wheels.sh` (from the package index, as the install does): one wheel per
-    package a CUDA image lacks, each at the version installed here, binary ones for CPython 3.12."""
-    from importlib.metadata import version
-
+    package a CUDA image lacks, each at the version `.venv` holds (which need not be the Python
+    running the tests), binary ones for CPython 3.12."""
+    names = ("cffi", "diffusers", "peft", "pycparser", "soundfile", "torchsde", "trampoline")
+    versions = subprocess.run(
+        [".venv/bin/python", "-c", f"from importlib.metadata import version; print(*map(version, {names}))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
     run = subprocess.run(
         ["bash", "benchmarks/gpu_wheels.sh", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stdout + run.stderr
     wheels = sorted(path.name for path in tmp_path.glob("*.whl"))
-    names = ("cffi", "diffusers", "peft", "pycparser", "soundfile", "torchsde", "trampoline")
-    assert [wheel.split("-")[:2] for wheel in wheels] == [[name, version(name)] for name in names]
+    assert [wheel.split("-")[:2] for wheel in wheels] == [list(pair) for pair in zip(names, versions)]
     assert "-cp312-" in wheels[0] and "manylinux_2_28" in wheels[4]  # cffi built; libsndfile inside
     refused = subprocess.run(["bash", "benchmarks/gpu_wheels.sh", "a", "b"], capture_output=True, text=True)
     assert refused.returncode == 2 and "usage: bash benchmarks/gpu_wheels.sh [DIR]" in refused.stderr

@@ -1,16 +1,14 @@
 """The AudioLDM adapter against diffusers' own AudioLDMPipeline as the oracle."""
 
-import logging
-
 import pytest
 import torch
 from diffusers import AudioLDMPipeline, DDIMScheduler
 from perfect_denoiser import make_perfect
 
 from backbones import AudioLDMBackbone, load_backbone
+from backbones.base import UP_BLOCK_SELF_ATTENTION
 from backbones.tiny import tiny_audioldm_pipeline
 from losses import FeatureRequest, NoiseRequest
-from backbones.base import UP_BLOCK_SELF_ATTENTION
 from steer.predictions import evaluate_requests
 
 
@@ -112,13 +110,12 @@ def test_pcon_features_are_time_frequency_maps_with_a_gradient(backbone):
     assert x.grad is not None and x.grad[0].abs().sum() > 0 and x.grad[1].abs().sum() > 0
 
 
-def test_save_and_load_round_trip(backbone, tmp_path, caplog):
+def test_save_and_load_round_trip(backbone, tmp_path, diffusers_log):
     backbone.save_pretrained(tmp_path / "pipe")
     assert list((tmp_path / "pipe" / "unet").glob("*.safetensors"))
-    with caplog.at_level(logging.WARNING):
-        loaded = load_backbone(str(tmp_path / "pipe"))
+    loaded = load_backbone(str(tmp_path / "pipe"))
     # diffusers' deprecation warning reaches the user (steer does not silence it)
-    assert "AudioLDMPipeline has been deprecated" in caplog.text
+    assert "AudioLDMPipeline has been deprecated" in diffusers_log.text
     assert type(loaded) is AudioLDMBackbone
     assert (backbone.name_or_path, loaded.name_or_path) == (None, str(tmp_path / "pipe"))
     x, t = torch.randn(1, 8, 16, 16), torch.tensor([400])

@@ -5,17 +5,15 @@ tensor in transformers 4 and an output object in 5; the oracle runs the pipeline
 that one call shimmed back to the tensor (its ``pooler_output``).
 """
 
-import logging
-
 import pytest
 import torch
 from diffusers import DDIMScheduler, MusicLDMPipeline
 from perfect_denoiser import make_perfect
 
 from backbones import MusicLDMBackbone, load_backbone
+from backbones.base import UP_BLOCK_SELF_ATTENTION
 from backbones.tiny import tiny_musicldm_pipeline
 from losses import FeatureRequest, NoiseRequest
-from backbones.base import UP_BLOCK_SELF_ATTENTION
 from steer.predictions import evaluate_requests
 
 
@@ -116,11 +114,10 @@ def test_pcon_features_are_time_frequency_maps(backbone):
     assert shapes == {(1, 4, 2, 40), (1, 8, 4, 24), (1, 16, 8, 16)}
 
 
-def test_save_and_load_round_trip(backbone, tmp_path, caplog):
+def test_save_and_load_round_trip(backbone, tmp_path, diffusers_log):
     backbone.save_pretrained(tmp_path / "pipe")
-    with caplog.at_level(logging.WARNING):
-        loaded = load_backbone(str(tmp_path / "pipe"))
-    assert "MusicLDMPipeline has been deprecated" in caplog.text
+    loaded = load_backbone(str(tmp_path / "pipe"))
+    assert "MusicLDMPipeline has been deprecated" in diffusers_log.text
     assert type(loaded) is MusicLDMBackbone and loaded.name_or_path == str(tmp_path / "pipe")
     x, t = torch.randn(1, 8, 16, 16), torch.tensor([400])
     a = backbone.predict_noise(x, t, backbone.encode_prompt(["a cello"]), 3.0)
