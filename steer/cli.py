@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -209,6 +210,10 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
         torch.set_num_threads(args.threads)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if recipe in BASELINES:
         return _baseline_settings(args, recipe)
     performance = PRESETS[args.performance]

@@ -9,6 +9,7 @@ batched calls, adds up the losses' gradients and takes an optimiser step on x (N
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -245,8 +246,12 @@ class Editor(LatentEditor):
             raise ValueError("an editor needs at least one loss")
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
-        if lr <= 0:
-            raise ValueError(f"the learning rate must be positive, got {lr}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"the learning rate must be a positive finite number, got {lr}")
+        if lr_step_size < 1:
+            raise ValueError(f"lr_step_size must be at least 1 step, got {lr_step_size}")
+        if not 0 < lr_gamma < math.inf:
+            raise ValueError(f"lr_gamma must be a positive finite number, got {lr_gamma}")
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {optimizer!r}: use 'sgd' or 'adam'")
         if not 0 <= t_min <= t_max < backbone.num_train_timesteps:

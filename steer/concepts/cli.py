@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .concept import METHODS
+from .train import check_settings
 
 
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,6 +59,10 @@ def run_personalize(args: argparse.Namespace) -> Path:
             raise ValueError(f"reference clip not found: {reference}")
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
+    check_settings(
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
+        checkpoint_every=args.checkpoint_every,
+    )
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -153,6 +154,29 @@ def diffusion_loss(
     return F.mse_loss(model.predict_noise(x_t, t, model.encode_prompt(list(prompts))), noise).item()
 
 
+def check_settings(
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    crop_seconds: float | None = None,
+    checkpoint_every: int = 1,
+) -> None:
+    """Refuse the first training setting out of range with a ``ValueError`` that names it;
+    ``None`` (a default :func:`train_concept` fills in) passes. ``steer personalize`` calls it
+    before it loads a model."""
+    rules = (
+        ("steps", steps, "an integer >= 0", lambda v: v >= 0),
+        ("lr", lr, "a positive finite number", lambda v: 0 < v < math.inf),
+        ("batch_size", batch_size, "an integer >= 1", lambda v: v >= 1),
+        ("crop_seconds", crop_seconds, "a positive finite number", lambda v: 0 < v < math.inf),
+        ("checkpoint_every", checkpoint_every, "an integer >= 1", lambda v: v >= 1),
+    )
+    for name, value, rule, ok in rules:
+        if value is not None and not ok(value):
+            raise ValueError(f"{name} must be {rule}, got {value}")
+
+
 def train_concept(
     backbone: Backbone,
     references: Sequence[str | os.PathLike | Audio],
@@ -211,11 +235,9 @@ def train_concept(
     lr = defaults.lr if lr is None else lr
     batch_size = defaults.batch_size if batch_size is None else batch_size
     crop_seconds = CROP_SECONDS.get(backbone.family, 10.24) if crop_seconds is None else crop_seconds
-    if steps < 0 or batch_size < 1 or lr <= 0 or crop_seconds <= 0 or checkpoint_every < 1:
-        raise ValueError(
-            f"need steps >= 0, batch_size >= 1, lr > 0, crop_seconds > 0 and checkpoint_every >= 1; "
-            f"got {steps}, {batch_size}, {lr}, {crop_seconds}, {checkpoint_every}"
-        )
+    check_settings(
+        steps=steps, lr=lr, batch_size=batch_size, crop_seconds=crop_seconds, checkpoint_every=checkpoint_every
+    )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     if backbone.dtype != torch.float32:

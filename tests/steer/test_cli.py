@@ -63,6 +63,26 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         assert out.read_bytes() == b"keep me"
 
 
+@pytest.mark.parametrize(
+    "more, message",
+    [
+        (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+        (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+        (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+        (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
+        (["--steps", "0"], "--steps must be at least 1, got 0"),
+    ],
+)
+def test_bad_numbers_are_refused_before_a_model_loads(more, message, wav, tmp_path, capsys, monkeypatch):
+    def load_backbone(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("steer.cli.load_backbone", load_backbone)
+    out = tmp_path / "out.wav"
+    assert main([*_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out), *more]) == 2
+    assert capsys.readouterr().err == f"steer: error: {message}\n" and not out.exists()
+
+
 def test_overwrite_replaces(wav, tmp_path):
     out = tmp_path / "out.wav"
     out.write_bytes(b"old")

@@ -79,8 +79,10 @@ def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbo
     g++: benchmarks/README.md) makes the audio noise: the edit warns, naming its path and what to do,
     read in the same copy as the history; a sound edit does not warn."""
     prompts = dict(source="a piano melody", target="a violin melody")
+    editor = SteerMusic(tiny_backbone, steps=2)
+    editor.lr = float("nan")  # NaN steps (the constructor refuses this learning rate)
     with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*aot_eager"):
-        result = SteerMusic(tiny_backbone, steps=2, lr=float("nan")).edit_latent(latent, **prompts)
+        result = editor.edit_latent(latent, **prompts)
     assert result.latent.isnan().all() and len(result.history) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -188,6 +190,14 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
         Editor(tiny_backbone, losses=[DeltaDenoisingScore()], t_min=500, t_max=100)
     with pytest.raises(ValueError, match="unknown optimizer"):
         Editor(tiny_backbone, losses=[DeltaDenoisingScore()], optimizer="lbfgs")
+    for lr in (0.0, -0.02, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"learning rate must be a positive finite number, got {lr}"):
+            Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr=lr)
+    with pytest.raises(ValueError, match="lr_step_size must be at least 1 step, got 0"):
+        Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr_step_size=0)
+    for gamma in (0.0, -0.9, float("nan")):
+        with pytest.raises(ValueError, match=f"lr_gamma must be a positive finite number, got {gamma}"):
+            Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr_gamma=gamma)
     editor = SteerMusic(tiny_backbone, steps=1)
     with pytest.raises(ValueError, match="target prompt is empty"):
         editor.edit_latent(latent, source="a piano", target="  ")

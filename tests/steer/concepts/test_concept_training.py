@@ -161,6 +161,36 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.tokenizer", "token_embedding.tokenizer_2"}
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--lr", "nan", "lr must be a positive finite number, got nan"),
+        ("--lr", "0", "lr must be a positive finite number, got 0.0"),
+        ("--steps", "-1", "steps must be an integer >= 0, got -1"),
+        ("--batch-size", "0", "batch_size must be an integer >= 1, got 0"),
+        ("--crop-seconds", "inf", "crop_seconds must be a positive finite number, got inf"),
+        ("--checkpoint-every", "0", "checkpoint_every must be an integer >= 1, got 0"),
+    ],
+)
+def test_bad_training_numbers_are_refused_before_a_model_loads(
+    option, value, message, clip_files, mel_backbone, tmp_path, monkeypatch
+):
+    def load_backbone(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("backbones.load_backbone", load_backbone)
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "concept"
+    argv = ["personalize", *map(str, clip_files), "--token", "sks", "-o", str(out), "--backbone", "tiny", option, value]
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        run_personalize(parser.parse_args(argv))
+    assert not out.exists()
+    name = option.removeprefix("--").replace("-", "_")
+    with pytest.raises(ValueError, match=f"^{message}$"):  # the library call says the same
+        _train(mel_backbone, clip_files, "lora", **{name: getattr(parser.parse_args(argv), name)})
+
+
 def test_personalize_records_the_base_the_backbone_was_loaded_from(clip_files, tmp_path):
     parser = argparse.ArgumentParser(prog="steer")
     add_personalize_parser(parser.add_subparsers(dest="command"))
