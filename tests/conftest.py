@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random AudioLDM2 (built once per session), a LoRA concept that changes
 its UNet, and an analytic backbone whose noise prediction is known in closed form; an aten-op
-counter (:class:`OpCounts`, the ``op_counts`` fixture); diffusers' log records (``diffusers_log``)."""
+counter (:class:`OpCounts`, the ``op_counts`` fixture); diffusers' log records (``diffusers_log``);
+``no_model_loads``, which fails a test that loads a backbone."""
 
 from __future__ import annotations
 
@@ -183,3 +184,15 @@ def diffusers_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch) -> None:
+    """Make every ``load_backbone`` the command lines call fail the test: for checks that must
+    refuse bad input before any model loads."""
+
+    def load_backbone(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("backbones.load_backbone", "steer.cli.load_backbone"):
+        monkeypatch.setattr(name, load_backbone)

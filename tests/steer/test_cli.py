@@ -73,11 +73,7 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         (["--steps", "0"], "--steps must be at least 1, got 0"),
     ],
 )
-def test_bad_numbers_are_refused_before_a_model_loads(more, message, wav, tmp_path, capsys, monkeypatch):
-    def load_backbone(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr("steer.cli.load_backbone", load_backbone)
+def test_bad_numbers_are_refused_before_a_model_loads(more, message, wav, tmp_path, capsys, no_model_loads):
     out = tmp_path / "out.wav"
     assert main([*_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out), *more]) == 2
     assert capsys.readouterr().err == f"steer: error: {message}\n" and not out.exists()

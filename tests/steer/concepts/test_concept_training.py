@@ -173,12 +173,8 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     ],
 )
 def test_bad_training_numbers_are_refused_before_a_model_loads(
-    option, value, message, clip_files, mel_backbone, tmp_path, monkeypatch
+    option, value, message, clip_files, mel_backbone, tmp_path, no_model_loads
 ):
-    def load_backbone(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr("backbones.load_backbone", load_backbone)
     parser = argparse.ArgumentParser(prog="steer")
     add_personalize_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "concept"
