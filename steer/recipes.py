@@ -174,7 +174,9 @@ class SteerMusicPlus(Editor):
         return {"base": self.backbone, "personalized": self.personalized}
 
     def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:
-        token = re.compile(rf"\s*\b{re.escape(self.token)}\b")
+        # the token as a word of its own, whatever it is made of ("sks", "[S]"): not a part of a
+        # longer word ("desks"); \b would need word characters at its ends and miss "[S]"
+        token = re.compile(rf"(?<!\w){re.escape(self.token)}(?!\w)")
         for prompt in target:
             if not token.search(prompt):
                 raise ValueError(

@@ -60,6 +60,18 @@ def test_target_must_name_the_token(tiny_backbone, latent):
         editor.edit_latent(latent, source="a piano", target="a guitar")
 
 
+@pytest.mark.parametrize("token", ["sks", "[S]", "<s1>"])
+def test_a_token_of_any_characters_is_found_as_a_word_of_its_own(tiny_backbone, token):
+    concept = SameModel()
+    concept.token = token
+    editor = SteerMusicPlus(tiny_backbone, concept, steps=1)
+    roles = editor.prompt_roles(["a piano"] * 2, [f"a {token}  guitar melody", f"{token}, a guitar"])
+    assert roles["target_base"] == ["a guitar melody", ", a guitar"]
+    for inside_a_word in (f"a x{token} guitar", f"a {token}x guitar"):
+        with pytest.raises(ValueError, match="does not name the concept token"):
+            editor.prompt_roles(["a piano"], [inside_a_word])
+
+
 def test_recipe_defaults_are_the_authors(tiny_backbone):
     editor = SteerMusicPlus(tiny_backbone, SameModel())
     pds, shift, pcon = editor.losses
