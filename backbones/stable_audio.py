@@ -210,9 +210,10 @@ class StableAudioBackbone(PipelineBackbone):
             )
         if waveform.shape[-1] == 0:
             raise ValueError("audio is empty: give at least one sample")
-        waveform = waveform.float().expand(-1, self.channels, -1)
-        if sample_rate != self.sample_rate:
+        waveform = waveform.float()
+        if sample_rate != self.sample_rate:  # before mono is duplicated: resampled once
             waveform = AF.resample(waveform, sample_rate, self.sample_rate)
+        waveform = waveform.expand(-1, self.channels, -1)
         vae = self.pipe.vae
         waveform = F.pad(waveform, (0, -waveform.shape[-1] % vae.hop_length))
         with torch.no_grad():

@@ -3,7 +3,7 @@
 A new backbone joins :data:`CASES`; if it breaks what losses and editors rely on (shapes and
 dtypes of the noise prediction, a VP schedule, self-attention features that carry the gradient to
 the latent, an exactly zero delta score for equal prompts, an exact DDPM-inversion round trip,
-decoding to the input's duration,
+decoding to the input's duration, a batch of clips encoded as each alone,
 SteerMusic+ with a LoRA concept, a textual-inversion concept that touches only its own token),
 it fails here.
 """
@@ -143,6 +143,15 @@ def test_an_edit_keeps_the_input_duration(backbone):
     expected = (1, samples) if backbone.channels == 1 else (1, backbone.channels, samples)
     assert tuple(result.audio.shape) == expected and result.sample_rate == backbone.sample_rate
     assert torch.isfinite(result.audio).all()
+
+
+def test_a_batch_of_clips_encodes_as_each_clip_alone(backbone, latent):
+    # (B, 1, samples) at a rate not the model's: mono and resampling, as `steer run --batch-size` gives them
+    other = 0.5 * CLIP.waveform.flip(-1)
+    batch = backbone.encode_audio(torch.stack([CLIP.waveform, other]), CLIP.sample_rate)
+    assert batch.shape == (2, *latent.shape[1:])
+    torch.testing.assert_close(batch[:1], latent, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(batch[1:], backbone.encode_audio(other[None], CLIP.sample_rate), rtol=1e-4, atol=1e-4)
 
 
 def test_steermusic_plus_with_a_lora_concept(backbone, latent):
