@@ -9,6 +9,7 @@ Latents are ``(B, 8, T, 16)``: 25 latent frames per second on axis 2, 16 frequen
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -78,9 +79,14 @@ class AudioLDM2Backbone(MelVAEBackbone):
     def encode_one(self, prompt: str) -> Conditioning:
         """GPT-2 states ``(1, 8, D)``, T5 states ``(1, L, D')`` and their mask ``(1, L)``, by the
         pipeline's ``encode_prompt`` with its empty negative prompt."""
-        t5_states, t5_mask, gpt2_states = self.pipe.encode_prompt(
-            prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=True
-        )
+        with warnings.catch_warnings():
+            # diffusers 0.42's pipeline passes past_key_values to GPT-2, which transformers 5.24
+            # deprecates with a FutureWarning on every prompt: nothing a user can act on
+            # (pyproject.toml keeps transformers below 5.40, which removes it)
+            warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+            t5_states, t5_mask, gpt2_states = self.pipe.encode_prompt(
+                prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=True
+            )
         # The pipeline stacks [negative; positive] along the batch.
         fields = {
             "encoder_hidden_states": gpt2_states,

@@ -1,6 +1,7 @@
 """The AudioLDM2 adapter against diffusers' own AudioLDM2Pipeline as the oracle."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -32,6 +33,19 @@ def test_encode_prompt_equals_pipeline(tiny_backbone, tiny_pipe):
     torch.testing.assert_close(cond.uncond["encoder_hidden_states"], gpt2[:1], rtol=0, atol=0)
     torch.testing.assert_close(cond.cond["encoder_hidden_states_1"], t5[1:], rtol=0, atol=0)
     assert torch.equal(cond.cond["encoder_attention_mask_1"], mask[1:])
+
+
+def test_encoding_a_prompt_keeps_the_pipelines_deprecation_warning_from_the_user(tiny_backbone, tiny_pipe):
+    def past_key_values_warnings(encode) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            encode()
+        return sum("past_key_values" in str(w.message) for w in caught)
+
+    with torch.no_grad():
+        if not past_key_values_warnings(lambda: tiny_pipe.encode_prompt("a cello", "cpu", 1, True)):
+            pytest.skip("this transformers does not deprecate GPT-2's past_key_values (it did from 5.24)")
+    assert past_key_values_warnings(lambda: tiny_backbone.encode_prompt(["a cello"])) == 0
 
 
 def test_prompts_are_encoded_once(tiny_backbone, monkeypatch):
