@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,6 +44,17 @@ def _cqt(device: torch.device) -> torch.nn.Module:
     return _CQT_KERNELS[key]
 
 
+class ClipTooShort(ValueError):
+    """A clip shorter than the CQT reads (:func:`cqt_top1`)."""
+
+
+def cqt_min_samples(cqt: torch.nn.Module) -> int:
+    """The fewest 16-kHz samples ``cqt`` reads: its lowest octave is the clip halved
+    ``n_octaves - 1`` times, which must be longer than the ``n_fft / 2`` samples of its
+    reflection padding (8224 samples, 0.514 s, for the paper's settings)."""
+    return (cqt.n_fft // 2 + 1) * 2 ** (cqt.n_octaves - 1)
+
+
 def _as_tensor(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(np.ascontiguousarray(waveform))
@@ -60,14 +72,23 @@ def cqt_top1(waveform: np.ndarray | torch.Tensor, *, sample_rate: int = 16000) -
     Returns:
         ``(frames,)`` or ``(batch, frames)`` int64 bin indices in ``[0, 128)``, bin ``k`` centred
         on ``65 * 2 ** (k / 24)`` Hz. Silent frames give bin 0.
+
+    Raises:
+        ClipTooShort: (a ``ValueError``) for clips shorter than the CQT reads, 0.514 s.
     """
     x = _as_tensor(waveform)
     if x.ndim not in (1, 2):
         raise ValueError(f"expected (time,) or (batch, time) audio, got shape {tuple(x.shape)}")
     if sample_rate != CQT_SAMPLE_RATE:
         x = torchaudio.functional.resample(x, sample_rate, CQT_SAMPLE_RATE)
+    cqt = _cqt(x.device)
+    if x.shape[-1] < (shortest := cqt_min_samples(cqt)):
+        raise ClipTooShort(
+            f"a clip of {x.shape[-1] / CQT_SAMPLE_RATE:.3f} s is too short for the CQT of the "
+            f"melody line (CQT-1 PCC, steer plot), which reads at least {shortest / CQT_SAMPLE_RATE:.3f} s"
+        )
     with torch.no_grad():
-        spectrum = _cqt(x.device)(x.reshape(-1, x.shape[-1]))  # (batch, 128, frames)
+        spectrum = cqt(x.reshape(-1, x.shape[-1]))  # (batch, 128, frames)
     top = spectrum.argmax(dim=1)
     return top[0] if x.ndim == 1 else top
 
@@ -79,6 +100,18 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # sqrt(saa * sbb), not sqrt(saa) * sqrt(sbb): a sequence against itself gives exactly 1.0
     r = (a * b).sum(-1) / torch.sqrt((a * a).sum(-1) * (b * b).sum(-1))
     return r.clamp(-1.0, 1.0)  # clamp keeps NaN
+
+
+def _tops(
+    reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor, sample_rate: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Both clips' :func:`cqt_top1`, or ``None`` (with a warning) where one is too short: its
+    melody line, hence the correlation, is undefined, as for silence."""
+    try:
+        return cqt_top1(reference, sample_rate=sample_rate), cqt_top1(estimate, sample_rate=sample_rate)
+    except ClipTooShort as error:
+        warnings.warn(f"CQT-1 PCC is NaN: {error}", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def cqt1_pcc(
@@ -98,12 +131,13 @@ def cqt1_pcc(
         a float in [-1, 1]; a clip against itself gives exactly 1.0. **NaN** when either clip's
         top-1 sequence is constant — silence above all (every bin 0) — since the correlation is
         then undefined; it is returned as NaN, not hidden, so averages over a benchmark must say how
-        they treat it (e.g. ``np.nanmean`` plus a count of NaNs).
+        they treat it (e.g. ``np.nanmean`` plus a count of NaNs). NaN too, with a warning, when
+        either clip is shorter than the CQT reads (0.514 s).
     """
-    ref, est = (
-        cqt_top1(reference, sample_rate=sample_rate),
-        cqt_top1(estimate, sample_rate=sample_rate),
-    )
+    tops = _tops(reference, estimate, sample_rate)
+    if tops is None:
+        return float("nan")
+    ref, est = tops
     if ref.ndim != 1 or est.ndim != 1:
         raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
     n = min(ref.shape[-1], est.shape[-1])
@@ -117,11 +151,11 @@ def cqt1_pcc_batch(
     sample_rate: int = 16000,
 ) -> torch.Tensor:
     """:func:`cqt1_pcc` of each pair in a batch: ``(batch, time)``, ``(batch, time')`` ->
-    ``(batch,)`` float64 on CPU (NaN for constant sequences)."""
-    ref, est = (
-        cqt_top1(reference, sample_rate=sample_rate),
-        cqt_top1(estimate, sample_rate=sample_rate),
-    )
+    ``(batch,)`` float64 on CPU (NaN for constant sequences, and for clips too short for the CQT)."""
+    tops = _tops(reference, estimate, sample_rate)
+    if tops is None:
+        return torch.full(_as_tensor(reference).shape[:1], float("nan"), dtype=torch.float64)
+    ref, est = tops
     if ref.ndim != 2 or est.ndim != 2 or ref.shape[0] != est.shape[0]:
         raise ValueError(
             f"expected (batch, time) clips with equal batch sizes, got {tuple(ref.shape)} "

@@ -112,3 +112,19 @@ def test_bad_shapes_are_refused():
         cqt1_pcc_batch(x, x)
     with pytest.raises(ValueError, match="shape"):
         cqt_top1(np.zeros((1, 1, 100), np.float32))
+
+
+def test_a_clip_too_short_for_the_cqt_is_refused_and_its_pcc_is_nan():
+    shortest = 8224  # 257 samples after the CQT's 5 halvings (its lowest octave), at 16 kHz
+    long_enough, short = tones([69], seconds_each=shortest / SR), tones([69], seconds_each=(shortest - 1) / SR)
+    assert cqt_top1(long_enough).shape == (shortest // 512 + 1,)
+    with pytest.raises(ValueError, match=r"0\.514 s is too short .* at least 0\.514 s"):
+        cqt_top1(short)
+    with pytest.raises(ValueError, match=r"0\.500 s is too short"):  # 8000 samples at 16 kHz, from 22.05 kHz
+        cqt_top1(tones([69], seconds_each=0.5, sample_rate=22050), sample_rate=22050)
+    x = tones(MELODY)
+    with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN: a clip of 0.514 s is too short"):
+        assert math.isnan(cqt1_pcc(x, short))
+    with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN"):
+        pcc = cqt1_pcc_batch(np.stack([short, short]), np.stack([short, short]))
+    assert pcc.shape == (2,) and pcc.isnan().all()
