@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import torchaudio.functional
 from steer.data._files import atomic_write_text
 
 from .audio import load_audio
+from .metrics.functional import TooFewRows
 from .manifest import EditItem, read_edit_manifest
 from .runner import RunCounts, collect_records, read_record, write_json
 
@@ -124,8 +126,18 @@ def score_pairs(
     per_set = by_group
     values = {name: metric.values().tolist() if pairs else [] for name, metric in per_clip.items()}
     items = {pair.id: {name: float(values[name][i]) for name in per_clip} for i, pair in enumerate(pairs)}
-    sets = {group: {name: float(m.compute()) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}
+    sets = {group: {name: _set_value(m, name, group) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}
     return items, sets
+
+
+def _set_value(metric: Metric, name: str, group: str) -> float:
+    """A set-level metric's value over a group; NaN (shown as "—"), with a warning, for a group
+    too small for it (FAD of an edit type with one clip), so the other groups are still scored."""
+    try:
+        return float(metric.compute())
+    except TooFewRows as error:
+        warnings.warn(f"{name} of edit type {group!r} is left empty: {error}", RuntimeWarning, stacklevel=2)
+        return math.nan
 
 
 def aggregate(

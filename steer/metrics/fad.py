@@ -33,7 +33,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from steer.metrics.base import AudioPairMetric
 from steer.metrics.clap import ClapEncoder
-from steer.metrics.functional import frechet_distance
+from steer.metrics.functional import TooFewRows, frechet_distance
 
 __all__ = ["AudioEmbedding", "ClapAudioEmbedding", "FrechetAudioDistance"]
 
@@ -118,11 +118,12 @@ class FrechetAudioDistance(AudioPairMetric):
         self.source_rows.append(self._rows(source))
 
     def compute(self) -> Tensor:
-        """Scalar float64: the Fréchet distance between the edited and the source rows."""
+        """Scalar float64: the Fréchet distance between the edited and the source rows;
+        :class:`TooFewRows` (a ``ValueError``) where a set has under 2 rows."""
         statistics = []
         for rows in (self.edited_rows, self.source_rows):
             rows = dim_zero_cat(rows).cpu().numpy() if len(rows) else np.zeros((0, 0))
             if rows.shape[0] < 2:
-                raise ValueError(f"FAD needs at least 2 embedding rows per set, got {rows.shape[0]}")
+                raise TooFewRows(f"FAD needs at least 2 embedding rows per set, got {rows.shape[0]}")
             statistics += [rows.mean(axis=0), np.atleast_2d(np.cov(rows, rowvar=False))]
         return torch.tensor(frechet_distance(*statistics), dtype=torch.float64)

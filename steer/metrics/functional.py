@@ -48,6 +48,11 @@ class ClipTooShort(ValueError):
     """A clip shorter than the CQT reads (:func:`cqt_top1`)."""
 
 
+class TooFewRows(ValueError):
+    """A set with fewer than the 2 embedding rows a covariance needs
+    (:meth:`~steer.metrics.FrechetAudioDistance.compute`)."""
+
+
 def cqt_min_samples(cqt: torch.nn.Module) -> int:
     """The fewest 16-kHz samples ``cqt`` reads: its lowest octave is the clip halved
     ``n_octaves - 1`` times, which must be longer than the ``n_fft / 2`` samples of its

@@ -119,3 +119,25 @@ def test_set_metrics_embed_each_clip_once_and_all_merges_the_groups(tmp_path):
         direct.update(edited, source)
     assert math.isclose(sets[ALL]["fad"], float(direct.compute()), rel_tol=1e-9)
     assert sets["a"]["fad"] != sets["b"]["fad"]
+
+
+def test_an_edit_type_too_small_for_fad_is_left_empty_and_the_others_are_scored(tmp_path):
+    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.metrics import FrechetAudioDistance
+
+    class ClipEmbedding(_FrameEmbedding):  # one row per clip: a single clip has no covariance
+        def forward(self, waveform):
+            return super().forward(waveform).mean(1)
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i, group in enumerate("abbb"):
+        paths = [tmp_path / f"{kind}{i}.wav" for kind in ("src", "edit")]
+        for path, level in zip(paths, (0.3, 0.2 + 0.05 * i)):
+            sf.write(path, (level * rng.standard_normal(8000)).astype(np.float32), 16000)
+        pairs.append(Pair(f"x{i}", group, *paths, "t"))
+    fad = FrechetAudioDistance(sample_rate=16000, embedding=ClipEmbedding())
+    with pytest.warns(RuntimeWarning, match="fad of edit type 'a' is left empty: FAD needs at least 2"):
+        _, sets = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
+    assert math.isnan(sets["a"]["fad"])
+    assert math.isfinite(sets["b"]["fad"]) and math.isfinite(sets[ALL]["fad"]) and sets["b"]["fad"] != sets[ALL]["fad"]
