@@ -25,8 +25,8 @@ import torchaudio.functional
 from steer.data._files import atomic_write_text
 
 from .audio import load_audio
-from .metrics.functional import TooFewRows
 from .manifest import EditItem, read_edit_manifest
+from .metrics.functional import TooFewRows
 from .runner import RunCounts, collect_records, read_record, write_json
 
 if TYPE_CHECKING:

@@ -108,7 +108,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _tops(
-    reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor, sample_rate: int
+    reference: torch.Tensor, estimate: torch.Tensor, sample_rate: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Both clips' :func:`cqt_top1`, or ``None`` (with a warning) where one is too short: its
     melody line, hence the correlation, is undefined, as for silence."""
@@ -139,12 +139,13 @@ def cqt1_pcc(
         they treat it (e.g. ``np.nanmean`` plus a count of NaNs). NaN too, with a warning, when
         either clip is shorter than the CQT reads (0.514 s).
     """
+    reference, estimate = _as_tensor(reference), _as_tensor(estimate)
+    if reference.ndim != 1 or estimate.ndim != 1:
+        raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
     tops = _tops(reference, estimate, sample_rate)
     if tops is None:
         return float("nan")
     ref, est = tops
-    if ref.ndim != 1 or est.ndim != 1:
-        raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
     n = min(ref.shape[-1], est.shape[-1])
     return float(_pearson(ref[:n].cpu(), est[:n].cpu()))
 
@@ -157,15 +158,16 @@ def cqt1_pcc_batch(
 ) -> torch.Tensor:
     """:func:`cqt1_pcc` of each pair in a batch: ``(batch, time)``, ``(batch, time')`` ->
     ``(batch,)`` float64 on CPU (NaN for constant sequences, and for clips too short for the CQT)."""
+    reference, estimate = _as_tensor(reference), _as_tensor(estimate)
+    if reference.ndim != 2 or estimate.ndim != 2 or reference.shape[0] != estimate.shape[0]:
+        raise ValueError(
+            f"expected (batch, time) clips with equal batch sizes, got {tuple(reference.shape)} "
+            f"and {tuple(estimate.shape)}"
+        )
     tops = _tops(reference, estimate, sample_rate)
     if tops is None:
-        return torch.full(_as_tensor(reference).shape[:1], float("nan"), dtype=torch.float64)
+        return torch.full(reference.shape[:1], float("nan"), dtype=torch.float64)
     ref, est = tops
-    if ref.ndim != 2 or est.ndim != 2 or ref.shape[0] != est.shape[0]:
-        raise ValueError(
-            f"expected (batch, time) clips with equal batch sizes, got {tuple(ref.shape)} "
-            f"and {tuple(est.shape)} frames"
-        )
     n = min(ref.shape[-1], est.shape[-1])
     return _pearson(ref[:, :n].cpu(), est[:, :n].cpu())
 
