@@ -126,7 +126,11 @@ def test_predict_noise_equals_pipeline(backbone, sa_pipe, guidance, t):
     ours = backbone.predict_noise(x, torch.tensor([t]), cond, guidance)
     sigma = backbone.sigmas[t].item()
     reference = _pipeline_guided_noise(sa_pipe, x, sigma, "a piano melody", guidance)
-    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    # float32 rounding of the two computations' D, multiplied by the guidance (the CFG mix) and
+    # divided by σ below 1 (ε = (x − D) / σ): seen up to 1.3e-5 at t = 20 (σ = 0.33), guidance 7,
+    # in both the newest and the lowest versions CI installs; the bound is 5-9× what was seen
+    atol = 5e-6 * guidance / min(sigma, 1.0)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=atol)
     assert ours.dtype == torch.float32
 
 
