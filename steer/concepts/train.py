@@ -161,6 +161,7 @@ def check_settings(
     batch_size: int | None = None,
     crop_seconds: float | None = None,
     checkpoint_every: int = 1,
+    keep_checkpoints: int = 0,
 ) -> None:
     """Refuse the first training setting out of range with a ``ValueError`` that names it;
     ``None`` (a default :func:`train_concept` fills in) passes. ``steer personalize`` calls it
@@ -171,6 +172,7 @@ def check_settings(
         ("batch_size", batch_size, "an integer >= 1", lambda v: v >= 1),
         ("crop_seconds", crop_seconds, "a positive finite number", lambda v: 0 < v < math.inf),
         ("checkpoint_every", checkpoint_every, "an integer >= 1", lambda v: v >= 1),
+        ("keep_checkpoints", keep_checkpoints, "an integer >= 0 (0 keeps all)", lambda v: v >= 0),
     )
     for name, value, rule, ok in rules:
         if value is not None and not ok(value):
@@ -218,7 +220,8 @@ def train_concept(
         base_model: the base model's repo id or path for the config and model card (read from
             the backbone when it knows it).
         checkpoint_dir: save the training state there every ``checkpoint_every`` steps (the last
-            ``keep_checkpoints`` are kept).
+            ``keep_checkpoints`` of this run are kept; 0 keeps all). Without ``resume`` it must
+            not hold an earlier run's checkpoints; other files there are left alone.
         resume: continue from the newest checkpoint in ``checkpoint_dir`` (same settings
             required; ``steps`` may grow); without one, start from scratch.
         progress: show a progress bar.
@@ -236,10 +239,17 @@ def train_concept(
     batch_size = defaults.batch_size if batch_size is None else batch_size
     crop_seconds = CROP_SECONDS.get(backbone.family, 10.24) if crop_seconds is None else crop_seconds
     check_settings(
-        steps=steps, lr=lr, batch_size=batch_size, crop_seconds=crop_seconds, checkpoint_every=checkpoint_every
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        crop_seconds=crop_seconds,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
     )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    if checkpoint_dir is not None and not resume:
+        _check_fresh(Path(checkpoint_dir))
     if backbone.dtype != torch.float32:
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
     clips = load_references(references, backbone.sample_rate)
@@ -376,9 +386,27 @@ def _digest(waveforms) -> str:
 # A checkpoint is a folder `checkpoint-<step>` with the learnt tensors (trainable.safetensors), the
 # optimiser's and the generator's state (state.safetensors) and the settings (trainer_state.json).
 # It is written under a temporary name and renamed, so a crash never leaves half a checkpoint.
+# Only folders holding those three files count: other tools' `checkpoint-<n>` folders are never
+# read or pruned.
 def _checkpoints(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    found = [
+        p
+        for p in folder.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit()
+        and all((p / name).is_file() for name in ("trainable.safetensors", "state.safetensors", "trainer_state.json"))
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _check_fresh(folder: Path) -> None:
+    """A run that does not resume must not mix its checkpoints with an earlier run's (pruning the
+    oldest would delete the new ones, and a later resume would continue the wrong run)."""
+    found = _checkpoints(folder) if folder.is_dir() else []
+    if found:
+        raise ValueError(
+            f"checkpoint_dir {folder} already holds checkpoints of a run (newest: {found[-1].name}): pass "
+            "resume=True to continue it with the same settings, or use another folder"
+        )
 
 
 def _save_checkpoint(

@@ -104,6 +104,22 @@ def test_resuming_with_other_settings_fails(mel_backbone, clips, tmp_path):
         _train(mel_backbone, clips, "lora", steps=4, resume=True)
 
 
+def test_checkpoints_never_touch_what_the_run_did_not_write(mel_backbone, clips, tmp_path):
+    foreign = tmp_path / "checkpoint-500"  # another tool's checkpoint, numbered past this run's
+    foreign.mkdir()
+    (foreign / "pytorch_model.bin").write_text("someone's weights")
+    kwargs = {"steps": 3, "batch_size": 1, "checkpoint_dir": tmp_path, "checkpoint_every": 1, "keep_checkpoints": 2}
+    _train(mel_backbone, clips, "lora", **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "checkpoint-500"]
+    assert (foreign / "pytorch_model.bin").read_text() == "someone's weights"
+    # a second run that does not resume would mix its checkpoints with the first one's
+    with pytest.raises(ValueError, match=r"already holds checkpoints of a run \(newest: checkpoint-000003\).*resume=True"):
+        _train(mel_backbone, clips, "lora", seed=1, **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "checkpoint-500"]
+    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 0"):
+        _train(mel_backbone, clips, "lora", steps=1, keep_checkpoints=-1)
+
+
 def test_unusable_references_name_the_file(mel_backbone, clip_files, tmp_path):
     missing = tmp_path / "missing.wav"
     unreadable = tmp_path / "notes.wav"
