@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .concept import METHODS
-from .train import check_settings
+from .concept import METHODS, check_save_folder
+from .train import check_checkpoint_dir, check_settings
 
 
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,6 +59,9 @@ def run_personalize(args: argparse.Namespace) -> Path:
             raise ValueError(f"reference clip not found: {reference}")
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
+    check_save_folder(output)
+    if args.checkpoint_dir is not None:
+        check_checkpoint_dir(args.checkpoint_dir, resume=args.resume)
     check_settings(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
         checkpoint_every=args.checkpoint_every,

@@ -188,6 +188,19 @@ def _same_weights(a: Sequence[float], b: Sequence[float]) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-8) for x, y in zip(a, b))
 
 
+def check_save_folder(folder: Path) -> None:
+    """Refuse a folder :meth:`Concept.save_pretrained` must not write: a file, or a folder that
+    is not a concept's but holds a file of a concept's names (it would be replaced)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder")
+    clashes = sorted(name for name in _OWN_FILES if (folder / name).exists())
+    if clashes and not (folder / CONFIG_NAME).is_file():
+        raise ValueError(
+            f"{folder} is not a steer concept's folder but holds {', '.join(clashes)}, which saving a "
+            "concept would replace: save it into an empty folder (or an earlier concept's)"
+        )
+
+
 # -- the concept -----------------------------------------------------------------------------------
 class Concept:
     """A learnt concept: its :class:`ConceptConfig` and its weights.
@@ -302,12 +315,13 @@ class Concept:
 
         Files: ``concept_config.json``; for LoRA ``adapter_model.safetensors`` +
         ``adapter_config.json`` (peft's layout); ``concept.safetensors`` for the other weights;
-        ``README.md``, the model card (``repo_id`` only changes its usage example). Files of an
-        earlier concept of another method in the same folder are removed.
+        ``README.md``, the model card (``repo_id`` only changes its usage example). Saving over
+        an earlier concept replaces its files (those of another method are removed); a folder
+        that is not a concept's but holds a file of one of these names is refused, and other
+        files are left alone.
         """
         folder = Path(save_directory)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{folder} exists and is not a folder")
+        check_save_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
         lora = {PEFT_PREFIX + k: v for k, v in self.weights_under("lora").items()}
         other = {k: v for k, v in self.weights.items() if not k.startswith("lora.")}

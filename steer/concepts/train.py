@@ -248,8 +248,8 @@ def train_concept(
     )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
-    if checkpoint_dir is not None and not resume:
-        _check_fresh(Path(checkpoint_dir))
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(Path(checkpoint_dir), resume=resume)
     if backbone.dtype != torch.float32:
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
     clips = load_references(references, backbone.sample_rate)
@@ -398,14 +398,17 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def _check_fresh(folder: Path) -> None:
-    """A run that does not resume must not mix its checkpoints with an earlier run's (pruning the
-    oldest would delete the new ones, and a later resume would continue the wrong run)."""
+def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
+    """Refuse a run that does not resume a ``checkpoint_dir`` holding an earlier run's
+    checkpoints: pruning the oldest would delete the new ones, and a later resume would continue
+    the wrong run."""
+    if resume:
+        return
     found = _checkpoints(folder) if folder.is_dir() else []
     if found:
         raise ValueError(
             f"checkpoint_dir {folder} already holds checkpoints of a run (newest: {found[-1].name}): pass "
-            "resume=True to continue it with the same settings, or use another folder"
+            "resume=True (steer personalize --resume) to continue it with the same settings, or use another folder"
         )
 
 

@@ -76,6 +76,21 @@ def test_saving_another_method_removes_stale_files(mel_backbone, clips, tmp_path
     assert Concept.from_pretrained(tmp_path / "c").method == "textual_inversion"
 
 
+def test_saving_keeps_what_is_not_a_concept(mel_backbone, clips, tmp_path):
+    concept = _train(mel_backbone, clips, "textual_inversion")
+    (tmp_path / "notes.txt").write_text("mine")
+    concept.save_pretrained(tmp_path)  # a folder with other files: they stay
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    foreign = tmp_path / "peft"
+    foreign.mkdir()
+    (foreign / "adapter_model.safetensors").write_text("someone's adapter")
+    (foreign / "README.md").write_text("my notes")
+    with pytest.raises(ValueError, match=r"not a steer concept's folder but holds README.md, adapter_model.safetensors"):
+        concept.save_pretrained(foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["README.md", "adapter_model.safetensors"]
+    assert (foreign / "README.md").read_text() == "my notes"
+
+
 def test_lora_files_follow_peft(lora_concept, tmp_path):
     from peft import PeftModel
 

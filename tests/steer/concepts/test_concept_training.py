@@ -212,3 +212,21 @@ def test_personalize_records_the_base_the_backbone_was_loaded_from(clip_files, t
     shipped = str(Path(__file__).parents[3] / "weights" / "mel-diffusion-swap")
     concept = run_personalize(parser.parse_args(["personalize", *common, "-o", str(tmp_path / "b"), "--backbone", shipped]))
     assert Concept.from_pretrained(concept).config.base_model == shipped
+
+
+def test_personalize_refuses_folders_it_would_spoil_before_a_model_loads(clip_files, tmp_path, no_model_loads):
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    peft_folder = tmp_path / "peft"
+    peft_folder.mkdir()
+    (peft_folder / "adapter_config.json").write_text("{}")
+    argv = ["personalize", *map(str, clip_files), "--token", "sks", "--backbone", "tiny", "--steps", "1"]
+    with pytest.raises(ValueError, match="not a steer concept's folder but holds adapter_config.json"):
+        run_personalize(parser.parse_args([*argv, "-o", str(peft_folder), "--overwrite"]))
+    checkpoints = tmp_path / "checkpoints" / "checkpoint-000001"
+    checkpoints.mkdir(parents=True)
+    for name in ("trainable.safetensors", "state.safetensors", "trainer_state.json"):
+        (checkpoints / name).write_text("")
+    with pytest.raises(ValueError, match="already holds checkpoints of a run.*resume=True"):
+        run_personalize(parser.parse_args([*argv, "-o", str(tmp_path / "c"), "--checkpoint-dir", str(checkpoints.parent)]))
+    assert (peft_folder / "adapter_config.json").read_text() == "{}" and not (tmp_path / "c").exists()
