@@ -120,8 +120,14 @@ class MelDiffusionModel(
         self.mel_std = mel_std
         self.text_encoder = WordEncoder(WordEncoderConfig(words=list(words), dim=text_dim, layers=text_layers))
         self.unet = UNet2DConditionModel(**unet)
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+        self.schedule = (beta_start, beta_end, num_train_timesteps)
+
+    def alphas_cumprod(self) -> Tensor:
+        """ᾱ_t ``(num_train_timesteps,)``, float32 on the CPU; not a buffer, which casting the
+        model to bf16 would round (ᾱ_0 became 1, and 1 − ᾱ_t was off by up to 100 %)."""
+        beta_start, beta_end, steps = self.schedule
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
+        return torch.cumprod(1 - betas, 0)
 
 
 class MelDiffusionBackbone(Backbone):
@@ -147,6 +153,7 @@ class MelDiffusionBackbone(Backbone):
         self.name_or_path = name_or_path
         self.vocoder = GriffinLimVocoder(mel).to(self.device)
         self._prompts: dict[str, Conditioning] = {}
+        self._alphas_cumprod = model.alphas_cumprod()
 
     @property
     def latent_range(self) -> tuple[float, float]:
@@ -178,7 +185,9 @@ class MelDiffusionBackbone(Backbone):
     # -- schedule and model ------------------------------------------------------------------
     @property
     def alphas_cumprod(self) -> Tensor:
-        return self.model.alphas_cumprod
+        if self._alphas_cumprod.device != self.device:
+            self._alphas_cumprod = self._alphas_cumprod.to(self.device)
+        return self._alphas_cumprod
 
     @property
     def denoiser(self) -> nn.Module:

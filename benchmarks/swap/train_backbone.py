@@ -96,9 +96,9 @@ def main() -> None:
             "" if torch.rand(()) < args.p_uncond else prompts[i] for i in index.tolist()
         ]
         ids, mask = model.text_encoder.tokenize(batch_prompts)
-        t = torch.randint(0, len(model.alphas_cumprod), (args.batch,))
+        t = torch.randint(0, backbone.num_train_timesteps, (args.batch,))
         noise = torch.randn_like(x0)
-        alpha_bar = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+        alpha_bar = backbone.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
         states = model.text_encoder(ids, mask)
         eps = model.unet(x_t, t, encoder_hidden_states=states, encoder_attention_mask=mask).sample

@@ -42,8 +42,8 @@ def _clip() -> Audio:
 CLIP = _clip()
 
 
-def _load(case: str) -> Backbone:
-    return load_backbone(str(SHIPPED) if case == "mel-diffusion-swap" else case)
+def _load(case: str, torch_dtype: torch.dtype = torch.float32) -> Backbone:
+    return load_backbone(str(SHIPPED) if case == "mel-diffusion-swap" else case, torch_dtype=torch_dtype)
 
 
 @pytest.fixture(scope="module", params=CASES)
@@ -63,6 +63,12 @@ def test_the_schedule_is_a_vp_table(backbone):
     x0, noise, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5), torch.tensor([20, 980])
     expected = a[t].sqrt()[:, None, None] * x0 + (1 - a[t]).sqrt()[:, None, None] * noise
     torch.testing.assert_close(backbone.add_noise(x0, noise, t), expected)
+
+
+def test_half_precision_weights_keep_the_schedule_exact(backbone, request):
+    half = _load(request.node.callspec.params["backbone"], torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half.alphas_cumprod, backbone.alphas_cumprod)
 
 
 def test_latents_and_noise_predictions(backbone, latent):
