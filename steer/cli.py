@@ -250,6 +250,14 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
         performance = dataclasses.replace(performance, fuse_projections=True)
     if args.merge_lora:
         performance = dataclasses.replace(performance, merge_lora=True)
+    try:
+        performance.check_weights(DTYPES[args.dtype])
+    except ValueError:
+        raise UsageError(
+            f"--performance {args.performance} computes in {performance.precision}, which cannot run "
+            f"--dtype {args.dtype} weights: use --dtype float32 or "
+            f"{'bfloat16' if performance.precision == 'bf16' else 'float16'}"
+        ) from None
     settings = {"steps": args.default_steps if args.steps is None else args.steps, "performance": performance}
     if args.guidance is not None:
         settings["guidance_scale"] = args.guidance

@@ -268,6 +268,7 @@ class Editor(LatentEditor):
         self.t_min = t_min
         self.t_max = t_max
         self.performance = performance
+        performance.check_weights(backbone.dtype)
         self._compiled: _Runtime | None = None
         self.requests = unique(r for loss in self.losses for r in loss.requests)
         self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)

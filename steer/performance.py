@@ -264,6 +264,19 @@ class Performance:
         """The autocast dtype, ``None`` for float32."""
         return PRECISIONS[self.precision]
 
+    def check_weights(self, dtype: torch.dtype) -> None:
+        """Refuse half-precision weights of the other half type than :attr:`precision`: autocast
+        to bf16 cannot mix in float16 tensors (nor fp16 bfloat16 ones), and the first step would
+        fail inside the model with "Unexpected floating ScalarType"."""
+        halves = (torch.float16, torch.bfloat16)
+        if self.dtype is not None and dtype in halves and dtype != self.dtype:
+            other = next(name for name, d in PRECISIONS.items() if d == dtype)
+            raise ValueError(
+                f"precision {self.precision!r} computes in {str(self.dtype).removeprefix('torch.')} but the "
+                f"model's weights are {str(dtype).removeprefix('torch.')}: use precision {other!r}, or load "
+                f"the weights in float32 or {str(self.dtype).removeprefix('torch.')}"
+            )
+
     def check(self, device: torch.device) -> None:
         """Refuse what ``device`` cannot run, with the fix; warn once where a fallback is used."""
         if self.compile:

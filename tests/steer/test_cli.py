@@ -130,6 +130,10 @@ def test_compile_backend_autotune_step_graph_and_fused_projections_set_their_pat
         (["--recipe", "ddim_inversion", "--step-graph"], "--step-graph applies to the score-distillation recipes"),
         (["--recipe", "sdedit", "--fuse-projections"], "--fuse-projections applies to the score-distillation recipes"),
         (["--recipe", "sdedit", "--merge-lora"], "--merge-lora applies to the score-distillation recipes"),
+        (["--dtype", "float16", "--performance", "fused"],
+         "--performance fused computes in bf16, which cannot run --dtype float16 weights: use --dtype float32 or bfloat16"),
+        (["--dtype", "bfloat16", "--performance", "fp16"],
+         "--performance fp16 computes in fp16, which cannot run --dtype bfloat16 weights: use --dtype float32 or float16"),
     ]:
         assert main([*argv, *more]) == 2
         err = capsys.readouterr().err

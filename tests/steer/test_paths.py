@@ -153,6 +153,19 @@ def test_bad_combinations_are_clear_errors(tiny_backbone, latent):
         SteerMusic(tiny_backbone, steps=1, performance=Performance(fused=True)).edit_latent(latent, source="a", target="b")
 
 
+def test_half_weights_of_the_other_half_type_are_refused():
+    """Autocast to bf16 cannot take float16 tensors (nor fp16 bfloat16 ones): the first step
+    failed inside the model with "Unexpected floating ScalarType in at::autocast::prioritize"."""
+    from backbones import load_backbone
+
+    for weights, precision, other in [(torch.float16, "bf16", "fp16"), (torch.bfloat16, "fp16", "bf16")]:
+        backbone = load_backbone("tiny", torch_dtype=weights)
+        with pytest.raises(ValueError, match=f"precision '{precision}' computes in .* use precision '{other}'"):
+            SteerMusic(backbone, steps=1, performance=Performance(precision=precision))
+        SteerMusic(backbone, steps=1, performance=Performance(precision=other))  # its own half type runs
+        SteerMusic(backbone, steps=1)  # and so does float32's path, in the weights' dtype
+
+
 @pytest.mark.slow  # inductor generates and compiles C++: 4.5 minutes on 2 cores
 def test_compiled_path_matches_the_eager_one(tiny_backbone, lora, latent):
     """torch.compile (inductor on the CPU): SteerMusic+ without PCon compiles both models'
