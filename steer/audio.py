@@ -68,6 +68,21 @@ def load_audio(path: str | os.PathLike) -> Audio:
         raise ValueError(f"{path}: {error}") from error
 
 
+def check_audio_path(path: Path, *, overwrite: bool) -> str:
+    """Refuse an audio output :func:`save_audio` could not (or must not) write, before any work
+    is spent on it; returns soundfile's format name for the suffix."""
+    if not path.parent.is_dir():
+        raise ValueError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name an audio file")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; choose another name or allow overwriting")
+    fmt = path.suffix.lstrip(".").upper()
+    if not fmt or not sf.check_format(fmt):
+        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav, .flac or .ogg")
+    return fmt
+
+
 def save_audio(
     path: str | os.PathLike,
     waveform: Tensor,
@@ -81,19 +96,16 @@ def save_audio(
     half file under ``path``. With ``overwrite=False`` an existing file is an error.
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"output folder does not exist: {path.parent}")
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} exists; choose another name or allow overwriting")
+    fmt = check_audio_path(path, overwrite=overwrite)
     data = waveform.detach().float().cpu()
     if data.dim() == 1:
         data = data[None]
     if data.dim() != 2:
         raise ValueError(f"expected (samples,) or (channels, samples), got {tuple(data.shape)}")
+    bad = int((~data.isfinite()).sum())
+    if bad:
+        raise ValueError(f"{bad} samples are NaN or infinite (a diverged edit?): nothing written to {path}")
     data = data.clamp(-1, 1).numpy().T
-    fmt = path.suffix.lstrip(".").upper()
-    if not fmt or not sf.check_format(fmt):
-        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav, .flac or .ogg")
     tmp = path.with_name(f".{path.name}.partial")
     try:
         sf.write(tmp, data, sample_rate, format=fmt)

@@ -21,7 +21,7 @@ import torch
 from backbones import load_backbone
 from steer.data._files import atomic_write_text
 
-from .audio import Audio, load_audio, save_audio
+from .audio import Audio, check_audio_path, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
 from .performance import PRESETS, compile_backends
 from .runner import BASELINES, RECIPES, build_editor
@@ -44,7 +44,13 @@ class UsageError(ValueError):
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: use cpu, cuda, cuda:N or auto")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
     return name
 
@@ -52,8 +58,21 @@ def _device(name: str) -> str:
 def _check_output(path: Path, overwrite: bool) -> None:
     if not path.parent.is_dir():
         raise UsageError(f"output folder does not exist: {path.parent} (create it first)")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: name a file")
     if path.exists() and not overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _check_audio_output(path: Path, overwrite: bool, source: Path | None = None) -> None:
+    """An edit's output: writable, a format soundfile writes, and never the clip it edits."""
+    _check_output(path, overwrite)
+    if source is not None and path.exists() and source.exists() and path.samefile(source):
+        raise UsageError(f"{path} is the input clip: name another output, the input is never replaced")
+    try:
+        check_audio_path(path, overwrite=overwrite)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _check_prompt(prompt: str, option: str) -> str:
@@ -214,6 +233,8 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
+    if not -(2**63) <= args.seed < 2**64:
+        raise UsageError(f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {args.seed}")
     if recipe in BASELINES:
         return _baseline_settings(args, recipe)
     performance = PRESETS[args.performance]
@@ -447,10 +468,16 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _plot(args: argparse.Namespace) -> None:
     import torchaudio.functional
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from .plot import plot_comparison
 
     _check_output(args.output, args.overwrite)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if args.output.suffix.lstrip(".").lower() not in formats:
+        raise UsageError(
+            f"cannot tell the picture's format from {args.output.name!r}: end it in .png, .pdf or .svg"
+        )
     source, edit = load_audio(args.source), load_audio(args.edit)
     edited = torchaudio.functional.resample(edit.waveform, edit.sample_rate, source.sample_rate)
     clips = {f"source: {args.source.name}": source.waveform, f"edit: {args.edit.name}": edited}
@@ -464,6 +491,8 @@ def _demo(args: argparse.Namespace) -> None:
 
     from .plot import plot_comparison
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file: name a folder")
     args.out.mkdir(parents=True, exist_ok=True)
     paths = {name: args.out / f"{name}.wav" for name in ("source", "edit", "ground_truth")}
     picture = args.out / "comparison.png"
@@ -501,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "edit":
-            _check_output(args.output, args.overwrite)
+            _check_audio_output(args.output, args.overwrite, source=args.input)
             source = _check_prompt(args.source, "--source")
             target = _check_prompt(args.target, "--target")
             audio = load_audio(args.input)

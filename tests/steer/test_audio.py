@@ -33,7 +33,13 @@ def test_errors(tmp_path):
     assert (tmp_path / "keep.wav").read_bytes() == b"precious"
     with pytest.raises(ValueError, match="unsupported audio format"):
         save_audio(tmp_path / "a.xyz", torch.zeros(10), 8000)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.wav", "keep.wav"]
+    with pytest.raises(ValueError, match=r"^2 samples are NaN or infinite \(a diverged edit\?\): nothing written"):
+        save_audio(tmp_path / "keep.wav", torch.tensor([0.1, float("nan"), float("inf")]), 8000)  # was full-scale DC
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(ValueError, match="folder.wav is a folder: name an audio file"):
+        save_audio(tmp_path / "folder.wav", torch.zeros(10), 8000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.wav", "junk.wav", "keep.wav"]
+    assert (tmp_path / "keep.wav").read_bytes() == b"precious"
 
 
 def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():

@@ -71,12 +71,47 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
         (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
         (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--seed", str(2**70)], f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {2**70}"),
+        (["--device", "foo"], "--device foo: use cpu, cuda, cuda:N or auto"),
+        (["--device", "meta"], "--device meta: use cpu, cuda, cuda:N or auto"),
     ],
 )
 def test_bad_numbers_are_refused_before_a_model_loads(more, message, wav, tmp_path, capsys, no_model_loads):
     out = tmp_path / "out.wav"
     assert main([*_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out), *more]) == 2
     assert capsys.readouterr().err == f"steer: error: {message}\n" and not out.exists()
+
+
+def test_outputs_it_cannot_or_must_not_write_are_refused_before_a_model_loads(wav, tmp_path, capsys, no_model_loads):
+    """Found before the edit runs (they were found after it, or not at all): the format, a
+    folder, and the input clip itself, which --overwrite does not make replaceable."""
+    folder = tmp_path / "out.wav"
+    folder.mkdir()
+    before = wav.read_bytes()
+    for out, more, message in [
+        (tmp_path / "out.aif", [], "unsupported audio format '.aif': use .wav, .flac or .ogg"),
+        (tmp_path / "out", [], "unsupported audio format '': use .wav, .flac or .ogg"),
+        (folder, ["--overwrite"], f"{folder} is a folder: name a file"),
+        (wav, ["--overwrite"], f"{wav} is the input clip: name another output, the input is never replaced"),
+    ]:
+        assert main([*_edit(wav, "--source", "a", "--target", "b", "-o", out), *more]) == 2
+        assert capsys.readouterr().err == f"steer: error: {message}\n"
+    assert wav.read_bytes() == before and not any(folder.iterdir())
+
+
+def test_plot_and_demo_refuse_outputs_they_would_misname(tmp_path, capsys):
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000), 16000)
+    picture = tmp_path / "picture"  # matplotlib would write picture.png, unchecked
+    assert main(["plot", str(wav), str(wav), "-o", str(picture)]) == 2
+    assert "cannot tell the picture's format from 'picture': end it in .png" in capsys.readouterr().err
+    assert main(["plot", str(wav), str(wav), "-o", str(tmp_path / "picture.svg")]) == 0
+    assert (tmp_path / "picture.svg").read_text().lstrip().startswith("<?xml")
+    assert not (tmp_path / "picture.png").exists()
+    picture.write_text("mine")
+    assert main(["demo", "--out", str(picture)]) == 2
+    assert f"--out {picture} is a file: name a folder" in capsys.readouterr().err
+    assert picture.read_text() == "mine"
 
 
 def test_overwrite_replaces(wav, tmp_path):
