@@ -137,13 +137,14 @@ def cqt1_pcc(
         top-1 sequence is constant — silence above all (every bin 0) — since the correlation is
         then undefined; it is returned as NaN, not hidden, so averages over a benchmark must say how
         they treat it (e.g. ``np.nanmean`` plus a count of NaNs). NaN too, with a warning, when
-        either clip is shorter than the CQT reads (0.514 s).
+        either clip is shorter than the CQT reads (0.514 s), and when either holds a NaN or
+        infinite sample (a diverged edit), whose CQT has no melody line.
     """
     reference, estimate = _as_tensor(reference), _as_tensor(estimate)
     if reference.ndim != 1 or estimate.ndim != 1:
         raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
     tops = _tops(reference, estimate, sample_rate)
-    if tops is None:
+    if tops is None or not bool(_finite_rows(reference[None], estimate[None])):
         return float("nan")
     ref, est = tops
     n = min(ref.shape[-1], est.shape[-1])
@@ -157,7 +158,8 @@ def cqt1_pcc_batch(
     sample_rate: int = 16000,
 ) -> torch.Tensor:
     """:func:`cqt1_pcc` of each pair in a batch: ``(batch, time)``, ``(batch, time')`` ->
-    ``(batch,)`` float64 on CPU (NaN for constant sequences, and for clips too short for the CQT)."""
+    ``(batch,)`` float64 on CPU (NaN for constant sequences, for clips too short for the CQT, and
+    for pairs holding a NaN or infinite sample)."""
     reference, estimate = _as_tensor(reference), _as_tensor(estimate)
     if reference.ndim != 2 or estimate.ndim != 2 or reference.shape[0] != estimate.shape[0]:
         raise ValueError(
@@ -169,7 +171,13 @@ def cqt1_pcc_batch(
         return torch.full(reference.shape[:1], float("nan"), dtype=torch.float64)
     ref, est = tops
     n = min(ref.shape[-1], est.shape[-1])
-    return _pearson(ref[:, :n].cpu(), est[:, :n].cpu())
+    r = _pearson(ref[:, :n].cpu(), est[:, :n].cpu())
+    return r.masked_fill(~_finite_rows(reference, estimate), float("nan"))
+
+
+def _finite_rows(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` bool on CPU: both clips of the pair hold only finite samples."""
+    return (reference.isfinite().all(-1) & estimate.isfinite().all(-1)).cpu()
 
 
 def _mono_batch(waveform: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

@@ -56,6 +56,17 @@ def test_silence_gives_nan():
     assert math.isnan(cqt1_pcc(np.zeros_like(x), np.zeros_like(x)))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_clip_holding_a_non_finite_sample_gives_nan(bad):
+    """A diverged edit has no melody line (its argmax over a NaN spectrum scored 0.875)."""
+    x = tones(MELODY)
+    y = x.copy()
+    y[5] = bad
+    assert math.isnan(cqt1_pcc(x, y)) and math.isnan(cqt1_pcc(y, x))
+    rows = cqt1_pcc_batch(np.stack([x, y, x]), np.stack([x, x, x[::-1].copy()]))
+    assert rows[0] == 1.0 and math.isnan(rows[1]) and rows[2] < 0.5
+
+
 def test_transposition_keeps_the_contour_and_reversal_breaks_it():
     x = tones(MELODY)
     fifth_up = tones([p + 7 for p in MELODY])
