@@ -14,6 +14,7 @@ from backbones import Backbone, Conditioning
 
 from ..editor import EditResult, LatentEditor, Prompts, prompt_list
 from ..sampling import SamplerCallback, SamplerState, ddim_timesteps
+from .settings import check_settings
 
 
 class InversionEditor(LatentEditor):
@@ -51,10 +52,13 @@ class InversionEditor(LatentEditor):
         guidance_scale: float = 12.0,
     ) -> None:
         strength = self.default_strength if strength is None else strength
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if not 1 <= steps <= backbone.num_train_timesteps:
-            raise ValueError(f"steps must be in [1, {backbone.num_train_timesteps}], got {steps}")
+        check_settings(
+            backbone,
+            steps=steps,
+            strength=strength,
+            guidance_scale_inversion=guidance_scale_inversion,
+            guidance_scale=guidance_scale,
+        )
         self.backbone = backbone
         self.steps = steps
         self.strength = strength

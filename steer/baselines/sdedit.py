@@ -16,6 +16,7 @@ from backbones import Backbone
 
 from ..editor import EditResult, LatentEditor, Prompts, prompt_list
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
+from .settings import check_settings
 
 
 class SDEdit(LatentEditor):
@@ -59,10 +60,7 @@ class SDEdit(LatentEditor):
         steps: int = 200,
         guidance_scale: float = 12.0,
     ) -> None:
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if not 1 <= steps <= backbone.num_train_timesteps:
-            raise ValueError(f"steps must be in [1, {backbone.num_train_timesteps}], got {steps}")
+        check_settings(backbone, steps=steps, strength=strength, guidance_scale=guidance_scale)
         self.backbone = backbone
         self.strength = strength
         self.steps = steps

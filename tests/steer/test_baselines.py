@@ -215,6 +215,9 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
         (lambda b: DDPMInversion(b, steps=0), r"steps must be in \[1, 1000\]"),
         (lambda b: DDPMInversion(b, steps_per_call=0), "steps_per_call must be at least 1, got 0"),
         (lambda b: DDPMInversion(b, steps=1000), "use at most 999 steps"),
+        (lambda b: SDEdit(b, guidance_scale=float("nan")), "guidance_scale must be a finite number, got nan"),
+        (lambda b: DDIMInversion(b, guidance_scale=float("inf")), "guidance_scale must be a finite number, got inf"),
+        (lambda b: DDPMInversion(b, guidance_scale_inversion=float("nan")), "guidance_scale_inversion must be a finite number"),
     ],
 )
 def test_bad_settings_are_clear_errors(analytic_backbone, make, match):
