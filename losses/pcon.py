@@ -3,6 +3,7 @@ contrastive denoising score of Nam et al. (2024)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss
@@ -45,8 +46,12 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         guidance_scale: float = 15.0,
         reference: Literal["source", "edited"] = "source",
     ) -> None:
-        if tau <= 0:
-            raise ValueError(f"the temperature tau must be positive, got {tau}")
+        if not 0 < tau < math.inf:
+            raise ValueError(f"the temperature tau must be a positive finite number, got {tau}")
+        if not isinstance(num_positions, int) or num_positions < 2:
+            raise ValueError(
+                f"num_positions must be an integer >= 2 (each position's negatives are the others), got {num_positions}"
+            )
         if reference not in ("source", "edited"):
             raise ValueError(f"reference must be 'source' or 'edited', got {reference!r}")
         self.weight = weight

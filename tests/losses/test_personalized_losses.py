@@ -93,6 +93,12 @@ def test_pcon_declares_shared_calls_and_sums_layers():
     assert q["a"].grad.abs().sum() > 0 and q["b"].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="tau"):
         PersonalizedContrastiveLoss(tau=0)
+    with pytest.raises(ValueError, match="tau must be a positive finite number, got nan"):
+        PersonalizedContrastiveLoss(tau=float("nan"))
+    # 0 made the loss NaN at every step, 1 left no negatives (a loss of 0), -3 read all but 3
+    for positions in (0, 1, -3, 2.5):
+        with pytest.raises(ValueError, match=rf"num_positions must be an integer >= 2 .*got {positions}"):
+            PersonalizedContrastiveLoss(num_positions=positions)
 
 
 def test_weighting_is_shared():
