@@ -6,6 +6,7 @@ from .auto import load_backbone
 from .base import Backbone
 from .conditioning import Conditioning
 from .mel import MelFrontEnd, to_mono
+from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel
 from .mel_vae import MelVAEBackbone
 from .musicldm import MusicLDMBackbone
 from .stable_audio import StableAudioBackbone
@@ -15,6 +16,8 @@ __all__ = [
     "AudioLDMBackbone",
     "Backbone",
     "Conditioning",
+    "MelDiffusionBackbone",
+    "MelDiffusionModel",
     "MelFrontEnd",
     "MelVAEBackbone",
     "MusicLDMBackbone",

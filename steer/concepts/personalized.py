@@ -143,7 +143,11 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
     """Inject a LoRA adapter ``name`` (switched off, frozen) into ``model``; returns its layers."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
-    with warnings.catch_warnings():
+    device = next(model.parameters()).device
+    # peft draws a fresh A from the global generator; weights to load replace it, so that draw
+    # must not move the user's random stream (a fresh adapter's caller seeds it on purpose).
+    forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=weights is not None)
+    with forked, warnings.catch_warnings():
         # Several concepts may share one denoiser, each as its own named adapter.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         inject_adapter_in_model(config, model, adapter_name=name)

@@ -59,6 +59,14 @@ def test_a_loaded_adapter_is_off_for_the_base(tiny_backbone, clips):
     assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
 
 
+def test_applying_a_learnt_lora_leaves_the_random_stream_alone(tiny_backbone, clips):
+    """peft draws a fresh A before the learnt one replaces it: a user's seeded stream moved."""
+    concept = _train(tiny_backbone, clips, "lora")
+    state = torch.get_rng_state()
+    with concept.apply(tiny_backbone):
+        assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_a_forgotten_personalised_model_leaves_the_base_clean(tiny_backbone, clips):
     import gc
 
