@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from huggingface_hub import PyTorchModelHubMixin
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from .base import Backbone
@@ -175,7 +176,7 @@ class MelDiffusionBackbone(Backbone):
         """Load a folder (or Hub repo) written by :meth:`save_pretrained`."""
         try:
             model = MelDiffusionModel.from_pretrained(str(name_or_path))
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: a corrupt file
             raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({error})") from error
         return cls(model.to(device=device, dtype=torch_dtype), name_or_path=str(name_or_path))
 

@@ -149,6 +149,8 @@ class ConceptConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConceptConfig:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"it holds a JSON {type(data).__name__}, not an object of fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -504,7 +506,12 @@ def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> Non
     path = folder / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise ValueError(f"{name}: {ADAPTER_CONFIG_NAME} is missing")
-    adapter = json.loads(path.read_text())
+    try:
+        adapter = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name}: cannot read {ADAPTER_CONFIG_NAME} ({error})") from error
+    if not isinstance(adapter, dict):
+        raise ValueError(f"{name}: {ADAPTER_CONFIG_NAME} holds a JSON {type(adapter).__name__}, not peft's object")
     found = (adapter.get("r"), sorted(adapter.get("target_modules") or []))
     if found != (config.lora_rank, sorted(config.lora_targets or ())):
         raise ValueError(

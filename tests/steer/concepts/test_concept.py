@@ -143,6 +143,24 @@ def test_pickle_files_are_refused_unopened(lora_concept, tmp_path, monkeypatch):
         Concept.from_pretrained(tmp_path / "weights.pt")
 
 
+def test_corrupt_concept_files_are_named(lora_concept, tmp_path):
+    folder = lora_concept.save_pretrained(tmp_path / "c")
+    (folder / "adapter_config.json").write_text("")
+    with pytest.raises(ValueError, match=r"c: cannot read adapter_config.json \(Expecting value"):
+        Concept.from_pretrained(folder)
+    (folder / "concept_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"cannot read concept_config.json \(it holds a JSON list, not an object"):
+        Concept.from_pretrained(folder)
+
+
+def test_a_corrupt_mel_model_file_is_named(tmp_path):
+    folder = tmp_path / "mel"
+    tiny_mel_backbone().save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"\x01")
+    with pytest.raises(ValueError, match=r"could not load a mel-diffusion model from .*mel.* \(Error while deserializing"):
+        MelDiffusionBackbone.from_pretrained(folder)
+
+
 def test_not_a_concept_folder(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="not a steer concept: it has no concept_config.json.*peft adapter"):
