@@ -349,8 +349,9 @@ def _metric_names(text: str) -> list[str]:
     return names
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> int:
     """Edit a manifest's items; under ``accelerate launch`` each process takes every n-th item.
+    Returns the exit status: 1 when any item failed (the summary written all the same), else 0.
 
     The summary is written by the main process from the records on disk once every process is
     done: the records already are the run's state (a rerun resumes from them), they cover items
@@ -415,6 +416,7 @@ def _run(args: argparse.Namespace) -> None:
     # a process exiting while another still holds its gloo connections can abort that one
     state.wait_for_everyone()
     state.destroy_process_group()
+    return 1 if sum(c.failed for c in everyone) else 0
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -539,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "personalize":
             run_personalize(args)
         elif args.command == "run":
-            _run(args)
+            return _run(args)
         elif args.command == "eval":
             _eval(args)
         elif args.command == "plot":

@@ -27,7 +27,7 @@ from steer.data._files import atomic_write_text
 from .audio import load_audio
 from .manifest import EditItem, read_edit_manifest
 from .metrics.functional import TooFewRows
-from .runner import RunCounts, collect_records, read_record, write_json
+from .runner import ItemRecord, RunCounts, collect_records, read_record, write_json
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -57,8 +57,25 @@ def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
     for path in records:
         record = read_record(path)
         if record is not None and record.status == "done":
-            pairs.append(Pair(record.id, record.edit_type, Path(record.audio), folder / f"{record.id}.wav", record.target))
+            pairs.append(Pair(record.id, record.edit_type, source_of(record, folder), folder / f"{record.id}.wav", record.target))
     return pairs
+
+
+def source_of(record: ItemRecord, folder: Path) -> Path:
+    """The source clip of a record of the run folder ``folder``, from any working folder.
+
+    Records store absolute paths; older ones hold paths relative to the folder the run was
+    started from, which is found by matching the record's ``edit`` path (``<out>/<id>.wav`` as
+    given) against the end of the folder's absolute path; failing that, the path is taken as it
+    is."""
+    audio, edit = Path(record.audio), Path(record.edit)
+    if audio.is_absolute() or edit.is_absolute():
+        return audio
+    wav = (folder / f"{record.id}.wav").resolve()
+    n = len(edit.parts)
+    if ".." not in edit.parts and len(wav.parts) > n and wav.parts[-n:] == edit.parts:
+        return Path(*wav.parts[:-n]) / audio
+    return audio
 
 
 def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -> tuple[list[Pair], list[str]]:
@@ -265,7 +282,7 @@ def write_run_summary(
     done = [r for r in records if r is not None and r.status == "done"]
     sets: dict[str, dict[str, float]] = {}
     if set_metrics and done:
-        pairs = [Pair(r.id, r.edit_type, Path(r.audio), out / f"{r.id}.wav", r.target) for r in done]
+        pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]
         _, sets = score_pairs(pairs, set_metrics, sample_rate=sample_rate or done[0].sample_rate)
     rows = aggregate(
         [(r.edit_type, {k: (math.nan if v is None else v) for k, v in r.metrics.items()}) for r in done],

@@ -6,8 +6,8 @@ A manifest is JSON Lines, one edit per line::
      "target": "a violin melody", "concept": "concepts/sks-guitar", "edit_type": "instrument"}
 
 ``audio`` is relative to the manifest's folder (or absolute); ``concept`` (a concept folder or
-Hub repo id, edited with SteerMusic+) and ``edit_type`` (a group name for the summary) are
-optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
+Hub repo id, edited with SteerMusic+; a relative folder that exists beside the manifest is taken
+from there, as ``audio`` is) and ``edit_type`` (a group name for the summary) are optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
 Inversion Control", https://arxiv.org/abs/2407.13220) is read too: see :func:`read_zome_bench`.
 """
 
@@ -24,6 +24,9 @@ from typing import Any
 
 _FIELDS = {"id": True, "audio": True, "source": True, "target": True, "concept": False, "edit_type": False}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: the longest id: file names stop at 255 bytes, and a run's temporary files add to the id
+#: (``records/.<id>.json.<pid>.tmp``)
+MAX_ID_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,27 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
             f"{where}: field 'id' {raw['id']!r} must be a file name: letters, digits, '.', '_' "
             "and '-', starting with a letter or digit"
         )
+    if len(raw["id"]) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"{where}: field 'id' is {len(raw['id'])} characters long, too long for a file name: "
+            f"shorten it to at most {MAX_ID_LENGTH}"
+        )
     return EditItem(
         id=raw["id"],
         audio=folder / raw["audio"],  # an absolute path stays as it is
         source=raw["source"],
         target=raw["target"],
-        concept=raw.get("concept"),
+        concept=_concept(raw.get("concept"), folder),
         edit_type=raw.get("edit_type"),
     )
+
+
+def _concept(reference: str | None, folder: Path) -> str | None:
+    """A concept reference as given, or its path beside the manifest when one exists there (a
+    Hub repo id such as ``"me/guitar"`` is not a local path and stays as it is)."""
+    if reference is None or not (folder / reference).exists():
+        return reference
+    return str(folder / reference)
 
 
 def _check_unique(items: Sequence[EditItem], where: Sequence[str]) -> None:
@@ -164,7 +180,8 @@ def _is_zome_bench(path: Path) -> bool:
 
 def _find_audio(folder: Path, ytid: str) -> Path:
     """``audio/<ytid>.wav`` or a clip in ``audio/`` (or the folder) named after the YouTube id:
-    ``<ytid>.*``, ``<ytid>_<start>_<end>.*``, ``[<ytid>]*.*``; the first path when none exists."""
+    ``<ytid>.*``, ``<ytid>_<start>_<end>.*``, ``[<ytid>]*.*``; the first path when none exists.
+    The path is relative to ``folder``, as a manifest's ``audio`` is."""
     for place in (folder / "audio", folder):
         if not place.is_dir():
             continue
@@ -173,8 +190,8 @@ def _find_audio(folder: Path, ytid: str) -> Path:
             if candidate.suffix.lower() in _AUDIO_SUFFIXES and (
                 stem == ytid or stem.startswith((f"{ytid}_", f"{ytid}-", f"[{ytid}]"))
             ):
-                return candidate
-    return folder / "audio" / f"{ytid}.wav"
+                return candidate.relative_to(folder)
+    return Path("audio", f"{ytid}.wav")
 
 
 def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:

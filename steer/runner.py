@@ -10,6 +10,7 @@ items whose record says ``"done"`` and whose wav exists and redoes the rest. Und
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -120,8 +121,9 @@ class ItemRecord:
         batch: how many clips were edited together, this one included (not counting the
             copies that fill up a compiled editor's batch).
         recipe: what edited it: ``"steermusic"``, ``"steermusic_plus"`` or a baseline's name.
-        settings: what made the edit (recipe settings, seed, backbone, a baseline's name): a
-            rerun refuses to mix edits made with other settings into one folder.
+        settings: what made the edit (recipe settings, seed, backbone and its weights' dtype, the
+            concept's content, a baseline's name): a rerun refuses to mix edits made with other
+            settings into one folder.
     """
 
     id: str
@@ -231,7 +233,9 @@ class ManifestRunner:
             {
                 "settings": {k: _non_default(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
                 "seed": seed,
-                "backbone": f"{type(backbone).__name__}:{backbone.name_or_path}",
+                "backbone": f"{type(backbone).__name__}:{_local_or_hub(str(backbone.name_or_path))}",
+                # float32, the default, is left out as records older than this field have it
+                **({"dtype": str(backbone.dtype)} if backbone.dtype != torch.float32 else {}),
                 # a baseline's name (SteerMusic's records, older than the baselines, have none)
                 **({"recipe": recipe} if recipe in BASELINES else {}),
             },
@@ -250,12 +254,23 @@ class ManifestRunner:
         self.progress = progress
         self.batch_size = batch_size
         self._editors: dict[str | None, LatentEditor | Exception] = {}
+        self._concept_ids: dict[str, str] = {}
 
     def wav_path(self, item: EditItem) -> Path:
         return self.out / f"{item.id}.wav"
 
     def record_path(self, item: EditItem) -> Path:
         return self.out / "records" / f"{item.id}.json"
+
+    def fingerprint_of(self, item: EditItem) -> dict[str, Any]:
+        """What the item's finished record must match: :attr:`fingerprint`, plus the identity of
+        the item's concept (see :func:`concept_identity`) when it has one."""
+        concept = item.concept or self.default_concept
+        if concept is None:
+            return self.fingerprint
+        if concept not in self._concept_ids:
+            self._concept_ids[concept] = concept_identity(concept)
+        return {**self.fingerprint, "concept": self._concept_ids[concept]}
 
     def share(self) -> list[EditItem]:
         """This process's items: item ``i`` goes to process ``i % num_processes``."""
@@ -318,14 +333,35 @@ class ManifestRunner:
                 del groups[key]  # full: the next item of this key starts a new batch
         return batches
 
+    def _output_problem(self, item: EditItem, previous: ItemRecord | None) -> str | None:
+        """Why the item's wav must not be written, or ``None``: it is the item's own source
+        clip, or a file this run did not write (no record of a finished or started edit of it)
+        and ``overwrite`` is off."""
+        wav = self.wav_path(item)
+        if wav.resolve() == item.audio.resolve():
+            return f"{wav} is the item's own source audio: pass another --out"
+        ours = previous is not None and previous.status in ("done", "running")
+        if wav.exists() and not ours and not self.overwrite:
+            return f"{wav} exists and was not written by steer run: pass --overwrite to replace it, or another --out"
+        return None
+
     def edit_items(self, items: Sequence[EditItem]) -> list[ItemRecord]:
         """Edit items of one concept and one audio shape in one call, and write each one's wav
-        and record (``"failed"`` with the error for an item whose audio cannot be read or
-        written, and for all of them when the edit fails)."""
-        records = [self._start(item) for item in items]
+        and record (``"failed"`` with the error for an item whose wav must not be written (see
+        :meth:`_output_problem`), whose audio cannot be read or written, and for all of them
+        when the edit fails)."""
+        records = []
+        for item in items:
+            previous = read_record(self.record_path(item))
+            records.append(self._start(item, previous))
+            problem = self._output_problem(item, previous)
+            if problem is not None:
+                _fail(records[-1], FileExistsError(problem))
         start = time.perf_counter()
         audios: dict[str, Audio] = {}
         for item, record in zip(items, records):
+            if record.status == "failed":
+                continue
             try:
                 audios[item.id] = load_audio(item.audio)
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
@@ -345,19 +381,19 @@ class ManifestRunner:
             write_json(self.record_path(item), asdict(record))
         return records
 
-    def _start(self, item: EditItem) -> ItemRecord:
-        """Clear what an interrupted write of the item left, and record it as running."""
+    def _start(self, item: EditItem, previous: ItemRecord | None) -> ItemRecord:
+        """Clear what an interrupted write of the item left, and record it as running (its
+        paths absolute, so that the record holds from any folder)."""
         self._clean(item)
-        previous = read_record(self.record_path(item))
         concept = item.concept or self.default_concept
         record = ItemRecord(
             id=item.id,
             status="running",
-            settings=self.fingerprint,
+            settings=self.fingerprint_of(item),
             attempt=1 + (previous.attempt if previous else 0),
             rank=self.rank,
-            audio=str(item.audio),
-            edit=str(self.wav_path(item)),
+            audio=str(item.audio.resolve()),
+            edit=str(self.wav_path(item).resolve()),
             source=item.source,
             target=item.target,
             concept=concept,
@@ -387,8 +423,10 @@ class ManifestRunner:
             progress=self.progress,
         )
         for (item, record), audio, clip in zip(edited, audios, result.audio[: len(items)], strict=True):
+            saved_wav = False
             try:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
+                saved_wav = True
                 if self.metrics:
                     # score the file as written (16-bit, clipped), so that `steer eval` agrees
                     saved = load_audio(self.wav_path(item)).waveform.mean(0)
@@ -398,6 +436,8 @@ class ManifestRunner:
                 record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
                 _fail(record, error)
+                if saved_wav:  # a failed item leaves no wav: a rerun would take it for a foreign file
+                    self.wav_path(item).unlink(missing_ok=True)
 
     def run(self) -> RunCounts:
         """Edit this process's pending items; returns what was done."""
@@ -428,10 +468,10 @@ class ManifestRunner:
             return
         for item in self.share():
             record = read_record(self.record_path(item))
-            if record is not None and record.status == "done" and record.settings != self.fingerprint:
+            if record is not None and record.status == "done" and record.settings != self.fingerprint_of(item):
                 raise ValueError(
                     f"{self.out} holds edits made with other settings ({item.id}: {record.settings}; "
-                    f"now: {self.fingerprint}): pass another --out, or --overwrite to redo them"
+                    f"now: {self.fingerprint_of(item)}): pass another --out, or --overwrite to redo them"
                 )
 
     def close(self) -> None:
@@ -441,6 +481,29 @@ class ManifestRunner:
             if isinstance(editor, Editor):
                 editor.close()
         self._editors.clear()
+
+
+def _local_or_hub(name_or_path: str) -> str:
+    """A local path made absolute (the same folder given relative or absolute is one backbone),
+    or a Hub repo id as it is."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def concept_identity(reference: str) -> str:
+    """What a concept is, for a run's fingerprint: a local folder's content (SHA-256 of its
+    files' names and bytes, so a retrained concept in the same folder differs and a moved one
+    does not), or a Hub repo id as it is."""
+    folder = Path(reference)
+    if not folder.is_dir():
+        return reference
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _non_default(config: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -59,6 +60,7 @@ GOOD = {"id": "a", "audio": "a.wav", "source": "x", "target": "y"}
         (json.dumps({**GOOD, "source": " "}), "field 'source' must be a non-empty string"),
         (json.dumps({**GOOD, "concept": 3}), "field 'concept' must be a non-empty string"),
         (json.dumps({**GOOD, "id": "../a"}), "field 'id' '../a' must be a file name"),
+        (json.dumps({**GOOD, "id": "a" * 252}), "field 'id' is 252 characters long, too long for a file name"),
         (json.dumps(GOOD), "field 'id' 'a' is already used at"),
     ],
 )
@@ -106,7 +108,7 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     manifest = _manifest(tmp_path, 3, seconds=1.0)
     (tmp_path / "c1.wav").write_bytes(b"RIFF garbage")  # unreadable audio
     out = tmp_path / "out"
-    assert main(_run_args(manifest, out, "--metrics", "cqt1_pcc,log_mel")) == 0
+    assert main(_run_args(manifest, out, "--metrics", "cqt1_pcc,log_mel")) == 1  # an item failed
     printed = capsys.readouterr().out
     assert "steer run: 2 done, 0 skipped, 1 failed" in printed
     failed = read_record(out / "records" / "c1.json")
@@ -123,7 +125,7 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     assert main(["eval", str(out), "--device", "cpu"]) == 0
     assert json.loads((out / "eval.json").read_text())["groups"] == summary["groups"]
     # a rerun skips what is done and retries the failure
-    assert main(_run_args(manifest, out)) == 0
+    assert main(_run_args(manifest, out)) == 1
     assert "steer run: 0 done, 2 skipped, 1 failed" in capsys.readouterr().out
     assert read_record(out / "records" / "c1.json").attempt == 2
     # resuming with other settings would mix edits in one folder: refused, nothing touched
@@ -157,8 +159,8 @@ def test_a_batched_run_edits_each_item_as_it_is_edited_alone(tmp_path, capsys):
     manifest = _manifest(tmp_path, 5, extra={1: {"target": "a recording of a flute"}})
     _clip(tmp_path / "c3.wav", 300, seconds=0.3)
     (tmp_path / "c4.wav").write_bytes(b"RIFF garbage")
-    assert main(_run_args(manifest, tmp_path / "one")) == 0
-    assert main(_run_args(manifest, tmp_path / "two", "--batch-size", "2")) == 0
+    assert main(_run_args(manifest, tmp_path / "one")) == 1  # c4 failed
+    assert main(_run_args(manifest, tmp_path / "two", "--batch-size", "2")) == 1
     assert "steer run: 4 done, 0 skipped, 1 failed" in capsys.readouterr().out
     records = [read_record(tmp_path / "two" / "records" / f"c{i}.json") for i in range(5)]
     assert [r.batch for r in records] == [2, 2, 1, 1, 1]
@@ -309,10 +311,14 @@ def test_a_killed_run_resumes_and_every_item_is_edited_once(tmp_path):
     done_before = {i: r for i, r in records.items() if r is not None and r.status == "done"}
     started = {i for i, r in records.items() if r is not None and r.status == "running"}
     assert 2 <= len(done_before) < n
-    # half-written items, as a kill during a write leaves them: a temporary file, a wav without record
+    # half-written items, as a kill during a write leaves them: a temporary file; a wav whose record
+    # still says running (killed between writing the wav and its record), which the run wrote
     pending = sorted({f"c{i}" for i in range(n)} - set(done_before) - started)
     (out / f".{pending[0]}.wav.partial").write_bytes(b"half")
     (out / f"{pending[-1]}.wav").write_bytes(b"half")
+    killed = dataclasses.replace(next(iter(done_before.values())), id=pending[-1], status="running", attempt=1)
+    (out / "records" / f"{pending[-1]}.json").write_text(json.dumps(dataclasses.asdict(killed)))
+    started.add(pending[-1])
 
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
@@ -407,3 +413,101 @@ def test_a_compiled_batched_run_fills_up_a_smaller_batch_instead_of_tracing_agai
     run("alone", items[2:], 1, compile=False)
     alone, filled = (sf.read(tmp_path / run / "c2.wav")[0] for run in ("alone", "three"))
     assert np.sqrt(np.mean((filled - alone) ** 2)) < 0.01 * np.sqrt(np.mean(alone**2))
+
+
+# -- outputs, paths and fingerprints ---------------------------------------------------------------
+def test_a_run_never_overwrites_a_wav_it_did_not_write(tmp_path):
+    """An item's own source clip is never written over, even with ``overwrite``; a wav the run
+    did not write is kept unless ``overwrite``; a deleted output is still redone on resuming."""
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    items = read_edit_manifest(_manifest(tmp_path, 2))
+
+    def run(out: Path, overwrite: bool = False) -> tuple[int, int, int]:
+        counts = ManifestRunner(items, out, backbone=backbone, settings={"steps": 2}, overwrite=overwrite).run()
+        return counts.done, counts.skipped, counts.failed
+
+    sources = {p.name: p.read_bytes() for p in tmp_path.glob("*.wav")}
+    assert run(tmp_path) == (0, 0, 2) and run(tmp_path, overwrite=True) == (0, 0, 2)
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.wav")} == sources
+    assert "c0.wav is the item's own source audio: pass another --out" in read_record(tmp_path / "records" / "c0.json").error
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c1.wav").write_bytes(b"someone else's file")
+    assert run(out) == (1, 0, 1) and run(out) == (0, 1, 1)  # a failed attempt does not make it the run's
+    assert (out / "c1.wav").read_bytes() == b"someone else's file"
+    assert "exists and was not written by steer run: pass --overwrite" in read_record(out / "records" / "c1.json").error
+    (out / "c0.wav").unlink()
+    assert run(out) == (1, 0, 1)  # its own output, deleted: redone
+    assert run(out, overwrite=True) == (2, 0, 0) and sf.read(out / "c1.wav")[0].size > 0
+
+
+def test_zome_bench_given_as_a_relative_folder(tmp_path, monkeypatch):
+    (tmp_path / "zome" / "audio").mkdir(parents=True)
+    _clip(tmp_path / "zome" / "audio" / "abc123_30_40.wav", 220)
+    rows = [{"original_prompt": "a [piano] solo", "editing_prompt": "a [violin] solo", "editing_type_id": 0, "ytid": ytid}
+            for ytid in ("abc123", "nothere")]
+    (tmp_path / "zome" / "meta.json").write_text(json.dumps(rows))
+    monkeypatch.chdir(tmp_path)
+    items = read_edit_manifest("zome")
+    assert [item.audio for item in items] == [Path("zome/audio/abc123_30_40.wav"), Path("zome/audio/nothere.wav")]
+    assert items[0].audio.is_file()
+
+
+def test_records_hold_absolute_paths_and_eval_reads_them_from_anywhere(tmp_path, monkeypatch):
+    """``steer eval`` from another folder finds each edit's source, in new records (absolute
+    paths) and in older ones (paths relative to the folder the run started from)."""
+    from steer.evaluate import pairs_from_run
+
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    _manifest(tmp_path / "m" / "sub", 1)
+    monkeypatch.chdir(tmp_path)
+    items = read_edit_manifest("m/sub/manifest.jsonl")
+    assert ManifestRunner(items, "out", backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2}).run().done == 1
+    record_path = tmp_path / "out" / "records" / "c0.json"
+    record = json.loads(record_path.read_text())
+    source = (tmp_path / "m" / "sub" / "c0.wav").resolve()
+    assert (record["audio"], record["edit"]) == (str(source), str((tmp_path / "out" / "c0.wav").resolve()))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert [pair.source for pair in pairs_from_run(tmp_path / "out")] == [source]
+    record_path.write_text(json.dumps({**record, "audio": "m/sub/c0.wav", "edit": "out/c0.wav"}))  # an older record
+    assert [pair.source.resolve() for pair in pairs_from_run(tmp_path / "out")] == [source]
+    assert [pair.source.resolve() for pair in pairs_from_run("../out")] == [source]
+
+
+def test_resuming_refuses_another_dtype_or_concept_and_accepts_the_backbone_by_another_path(tmp_path, monkeypatch):
+    import torch
+
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    assert ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2}).run().done == 1
+    concept = tmp_path / "guitar"
+    concept.mkdir()
+    (concept / "concept.json").write_text("{}")
+    for backbone, default_concept in [
+        (load_backbone(str(SWAP_BACKBONE), torch_dtype=torch.bfloat16), None),
+        (load_backbone(str(SWAP_BACKBONE)), str(concept)),
+    ]:
+        runner = ManifestRunner(items, out, backbone=backbone, settings={"steps": 2}, default_concept=default_concept)
+        with pytest.raises(ValueError, match="holds edits made with other settings"):
+            runner.run()
+    monkeypatch.chdir(SWAP_BACKBONE.parent)
+    counts = ManifestRunner(items, out, backbone=load_backbone(SWAP_BACKBONE.name), settings={"steps": 2}).run()
+    assert (counts.done, counts.skipped) == (0, 1)
+    # a concept is known by its content: moved, the same; changed in place, another
+    runner = ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2})
+    first = runner.fingerprint_of(EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(concept)))
+    moved = concept.rename(tmp_path / "moved")
+    assert runner.fingerprint_of(EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(moved))) == first
+    (moved / "concept.json").write_text('{"retrained": true}')
+    assert ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2}).fingerprint_of(
+        EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(moved))) != first
+
+
+def test_a_manifest_concept_beside_it_is_found_from_any_folder(tmp_path, monkeypatch):
+    (tmp_path / "m" / "concepts" / "guitar").mkdir(parents=True)
+    path = tmp_path / "m" / "manifest.jsonl"
+    path.write_text(json.dumps({**GOOD, "concept": "concepts/guitar"}) + "\n"
+                    + json.dumps({**GOOD, "id": "b", "concept": "me/guitar"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    assert [item.concept for item in read_edit_manifest("m/manifest.jsonl")] == ["m/concepts/guitar", "me/guitar"]
