@@ -383,8 +383,9 @@ def _run(args: argparse.Namespace) -> int:
     metrics = {}
     if names:
         from steer.metrics.collection import build_metrics
+        from steer.metrics.functional import SCORING_RATE
 
-        metrics = build_metrics(names, sample_rate=backbone.sample_rate, clap_model=args.clap_model, device=device)
+        metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=args.clap_model, device=device)
     runner = ManifestRunner(
         items,
         args.out,
@@ -406,7 +407,7 @@ def _run(args: argparse.Namespace) -> int:
         total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
         sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
         summary = write_run_summary(
-            args.out, items, names, total, set_metrics=sets, sample_rate=backbone.sample_rate
+            args.out, items, names, total, set_metrics=sets
         )
         print(
             f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "

@@ -26,7 +26,7 @@ from steer.data._files import atomic_write_text
 
 from .audio import load_audio
 from .manifest import EditItem, read_edit_manifest
-from .metrics.functional import TooFewRows
+from .metrics.functional import SCORING_RATE, TooFewRows
 from .runner import ItemRecord, RunCounts, collect_records, read_record, write_json
 
 if TYPE_CHECKING:
@@ -239,7 +239,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     missing: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Score the pairs with the named metrics (:func:`steer.metrics.collection.build_metrics`).
+    """Score the pairs with the named metrics (:func:`steer.metrics.collection.build_metrics`),
+    every clip made mono and resampled to :data:`~steer.metrics.functional.SCORING_RATE`.
 
     Returns:
         ``{"metrics": names, "groups": rows of aggregate(), "items": {id: {name: value}},
@@ -249,9 +250,8 @@ def evaluate(
 
     if not pairs:
         raise ValueError("no edits to evaluate")
-    sample_rate = load_audio(pairs[0].edit).sample_rate
-    metrics = build_metrics(names, sample_rate=sample_rate, clap_model=clap_model, device=device)
-    items, sets = score_pairs(pairs, metrics, sample_rate=sample_rate)
+    metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=clap_model, device=device)
+    items, sets = score_pairs(pairs, metrics, sample_rate=SCORING_RATE)
     kinds = {pair.id: pair.edit_type for pair in pairs}
     rows = aggregate([(kinds[i], values) for i, values in items.items()], list(names), sets)
     return {
@@ -269,12 +269,11 @@ def write_run_summary(
     counts: RunCounts,
     *,
     set_metrics: Mapping[str, Metric] | None = None,
-    sample_rate: int | None = None,
 ) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` of a run folder from its records.
 
     Per-clip metric values come from the records; set-level metrics (``set_metrics``, built at
-    ``sample_rate``) are computed over the finished edits. ``counts`` is what this invocation did
+    :data:`~steer.metrics.functional.SCORING_RATE`) are computed over the finished edits. ``counts`` is what this invocation did
     (summed over processes); the totals over the manifest come from the records.
     """
     out = Path(out)
@@ -283,7 +282,7 @@ def write_run_summary(
     sets: dict[str, dict[str, float]] = {}
     if set_metrics and done:
         pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]
-        _, sets = score_pairs(pairs, set_metrics, sample_rate=sample_rate or done[0].sample_rate)
+        _, sets = score_pairs(pairs, set_metrics, sample_rate=SCORING_RATE)
     rows = aggregate(
         [(r.edit_type, {k: (math.nan if v is None else v) for k, v in r.metrics.items()}) for r in done],
         list(names),

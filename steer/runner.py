@@ -32,6 +32,7 @@ from .audio import Audio, load_audio, save_audio
 from .baselines import DDIMInversion, DDPMInversion, SDEdit
 from .editor import Editor, LatentEditor
 from .manifest import EditItem
+from .metrics.functional import SCORING_RATE
 from .recipes import SteerMusic, SteerMusicPlus
 
 if TYPE_CHECKING:
@@ -182,8 +183,9 @@ class ManifestRunner:
             a baseline of :data:`BASELINES` (no item may name a concept).
         settings: the recipe's keyword arguments (see :func:`build_editor`).
         seed: the seed of every edit.
-        metrics: per-clip metrics (``torchmetrics`` metrics with ``values()``), by name, at
-            ``backbone.sample_rate``; each item's values go into its record.
+        metrics: per-clip metrics (``torchmetrics`` metrics with ``values()``), by name, built
+            at :data:`~steer.metrics.functional.SCORING_RATE`, which each clip is resampled to;
+            each item's values go into its record.
         default_concept: the concept of items that name none.
         load_concept: turns a concept reference into a concept (default
             :meth:`steer.concepts.Concept.from_pretrained`); each reference is loaded once.
@@ -428,10 +430,10 @@ class ManifestRunner:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
                 saved_wav = True
                 if self.metrics:
-                    # score the file as written (16-bit, clipped), so that `steer eval` agrees
+                    # score the file as written (16-bit, clipped), at steer eval's rate, so that it agrees
                     saved = load_audio(self.wav_path(item)).waveform.mean(0)
-                    mono = audio.waveform.mean(0)
-                    source = torchaudio.functional.resample(mono, audio.sample_rate, result.sample_rate)
+                    saved = torchaudio.functional.resample(saved, result.sample_rate, SCORING_RATE)
+                    source = torchaudio.functional.resample(audio.waveform.mean(0), audio.sample_rate, SCORING_RATE)
                     record.metrics = self._scores(saved, source, item.target)
                 record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run

@@ -44,6 +44,13 @@ def _cqt(device: torch.device) -> torch.nn.Module:
     return _CQT_KERNELS[key]
 
 
+#: The rate ``steer eval`` and ``steer run --metrics`` score every clip at (each resampled to it):
+#: 16 kHz, the paper's AudioLDM2 rate, so that runs at other rates (Stable Audio's 44.1 kHz) and
+#: folders of mixed rates give comparable numbers (a pair's log-mel distance was 0.90 or 0.81 as
+#: the folder's first edit was at 44.1 or 16 kHz). The CQT and CLAP resample on their own anyway.
+SCORING_RATE = 16000
+
+
 class ClipTooShort(ValueError):
     """A clip shorter than the CQT reads (:func:`cqt_top1`)."""
 

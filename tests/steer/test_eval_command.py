@@ -141,3 +141,19 @@ def test_an_edit_type_too_small_for_fad_is_left_empty_and_the_others_are_scored(
         _, sets = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
     assert math.isnan(sets["a"]["fad"])
     assert math.isfinite(sets["b"]["fad"]) and math.isfinite(sets[ALL]["fad"]) and sets["b"]["fad"] != sets[ALL]["fad"]
+
+
+def test_every_clip_is_scored_at_one_rate_whatever_else_the_folder_holds(edits):
+    """A pair's score was taken at the rate of the folder's first edit: 0.90 or 0.81 as that
+    edit was at 44.1 or 16 kHz. Now each clip is resampled to 16 kHz (SCORING_RATE)."""
+    from steer.evaluate import Pair, evaluate
+
+    folder, pairs = edits
+    source, edit = pairs["b"]
+    loud = folder / "edits" / "a44.wav"  # another pair's edit at 44.1 kHz, listed first
+    sf.write(loud, np.interp(np.arange(66150) / 44100, np.arange(24000) / 16000, pairs["a"][1]), 44100, subtype="FLOAT")
+    b = Pair("b", "timbre", folder / "b.wav", folder / "edits" / "b.wav", "y")
+    a = Pair("a", "timbre", folder / "a.wav", loud, "y")
+    alone = evaluate([b], ["log_mel"])["items"]["b"]["log_mel"]
+    mixed = evaluate([a, b], ["log_mel"])["items"]["b"]["log_mel"]
+    assert alone == mixed == pytest.approx(log_mel_distance(torch.from_numpy(edit), torch.from_numpy(source)))
