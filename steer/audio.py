@@ -38,6 +38,8 @@ class Audio:
                              "divide 16-bit samples by 32768")
         if not 1 <= waveform.dim() <= 3:
             raise ValueError(f"Audio's waveform must be (channels, samples), got shape {tuple(waveform.shape)}")
+        if waveform.dim() >= 2 and waveform.shape[-2] > waveform.shape[-1]:
+            raise ValueError(_transposed(waveform.shape))
         if not torch.isfinite(waveform).all():
             raise ValueError("the audio holds NaN or infinite samples")
         if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
@@ -51,9 +53,18 @@ class Audio:
         return self.waveform.shape[-1] / self.sample_rate
 
 
+def _transposed(shape: torch.Size) -> str:
+    return (
+        f"a waveform of shape {tuple(shape)} has more channels than samples: pass (channels, samples), "
+        "e.g. the transpose of a (samples, channels) array as soundfile reads it"
+    )
+
+
 def load_audio(path: str | os.PathLike) -> Audio:
     """Read any format soundfile reads (wav, flac, ogg, …) into an :class:`Audio`."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name an audio file")
     if not path.is_file():
         raise ValueError(f"input file not found: {path}")
     try:
@@ -102,6 +113,8 @@ def save_audio(
         data = data[None]
     if data.dim() != 2:
         raise ValueError(f"expected (samples,) or (channels, samples), got {tuple(data.shape)}")
+    if data.shape[0] > data.shape[1]:
+        raise ValueError(_transposed(data.shape))
     bad = int((~data.isfinite()).sum())
     if bad:
         raise ValueError(f"{bad} samples are NaN or infinite (a diverged edit?): nothing written to {path}")

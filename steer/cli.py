@@ -81,7 +81,14 @@ def _check_prompt(prompt: str, option: str) -> str:
     return prompt
 
 
-def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: int) -> None:
+def _add_edit_options(
+    parser: argparse.ArgumentParser,
+    *,
+    backbone: str,
+    steps: int,
+    guidance: str = "30; 15 with --concept; a baseline's sampling guidance: 12",
+    lr: str = "0.02; 0.1 with --concept",
+) -> None:
     parser.add_argument(
         "--backbone",
         default=backbone,
@@ -93,9 +100,9 @@ def _add_edit_options(parser: argparse.ArgumentParser, *, backbone: str, steps: 
     parser.set_defaults(default_steps=steps)
     parser.add_argument(
         "--guidance", type=float,
-        help="classifier-free guidance (30; 15 with --concept; a baseline's sampling guidance: 12)",
+        help=f"classifier-free guidance ({guidance})",
     )
-    parser.add_argument("--lr", type=float, help="learning rate of SGD (0.02; 0.1 with --concept)")
+    parser.add_argument("--lr", type=float, help=f"learning rate of SGD ({lr})")
     parser.add_argument("--seed", type=int, default=0, help="seed for timesteps and noise")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights")
@@ -172,7 +179,13 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="edit a shipped piano clip into a violin with the shipped offline model"
     )
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
-    _add_edit_options(demo, backbone=str(SWAP_BACKBONE), steps=200)
+    _add_edit_options(
+        demo,
+        backbone=str(SWAP_BACKBONE),
+        steps=200,
+        guidance=f"{DEMO_GUIDANCE}, chosen for the shipped backbone",
+        lr=str(DEMO_LR),
+    )
     add_personalize_parser(commands)
 
     run = commands.add_parser(
@@ -518,7 +531,7 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"melody kept (CQT-1 PCC, source vs edit): {melody:.3f}; source vs the real violin: {reference:.3f}")
     if args.backbone == "tiny":
         print(
-            "note: the 'tiny' backbone has random weights, so the edit is noise; it shows that the "
+            "note: the 'tiny' backbone has random weights, so the edit is noise or near silence; it shows that the "
             "whole pipeline runs offline, not what an edit sounds like."
         )
     elif CLASSIFIER.is_dir():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
 import warnings
 from abc import ABC, abstractmethod
@@ -244,6 +245,9 @@ class Editor(LatentEditor):
     ) -> None:
         if not losses:
             raise ValueError("an editor needs at least one loss")
+        for name, value in (("steps", steps), ("t_min", t_min), ("t_max", t_max), ("lr_step_size", lr_step_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if not 0 < lr < math.inf:

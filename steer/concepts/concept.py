@@ -293,8 +293,8 @@ class Concept:
         learnt_on = self.config.base_model or "an unnamed model"
         if backbone.family != self.config.family:
             raise ValueError(
-                f"this concept was learnt on a {self.config.family} backbone ({learnt_on}); it "
-                f"cannot be applied to a {backbone.family} backbone"
+                f"this concept was learnt on a backbone of the {self.config.family} family ({learnt_on}); it "
+                f"cannot be applied to one of the {backbone.family} family"
             )
         expected = self.config.base_fingerprint
         if expected is None:

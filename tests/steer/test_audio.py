@@ -38,6 +38,10 @@ def test_errors(tmp_path):
     (tmp_path / "folder.wav").mkdir()
     with pytest.raises(ValueError, match="folder.wav is a folder: name an audio file"):
         save_audio(tmp_path / "folder.wav", torch.zeros(10), 8000)
+    with pytest.raises(ValueError, match="folder.wav is a folder: name an audio file"):
+        load_audio(tmp_path / "folder.wav")
+    with pytest.raises(ValueError, match=r"shape \(800, 2\) has more channels than samples"):
+        save_audio(tmp_path / "t.wav", torch.zeros(800, 2), 8000)  # soundfile's error named a .partial file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.wav", "junk.wav", "keep.wav"]
     assert (tmp_path / "keep.wav").read_bytes() == b"precious"
 
@@ -54,6 +58,8 @@ def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
     (torch.zeros(1, 1, 1, 800), 8000, ValueError, r"\(channels, samples\), got shape \(1, 1, 1, 800\)"),
     (torch.tensor([[0.0, float("nan")]]), 8000, ValueError, "NaN or infinite"),
     (torch.tensor([[0.0, float("-inf")]]), 8000, ValueError, "NaN or infinite"),
+    (torch.zeros(800, 2), 8000, ValueError, r"shape \(800, 2\) has more channels than samples: pass \(channels, samples\)"),
+    (torch.zeros(1, 800, 2), 8000, ValueError, "more channels than samples"),
     (torch.zeros(1, 800), 0, ValueError, "positive whole number of Hz, got 0"),
     (torch.zeros(1, 800), 22050.5, ValueError, "got 22050.5"),
     (torch.zeros(1, 800), True, ValueError, "got True"),

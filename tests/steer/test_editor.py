@@ -195,6 +195,9 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
             Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr=lr)
     with pytest.raises(ValueError, match="lr_step_size must be at least 1 step, got 0"):
         Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr_step_size=0)
+    for name, value in (("steps", 2.5), ("t_min", 20.5), ("lr_step_size", True)):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number, got {value}"):  # were raw TypeErrors
+            Editor(tiny_backbone, losses=[DeltaDenoisingScore()], **{name: value})
     for gamma in (0.0, -0.9, float("nan")):
         with pytest.raises(ValueError, match=f"lr_gamma must be a positive finite number, got {gamma}"):
             Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr_gamma=gamma)
