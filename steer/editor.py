@@ -308,6 +308,13 @@ class Editor(LatentEditor):
                 made.pop_all()
             denoisers = [model.denoiser for model in models.values()]
             adapters = [name for model in models.values() if (name := getattr(model, "adapter_name", None))]
+            if self.performance.merge_lora and not adapters:
+                warnings.warn(
+                    "merge_lora merges a LoRA concept's adapter, and this editor has none (no concept, "
+                    "or one learnt by textual inversion or DreamBooth): it runs as it would without",
+                    UserWarning,
+                    stacklevel=5,
+                )
             casts = self.performance.weight_casts(denoisers)
             return _Runtime(
                 device, predictors, compiler, self.performance.lora_merges(denoisers, adapters), casts,

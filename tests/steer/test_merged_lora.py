@@ -170,3 +170,12 @@ def test_a_compiled_steermusic_plus_editor_keeps_its_merged_weights_and_follows_
         expected = eager.edit_latent(latent, **PROMPTS).latent  # before the editor's exit closes ε′
     assert (changed - first).abs().max() > 1e-4
     torch.testing.assert_close(changed, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_lora_without_a_lora_concept_says_it_does_nothing(tiny_backbone):
+    from steer import SteerMusic
+
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    editor = SteerMusic(tiny_backbone, steps=1, performance=Performance(merge_lora=True))
+    with pytest.warns(UserWarning, match="merge_lora merges a LoRA concept's adapter, and this editor has none"):
+        editor.edit_latent(latent, **PROMPTS)
