@@ -272,13 +272,16 @@ def write_run_summary(
 ) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` of a run folder from its records.
 
-    Per-clip metric values come from the records; set-level metrics (``set_metrics``, built at
-    :data:`~steer.metrics.functional.SCORING_RATE`) are computed over the finished edits. ``counts`` is what this invocation did
-    (summed over processes); the totals over the manifest come from the records.
+    Per-clip metric values come from the records (``names``; none: those the records hold);
+    set-level metrics (``set_metrics``, built at :data:`~steer.metrics.functional.SCORING_RATE`)
+    are computed over the finished edits. ``counts`` is what this invocation did (summed over
+    processes); the totals over the manifest come from the records.
     """
     out = Path(out)
     records = collect_records(out, items)
     done = [r for r in records if r is not None and r.status == "done"]
+    # a rerun without --metrics keeps the columns of the per-clip values its records hold
+    names = list(names) or list(dict.fromkeys(k for r in done for k in r.metrics))
     sets: dict[str, dict[str, float]] = {}
     if set_metrics and done:
         pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]

@@ -38,7 +38,9 @@ class SDEdit(LatentEditor):
     Args:
         backbone: the diffusion model.
         strength: fraction of the schedule that is re-generated, in (0, 1]: near 0 returns the
-            source, 1 starts from (almost) pure noise and forgets it.
+            source, 1 starts from the schedule's first timestep and forgets it: (almost) pure
+            noise with enough steps (diffusers' "leading" spacing starts at
+            ``1 + (steps − 1) · ⌊1000 / steps⌋``: t = 1 for 1 step, 501 for 2, 901 for 10).
         steps: DDIM steps of the full schedule (``round(steps · strength)`` are run).
         guidance_scale: classifier-free guidance of the target prompt.
 

@@ -127,6 +127,8 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     # a rerun skips what is done and retries the failure
     assert main(_run_args(manifest, out)) == 1
     assert "steer run: 0 done, 2 skipped, 1 failed" in capsys.readouterr().out
+    # without --metrics, the summary keeps the per-clip values the records hold (it dropped them)
+    assert json.loads((out / "summary.json").read_text())["groups"] == summary["groups"]
     assert read_record(out / "records" / "c1.json").attempt == 2
     # resuming with other settings would mix edits in one folder: refused, nothing touched
     before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
