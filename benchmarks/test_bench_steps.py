@@ -148,6 +148,7 @@ def model_flops(settings, bench_backbone):
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")
 @pytest.mark.filterwarnings("ignore:step_graph records CUDA graphs")
 @pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # --warm-only
+@pytest.mark.filterwarnings("ignore:merge_lora merges a LoRA concept")  # SteerMusic runs those paths as without
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("recipe", RECIPES)
