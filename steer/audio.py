@@ -79,15 +79,8 @@ def load_audio(path: str | os.PathLike) -> Audio:
         raise ValueError(f"{path}: {error}") from error
 
 
-def check_audio_path(path: Path, *, overwrite: bool) -> str:
-    """Refuse an audio output :func:`save_audio` could not (or must not) write, before any work
-    is spent on it; returns soundfile's format name for the suffix."""
-    if not path.parent.is_dir():
-        raise ValueError(f"output folder does not exist: {path.parent}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: name an audio file")
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} exists; choose another name or allow overwriting")
+def audio_format(path: Path) -> str:
+    """soundfile's format name for ``path``'s suffix; ``ValueError`` for one it cannot write."""
     fmt = path.suffix.lstrip(".").upper()
     if not fmt or not sf.check_format(fmt):
         raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav, .flac or .ogg")
@@ -107,7 +100,13 @@ def save_audio(
     half file under ``path``. With ``overwrite=False`` an existing file is an error.
     """
     path = Path(path)
-    fmt = check_audio_path(path, overwrite=overwrite)
+    if not path.parent.is_dir():
+        raise ValueError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name an audio file")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; choose another name or allow overwriting")
+    fmt = audio_format(path)
     data = waveform.detach().float().cpu()
     if data.dim() == 1:
         data = data[None]

@@ -21,7 +21,7 @@ import torch
 from backbones import load_backbone
 from steer.data._files import atomic_write_text
 
-from .audio import Audio, check_audio_path, load_audio, save_audio
+from .audio import Audio, audio_format, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
 from .performance import PRESETS, compile_backends
 from .runner import BASELINES, RECIPES, build_editor
@@ -70,7 +70,7 @@ def _check_audio_output(path: Path, overwrite: bool, source: Path | None = None)
     if source is not None and path.exists() and source.exists() and path.samefile(source):
         raise UsageError(f"{path} is the input clip: name another output, the input is never replaced")
     try:
-        check_audio_path(path, overwrite=overwrite)
+        audio_format(path)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

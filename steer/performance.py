@@ -268,13 +268,12 @@ class Performance:
         """Refuse half-precision weights of the other half type than :attr:`precision`: autocast
         to bf16 cannot mix in float16 tensors (nor fp16 bfloat16 ones), and the first step would
         fail inside the model with "Unexpected floating ScalarType"."""
-        halves = (torch.float16, torch.bfloat16)
+        halves = {torch.float16: "fp16", torch.bfloat16: "bf16"}
         if self.dtype is not None and dtype in halves and dtype != self.dtype:
-            other = next(name for name, d in PRECISIONS.items() if d == dtype)
+            ours, theirs = (str(d).removeprefix("torch.") for d in (self.dtype, dtype))
             raise ValueError(
-                f"precision {self.precision!r} computes in {str(self.dtype).removeprefix('torch.')} but the "
-                f"model's weights are {str(dtype).removeprefix('torch.')}: use precision {other!r}, or load "
-                f"the weights in float32 or {str(self.dtype).removeprefix('torch.')}"
+                f"precision {self.precision!r} computes in {ours} but the model's weights are {theirs}: "
+                f"use precision {halves[dtype]!r}, or load the weights in float32 or {ours}"
             )
 
     def check(self, device: torch.device) -> None:

@@ -388,12 +388,15 @@ def _digest(waveforms) -> str:
 # It is written under a temporary name and renamed, so a crash never leaves half a checkpoint.
 # Only folders holding those three files count: other tools' `checkpoint-<n>` folders are never
 # read or pruned.
+_CHECKPOINT_FILES = ("trainable.safetensors", "state.safetensors", "trainer_state.json")
+
+
 def _checkpoints(folder: Path) -> list[Path]:
     found = [
         p
         for p in folder.glob("checkpoint-*")
         if p.name.split("-")[-1].isdigit()
-        and all((p / name).is_file() for name in ("trainable.safetensors", "state.safetensors", "trainer_state.json"))
+        and all((p / name).is_file() for name in _CHECKPOINT_FILES)
     ]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 

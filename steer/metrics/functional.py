@@ -150,8 +150,10 @@ def cqt1_pcc(
     reference, estimate = _as_tensor(reference), _as_tensor(estimate)
     if reference.ndim != 1 or estimate.ndim != 1:
         raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
+    if not bool(_finite_rows(reference[None], estimate[None])):
+        return float("nan")
     tops = _tops(reference, estimate, sample_rate)
-    if tops is None or not bool(_finite_rows(reference[None], estimate[None])):
+    if tops is None:
         return float("nan")
     ref, est = tops
     n = min(ref.shape[-1], est.shape[-1])

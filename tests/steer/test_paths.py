@@ -162,8 +162,8 @@ def test_half_weights_of_the_other_half_type_are_refused():
         backbone = load_backbone("tiny", torch_dtype=weights)
         with pytest.raises(ValueError, match=f"precision '{precision}' computes in .* use precision '{other}'"):
             SteerMusic(backbone, steps=1, performance=Performance(precision=precision))
-        SteerMusic(backbone, steps=1, performance=Performance(precision=other))  # its own half type runs
-        SteerMusic(backbone, steps=1)  # and so does float32's path, in the weights' dtype
+        SteerMusic(backbone, steps=1, performance=Performance(precision=other))  # its own half type is accepted
+        SteerMusic(backbone, steps=1)  # and so is float32's path, which runs in the weights' dtype
 
 
 @pytest.mark.slow  # inductor generates and compiles C++: 4.5 minutes on 2 cores
