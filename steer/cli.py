@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from steer.data._files import atomic_write_text
 
 from .audio import Audio, audio_format, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
+from .editor import check_seed
 from .performance import PRESETS, compile_backends
 from .runner import BASELINES, RECIPES, build_editor
 
@@ -41,7 +43,8 @@ class UsageError(ValueError):
     """A problem with what the user asked for; printed as one line."""
 
 
-def _device(name: str) -> str:
+def device_option(name: str) -> str:
+    """The device ``--device name`` asks for (``auto``: CUDA where there is one), or a :class:`UsageError`."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -237,17 +240,17 @@ def _parser() -> argparse.ArgumentParser:
 def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict:
     """Check the editing options and apply --threads; the recipe's keyword arguments."""
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if not 1 <= args.threads <= usable:
+            raise UsageError(f"--threads must be between 1 and {usable} (the CPUs this process may use), got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= sys.maxsize:
+        raise UsageError(f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got {args.steps}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
-    if not -(2**63) <= args.seed < 2**64:
-        raise UsageError(f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {args.seed}")
+    check_seed(args.seed, "--seed")
     if recipe in BASELINES:
         return _baseline_settings(args, recipe)
     performance = PRESETS[args.performance]
@@ -337,7 +340,7 @@ def _edit(
         raise UsageError(f"--recipe {recipe} takes no --concept: use steermusic or steermusic_plus")
     if recipe == "steermusic_plus" and not concept_reference:
         raise UsageError("--recipe steermusic_plus needs --concept (a concept folder or Hub repo id)")
-    device = _device(args.device)
+    device = device_option(args.device)
     settings = _edit_settings(args, recipe)
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
     concept = None
@@ -391,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
     # believe they are alone (accelerate only sets up gloo for CPUs when asked to).
     cpu = args.device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
-    device = state.device if args.device == "auto" else _device(args.device)
+    device = state.device if args.device == "auto" else device_option(args.device)
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
     metrics = {}
     if names:
@@ -463,7 +466,7 @@ def _eval(args: argparse.Namespace) -> None:
     for folder, _, _ in jobs:
         for path in (folder / "eval.json", folder / "eval.md"):
             _check_output(path, args.overwrite)
-    device = _device(args.device)
+    device = device_option(args.device)
     results = {}
     for folder, pairs, missing in jobs:
         result = evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)

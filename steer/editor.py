@@ -12,6 +12,7 @@ import contextlib
 import math
 import numbers
 import os
+import sys
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,19 @@ def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
     return items
 
 
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed that is not a 64-bit integer, by name (PyTorch's error was "Overflow when
+    unpacking long long")."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"{name} must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {seed!r}")
+
+
+def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (checked by :func:`check_seed`)."""
+    check_seed(seed)
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
 class LatentEditor(ABC):
     """An editor of latents with the audio boundary around it.
 
@@ -248,8 +262,8 @@ class Editor(LatentEditor):
         for name, value in (("steps", steps), ("t_min", t_min), ("t_max", t_max), ("lr_step_size", lr_step_size)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        if not 0 <= steps <= sys.maxsize:
+            raise ValueError(f"steps must be between 0 and {sys.maxsize} (sys.maxsize), got {steps}")
         if not 0 < lr < math.inf:
             raise ValueError(f"the learning rate must be a positive finite number, got {lr}")
         if lr_step_size < 1:
@@ -403,7 +417,7 @@ class Editor(LatentEditor):
         scaler = performance.grad_scaler(x.device)
         scale = scaler.get_scale() if scaler is not None else None
         taken_steps = skipped = 0
-        generator = torch.Generator(device=x.device).manual_seed(seed)
+        generator = seeded_generator(seed, x.device)
         history: list[dict[str, Tensor]] = []
         x.grad = torch.zeros_like(x)  # the score gradients below are added into it
 

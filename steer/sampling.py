@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
 
-from .editor import prompt_list
+from .editor import prompt_list, seeded_generator
 
 __all__ = [
     "SamplerState",
@@ -480,7 +480,7 @@ def sample(
     """
     shape = tuple(shape)
     cond = backbone.encode_prompt(prompt_list(prompt, shape[0], "target"))
-    generator = torch.Generator(device=backbone.device).manual_seed(seed)
+    generator = seeded_generator(seed, backbone.device)
     noise = torch.randn(shape, generator=generator, device=backbone.device)
     timesteps = ddim_timesteps(steps, num_train_timesteps=backbone.num_train_timesteps)
     return ddim_sample(

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
+from ..editor import seeded_generator
 from ..sampling import SamplerCallback, ddim_timesteps, ddpm_invert, ddpm_sample
 from .inversion import InversionEditor
 
@@ -83,7 +84,7 @@ class DDPMInversion(InversionEditor):
         callback: SamplerCallback | None, progress: bool,
     ) -> tuple[Tensor, Tensor]:
         """``(x_T, noise maps)`` (:func:`~steer.sampling.ddpm_invert`), the noisings drawn from ``seed``."""
-        generator = torch.Generator(device=latent.device).manual_seed(seed)
+        generator = seeded_generator(seed, latent.device)
         return ddpm_invert(
             self.backbone, latent, cond, timesteps=timesteps, guidance_scale=self.guidance_scale_inversion,
             generator=generator, steps_per_call=self.steps_per_call, callback=callback, progress=progress,

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from backbones import Backbone
 
-from ..editor import EditResult, LatentEditor, Prompts, prompt_list
+from ..editor import EditResult, LatentEditor, Prompts, prompt_list, seeded_generator
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
 from .settings import check_settings
 
@@ -87,7 +87,7 @@ class SDEdit(LatentEditor):
         timesteps = ddim_timesteps(
             self.steps, num_train_timesteps=backbone.num_train_timesteps, strength=self.strength
         )
-        generator = torch.Generator(device=x0.device).manual_seed(seed)
+        generator = seeded_generator(seed, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x_t = backbone.add_noise(x0, noise, timesteps[:1].to(x0.device).expand(batch))
         edited = ddim_sample(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from .concept import METHODS, check_save_folder
 from .train import check_checkpoint_dir, check_settings
 
@@ -62,17 +60,17 @@ def run_personalize(args: argparse.Namespace) -> Path:
     check_save_folder(output)
     if args.checkpoint_dir is not None:
         check_checkpoint_dir(args.checkpoint_dir, resume=args.resume)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1 (0 would save an untrained concept), got {args.steps}")
     check_settings(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every, rank=args.rank if args.method == "lora" else None, seed=args.seed,
     )
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu")
-
     from backbones import load_backbone
+
+    from ..cli import device_option  # steer.cli imports this module: a lazy import
+
+    device = device_option(args.device)
 
     from .concept import Concept
 

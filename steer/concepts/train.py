@@ -31,6 +31,7 @@ from backbones import Backbone, to_mono
 from backbones.pipeline import PipelineBackbone
 
 from ..audio import Audio, load_audio
+from ..editor import check_seed, seeded_generator
 from .concept import (
     DEFAULT_TEMPLATE,
     LORA_TARGETS,
@@ -162,6 +163,8 @@ def check_settings(
     crop_seconds: float | None = None,
     checkpoint_every: int = 1,
     keep_checkpoints: int = 0,
+    rank: int | None = None,
+    seed: int = 0,
 ) -> None:
     """Refuse the first training setting out of range with a ``ValueError`` that names it;
     ``None`` (a default :func:`train_concept` fills in) passes. ``steer personalize`` calls it
@@ -173,10 +176,12 @@ def check_settings(
         ("crop_seconds", crop_seconds, "a positive finite number", lambda v: 0 < v < math.inf),
         ("checkpoint_every", checkpoint_every, "an integer >= 1", lambda v: v >= 1),
         ("keep_checkpoints", keep_checkpoints, "an integer >= 0 (0 keeps all)", lambda v: v >= 0),
+        ("rank", rank, "an integer >= 1", lambda v: v >= 1),
     )
     for name, value, rule, ok in rules:
         if value is not None and not ok(value):
             raise ValueError(f"{name} must be {rule}, got {value}")
+    check_seed(seed)
 
 
 def train_concept(
@@ -245,6 +250,8 @@ def train_concept(
         crop_seconds=crop_seconds,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
+        rank=rank if method == "lora" else None,
+        seed=seed,
     )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
@@ -298,7 +305,7 @@ def train_concept(
         for p in params.values():
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(list(params.values()), lr=lr, **ADAMW)
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         keep_rows = _frozen_rows(personalized, params)
         start = 0
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None

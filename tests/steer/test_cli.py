@@ -1,6 +1,7 @@
 """``steer edit`` with the offline tiny backbone, and its one-line errors."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import soundfile as sf
 
 from steer.cli import _edit_settings, _parser, main
 from steer.performance import PRESETS
+
+_CPUS = len(os.sched_getaffinity(0))
 
 
 @pytest.fixture()
@@ -70,7 +73,10 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
         (["--lr", "0"], "--lr must be a positive finite number, got 0.0"),
         (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
-        (["--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--steps", "0"], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got 0"),
+        (["--steps", str(10**20)], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got {10**20}"),  # was tqdm's OverflowError
+        (["--threads", "0"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 0"),
+        (["--threads", "100000"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 100000"),  # was accepted: 100000 threads asked of PyTorch
         (["--seed", str(2**70)], f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {2**70}"),
         (["--device", "foo"], "--device foo: use cpu, cuda, cuda:N or auto"),
         (["--device", "meta"], "--device meta: use cpu, cuda, cuda:N or auto"),

@@ -1,5 +1,7 @@
 """The editing loop on the tiny AudioLDM2: the gradient it applies, exactness, reproducibility."""
 
+import re
+import sys
 import warnings
 
 import pytest
@@ -198,12 +200,18 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
     for name, value in (("steps", 2.5), ("t_min", 20.5), ("lr_step_size", True)):
         with pytest.raises(ValueError, match=f"{name} must be a whole number, got {value}"):  # were raw TypeErrors
             Editor(tiny_backbone, losses=[DeltaDenoisingScore()], **{name: value})
+    for steps in (-1, 10**20):  # 10**20 was tqdm's OverflowError at the first step
+        with pytest.raises(ValueError, match=rf"steps must be between 0 and {sys.maxsize} \(sys.maxsize\), got {steps}"):
+            Editor(tiny_backbone, losses=[DeltaDenoisingScore()], steps=steps)
     for gamma in (0.0, -0.9, float("nan")):
         with pytest.raises(ValueError, match=f"lr_gamma must be a positive finite number, got {gamma}"):
             Editor(tiny_backbone, losses=[DeltaDenoisingScore()], lr_gamma=gamma)
     editor = SteerMusic(tiny_backbone, steps=1)
     with pytest.raises(ValueError, match="target prompt is empty"):
         editor.edit_latent(latent, source="a piano", target="  ")
+    for seed in (2**70, 2.5):  # 2**70 was PyTorch's "Overflow when unpacking long long"
+        with pytest.raises(ValueError, match=re.escape(f"seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {seed}")):
+            editor.edit_latent(latent, source="a piano", target="a violin", seed=seed)
     with pytest.raises(ValueError, match="got 2 source prompts for 1 clips"):
         editor.edit_latent(latent, source=["a", "b"], target="c")
     with pytest.raises(TypeError, match="edit takes an Audio or a file.s path, got Tensor: pass steer.Audio"):
