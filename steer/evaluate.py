@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from torchmetrics import Metric
 
 ALL = "all"
+#: Seconds by which an edit and its source may differ in duration before ``score_pairs`` warns
+#: (an edit is decoded to its source's duration; resampling may move it by a sample or so).
+LENGTH_TOLERANCE = 0.05
 NO_TYPE = "(none)"
 
 
@@ -117,7 +120,9 @@ def score_pairs(
     pairs: Sequence[Pair], metrics: Mapping[str, Metric], *, sample_rate: int
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Run the metrics over the pairs (each clip made mono and resampled to ``sample_rate``,
-    the rate the metrics were built for).
+    the rate the metrics were built for). Paired metrics compare an edit and its source over
+    their common start: pairs whose durations differ by more than :data:`LENGTH_TOLERANCE`
+    seconds are named in a ``RuntimeWarning``.
 
     Returns:
         per item id, each per-clip metric's value; per group (edit types and :data:`ALL`), each
@@ -129,12 +134,22 @@ def score_pairs(
     by_group = {group: {name: _fresh(m) for name, m in per_set.items()} for group in groups}
     for metric in per_clip.values():
         metric.reset()
+    unequal = []
     for pair in pairs:
         edited, _ = _mono(pair.edit, sample_rate)
         source, _ = _mono(pair.source, sample_rate)
+        if abs(edited.shape[-1] - source.shape[-1]) > LENGTH_TOLERANCE * sample_rate:
+            unequal.append(f"{pair.id} ({edited.shape[-1] / sample_rate:.2f} s edit, {source.shape[-1] / sample_rate:.2f} s source)")
         targets = [pair.target]
         for metric in [*per_clip.values(), *by_group[pair.edit_type or NO_TYPE].values()]:
             metric.update(edited[None], source[None], target_prompts=targets)
+    if unequal:
+        warnings.warn(
+            f"{len(unequal)} edit(s) differ in duration from their source, so the paired metrics compare only "
+            f"their common start: {', '.join(unequal[:3])}{', ...' if len(unequal) > 3 else ''}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     # every clip is embedded once: the "all" set merges the groups' states
     by_group[ALL] = {name: _fresh(m) for name, m in per_set.items()}
     for group in groups:

@@ -157,3 +157,21 @@ def test_every_clip_is_scored_at_one_rate_whatever_else_the_folder_holds(edits):
     alone = evaluate([b], ["log_mel"])["items"]["b"]["log_mel"]
     mixed = evaluate([a, b], ["log_mel"])["items"]["b"]["log_mel"]
     assert alone == mixed == pytest.approx(log_mel_distance(torch.from_numpy(edit), torch.from_numpy(source)))
+
+
+def test_edits_shorter_or_longer_than_their_source_are_named_in_a_warning(edits):
+    """The metrics compare the common start of a pair: a 0.5-s edit of a 1.5-s source was scored
+    on its first 0.5 s without a word."""
+    from steer.evaluate import Pair, score_pairs
+    from steer.metrics import LogMelDistance
+
+    folder, _ = edits
+    sf.write(folder / "edits" / "short.wav", _chirp(230, n=8000), 16000, subtype="FLOAT")
+    sf.write(folder / "edits" / "near.wav", _chirp(230, n=24000 - 400), 16000, subtype="FLOAT")  # 25 ms: resampling's kind
+    metrics = {"log_mel": LogMelDistance(sample_rate=16000)}
+    pairs = [Pair("short", None, folder / "a.wav", folder / "edits" / "short.wav", "y"),
+             Pair("near", None, folder / "a.wav", folder / "edits" / "near.wav", "y"),
+             Pair("a", None, folder / "a.wav", folder / "edits" / "a.wav", "y")]
+    with pytest.warns(RuntimeWarning, match=r"^1 edit\(s\) differ in duration .*: short \(0.50 s edit, 1.50 s source\)$"):
+        items, _ = score_pairs(pairs, metrics, sample_rate=16000)
+    assert items["short"]["log_mel"] == pytest.approx(log_mel_distance(_chirp(230, n=8000), _chirp(220)[:8000]), abs=1e-6)
