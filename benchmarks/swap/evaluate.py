@@ -67,7 +67,7 @@ def crop(audio: Audio, seconds: float) -> Audio:
     return Audio(audio.waveform[..., : round(seconds * audio.sample_rate)], audio.sample_rate)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/swap-ryans/manifest.jsonl"))
     parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
@@ -91,7 +91,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-benchmark.json"))
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
     if not args.data.is_file():
         raise SystemExit(
             f"{args.data} not found: render the data first, e.g. "

@@ -29,7 +29,7 @@ from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/swap-ryans/manifest.jsonl"))
     parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ablation", action="store_true", help="also SteerMusic+ without its shift / PCon terms")
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-concept.json"))
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

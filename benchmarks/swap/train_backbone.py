@@ -1,12 +1,15 @@
 """Train the small mel-diffusion backbone on the rendered instrument-swap data (one command, seeded).
 
-    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap \
+    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap-retrained \
         --data data/swap-ryans/manifest.jsonl data/swap-bach/manifest.jsonl
 
 Standard DDPM training (Ho et al., 2020): x_t = √ᾱ x0 + √(1−ᾱ) ε, loss ‖ε̂(x_t, t, y) − ε‖²,
 with the prompt dropped (replaced by "") 10 % of the time for classifier-free guidance (Ho &
 Salimans, 2022), AdamW with warm-up and cosine decay, and an exponential moving average of the
 weights, which is what gets saved. Each step takes random 2.56-s crops of the training clips.
+``--out`` gets ``config.json``, ``model.safetensors`` and ``training.json`` (every setting, the
+final loss and the time); an ``--out`` already holding any of them is refused without
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor
     return torch.cat(mels), prompts
 
 
-def main() -> None:
+OUTPUTS = ("config.json", "model.safetensors", "training.json")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, nargs="+", required=True, help="manifest.jsonl files")
     parser.add_argument("--out", type=Path, required=True, help="output folder (config + safetensors)")
@@ -55,7 +61,14 @@ def main() -> None:
     parser.add_argument("--crop-frames", type=int, default=256, help="mel frames per crop (2.56 s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    args = parser.parse_args(argv)
+    existing = [name for name in OUTPUTS if (args.out / name).exists()]
+    if existing and not args.overwrite:
+        parser.error(
+            f"{args.out} already holds {', '.join(existing)}; pass --overwrite to replace them, "
+            "or choose another --out"
+        )
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -63,6 +76,14 @@ def main() -> None:
     started = time.time()
     mels, prompts = load_log_mels(args.data, mel_front)
     print(f"{len(mels)} training clips, log-mel {tuple(mels.shape[1:])}, {time.time() - started:.0f} s to load")
+    frames = mels.shape[2]
+    if frames < args.crop_frames:
+        clip_seconds = frames * mel_front.hop_length / mel_front.sample_rate
+        raise SystemExit(
+            f"the training clips are {frames} mel frames ({clip_seconds:.2f} s) long, shorter than "
+            f"--crop-frames {args.crop_frames}: pass --crop-frames {frames} or fewer, or render "
+            "longer clips (python -m steer.data --seconds)"
+        )
 
     words = sorted({w for p in prompts for w in split_words(p)})
     model = MelDiffusionModel(
@@ -123,13 +144,8 @@ def main() -> None:
     (args.out / "training.json").write_text(
         json.dumps(
             {
-                "data": [str(d) for d in args.data],
+                **json.loads(json.dumps(vars(args), default=str)),  # every setting; paths as text
                 "clips": len(mels),
-                "steps": args.steps,
-                "batch": args.batch,
-                "lr": args.lr,
-                "seed": args.seed,
-                "threads": args.threads,
                 "final_loss": sum(losses[-100:]) / len(losses[-100:]),
                 "seconds": round(seconds),
                 "device": "cpu",

@@ -1,7 +1,7 @@
 """Train the instrument classifier that scores edit fidelity (one command, seeded).
 
     python benchmarks/swap/train_classifier.py --data data/swap-ryans/manifest.jsonl \
-        --bach data/swap-bach/manifest.jsonl --out weights/instrument-classifier
+        --bach data/swap-bach/manifest.jsonl --out weights/instrument-classifier-retrained
 
 Trains :class:`steer.metrics.InstrumentClassifier` on the TRAIN split of a rendered swap dataset
 (random 2.56-s crops, cross-entropy, AdamW with warm-up and cosine decay), then reports accuracy
@@ -9,7 +9,8 @@ on the TEST split (melodies never heard in training) and, with ``--bach``, on ev
 another collection, each both on the clean renders and on their Griffin–Lim round trips
 (waveform → log-mel → :class:`backbones.griffin_lim.GriffinLimVocoder` → waveform), which is how
 the mel-diffusion backbone's edits sound. Writes ``config.json``, ``model.safetensors`` and
-``training.json`` (the numbers, the command, the time, the seed) into ``--out``.
+``training.json`` (the numbers, the command, the time, the seed) into ``--out``; an ``--out``
+already holding any of them is refused without ``--overwrite``.
 
 Augmentation, per crop:
 
@@ -188,7 +189,10 @@ def print_confusion(name: str, result: dict, classes: list[str]) -> None:
         print(f"  {s:>6}  " + " ".join(f"{v:6d}" for v in row))
 
 
-def main() -> None:
+OUTPUTS = ("config.json", "model.safetensors", "training.json")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="manifest.jsonl of rendered clips (train + test)")
     parser.add_argument("--bach", type=Path, help="manifest.jsonl of another collection, for evaluation only")
@@ -203,7 +207,14 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="folder keeping Griffin–Lim round trips between runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
+    args = parser.parse_args(argv)
+    existing = [name for name in OUTPUTS if (args.out / name).exists()]
+    if existing and not args.overwrite:
+        parser.error(
+            f"{args.out} already holds {', '.join(existing)}; pass --overwrite to replace them, "
+            "or choose another --out"
+        )
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -14,7 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m steer.data",
         description="Render melodies of a music21 corpus collection with General-MIDI "
-        "instruments: a ground-truth instrument-swap dataset and its manifest.jsonl.",
+        "instruments: a ground-truth instrument-swap dataset and its manifest.jsonl. Rendering "
+        "into an existing folder adds the clips asked for that are missing; it refuses other "
+        "settings (seed, length, rate, tempo, collection, test fraction) and any render that "
+        "would move an already-rendered melody between train and test (render into a new "
+        "folder instead). manifest.jsonl is rewritten only when its content changes.",
     )
     parser.add_argument("--out", required=True, help="dataset folder (reused as a cache)")
     parser.add_argument(
@@ -35,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--qpm", type=float, default=100.0, help="tempo, quarter notes a minute")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a manifest.jsonl holding lines this render would not write (edited by "
+        "hand, or melodies or instruments not asked for this time); never moves a melody "
+        "to the other split",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             test_fraction=args.test_fraction,
             qpm=args.qpm,
+            overwrite=args.overwrite,
             progress=progress,
         )
     except ValueError as error:

@@ -2,7 +2,7 @@
 
 Layout of ``out_dir``::
 
-    render_config.json        the settings the audio was rendered with
+    render_config.json        the settings the folder was rendered with (test_fraction included)
     notes.json                extracted note lists (cache: later runs parse no score again)
     manifest.jsonl            one line per clip (see steer.data.manifest)
     audio/<collection>/<work>/<instrument>.wav     16 kHz mono float32 WAV
@@ -10,7 +10,21 @@ Layout of ``out_dir``::
 Rendering again into the same folder re-renders only missing or invalid files (a valid file has
 the expected length, rate and format), so asking for more melodies or instruments later renders
 just the new clips. A folder rendered with other settings (seed, length, rate, tempo,
-collection) is refused rather than mixed.
+collection, test fraction) is refused rather than mixed.
+
+The manifest is the record of the split, and a re-render keeps it:
+
+- a re-render that would move an already-rendered melody to the other split is refused, with
+  nothing written. The split sends the ``round(test_fraction * n)`` melodies with the smallest
+  hashes to test (see :func:`~steer.data.manifest.split_melodies`), so it depends on the whole
+  set: more melodies can push one from train to test. Render into a new folder instead.
+- a manifest that would be unchanged is not rewritten;
+- one holding lines this render would not write (edited by hand, or listing melodies or
+  instruments not asked for this time) is refused unless ``overwrite=True`` (``--overwrite``);
+  growing the folder only adds lines, so it needs no ``overwrite``.
+
+Folders rendered before ``render_config.json`` recorded ``test_fraction`` take the fraction of
+their next re-render (which is then recorded), once the manifest shows that it moves no melody.
 
 CQT-1 PCC of the ground truth itself depends on the instruments, because the metric's arg-max
 picks whichever partial is loudest (measured over 40 Ryan's tunes x 5.12 s): among piano, violin,
@@ -30,7 +44,7 @@ from pathlib import Path
 
 from steer.data._files import atomic_write_text, atomic_write_wav, is_valid_wav
 from steer.data.instruments import DEFAULT_INSTRUMENTS, gm_program, instrument_prompt
-from steer.data.manifest import ManifestEntry, split_melodies, write_manifest
+from steer.data.manifest import ManifestEntry, read_manifest, split_melodies, write_manifest
 from steer.data.melodies import load_melodies
 from steer.data.render import choose_clip, default_soundfont, render_clip
 
@@ -68,6 +82,7 @@ def render_dataset(
     test_fraction: float = 0.2,
     qpm: float = 100.0,
     min_coverage: float = 0.6,
+    overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Path:
     """Render ``n_melodies`` melodies of ``collection`` with each of ``instruments``.
@@ -84,6 +99,8 @@ def render_dataset(
         seed: fixes which melodies, which window of each, and the split.
         test_fraction: share of melodies held out for test.
         qpm: tempo, quarter notes per minute.
+        overwrite: replace a manifest holding lines this render would not write (see the
+            module's docstring); a melody is never moved to the other split, even so.
 
     Returns:
         the path of ``manifest.jsonl``.
@@ -102,6 +119,7 @@ def render_dataset(
         "qpm": qpm,
         "min_coverage": min_coverage,
         "soundfont": default_soundfont().name,
+        "test_fraction": test_fraction,
     }
     _check_config(out, config)
 
@@ -115,32 +133,33 @@ def render_dataset(
     melodies = load_melodies(
         collection, n_melodies=n_melodies, seed=seed, cache=out / NOTES, keep=has_clip
     )
-    _write_config(out, config)  # once the collection is known to hold enough melodies
     split = split_melodies([m.id for m in melodies], test_fraction=test_fraction, seed=seed)
+    entries = [
+        ManifestEntry(
+            audio=audio_path(melody.id, instrument),
+            melody_id=melody.id,
+            instrument=instrument,
+            prompt=instrument_prompt(instrument),
+            split=split[melody.id],
+            collection=collection,
+        )
+        for melody in melodies
+        for instrument in instruments
+    ]
+    manifest_changes = _check_manifest(out / MANIFEST, entries, overwrite=overwrite)
+    _write_config(out, config)  # once the collection is known to hold enough melodies
 
     frames = round(seconds * sample_rate)
-    total = len(melodies) * len(instruments)
-    entries = []
-    for melody in melodies:
-        for instrument in instruments:
-            rel = audio_path(melody.id, instrument)
-            cached = is_valid_wav(out / rel, frames=frames, sample_rate=sample_rate)
-            if not cached:
-                audio = render_clip(clips[melody.id], instrument, sample_rate=sample_rate)
-                atomic_write_wav(out / rel, audio, sample_rate)
-            entries.append(
-                ManifestEntry(
-                    audio=rel,
-                    melody_id=melody.id,
-                    instrument=instrument,
-                    prompt=instrument_prompt(instrument),
-                    split=split[melody.id],
-                    collection=collection,
-                )
-            )
-            if progress is not None:
-                progress(len(entries), total, rel, cached)
-    return write_manifest(out / MANIFEST, entries)
+    for done, entry in enumerate(entries, 1):
+        cached = is_valid_wav(out / entry.audio, frames=frames, sample_rate=sample_rate)
+        if not cached:
+            audio = render_clip(clips[entry.melody_id], entry.instrument, sample_rate=sample_rate)
+            atomic_write_wav(out / entry.audio, audio, sample_rate)
+        if progress is not None:
+            progress(done, len(entries), entry.audio, cached)
+    if manifest_changes:
+        write_manifest(out / MANIFEST, entries)
+    return out / MANIFEST
 
 
 def _check_config(out: Path, config: dict) -> None:
@@ -148,6 +167,8 @@ def _check_config(out: Path, config: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
+    # older folders did not record the fraction: _check_manifest guards their split instead
+    old.setdefault("test_fraction", config["test_fraction"])
     if old != config:
         changed = sorted(k for k in config.keys() | old.keys() if old.get(k) != config.get(k))
         raise ValueError(
@@ -156,6 +177,48 @@ def _check_config(out: Path, config: dict) -> None:
         )
 
 
+def _check_manifest(path: Path, entries: list[ManifestEntry], *, overwrite: bool) -> bool:
+    """Whether ``path`` must be (re)written to hold ``entries``; raises ``ValueError`` where
+    that would move a rendered melody to the other split, or, without ``overwrite``, drop or
+    change a line."""
+    if not path.exists():
+        return True
+    try:
+        old = read_manifest(path)
+    except ValueError as error:
+        if not overwrite:
+            raise ValueError(
+                f"{error}; pass --overwrite (overwrite=True) to replace {path} with the "
+                "rendered clips' manifest"
+            ) from None
+        return True
+    if old == entries:
+        return False
+    split = {e.melody_id: e.split for e in entries}
+    moved = sorted(
+        {(e.melody_id, e.split) for e in old if split.get(e.melody_id, e.split) != e.split}
+    )
+    if moved:
+        examples = ", ".join(f"{m} {s} -> {split[m]}" for m, s in moved[:3])
+        raise ValueError(
+            f"rendering {len(split)} melodies into {path.parent} would move {len(moved)} of its "
+            f"rendered melodies to the other split ({examples}), so a test melody "
+            "could be heard in training: the split depends on the whole set of melodies. "
+            "Render into a new folder instead (no clip, manifest or config was written)"
+        )
+    kept = set(entries)
+    dropped = [e for e in old if e not in kept]
+    if dropped and not overwrite:
+        raise ValueError(
+            f"{path} holds {len(dropped)} lines this render would not write (edited, or "
+            f"melodies or instruments not asked for this time; e.g. {dropped[0].audio}); pass "
+            "--overwrite (overwrite=True) to replace it, or render into another folder"
+        )
+    return True
+
+
 def _write_config(out: Path, config: dict) -> None:
-    if not (out / CONFIG).exists():
-        atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    path = out / CONFIG
+    # a new folder, or an older one gaining its test_fraction
+    if not path.exists() or json.loads(path.read_text()) != config:
+        atomic_write_text(path, json.dumps(config, indent=2) + "\n")

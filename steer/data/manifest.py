@@ -4,7 +4,8 @@
 "prompt": "a recording of a violin", "split": "train" | "test", "collection": ...}``
 
 ``audio`` is relative to the manifest's folder. Train and test are split by melody, so a test
-melody is never heard in training, whatever the instrument.
+melody is never heard in training, whatever the instrument; re-rendering a folder
+(:func:`steer.data.render_dataset`) refuses to move a rendered melody to the other split.
 """
 
 from __future__ import annotations
