@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from backbones import load_backbone
+from backbones.auto import TINY
+from backbones.mel import to_mono
 from steer.data._files import atomic_write_text
 
 from .audio import Audio, audio_format, load_audio, save_audio
@@ -526,16 +528,19 @@ def _demo(args: argparse.Namespace) -> None:
     edit = load_audio(paths["edit"])
     save_audio(paths["source"], source.waveform, source.sample_rate, overwrite=args.overwrite)
     save_audio(paths["ground_truth"], truth.waveform, truth.sample_rate, overwrite=args.overwrite)
-    clips = {"source (piano)": source.waveform, "edit → violin": edit.waveform, "ground truth (violin)": truth.waveform}
+    # the edit is at the backbone's rate and channels (Stable Audio: 44.1 kHz stereo): score and
+    # draw it as the mono clips are, at their rate
+    edited = to_mono(edit.waveform[None], edit.sample_rate, source.sample_rate)
+    clips = {"source (piano)": source.waveform, "edit → violin": edited, "ground truth (violin)": truth.waveform}
     plot_comparison(clips, source.sample_rate, picture, title="steer demo: SteerMusic, piano → violin")
     print(f"wrote {', '.join(str(p) for p in paths.values())} and {picture}")
-    melody = cqt1_pcc(source.waveform[0], edit.waveform[0], sample_rate=source.sample_rate)
+    melody = cqt1_pcc(source.waveform[0], edited[0], sample_rate=source.sample_rate)
     reference = cqt1_pcc(source.waveform[0], truth.waveform[0], sample_rate=source.sample_rate)
     print(f"melody kept (CQT-1 PCC, source vs edit): {melody:.3f}; source vs the real violin: {reference:.3f}")
-    if args.backbone == "tiny":
+    if args.backbone in TINY:
         print(
-            "note: the 'tiny' backbone has random weights, so the edit is noise or near silence; it shows that the "
-            "whole pipeline runs offline, not what an edit sounds like."
+            f"note: the '{args.backbone}' backbone has random weights, so the edit is noise or near silence; it shows "
+            "that the whole pipeline runs offline, not what an edit sounds like."
         )
     elif CLASSIFIER.is_dir():
         from steer.metrics.instrument import InstrumentClassifier

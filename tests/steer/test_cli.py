@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -237,3 +238,26 @@ def test_demo_writes_clips_picture_and_scores(tmp_path, capsys):
     assert "random weights" in printed
     # a second run refuses to overwrite
     assert main(["demo", "--out", str(out), "--backbone", "tiny", "--steps", "2"]) == 2
+
+
+def test_demo_scores_an_edit_at_another_rate_and_channel_count_at_the_sources_rate(tmp_path, capsys, monkeypatch):
+    """A Stable Audio edit (44.1 kHz stereo) was scored as if it were 16 kHz: the real violin,
+    returned as such an edit, scored -0.617 instead of its 0.979."""
+    import torchaudio.functional
+
+    import steer.cli
+    from steer import load_audio, save_audio
+
+    truth = load_audio(steer.cli.DEMO_TRUTH)
+
+    def edit_is_the_truth_at_44k_stereo(args, audio, source, target, path):
+        waveform = torchaudio.functional.resample(truth.waveform, truth.sample_rate, 44100)
+        save_audio(path, waveform.expand(2, -1), 44100)
+        return path
+
+    monkeypatch.setattr(steer.cli, "_edit", edit_is_the_truth_at_44k_stereo)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--backbone", "tiny-stable-audio"]) == 0
+    printed = capsys.readouterr().out
+    kept, real = map(float, re.search(r"source vs edit\): (\S+); source vs the real violin: (\S+)", printed).groups())
+    assert kept == pytest.approx(real, abs=0.01) and real > 0.9  # the edit is the real violin
+    assert "the 'tiny-stable-audio' backbone has random weights" in printed and "classifier hears" not in printed
