@@ -2,7 +2,7 @@
 
 from .audio import Audio, load_audio, save_audio
 from .baselines import DDIMInversion, DDPMInversion, SDEdit
-from .concepts import Concept, PersonalizedBackbone
+from .concepts import Concept, PersonalizedBackbone, PushError
 from .editor import Editor, EditResult, EditState
 from .performance import Performance
 from .recipes import SteerMusic, SteerMusicPlus
@@ -18,6 +18,7 @@ __all__ = [
     "EditState",
     "Editor",
     "Performance",
+    "PushError",
     "PersonalizedBackbone",
     "SDEdit",
     "SteerMusic",

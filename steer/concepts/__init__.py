@@ -3,8 +3,8 @@
 >>> from steer.concepts import Concept, PersonalizedBackbone
 """
 
-from .concept import Concept, ConceptConfig
+from .concept import Concept, ConceptConfig, PushError
 from .personalized import PersonalizedBackbone
 from .train import TrainState, diffusion_loss, train_concept
 
-__all__ = ["Concept", "ConceptConfig", "PersonalizedBackbone", "TrainState", "diffusion_loss", "train_concept"]
+__all__ = ["Concept", "ConceptConfig", "PersonalizedBackbone", "PushError", "TrainState", "diffusion_loss", "train_concept"]

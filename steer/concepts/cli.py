@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .concept import METHODS, check_save_folder
-from .train import check_checkpoint_dir, check_settings
+from .concept import METHODS, PushError, check_repo_id, check_save_folder, check_words
+from .train import check_checkpoint_dir, check_references, check_settings
 
 
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,13 +48,20 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
 
 
 def run_personalize(args: argparse.Namespace) -> Path:
-    """Learn, save (and push) the concept ``args`` describe; returns the output folder."""
+    """Learn, save (and push) the concept ``args`` describe; returns the output folder.
+
+    Everything that can be checked without the model is checked before it loads: the output and
+    checkpoint folders, the reference clips (read and checked as training reads them), the token,
+    the Hub repo id and the training numbers. A failed push leaves the saved concept in place and
+    raises a :class:`~steer.concepts.concept.PushError` that says how to push it again.
+    """
     output: Path = args.output
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise ValueError(f"{output} exists; pass --overwrite to replace it")
-    for reference in args.references:
-        if not reference.is_file():
-            raise ValueError(f"reference clip not found: {reference}")
+    check_references(args.references)
+    check_words(args.token, args.class_word)
+    if args.push_to_hub is not None:
+        check_repo_id(args.push_to_hub, "--push-to-hub")
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
     check_save_folder(output)
@@ -98,6 +105,15 @@ def run_personalize(args: argparse.Namespace) -> Path:
     concept.save_pretrained(output, repo_id=args.push_to_hub)
     print(f"wrote {output} ({concept.method}); name the concept in prompts as '{concept.prompt()}'")
     if args.push_to_hub:
-        commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
+        private = ", private=True" if args.private else ""
+        try:
+            commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
+        except PushError as error:
+            retry = (
+                f"the concept IS saved at {output}: once the Hub is reachable, push it with "
+                f"python -c \"from steer.concepts import Concept; Concept.from_pretrained({str(output)!r})"
+                f".push_to_hub({args.push_to_hub!r}{private})\""
+            )
+            raise PushError(error.repo_id, error.reason, retry=retry) from error
         print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
     return output

@@ -17,14 +17,17 @@ safetensors (never pickle), and a ``README.md`` model card with the Hub metadata
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
+import struct
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,7 @@ from huggingface_hub.errors import (
     HFValidationError,
     LocalEntryNotFoundError,
 )
+from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -76,6 +80,14 @@ def steer_version() -> str:
         return "unknown"
 
 
+def check_words(token: str, class_word: str | None) -> None:
+    """Refuse a token that is empty or not one word, and an empty class word, with a ``ValueError``."""
+    if not token or re.search(r"\s", token):
+        raise ValueError(f"the concept token must be one word without spaces, got {token!r}")
+    if class_word is not None and not class_word.strip():
+        raise ValueError("the class word is empty: name the kind of sound (e.g. 'guitar') or pass None")
+
+
 @dataclass(frozen=True)
 class ConceptConfig:
     """What a concept is and what it was learnt on; saved as ``concept_config.json``.
@@ -87,9 +99,9 @@ class ConceptConfig:
         family: :attr:`Backbone.family` of the base model.
         base_model: repo id or path of the base model, when known (informational: the
             compatibility check uses :attr:`base_fingerprint`).
-        base_fingerprint: ``{"architecture": hash of parameter names and shapes, "weights":
-            mean |w| of a few parameters}`` of the base denoiser, checked when the concept is
-            applied (so a local path and a repo id of the same model both pass).
+        base_fingerprint: :func:`base_fingerprint` of the base denoiser (a hash of its
+            parameter names and shapes, and statistics of every parameter), checked when the
+            concept is applied (so a local path and a repo id of the same model both pass).
         lora_rank, lora_alpha, lora_targets: the adapter's settings (LoRA only).
         templates: training prompts with ``{token}`` and ``{class_word}`` fields.
         training: how it was learnt (steps, learning rate, seed, reference names, final loss).
@@ -114,13 +126,12 @@ class ConceptConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown concept method {self.method!r}: use one of {', '.join(METHODS)}")
-        if not self.token or re.search(r"\s", self.token):
-            raise ValueError(f"the concept token must be one word without spaces, got {self.token!r}")
-        if self.class_word is not None and not self.class_word.strip():
-            raise ValueError("the class word is empty: name the kind of sound (e.g. 'guitar') or pass None")
+        check_words(self.token, self.class_word)
         if self.method == "lora":
             if self.lora_rank is None or self.lora_rank < 1:
                 raise ValueError(f"a LoRA concept needs a rank >= 1, got {self.lora_rank}")
+            if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
+                raise ValueError(f"a LoRA concept needs a positive finite alpha, got {self.lora_alpha}")
             if not self.lora_targets:
                 raise ValueError("a LoRA concept needs target modules")
         if not self.templates or any("{token}" not in t for t in self.templates):
@@ -168,26 +179,114 @@ def _base_parameters(denoiser: nn.Module) -> dict[str, Tensor]:
     }
 
 
-def base_fingerprint(denoiser: nn.Module, *, samples: int = 16) -> dict[str, Any]:
-    """A cheap identity of a base denoiser: architecture hash + mean |w| of a few parameters.
+#: Version 1 (steer's first concepts) held the mean |w| of 16 sampled parameters; version 2 two
+#: statistics of every parameter. A concept is checked the way its own fingerprint was made.
+FINGERPRINT_VERSION = 2
+#: Tolerances of version 2, relative to a parameter's norm: bfloat16 rounding (relative error
+#: <= 2**-9 per weight) moves the norm by < 0.2 % and the projection by ~3e-4 of the norm, while a
+#: parameter scaled by 1.01 or redrawn moves them by 1 % and by ~0.4 of the norm.
+_NORM_TOL = 5e-3
+_PROJECTION_TOL = 3e-3
+#: Weights are projected in chunks of this many values, all onto the same pattern: the float64
+#: copies stay small on any model and the pattern is made once.
+_CHUNK = 1 << 20
 
-    Robust to the weights' dtype (statistics are compared with a 1 % tolerance) and to adapters
-    injected by other concepts, but different for another checkpoint of the same architecture.
+
+def _architecture(params: Mapping[str, Tensor], names: Sequence[str]) -> str:
+    shapes = "\n".join(f"{n} {tuple(params[n].shape)}" for n in names)
+    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
+
+
+def _pattern(length: int) -> Tensor:
+    """Fixed pseudo-random float64 values in [-0.5, 0.5), ``(length,)``: an integer hash of the
+    index (multiply and xor-shift modulo 2**31, exact in int64), the same on every machine and
+    PyTorch version, which a random generator's stream does not promise."""
+    x = torch.arange(length, dtype=torch.int64)
+    for multiplier in (0x2C1B3C6D, 0x297A2D39):
+        x = (x * multiplier + 0x3C6EF372) % 2**31
+        x = x ^ (x >> 15)
+    return x.double() / 2**31 - 0.5
+
+
+def _statistics(params: Mapping[str, Tensor], names: Sequence[str]) -> list[tuple[float, float]]:
+    """(L2 norm, projection onto the repeated :func:`_pattern`) of each parameter, in float64 on
+    its device: one pass over the weights."""
+    pattern = _pattern(_CHUNK)
+    on_device: dict[torch.device, Tensor] = {}
+    found = []
+    for name in names:
+        flat = params[name].detach().reshape(-1)
+        if flat.device not in on_device:
+            on_device[flat.device] = pattern.to(flat.device)
+        squares = projection = 0.0
+        for start in range(0, len(flat), _CHUNK):
+            chunk = flat[start : start + _CHUNK].double()
+            squares += float(chunk @ chunk)
+            projection += float(chunk @ on_device[flat.device][: len(chunk)])
+        found.append((math.sqrt(squares), projection))
+    return found
+
+
+def base_fingerprint(denoiser: nn.Module) -> dict[str, Any]:
+    """The identity of a base denoiser, saved with a concept and checked when it is applied.
+
+    ``{"version": 2, "architecture": hash of the parameter names and shapes, "statistics":
+    base64 of float32 pairs}``: for every parameter (in name order) its L2 norm and its projection
+    onto a fixed pseudo-random pattern, computed in float64 on the parameter's device in one pass
+    over the weights. Robust to the weights' dtype (a bfloat16 copy of the base passes) and to
+    adapters injected by other concepts; another checkpoint of the same architecture, or one
+    parameter changed, redrawn or scaled by 1 %, fails.
     """
     params = _base_parameters(denoiser)
     names = sorted(params)
-    shapes = "\n".join(f"{n} {tuple(params[n].shape)}" for n in names)
-    picks = names[:: max(1, len(names) // samples)][:samples]
     with torch.no_grad():
-        weights = [float(params[n].detach().double().abs().mean()) for n in picks]
+        values = [v for pair in _statistics(params, names) for v in pair]
     return {
-        "architecture": hashlib.sha256(shapes.encode()).hexdigest()[:16],
-        "weights": weights,
+        "version": FINGERPRINT_VERSION,
+        "architecture": _architecture(params, names),
+        "statistics": base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii"),
     }
 
 
-def _same_weights(a: Sequence[float], b: Sequence[float]) -> bool:
-    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-8) for x, y in zip(a, b))
+def _sampled_means(params: Mapping[str, Tensor], names: Sequence[str], samples: int = 16) -> list[float]:
+    """Version 1's statistics: mean |w| of ``samples`` parameters spread over the sorted names."""
+    picks = names[:: max(1, len(names) // samples)][:samples]
+    return [float(params[n].detach().double().abs().mean()) for n in picks]
+
+
+def fingerprint_mismatch(denoiser: nn.Module, expected: Mapping[str, Any]) -> str | None:
+    """Why ``denoiser`` is not the base model of fingerprint ``expected``, or ``None`` if it is.
+
+    A version-1 fingerprint (no ``"version"``) is compared the way it was made (16 sampled
+    parameters, 1 % tolerance); a version-2 one parameter by parameter.
+    """
+    version = expected.get("version", 1)
+    if version > FINGERPRINT_VERSION:
+        return f"its fingerprint is of version {version}, this steer reads up to {FINGERPRINT_VERSION}: upgrade steer"
+    params = _base_parameters(denoiser)
+    names = sorted(params)
+    if _architecture(params, names) != expected["architecture"]:
+        return "the backbone's denoiser has a different architecture"
+    with torch.no_grad():
+        if version == 1:
+            found = _sampled_means(params, names)
+            saved = expected["weights"]
+            if len(found) != len(saved) or not all(
+                math.isclose(x, y, rel_tol=1e-2, abs_tol=1e-8) for x, y in zip(found, saved)
+            ):
+                return "the backbone's denoiser has different weights"
+            return None
+        raw = base64.b64decode(expected["statistics"])
+        saved = struct.unpack(f"<{len(raw) // 4}f", raw)
+        if len(saved) != 2 * len(names):
+            return f"its fingerprint holds {len(saved)} statistics for {len(names)} parameters (a corrupt {CONFIG_NAME})"
+        for i, (name, (norm, projection)) in enumerate(zip(names, _statistics(params, names))):
+            norm0, projection0 = saved[2 * i], saved[2 * i + 1]
+            if abs(norm - norm0) > _NORM_TOL * max(norm, norm0) + 1e-12 or abs(
+                projection - projection0
+            ) > _PROJECTION_TOL * max(norm, norm0) + 1e-12:
+                return f"the backbone's denoiser has different weights (first: {name})"
+    return None
 
 
 def check_save_folder(folder: Path) -> None:
@@ -299,16 +398,11 @@ class Concept:
         expected = self.config.base_fingerprint
         if expected is None:
             return
-        found = base_fingerprint(backbone.denoiser)
-        if found["architecture"] != expected["architecture"]:
+        mismatch = fingerprint_mismatch(backbone.denoiser, expected)
+        if mismatch is not None:
             raise ValueError(
-                f"this concept was learnt on another base model ({learnt_on}): the backbone's "
-                "denoiser has a different architecture. Load the base model it was trained on."
-            )
-        if not _same_weights(found["weights"], expected["weights"]):
-            raise ValueError(
-                f"this concept was learnt on another base model ({learnt_on}): the backbone's "
-                "denoiser has different weights. Load the base model it was trained on."
+                f"this concept was learnt on another base model ({learnt_on}): {mismatch}. "
+                "Load the base model it was trained on."
             )
 
     # -- files --------------------------------------------------------------------------------------
@@ -325,17 +419,14 @@ class Concept:
         folder = Path(save_directory)
         check_save_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        lora = {PEFT_PREFIX + k: v for k, v in self.weights_under("lora").items()}
-        other = {k: v for k, v in self.weights.items() if not k.startswith("lora.")}
         written = {CONFIG_NAME, CARD_NAME}
         metadata = {"format": "pt", "steer_method": self.method, "steer_token": self.token}
-        if lora:
-            save_file(_contiguous(lora), folder / ADAPTER_WEIGHTS_NAME, metadata=metadata)
-            self.lora_config.save_pretrained(str(folder))
-            written |= {ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME}
-        if other:
-            save_file(_contiguous(other), folder / WEIGHTS_NAME, metadata=metadata)
-            written.add(WEIGHTS_NAME)
+        for filename, tensors in self._weight_files().items():
+            save_file(_contiguous(tensors), folder / filename, metadata=metadata)
+            written.add(filename)
+            if filename == ADAPTER_WEIGHTS_NAME:
+                self.lora_config.save_pretrained(str(folder))
+                written.add(ADAPTER_CONFIG_NAME)
         for name in set(_OWN_FILES) - written:
             (folder / name).unlink(missing_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -373,7 +464,7 @@ class Concept:
             raise ValueError(f"{name} is not a steer concept: it has no {CONFIG_NAME}{hint}")
         try:
             config = ConceptConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
             raise ValueError(f"{name}: cannot read {CONFIG_NAME} ({error})") from error
         weights: dict[str, Tensor] = {}
         if config.method == "lora":
@@ -399,24 +490,47 @@ class Concept:
         revision: str | None = None,
         create_pr: bool = False,
     ) -> CommitInfo:
-        """Create the Hub repo if needed and upload the saved concept to it (one commit)."""
+        """Create the Hub repo if needed and upload the concept to it (one commit).
+
+        The uploaded copy names the base model as :func:`hub_base_model` says: never by a path
+        of this machine. The concept itself is left unchanged.
+
+        Raises:
+            ValueError: for a repo id the Hub refuses, before anything is sent.
+            PushError: when the Hub cannot be reached or refuses the upload (no connection,
+                offline mode, no or a wrong token, no write access); call it again once fixed.
+        """
+        check_repo_id(repo_id)
+        public = Concept(dataclasses.replace(self.config, base_model=hub_base_model(self.config.base_model)), self.weights)
         api = HfApi(token=token)
-        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with _pushing(repo_id):
+            repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, repo_id=repo.repo_id)
-            return api.upload_folder(
-                repo_id=repo.repo_id,
-                folder_path=tmp,
-                repo_type="model",
-                commit_message=commit_message or f"Upload steer concept '{self.prompt()}'",
-                revision=revision,
-                create_pr=create_pr,
-            )
+            public.save_pretrained(tmp, repo_id=repo.repo_id)
+            with _pushing(repo_id):
+                return api.upload_folder(
+                    repo_id=repo.repo_id,
+                    folder_path=tmp,
+                    repo_type="model",
+                    commit_message=commit_message or f"Upload steer concept '{self.prompt()}'",
+                    revision=revision,
+                    create_pr=create_pr,
+                )
 
     def model_card(self, *, repo_id: str | None = None) -> ModelCard:
         """The ``README.md``: Hub metadata (library, tags, base model) and how to use the concept."""
         c = self.config
         base = c.base_model if c.base_model and _looks_like_repo_id(c.base_model) else None
+        if base is None and c.base_model:  # a folder: readers of the card need their own copy
+            base_sentence = (
+                f"It personalises the local base model `{c.base_model}` ({c.family} family), which is not "
+                "on the Hugging Face Hub: load your own copy of it (steer refuses another model by its "
+                "fingerprint)."
+            )
+            load_line = f'backbone = load_backbone("{c.base_model}")  # the path to your copy of the base model'
+        else:
+            base_sentence = f"It personalises the base model `{c.base_model or '(not recorded)'}` ({c.family} family)."
+            load_line = f'backbone = load_backbone("{c.base_model or "<the base model>"}")'
         data = ModelCardData(
             library_name="steer",
             base_model=base,
@@ -440,8 +554,8 @@ class Concept:
 
 A musical concept learnt with steer by **{c.method.replace("_", " ")}**
 from reference clips. Prompts name it as `{self.prompt("{token} {class_word}")}`, e.g. "{self.prompt()}".
-It personalises the base model `{c.base_model or "(not recorded)"}` ({c.family} family) and is the
-personalised model ε' of SteerMusic+ editing ([Niu et al., 2025](https://arxiv.org/abs/2504.10826)).
+{base_sentence} The concept is the personalised model ε' of SteerMusic+ editing
+([Niu et al., 2025](https://arxiv.org/abs/2504.10826)).
 
 ## Use
 
@@ -449,7 +563,7 @@ personalised model ε' of SteerMusic+ editing ([Niu et al., 2025](https://arxiv.
 from backbones import load_backbone
 from steer import Concept
 
-backbone = load_backbone("{c.base_model or "<the base model>"}")
+{load_line}
 concept = Concept.from_pretrained("{source}")
 personalized = concept.apply(backbone)  # a Backbone: ε'
 ```
@@ -469,10 +583,19 @@ Written by steer {c.steer_version}. Weights are safetensors: {self._files_senten
 """
         return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
+    def _weight_files(self) -> dict[str, dict[str, Tensor]]:
+        """The weight files :meth:`save_pretrained` writes, by name, with their tensors (file keys)."""
+        lora = {PEFT_PREFIX + k: v for k, v in self.weights_under("lora").items()}
+        other = {k: v for k, v in self.weights.items() if not k.startswith("lora.")}
+        return {name: tensors for name, tensors in ((ADAPTER_WEIGHTS_NAME, lora), (WEIGHTS_NAME, other)) if tensors}
+
     def _files_sentence(self) -> str:
-        if self.method == "lora":
-            return f"`{ADAPTER_WEIGHTS_NAME}` + `{ADAPTER_CONFIG_NAME}` in peft's layout"
-        return f"`{WEIGHTS_NAME}`"
+        """The weight files :meth:`save_pretrained` writes, for the model card."""
+        described = {
+            ADAPTER_WEIGHTS_NAME: f"`{ADAPTER_WEIGHTS_NAME}` + `{ADAPTER_CONFIG_NAME}` (the LoRA adapter, in peft's layout)",
+            WEIGHTS_NAME: f"`{WEIGHTS_NAME}`",
+        }
+        return " and ".join(described[name] for name in self._weight_files()) or "none"
 
 
 # -- file helpers ----------------------------------------------------------------------------------
@@ -497,9 +620,16 @@ def _load_safetensors(folder: Path, filename: str, name: str) -> dict[str, Tenso
             raise ValueError(_pickle_refusal(folder / pickles[0]))
         raise ValueError(f"{name}: {filename} is missing")
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{name}: cannot read {filename} ({error})") from error
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"{name}: {filename} holds NaN or infinite values in {key}: the file is corrupt "
+                "(or training diverged); download or train the concept again"
+            )
+    return tensors
 
 
 def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> None:
@@ -508,7 +638,7 @@ def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> Non
         raise ValueError(f"{name}: {ADAPTER_CONFIG_NAME} is missing")
     try:
         adapter = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{name}: cannot read {ADAPTER_CONFIG_NAME} ({error})") from error
     if not isinstance(adapter, dict):
         raise ValueError(f"{name}: {ADAPTER_CONFIG_NAME} holds a JSON {type(adapter).__name__}, not peft's object")
@@ -522,6 +652,62 @@ def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> Non
 
 def _looks_like_repo_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
+# -- the Hub ---------------------------------------------------------------------------------------
+class PushError(ValueError):
+    """A push to the Hub failed (no connection, offline mode, authentication, permissions).
+
+    Attributes:
+        repo_id: the repo the push was for.
+        reason: what the Hub client raised, as ``"ErrorType: message"``.
+    """
+
+    def __init__(self, repo_id: str, reason: str, *, retry: str) -> None:
+        super().__init__(f"pushing the concept to the Hub repo {repo_id} failed ({reason}); {retry}")
+        self.repo_id = repo_id
+        self.reason = reason
+
+
+#: What the Hub client raises when the Hub cannot be reached or refuses a request: its HTTP errors
+#: derive from its transport's ``HTTPError`` (httpx's or httpx2's, by huggingface_hub version; a
+#: refused connection raises that directly) and from ``OSError`` (offline mode, a missing token).
+_HUB_ERRORS: tuple[type[BaseException], ...] = (OSError, *HfHubHTTPError.__bases__)
+
+
+@contextmanager
+def _pushing(repo_id: str) -> Iterator[None]:
+    """Turn the Hub client's network and HTTP errors into a :class:`PushError`."""
+    try:
+        yield
+    except _HUB_ERRORS as error:
+        retry = "check the connection and your Hub token (`hf auth login` or HF_TOKEN), then push again"
+        raise PushError(repo_id, f"{type(error).__name__}: {error}", retry=retry) from error
+
+
+def check_repo_id(repo_id: str, option: str = "repo_id") -> None:
+    """Refuse a Hub repo id the Hub would refuse (``"name"`` or ``"user/name"``), before any work."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{option} {repo_id!r} is not a Hub repo id: {error}") from error
+
+
+def hub_base_model(base_model: str | None) -> str | None:
+    """How a concept pushed to the Hub names its base model: never by a path of this machine.
+
+    A Hub repo id stays as it is; a Hub cache snapshot folder
+    (``…/models--org--name/snapshots/<commit>``) becomes its repo id ``"org/name"``; any other
+    local folder only its name (the model card then says it is a local model the reader supplies,
+    and the base model's fingerprint still refuses another one).
+    """
+    if base_model is None or _looks_like_repo_id(base_model):
+        return base_model
+    path = Path(base_model)
+    repo = path.parent.parent.name
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
 
 
 def _download(

@@ -27,7 +27,7 @@ import copy
 import itertools
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +40,7 @@ from backbones.adapter_state import adapter_state, set_adapter_state
 from backbones.mel_diffusion import WORD_MASK, MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
 
-from .concept import Concept
+from .concept import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME, Concept
 from .new_token import NewToken
 
 _adapter_ids = itertools.count()
@@ -132,6 +132,22 @@ def family_of(backbone: Backbone, method: str) -> _Family:
     return family
 
 
+def check_shapes(weights: Mapping[str, Tensor], expected: Mapping[str, torch.Size], filename: str) -> None:
+    """Refuse a concept tensor whose shape is not that of the model's tensor of the same name.
+
+    The base model's fingerprint matched before this runs, so a wrong shape means the concept's
+    file is damaged: a ``ValueError`` names it and the tensor (PyTorch's own error would list
+    every mismatch of a ``load_state_dict`` without saying which file they came from).
+    """
+    for key, tensor in weights.items():
+        shape = expected.get(key)
+        if shape is not None and tensor.shape != shape:
+            raise ValueError(
+                f"the concept's tensor {key} in {filename} has shape {tuple(tensor.shape)} but the base "
+                f"model's needs {tuple(shape)}: the file is corrupt; download or train the concept again"
+            )
+
+
 # -- peft adapters ----------------------------------------------------------------------------------
 def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -156,13 +172,16 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
         if not layers:
             raise ValueError(f"the LoRA targets {config.target_modules} match no module of the denoiser")
         if weights is not None:
+            own = f".{name}."
+            shapes = {n.replace(own, "."): p.shape for n, p in model.named_parameters() if own in n and ".lora_" in n}
+            check_shapes(weights, shapes, ADAPTER_WEIGHTS_NAME)
             result = set_peft_model_state_dict(model, weights, adapter_name=name)
             if result.unexpected_keys:
                 raise ValueError(
                     f"the concept's LoRA weights name modules this denoiser lacks, e.g. "
                     f"{result.unexpected_keys[0]}"
                 )
-            expected = {n for n, _ in model.named_parameters() if f".{name}." in n and ".lora_" in n}
+            expected = {n for n, _ in model.named_parameters() if own in n and ".lora_" in n}
             missing = expected & set(result.missing_keys)
             if missing:
                 raise ValueError(f"the concept's LoRA weights lack {len(missing)} tensors, e.g. {min(missing)}")
@@ -237,6 +256,7 @@ class PersonalizedBackbone(Backbone):
             strip_adapters(denoiser)
             state = concept.weights_under("denoiser")
             if state:
+                check_shapes(state, {k: v.shape for k, v in denoiser.state_dict().items()}, WEIGHTS_NAME)
                 denoiser.load_state_dict(state, strict=True)
             denoiser.eval().requires_grad_(False)
         self.token_id: int | None = None
@@ -284,6 +304,7 @@ class PersonalizedBackbone(Backbone):
             raise ValueError(f"cannot add the token {concept.token!r} to the vocabulary: {error}") from error
         embedding = concept.weights.get("token_embedding")
         if embedding is not None:
+            check_shapes({"token_embedding": embedding}, {"token_embedding": encoder.embed.weight.shape[1:]}, WEIGHTS_NAME)
             with torch.no_grad():
                 encoder.embed.weight[self.token_id] = embedding.to(encoder.embed.weight)
         return encoder.eval().requires_grad_(False)

@@ -105,8 +105,17 @@ class Reference:
     waveform: Tensor  # (samples,)
 
 
-def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate: int) -> list[Reference]:
-    """Read the reference clips, refusing unusable ones with an error that names the file."""
+def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tuple[str, Audio]]:
+    """Read the reference clips as given, refusing unusable ones with an error that names them.
+
+    Returns ``(name, clip)`` pairs: the path, or ``"reference clip <i>"`` for an :class:`Audio`.
+    ``steer personalize`` calls it before it loads a model.
+
+    Raises:
+        ValueError: for no clips, a missing path, a folder, a file that is not audio, a batch
+            ``(B, channels, samples)`` of clips, or a clip shorter than :data:`MIN_SECONDS` or
+            silent (peak below :data:`SILENCE_PEAK`).
+    """
     if isinstance(references, (str, os.PathLike, Audio)):
         references = [references]
     if not references:
@@ -115,22 +124,40 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
     for i, reference in enumerate(references):
         if isinstance(reference, Audio):
             name, audio = f"reference clip {i}", reference
+            if audio.waveform.dim() != 2:
+                raise ValueError(
+                    f"{name} is a batch of {len(audio.waveform)} clips (shape {tuple(audio.waveform.shape)}): pass "
+                    "each clip as its own reference, e.g. [Audio(w, sr) for w in batch.waveform]"
+                )
         else:
-            name = str(reference)
+            name, path = str(reference), Path(reference)
+            if path.is_dir():
+                raise ValueError(
+                    f"{name} is a folder: pass the audio files in it as references (e.g. {path / '*.wav'})"
+                )
+            if not path.exists():
+                raise ValueError(f"reference clip not found: {name}")
             try:
-                audio = load_audio(reference)
+                audio = load_audio(path)
             except ValueError as error:
                 raise ValueError(f"unusable reference clip: {error}") from error
-        waveform = audio.waveform
         if audio.seconds < MIN_SECONDS:
             raise ValueError(
                 f"{name} is too short: {audio.seconds:.2f} s; reference clips need at least {MIN_SECONDS} s"
             )
-        peak = float(waveform.abs().max())
+        peak = float(audio.waveform.abs().max())
         if peak < SILENCE_PEAK:
             raise ValueError(f"{name} is silent (peak {peak:.1e}): a concept needs a recording of it")
-        clips.append(Reference(name, to_mono(waveform[None], audio.sample_rate, sample_rate)[0]))
+        clips.append((name, audio))
     return clips
+
+
+def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate: int) -> list[Reference]:
+    """The reference clips (see :func:`check_references`), mono at ``sample_rate``."""
+    return [
+        Reference(name, to_mono(audio.waveform[None], audio.sample_rate, sample_rate)[0])
+        for name, audio in check_references(references)
+    ]
 
 
 def base_model_name(backbone: Backbone) -> str | None:
@@ -164,6 +191,7 @@ def check_settings(
     checkpoint_every: int = 1,
     keep_checkpoints: int = 0,
     rank: int | None = None,
+    alpha: float | None = None,
     seed: int = 0,
 ) -> None:
     """Refuse the first training setting out of range with a ``ValueError`` that names it;
@@ -177,6 +205,7 @@ def check_settings(
         ("checkpoint_every", checkpoint_every, "an integer >= 1", lambda v: v >= 1),
         ("keep_checkpoints", keep_checkpoints, "an integer >= 0 (0 keeps all)", lambda v: v >= 0),
         ("rank", rank, "an integer >= 1", lambda v: v >= 1),
+        ("alpha", alpha, "a positive finite number", lambda v: 0 < v < math.inf),
     )
     for name, value, rule, ok in rules:
         if value is not None and not ok(value):
@@ -251,6 +280,7 @@ def train_concept(
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         rank=rank if method == "lora" else None,
+        alpha=alpha if method == "lora" else None,
         seed=seed,
     )
     if resume and checkpoint_dir is None:
@@ -307,11 +337,10 @@ def train_concept(
         optimizer = torch.optim.AdamW(list(params.values()), lr=lr, **ADAMW)
         generator = seeded_generator(seed)
         keep_rows = _frozen_rows(personalized, params)
-        start = 0
+        start, loss = 0, None
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume:
-            start = _resume(folder, params, optimizer, generator, settings, steps)
-        loss: float | None = None
+            start, loss = _resume(folder, params, optimizer, generator, settings, steps)
         bar = tqdm(total=steps, initial=start, desc=f"learning '{config.prompt()}'", disable=not progress, leave=False)
         for step in range(start, steps):
             loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
@@ -319,7 +348,7 @@ def train_concept(
             if step % 10 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{loss:.4g}")
             if folder is not None and (step + 1) % checkpoint_every == 0:
-                _save_checkpoint(folder, step + 1, params, optimizer, generator, settings, keep_checkpoints)
+                _save_checkpoint(folder, step + 1, loss, params, optimizer, generator, settings, keep_checkpoints)
             if callback is not None:
                 callback(TrainState(step=step, loss=loss, lr=lr))
         bar.close()
@@ -328,7 +357,7 @@ def train_concept(
         for p in params.values():
             p.requires_grad_(False)
         personalized.close()
-    training = {**settings, "steps": steps, "final_loss": loss}  # None when no step ran here
+    training = {**settings, "steps": steps, "final_loss": loss}  # None when no step ran
     return Concept(ConceptConfig(**{**config.to_dict(), "training": training}), weights)
 
 
@@ -425,6 +454,7 @@ def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
 def _save_checkpoint(
     folder: Path,
     step: int,
+    loss: float,
     params: dict[str, nn.Parameter],
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
@@ -442,7 +472,7 @@ def _save_checkpoint(
     for index, values in state["state"].items():
         tensors.update({f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in values.items()})
     save_file(tensors, partial / "state.safetensors")
-    meta = {"step": step, "settings": settings, "param_groups": state["param_groups"], "names": list(params)}
+    meta = {"step": step, "loss": loss, "settings": settings, "param_groups": state["param_groups"], "names": list(params)}
     (partial / "trainer_state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
@@ -457,11 +487,13 @@ def _resume(
     generator: torch.Generator,
     settings: dict[str, Any],
     steps: int,
-) -> int:
-    """Load the newest checkpoint into the run; returns the step to continue from (0: none)."""
+) -> tuple[int, float | None]:
+    """Load the newest checkpoint into the run; returns the step to continue from (0: none) and
+    the loss of the step before it (``None`` for none, or a checkpoint of a steer that did not
+    record it)."""
     found = _checkpoints(folder) if folder.is_dir() else []
     if not found:
-        return 0
+        return 0, None
     latest = found[-1]
     meta = json.loads((latest / "trainer_state.json").read_text())
     saved = meta["settings"]
@@ -486,7 +518,7 @@ def _resume(
         _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
+    return int(meta["step"]), meta.get("loss")
 
 
 def _jsonable(value: Any) -> Any:

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import sys
 from pathlib import Path
 
 import huggingface_hub
@@ -14,6 +16,7 @@ import torch
 from concept_helpers import tiny_mel_backbone
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
+from safetensors.torch import load_file, save_file
 
 from backbones import AudioLDM2Backbone
 from backbones.mel_diffusion import MelDiffusionBackbone
@@ -281,3 +284,186 @@ def test_the_base_model_is_read_from_where_the_backbone_was_loaded(mel_backbone,
     loaded = MelDiffusionBackbone.from_pretrained(tmp_path / "base")
     assert _train(loaded, clips, "lora", steps=0).config.base_model == str(tmp_path / "base")
     assert _train(mel_backbone, clips, "lora", steps=0).config.base_model is None  # built in memory
+
+
+def test_config_validation_refuses_a_useless_alpha():
+    config = {"method": "lora", "token": "sks", "class_word": "guitar", "family": "audioldm2", "lora_rank": 4, "lora_targets": ("to_q",)}
+    for alpha in (0.0, -4.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"a LoRA concept needs a positive finite alpha, got {alpha}"):
+            concept_module.ConceptConfig(**config, lora_alpha=alpha)
+
+
+# -- the base model's fingerprint ------------------------------------------------------------------
+def _sampled_parameters(backbone) -> set[str]:
+    """The 16 parameters steer's first fingerprint sampled (the only ones it saw)."""
+    names = sorted(concept_module._base_parameters(backbone.denoiser))
+    return set(names[:: max(1, len(names) // 16)][:16])
+
+
+def test_the_fingerprint_covers_every_parameter(mel_backbone, clips):
+    concept = _train(mel_backbone, clips, "textual_inversion", steps=0)
+    sampled = _sampled_parameters(mel_backbone)
+    tripled = tiny_mel_backbone()
+    name, parameter = next((n, p) for n, p in tripled.denoiser.named_parameters() if n not in sampled and p.abs().sum() > 0)
+    with torch.no_grad():
+        parameter.mul_(3.0)
+    with pytest.raises(ValueError, match=rf"different weights \(first: {re.escape(name)}\)"):
+        concept.apply(tripled)
+    redrawn = tiny_mel_backbone()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every parameter but the sampled ones, same spread
+        for n, p in redrawn.denoiser.named_parameters():
+            if n not in sampled:
+                p.copy_(torch.randn(p.shape, generator=generator) * p.std().nan_to_num() + p.mean())
+    with pytest.raises(ValueError, match="different weights"):
+        concept.apply(redrawn)
+    with concept.apply(tiny_mel_backbone()):  # the same weights built again pass
+        pass
+
+
+def test_a_first_version_fingerprint_is_checked_as_it_was_made(mel_backbone, clips, tmp_path):
+    concept = _train(mel_backbone, clips, "textual_inversion", steps=0)
+    params = concept_module._base_parameters(mel_backbone.denoiser)
+    names = sorted(params)
+    # steer's first fingerprint, as its concept_config.json files hold it
+    old = {
+        "architecture": hashlib.sha256("\n".join(f"{n} {tuple(params[n].shape)}" for n in names).encode()).hexdigest()[:16],
+        "weights": [float(params[n].detach().double().abs().mean()) for n in sorted(_sampled_parameters(mel_backbone))],
+    }
+    folder = concept.save_pretrained(tmp_path / "old")
+    config = json.loads((folder / "concept_config.json").read_text())
+    (folder / "concept_config.json").write_text(json.dumps({**config, "base_fingerprint": old}))
+    loaded = Concept.from_pretrained(folder)
+    with loaded.apply(mel_backbone):
+        pass
+    with pytest.raises(ValueError, match="different weights"):
+        loaded.apply(tiny_mel_backbone(seed=1))
+    with pytest.raises(ValueError, match="different architecture"):
+        loaded.apply(tiny_mel_backbone(widths=(16, 32, 32)))
+
+
+# -- damaged concept folders -----------------------------------------------------------------------
+def test_a_config_that_is_not_utf8_is_named(lora_concept, tmp_path):
+    folder = lora_concept.save_pretrained(tmp_path / "c")
+    (folder / "adapter_config.json").write_bytes(b"\xff\xfe\x00{}")
+    with pytest.raises(ValueError, match=r"c: cannot read adapter_config.json \(.*utf-8"):
+        Concept.from_pretrained(folder)
+    (folder / "concept_config.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"c: cannot read concept_config.json \(.*utf-8"):
+        Concept.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_that_are_not_finite_are_refused_on_load(value, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    for filename in ("adapter_model.safetensors", "concept.safetensors"):
+        weights = load_file(folder / filename)
+        key = max(weights)
+        weights[key] = torch.full_like(weights[key], value)
+        save_file(weights, folder / f"{filename}.bad")
+        os.replace(folder / filename, folder / f"{filename}.good")
+        os.replace(folder / f"{filename}.bad", folder / filename)
+        with pytest.raises(ValueError, match=rf"c: {filename} holds NaN or infinite values in {re.escape(key)}"):
+            Concept.from_pretrained(folder)
+        os.replace(folder / f"{filename}.good", folder / filename)
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "textual_inversion"])
+def test_a_tensor_of_the_wrong_shape_is_named_on_apply(method, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, method).save_pretrained(tmp_path / "c")
+    filename = "adapter_model.safetensors" if method == "lora" else "concept.safetensors"
+    weights = load_file(folder / filename)
+    key = min(weights)
+    weights[key] = torch.zeros(3, 3)
+    save_file(weights, folder / filename)
+    concept = Concept.from_pretrained(folder)
+    named = key.removeprefix("base_model.model.").removeprefix("denoiser.")
+    with pytest.raises(ValueError, match=rf"tensor {re.escape(named)} in {filename} has shape \(3, 3\) but .* corrupt"):
+        concept.apply(mel_backbone)
+    assert not any("lora" in n for n, _ in mel_backbone.denoiser.named_parameters())  # nothing left behind
+
+
+# -- pushing ---------------------------------------------------------------------------------------
+def _uploads(monkeypatch) -> list[dict]:
+    """Make HfApi's create_repo / upload_folder record the uploaded files instead of sending."""
+    uploads: list[dict] = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploads.append({p.name: p.read_text(errors="replace") for p in folder.iterdir()})
+        return "commit"
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return uploads
+
+
+def _transport_error(name: str) -> type[Exception]:
+    """An error class of the HTTP library huggingface_hub uses (httpx or httpx2, by version)."""
+    return getattr(sys.modules[huggingface_hub.errors.HfHubHTTPError.__bases__[0].__module__], name)
+
+
+@pytest.mark.parametrize(
+    "step, error",
+    [
+        ("create_repo", huggingface_hub.errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled")),
+        ("upload_folder", _transport_error("ConnectError")("[Errno 111] Connection refused")),
+        ("create_repo", huggingface_hub.errors.LocalTokenNotFoundError("Token is required")),
+    ],
+)
+def test_a_failed_push_is_a_clear_error(step, error, lora_concept, monkeypatch):
+    _uploads(monkeypatch)
+
+    def fail(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, step, fail)
+    with pytest.raises(concept_module.PushError, match=rf"pushing the concept to the Hub repo me/my-guitar failed \({type(error).__name__}: .*\); check the connection") as raised:
+        lora_concept.push_to_hub("me/my-guitar")
+    assert isinstance(raised.value, ValueError) and raised.value.__cause__ is error
+
+
+def test_a_bad_repo_id_is_refused_before_anything_is_sent(lora_concept, monkeypatch):
+    uploads = _uploads(monkeypatch)
+    with pytest.raises(ValueError, match=r"repo_id 'me/my/guitar' is not a Hub repo id: Repo id must be in the form"):
+        lora_concept.push_to_hub("me/my/guitar")
+    assert uploads == []
+
+
+@pytest.mark.parametrize(
+    "where, pushed",
+    [
+        ("models/my-base", "my-base"),  # a folder of the user's: only its name
+        ("hub/models--org--base-model/snapshots/" + "a" * 40, "org/base-model"),  # the Hub cache: its repo
+    ],
+)
+def test_the_pushed_copy_names_no_local_path(where, pushed, mel_backbone, clips, tmp_path, monkeypatch):
+    base = tmp_path / where
+    base.mkdir(parents=True)
+    concept = _train(mel_backbone, clips, "lora", base_model=str(base))
+    uploads = _uploads(monkeypatch)
+    concept.push_to_hub("me/my-guitar")
+    (upload,) = uploads
+    assert str(tmp_path) not in "".join(upload.values())
+    assert json.loads(upload["concept_config.json"])["base_model"] == pushed
+    assert json.loads(upload["adapter_config.json"])["base_model_name_or_path"] == pushed
+    card = ModelCard(upload["README.md"])
+    if "/" in pushed:  # a Hub repo: card metadata, and the usage loads it
+        assert card.data.base_model == pushed and f'load_backbone("{pushed}")' in card.text
+    else:  # a local model the reader must supply
+        assert card.data.base_model is None and f"local base model `{pushed}`" in card.text
+    assert concept.config.base_model == str(base)  # the concept itself keeps its path
+
+
+@pytest.mark.parametrize(("method", "files"), [("lora", "lora-mel"), ("dreambooth", "dreambooth"), ("textual_inversion", "textual_inversion")])
+def test_the_card_names_the_weight_files_written(method, files, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, method).save_pretrained(tmp_path / "c")
+    card = (folder / "README.md").read_text()
+    written = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors"))
+    assert written == sorted(n for n in FILES[files] if n.endswith(".safetensors"))
+    assert all(f"`{name}`" in card for name in written)
+    sentence = card[card.index("Weights are safetensors"):].split("\n")[0]
+    assert ("adapter_model.safetensors" in sentence) == (method == "lora")

@@ -251,3 +251,75 @@ def test_personalize_refuses_folders_it_would_spoil_before_a_model_loads(clip_fi
     with pytest.raises(ValueError, match="already holds checkpoints of a run.*resume=True"):
         run_personalize(parser.parse_args([*argv, "-o", str(tmp_path / "c"), "--checkpoint-dir", str(checkpoints.parent)]))
     assert (peft_folder / "adapter_config.json").read_text() == "{}" and not (tmp_path / "c").exists()
+
+
+def test_resuming_a_finished_run_keeps_its_final_loss(mel_backbone, clips, tmp_path):
+    kwargs = {"steps": 4, "batch_size": 1, "crop_seconds": 0.64, "checkpoint_dir": tmp_path / "ck", "checkpoint_every": 2}
+    finished = _train(mel_backbone, clips, "lora", **kwargs)
+    resumed = _train(mel_backbone, clips, "lora", resume=True, **kwargs)  # nothing left to train
+    assert _equal(finished, resumed)
+    assert resumed.config.training["final_loss"] == finished.config.training["final_loss"] is not None
+    assert "final training loss" in resumed.model_card().text
+
+
+@pytest.mark.parametrize("alpha", [0.0, -4.0, float("nan"), float("inf")])
+def test_a_useless_lora_alpha_is_refused_before_training(alpha, mel_backbone, clips):
+    steps = []
+    with pytest.raises(ValueError, match=f"^alpha must be a positive finite number, got {alpha}$"):
+        _train(mel_backbone, clips, "lora", steps=1, alpha=alpha, callback=steps.append)
+    assert steps == []
+
+
+def test_a_batch_of_clips_is_refused_in_the_shape_given(mel_backbone):
+    batch = Audio(torch.randn(2, 1, 16000) * 0.1, 16000)
+    with pytest.raises(ValueError, match=r"^reference clip 0 is a batch of 2 clips \(shape \(2, 1, 16000\)\): pass each clip"):
+        _train(mel_backbone, [batch], "lora", steps=1)
+
+
+def _personalize_args(references, tmp_path, *extra):
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    argv = ["personalize", *map(str, references), "--token", "sks", "-o", str(tmp_path / "concept"),
+            "--backbone", "tiny", "--steps", "1", "--batch-size", "1", *extra]
+    return parser.parse_args(argv)
+
+
+def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, tmp_path, no_model_loads):
+    unreadable = tmp_path / "notes.wav"
+    unreadable.write_text("not audio")
+    silent = save_audio(tmp_path / "silent.wav", torch.zeros(1, 16000), 16000)
+    short = save_audio(tmp_path / "short.wav", tone(440.0, seconds=0.2).waveform, 16000)
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for references, extra, message in [
+        ([clip_files[0], unreadable], (), "cannot read audio from .*notes.wav"),
+        ([clip_files[0], silent], (), "silent.wav is silent"),
+        ([short], (), "short.wav is too short: 0.20 s"),
+        ([folder], (), r"refs is a folder: pass the audio files in it as references \(e.g. .*refs/\*.wav\)"),
+        (clip_files, ("--token", "s ks"), "token must be one word without spaces, got 's ks'"),
+        (clip_files, ("--token", ""), "token must be one word without spaces, got ''"),
+        (clip_files, ("--class-word", " "), "the class word is empty"),
+        (clip_files, ("--push-to-hub", "me/my/guitar"), "--push-to-hub 'me/my/guitar' is not a Hub repo id: Repo id must be"),
+        (clip_files, ("--push-to-hub", "me/my guitar"), "--push-to-hub 'me/my guitar' is not a Hub repo id"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_personalize(_personalize_args(references, tmp_path, *extra))
+    assert not (tmp_path / "concept").exists()
+
+
+def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from steer.concepts.concept import PushError
+
+    def offline(self, *args, **kwargs):
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    args = _personalize_args(clip_files, tmp_path, "--push-to-hub", "me/my-guitar", "--private")
+    saved = tmp_path / "concept"
+    retry = f"""Concept.from_pretrained({str(saved)!r}).push_to_hub('me/my-guitar', private=True)"""
+    with pytest.raises(PushError, match=rf"me/my-guitar failed \(OfflineModeIsEnabled: .*\); the concept IS saved at {re.escape(str(saved))}: .*{re.escape(retry)}"):
+        run_personalize(args)
+    assert Concept.from_pretrained(saved).token == "sks"
