@@ -218,8 +218,9 @@ class Backbone(ABC):
             x_t: noisy latents, ``(B, ...)``.
             t: integer timesteps, ``(B,)``.
             cond: conditioning of batch size ``B``.
-            guidance_scale: ``g``, a float or a ``(B,)`` tensor (one per row). ``g == 1`` (for
-                every row) skips the unconditional branch.
+            guidance_scale: ``g``, a float or a ``(B,)`` tensor (one per row). A float ``g == 1``
+                skips the unconditional branch; a tensor never does (reading its values would
+                wait for the device), even when every row is 1.
 
         Returns:
             ε̂ with the shape and dtype of ``x_t``. Differentiable with respect to ``x_t``.

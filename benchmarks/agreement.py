@@ -101,7 +101,7 @@ def agreement(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=("steermusic", "steermusic_plus"), default="steermusic")
     parser.add_argument("--paths", nargs="+", default=["batched", "bf16"], choices=[p for p in PRESETS if p != "reference"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])

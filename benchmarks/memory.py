@@ -79,7 +79,7 @@ def measure(recipe: str, real_size: bool, path: str, compile_backend: str, optio
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
     parser.add_argument("--path", default="batched", choices=list(PRESETS), help="execution path preset (default batched)")
     parser.add_argument("--compile-backend", default="aot_eager",

@@ -93,15 +93,15 @@ def _add_edit_options(
     steps: int,
     guidance: str = "30; 15 with --concept; a baseline's sampling guidance: 12",
     lr: str = "0.02; 0.1 with --concept",
+    baselines: bool = True,
 ) -> None:
     parser.add_argument(
         "--backbone",
         default=backbone,
-        help="Hub repo id, local folder saved with save_pretrained, or 'tiny' (random, offline)",
+        help=f"Hub repo id, local folder saved with save_pretrained, or an offline build with random weights: {', '.join(TINY)}",
     )
-    parser.add_argument(
-        "--steps", type=int, help=f"optimisation steps ({steps}); a baseline's schedule steps (200)"
-    )
+    baseline_steps = "; a baseline's schedule steps (200)" if baselines else ""
+    parser.add_argument("--steps", type=int, help=f"optimisation steps ({steps}){baseline_steps}")
     parser.set_defaults(default_steps=steps)
     parser.add_argument(
         "--guidance", type=float,
@@ -190,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         steps=200,
         guidance=f"{DEMO_GUIDANCE}, chosen for the shipped backbone",
         lr=str(DEMO_LR),
+        baselines=False,
     )
     add_personalize_parser(commands)
 

@@ -66,7 +66,8 @@ class EditResult:
 
     Attributes:
         latent: the edited latent, ``(B, ...)``.
-        audio: the decoded waveform ``(B, samples)``, or ``None`` when editing latents.
+        audio: the decoded waveform, ``(B, samples)`` or ``(B, channels, samples)`` as the
+            backbone decodes (Stable Audio: stereo), or ``None`` when editing latents.
         sample_rate: sample rate of ``audio``.
         history: per step, each loss's logged value and their ``"total"``.
         skipped_steps: steps not taken because the fp16 loss-scaled backward overflowed
@@ -192,8 +193,8 @@ class LatentEditor(ABC):
             progress: show a progress bar.
 
         Returns:
-            the edited latent and its audio, ``(B, samples)`` at the backbone's sample rate, of
-            the input's duration.
+            the edited latent and its audio, ``(B, samples)`` or ``(B, channels, samples)`` as
+            the backbone decodes, at the backbone's sample rate, of the input's duration.
         """
         if isinstance(audio, (str, os.PathLike)):
             audio = load_audio(audio)

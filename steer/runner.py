@@ -11,6 +11,7 @@ items whose record says ``"done"`` and whose wav exists and redoes the rest. Und
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -233,7 +234,7 @@ class ManifestRunner:
         # added later with a default does not change it): what a finished record must match
         self.fingerprint = json.loads(json.dumps(
             {
-                "settings": {k: _non_default(v) if is_dataclass(v) else v for k, v in sorted(self.settings.items())},
+                "settings": {k: _jsonable(v) for k, v in sorted(self.settings.items())},
                 "seed": seed,
                 "backbone": f"{type(backbone).__name__}:{_local_or_hub(str(backbone.name_or_path))}",
                 # float32, the default, is left out as records older than this field have it
@@ -273,6 +274,23 @@ class ManifestRunner:
         if concept not in self._concept_ids:
             self._concept_ids[concept] = concept_identity(concept)
         return {**self.fingerprint, "concept": self._concept_ids[concept]}
+
+    def _same_settings(self, recorded: Mapping[str, Any], item: EditItem) -> bool:
+        """Whether a record's settings are the item's now, where a setting given at its editor's
+        default equals one left out (``--guidance 30`` is SteerMusic's default)."""
+        editor = BASELINES.get(self.recipe) or (SteerMusicPlus if item.concept or self.default_concept else SteerMusic)
+        defaults = {
+            name: _jsonable(p.default)
+            for name, p in inspect.signature(editor).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+        def explicit(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+            settings = fingerprint.get("settings", {})
+            kept = {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
+            return {**fingerprint, "settings": kept}
+
+        return explicit(recorded) == explicit(self.fingerprint_of(item))
 
     def share(self) -> list[EditItem]:
         """This process's items: item ``i`` goes to process ``i % num_processes``."""
@@ -470,7 +488,7 @@ class ManifestRunner:
             return
         for item in self.share():
             record = read_record(self.record_path(item))
-            if record is not None and record.status == "done" and record.settings != self.fingerprint_of(item):
+            if record is not None and record.status == "done" and not self._same_settings(record.settings, item):
                 raise ValueError(
                     f"{self.out} holds edits made with other settings ({item.id}: {record.settings}; "
                     f"now: {self.fingerprint_of(item)}): pass another --out, or --overwrite to redo them"
@@ -506,6 +524,12 @@ def concept_identity(reference: str) -> str:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     return f"sha256:{digest.hexdigest()}"
+
+
+def _jsonable(value: Any) -> Any:
+    """A setting as a run's fingerprint holds it: a dataclass (a Performance) as its non-default
+    fields, so a field added later with a default does not change it; JSON's types."""
+    return json.loads(json.dumps(_non_default(value) if is_dataclass(value) else value, default=str))
 
 
 def _non_default(config: Any) -> dict[str, Any]:

@@ -69,6 +69,9 @@ def test_steermusic_gradient_matches_the_reference(tiny_backbone, latent, path, 
 
 
 @pytest.mark.filterwarnings("ignore:fused kernels need triton")  # said once per edit; tested below
+# bf16 SteerMusic+ meets the issue's 0.99 with these tests' model and prompts, not everywhere: the
+# benchmark's tiny model measured 0.986-0.991 over seeds 0-5 (python -m benchmarks.agreement
+# --recipe steermusic_plus --paths bf16 --seeds 0 1 2 3 4 5), as SteerMusic's does above.
 @pytest.mark.parametrize(("path", "threshold"), [(p, 0.999) for p in FP32_PATHS + FP16_PATHS] + [(p, 0.99) for p in BF16_PATHS])
 def test_steermusic_plus_gradient_matches_the_reference(tiny_backbone, lora, latent, path, threshold):
     reference = _first_gradient(_plus(tiny_backbone, lora, "reference", steps=1), latent, **PROMPTS)

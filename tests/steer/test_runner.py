@@ -19,6 +19,7 @@ import soundfile as sf
 from backbones import load_backbone
 from steer.cli import SWAP_BACKBONE, main
 from steer.manifest import EditItem, read_edit_manifest
+from steer.performance import Performance
 from steer.runner import ManifestRunner, read_record
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -496,6 +497,12 @@ def test_resuming_refuses_another_dtype_or_concept_and_accepts_the_backbone_by_a
     monkeypatch.chdir(SWAP_BACKBONE.parent)
     counts = ManifestRunner(items, out, backbone=load_backbone(SWAP_BACKBONE.name), settings={"steps": 2}).run()
     assert (counts.done, counts.skipped) == (0, 1)
+    # a setting given at the recipe's default is the same run (--guidance 30 was refused)
+    same = {"steps": 2, "guidance_scale": 30.0, "lr": 0.02, "performance": Performance()}
+    counts = ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings=same).run()
+    assert (counts.done, counts.skipped) == (0, 1)
+    with pytest.raises(ValueError, match="holds edits made with other settings"):
+        ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2, "lr": 0.03}).run()
     # a concept is known by its content: moved, the same; changed in place, another
     runner = ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2})
     first = runner.fingerprint_of(EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(concept)))
