@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from backbones import Backbone, Conditioning
 from hooks import FeatureTap
@@ -45,6 +45,30 @@ def feature_modules(model: Backbone, features: Iterable[FeatureRequest]) -> list
             )
         names += matched
     return [n for n in modules if n in set(names)]  # in the model's order
+
+
+#: each module of a denoiser that diffusers' gradient checkpointing switches, with its
+#: ``gradient_checkpointing`` flag and its ``_gradient_checkpointing_func`` (``None``: never set)
+_Checkpointing = list[tuple[nn.Module, bool, Callable[..., Any] | None]]
+
+
+def _checkpointing(denoiser: nn.Module) -> _Checkpointing:
+    """How each of ``denoiser``'s modules checkpoints (what ``enable_gradient_checkpointing`` sets)."""
+    return [
+        (m, m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None))
+        for m in denoiser.modules()
+        if hasattr(m, "gradient_checkpointing")
+    ]
+
+
+def _restore_checkpointing(saved: _Checkpointing) -> None:
+    """Set each module's checkpointing back to ``saved`` (:func:`_checkpointing`)."""
+    for module, enabled, fn in saved:
+        module.gradient_checkpointing = enabled
+        if fn is None:
+            vars(module).pop("_gradient_checkpointing_func", None)
+        else:
+            module._gradient_checkpointing_func = fn
 
 
 def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,8 +109,10 @@ class Predictor:
             ``None`` runs eagerly.
         checkpointing: when a feature request needs gradients, switch on the model's
             :attr:`~backbones.Backbone.gradient_checkpointing` until :meth:`close` (if it was
-            off). If it is on already, the backbone's checkpoint function is installed anyway:
-            diffusers' own would recompute ε′ with a LoRA concept's adapter switched off.
+            off). If it is on already, the backbone's checkpoint function replaces the one set
+            until :meth:`close` too: diffusers' own, or one of the user's, would recompute ε′
+            with a LoRA concept's adapter switched off. :meth:`close` sets each module's
+            checkpointing back as it found it.
     """
 
     def __init__(
@@ -105,16 +131,19 @@ class Predictor:
         self._plain = compile_fn(model.predict_noise)
         self.tap = FeatureTap(model.denoiser, observed) if observed else None
         self._recorded = compile_fn(self._record) if self.tap is not None else None
-        # last, so nothing above can raise with it switched on; off again in close()
-        grad = any(f.grad for f in features)
-        self._checkpointing = checkpointing and grad and not model.gradient_checkpointing
-        if grad and (checkpointing or model.gradient_checkpointing):
+        # last, so nothing above can raise with it switched on; as it was again in close()
+        self._checkpointing: _Checkpointing = []  # what close() sets back
+        if any(f.grad for f in features) and (checkpointing or model.gradient_checkpointing):
+            self._checkpointing = _checkpointing(model.denoiser)
             try:
                 model.gradient_checkpointing = True
             except BaseException:
-                self._checkpointing = False
                 self.close()
                 raise
+            if _checkpointing(model.denoiser) == self._checkpointing:
+                # set so already (by another model's predictor on this denoiser, say): whoever
+                # set it sets it back, closed before or after this one
+                self._checkpointing = []
 
     def _record(
         self,
@@ -179,12 +208,12 @@ class Predictor:
         return eps, {f: dict(zip(self.names[f], m)) for (f, _), m in zip(features, maps)}
 
     def close(self) -> None:
-        """Remove the hooks and switch off the checkpointing it switched on; idempotent."""
+        """Remove the hooks and set the model's checkpointing back as it found it (flags and
+        functions); idempotent."""
         if self.tap is not None:
             self.tap.remove()
-        if self._checkpointing:
-            self.model.gradient_checkpointing = False
-            self._checkpointing = False
+        _restore_checkpointing(self._checkpointing)
+        self._checkpointing = []
 
 
 def _call(
@@ -209,6 +238,27 @@ def _call(
             blocks=len(group),
         )
     return dict(zip(group, eps.detach().split(batch))), out
+
+
+def _check_roles(
+    requests: Iterable[NoiseRequest],
+    models: Mapping[str, Backbone],
+    latents: Mapping[str, Tensor],
+    prompts: Mapping[str, Mapping[str, Conditioning]],
+) -> None:
+    """A clear error for a request whose model, latent or prompt role is not given."""
+    for request in requests:
+        given = (
+            ("model", request.model, models),
+            ("latent", request.latent, latents),
+            (f"prompt of model {request.model!r}", request.prompt, prompts.get(request.model, {})),
+        )
+        for what, role, roles in given:
+            if role not in roles:
+                raise ValueError(
+                    f"{request} asks for the {what} {role!r}, and the ones given are {sorted(roles)}: "
+                    "give it, or ask for one of those"
+                )
 
 
 def evaluate_requests(
@@ -248,6 +298,7 @@ def evaluate_requests(
     """
     requests = unique(requests)
     features = unique(features)
+    _check_roles(requests, models, latents, prompts)
     missing = [f.request for f in features if f.request not in requests]
     if missing:
         raise ValueError(f"features requested from a prediction nobody requested: {missing[0]}")

@@ -82,7 +82,11 @@ def _base(layer: nn.Module) -> nn.Linear:
 
 
 def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether ``module`` has forward or backward hooks of its own (the global ones are called
+    for the fused layer too)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
 
 
 def _parameters(layers: Sequence[nn.Module]) -> tuple[Tensor, ...]:
@@ -111,8 +115,9 @@ def fusable(attn: Attention) -> bool:
     other than diffusers' ``AttnProcessor2_0`` (the module's own choice, or a fused one already),
     projections that are neither all plain ``nn.Linear`` nor all merged LoRA layers with the same
     adapters (:class:`~steer.merged_lora.MergedLinear`; an unmerged adapter's layers), or that
-    differ in dtype, device or bias, added projections, and hooks on a projection (a feature read
-    from one: the fused matmul would not call it)."""
+    differ in dtype, device or bias, added projections, and forward or backward hooks on a
+    projection (a feature read from one, a gradient watched: the fused matmul would not call
+    them)."""
     if type(attn.processor) is not AttnProcessor2_0 or getattr(attn, "add_q_proj", None) is not None:
         return False
     layers = [attn.to_q, attn.to_k, attn.to_v]
@@ -256,8 +261,10 @@ class FusedProjections:
 
 
 def _linear(in_features: int, out_features: int, like: nn.Linear, device: str | None = None) -> nn.Linear:
-    """A frozen ``nn.Linear`` with ``like``'s dtype, device (or ``device``) and bias."""
-    return nn.Linear(
-        in_features, out_features, bias=like.bias is not None, device=device or like.weight.device,
+    """A frozen ``nn.Linear`` with ``like``'s dtype, device (or ``device``) and bias, its weights
+    left uninitialised: they are filled or replaced, and initialising them would draw from the
+    global random generator, which an edit leaves as it was."""
+    return nn.utils.skip_init(
+        nn.Linear, in_features, out_features, bias=like.bias is not None, device=device or like.weight.device,
         dtype=like.weight.dtype,
     ).requires_grad_(False)

@@ -107,6 +107,19 @@ def test_lora_layers_hooked_projections_and_other_processors_keep_their_matmuls(
     assert len(seen) == 1
 
 
+@pytest.mark.parametrize("register", ["register_full_backward_hook", "register_full_backward_pre_hook"])
+def test_projections_with_backward_hooks_keep_their_matmuls(register):
+    """A hook on a projection's gradient is called as it would be: its module is not fused."""
+    hooked, plain = Attention(8, heads=2, dim_head=4), Attention(8, heads=2, dim_head=4)
+    calls = []
+    getattr(nn.Module, register)(hooked.to_v, lambda module, *grads: calls.append(module))
+    x = torch.randn(1, 3, 8, requires_grad=True)
+    with FusedProjections([hooked, plain]).applied():
+        assert type(hooked.processor) is AttnProcessor2_0 and type(plain.processor) is FusedAttnProcessor2_0
+        hooked(x).sum().backward()
+    assert calls == [hooked.to_v]
+
+
 def test_fused_weights_are_kept_and_follow_changed_or_replaced_projections():
     torch.manual_seed(0)
     self_attn, cross_attn = Attention(8, heads=2, dim_head=4), Attention(8, cross_attention_dim=6, heads=2, dim_head=4)
@@ -200,6 +213,14 @@ def test_an_edit_with_fused_projections_edits_as_one_without(tiny_backbone, path
     assert fused_processors == [len(_attentions(tiny_backbone.denoiser))] * 3  # on during the edit
     assert _processors(tiny_backbone.denoiser)["FusedAttnProcessor2_0"] == 0  # and off after it
     assert shared == [path == "bf16"] * 3
+
+
+def test_an_edit_with_fused_projections_draws_nothing_from_the_global_generator(tiny_backbone):
+    """The fused layers are built without initialising weights that are filled at once."""
+    editor = SteerMusic(tiny_backbone, steps=1, performance=Performance(fuse_projections=True))
+    state = torch.get_rng_state()
+    editor.edit_latent(_latent(), **PROMPTS)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def _plus_edit(backbone, lora, performance: Performance):

@@ -1,0 +1,71 @@
+"""The denoiser calls answering the losses' requests (``steer.predictions``): the gradient
+checkpointing a :class:`Predictor` sets for an edit, and clear errors for what a request asks
+and is not given."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from backbones import AudioLDM2Backbone
+from backbones.tiny import tiny_audioldm2_pipeline
+from losses import FeatureRequest, NoiseRequest
+from steer.predictions import Predictor, evaluate_requests
+
+
+def _checkpointing(denoiser: torch.nn.Module) -> list[tuple[str, bool, object]]:
+    """Each checkpointing module's flag and function (``None``: never set)."""
+    return [
+        (name, m.gradient_checkpointing, getattr(m, "_gradient_checkpointing_func", None))
+        for name, m in denoiser.named_modules()
+        if hasattr(m, "gradient_checkpointing")
+    ]
+
+
+@pytest.mark.parametrize("users", ["own-function", "never-set"])
+def test_closed_predictors_set_the_denoisers_checkpointing_back_as_they_found_it(users):
+    """While the predictors are open, every block checkpoints with the backbone's function
+    (the one that recomputes with a LoRA adapter's state); closed, in the order the editor
+    closes them (two models on one denoiser, as SteerMusic+'s), each block has its own flag and
+    function again (none where none was set)."""
+    backbone = AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline())  # its own UNet: this test changes it
+    unet = backbone.denoiser
+
+    def mine(module, *args):
+        return checkpoint(module, *args, use_reentrant=False)
+
+    if users == "own-function":
+        unet.enable_gradient_checkpointing(mine)
+        next(m for m in unet.modules() if hasattr(m, "gradient_checkpointing")).gradient_checkpointing = False
+    before = _checkpointing(unet)
+    request = NoiseRequest("edit", "target", 3.0)
+    features = [FeatureRequest(request, None, grad=True)]
+    first = Predictor(backbone, features, checkpointing=users == "never-set")  # on already: set anyway
+    second = Predictor(backbone, features, checkpointing=True)
+    assert {(on, fn) for _, on, fn in _checkpointing(unet)} == {(True, backbone._checkpoint)}
+    first.close()
+    second.close()
+    second.close()  # idempotent
+    assert _checkpointing(unet) == before
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (NoiseRequest("source", "target", 3.0), r"latent 'source', and the ones given are \['edit'\]"),
+        (NoiseRequest("edit", "style", 3.0), r"prompt of model 'base' 'style', and the ones given are \['target'\]"),
+        (NoiseRequest("edit", "target", 3.0, "teacher"), r"model 'teacher', and the ones given are \['base'\]"),
+    ],
+    ids=["latent", "prompt", "model"],
+)
+def test_a_request_for_a_role_not_given_is_a_clear_error(analytic_backbone, request_, message):
+    x = torch.zeros(1, *analytic_backbone.shape)
+    with pytest.raises(ValueError, match=rf"NoiseRequest\(.*\) asks for the {message}"):
+        evaluate_requests(
+            [NoiseRequest("edit", "target", 3.0), request_],
+            models={"base": analytic_backbone},
+            latents={"edit": x},
+            prompts={"base": {"target": analytic_backbone.encode_prompt(["a violin"])}},
+            t=torch.tensor([500]),
+        )
