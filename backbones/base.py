@@ -163,15 +163,28 @@ class Backbone(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        """The denoiser's device, read from its first parameter; the CPU for a denoiser without
+        parameters (a toy score function)."""
+        first = next(self.denoiser.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
 
     @property
     def dtype(self) -> torch.dtype:
         """The denoiser's dtype, read from its first parameter: O(1), unlike diffusers'
         ``ModelMixin.dtype``, which walks every module (4.4 ms per call on the real-size
-        AudioLDM2 UNet, 24 ms with a LoRA concept). Not meant for diffusers' layerwise casting,
-        where weights are stored in another dtype than they compute in."""
-        return next(self.denoiser.parameters()).dtype
+        AudioLDM2 UNet, 24 ms with a LoRA concept); float32 for a denoiser without parameters
+        (a toy score function). Not meant for diffusers' layerwise casting, where weights are
+        stored in another dtype than they compute in."""
+        first = next(self.denoiser.parameters(), None)
+        return torch.float32 if first is None else first.dtype
+
+    @property
+    def latent_channels(self) -> int | None:
+        """Channels (axis 1) of the latents the denoiser takes, where the backbone knows them
+        (by default a diffusers denoiser's ``config.in_channels``), else ``None``; editors check
+        a latent against it before the first step."""
+        channels = getattr(getattr(self.denoiser, "config", None), "in_channels", None)
+        return channels if isinstance(channels, int) else None
 
     @property
     def gradient_checkpointing(self) -> bool:

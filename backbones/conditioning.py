@@ -15,16 +15,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _pad_cat(tensors: Sequence[Tensor]) -> Tensor:
-    """Concatenate along dim 0, zero-padding dim 1 to the longest.
+def _pad_cat(tensors: Sequence[Tensor], name: str, masks: dict[str, str]) -> Tensor:
+    """The field ``name`` of several conditionings concatenated along dim 0, dim 1 zero-padded
+    to the longest.
 
     Sequence fields (token states and their masks) differ in length between prompts. Zero is the
-    right padding for both: a zero mask entry hides the padded token from cross-attention.
+    right padding for both: a zero mask entry hides the padded token from cross-attention. A
+    field without a mask (see ``masks``) cannot be padded: the denoiser would read the zeros,
+    and a clip's prediction would depend on the prompts batched beside it.
     """
     if tensors[0].dim() < 2:
         return torch.cat(list(tensors))
-    length = max(t.shape[1] for t in tensors)
-    return torch.cat([_pad_to(t, length) for t in tensors])
+    lengths = sorted({t.shape[1] for t in tensors})
+    if len(lengths) > 1 and name not in masks and name not in masks.values():
+        raise ValueError(
+            f"the conditioning field {name!r} differs in length (dim 1: {lengths}) between rows and "
+            "has no mask, so padding it would change the denoiser's output: name it with its mask "
+            "field in Conditioning(masks={...}), or encode every prompt to the same length"
+        )
+    return torch.cat([_pad_to(t, lengths[-1]) for t in tensors])
 
 
 def _pad_to(t: Tensor, length: int) -> Tensor:
@@ -81,8 +90,8 @@ class Conditioning:
         if any(c.masks != masks for c in items):
             raise ValueError(f"cannot concatenate conditionings with different masks: {[c.masks for c in items]}")
         return cls(
-            cond={k: _pad_cat([c.cond[k] for c in items]) for k in keys},
-            uncond={k: _pad_cat([c.uncond[k] for c in items]) for k in keys},
+            cond={k: _pad_cat([c.cond[k] for c in items], k, masks) for k in keys},
+            uncond={k: _pad_cat([c.uncond[k] for c in items], k, masks) for k in keys},
             masks=masks,
         )
 
@@ -105,7 +114,7 @@ class Conditioning:
 
     def guidance_batch(self) -> dict[str, Tensor]:
         """Denoiser kwargs for one classifier-free-guidance call: ``[uncond; cond]``, ``(2B, ...)``."""
-        return {k: _pad_cat([self.uncond[k], self.cond[k]]) for k in self.cond}
+        return {k: _pad_cat([self.uncond[k], self.cond[k]], k, self.masks) for k in self.cond}
 
     def conditional_batch(self) -> dict[str, Tensor]:
         """Denoiser kwargs for the conditional branch only, ``(B, ...)``."""

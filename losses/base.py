@@ -9,6 +9,7 @@ idea of declared input predictions).
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,13 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 def _eager(fn: Fn) -> Fn:
     return fn
+
+
+def check_finite(name: str, value: float) -> None:
+    """Refuse a weight that is not a finite number, by name: a NaN weight made NaN gradients,
+    zeroed (no edit), an infinite one a displacement of ~1e36."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -44,8 +52,9 @@ class NoiseRequest:
     model: str = "base"
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.guidance_scale):  # NaN guidance made NaN gradients, zeroed: no edit
-            raise ValueError(f"guidance_scale must be a finite number, got {self.guidance_scale}")
+        if self.latent not in ("edit", "source"):
+            raise ValueError(f"a request's latent must be 'edit' or 'source', got {self.latent!r}")
+        check_finite("guidance_scale", self.guidance_scale)
 
 
 @dataclass(frozen=True)

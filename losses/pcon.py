@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss
+from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite
 from .functional import patch_nce_sum, sample_positions
 
 
@@ -46,6 +46,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         guidance_scale: float = 15.0,
         reference: Literal["source", "edited"] = "source",
     ) -> None:
+        check_finite("PCon's weight", weight)
         if not 0 < tau < math.inf:
             raise ValueError(f"the temperature tau must be a positive finite number, got {tau}")
         if not isinstance(num_positions, int) or num_positions < 2:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import LossContext, LossOutput, NoiseRequest, ScoreLoss
+from .base import LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite
 from .functional import dds_gradient
 from .weighting import TimestepWeighting
 
@@ -29,6 +29,7 @@ class ShiftRegularizer(ScoreLoss):
         guidance_scale: float = 15.0,
         weighting: TimestepWeighting = TimestepWeighting(scale=1.0),
     ) -> None:
+        check_finite("the shift strength", strength)
         self.strength = strength
         self.weighting = weighting
         self.personalized = NoiseRequest("edit", "target", guidance_scale, "personalized")

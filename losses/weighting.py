@@ -7,6 +7,8 @@ from typing import Literal
 
 from torch import Tensor
 
+from .base import check_finite
+
 
 @dataclass(frozen=True)
 class TimestepWeighting:
@@ -22,6 +24,7 @@ class TimestepWeighting:
     def __post_init__(self) -> None:
         if self.kind not in ("1-alpha_bar", "constant"):
             raise ValueError(f"unknown weighting {self.kind!r}: use '1-alpha_bar' or 'constant'")
+        check_finite("the weighting's scale", self.scale)
 
     def __call__(self, alpha_bar: Tensor) -> Tensor:
         """Weights ``(B,)`` for ᾱ_t of shape ``(B,)``."""

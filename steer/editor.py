@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
-from losses import LossContext, ScoreLoss
+from losses import LossContext, LossOutput, NoiseRequest, ScoreLoss
 from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
@@ -123,7 +123,7 @@ class _Runtime:
 
 def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
     """One non-empty prompt per clip (a single string is repeated); a clear error otherwise."""
-    if not isinstance(prompts, (str, Sequence)):
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, (str, Sequence)):
         raise TypeError(f"the {role} prompt must be a string or a list of strings, got {type(prompts).__name__}")
     items = [prompts] * batch if isinstance(prompts, str) else list(prompts)
     if len(items) != batch:
@@ -134,6 +134,31 @@ def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
         if not prompt.strip():
             raise ValueError(f"the {role} prompt is empty: describe the {role} audio in words")
     return items
+
+
+def check_latent(latent: Tensor, backbone: Backbone) -> None:
+    """Refuse a latent ``backbone`` cannot edit before the first step: not a real tensor
+    ``(B, C, T)`` or ``(B, C, T, F)``, with other channels than the backbone's denoiser takes
+    (:attr:`~backbones.Backbone.latent_channels`), or holding NaN or infinite values (which the
+    edit would carry to its end). The finiteness check reads one number from the device."""
+    if not isinstance(latent, Tensor):
+        raise TypeError(f"the latent must be a tensor (B, C, T) or (B, C, T, F), got {type(latent).__name__}")
+    if latent.is_complex():
+        raise TypeError(f"the latent is complex ({latent.dtype}): pass a real floating-point latent")
+    if latent.dim() not in (3, 4):
+        raise ValueError(
+            f"the latent must be (B, C, T) or (B, C, T, F), got shape {tuple(latent.shape)}: a single "
+            "clip needs its batch axis (latent[None])"
+        )
+    channels = backbone.latent_channels
+    if channels is not None and latent.shape[1] != channels:
+        raise ValueError(
+            f"the latent of shape {tuple(latent.shape)} has {latent.shape[1]} channels (axis 1), but "
+            f"{type(backbone).__name__}'s denoiser takes {channels}: pass (B, {channels}, ...), e.g. "
+            "from backbone.encode_audio (a single clip needs its batch axis, latent[None])"
+        )
+    if not torch.isfinite(latent).all():
+        raise ValueError("the latent holds NaN or infinite values: pass a finite latent (the edit would keep them)")
 
 
 def check_seed(seed: int, name: str = "seed") -> None:
@@ -260,6 +285,12 @@ class Editor(LatentEditor):
     ) -> None:
         if not losses:
             raise ValueError("an editor needs at least one loss")
+        sample_rate = getattr(backbone, "sample_rate", None)
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
+            raise ValueError(
+                f"{type(backbone).__name__}.sample_rate must be a positive whole number of Hz, got "
+                f"{sample_rate!r}: set it in the backbone class, as every Backbone subclass must"
+            )
         for name, value in (("steps", steps), ("t_min", t_min), ("t_max", t_max), ("lr_step_size", lr_step_size)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -381,11 +412,15 @@ class Editor(LatentEditor):
 
         ``audio`` of the result is left ``None`` (:meth:`edit` fills it).
         """
+        check_latent(latent, self.backbone)
         batch = latent.shape[0]
         texts = self.prompt_roles(
             prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
         )
         models = self.models()
+        self._check_requests(models, texts)
+        for name, model in models.items():
+            self.performance.check_weights(model.dtype, name)
         prompts = {
             model: {
                 role: self.performance.conditioning(models[model].encode_prompt(texts[role]))
@@ -398,6 +433,25 @@ class Editor(LatentEditor):
         self.performance.check(x.device)
         with self._runtime(models, x.device) as runtime, runtime.edit_weights():
             return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
+
+    def _check_requests(self, models: dict[str, Backbone], roles: dict[str, list[str]]) -> None:
+        """Refuse a loss asking for a model or a prompt role this editor does not give (see
+        :meth:`models` and :meth:`prompt_roles`), before the first step."""
+        fix = "or use SteerMusicPlus, which gives what its personalised losses ask for"
+        for loss, name in zip(self.losses, self.loss_names):
+            for request in (*loss.requests, *(f.request for f in loss.feature_requests)):
+                if request.model not in models:
+                    raise ValueError(
+                        f"the loss {name} asks for the model {request.model!r}, which {type(self).__name__} "
+                        f"does not hold (it holds {', '.join(map(repr, models))}): override "
+                        f"Editor.models() to add it, {fix}"
+                    )
+                if request.prompt not in roles:
+                    raise ValueError(
+                        f"the loss {name} asks for the prompt role {request.prompt!r}, which "
+                        f"{type(self).__name__} does not give (it gives {', '.join(map(repr, roles))}): "
+                        f"override Editor.prompt_roles() to add it, {fix}"
+                    )
 
     def _loop(
         self,
@@ -441,6 +495,7 @@ class Editor(LatentEditor):
                     batched=performance.batched,
                     predictors=runtime.predictors,
                 )
+            _check_predictions(predictions, models, x)
             context = LossContext(
                 t=t,
                 alpha_bar=backbone.alphas_cumprod[t],
@@ -453,13 +508,16 @@ class Editor(LatentEditor):
                 compile=runtime.compile,
             )
             outputs = [loss(context) for loss in self.losses]
+            _check_outputs(self.loss_names, outputs, x)
 
             optimizer.zero_grad(set_to_none=False)
             differentiable = [o.loss for o in outputs if o.loss is not None]
             scaled = scaler is not None and bool(differentiable)
             if differentiable:
                 loss = torch.stack(differentiable).sum()
-                (scaler.scale(loss) if scaled else loss).backward()
+                # into x only: a denoiser whose weights require grad (PCon backpropagates through
+                # one) is left without .grad
+                (scaler.scale(loss) if scaled else loss).backward(inputs=[x])
                 if scaled:
                     scaler.unscale_(optimizer)  # x.grad back to the loss's scale; overflow noted
             # Score-distillation gradients skip the denoiser's Jacobian: adding them to x.grad is
@@ -555,6 +613,42 @@ class Editor(LatentEditor):
         if self.optimizer == "adam":
             return torch.optim.Adam([x], lr=lr, fused=fused, capturable=isinstance(lr, Tensor))
         return torch.optim.SGD([x], lr=lr, fused=fused)
+
+
+def _check_predictions(predictions: dict[NoiseRequest, Tensor], models: dict[str, Backbone], x: Tensor) -> None:
+    """Refuse a noise prediction not shaped like the latent (metadata only: no device sync)."""
+    for request, prediction in predictions.items():
+        if prediction.shape != x.shape:
+            raise ValueError(
+                f"{type(models[request.model]).__name__}.predict_noise (model {request.model!r}) returned "
+                f"a prediction of shape {tuple(prediction.shape)} for a latent of shape {tuple(x.shape)}: "
+                "it must return ε̂ shaped like x_t"
+            )
+
+
+def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> None:
+    """Refuse a loss output the step cannot apply as :class:`~losses.LossOutput` documents it
+    (metadata only: no device sync): a value or loss that is not a scalar tensor, a gradient
+    not shaped like the latent ``x`` (it would be broadcast, one clip's to the whole batch)."""
+    for name, output in zip(names, outputs):
+        if not isinstance(output, LossOutput):
+            raise TypeError(f"the loss {name} returned a {type(output).__name__}: return a losses.LossOutput")
+        if not isinstance(output.value, Tensor) or output.value.dim() != 0:
+            shape = tuple(output.value.shape) if isinstance(output.value, Tensor) else type(output.value).__name__
+            raise ValueError(
+                f"the loss {name} returned a value of shape {shape}: LossOutput.value must be a detached "
+                "scalar tensor (the mean over the clips, say)"
+            )
+        if output.loss is not None and (not isinstance(output.loss, Tensor) or output.loss.dim() != 0):
+            raise ValueError(
+                f"the loss {name} returned a differentiable loss that is not a scalar tensor: LossOutput.loss "
+                "must be the sum of the clips' terms"
+            )
+        if output.gradient is not None and output.gradient.shape != x.shape:
+            raise ValueError(
+                f"the loss {name} returned a gradient of shape {tuple(output.gradient.shape)} for a latent "
+                f"of shape {tuple(x.shape)}: LossOutput.gradient must be shaped like the latent"
+            )
 
 
 def _read(history: list[dict[str, Tensor]], latent: Tensor) -> tuple[list[dict[str, float]], bool]:

@@ -215,6 +215,15 @@ class Performance:
     merge_lora: bool = False
 
     def __post_init__(self) -> None:
+        switches = ("compile", "fused", "loss_scaling", "checkpointing", "cast_weights", "autotune", "step_graph",
+                    "fuse_projections", "merge_lora")
+        for name in switches:  # "no" is truthy: it would switch the option on
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.compile_backend, str):
+            raise TypeError(f"compile_backend must be a backend's name, got {self.compile_backend!r}")
+        if isinstance(self.prompt_padding, bool) or not isinstance(self.prompt_padding, int):
+            raise TypeError(f"prompt_padding must be a whole number of tokens, got {self.prompt_padding!r}")
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}: use one of {', '.join(PATHS)}")
         if self.precision not in PRECISIONS:
@@ -264,15 +273,16 @@ class Performance:
         """The autocast dtype, ``None`` for float32."""
         return PRECISIONS[self.precision]
 
-    def check_weights(self, dtype: torch.dtype) -> None:
-        """Refuse half-precision weights of the other half type than :attr:`precision`: autocast
-        to bf16 cannot mix in float16 tensors (nor fp16 bfloat16 ones), and the first step would
-        fail inside the model with "Unexpected floating ScalarType"."""
+    def check_weights(self, dtype: torch.dtype, model: str = "base") -> None:
+        """Refuse half-precision weights of the other half type than :attr:`precision` (of the
+        editor's model named ``model``): autocast to bf16 cannot mix in float16 tensors (nor fp16
+        bfloat16 ones), and the first step would fail inside the model with "Unexpected floating
+        ScalarType" or "mixed dtype"."""
         halves = {torch.float16: "fp16", torch.bfloat16: "bf16"}
         if self.dtype is not None and dtype in halves and dtype != self.dtype:
             ours, theirs = (str(d).removeprefix("torch.") for d in (self.dtype, dtype))
             raise ValueError(
-                f"precision {self.precision!r} computes in {ours} but the model's weights are {theirs}: "
+                f"precision {self.precision!r} computes in {ours} but the {model} model's weights are {theirs}: "
                 f"use precision {halves[dtype]!r}, or load the weights in float32 or {ours}"
             )
 

@@ -184,4 +184,10 @@ class SteerMusicPlus(Editor):
                     f"{self.token!r}: write e.g. 'a {self.token} guitar melody'"
                 )
         base = [" ".join(token.sub("", p).split()) for p in target]
+        for prompt, without in zip(target, base):
+            if not without:
+                raise ValueError(
+                    f"the target prompt {prompt!r} is only the concept token: the base model's prompt "
+                    f"without it would be empty; describe the audio around it, e.g. 'a {self.token} guitar melody'"
+                )
         return {"source": source, "target": target, "target_base": base}

@@ -103,3 +103,19 @@ def test_pcon_declares_shared_calls_and_sums_layers():
 
 def test_weighting_is_shared():
     assert PersonalizedDeltaScore().weighting == TimestepWeighting("1-alpha_bar", 1.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_loss_weights_must_be_finite(value):
+    """A NaN weight moved nothing (NaN gradients, zeroed), an infinite one by ~1e36."""
+    with pytest.raises(ValueError, match=f"the weighting's scale must be a finite number, got {value}"):
+        TimestepWeighting(scale=value)
+    with pytest.raises(ValueError, match=f"the shift strength must be a finite number, got {value}"):
+        ShiftRegularizer(strength=value)
+    with pytest.raises(ValueError, match=f"PCon's weight must be a finite number, got {value}"):
+        PersonalizedContrastiveLoss(weight=value)
+
+
+def test_a_request_names_a_latent_the_editor_noises():
+    with pytest.raises(ValueError, match="a request's latent must be 'edit' or 'source', got 'clean'"):
+        NoiseRequest("clean", "target", 7.5)

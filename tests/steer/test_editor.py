@@ -7,8 +7,17 @@ import warnings
 import pytest
 import torch
 
-from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
-from steer import Audio, Editor, SteerMusic, load_audio, save_audio
+from losses import (
+    DeltaDenoisingScore,
+    LossOutput,
+    NoiseRequest,
+    PersonalizedContrastiveLoss,
+    ScoreDistillationSampling,
+    ScoreLoss,
+    ShiftRegularizer,
+    TimestepWeighting,
+)
+from steer import Audio, Editor, SteerMusic, SteerMusicPlus, load_audio, save_audio
 from steer.performance import Performance
 
 
@@ -60,8 +69,9 @@ def test_a_different_target_moves_the_latent(tiny_backbone, latent):
 
 def test_the_history_holds_each_steps_losses_read_from_the_device_at_once(tiny_backbone, latent):
     """The loss values of every step, as the callback saw them, read at the end in one copy: no
-    ``item()`` per value (on a GPU each one waits for the device). A first edit encodes the
-    prompts (the text encoders read a few numbers), so the second is watched."""
+    ``item()`` per value (on a GPU each one waits for the device); one read before the steps,
+    whether the input latent is finite. A first edit encodes the prompts (the text encoders read
+    a few numbers), so the second is watched."""
     from torch.profiler import ProfilerActivity, profile
 
     losses = [DeltaDenoisingScore(guidance_scale=10.0), ScoreDistillationSampling(guidance_scale=3.0)]
@@ -73,7 +83,8 @@ def test_the_history_holds_each_steps_losses_read_from_the_device_at_once(tiny_b
         result = editor.edit_latent(latent, callback=_record(states), **prompts)
     assert result.history == [{name: value.item() for name, value in s.losses.items()} for s in states]
     assert len({h["total"] for h in result.history}) == 3
-    assert not [e.name for e in profiled.events() if e.name in ("aten::item", "aten::_local_scalar_dense")]
+    reads = [e.name for e in profiled.events() if e.name in ("aten::item", "aten::_local_scalar_dense")]
+    assert sorted(reads) == ["aten::_local_scalar_dense", "aten::item"]  # once an edit: is the input finite
 
 
 def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbone, latent):
@@ -220,3 +231,164 @@ def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
         editor.edit_latent(latent, source=3, target="c")
     with pytest.raises(TypeError, match="target prompts must be strings, got NoneType"):
         editor.edit_latent(latent, source="a", target=[None])
+
+
+class _Output(ScoreLoss):
+    """A loss returning a set value and gradient (made from the latent's shape)."""
+
+    def __init__(self, value=lambda x: torch.tensor(0.0), gradient=lambda x: None, requests=()):
+        self.value, self.gradient, self.requests = value, gradient, requests
+
+    def __call__(self, context):
+        return LossOutput(value=self.value(context.latent), gradient=self.gradient(context.latent))
+
+
+def test_a_loss_gradient_not_shaped_like_the_latent_is_refused(tiny_backbone, latent):
+    """It was broadcast into x's gradient: (1, 8, 16, 1) on every frequency, one clip's to both."""
+    prompts = dict(source="a piano", target="a violin")
+    narrow = _Output(gradient=lambda x: torch.zeros(*x.shape[:-1], 1))
+    with pytest.raises(ValueError, match=re.escape("the loss _Output returned a gradient of shape (1, 8, 16, 1) for a latent of shape (1, 8, 16, 16)")):
+        Editor(tiny_backbone, losses=[narrow], steps=1).edit_latent(latent, **prompts)
+    one_clip = _Output(gradient=lambda x: torch.zeros(1, *x.shape[1:]))
+    with pytest.raises(ValueError, match=re.escape("gradient of shape (1, 8, 16, 16) for a latent of shape (2, 8, 16, 16)")):
+        Editor(tiny_backbone, losses=[one_clip], steps=1).edit_latent(latent.repeat(2, 1, 1, 1), **prompts)
+
+
+def test_a_per_clip_value_is_refused_at_the_first_step(tiny_backbone, latent):
+    """A value of shape (B,) failed only when the history was read, after every step."""
+    steps = []
+    per_clip = _Output(value=lambda x: torch.zeros(len(x)))
+    with pytest.raises(ValueError, match=re.escape("the loss _Output returned a value of shape (1,): LossOutput.value must be a detached scalar")):
+        Editor(tiny_backbone, losses=[per_clip], steps=3).edit_latent(latent, source="a", target="b", callback=steps.append)
+    assert steps == []
+
+
+def test_a_prediction_not_shaped_like_x_t_is_refused(tiny_backbone, latent, monkeypatch):
+    predict = type(tiny_backbone).predict_noise
+    monkeypatch.setattr(type(tiny_backbone), "predict_noise", lambda self, *a, **k: predict(self, *a, **k)[..., :1])
+    with pytest.raises(ValueError, match=re.escape("AudioLDM2Backbone.predict_noise (model 'base') returned a prediction of shape (1, 8, 16, 1) for a latent of shape (1, 8, 16, 16)")):
+        SteerMusic(tiny_backbone, steps=1).edit_latent(latent, source="a piano", target="a violin")
+
+
+def test_a_backbone_without_a_sample_rate_is_refused_when_the_editor_is_built(analytic_backbone, monkeypatch):
+    """It failed with an AttributeError after every step, making the result."""
+    monkeypatch.delattr(type(analytic_backbone), "sample_rate")
+    with pytest.raises(ValueError, match="AnalyticBackbone.sample_rate must be a positive whole number of Hz, got None"):
+        SteerMusic(analytic_backbone)
+
+
+def test_losses_asking_for_what_the_editor_lacks_are_refused_before_the_first_step(tiny_backbone, latent):
+    """They were bare KeyErrors ('personalized', 'target_base', ...) from inside the step."""
+    prompts = dict(source="a piano", target="a violin")
+    cases = [
+        (PersonalizedContrastiveLoss(), r"the loss PersonalizedContrastiveLoss asks for the model 'personalized', which Editor does not hold \(it holds 'base'\): override Editor.models\(\)"),
+        (_Output(requests=(NoiseRequest("edit", "target", 7.5, "teacher"),)), "asks for the model 'teacher'"),
+        (_Output(requests=(NoiseRequest("edit", "style", 7.5),)), r"the loss _Output asks for the prompt role 'style', which Editor does not give \(it gives 'source', 'target'\): override Editor.prompt_roles\(\)"),
+    ]
+    for loss, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Editor(tiny_backbone, losses=[loss], steps=1).edit_latent(latent, **prompts)
+
+    class Composed(Editor):
+        def models(self):
+            return {"base": self.backbone, "personalized": self.backbone}
+
+    with pytest.raises(ValueError, match=r"the loss ShiftRegularizer asks for the prompt role 'target_base'.*or use SteerMusicPlus"):
+        Composed(tiny_backbone, losses=[ShiftRegularizer()], steps=1).edit_latent(latent, **prompts)
+
+
+class _SelfPersonalized(Editor):
+    """SteerMusic+'s models with ε' = ε."""
+
+    def models(self):
+        return {"base": self.backbone, "personalized": self.backbone}
+
+
+@pytest.mark.parametrize(
+    "performance",
+    [Performance(path="reference"), Performance(), Performance(precision="fp16"), Performance(checkpointing=True)],
+    ids=["reference", "batched", "fp16", "checkpointed"],
+)
+def test_the_backward_fills_only_the_latents_gradient(tiny_backbone, latent, performance):
+    """PCon backpropagates through ε': a denoiser whose weights require grad got .grad on them
+    (189 of 208 parameters of a custom UNet); the latent's gradient is the frozen model's."""
+    unet = tiny_backbone.denoiser
+    flags = [p.requires_grad for p in unet.parameters()]
+
+    def gradients():
+        losses = [DeltaDenoisingScore(guidance_scale=7.5), PersonalizedContrastiveLoss(guidance_scale=7.5, num_positions=4)]
+        states = []
+        with _SelfPersonalized(tiny_backbone, losses=losses, steps=2, performance=performance) as editor:
+            editor.edit_latent(latent, source="a piano", target="a violin", callback=states.append)
+        return torch.stack([s.gradient for s in states])
+
+    try:
+        unet.requires_grad_(False)
+        frozen = gradients()
+        unet.requires_grad_(True)
+        trainable = gradients()
+        assert [n for n, p in unet.named_parameters() if p.grad is not None] == []
+    finally:
+        unet.zero_grad(set_to_none=True)
+        for p, flag in zip(unet.parameters(), flags):
+            p.requires_grad_(flag)
+    torch.testing.assert_close(trainable, frozen, rtol=0, atol=0)
+
+
+def test_a_personalised_model_in_the_other_half_precision_is_refused(tiny_backbone, analytic_backbone, latent):
+    """Only the base model's dtype was checked: an fp16 ε' under bf16 failed inside the model."""
+    analytic_backbone.denoiser.half()
+
+    class Half:
+        token = "sks"
+
+        def apply(self, backbone):
+            return analytic_backbone
+
+    editor = SteerMusicPlus(tiny_backbone, Half(), steps=1, performance=Performance(precision="bf16"))
+    with pytest.raises(ValueError, match="precision 'bf16' computes in bfloat16 but the personalized model's weights are float16"):
+        editor.edit_latent(latent, source="a piano", target="a sks violin")
+
+
+def test_a_target_of_only_the_concept_token_is_refused(tiny_backbone, latent):
+    """The base model's shift prompt was derived empty ('') and used."""
+
+    class Same:
+        token = "<s1>"
+
+        def apply(self, backbone):
+            return backbone
+
+    editor = SteerMusicPlus(tiny_backbone, Same(), steps=1)
+    with pytest.raises(ValueError, match="the target prompt '<s1>' is only the concept token"):
+        editor.edit_latent(latent, source="a piano", target="<s1>")
+
+
+def test_latents_the_backbone_cannot_edit_are_refused_before_the_first_step(tiny_backbone, latent):
+    editor = SteerMusic(tiny_backbone, steps=1)
+    prompts = dict(source="a piano", target="a violin")
+    with pytest.raises(ValueError, match=re.escape("the latent of shape (1, 4, 16, 16) has 4 channels (axis 1), but AudioLDM2Backbone's denoiser takes 8")):
+        editor.edit_latent(latent[:, :4], **prompts)
+    with pytest.raises(ValueError, match=re.escape("the latent of shape (8, 16, 16) has 16 channels")):  # was "32 channels"
+        editor.edit_latent(latent[0], **prompts)
+    with pytest.raises(ValueError, match=re.escape("the latent must be (B, C, T) or (B, C, T, F), got shape (1, 1, 8, 16, 16)")):
+        editor.edit_latent(latent[None], **prompts)
+    with pytest.raises(TypeError, match="the latent is complex"):  # was cast silently
+        editor.edit_latent(latent.to(torch.complex64), **prompts)
+    for bad in (float("nan"), float("inf")):  # ran the whole edit, then warned
+        with pytest.raises(ValueError, match="the latent holds NaN or infinite values"):
+            editor.edit_latent(torch.full_like(latent, bad), **prompts)
+    with pytest.raises(TypeError, match="the source prompt must be a string or a list of strings, got bytes"):
+        editor.edit_latent(latent, source=b"a piano", target="a violin")  # was "got 7 source prompts"
+
+
+def test_performance_fields_are_type_checked():
+    """"no" is truthy: compile="no" switched compilation on; 2.5 and "32" failed late."""
+    for name in ("compile", "checkpointing", "fused", "merge_lora"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+            Performance(**{name: "no"})
+    for padding in (2.5, "32", True):
+        with pytest.raises(TypeError, match=f"prompt_padding must be a whole number of tokens, got {padding!r}"):
+            Performance(prompt_padding=padding)
+    with pytest.raises(TypeError, match="compile_backend must be a backend's name, got 3"):
+        Performance(compile_backend=3)
