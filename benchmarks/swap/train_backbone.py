@@ -29,6 +29,7 @@ from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel, def
 from backbones.word_encoder import split_words
 from steer import load_audio
 from steer.data import read_manifest
+from steer.data._files import model_folder_problem
 
 
 def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor, list[str]]:
@@ -43,9 +44,6 @@ def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor
             mels.append(mel(mel.normalize(audio.waveform.mean(0, keepdim=True))))
             prompts.append(entry.prompt)
     return torch.cat(mels), prompts
-
-
-OUTPUTS = ("config.json", "model.safetensors", "training.json")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,12 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     args = parser.parse_args(argv)
-    existing = [name for name in OUTPUTS if (args.out / name).exists()]
-    if existing and not args.overwrite:
-        parser.error(
-            f"{args.out} already holds {', '.join(existing)}; pass --overwrite to replace them, "
-            "or choose another --out"
-        )
+    if problem := model_folder_problem(args.out, args.overwrite):
+        parser.error(problem)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
 from steer.data import DEFAULT_INSTRUMENTS, read_manifest
+from steer.data._files import model_folder_problem
 from steer.metrics import InstrumentClassifier
 
 SAMPLE_RATE = 16000
@@ -189,9 +190,6 @@ def print_confusion(name: str, result: dict, classes: list[str]) -> None:
         print(f"  {s:>6}  " + " ".join(f"{v:6d}" for v in row))
 
 
-OUTPUTS = ("config.json", "model.safetensors", "training.json")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="manifest.jsonl of rendered clips (train + test)")
@@ -209,12 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true", help="replace a classifier already in --out")
     args = parser.parse_args(argv)
-    existing = [name for name in OUTPUTS if (args.out / name).exists()]
-    if existing and not args.overwrite:
-        parser.error(
-            f"{args.out} already holds {', '.join(existing)}; pass --overwrite to replace them, "
-            "or choose another --out"
-        )
+    if problem := model_folder_problem(args.out, args.overwrite):
+        parser.error(problem)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -66,6 +66,19 @@ def atomic_write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> N
         tmp.unlink(missing_ok=True)
 
 
+#: What the swap benchmark's training scripts write into their ``--out`` folder.
+MODEL_FILES = ("config.json", "model.safetensors", "training.json")
+
+
+def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
+    """Why a training script must not write a model into ``folder`` (it holds one of
+    :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
+    held = [name for name in MODEL_FILES if (folder / name).exists()]
+    if held and not overwrite:
+        return f"{folder} already holds {', '.join(held)}; pass --overwrite to replace them, or choose another --out"
+    return None
+
+
 def is_valid_wav(path: str | Path, *, frames: int, sample_rate: int) -> bool:
     """Whether ``path`` is a readable mono float WAV of exactly ``frames`` at ``sample_rate``."""
     try:
