@@ -16,6 +16,14 @@ from steer.data._files import atomic_write_wav
 
 
 @pytest.fixture
+def torch_threads():
+    """The scripts set torch's thread count (--threads) for the whole process: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def short_clips(tmp_path) -> Path:
     """A manifest of two 1.28-s training clips (128 mel frames)."""
     t = np.arange(20480) / 16000
@@ -51,7 +59,7 @@ def test_an_existing_out_is_refused_before_any_work(script, out, existing, tmp_p
     assert existing.read_text() == "the user's\n"
 
 
-def test_clips_shorter_than_the_crop_are_refused_with_the_fix(short_clips, tmp_path):
+def test_clips_shorter_than_the_crop_are_refused_with_the_fix(short_clips, tmp_path, torch_threads):
     argv = ["--data", str(short_clips), "--out", str(tmp_path / "model"), "--threads", "1"]
     fix = r"128 mel frames \(1.28 s\) long, shorter than --crop-frames 256: pass --crop-frames 128"
     with pytest.raises(SystemExit, match=fix):
@@ -59,7 +67,7 @@ def test_clips_shorter_than_the_crop_are_refused_with_the_fix(short_clips, tmp_p
     assert not (tmp_path / "model").exists()
 
 
-def test_training_records_every_setting(short_clips, tmp_path):
+def test_training_records_every_setting(short_clips, tmp_path, torch_threads):
     out = tmp_path / "model"
     out.mkdir()
     (out / "training.json").write_text("{}\n")  # replaced: --overwrite
