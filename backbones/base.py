@@ -129,6 +129,10 @@ class Backbone(ABC):
     sample_rate: int
     #: Audio channels :meth:`decode_audio` returns (1: mono).
     channels: int = 1
+    #: Axes of the latents the denoiser takes, batch included: 4 for ``(B, C, T, F)`` (a U-Net
+    #: over mel latents), 3 for ``(B, C, T)`` (a 1-D latent); ``None`` where unknown. Editors
+    #: check a latent against it before the first step.
+    latent_dims: int | None = None
     #: Regular expression over :meth:`self_attention_modules` naming the decoder side of the
     #: network, where feature losses (PCon) read by default: a U-Net's up blocks (the authors'
     #: choice on AudioLDM2); a DiT names its later blocks.

@@ -145,6 +145,7 @@ class MelDiffusionBackbone(Backbone):
 
     family = "mel-diffusion"
     sample_rate = 16000
+    latent_dims = 4
 
     def __init__(
         self, model: MelDiffusionModel, *, mel: MelFrontEnd = MelFrontEnd(), name_or_path: str | None = None

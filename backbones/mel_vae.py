@@ -40,6 +40,8 @@ class MelVAEBackbone(PipelineBackbone):
             was built in memory); concept files record it as the base model.
     """
 
+    latent_dims = 4
+
     def __init__(
         self,
         pipe: DiffusionPipeline,

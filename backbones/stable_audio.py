@@ -81,6 +81,7 @@ class StableAudioBackbone(PipelineBackbone):
     """
 
     family = "stable_audio"
+    latent_dims = 3
     pipeline_class = StableAudioPipeline
     description = "a Stable Audio pipeline"
     example_repo = "stabilityai/stable-audio-open-1.0"

@@ -138,9 +138,10 @@ def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
 
 def check_latent(latent: Tensor, backbone: Backbone) -> None:
     """Refuse a latent ``backbone`` cannot edit before the first step: not a real tensor
-    ``(B, C, T)`` or ``(B, C, T, F)``, with other channels than the backbone's denoiser takes
-    (:attr:`~backbones.Backbone.latent_channels`), or holding NaN or infinite values (which the
-    edit would carry to its end). The finiteness check reads one number from the device."""
+    ``(B, C, T)`` or ``(B, C, T, F)``, with other axes or channels than the backbone's denoiser
+    takes (:attr:`~backbones.Backbone.latent_dims`, :attr:`~backbones.Backbone.latent_channels`),
+    or holding NaN or infinite values (which the edit would carry to its end). The finiteness
+    check reads one number from the device."""
     if not isinstance(latent, Tensor):
         raise TypeError(f"the latent must be a tensor (B, C, T) or (B, C, T, F), got {type(latent).__name__}")
     if latent.is_complex():
@@ -149,6 +150,14 @@ def check_latent(latent: Tensor, backbone: Backbone) -> None:
         raise ValueError(
             f"the latent must be (B, C, T) or (B, C, T, F), got shape {tuple(latent.shape)}: a single "
             "clip needs its batch axis (latent[None])"
+        )
+    dims = backbone.latent_dims
+    if dims is not None and latent.dim() != dims:
+        wanted = "(B, C, T, F)" if dims == 4 else "(B, C, T)"
+        raise ValueError(
+            f"the latent has shape {tuple(latent.shape)}, but {type(backbone).__name__}'s denoiser "
+            f"takes {dims}-D latents {wanted}: pass one from backbone.encode_audio"
+            + (" (a single clip needs its batch axis, latent[None])" if latent.dim() < dims else "")
         )
     channels = backbone.latent_channels
     if channels is not None and latent.shape[1] != channels:

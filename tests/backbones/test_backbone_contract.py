@@ -72,7 +72,8 @@ def test_half_precision_weights_keep_the_schedule_exact(backbone, request):
 
 
 def test_latents_and_noise_predictions(backbone, latent):
-    assert latent.dtype == torch.float32 and latent.dim() in (3, 4) and latent.shape[0] == 1
+    assert latent.dtype == torch.float32 and latent.dim() == backbone.latent_dims and latent.shape[0] == 1
+    assert latent.shape[1] == backbone.latent_channels
     assert torch.isfinite(latent).all()
     x = torch.cat([latent, latent + torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))])
     t = torch.tensor([20, 980])
@@ -84,6 +85,14 @@ def test_latents_and_noise_predictions(backbone, latent):
     for i, prompt in enumerate([SOURCE, TARGET]):
         single = backbone.predict_noise(x[i : i + 1], t[i : i + 1], backbone.encode_prompt([prompt]), float(guidance[i]))
         torch.testing.assert_close(eps[i : i + 1], single, rtol=1e-4, atol=1e-4)
+
+
+def test_a_latent_of_the_other_rank_is_refused_by_name(backbone, latent):
+    """It was the denoiser's own error ("The size of tensor a (64) must match ... dimension 1",
+    "expected input[1, 4, 8, 16] to have 8 channels") after the prompts were encoded."""
+    other = latent[..., 0] if latent.dim() == 4 else latent[..., None]
+    with pytest.raises(ValueError, match=re.escape(f"takes {latent.dim()}-D latents")):
+        SteerMusic(backbone, steps=1).edit_latent(other, source=SOURCE, target=TARGET)
 
 
 def test_prompts_pad_to_one_length_without_changing_the_prediction(backbone, latent):

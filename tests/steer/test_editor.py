@@ -369,7 +369,7 @@ def test_latents_the_backbone_cannot_edit_are_refused_before_the_first_step(tiny
     prompts = dict(source="a piano", target="a violin")
     with pytest.raises(ValueError, match=re.escape("the latent of shape (1, 4, 16, 16) has 4 channels (axis 1), but AudioLDM2Backbone's denoiser takes 8")):
         editor.edit_latent(latent[:, :4], **prompts)
-    with pytest.raises(ValueError, match=re.escape("the latent of shape (8, 16, 16) has 16 channels")):  # was "32 channels"
+    with pytest.raises(ValueError, match=re.escape("the latent has shape (8, 16, 16), but AudioLDM2Backbone's denoiser takes 4-D latents (B, C, T, F): pass one from backbone.encode_audio (a single clip needs its batch axis, latent[None])")):  # was "32 channels"
         editor.edit_latent(latent[0], **prompts)
     with pytest.raises(ValueError, match=re.escape("the latent must be (B, C, T) or (B, C, T, F), got shape (1, 1, 8, 16, 16)")):
         editor.edit_latent(latent[None], **prompts)
