@@ -422,26 +422,29 @@ class Editor(LatentEditor):
         ``audio`` of the result is left ``None`` (:meth:`edit` fills it).
         """
         check_latent(latent, self.backbone)
-        batch = latent.shape[0]
-        texts = self.prompt_roles(
-            prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
-        )
-        models = self.models()
-        self._check_requests(models, texts)
-        for name, model in models.items():
-            self.performance.check_weights(model.dtype, name)
-        prompts = {
-            model: {
-                role: self.performance.conditioning(models[model].encode_prompt(texts[role]))
-                for role in unique(r.prompt for r in self.requests if r.model == model)
+        # the loop backpropagates (PCon through the denoiser), also when called under no_grad or
+        # inference_mode; the prompts and the latent's copy are made here as normal tensors
+        with torch.inference_mode(False), torch.enable_grad():
+            batch = latent.shape[0]
+            texts = self.prompt_roles(
+                prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
+            )
+            models = self.models()
+            self._check_requests(models, texts)
+            for name, model in models.items():
+                self.performance.check_weights(model.dtype, name)
+            prompts = {
+                model: {
+                    role: self.performance.conditioning(models[model].encode_prompt(texts[role]))
+                    for role in unique(r.prompt for r in self.requests if r.model == model)
+                }
+                for model in unique(r.model for r in self.requests)
             }
-            for model in unique(r.model for r in self.requests)
-        }
-        source_latent = latent.detach().float()
-        x = source_latent.clone().requires_grad_(True)
-        self.performance.check(x.device)
-        with self._runtime(models, x.device) as runtime, runtime.edit_weights():
-            return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
+            source_latent = latent.detach().to(torch.float32, copy=True)
+            x = source_latent.clone().requires_grad_(True)
+            self.performance.check(x.device)
+            with self._runtime(models, x.device) as runtime, runtime.edit_weights():
+                return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
 
     def _check_requests(self, models: dict[str, Backbone], roles: dict[str, list[str]]) -> None:
         """Refuse a loss asking for a model or a prompt role this editor does not give (see

@@ -350,6 +350,22 @@ def test_a_personalised_model_in_the_other_half_precision_is_refused(tiny_backbo
         editor.edit_latent(latent, source="a piano", target="a sks violin")
 
 
+def test_an_edit_called_under_no_grad_or_inference_mode_is_the_same_edit(tiny_backbone, lora):
+    """SteerMusic+ backpropagates PCon through the denoiser: under no_grad it failed with torch's
+    "element 0 of tensors does not require grad"; a latent made under inference_mode is editable."""
+    with torch.inference_mode():
+        latent = tiny_backbone.encode_audio(torch.randn(1, 16000, generator=torch.Generator().manual_seed(0)) * 0.1, 16000)
+    prompts = dict(source="a piano", target="a sks violin")
+    editor = SteerMusicPlus(tiny_backbone, lora, steps=2)
+    reference = editor.edit_latent(latent.clone(), **prompts).latent
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            edited = editor.edit_latent(latent, **prompts).latent
+        assert not edited.is_inference()
+        torch.testing.assert_close(edited, reference, rtol=0, atol=0)
+    assert (reference - latent).abs().max() > 1e-3  # the edit moved
+
+
 def test_a_target_of_only_the_concept_token_is_refused(tiny_backbone, latent):
     """The base model's shift prompt was derived empty ('') and used."""
 
