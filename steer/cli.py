@@ -357,7 +357,7 @@ def _edit(
 
 
 def _metric_names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))  # once each
     if not names:
         return names
     from steer.metrics.collection import METRICS

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from steer.cli import _edit_settings, _parser, main
+from steer.cli import _edit_settings, _metric_names, _parser, main
 from steer.performance import PRESETS
 
 _CPUS = len(os.sched_getaffinity(0))
@@ -261,3 +261,8 @@ def test_demo_scores_an_edit_at_another_rate_and_channel_count_at_the_sources_ra
     kept, real = map(float, re.search(r"source vs edit\): (\S+); source vs the real violin: (\S+)", printed).groups())
     assert kept == pytest.approx(real, abs=0.01) and real > 0.9  # the edit is the real violin
     assert "the 'tiny-stable-audio' backbone has random weights" in printed and "classifier hears" not in printed
+
+
+def test_a_metric_named_twice_is_scored_once():
+    """``--metrics cqt1_pcc,cqt1_pcc`` printed the columns twice and listed the name twice in eval.json."""
+    assert _metric_names("cqt1_pcc, log_mel,cqt1_pcc,") == ["cqt1_pcc", "log_mel"]
