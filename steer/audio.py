@@ -13,6 +13,12 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteAudio(ValueError):
+    """A waveform holding NaN or infinite samples (a diverged edit): refused by :class:`Audio`
+    and :func:`load_audio`, told apart from other bad input by callers that score such edits
+    as NaN (``steer eval``)."""
+
+
 @dataclass(frozen=True)
 class Audio:
     """A clip: ``waveform`` of shape ``(channels, samples)``, floating point in [-1, 1], at
@@ -21,8 +27,9 @@ class Audio:
 
     Raises:
         TypeError: for a waveform that is not a tensor.
-        ValueError: for a waveform that is not floating point, has no 1 to 3 dimensions or
-            holds NaN or infinite samples, or a sample rate that is not a positive integer.
+        ValueError: for a waveform that is not floating point or has no 1 to 3 dimensions, or a
+            sample rate that is not a positive integer.
+        NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples.
     """
 
     waveform: Tensor
@@ -41,7 +48,7 @@ class Audio:
         if waveform.dim() >= 2 and waveform.shape[-2] > waveform.shape[-1]:
             raise ValueError(_transposed(waveform.shape))
         if not torch.isfinite(waveform).all():
-            raise ValueError("the audio holds NaN or infinite samples")
+            raise NonFiniteAudio("the audio holds NaN or infinite samples")
         if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
             raise ValueError(f"the sample rate must be a positive whole number of Hz, got {rate!r}")
         if waveform.dim() == 1:
@@ -61,7 +68,8 @@ def _transposed(shape: torch.Size) -> str:
 
 
 def load_audio(path: str | os.PathLike) -> Audio:
-    """Read any format soundfile reads (wav, flac, ogg, …) into an :class:`Audio`."""
+    """Read any format soundfile reads (wav, flac, ogg, …) into an :class:`Audio`; a
+    ``ValueError`` naming the file when it cannot (:class:`NonFiniteAudio` for NaN samples)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: name an audio file")
@@ -75,7 +83,9 @@ def load_audio(path: str | os.PathLike) -> Audio:
         raise ValueError(f"audio file is empty: {path}")
     try:
         return Audio(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
-    except ValueError as error:  # a float file may hold NaN
+    except NonFiniteAudio as error:  # a float file may hold NaN
+        raise NonFiniteAudio(f"{path}: {error}") from error
+    except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 
 

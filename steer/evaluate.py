@@ -4,8 +4,9 @@ The pairs come from a ``steer run`` folder (its records name each edit's source 
 prompts) or from a manifest plus a folder of ``<id>.wav`` edits made elsewhere. Per-clip metrics
 (those with ``values()``: CQT-1 PCC, CLAP, LPAPS, CDPAM, log-mel distance) are averaged per group
 over their finite values, with the count of NaNs beside them (a silent edit has no melody: its
-CQT-1 PCC is NaN, and hiding it would flatter the mean); set-level metrics (FAD) are computed once
-per group.
+CQT-1 PCC is NaN, and hiding it would flatter the mean; a clip too short for a metric and a
+diverged edit count as NaN too, with a warning naming the item); set-level metrics (FAD) are
+computed once per group.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torchaudio.functional
 
 from steer.data._files import atomic_write_text
 
-from .audio import load_audio
+from .audio import NonFiniteAudio, load_audio
 from .manifest import EditItem, read_edit_manifest
 from .metrics.functional import SCORING_RATE, TooFewRows
 from .runner import ItemRecord, RunCounts, collect_records, read_record, write_json
@@ -124,9 +125,15 @@ def score_pairs(
     their common start: pairs whose durations differ by more than :data:`LENGTH_TOLERANCE`
     seconds are named in a ``RuntimeWarning``.
 
+    One bad item does not stop the others: a metric's warning of why its value is NaN for a
+    pair (a clip too short for the CQT or the log-mel distance, …) is raised again naming the
+    item, and an edit holding NaN or infinite samples (a diverged edit) is not scored: its
+    per-clip values are NaN and it is left out of the set-level metrics, with a
+    ``RuntimeWarning`` naming it.
+
     Returns:
-        per item id, each per-clip metric's value; per group (edit types and :data:`ALL`), each
-        set-level metric's value.
+        per item id (in the order of ``pairs``), each per-clip metric's value; per group (edit
+        types and :data:`ALL`), each set-level metric's value.
     """
     per_clip = {name: m for name, m in metrics.items() if is_per_clip(m)}
     per_set = {name: m for name, m in metrics.items() if not is_per_clip(m)}
@@ -134,15 +141,35 @@ def score_pairs(
     by_group = {group: {name: _fresh(m) for name, m in per_set.items()} for group in groups}
     for metric in per_clip.values():
         metric.reset()
-    unequal = []
-    for pair in pairs:
-        edited, _ = _mono(pair.edit, sample_rate)
-        source, _ = _mono(pair.source, sample_rate)
-        if abs(edited.shape[-1] - source.shape[-1]) > LENGTH_TOLERANCE * sample_rate:
-            unequal.append(f"{pair.id} ({edited.shape[-1] / sample_rate:.2f} s edit, {source.shape[-1] / sample_rate:.2f} s source)")
-        targets = [pair.target]
-        for metric in [*per_clip.values(), *by_group[pair.edit_type or NO_TYPE].values()]:
-            metric.update(edited[None], source[None], target_prompts=targets)
+    lengths, items_of_warnings = [], []
+    with warnings.catch_warnings(record=True) as caught:
+        # The metrics say why a value is NaN but cannot name the item: their warnings are kept,
+        # with the item they came from, and raised again below ("always": one reason, say a
+        # clip too short for the CQT, may hold for several items).
+        warnings.simplefilter("always", RuntimeWarning)
+        for pair in pairs:
+            group = by_group[pair.edit_type or NO_TYPE]
+            lengths.append(_add_pair(pair, [*per_clip.values(), *group.values()], sample_rate))
+            items_of_warnings += [pair.id] * (len(caught) - len(items_of_warnings))
+    for item, warning in zip(items_of_warnings, caught):
+        if issubclass(warning.category, RuntimeWarning):
+            warnings.warn(f"{item}: {warning.message}", warning.category, stacklevel=2)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    left_out = f" and it is left out of the set-level metrics ({', '.join(per_set)})" if per_set else ""
+    for pair in (pair for pair, length in zip(pairs, lengths) if length is None):
+        warnings.warn(
+            f"{pair.id} is not scored: its edit holds NaN or infinite samples ({pair.edit}); its per-clip "
+            f"metrics are NaN{left_out}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    scored = [(pair, length) for pair, length in zip(pairs, lengths) if length is not None]
+    unequal = [
+        f"{pair.id} ({edit / sample_rate:.2f} s edit, {source / sample_rate:.2f} s source)"
+        for pair, (edit, source) in scored
+        if abs(edit - source) > LENGTH_TOLERANCE * sample_rate
+    ]
     if unequal:
         warnings.warn(
             f"{len(unequal)} edit(s) differ in duration from their source, so the paired metrics compare only "
@@ -156,10 +183,26 @@ def score_pairs(
         for name, metric in by_group[group].items():
             by_group[ALL][name].merge_state(metric)
     per_set = by_group
-    values = {name: metric.values().tolist() if pairs else [] for name, metric in per_clip.items()}
-    items = {pair.id: {name: float(values[name][i]) for name in per_clip} for i, pair in enumerate(pairs)}
+    values = {name: metric.values().tolist() for name, metric in per_clip.items()}
+    items, row = {}, 0  # the metrics hold a value for each scored pair only
+    for pair, length in zip(pairs, lengths):
+        items[pair.id] = {name: math.nan if length is None else float(values[name][row]) for name in per_clip}
+        row += length is not None
     sets = {group: {name: _set_value(m, name, group) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}
     return items, sets
+
+
+def _add_pair(pair: Pair, metrics: Sequence[Metric], sample_rate: int) -> tuple[int, int] | None:
+    """Add one pair to each metric, both clips mono at ``sample_rate``; the lengths of its edit
+    and source in samples, or ``None`` for an edit holding NaN or infinite samples (not added)."""
+    try:
+        edited, _ = _mono(pair.edit, sample_rate)
+    except NonFiniteAudio:
+        return None
+    source, _ = _mono(pair.source, sample_rate)
+    for metric in metrics:
+        metric.update(edited[None], source[None], target_prompts=[pair.target])
+    return edited.shape[-1], source.shape[-1]
 
 
 def _set_value(metric: Metric, name: str, group: str) -> float:
@@ -289,14 +332,16 @@ def write_run_summary(
 
     Per-clip metric values come from the records (``names``; none: those the records hold);
     set-level metrics (``set_metrics``, built at :data:`~steer.metrics.functional.SCORING_RATE`)
-    are computed over the finished edits. ``counts`` is what this invocation did (summed over
-    processes); the totals over the manifest come from the records.
+    are computed over the finished edits, each in a column of its own (after ``names`` where
+    they are not among them). ``counts`` is what this invocation did (summed over processes);
+    the totals over the manifest come from the records.
     """
     out = Path(out)
     records = collect_records(out, items)
     done = [r for r in records if r is not None and r.status == "done"]
     # a rerun without --metrics keeps the columns of the per-clip values its records hold
     names = list(names) or list(dict.fromkeys(k for r in done for k in r.metrics))
+    names += [name for name in set_metrics or {} if name not in names]
     sets: dict[str, dict[str, float]] = {}
     if set_metrics and done:
         pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]

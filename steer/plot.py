@@ -29,11 +29,22 @@ def plot_comparison(
     """Write a PNG comparing clips.
 
     Args:
-        clips: title → waveform ``(samples,)`` or ``(channels, samples)``, in display order.
+        clips: title → waveform ``(samples,)`` or ``(channels, samples)``, in display order; a
+            clip of several channels is drawn as their mean (its mono mix).
         sample_rate: their sample rate.
         path: the PNG to write (its folder must exist).
         title: a figure title.
+
+    Raises:
+        ValueError: for no clips, a clip of another shape, or a missing output folder.
     """
+    if not clips:
+        raise ValueError("no clips to plot: pass a mapping of title to waveform")
+    for name, waveform in clips.items():
+        if waveform.dim() not in (1, 2):
+            raise ValueError(
+                f"clip {name!r} must be (samples,) or (channels, samples), got shape {tuple(waveform.shape)}"
+            )
     try:
         import matplotlib
 
@@ -45,7 +56,8 @@ def plot_comparison(
     if not path.parent.is_dir():
         raise ValueError(f"output folder does not exist: {path.parent}")
     mel = MelFrontEnd()
-    waves = {name: to_mono(w if w.dim() > 1 else w[None], sample_rate, mel.sample_rate)[0] for name, w in clips.items()}
+    # (1, channels, samples): to_mono reads a 2-D tensor as a batch of mono clips, not as channels
+    waves = {name: to_mono(w.reshape(1, -1, w.shape[-1]), sample_rate, mel.sample_rate)[0] for name, w in clips.items()}
     lines = {name: cqt_top1(w) for name, w in waves.items()}
     reference = next(iter(lines.values()))
 

@@ -12,9 +12,11 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import ClapModel, ClapProcessor
@@ -22,6 +24,21 @@ from transformers import ClapModel, ClapProcessor
 from steer.metrics.base import PerClipMetric
 
 __all__ = ["CLAPScore", "ClapEncoder"]
+
+#: The seed of numpy's RNG while the feature extractor picks a long clip's crop or chunks.
+_CROP_SEED = 0
+
+
+@contextmanager
+def _fixed_numpy_seed(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG (which the CLAP feature extractor draws from) for the block, and
+    put its previous state back afterwards, so that callers' numpy draws are not disturbed."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 class ClapEncoder(nn.Module):
@@ -65,11 +82,17 @@ class ClapEncoder(nn.Module):
 
         The feature extractor pads short clips (LAION: repeated to 10 s) and, for clips longer
         than its ``max_length_s``, crops a random window (``rand_trunc``) or fuses random chunks
-        (``fusion``), as LAION CLAP does; scores of such clips vary with numpy's global RNG.
+        (``fusion``), as LAION CLAP does, drawing the positions from numpy's global RNG. So each
+        clip is featurised alone under a fixed seed (:func:`_fixed_numpy_seed`): its crop depends
+        on its length only, not on the batch it comes in or on the RNG's state, so scores repeat
+        and identical clips embed identically. Alone, a ``fusion`` clip no longer than
+        ``max_length_s`` is marked "longer" (fused), as LAION does in a batch holding no longer clip.
         """
-        clips = list(waveform.detach().float().cpu().numpy())
-        inputs = self.processor(audio=clips, sampling_rate=self.sample_rate, return_tensors="pt")
-        return {key: value.to(self._device) for key, value in inputs.items()}
+        features = []
+        for clip in waveform.detach().float().cpu().numpy():
+            with _fixed_numpy_seed(_CROP_SEED):
+                features.append(self.processor(audio=[clip], sampling_rate=self.sample_rate, return_tensors="pt"))
+        return {key: torch.cat([f[key] for f in features]).to(self._device) for key in features[0]}
 
     @torch.no_grad()
     def audio_embeddings(self, waveform: Tensor) -> Tensor:
@@ -104,6 +127,9 @@ class CLAPScore(PerClipMetric):
     """Cosine between the CLAP embedding of each edited clip and that of its target prompt.
 
     Per clip in [-1, 1], higher when the audio fits the prompt better; ``source`` is not used.
+    A clip longer than the feature extractor reads (10 s for LAION CLAP; AudioLDM2's clips are
+    10.24 s) is cropped or chunked as LAION does, at positions fixed per clip length (see
+    :meth:`ClapEncoder._audio_inputs`), so a clip scores the same in any batch and on every run.
 
     Args:
         sample_rate: rate of the waveforms passed to ``update``; they are down-mixed and

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -75,7 +76,12 @@ class FrechetAudioDistance(AudioPairMetric):
 
     The set-level value: 0 when both sets embed identically, larger as their distributions part.
     It needs more embedding rows than dimensions on each side for a full-rank covariance;
-    with fewer, fadtk's diagonal offset keeps it finite but biased.
+    with fewer, fadtk's diagonal offset keeps it finite but biased. A set holding a NaN or
+    infinite embedding row (a diverged clip's) gives NaN, with a warning counting such rows.
+
+    Calling the metric (torchmetrics' ``forward``) adds the batch, as ``update`` does, and
+    returns the FAD of that batch alone: NaN for a batch with under 2 embedding rows per set,
+    which has no covariance (one clip, for one-row-per-clip embeddings such as CLAP's).
 
     Args:
         sample_rate: rate of the waveforms passed to ``update``; they are down-mixed and
@@ -98,6 +104,18 @@ class FrechetAudioDistance(AudioPairMetric):
         # Rows, not running sums: the statistics are then exactly fadtk's np.mean / np.cov.
         self.add_state("edited_rows", default=[], dist_reduce_fx="cat")
         self.add_state("source_rows", default=[], dist_reduce_fx="cat")
+        self._in_forward = False
+
+    def forward(self, edited: Tensor, source: Tensor, *, target_prompts: Sequence[str] | None = None) -> Tensor:
+        """Add a batch, as :meth:`update`, and return its own FAD (scalar float64; NaN for a
+        batch with under 2 embedding rows per set)."""
+        # torchmetrics computes the batch value between swapping the accumulated state out and
+        # back in: a TooFewRows raised there would lose every clip added before.
+        self._in_forward = True
+        try:
+            return super().forward(edited, source, target_prompts=target_prompts)
+        finally:
+            self._in_forward = False
 
     def _rows(self, waveform: Tensor) -> Tensor:
         with torch.no_grad():
@@ -118,12 +136,26 @@ class FrechetAudioDistance(AudioPairMetric):
         self.source_rows.append(self._rows(source))
 
     def compute(self) -> Tensor:
-        """Scalar float64: the Fréchet distance between the edited and the source rows;
-        :class:`TooFewRows` (a ``ValueError``) where a set has under 2 rows."""
-        statistics = []
-        for rows in (self.edited_rows, self.source_rows):
-            rows = dim_zero_cat(rows).cpu().numpy() if len(rows) else np.zeros((0, 0))
-            if rows.shape[0] < 2:
-                raise TooFewRows(f"FAD needs at least 2 embedding rows per set, got {rows.shape[0]}")
-            statistics += [rows.mean(axis=0), np.atleast_2d(np.cov(rows, rowvar=False))]
+        """Scalar float64: the Fréchet distance between the edited and the source rows; NaN, with
+        a ``RuntimeWarning``, where a row is not finite; :class:`TooFewRows` (a ``ValueError``)
+        where a set has under 2 rows (NaN instead inside ``forward``)."""
+        sets = [
+            dim_zero_cat(rows).cpu().numpy() if len(rows) else np.zeros((0, 0))
+            for rows in (self.edited_rows, self.source_rows)
+        ]
+        fewest = min(rows.shape[0] for rows in sets)
+        if fewest < 2:
+            if self._in_forward:
+                return torch.tensor(float("nan"), dtype=torch.float64)
+            raise TooFewRows(f"FAD needs at least 2 embedding rows per set, got {fewest}")
+        bad = [int((~np.isfinite(rows).all(axis=1)).sum()) for rows in sets]
+        if any(bad):
+            counts = " and ".join(f"{n} of {len(rows)} {side}" for n, rows, side in zip(bad, sets, ("edited", "source")))
+            warnings.warn(
+                f"FAD is NaN: {counts} embedding rows are not finite (NaN or infinite: a diverged clip?)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return torch.tensor(float("nan"), dtype=torch.float64)
+        statistics = [s for rows in sets for s in (rows.mean(axis=0), np.atleast_2d(np.cov(rows, rowvar=False)))]
         return torch.tensor(frechet_distance(*statistics), dtype=torch.float64)

@@ -13,6 +13,7 @@ References:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -222,13 +223,14 @@ def log_mel_distance(
 
     Args:
         estimate, reference: ``(time,)`` or ``(batch, time)`` mono audio, numpy or torch, with
-            the same batch size; lengths may differ (at least 1024 samples at 16 kHz each).
+            the same batch size; lengths may differ.
         sample_rate: rate of both.
 
     Returns:
         a float for ``(time,)`` clips, a ``(batch,)`` float32 CPU tensor for batches; NaN for
         a pair where either clip holds NaN or infinite samples (a diverged edit), so averages
-        must say how they treat it, as for :func:`cqt1_pcc`.
+        must say how they treat it, as for :func:`cqt1_pcc`. NaN too, with a warning, when the
+        clips' common length is under one STFT window (1024 samples at 16 kHz, 0.064 s).
     """
     from backbones.mel import MelFrontEnd, to_mono
 
@@ -244,7 +246,14 @@ def log_mel_distance(
     est, ref = (to_mono(x, sample_rate, mel.sample_rate) for x in (est, ref.to(est.device)))
     n = min(est.shape[-1], ref.shape[-1])
     if n < mel.n_fft:
-        raise ValueError(f"clips must hold at least {mel.n_fft} samples at {mel.sample_rate} Hz")
+        warnings.warn(
+            f"log-mel distance is NaN: a clip of {n / mel.sample_rate:.3f} s is too short for the log-mel "
+            f"distance, which reads at least {mel.n_fft / mel.sample_rate:.3f} s",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        distance = torch.full(est.shape[:1], float("nan"))
+        return float(distance[0]) if single else distance
     with torch.no_grad():
         est_mel, ref_mel = (mel(mel.normalize(x[..., :n])) for x in (est, ref))  # (B, 1, frames, 64)
     distance = (est_mel - ref_mel).abs().mean(dim=(1, 2, 3)).cpu()
@@ -315,7 +324,8 @@ def frechet_distance(
     ``sqrtm`` of the (non-symmetric) product. As in fadtk: when the square root is not finite (a
     near-singular product), ``eps`` is added to both diagonals and it is taken again; a complex
     result whose diagonal is real to 1e-3 is replaced by its real part, and a larger imaginary
-    part is an error.
+    part is an error. The square root's round-off can leave identical statistics a hair below 0
+    (−1e-14; −2e-8 for singular CLAP covariances), so the result is clamped at 0.
 
     Args:
         mean_a, mean_b: ``(D,)`` means.
@@ -323,7 +333,9 @@ def frechet_distance(
         eps: the diagonal offset of the fallback.
 
     Returns:
-        the squared distance, a float ≥ 0 up to rounding (0 for identical statistics).
+        the squared distance, a float ≥ 0 (0 for identical statistics); NaN, with a
+        ``RuntimeWarning``, when a statistic holds NaN or infinite values (those of a set holding
+        a non-finite embedding: a diverged clip's).
 
     Example:
         >>> import numpy as np
@@ -343,6 +355,16 @@ def frechet_distance(
             f"expected (D,) means and (D, D) covariances of one D, got {mean_a.shape}, "
             f"{cov_a.shape}, {mean_b.shape}, {cov_b.shape}"
         )
+    named = {"mean_a": mean_a, "cov_a": cov_a, "mean_b": mean_b, "cov_b": cov_b}
+    bad = [name for name, x in named.items() if not np.isfinite(x).all()]
+    if bad:
+        warnings.warn(
+            f"the Fréchet distance is NaN: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite "
+            "(statistics of NaN or infinite embeddings, e.g. of a diverged clip)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return math.nan
     root = scipy.linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():
         offset = np.eye(cov_a.shape[0]) * eps
@@ -355,7 +377,7 @@ def frechet_distance(
             )
         root = root.real
     diff = mean_a - mean_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root))
+    return max(0.0, float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root)))
 
 
 def lpaps_distance(

@@ -4,7 +4,8 @@ As the SteerMusic authors compute it (their ``eval/lpaps.py`` and ``eval/lpaps_s
 from the ZETA authors' evaluation code): both clips go through LAION CLAP's audio encoder (HTSAT),
 the four stage outputs are compared by :func:`steer.metrics.functional.lpaps_distance` (see
 there which axis is normalised, and why), and, for clips longer than one window, the clips are cut
-into 10-s windows with 10 % overlap and the window scores are averaged.
+into 10-s windows with 10 % overlap and the window scores are averaged. An edit and its source of
+different lengths are compared over their common start.
 
 References:
     Zero-Shot Unsupervised and Text-Based Audio Editing Using DDPM Inversion (Manor & Michaeli,
@@ -61,15 +62,18 @@ class LPAPS(PerClipMetric):
     def update(
         self, edited: Tensor, source: Tensor, *, target_prompts: Sequence[str] | None = None
     ) -> None:
-        """Add a batch: ``edited`` and ``source`` ``(B, samples)`` or ``(B, channels, samples)``;
-        ``target_prompts`` is not used."""
-        edited, source = self._pair(edited, source)
-        if min(edited.shape[-1], source.shape[-1]) == 0:
+        """Add a batch: ``edited`` and ``source`` ``(B, samples)`` or ``(B, channels, samples)``
+        whose lengths may differ (their common start is compared); ``target_prompts`` is not used."""
+        common = min(edited.shape[-1], source.shape[-1])
+        if common == 0:
             raise ValueError("LPAPS needs clips of at least one sample")
-        # As the reference: windows start every hop in each clip, paired in order, so a length
-        # mismatch drops the longer clip's extra windows; the last window may be short (the
-        # processor pads it by repetition).
-        starts = range(0, min(edited.shape[-1], source.shape[-1]), self.hop)
+        # Both cut to their common start before resampling, as the other paired metrics compare
+        # it: windowing each clip as it is padded the shorter one's last window by repetition
+        # where the longer one had audio, so a copy 160 samples short scored 0.047, not 0.
+        edited, source = self._pair(edited[..., :common], source[..., :common])
+        # As the reference: windows start every hop; the last one may be short (the processor
+        # pads it by repetition).
+        starts = range(0, edited.shape[-1], self.hop)
         scores = [
             lpaps_distance(
                 self.clap.audio_stages(edited[:, start : start + self.window]),

@@ -52,7 +52,9 @@ class CQT1PCC(PerClipMetric):
 
 class LogMelDistance(PerClipMetric):
     """Mean absolute log-mel difference between each edited clip and its source, in nats
-    (:func:`~steer.metrics.log_mel_distance`); 0 for identical clips.
+    (:func:`~steer.metrics.log_mel_distance`); 0 for identical clips. NaN (kept in
+    :meth:`values`, left out of :meth:`compute`) for a diverged clip and, with a warning, for
+    clips shorter than one STFT window (0.064 s).
 
     Args:
         sample_rate: rate of the waveforms passed to ``update``; they are down-mixed and

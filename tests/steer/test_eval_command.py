@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -175,3 +176,84 @@ def test_edits_shorter_or_longer_than_their_source_are_named_in_a_warning(edits)
     with pytest.warns(RuntimeWarning, match=r"^1 edit\(s\) differ in duration .*: short \(0.50 s edit, 1.50 s source\)$"):
         items, _ = score_pairs(pairs, metrics, sample_rate=16000)
     assert items["short"]["log_mel"] == pytest.approx(log_mel_distance(_chirp(230, n=8000), _chirp(220)[:8000]), abs=1e-6)
+
+
+def test_a_too_short_clip_or_a_diverged_edit_gets_nan_metrics_and_the_rest_is_scored(edits, capsys):
+    """One 200-sample clip stopped `steer eval` (log-mel: "clips must hold at least 1024 samples"),
+    and so did an edit holding NaN (load_audio refuses it), with no item named and nothing written."""
+    folder, pairs = edits
+    sf.write(folder / "tiny.wav", _chirp(440, n=200), 16000, subtype="FLOAT")
+    sf.write(folder / "edits" / "tiny.wav", _chirp(450, n=200), 16000, subtype="FLOAT")
+    diverged = _chirp(440)
+    diverged[10] = np.nan
+    sf.write(folder / "edits" / "nan.wav", diverged, 16000, subtype="FLOAT")
+    rows = [{"id": "tiny", "audio": "tiny.wav", "source": "x", "target": "y", "edit_type": "genre"},
+            {"id": "nan", "audio": "a.wav", "source": "x", "target": "y", "edit_type": "timbre"}]
+    with (folder / "m.jsonl").open("a") as manifest:
+        manifest.write("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", "--manifest", str(folder / "m.jsonl"), "--edits", str(folder / "edits"), "--device", "cpu"]
+    with pytest.warns(RuntimeWarning) as caught:
+        assert main(args) == 0
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("tiny: log-mel distance is NaN: a clip of 0.013 s is too short") for m in messages)
+    assert any(m.startswith("tiny: CQT-1 PCC is NaN: a clip of 0.013 s is too short") for m in messages)
+    assert any(
+        m.startswith("nan is not scored: its edit holds NaN or infinite samples") and "its per-clip metrics are NaN" in m
+        for m in messages
+    )
+    result = json.loads((folder / "edits" / "eval.json").read_text())
+    assert result["items"]["tiny"] == result["items"]["nan"] == {"cqt1_pcc": None, "log_mel": None}
+    for name, (source, edit) in pairs.items():
+        assert result["items"][name]["log_mel"] == pytest.approx(log_mel_distance(edit, source), abs=1e-6)
+    rows = {row["edit_type"]: row for row in result["groups"]}
+    assert (rows["all"]["n"], rows["all"]["log_mel_nan"], rows["all"]["cqt1_pcc_nan"]) == (5, 2, 3)
+    assert (rows["timbre"]["log_mel_nan"], rows["genre"]["log_mel_nan"]) == (1, 1)
+    assert rows["all"]["log_mel"] == pytest.approx(np.mean([log_mel_distance(e, s) for s, e in pairs.values()]))
+
+
+def test_a_diverged_edit_is_left_out_of_the_set_metrics_and_named(edits):
+    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.metrics import FrechetAudioDistance, LogMelDistance
+
+    folder, _ = edits
+    diverged = _chirp(300)
+    diverged[5:9] = np.inf
+    sf.write(folder / "edits" / "inf.wav", diverged, 16000, subtype="FLOAT")
+    scored = [Pair(name, "t", folder / f"{name}.wav", folder / "edits" / f"{name}.wav", "y") for name in "abc"]
+    pairs = [*scored[:1], Pair("inf", "t", folder / "b.wav", folder / "edits" / "inf.wav", "y"), *scored[1:]]
+    metrics = {"log_mel": LogMelDistance(sample_rate=16000),
+               "fad": FrechetAudioDistance(sample_rate=16000, embedding=_FrameEmbedding())}
+    with pytest.warns(RuntimeWarning, match=r"^inf is not scored: .* left out of the set-level metrics \(fad\)"):
+        items, sets = score_pairs(pairs, metrics, sample_rate=16000)
+    assert list(items) == ["a", "inf", "b", "c"] and math.isnan(items["inf"]["log_mel"])
+    expected_items, expected_sets = score_pairs(scored, metrics, sample_rate=16000)
+    assert {k: v for k, v in items.items() if k != "inf"} == expected_items
+    assert sets[ALL]["fad"] == expected_sets[ALL]["fad"] and math.isfinite(sets[ALL]["fad"])
+
+
+def test_a_run_summary_shows_the_set_metrics_it_computes(tmp_path):
+    """write_run_summary(out, items, [], counts, set_metrics={"fad": ...}) computed FAD and left it
+    out: the metric names came from the records only."""
+    from steer.evaluate import write_run_summary
+    from steer.manifest import EditItem
+    from steer.metrics import FrechetAudioDistance
+    from steer.runner import ItemRecord, RunCounts, write_json
+
+    (tmp_path / "records").mkdir()
+    items, rng = [], np.random.default_rng(1)
+    for i in range(4):
+        sf.write(tmp_path / f"src{i}.wav", (0.3 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        sf.write(tmp_path / f"x{i}.wav", (0.2 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        items.append(EditItem(f"x{i}", tmp_path / f"src{i}.wav", "s", "t", None, "k"))
+        record = ItemRecord(
+            id=f"x{i}", status="done", attempt=1, rank=0, audio=str(tmp_path / f"src{i}.wav"),
+            edit=str(tmp_path / f"x{i}.wav"), source="s", target="t", concept=None, edit_type="k",
+            recipe="steermusic", started_at="now", metrics={"log_mel": 0.5 + i},
+        )
+        write_json(tmp_path / "records" / f"x{i}.json", asdict(record))
+    fad = FrechetAudioDistance(sample_rate=16000, embedding=_FrameEmbedding())
+    summary = write_run_summary(tmp_path, items, [], RunCounts(4, 0, 0), set_metrics={"fad": fad})
+    assert summary["metrics"] == ["log_mel", "fad"]
+    everything = summary["groups"][-1]
+    assert everything["log_mel"] == 2.0 and math.isfinite(everything["fad"]) and everything["fad"] > 0
+    assert "| log_mel | log_mel NaN | fad | fad NaN |" in (tmp_path / "summary.md").read_text()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 from steer.cli import main
+from steer.metrics import cqt_top1
+from steer.plot import plot_comparison
 
 
 def test_plot_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys):
@@ -22,3 +26,50 @@ def test_plot_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys):
     assert picture.read_bytes() == b"keep me" and "pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite", "--title", "piano to violin"]) == 0
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _tone(f0: float, n: int = 16000, rate: int = 16000) -> np.ndarray:
+    return (0.3 * np.sin(2 * np.pi * f0 * np.arange(n) / rate)).astype(np.float32)
+
+
+def _melody_inputs(monkeypatch) -> list[torch.Tensor]:
+    """The waveforms steer.plot draws the melody lines of, as it passes them to cqt_top1."""
+    import steer.plot
+
+    seen = []
+
+    def spy(waveform, **kwargs):
+        seen.append(waveform.clone())
+        return cqt_top1(waveform, **kwargs)
+
+    monkeypatch.setattr(steer.plot, "cqt_top1", spy)
+    return seen
+
+
+def test_a_stereo_clip_is_drawn_as_its_mono_mix(tmp_path, monkeypatch):
+    """A (channels, samples) clip was read as a batch of mono clips: only its left channel was
+    drawn (a clip with a silent left channel had a flat melody line at bin 0)."""
+    seen = _melody_inputs(monkeypatch)
+    stereo = torch.from_numpy(np.stack([np.zeros(16000, np.float32), _tone(440)]))
+    plot_comparison({"stereo": stereo, "right": stereo[1]}, 16000, tmp_path / "cmp.png")
+    torch.testing.assert_close(seen[0], stereo.mean(0))
+    assert cqt_top1(seen[0]).min() > 0  # the left channel alone is silence: bin 0 throughout
+
+    sf.write(tmp_path / "src.wav", stereo.numpy().T, 16000)  # what `steer plot` reads
+    sf.write(tmp_path / "edit.wav", _tone(330), 16000)
+    seen.clear()
+    assert main(["plot", str(tmp_path / "src.wav"), str(tmp_path / "edit.wav"), "-o", str(tmp_path / "cli.png")]) == 0
+    torch.testing.assert_close(seen[0], stereo.mean(0), atol=1e-4, rtol=0)  # 16-bit file
+
+
+@pytest.mark.parametrize(
+    "clips, message",
+    [
+        ({}, "no clips to plot: pass a mapping of title to waveform"),
+        ({"a": torch.zeros(2, 2, 16000)}, r"clip 'a' must be \(samples,\) or \(channels, samples\), got shape \(2, 2, 16000\)"),
+    ],
+)
+def test_plot_comparison_refuses_what_it_cannot_draw(tmp_path, clips, message):
+    with pytest.raises(ValueError, match=message):
+        plot_comparison(clips, 16000, tmp_path / "cmp.png")
+    assert not (tmp_path / "cmp.png").exists()

@@ -5,13 +5,22 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 import torchaudio.functional as AF
-from transformers import ClapModel, ClapProcessor
+from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
 
 from backbones.tiny.audioldm2 import _clap, _clap_feature_extractor, _roberta_tokenizer
-from steer.metrics import LPAPS, ClapEncoder, CLAPScore, build_metrics, lpaps_distance
+from steer.metrics import (
+    LPAPS,
+    ClapAudioEmbedding,
+    ClapEncoder,
+    CLAPScore,
+    FrechetAudioDistance,
+    build_metrics,
+    lpaps_distance,
+)
 
 SR = 16000
 
@@ -30,6 +39,24 @@ def clap_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def clap(clap_path) -> ClapEncoder:
     return ClapEncoder.from_pretrained(clap_path)
+
+
+@pytest.fixture(scope="module", params=["rand_trunc", "fusion"])
+def one_second_clap(request) -> ClapEncoder:
+    """A tiny random CLAP whose feature extractor reads 1 s (LAION's: 10 s), so that clips longer
+    than that, which it crops at random (``rand_trunc``) or cuts into random chunks (``fusion``,
+    with a fusion audio tower), are cheap to score."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = _clap().config
+        audio_config = config.audio_config.to_dict() | {"enable_fusion": request.param == "fusion"}
+        model = ClapModel(ClapConfig(
+            text_config=config.text_config.to_dict(), audio_config=audio_config, projection_dim=config.projection_dim
+        ))
+    extractor = ClapFeatureExtractor(
+        feature_size=64, sampling_rate=48000, hop_length=790, max_length_s=1, truncation=request.param
+    )
+    return ClapEncoder(model=model, processor=ClapProcessor(feature_extractor=extractor, tokenizer=_roberta_tokenizer()))
 
 
 def tones(*freqs: float, seconds: float = 1.0) -> torch.Tensor:
@@ -136,3 +163,59 @@ def test_build_metrics_shares_one_clap_model(clap_path):
 def test_a_folder_without_clap_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot load a CLAP model"):
         build_metrics(["clap"], sample_rate=SR, clap_model=str(tmp_path))
+
+
+def _long_clips(n: int, seconds: float = 1.6) -> torch.Tensor:
+    """``(n, samples)`` noise bursts that change over time, so that every crop embeds differently."""
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randn(n, round(seconds * SR), generator=generator)
+    envelope = torch.linspace(0, 1, noise.shape[-1]) ** torch.arange(1, n + 1)[:, None]
+    return 0.3 * noise * envelope
+
+
+def test_clips_longer_than_clap_reads_score_alike_whatever_the_rng_and_the_batch(one_second_clap):
+    """Clips over the extractor's max_length_s were cropped (rand_trunc) or chunked (fusion) at
+    positions drawn from numpy's global RNG: scores changed from call to call and with the batch."""
+    clips, prompts = _long_clips(3), PROMPTS
+    metric = CLAPScore(sample_rate=SR, model=one_second_clap)
+    np.random.seed(0)
+    metric.update(clips, clips, target_prompts=prompts)
+    np.random.seed(1)
+    for i in (2, 1, 0):  # alone, in another order, from another RNG state
+        metric.update(clips[i : i + 1], clips[i : i + 1], target_prompts=prompts[i : i + 1])
+    values = metric.values()
+    torch.testing.assert_close(values[:3], values[3:].flip(0), rtol=0, atol=1e-6)
+    assert len(set(values[:3].tolist())) == 3
+
+    twice = CLAPScore(sample_rate=SR, model=one_second_clap)
+    twice.update(clips[[0, 0]], clips[[0, 0]], target_prompts=prompts[:2])
+    assert twice.values()[0].item() == pytest.approx(values[0].item(), abs=1e-6)
+
+    state = np.random.get_state()
+    expected = np.random.random_sample()
+    np.random.set_state(state)
+    metric.update(clips, clips, target_prompts=prompts)
+    assert np.random.random_sample() == expected  # numpy's global RNG is left as it was
+
+
+def test_fad_of_identical_sets_of_long_clips_is_zero(one_second_clap):
+    fad = FrechetAudioDistance(sample_rate=SR, embedding=ClapAudioEmbedding(one_second_clap))
+    clips = _long_clips(4)
+    fad.update(clips, clips.clone())
+    assert fad.compute().item() == pytest.approx(0.0, abs=1e-6)  # was 0.006 (rand_trunc), 0.05 (fusion)
+
+
+@pytest.mark.parametrize("cut", [1, 160, 800, 4000])
+def test_lpaps_compares_clips_of_different_lengths_over_their_common_start(clap, cut):
+    """Each clip was windowed on its own and its last window padded by repetition, so a copy
+    trimmed by 160 samples scored 0.047 instead of 0 (0.48 for 800)."""
+    metric = LPAPS(sample_rate=SR, model=clap, window_seconds=0.5, overlap=0.1)
+    clip = tones(220, 470, seconds=1.2) + 0.02 * torch.randn(2, round(1.2 * SR), generator=torch.Generator().manual_seed(4))
+    metric.update(clip[:, :-cut], clip)
+    metric.update(clip, clip[:, :-cut])
+    assert metric.values().tolist() == [0.0] * 4
+    metric.update(clip[:, :-cut], clip[:, 1:])  # the common start of two different clips
+    by_hand = LPAPS(sample_rate=SR, model=clap, window_seconds=0.5, overlap=0.1)
+    by_hand.update(clip[:, :-cut], clip[:, 1 : clip.shape[-1] - cut + 1])
+    torch.testing.assert_close(metric.values()[4:], by_hand.values(), rtol=1e-12, atol=0)
+    assert (by_hand.values() > 0).all()

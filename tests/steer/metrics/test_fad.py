@@ -123,3 +123,38 @@ def test_bad_inputs_are_refused():
         FrechetAudioDistance(sample_rate=SR, embedding=lambda x: x)
     with pytest.raises(ValueError, match="D"):
         frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(3))
+
+
+def test_identical_statistics_give_zero_not_a_hair_below():
+    """sqrtm's round-off made a set against itself −1e-14 (−8e-12 with CLAP), printed "-0.0000"."""
+    a = np.random.default_rng(1).standard_normal((30, 8))
+    mean, cov = a.mean(axis=0), np.cov(a, rowvar=False)
+    assert frechet_distance(mean, cov, mean, cov) == 0.0
+    assert fad_of(a, a) >= 0.0
+
+
+def test_non_finite_embeddings_give_nan_with_a_warning_naming_them():
+    """A diverged (NaN) clip made compute() fail inside scipy's sqrtm (LinAlgError -102), while
+    frechet_distance of NaN statistics silently gave NaN."""
+    a, b = np.random.default_rng(10).standard_normal((2, 10, 3))
+    a[2, 1], a[7, 0], b[4, 2] = np.nan, np.inf, -np.inf
+    with pytest.warns(RuntimeWarning, match=r"^FAD is NaN: 2 of 10 edited and 1 of 10 source embedding rows are not finite"):
+        assert np.isnan(fad_of(a, b))
+    with pytest.warns(RuntimeWarning, match=r"^the Fréchet distance is NaN: .*mean_a, cov_b.* not finite"):
+        assert np.isnan(frechet_distance(np.array([0.0, np.nan]), np.eye(2), np.zeros(2), np.full((2, 2), np.nan)))
+
+
+def test_forward_returns_each_batch_fad_and_nan_for_a_batch_without_a_covariance():
+    """torchmetrics' forward computes the metric of the batch alone: a batch of one clip raised
+    TooFewRows, and the clips accumulated before it were lost."""
+    a, b = np.random.default_rng(11).standard_normal((2, 9, 3))
+    metric = FrechetAudioDistance(sample_rate=SR, embedding=Passthrough())
+    first = metric(torch.from_numpy(a[:4]), torch.from_numpy(b[:4]))
+    assert first.item() == pytest.approx(fad_of(a[:4], b[:4]), rel=1e-12)
+    singles = [metric(torch.from_numpy(a[i : i + 1]), torch.from_numpy(b[i : i + 1])) for i in range(4, 9)]
+    assert all(torch.isnan(value) for value in singles)
+    assert metric.compute().item() == pytest.approx(fad_of(a, b), rel=1e-12)
+    metric.reset()
+    with pytest.raises(ValueError, match="at least 2 embedding rows per set, got 1"):
+        metric.update(torch.from_numpy(a[:1]), torch.from_numpy(b[:1]))
+        metric.compute()

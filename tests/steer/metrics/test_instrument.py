@@ -175,8 +175,8 @@ def test_log_mel_distance_batches_and_cuts_to_the_shorter(chorales):
         log_mel_distance(a, np.stack([a, b]))
     with pytest.raises(ValueError, match="estimate"):
         log_mel_distance(a[None, None], a)
-    with pytest.raises(ValueError, match="at least"):
-        log_mel_distance(a[:500], a)
+    with pytest.warns(RuntimeWarning, match="at least 0.064 s"):  # NaN, as CQT-1 PCC's of a too-short clip
+        assert np.isnan(log_mel_distance(a[:500], a))
 
 
 def test_distance_to_the_target_falls_as_a_clip_moves_towards_it(chorales):

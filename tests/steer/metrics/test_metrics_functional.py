@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import cqt1_pcc, cqt1_pcc_batch, cqt_top1
+from steer.metrics import LogMelDistance, cqt1_pcc, cqt1_pcc_batch, cqt_top1, log_mel_distance
 from steer.metrics.functional import _cqt, _pearson
 
 SR = 16000
@@ -139,3 +139,20 @@ def test_a_clip_too_short_for_the_cqt_is_refused_and_its_pcc_is_nan():
     with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN"):
         pcc = cqt1_pcc_batch(np.stack([short, short]), np.stack([short, short]))
     assert pcc.shape == (2,) and pcc.isnan().all()
+
+
+def test_clips_too_short_for_the_log_mel_distance_give_nan_with_a_warning():
+    """Under one STFT window the log-mel distance raised ("clips must hold at least 1024
+    samples"), and one such clip stopped a whole `steer eval`."""
+    x = tones([69], seconds_each=1.0)
+    assert math.isfinite(log_mel_distance(x[:1024], x[:1024]))
+    with pytest.warns(RuntimeWarning, match=r"^log-mel distance is NaN: a clip of 0\.064 s is too short .* at least 0\.064 s$"):
+        assert math.isnan(log_mel_distance(x[:1023], x))
+    with pytest.warns(RuntimeWarning, match=r"a clip of 0\.013 s is too short"):
+        batch = log_mel_distance(np.stack([x[:200]] * 2), np.stack([x[:200]] * 2))
+    assert batch.shape == (2,) and batch.isnan().all()
+    metric = LogMelDistance(sample_rate=SR)
+    with pytest.warns(RuntimeWarning, match="log-mel distance is NaN"):
+        metric.update(torch.from_numpy(x[None, :500]), torch.from_numpy(x[None]))
+    metric.update(torch.from_numpy(x[None]), torch.from_numpy(x[None]))
+    assert metric.values()[0].isnan() and metric.values()[1] == 0.0
