@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def save_audio(
     """Write ``(samples,)`` or ``(channels, samples)`` as 16-bit PCM (or a soundfile format by suffix).
 
     The file is written to a temporary name and renamed, so an interrupted write never leaves a
-    half file under ``path``. With ``overwrite=False`` an existing file is an error.
+    half file under ``path``. With ``overwrite=False`` an existing file is an error. Samples
+    beyond ±1 are clipped to it, with a ``RuntimeWarning`` counting them (scale the waveform
+    first to keep them).
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -127,6 +130,14 @@ def save_audio(
     bad = int((~data.isfinite()).sum())
     if bad:
         raise ValueError(f"{bad} samples are NaN or infinite (a diverged edit?): nothing written to {path}")
+    loud = int((data.abs() > 1).sum())
+    if loud:
+        warnings.warn(
+            f"{path.name}: {loud} of {data.numel()} samples ({100 * loud / data.numel():.2g} %) lie beyond ±1 "
+            f"(peak {data.abs().max():.3g}) and are clipped: scale the waveform first to keep them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     data = data.clamp(-1, 1).numpy().T
     tmp = path.with_name(f".{path.name}.partial")
     try:

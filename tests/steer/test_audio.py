@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -75,3 +77,15 @@ def test_a_float_file_holding_nan_is_refused_by_name(tmp_path):
     sf.write(tmp_path / "nan.wav", data, 8000, subtype="FLOAT")
     with pytest.raises(ValueError, match=r"nan\.wav: the audio holds NaN"):
         load_audio(tmp_path / "nan.wav")
+
+
+def test_samples_beyond_full_scale_are_clipped_with_a_warning_counting_them(tmp_path):
+    """The baselines' edits on the mel backbone peak at 3 to 9: they were clipped without a word."""
+    waveform = torch.tensor([[0.5, 2.0, -3.0, 0.25]])
+    with pytest.warns(RuntimeWarning, match=r"loud.wav: 2 of 4 samples \(50 %\) lie beyond ±1 \(peak 3\) and are clipped"):
+        save_audio(tmp_path / "loud.wav", waveform, 16000)
+    written, _ = sf.read(tmp_path / "loud.wav", dtype="float32")
+    np.testing.assert_allclose(written, [0.5, 1.0, -1.0, 0.25], atol=1 / 32768)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_audio(tmp_path / "full.wav", torch.tensor([[1.0, -1.0, 0.5]]), 16000)  # full scale is no clipping
