@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +30,9 @@ from .concepts.cli import add_personalize_parser, run_personalize
 from .editor import check_seed
 from .performance import PRESETS, compile_backends
 from .runner import BASELINES, RECIPES, build_editor
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -368,13 +372,30 @@ def _metric_names(text: str) -> list[str]:
     return names
 
 
+def _check_run_summary(out: Path, overwrite: bool) -> None:
+    """Refuse a ``--out`` holding a summary file that ``steer run`` did not write, unless ``overwrite``."""
+    from .evaluate import RUN_SUMMARY_FILES, is_run_summary
+
+    for name in RUN_SUMMARY_FILES:
+        path = out / name
+        if path.exists() and not overwrite and not is_run_summary(path):
+            raise UsageError(
+                f"{path} exists and was not written by steer run, which writes its summary there: "
+                "pass --overwrite to replace it, or another --out"
+            )
+
+
 def _run(args: argparse.Namespace) -> int:
     """Edit a manifest's items; under ``accelerate launch`` each process takes every n-th item.
-    Returns the exit status: 1 when any item failed (the summary written all the same), else 0.
+    Returns the exit status: 2 when the run is refused, 1 when any item failed (the summary
+    written all the same), else 0.
 
-    The summary is written by the main process from the records on disk once every process is
-    done: the records already are the run's state (a rerun resumes from them), they cover items
-    finished by earlier runs too, and reading them needs no collective beyond a barrier.
+    Under a launcher every process checks the input and the folder (every item's record, not
+    only its own) before any edit, and when any one refuses all do, with status 2, the main
+    process saying why. The summary is written by the main process from the records on disk
+    once every process is done: the records already are the run's state (a rerun resumes from
+    them), they cover items finished by earlier runs too, and reading them needs no collective
+    beyond a barrier.
     """
     from accelerate import PartialState
     from accelerate.utils import gather_object, parse_flag_from_env
@@ -383,21 +404,28 @@ def _run(args: argparse.Namespace) -> int:
     from .manifest import read_edit_manifest
     from .runner import ManifestRunner, RunCounts, check_batch_size, check_concepts
 
-    items = read_edit_manifest(args.manifest)
-    names = _metric_names(args.metrics)
-    settings = _edit_settings(args, args.recipe)
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
-    check_concepts(items, args.recipe, args.concept)
-    try:
-        check_batch_size(args.batch_size, args.recipe)
-    except ValueError as error:
-        raise UsageError(f"--batch-size: {error}") from error
     # Without cpu=True, processes started by torchrun on a machine without CUDA would each
     # believe they are alone (accelerate only sets up gloo for CPUs when asked to).
     cpu = args.device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
-    device = state.device if args.device == "auto" else device_option(args.device)
+    refusal = None
+    try:
+        items = read_edit_manifest(args.manifest)
+        names = _metric_names(args.metrics)
+        settings = _edit_settings(args, args.recipe)
+        device = state.device if args.device == "auto" else device_option(args.device)
+        if args.out.exists() and not args.out.is_dir():
+            raise UsageError(f"--out {args.out} exists and is not a folder")
+        _check_run_summary(args.out, args.overwrite)
+        check_concepts(items, args.recipe, args.concept)
+        try:
+            check_batch_size(args.batch_size, args.recipe)
+        except ValueError as error:
+            raise UsageError(f"--batch-size: {error}") from error
+    except ValueError as error:
+        refusal = str(error)
+    if _refused(state, refusal):
+        return 2
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
     metrics = {}
     if names:
@@ -419,6 +447,12 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
     )
+    try:
+        runner.check_settings()
+    except ValueError as error:
+        refusal = str(error)
+    if _refused(state, refusal):
+        return 2
     counts = runner.run()
     state.wait_for_everyone()
     everyone = gather_object([counts])
@@ -432,11 +466,31 @@ def _run(args: argparse.Namespace) -> int:
             f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
             f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
         )
-    # leave together and take the process group down, as accelerate's own end_training() does:
-    # a process exiting while another still holds its gloo connections can abort that one
+    _leave(state)
+    return 1 if sum(c.failed for c in everyone) else 0
+
+
+def _refused(state: PartialState, refusal: str | None) -> bool:
+    """Whether any process refused the run (``refusal``: this one's reason, or ``None``). If so
+    the main process prints the first reason, by rank, as :func:`main` prints an error, before
+    all leave together: a process that left first could have the launcher end the main one
+    before it said why."""
+    from accelerate.utils import gather_object
+
+    refusals = [r for r in gather_object([refusal]) if r is not None]
+    if not refusals:
+        return False
+    if state.is_main_process:
+        print(f"steer: error: {refusals[0]}", file=sys.stderr, flush=True)
+    _leave(state)
+    return True
+
+
+def _leave(state: PartialState) -> None:
+    """Leave together and take the process group down, as accelerate's own end_training() does:
+    a process exiting while another still holds its gloo connections can abort that one."""
     state.wait_for_everyone()
     state.destroy_process_group()
-    return 1 if sum(c.failed for c in everyone) else 0
 
 
 def _eval(args: argparse.Namespace) -> None:

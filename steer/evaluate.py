@@ -12,6 +12,7 @@ computed once per group.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import warnings
@@ -320,6 +321,26 @@ def evaluate(
     }
 
 
+#: The files :func:`write_run_summary` writes into a run folder.
+RUN_SUMMARY_FILES = ("summary.json", "summary.md")
+_SUMMARY_HEADING = "# steer run summary"
+_SUMMARY_KEYS = {"this_run", "items", "done", "groups"}
+
+
+def is_run_summary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a summary :func:`write_run_summary` wrote (``summary.json``: an
+    object with its keys; ``summary.md``: starting with its heading), so a run may replace it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".md":
+            return text.startswith(_SUMMARY_HEADING + "\n")
+        data = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and _SUMMARY_KEYS <= data.keys()
+
+
 def write_run_summary(
     out: str | os.PathLike,
     items: Sequence[EditItem],
@@ -360,11 +381,11 @@ def write_run_summary(
         "metrics": list(names),
         "groups": rows,
     }
-    write_json(out / "summary.json", summary)
+    write_json(out / RUN_SUMMARY_FILES[0], summary)
     text = (
-        f"# steer run summary\n\n{summary['done']} of {summary['items']} items done, "
+        f"{_SUMMARY_HEADING}\n\n{summary['done']} of {summary['items']} items done, "
         f"{summary['failed']} failed, {summary['not_finished']} not finished.\n\n"
     )
     text += markdown_table(rows, names)
-    atomic_write_text(out / "summary.md", text)
+    atomic_write_text(out / RUN_SUMMARY_FILES[1], text)
     return summary

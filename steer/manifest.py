@@ -99,8 +99,18 @@ def _check_unique(items: Sequence[EditItem], where: Sequence[str]) -> None:
         seen[item.id] = place
 
 
+#: what a manifest line must be, said with every error about a line's format
+_JSON_LINES = "a manifest is JSON Lines, one JSON object per line"
+
+
+def _shown(line: str, limit: int = 60) -> str:
+    """The start of a line, quoted, for an error message."""
+    return repr(line if len(line) <= limit else line[:limit] + "...")
+
+
 def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
-    """The items of a JSON Lines manifest, or of ZoME-Bench's metadata (a folder or its file).
+    """The items of a JSON Lines manifest (UTF-8, a byte order mark allowed), or of ZoME-Bench's
+    metadata (a folder or its file).
 
     Every line is checked before anything runs: errors name the line and the field.
     """
@@ -109,15 +119,32 @@ def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
         return read_zome_bench(path)
     if not path.is_file():
         raise ValueError(f"manifest not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text: {_JSON_LINES}") from None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        raise ValueError(
+            f"{path} holds a JSON array, not JSON Lines: {_JSON_LINES}; write each element of the "
+            "array on its own line"
+        )
     items, places = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not JSON ({error.msg})") from None
+            raise ValueError(f"{where}: not JSON ({error.msg}): {_JSON_LINES}; got {_shown(line)}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{where}: expected a JSON object, got {type(raw).__name__}: {_JSON_LINES}; got {_shown(line)}"
+            )
         items.append(_item(raw, where, path.parent))
         places.append(where)
     if not items:

@@ -4,7 +4,8 @@ sharded over processes.
 :class:`ManifestRunner` writes ``OUT/<id>.wav`` and ``OUT/records/<id>.json`` per item, both
 atomically. Before editing, an item's record says ``"running"`` with its attempt number, so a
 killed run leaves evidence of what it was doing and a rerun counts the attempt; a rerun skips
-items whose record says ``"done"`` and whose wav exists and redoes the rest. Under
+items whose record says ``"done"`` and whose wav exists and redoes the rest. A wav is written
+over only when it is the run's own (:attr:`ItemRecord.owns_wav`) or with ``overwrite``. Under
 ``accelerate launch`` item ``i`` belongs to process ``i % num_processes``.
 """
 
@@ -15,6 +16,7 @@ import inspect
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -126,6 +128,13 @@ class ItemRecord:
         settings: what made the edit (recipe settings, seed, backbone and its weights' dtype, the
             concept's content, a baseline's name): a rerun refuses to mix edits made with other
             settings into one folder.
+        owns_wav: whether the wav at ``edit`` is the run's own, to write over: true when done;
+            while running, true when the wav was absent or the run's own as the attempt began
+            (the check comes before the record is written), so a wav beside a killed attempt's
+            record is the edit it wrote, never a file that was there before; when failed, true
+            when the run's own wav is still there. A wav beside a record that does not own it,
+            or beside none, is not the run's: it is kept unless ``overwrite``. (Records older
+            than this field own the wav when done.)
     """
 
     id: str
@@ -148,6 +157,7 @@ class ItemRecord:
     metrics: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    owns_wav: bool = False
 
 
 def read_record(path: str | os.PathLike) -> ItemRecord | None:
@@ -315,11 +325,15 @@ class ManifestRunner:
         return editor
 
     def _clean(self, item: EditItem) -> None:
-        """Remove the temporary files an interrupted write of this item left behind."""
+        """Remove the temporary files an interrupted write of this item left behind: exactly the
+        names steer's writers use (``.<name>.<pid>.tmp``, ``.<name>.partial``), never another
+        file that starts like them."""
         for path in (self.wav_path(item), self.record_path(item)):
             if path.parent.is_dir():
+                ours = re.compile(rf"\.{re.escape(path.name)}\.(\d+\.tmp|partial)")
                 for stale in path.parent.glob(f".{path.name}.*"):
-                    stale.unlink(missing_ok=True)
+                    if ours.fullmatch(stale.name):
+                        stale.unlink(missing_ok=True)
 
     def _scores(self, edited: torch.Tensor, source: torch.Tensor, target: str) -> dict[str, float | None]:
         """Per-clip metric values of one edit ``(samples,)`` against its source ``(samples',)``."""
@@ -353,15 +367,14 @@ class ManifestRunner:
                 del groups[key]  # full: the next item of this key starts a new batch
         return batches
 
-    def _output_problem(self, item: EditItem, previous: ItemRecord | None) -> str | None:
+    def _output_problem(self, item: EditItem, owns_wav: bool) -> str | None:
         """Why the item's wav must not be written, or ``None``: it is the item's own source
-        clip, or a file this run did not write (no record of a finished or started edit of it)
-        and ``overwrite`` is off."""
+        clip, or a file that is not the run's own (see :attr:`ItemRecord.owns_wav`) and
+        ``overwrite`` is off."""
         wav = self.wav_path(item)
         if wav.resolve() == item.audio.resolve():
             return f"{wav} is the item's own source audio: pass another --out"
-        ours = previous is not None and previous.status in ("done", "running")
-        if wav.exists() and not ours and not self.overwrite:
+        if not owns_wav and not self.overwrite:
             return f"{wav} exists and was not written by steer run: pass --overwrite to replace it, or another --out"
         return None
 
@@ -369,14 +382,13 @@ class ManifestRunner:
         """Edit items of one concept and one audio shape in one call, and write each one's wav
         and record (``"failed"`` with the error for an item whose wav must not be written (see
         :meth:`_output_problem`), whose audio cannot be read or written, and for all of them
-        when the edit fails)."""
-        records = []
-        for item in items:
-            previous = read_record(self.record_path(item))
-            records.append(self._start(item, previous))
-            problem = self._output_problem(item, previous)
-            if problem is not None:
-                _fail(records[-1], FileExistsError(problem))
+        when the edit fails). Every item's output is checked before any record says
+        ``"running"``."""
+        records = [self._start(item) for item in items]
+        for item, record in zip(items, records):
+            self._clean(item)
+            if record.status == "running":
+                write_json(self.record_path(item), asdict(record))
         start = time.perf_counter()
         audios: dict[str, Audio] = {}
         for item, record in zip(items, records):
@@ -398,14 +410,17 @@ class ManifestRunner:
         seconds = round((time.perf_counter() - start) / len(items), 3)
         for item, record in zip(items, records):
             record.seconds, record.finished_at = seconds, _now()
+            # a failed attempt leaves the run's own wav (an earlier edit) as it found it, or none
+            record.owns_wav = record.owns_wav and self.wav_path(item).exists()
             write_json(self.record_path(item), asdict(record))
         return records
 
-    def _start(self, item: EditItem, previous: ItemRecord | None) -> ItemRecord:
-        """Clear what an interrupted write of the item left, and record it as running (its
-        paths absolute, so that the record holds from any folder)."""
-        self._clean(item)
+    def _start(self, item: EditItem) -> ItemRecord:
+        """The item's record as it starts: ``"running"`` (its paths absolute, so that the record
+        holds from any folder), or ``"failed"`` when its wav must not be written."""
+        previous = read_record(self.record_path(item))
         concept = item.concept or self.default_concept
+        owned = previous is not None and (previous.status == "done" or previous.owns_wav)
         record = ItemRecord(
             id=item.id,
             status="running",
@@ -420,8 +435,11 @@ class ManifestRunner:
             edit_type=item.edit_type,
             recipe=self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic",
             started_at=_now(),
+            owns_wav=owned or not self.wav_path(item).exists(),
         )
-        write_json(self.record_path(item), asdict(record))
+        problem = self._output_problem(item, record.owns_wav)
+        if problem is not None:
+            _fail(record, FileExistsError(problem))
         return record
 
     def _edit_batch(self, edited: Sequence[tuple[EditItem, ItemRecord]], audios: Sequence[Audio]) -> None:
@@ -454,6 +472,7 @@ class ManifestRunner:
                     source = torchaudio.functional.resample(audio.waveform.mean(0), audio.sample_rate, SCORING_RATE)
                     record.metrics = self._scores(saved, source, item.target)
                 record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
+                record.owns_wav = True
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
                 _fail(record, error)
                 if saved_wav:  # a failed item leaves no wav: a rerun would take it for a foreign file
@@ -462,7 +481,7 @@ class ManifestRunner:
     def run(self) -> RunCounts:
         """Edit this process's pending items; returns what was done."""
         (self.out / "records").mkdir(parents=True, exist_ok=True)
-        self._check_settings()
+        self.check_settings()
         counts = RunCounts()
         try:
             pending = []
@@ -482,11 +501,13 @@ class ManifestRunner:
             self.close()
         return counts
 
-    def _check_settings(self) -> None:
-        """Refuse to resume into a folder whose finished edits were made with other settings."""
+    def check_settings(self) -> None:
+        """Raise ``ValueError`` when the folder holds finished edits made with other settings:
+        resuming would mix them. Every item is looked at, not only this process's share, so that
+        every process of a launch comes to the same answer (and refuses before any edit)."""
         if self.overwrite:
             return
-        for item in self.share():
+        for item in self.items:
             record = read_record(self.record_path(item))
             if record is not None and record.status == "done" and not self._same_settings(record.settings, item):
                 raise ValueError(

@@ -73,6 +73,38 @@ def test_manifest_errors_name_the_line_and_the_field(tmp_path, line, message):
     assert str(error.value).startswith(f"{path}:4: ") and message in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("m.csv", "id,audio,source,target\na,a.wav,x,y\n",
+         ("m.csv:1: not JSON (Expecting value): a manifest is JSON Lines, one JSON object per line; "
+          "got 'id,audio,source,target'")),
+        ("list.json", json.dumps([GOOD]) + "\n",
+         ("list.json holds a JSON array, not JSON Lines: a manifest is JSON Lines, one JSON object per "
+          "line; write each element of the array on its own line")),
+        ("list.json", json.dumps([GOOD], indent=2) + "\n",
+         "list.json holds a JSON array, not JSON Lines"),
+        ("m.jsonl", json.dumps(GOOD) + "\n[1, 2]\n",
+         ("m.jsonl:2: expected a JSON object, got list: a manifest is JSON Lines, one JSON object per line; "
+          "got '[1, 2]'")),
+    ],
+)
+def test_a_manifest_in_another_format_is_refused_saying_it_must_be_json_lines(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError) as error:
+        read_edit_manifest(tmp_path / name)
+    assert str(error.value).startswith(f"{tmp_path}/") and message in str(error.value)
+
+
+def test_a_manifest_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": "b"}) + "\n").encode())
+    assert [item.id for item in read_edit_manifest(path)] == ["a", "b"]
+    path.write_bytes((json.dumps(GOOD) + "\n").encode("utf-16"))
+    with pytest.raises(ValueError, match="m.jsonl is not UTF-8 text: a manifest is JSON Lines"):
+        read_edit_manifest(path)
+
+
 def test_manifest_paths_are_relative_to_its_folder(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "id": "b", "audio": "/abs/b.wav", "concept": "c"}) + "\n")
@@ -520,3 +552,158 @@ def test_a_manifest_concept_beside_it_is_found_from_any_folder(tmp_path, monkeyp
                     + json.dumps({**GOOD, "id": "b", "concept": "me/guitar"}) + "\n")
     monkeypatch.chdir(tmp_path)
     assert [item.concept for item in read_edit_manifest("m/manifest.jsonl")] == ["m/concepts/guitar", "me/guitar"]
+
+
+def test_a_killed_batch_never_takes_a_wav_that_was_there_before_for_its_own(tmp_path, monkeypatch):
+    """A batch whose first item's wav is the user's, killed mid-edit: the rerun wrote over the wav
+    (its "running" record, written before the check, passed for proof that the run wrote it). Now
+    the item fails on every run and the file is kept."""
+    items = read_edit_manifest(_manifest(tmp_path, 2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c0.wav").write_bytes(b"the user's own c0")
+
+    def runner() -> ManifestRunner:
+        return ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 1},
+                              batch_size=2)
+
+    def killed(*_):  # what a kill during the edit leaves: nothing after it is written
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ManifestRunner, "_edit_batch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            runner().run()
+    assert not (out / "records" / "c0.json").exists()  # checked before any record said running
+    started = read_record(out / "records" / "c1.json")
+    assert (started.status, started.owns_wav) == ("running", True)  # no wav when it began
+    for attempt in (1, 2):
+        counts = runner().run()
+        assert (counts.done, counts.skipped, counts.failed) == (2 - attempt, attempt - 1, 1)
+        record = read_record(out / "records" / "c0.json")
+        assert (record.status, record.attempt, record.owns_wav) == ("failed", attempt, False)
+        assert "c0.wav exists and was not written by steer run: pass --overwrite" in record.error
+        assert (out / "c0.wav").read_bytes() == b"the user's own c0"
+    done = read_record(out / "records" / "c1.json")
+    assert (done.status, done.attempt, done.owns_wav) == ("done", 2, True)
+
+
+def test_a_running_record_owns_only_a_wav_that_was_absent_or_the_runs_own_when_it_began(tmp_path, monkeypatch):
+    """Killed after ``overwrite`` replaced a user's wav (or before), the record cannot say whose
+    the wav is: a rerun without ``overwrite`` refuses it. A failed attempt keeps the run's own
+    earlier edit its own."""
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c0.wav").write_bytes(b"the user's own c0")
+    backbone = load_backbone(str(SWAP_BACKBONE))
+
+    def run(overwrite: bool = False) -> tuple[int, int, int]:
+        counts = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, overwrite=overwrite).run()
+        return counts.done, counts.skipped, counts.failed
+
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    def failing(*_):
+        raise RuntimeError("the edit failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ManifestRunner, "_edit_batch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(overwrite=True)
+    assert read_record(out / "records" / "c0.json").owns_wav is False
+    assert run() == (0, 0, 1) and (out / "c0.wav").read_bytes() == b"the user's own c0"
+    assert run(overwrite=True) == (1, 0, 0)
+    edit = (out / "c0.wav").read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(ManifestRunner, "_edit_batch", failing)
+        assert run(overwrite=True) == (0, 0, 1)  # a failed attempt: the edit stays, the run's own
+    record = read_record(out / "records" / "c0.json")
+    assert (record.status, record.owns_wav) == ("failed", True) and (out / "c0.wav").read_bytes() == edit
+    assert run() == (1, 0, 0)
+
+
+def test_every_process_refuses_other_settings_in_items_of_another_process(tmp_path):
+    """Process 0 of 2 refuses a folder where item c1 (process 1's) was edited with other
+    settings, before it edits or records anything: every process comes to the same answer."""
+    items = read_edit_manifest(_manifest(tmp_path, 2))
+    out = tmp_path / "out"
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    assert ManifestRunner(items[1:], out, backbone=backbone, settings={"steps": 2}).run().done == 1
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    runner = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, rank=0, num_processes=2)
+    assert [item.id for item in runner.share()] == ["c0"]
+    with pytest.raises(ValueError, match=r"holds edits made with other settings \(c1: .*'steps': 2"):
+        runner.run()
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_under_accelerate_every_process_refuses_other_settings_before_any_edit(tmp_path):
+    """Process 1's item edited with other settings: process 0 edited its item and died in the
+    closing barrier (gloo: connection closed by peer) while process 1 refused. Now both refuse
+    before editing, the error said once."""
+    manifest = _manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    only_c1 = tmp_path / "c1.jsonl"
+    only_c1.write_text(manifest.read_text().splitlines(keepends=True)[1])
+    assert main(_run_args(only_c1, out)) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "steer.cli"]
+    args = _run_args(manifest, out, "--threads", "1")
+    args[args.index("--steps") + 1] = "1"
+    done = subprocess.run([*launch, *args], env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode != 0
+    assert done.stderr.count("steer: error: ") == 1, done.stderr[-3000:]
+    assert f"steer: error: {out} holds edits made with other settings (c1: " in done.stderr
+    assert "Connection closed" not in done.stderr and "[rank0]: Traceback" not in done.stderr
+    assert "[rank1]: Traceback" not in done.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_removes_only_its_own_temporary_files(tmp_path):
+    """An interrupted write leaves ``.<name>.<pid>.tmp`` or ``.<name>.partial``; a rerun removes
+    those and keeps the user's files that merely start like them."""
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    (out / "records").mkdir(parents=True)
+    ours = [out / ".c0.wav.partial", out / "records" / ".c0.json.4242.tmp", out / ".c0.wav.17.tmp"]
+    theirs = [out / ".c0.wav.orig", out / "records" / ".c0.json.draft", out / ".c0.wav.x.tmp", out / ".c0.wav.partial.bak"]
+    for path in ours + theirs:
+        path.write_bytes(b"x")
+    assert ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 1}).run().done == 1
+    assert [path.exists() for path in ours] == [False] * 3
+    assert [path.read_bytes() for path in theirs] == [b"x"] * 4
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("summary.md", "# my notes\n"), ("summary.json", '{"mine": 1}\n'), ("summary.json", "# steer run summary\n")],
+)
+def test_a_summary_steer_run_did_not_write_is_refused_before_loading_anything(tmp_path, capsys, name, content):
+    manifest = _manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(content)
+    args = _run_args(manifest, out)
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert (f"steer: error: {out / name} exists and was not written by steer run, which writes its summary "
+            "there: pass --overwrite to replace it, or another --out") in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == content
+
+
+def test_a_run_replaces_its_own_summary_and_with_overwrite_the_users(tmp_path, capsys):
+    manifest = _manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 0
+    assert main(_run_args(manifest, out)) == 0  # its own summary: rewritten
+    assert json.loads((out / "summary.json").read_text())["this_run"] == {"done": 0, "skipped": 1, "failed": 0}
+    (out / "summary.md").write_text("# my notes\n")
+    assert main(_run_args(manifest, out)) == 2
+    assert f"{out / 'summary.md'} exists and was not written by steer run" in capsys.readouterr().err
+    assert (out / "summary.md").read_text() == "# my notes\n"
+    assert main(_run_args(manifest, out, "--overwrite")) == 0
+    assert (out / "summary.md").read_text().startswith("# steer run summary\n\n1 of 1 items done")
