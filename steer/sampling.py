@@ -21,6 +21,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,6 +68,23 @@ class SamplerState:
 SamplerCallback = Callable[[SamplerState], None]
 
 
+def check_whole_number(name: str, value: int, low: int, high: int | None = None) -> None:
+    """Refuse, by name, a count that is not a whole number in ``[low, high]`` (``high=None``: no
+    upper bound): ``True``, ``2.5``, ``4.0`` and ``torch.tensor(3)`` included, whose errors came
+    from deep inside (slice indices, ``__round__``) or, for ``True``, none at all."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+
+
+def check_strength(strength: float) -> None:
+    """Refuse a strength that is not a real number in (0, 1] (a string, a bool, NaN)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+
+
 def ddim_timesteps(
     num_steps: int,
     *,
@@ -82,15 +100,18 @@ def ddim_timesteps(
     range (diffusers then indexes ``alphas_cumprod[T]``), it is lowered just enough to fit.
 
     Args:
-        num_steps: number of denoising steps of the full schedule, ``1 … num_train_timesteps``.
+        num_steps: number of denoising steps of the full schedule, a whole number in
+            ``[1, num_train_timesteps]``.
         num_train_timesteps: ``T``, the backbone's training timesteps.
-        strength: keep only the last (least noisy) ``strength`` fraction of the schedule, at least
-            one step, as SDEdit and diffusers' image-to-image pipelines do: ``0.5`` of 50 steps is
-            ``[481, 461, …, 1]``.
+        strength: keep only the last (least noisy) ``int(num_steps · strength)`` steps of the
+            schedule, as diffusers' image-to-image pipelines do (``get_timesteps``), but at least
+            one, so that every strength > 0 edits: ``0.5`` of 50 steps is ``[481, 461, …, 1]``,
+            0.5 of 5 steps keeps 2, 1e-6 of 50 the one step at ``[1]``. Like diffusers, the
+            product is truncated as a float: 0.29 of 100 steps (28.999…) keeps 28.
         steps_offset: added to every timestep.
 
     Returns:
-        a ``(max(1, round(num_steps · strength)),)`` int64 tensor, strictly decreasing, in
+        a ``(max(1, int(num_steps · strength)),)`` int64 tensor, strictly decreasing, in
         ``[0, T)``.
 
     Example:
@@ -99,17 +120,14 @@ def ddim_timesteps(
         >>> ddim_timesteps(50, strength=0.5)[[0, -1]].tolist()
         [481, 1]
     """
-    if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"need 1 <= num_steps <= {num_train_timesteps}, got {num_steps}")
-    if not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    if steps_offset < 0:
-        raise ValueError(f"steps_offset must be >= 0, got {steps_offset}")
+    check_whole_number("num_steps", num_steps, 1, num_train_timesteps)
+    check_strength(strength)
+    check_whole_number("steps_offset", steps_offset, 0)
+    num_steps, steps_offset = int(num_steps), int(steps_offset)
     ratio = num_train_timesteps // num_steps
     offset = min(steps_offset, num_train_timesteps - 1 - (num_steps - 1) * ratio)
     timesteps = torch.arange(num_steps - 1, -1, -1, dtype=torch.int64) * ratio + offset
-    # round() guards against 0.29 * 100 == 28.999…; at least one step so that strength > 0 edits.
-    keep = max(1, min(num_steps, round(num_steps * strength)))
+    keep = max(1, int(num_steps * strength))
     return timesteps[num_steps - keep :]
 
 
@@ -233,8 +251,10 @@ def _walk(
     x = x.detach().float()
     batch = x.shape[0]
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x.device)
-    # clamp x̂_0 to the backbone's latent range when denoising (not when inverting)
-    clip = backbone.latent_range if path[-1] < path[0] else None
+    # clamp x̂_0 to the backbone's latent range in both directions: inversion then integrates the
+    # same (clamped) ODE as sampling, backwards, and a round trip converges with more steps; with
+    # the clamp on one side only, it stalled at 34 % relative error on the shipped mel model
+    clip = backbone.latent_range
     for i in tqdm(range(len(path) - 1), desc=desc, disable=not progress, leave=False):
         t = torch.full((batch,), int(path[i]), dtype=torch.int64, device=x.device)
         noise_pred = backbone.predict_noise(x, t, cond, guidance_scale).float()
@@ -301,7 +321,12 @@ def ddim_invert(
     (DDIM, sections 4.3 and 5.4). Sampling back evaluates ε̂ at the other end of each step, so
     a round trip is exact only where ε̂ is constant along the path (as for a point-mass data
     distribution); elsewhere this is the inversion error of the SteerMusic paper's Figure 2,
-    and it shrinks with more steps.
+    and it shrinks with more steps. Where the backbone has a :attr:`~backbones.Backbone.latent_range`,
+    x̂_0 is clamped to it here as in :func:`ddim_sample` (and in :func:`ddpm_invert`), so that
+    both directions follow the same ODE: on the shipped mel model, a 1 s clip inverted and
+    sampled back with the same prompt at guidance 1 comes back with a relative error of 0.11,
+    0.050, 0.027 and 0.014 at 20, 50, 100 and 200 steps (0.33 to 0.34 at all of these when the
+    inversion did not clamp).
 
     diffusers' ``DDIMInverseScheduler`` and prompt-to-prompt's null-text inversion code
     (Mokady et al., 2023) instead evaluate ε̂(x, τ_next), the timestep of the level being stepped
@@ -376,6 +401,7 @@ def ddpm_invert(
         noise maps, ``(K, B, ...)``, both float32.
     """
     timesteps = _check_ddpm_timesteps(backbone, timesteps, "DDPM inversion")
+    check_whole_number("steps_per_call", steps_per_call, 1)
     x0 = x0.detach().float()
     path = torch.cat([timesteps, timesteps.new_zeros(1)])
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x0.device)
@@ -385,8 +411,6 @@ def ddpm_invert(
     noises = torch.empty_like(draws)
     batch = x0.shape[0]
     clip = backbone.latent_range
-    if steps_per_call < 1:
-        raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
     starts = range(0, len(timesteps), steps_per_call)
     for start in tqdm(starts, desc="inverting", disable=not progress, leave=False):
         steps = range(start, min(start + steps_per_call, len(timesteps)))
@@ -445,6 +469,33 @@ def ddpm_sample(
     return _walk(backbone, x_t, cond, path, guidance_scale, callback, progress, "sampling", noises.float())
 
 
+def _latent_shape(backbone: Backbone, shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as a tuple, refused with what to give where the backbone's denoiser could not take
+    latents of it (:attr:`~backbones.Backbone.latent_dims`, :attr:`~backbones.Backbone.latent_channels`;
+    the denoiser's own error was a convolution's about its weight)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"shape must be a sequence of whole numbers (B, C, T) or (B, C, T, F), got {shape!r}")
+    shape = tuple(shape)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in shape):
+        raise ValueError(f"shape must hold positive whole numbers (B, C, T) or (B, C, T, F), got {shape}")
+    name = type(backbone).__name__
+    dims = backbone.latent_dims
+    if len(shape) not in (3, 4) or (dims is not None and len(shape) != dims):
+        wanted = {3: "3-D latents (B, C, T)", 4: "4-D latents (B, C, T, F)"}.get(dims, "latents (B, C, T) or (B, C, T, F)")
+        hint = f", e.g. {(1, *shape)}" if dims is not None and len(shape) == dims - 1 else ""
+        raise ValueError(
+            f"shape {shape} has {len(shape)} axes, but {name}'s denoiser takes {wanted}: "
+            f"give the batch size first{hint}"
+        )
+    channels = backbone.latent_channels
+    if channels is not None and shape[1] != channels:
+        raise ValueError(
+            f"shape {shape} has {shape[1]} channels (axis 1), but {name}'s denoiser takes {channels}: "
+            f"give shape=(B, {channels}, ...)"
+        )
+    return tuple(int(n) for n in shape)
+
+
 @torch.no_grad()
 def sample(
     backbone: Backbone,
@@ -462,7 +513,8 @@ def sample(
     Args:
         backbone: the model.
         prompt: one prompt for the whole batch, or one per row.
-        shape: the latent shape ``(B, ...)``, e.g. ``(1, 8, 256, 16)`` for 10.24 s of AudioLDM2.
+        shape: the latent shape ``(B, C, T, F)`` or ``(B, C, T)``, as many axes and channels as
+            the backbone's denoiser takes, e.g. ``(1, 8, 256, 16)`` for 10.24 s of AudioLDM2.
         steps: DDIM steps (diffusers' DDIM default, 50).
         guidance_scale: classifier-free guidance.
         seed: seeds the initial noise: the same seed gives the same latents.
@@ -478,11 +530,11 @@ def sample(
         >>> sample(backbone, "a recording of a flute", shape=(1, 8, 16, 16), steps=2).shape
         torch.Size([1, 8, 16, 16])
     """
-    shape = tuple(shape)
+    shape = _latent_shape(backbone, shape)
+    timesteps = ddim_timesteps(steps, num_train_timesteps=backbone.num_train_timesteps)
     cond = backbone.encode_prompt(prompt_list(prompt, shape[0], "target"))
     generator = seeded_generator(seed, backbone.device)
     noise = torch.randn(shape, generator=generator, device=backbone.device)
-    timesteps = ddim_timesteps(steps, num_train_timesteps=backbone.num_train_timesteps)
     return ddim_sample(
         backbone,
         noise,

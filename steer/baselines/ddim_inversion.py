@@ -34,6 +34,11 @@ class DDIMInversion(InversionEditor):
         guidance_scale_inversion: classifier-free guidance of the source prompt while inverting.
         guidance_scale: classifier-free guidance of the target prompt while sampling.
 
+    The edit is deterministic: ``edit_latent``'s ``seed`` does not change it (it is still checked,
+    as every editor checks it). Inversion and sampling clamp x̂_0 to the backbone's
+    :attr:`~backbones.Backbone.latent_range` alike (:func:`~steer.sampling.ddim_invert`), so the
+    same prompt at guidance 1 returns the source, up to an error that shrinks with more steps.
+
     Example:
         >>> import torch
         >>> from backbones import load_backbone
@@ -50,7 +55,7 @@ class DDIMInversion(InversionEditor):
         self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
         callback: SamplerCallback | None, progress: bool,
     ) -> Tensor:
-        """x_T by deterministic DDIM inversion (``seed`` is not used)."""
+        """x_T by deterministic DDIM inversion (``seed``, checked by ``edit_latent``, is not used)."""
         return ddim_invert(
             self.backbone, latent, cond, timesteps=timesteps, guidance_scale=self.guidance_scale_inversion,
             callback=callback, progress=progress,

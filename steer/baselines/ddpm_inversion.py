@@ -9,13 +9,18 @@ A baseline of SteerMusic's comparison (Niu et al., section 5.3, Table 1: ZETA).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
 from ..editor import seeded_generator
-from ..sampling import SamplerCallback, ddim_timesteps, ddpm_invert, ddpm_sample
+from ..sampling import (
+    SamplerCallback,
+    check_whole_number,
+    ddim_timesteps,
+    ddpm_invert,
+    ddpm_sample,
+)
 from .inversion import InversionEditor
 
 
@@ -66,8 +71,7 @@ class DDPMInversion(InversionEditor):
         guidance_scale: float = 12.0,
         steps_per_call: int = 1,
     ) -> None:
-        if steps_per_call < 1:
-            raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
+        check_whole_number("steps_per_call", steps_per_call, 1)
         super().__init__(
             backbone, steps=steps, strength=strength,
             guidance_scale_inversion=guidance_scale_inversion, guidance_scale=guidance_scale,

@@ -14,9 +14,16 @@ from torch import Tensor
 
 from backbones import Backbone
 
-from ..editor import EditResult, LatentEditor, Prompts, prompt_list, seeded_generator
+from ..editor import (
+    EditResult,
+    LatentEditor,
+    Prompts,
+    check_seed,
+    prompt_list,
+    seeded_generator,
+)
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
-from .settings import check_settings
+from .settings import check_baseline_latent, check_settings
 
 
 class SDEdit(LatentEditor):
@@ -41,7 +48,8 @@ class SDEdit(LatentEditor):
             source, 1 starts from the schedule's first timestep and forgets it: (almost) pure
             noise with enough steps (diffusers' "leading" spacing starts at
             ``1 + (steps − 1) · ⌊1000 / steps⌋``: t = 1 for 1 step, 501 for 2, 901 for 10).
-        steps: DDIM steps of the full schedule (``round(steps · strength)`` are run).
+        steps: DDIM steps of the full schedule (``int(steps · strength)``, at least one, are
+            run: :func:`~steer.sampling.ddim_timesteps`).
         guidance_scale: classifier-free guidance of the target prompt.
 
     Example:
@@ -78,8 +86,10 @@ class SDEdit(LatentEditor):
         callback: Callable[[SamplerState], None] | None = None,
         progress: bool = False,
     ) -> EditResult:
-        """Edit a latent ``(B, ...)``; see :meth:`edit`. ``audio`` is left ``None``."""
+        """Edit a latent ``(B, C, T[, F])``; see :meth:`edit`. ``audio`` is left ``None``."""
         backbone = self.backbone
+        check_baseline_latent(latent, backbone)
+        check_seed(seed)
         batch = latent.shape[0]
         prompt_list(source, batch, "source")
         cond = backbone.encode_prompt(prompt_list(target, batch, "target"))
