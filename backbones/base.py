@@ -26,6 +26,20 @@ from .conditioning import Conditioning
 
 #: The self-attention (``attn1``) modules of a diffusers U-Net's up blocks.
 UP_BLOCK_SELF_ATTENTION = r"^up_blocks\..*\.attn1$"
+#: The stages of a diffusers U-Net in the order its forward pass runs them (it registers the mid
+#: block after the up blocks).
+UNET_STAGES = ("down_blocks.", "mid_block.", "up_blocks.")
+
+
+def unet_self_attention(unet: nn.Module) -> dict[str, nn.Module]:
+    """Every ``attn1`` of a diffusers U-Net by qualified name, in forward order: down blocks, mid
+    block, up blocks (:data:`UNET_STAGES`), each block's in registration order."""
+    modules = {n: m for n, m in unet.named_modules() if n.endswith(".attn1")}
+
+    def stage(name: str) -> int:
+        return next((i for i, s in enumerate(UNET_STAGES) if name.startswith(s)), len(UNET_STAGES))
+
+    return dict(sorted(modules.items(), key=lambda item: stage(item[0])))  # stable: keeps each stage's order
 
 
 def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> object:
@@ -303,7 +317,9 @@ class Backbone(ABC):
     # -- self-attention geometry ---------------------------------------------------------------
     @abstractmethod
     def self_attention_modules(self) -> dict[str, nn.Module]:
-        """The denoiser's self-attention modules by qualified name, in forward order."""
+        """The denoiser's self-attention modules by qualified name, in the order the forward pass
+        calls them (a U-Net's mid block between its down and up blocks, whatever the order its
+        modules are registered in): feature losses read and sum layers in this order."""
 
     def feature_map(self, tokens: Tensor, latent_shape: Sequence[int]) -> Tensor:
         """A self-attention output ``(B, N, C)`` as a ``(B, time, frequency, C)`` map.

@@ -29,7 +29,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from .base import Backbone
+from .base import Backbone, unet_self_attention
 from .conditioning import Conditioning
 from .griffin_lim import GriffinLimVocoder
 from .mel import MelFrontEnd, to_mono
@@ -257,4 +257,4 @@ class MelDiffusionBackbone(Backbone):
 
     # -- geometry ------------------------------------------------------------------------------
     def self_attention_modules(self) -> dict[str, nn.Module]:
-        return {n: m for n, m in self.model.unet.named_modules() if n.endswith(".attn1")}
+        return unet_self_attention(self.model.unet)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
+from .base import unet_self_attention
 from .conditioning import Conditioning
 from .mel import MelFrontEnd, to_mono
 from .pipeline import PipelineBackbone
@@ -148,5 +149,6 @@ class MelVAEBackbone(PipelineBackbone):
 
     # -- geometry -----------------------------------------------------------------------------
     def self_attention_modules(self) -> dict[str, nn.Module]:
-        """Every ``attn1`` of the UNet's transformer blocks, in forward order."""
-        return {n: m for n, m in self.pipe.unet.named_modules() if n.endswith(".attn1")}
+        """Every ``attn1`` of the UNet's transformer blocks, in forward order (down blocks, mid
+        block, up blocks: :func:`~backbones.base.unet_self_attention`)."""
+        return unet_self_attention(self.pipe.unet)

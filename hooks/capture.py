@@ -6,6 +6,7 @@ model never keeps a stale hook (and the memory of the tensors it holds) after th
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -19,22 +20,51 @@ Selector = str | Iterable[str] | Callable[[str, nn.Module], bool]
 
 def select_modules(model: nn.Module, select: Selector) -> dict[str, nn.Module]:
     """Submodules of ``model`` chosen by a regular expression searched in the qualified name, an
-    iterable of exact names, or a predicate ``(name, module) -> bool``; in registration order."""
+    iterable of exact names, or a predicate ``(name, module) -> bool``; in registration order.
+
+    A selection that names or matches no module is a ``ValueError`` listing the closest names.
+    """
+    modules = {n: m for n, m in model.named_modules() if n}
     if isinstance(select, str):
-        pattern = re.compile(select)
-        chosen = {n: m for n, m in model.named_modules() if n and pattern.search(n)}
+        try:
+            pattern = re.compile(select)
+        except re.error as error:
+            raise ValueError(f"{select!r} is not a valid regular expression ({error})") from None
+        chosen = {n: m for n, m in modules.items() if pattern.search(n)}
     elif callable(select):
-        chosen = {n: m for n, m in model.named_modules() if n and select(n, m)}
+        chosen = {n: m for n, m in modules.items() if select(n, m)}
     else:
         names = list(select)
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
+        every = dict(model.named_modules())  # "" (the model itself) too
+        missing = [n for n in names if n not in every]
         if missing:
-            raise ValueError(f"no module named {missing[0]!r} in {type(model).__name__}")
-        chosen = {n: modules[n] for n in names}
+            raise ValueError(
+                f"no module named {missing[0]!r} in {type(model).__name__}{suggest(missing[0], modules)}"
+            )
+        chosen = {n: every[n] for n in names}
     if not chosen:
-        raise ValueError(f"no module of {type(model).__name__} matches {select!r}")
+        hint = suggest(select, modules) if isinstance(select, str) else ""
+        raise ValueError(f"no module of {type(model).__name__} matches {select!r}{hint}")
     return chosen
+
+
+def suggest(name: str, names: Iterable[str], *, shown: int = 3) -> str:
+    """The end of an error message for a ``name`` not among ``names``: the closest ones
+    (``difflib``), or else the first few.
+
+    Example:
+        >>> suggest("up_blocks.0.atn1", ["conv_in", "up_blocks.0.attn1", "up_blocks.0.attn2"])
+        ": did you mean 'up_blocks.0.attn1' or 'up_blocks.0.attn2'?"
+    """
+    names = list(names)
+    close = difflib.get_close_matches(name, names, n=shown)
+    if close:
+        *others, last = map(repr, close)
+        return f": did you mean {', '.join(others) + ' or ' if others else ''}{last}?"
+    if not names:
+        return " (it has none)"
+    more = f", … ({len(names)} in all)" if len(names) > shown else ""
+    return f": its names include {', '.join(map(repr, names[:shown]))}{more}"
 
 
 class FeatureCapture:

@@ -24,7 +24,10 @@ class FeatureTap:
 
     Args:
         model: the network to observe.
-        names: qualified names of the modules to record (each must exist).
+        names: qualified names of the modules to record (each must exist), or one name as a
+            string: exact names, not the regular expression a string is to
+            :class:`~hooks.FeatureCapture` (:func:`~hooks.capture.select_modules` turns a pattern
+            into names).
 
     The hooks stay until :meth:`remove` (or the end of a ``with`` block); outside
     :meth:`record` they only read one flag.
@@ -41,9 +44,10 @@ class FeatureTap:
         0
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
-        self.names = list(names)
+    def __init__(self, model: nn.Module, names: str | Iterable[str]) -> None:
+        self.names = [names] if isinstance(names, str) else list(names)
         self.recording = False
+        self.removed = False
         self.features: dict[str, Tensor] = {}
         modules = select_modules(model, self.names)
         self._handles = [module.register_forward_hook(self._hook(name)) for name, module in modules.items()]
@@ -62,6 +66,11 @@ class FeatureTap:
         No ``try``/``finally`` here (dynamo would break the graph on it): a caller that can see
         an exception calls :meth:`reset` after it.
         """
+        if self.removed:
+            raise RuntimeError(
+                "this FeatureTap was removed (remove(), or the end of its with block), so it records "
+                "nothing: make a new FeatureTap"
+            )
         self.recording = True
         out = fn(*args, **kwargs)
         self.recording = False
@@ -80,10 +89,11 @@ class FeatureTap:
         self.features.clear()
 
     def remove(self) -> None:
-        """Remove the hooks; idempotent."""
+        """Remove the hooks; idempotent. A removed tap refuses to :meth:`record`."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.removed = True
         self.reset()
 
     def __enter__(self) -> FeatureTap:  # noqa: PYI034 (typing.Self needs Python 3.11)

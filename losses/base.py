@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,26 @@ def check_finite(name: str, value: float) -> None:
     zeroed (no edit), an infinite one a displacement of ~1e36."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_layers(name: str, layers: str | None) -> None:
+    """Refuse, by ``name``, layers that are neither ``None`` (the model's default) nor a non-empty
+    valid regular expression: a bad pattern failed only at the first step, with a bare
+    ``re.error``, and ``""`` quietly meant the default."""
+    if layers is None:
+        return
+    if not isinstance(layers, str) or not layers:
+        raise ValueError(
+            f"{name} must be a regular expression over the model's self-attention module names or None "
+            f"(the model's decoder_self_attention), got {layers!r}"
+        )
+    try:
+        re.compile(layers)
+    except re.error as error:
+        raise ValueError(
+            f"{name} {layers!r} is not a valid regular expression ({error}): escape special characters "
+            "(re.escape) or fix the pattern"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -65,13 +86,16 @@ class FeatureRequest:
         request: the prediction whose call is observed; its conditional branch is kept.
         layers: regular expression selecting modules among the model's self-attention modules
             (``Backbone.self_attention_modules``), e.g. ``r"^up_blocks"``; ``None`` selects the
-            model's ``Backbone.decoder_self_attention``.
+            model's ``Backbone.decoder_self_attention`` (an empty or invalid pattern is refused).
         grad: keep the graph back to the edited latent (the call then runs with gradients).
     """
 
     request: NoiseRequest
     layers: str | None
     grad: bool = False
+
+    def __post_init__(self) -> None:
+        check_layers("a feature request's layers", self.layers)
 
 
 @dataclass(frozen=True)

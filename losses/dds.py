@@ -13,7 +13,8 @@ class DeltaDenoisingScore(ScoreLoss):
 
     Args:
         guidance_scale: classifier-free guidance of both predictions (the paper uses 30).
-        weighting: w(t); the authors use 2 · (1 − ᾱ_t).
+        weighting: w(t), ᾱ_t ``(B,)`` → one weight per clip ``(B,)`` (a tensor, not a number: use
+            ``TimestepWeighting("constant", scale)`` for a constant); the authors use 2 · (1 − ᾱ_t).
         target_model: the model predicting on the edited latent (a personalised one turns this
             into SteerMusic+'s personalised delta score).
         source_model: the model predicting on the source latent.

@@ -14,7 +14,22 @@ from torch import Tensor
 
 
 def _per_sample(weight: Tensor, like: Tensor) -> Tensor:
+    """w(t) ``(B,)`` shaped to broadcast over ``like`` ``(B, ...)``; a clear error for anything else
+    (a number: a weighting returns one weight per clip)."""
+    if not isinstance(weight, Tensor) or weight.shape != like.shape[:1]:
+        got = f"shape {tuple(weight.shape)}" if isinstance(weight, Tensor) else f"{type(weight).__name__} {weight!r}"
+        raise ValueError(
+            f"the weighting w(t) must return a tensor of shape (B,), one weight per clip ({like.shape[0]} "
+            f"here), got {got}: for a constant weight use losses.TimestepWeighting('constant', scale=...)"
+        )
     return weight.view(-1, *([1] * (like.dim() - 1))).to(like)
+
+
+def _zero_nonfinite(grad: Tensor) -> Tensor:
+    """``grad`` with NaN and ±inf entries set to 0: a prediction that overflowed (fp16, say) then
+    leaves those entries of the latent as they are, where ``nan_to_num``'s default would move them
+    by ±3.4e38 (float32's largest number)."""
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def sds_gradient(eps_pred: Tensor, noise: Tensor, weight: Tensor) -> Tensor:
@@ -26,9 +41,10 @@ def sds_gradient(eps_pred: Tensor, noise: Tensor, weight: Tensor) -> Tensor:
         weight: w(t), ``(B,)``.
 
     Returns:
-        ``(B, ...)``, non-finite entries set to zero as in the SteerMusic authors' code.
+        ``(B, ...)``, non-finite entries (NaN and ±inf) set to zero as in the SteerMusic authors'
+        code (:func:`_zero_nonfinite`).
     """
-    return torch.nan_to_num(_per_sample(weight, eps_pred) * (eps_pred - noise), nan=0.0)
+    return _zero_nonfinite(_per_sample(weight, eps_pred) * (eps_pred - noise))
 
 
 def dds_gradient(eps_target: Tensor, eps_source: Tensor, weight: Tensor) -> Tensor:
@@ -40,8 +56,11 @@ def dds_gradient(eps_target: Tensor, eps_source: Tensor, weight: Tensor) -> Tens
         eps_target: ε̂(x_t, y_tgt) on the edited latent, ``(B, ...)``.
         eps_source: ε̂(x_src_t, y_src) on the source latent with the same ε and t, ``(B, ...)``.
         weight: w(t), ``(B,)``.
+
+    Returns:
+        ``(B, ...)``, non-finite entries (NaN and ±inf) set to zero as in :func:`sds_gradient`.
     """
-    return torch.nan_to_num(_per_sample(weight, eps_target) * (eps_target - eps_source), nan=0.0)
+    return _zero_nonfinite(_per_sample(weight, eps_target) * (eps_target - eps_source))
 
 
 def time_columns(features: Tensor) -> Tensor:
@@ -51,6 +70,11 @@ def time_columns(features: Tensor) -> Tensor:
     flattened and scaled by 1/√F, so the dot product of two columns is the mean over frequency
     of the per-position cosine similarities (1 for identical columns).
     """
+    if features.dim() != 4:
+        raise ValueError(
+            f"PatchNCE takes self-attention features (B, T, F, C), got shape {tuple(features.shape)}: turn "
+            "tokens (B, N, C) into a (time, frequency) map with Backbone.feature_map(tokens, latent_shape)"
+        )
     unit = torch.nn.functional.normalize(features, dim=-1)
     return unit.flatten(2) / unit.shape[2] ** 0.5
 
@@ -100,7 +124,8 @@ def patch_nce(
     ``−log softmax_j(h^{t'} · h_ref^{j} / τ)[t']``, averaged over positions and the batch.
 
     Args:
-        query: features ``(B, T, F, C)`` (gradients flow through them).
+        query: features ``(B, T, F, C)`` (gradients flow through them); other ranks are refused
+            (:meth:`backbones.Backbone.feature_map` makes the map from a module's tokens).
         reference: features ``(B, T, F, C)`` at the same resolution (detached inside).
         tau: temperature τ > 0.
         num_positions: time positions sampled per clip (all if ``None`` or ≥ T).

@@ -4,9 +4,14 @@ contrastive denoising score of Nam et al. (2024)."""
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
+from collections.abc import Mapping
 from typing import Literal
 
-from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite
+from torch import Tensor
+
+from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite, check_layers
 from .functional import patch_nce_sum, sample_positions
 
 
@@ -25,12 +30,15 @@ class PersonalizedContrastiveLoss(ScoreLoss):
     batch's clips, and the gradient their sum, so a clip's gradient does not depend on the
     clips edited beside it (the positions are drawn once for all of them).
 
+    A layer whose feature map has a single time position has no negatives: it adds 0 and no
+    gradient, and PCon warns once naming it (choose finer layers, or a longer clip).
+
     Args:
         weight: multiplier of the loss (the authors use 3).
         tau: temperature τ (0.07).
         num_positions: time positions sampled per layer (256).
-        layers: regular expression over the model's self-attention module names; ``None``
-            (default) reads each model's :attr:`~backbones.Backbone.decoder_self_attention`,
+        layers: regular expression over the model's self-attention module names (non-empty);
+            ``None`` (default) reads each model's :attr:`~backbones.Backbone.decoder_self_attention`,
             the authors' up-block ``attn1`` outputs (:data:`backbones.base.UP_BLOCK_SELF_ATTENTION`) on a U-Net.
         guidance_scale: must equal the delta score's, so the calls are shared.
         reference: ``"source"`` (paper) or ``"edited"`` (authors' script).
@@ -47,14 +55,15 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         reference: Literal["source", "edited"] = "source",
     ) -> None:
         check_finite("PCon's weight", weight)
-        if not 0 < tau < math.inf:
-            raise ValueError(f"the temperature tau must be a positive finite number, got {tau}")
+        if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
+            raise ValueError(f"the temperature tau must be a positive finite number, got {tau!r}")
         if not isinstance(num_positions, int) or num_positions < 2:
             raise ValueError(
                 f"num_positions must be an integer >= 2 (each position's negatives are the others), got {num_positions}"
             )
         if reference not in ("source", "edited"):
             raise ValueError(f"reference must be 'source' or 'edited', got {reference!r}")
+        check_layers("PCon's layers", layers)
         self.weight = weight
         self.tau = tau
         self.num_positions = num_positions
@@ -68,6 +77,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         self.query = FeatureRequest(query, layers, grad=True)
         self.reference = FeatureRequest(ref, layers)
         self.feature_requests = (self.query, self.reference)
+        self._warned: set[str] = set()  # layers already warned of a single time position
 
     def __call__(self, context: LossContext) -> LossOutput:
         query, reference = context.features[self.query], context.features[self.reference]
@@ -78,6 +88,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
                     f"PCon's query and reference features of {name!r} differ: "
                     f"{tuple(query[name].shape)} and {tuple(reference[name].shape)}"
                 )
+        self._warn_single_positions(query)
         positions = [
             sample_positions(query[n].shape[1], self.num_positions, context.generator, query[n].device)
             for n in names
@@ -88,3 +99,17 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         loss = self.weight * loss  # the mean over the clips
         # summed over the clips: each clip's gradient is the one it gets alone
         return LossOutput(value=loss.detach(), loss=loss * len(context.t))
+
+    def _warn_single_positions(self, features: Mapping[str, Tensor]) -> None:
+        """Warn once per layer whose map ``(B, T, F, C)`` has T = 1: its softmax has one entry, so
+        its loss is 0 and it gives no gradient (shapes only: no device sync)."""
+        for name, f in features.items():
+            if f.shape[1] == 1 and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(
+                    f"PCon's layer {name!r} has a single time position (features {tuple(f.shape)}): with no "
+                    "other position to contrast it adds 0 to the loss and no gradient; pick layers of finer "
+                    "time resolution (PCon's layers) or edit a longer clip",
+                    UserWarning,
+                    stacklevel=3,
+                )

@@ -12,7 +12,8 @@ class ScoreDistillationSampling(ScoreLoss):
 
     Args:
         guidance_scale: classifier-free guidance of ε̂.
-        weighting: w(t).
+        weighting: w(t), ᾱ_t ``(B,)`` → one weight per clip ``(B,)`` (a tensor, not a number: use
+            ``TimestepWeighting("constant", scale)`` for a constant).
         model: which model predicts ε̂.
     """
 

@@ -335,6 +335,7 @@ class Editor(LatentEditor):
         self.loss_names = [
             name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
         ]
+        _check_feature_requests(self.loss_names, self.losses)
 
     def __enter__(self) -> Editor:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -627,6 +628,19 @@ class Editor(LatentEditor):
         return torch.optim.SGD([x], lr=lr, fused=fused)
 
 
+def _check_feature_requests(names: list[str], losses: list[ScoreLoss]) -> None:
+    """Refuse a loss reading features from a prediction it does not request itself, when the
+    editor is made: it failed at the first step ("features requested from a prediction nobody
+    requested"), or worked only while another loss happened to request the prediction."""
+    for name, loss in zip(names, losses):
+        for feature in loss.feature_requests:
+            if feature.request not in loss.requests:
+                raise ValueError(
+                    f"the loss {name} reads features from {feature.request}, which is not among its "
+                    f"requests: add it to {name}'s requests"
+                )
+
+
 def _check_predictions(predictions: dict[NoiseRequest, Tensor], models: dict[str, Backbone], x: Tensor) -> None:
     """Refuse a noise prediction not shaped like the latent (metadata only: no device sync)."""
     for request, prediction in predictions.items():
@@ -640,8 +654,10 @@ def _check_predictions(predictions: dict[NoiseRequest, Tensor], models: dict[str
 
 def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> None:
     """Refuse a loss output the step cannot apply as :class:`~losses.LossOutput` documents it
-    (metadata only: no device sync): a value or loss that is not a scalar tensor, a gradient
-    not shaped like the latent ``x`` (it would be broadcast, one clip's to the whole batch)."""
+    (metadata only: no device sync): a value or loss that is not a scalar tensor, a loss with no
+    graph back to the latent (autograd's "element 0 of tensors does not require grad" named no
+    loss), a gradient not shaped like the latent ``x`` (it would be broadcast, one clip's to the
+    whole batch)."""
     for name, output in zip(names, outputs):
         if not isinstance(output, LossOutput):
             raise TypeError(f"the loss {name} returned a {type(output).__name__}: return a losses.LossOutput")
@@ -655,6 +671,12 @@ def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> No
             raise ValueError(
                 f"the loss {name} returned a differentiable loss that is not a scalar tensor: LossOutput.loss "
                 "must be the sum of the clips' terms"
+            )
+        if output.loss is not None and not output.loss.requires_grad:
+            raise ValueError(
+                f"the loss {name} returned a LossOutput.loss with no path back to the latent (it does not "
+                "require grad): compute it from context.latent, context.noisy_latent or features requested "
+                "with grad=True (the predictions carry no gradient), or return LossOutput.gradient instead"
             )
         if output.gradient is not None and output.gradient.shape != x.shape:
             raise ValueError(

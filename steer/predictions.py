@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone, Conditioning
 from hooks import FeatureTap
+from hooks.capture import suggest
 from losses import FeatureRequest, NoiseRequest
 
 
@@ -35,16 +36,16 @@ def feature_modules(model: Backbone, features: Iterable[FeatureRequest]) -> list
     selects none."""
     modules = model.self_attention_modules()
     names: list[str] = []
-    for pattern in unique(f.layers or model.decoder_self_attention for f in features):
+    for pattern in unique(model.decoder_self_attention if f.layers is None else f.layers for f in features):
         matched = [n for n in modules if re.search(pattern, n)]
         if not matched:
             raise ValueError(
-                f"the feature layers {pattern!r} match none of the {len(modules)} self-attention "
-                f"modules of {type(model).__name__} (e.g. {next(iter(modules), None)!r}): pass a "
-                "pattern that names some"
+                f"the feature layers {pattern!r} (PCon's layers, say) match none of the {len(modules)} "
+                f"self-attention modules of {type(model).__name__} (pass a pattern that names some)"
+                + suggest(pattern, modules)
             )
         names += matched
-    return [n for n in modules if n in set(names)]  # in the model's order
+    return [n for n in modules if n in set(names)]  # in forward order, as the backbone lists them
 
 
 #: each module of a denoiser that diffusers' gradient checkpointing switches, with its
@@ -124,9 +125,9 @@ class Predictor:
         checkpointing: bool = False,
     ) -> None:
         self.model = model
-        #: the modules each feature request selects, in the model's order
+        #: the modules each feature request selects, in forward order
         self.names = {f: feature_modules(model, [f]) for f in features}
-        observed = feature_modules(model, features)  # every request's, in the model's order
+        observed = feature_modules(model, features)  # every request's, in forward order
         compile_fn = (lambda fn: compiler(_own_code(fn))) if compiler else (lambda fn: fn)
         self._plain = compile_fn(model.predict_noise)
         self.tap = FeatureTap(model.denoiser, observed) if observed else None

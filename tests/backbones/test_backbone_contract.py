@@ -272,3 +272,18 @@ def test_textual_inversion_changes_only_prompts_with_the_token(backbone):
     backbone._prompts.clear()  # encode afresh: the base model never learnt the word
     for key, value in backbone.encode_prompt([named]).cond.items():
         assert torch.equal(value, base[named][key])
+
+
+def test_self_attention_modules_are_listed_in_forward_order(backbone, latent):
+    """Feature losses read and sum layers in this order; the U-Nets listed the mid block last
+    (diffusers registers it after the up blocks), though it runs between down and up blocks."""
+    modules = backbone.self_attention_modules()
+    called: list[str] = []
+    handles = [m.register_forward_hook(lambda *_, name=name: called.append(name)) for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            backbone.predict_noise(latent, torch.tensor([500]), backbone.encode_prompt([TARGET]), 3.0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(dict.fromkeys(called)) == list(modules)

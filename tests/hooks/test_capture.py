@@ -69,3 +69,25 @@ def test_unknown_selection_is_an_error():
         FeatureCapture(_net(), select=["nope"])
     with pytest.raises(ValueError, match="matches"):
         FeatureCapture(_net(), select="attn1")
+
+
+def _named() -> nn.Module:
+    return nn.ModuleDict({
+        "down": nn.ModuleDict({"attn1": nn.Linear(2, 2), "attn2": nn.Linear(2, 2)}),
+        "up": nn.ModuleDict({"attn1": nn.Linear(2, 2), "norm": nn.LayerNorm(2)}),
+    })
+
+
+@pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        (["up.atn1"], r"no module named 'up.atn1' in ModuleDict: did you mean 'up.attn1'\?$"),
+        ("dwn.attn2", r"no module of ModuleDict matches 'dwn.attn2': did you mean 'down.attn2'[ ,]"),
+        (["zzz"], r"no module named 'zzz' in ModuleDict: its names include 'down', 'down.attn1', 'down.attn2', … \(6 in all\)"),
+        ("up[", r"'up\[' is not a valid regular expression \(unterminated character set"),
+    ],
+    ids=["name", "pattern", "far", "bad-pattern"],
+)
+def test_a_selection_of_no_module_names_the_closest(select, message):
+    with pytest.raises(ValueError, match=message):
+        FeatureCapture(_named(), select=select)

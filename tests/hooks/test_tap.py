@@ -54,3 +54,23 @@ def test_compiled_record_returns_the_features_of_each_tap():
             out, features = torch.compile(tap.record, backend="eager", dynamic=False)(net, x)
         assert sorted(features) == names
         torch.testing.assert_close(features[names[-1]], net[int(names[-1])](x) if names[-1] == "0" else out)
+
+
+def test_a_string_is_one_module_name():
+    """It was split into characters ("no module named 'u'")."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    net.add_module("head", torch.nn.Linear(3, 1))
+    with FeatureTap(net, "head") as tap:
+        out, features = tap.record(net, torch.ones(4, 2))
+    assert tap.names == ["head"] and list(features) == ["head"]
+    torch.testing.assert_close(features["head"], out)
+
+
+def test_recording_with_a_removed_tap_says_it_was_removed():
+    """It said "the modules ['0'] did not run during the recorded call"."""
+    net = _net()
+    with FeatureTap(net, ["0"]) as tap:
+        pass
+    with pytest.raises(RuntimeError, match=r"this FeatureTap was removed \(remove\(\), or the end of its with block\)"):
+        tap.record(net, torch.ones(4, 2))
+    assert not tap.recording

@@ -15,6 +15,37 @@ def test_dds_gradient_formula_and_nan_handling():
     assert dds_gradient(eps_t, eps_s, w)[0, 0, 0] == 0
 
 
+@pytest.mark.parametrize("gradient", [dds_gradient, sds_gradient])
+def test_nan_and_inf_entries_of_the_gradient_are_zeroed(gradient):
+    """nan_to_num(nan=0) alone turned ±inf (an fp16 overflow of ε̂) into ±3.4e38, float32's
+    largest number: one such entry moved the latent by ~1e36, and it stayed "finite"."""
+    eps = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1.0]])
+    expected = torch.tensor([[0.0, 0.0, 0.0, 0.5]])
+    assert torch.equal(gradient(eps, torch.zeros(1, 4), torch.tensor([0.5])), expected)
+    if gradient is dds_gradient:  # the compiled loss maths (context.compile) zeroes them the same way
+        compiled = torch.compile(gradient, backend="aot_eager", fullgraph=True)
+        assert torch.equal(compiled(eps, torch.zeros(1, 4), torch.tensor([0.5])), expected)
+
+
+@pytest.mark.parametrize(
+    ("weight", "got"),
+    [(0.5, "got float 0.5"), (torch.ones(3), r"got shape \(3,\)"), (torch.tensor(2.0), r"got shape \(\)")],
+)
+def test_a_weight_that_is_not_one_per_clip_is_a_clear_error(weight, got):
+    """A weighting returning a number failed with "'float' object has no attribute 'view'"."""
+    message = rf"w\(t\) must return a tensor of shape \(B,\), one weight per clip \(2 here\), {got}: .*'constant'"
+    with pytest.raises(ValueError, match=message):
+        dds_gradient(torch.zeros(2, 3), torch.zeros(2, 3), weight)
+
+
+def test_patch_nce_refuses_tokens_that_are_not_a_time_frequency_map():
+    """(B, N, C) tokens were taken as (B, T, F) with C as F: flatten(2) did nothing and the scale
+    was 1/√C, a different loss with no error."""
+    tokens = torch.randn(2, 20, 8)
+    with pytest.raises(ValueError, match=r"\(B, T, F, C\), got shape \(2, 20, 8\): .*Backbone\.feature_map"):
+        patch_nce(tokens, tokens, num_positions=None)
+
+
 def test_sds_gradient_formula():
     eps, noise, w = torch.randn(2, 5), torch.randn(2, 5), torch.tensor([1.0, 3.0])
     torch.testing.assert_close(sds_gradient(eps, noise, w), w[:, None] * (eps - noise))

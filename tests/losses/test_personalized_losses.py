@@ -1,5 +1,7 @@
 """SteerMusic+'s losses: PDS and the shift term against their formulas, PCon's contrastive maths."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -119,3 +121,40 @@ def test_loss_weights_must_be_finite(value):
 def test_a_request_names_a_latent_the_editor_noises():
     with pytest.raises(ValueError, match="a request's latent must be 'edit' or 'source', got 'clean'"):
         NoiseRequest("clean", "target", 7.5)
+
+
+def test_pcon_refuses_a_boolean_tau_as_it_does_a_boolean_weight():
+    with pytest.raises(ValueError, match="tau must be a positive finite number, got True"):
+        PersonalizedContrastiveLoss(tau=True)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        # failed only at the first step, with a bare re.error
+        ("up_blocks[", r"PCon's layers 'up_blocks\[' is not a valid regular expression \(unterminated"),
+        # quietly meant the model's default (decoder_self_attention)
+        ("", r"PCon's layers must be a regular expression .* or None \(the model's decoder_self_attention\), got ''"),
+    ],
+)
+def test_pcon_layers_are_checked_when_it_is_made(layers, message):
+    with pytest.raises(ValueError, match=message):
+        PersonalizedContrastiveLoss(layers=layers)
+    with pytest.raises(ValueError, match=message.replace("PCon's layers", "a feature request's layers")):
+        FeatureRequest(NoiseRequest("edit", "target", 3.0), layers)
+
+
+def test_pcon_warns_once_of_a_layer_with_a_single_time_position():
+    """Its softmax has one entry: the layer added 0 and no gradient, silently."""
+    pcon = PersonalizedContrastiveLoss(tau=0.1)
+    q = {"coarse": torch.randn(2, 1, 2, 4, requires_grad=True), "fine": torch.randn(2, 8, 2, 4, requires_grad=True)}
+    r = {name: torch.randn(f.shape) for name, f in q.items()}
+    context = _context({}, {pcon.query: q, pcon.reference: r})
+    with pytest.warns(UserWarning, match=r"PCon's layer 'coarse' has a single time position \(features \(2, 1, 2, 4\)\)"):
+        out = pcon(context)
+    torch.testing.assert_close(out.value, 3.0 * patch_nce(q["fine"], r["fine"], tau=0.1))  # 'coarse' adds 0
+    out.loss.backward()
+    assert q["coarse"].grad.abs().max() == 0 and q["fine"].grad.abs().max() > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per layer and loss
+        pcon(context)

@@ -408,3 +408,71 @@ def test_performance_fields_are_type_checked():
             Performance(prompt_padding=padding)
     with pytest.raises(TypeError, match="compile_backend must be a backend's name, got 3"):
         Performance(compile_backend=3)
+
+
+def test_an_infinite_noise_prediction_leaves_the_latent_finite_and_bounded(tiny_backbone, latent):
+    """An inf in ε̂ (an fp16 overflow, say) became a gradient of ±3.4e38 (nan_to_num(nan=0) kept
+    it "finite"): the latent moved by ~1e36, with no warning. It is zeroed as NaN is."""
+    calls = []
+
+    def overflow_once(module, args, out):
+        calls.append(None)
+        if len(calls) == 1:
+            out = out.clone()
+            out[-1, 0, 0, 0] = float("inf")  # the source prediction's conditional branch
+            return out
+        return None
+
+    handle = tiny_backbone.denoiser.conv_out.register_forward_hook(overflow_once)
+    states = []
+    try:
+        result = Editor(tiny_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0)], steps=2, lr=0.02).edit_latent(
+            latent, source="a piano", target="a violin", callback=states.append
+        )
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one batched call a step: the first one overflowed
+    assert states[0].gradient[0, 0, 0, 0] == 0 and torch.isfinite(states[0].gradient).all()
+    assert torch.isfinite(result.latent).all()
+    assert (result.latent - latent).abs().max() < 1.0  # was 6.8e36
+    assert all(abs(h["total"]) < float("inf") for h in result.history)  # NaN fails too
+
+
+class _ReadsAnotherLossesFeatures(ScoreLoss):
+    """Reads features from a prediction it does not request."""
+
+    def __init__(self) -> None:
+        from losses import FeatureRequest
+
+        self.feature_requests = (FeatureRequest(NoiseRequest("edit", "target", 3.0), None),)
+
+    def __call__(self, context):
+        return LossOutput(value=torch.zeros(()))
+
+
+def test_a_loss_reading_features_of_a_prediction_it_does_not_request_is_refused_when_made(analytic_backbone):
+    """It failed at the first step: "features requested from a prediction nobody requested"."""
+    with pytest.raises(
+        ValueError,
+        match=r"the loss _ReadsAnotherLossesFeatures reads features from NoiseRequest\(latent='edit', prompt='target', "
+        r"guidance_scale=3.0, model='base'\), which is not among its requests: add it to _ReadsAnotherLossesFeatures's "
+        "requests",
+    ):
+        Editor(analytic_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0), _ReadsAnotherLossesFeatures()])
+
+
+class _LossOfThePredictions(ScoreLoss):
+    """A differentiable loss computed from the predictions, which carry no gradient."""
+
+    requests = (NoiseRequest("edit", "target", 3.0),)
+
+    def __call__(self, context):
+        loss = context.predictions[self.requests[0]].square().sum()
+        return LossOutput(value=loss.detach(), loss=loss)
+
+
+def test_a_loss_with_no_path_back_to_the_latent_is_named(analytic_backbone):
+    """Autograd said "element 0 of tensors does not require grad and does not have a grad_fn"."""
+    editor = Editor(analytic_backbone, losses=[_LossOfThePredictions()], steps=1)
+    with pytest.raises(ValueError, match=r"the loss _LossOfThePredictions returned a LossOutput.loss with no path back to the latent"):
+        editor.edit_latent(torch.zeros(1, *analytic_backbone.shape), source="a piano", target="a violin")

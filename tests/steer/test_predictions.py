@@ -4,6 +4,9 @@ and is not given."""
 
 from __future__ import annotations
 
+import re
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -11,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from backbones import AudioLDM2Backbone
 from backbones.tiny import tiny_audioldm2_pipeline
 from losses import FeatureRequest, NoiseRequest
-from steer.predictions import Predictor, evaluate_requests
+from steer.predictions import Predictor, evaluate_requests, feature_modules
 
 
 def _checkpointing(denoiser: torch.nn.Module) -> list[tuple[str, bool, object]]:
@@ -69,3 +72,17 @@ def test_a_request_for_a_role_not_given_is_a_clear_error(analytic_backbone, requ
             prompts={"base": {"target": analytic_backbone.encode_prompt(["a violin"])}},
             t=torch.tensor([500]),
         )
+
+
+def test_feature_layers_that_match_nothing_name_the_closest_modules():
+    """The error gave one example name, the model's first self-attention module."""
+    names = [f"{block}.attentions.{i}.transformer_blocks.0.attn1" for block in ("down_blocks.0", "up_blocks.0") for i in (0, 1)]
+    model = SimpleNamespace(self_attention_modules=lambda: dict.fromkeys(names), decoder_self_attention="^up_blocks")
+    typo = "up_blocks.0.attentions.1.transformer_blocks.0.attn2"
+    with pytest.raises(
+        ValueError,
+        match=rf"the feature layers '{re.escape(typo)}' .* match none of the 4 self-attention modules of "
+        r"SimpleNamespace \(pass a pattern that names some\): did you mean 'up_blocks\.0\.attentions\.1\.",
+    ):
+        feature_modules(model, [FeatureRequest(NoiseRequest("edit", "target", 3.0), typo)])
+    assert feature_modules(model, [FeatureRequest(NoiseRequest("edit", "target", 3.0), None)]) == names[2:]
