@@ -137,15 +137,19 @@ def prompt_list(prompts: Prompts, batch: int, role: str) -> list[str]:
 
 
 def check_latent(latent: Tensor, backbone: Backbone) -> None:
-    """Refuse a latent ``backbone`` cannot edit before the first step: not a real tensor
-    ``(B, C, T)`` or ``(B, C, T, F)``, with other axes or channels than the backbone's denoiser
+    """Refuse a latent ``backbone`` cannot edit before the first step: not a real floating-point
+    tensor ``(B, C, T)`` or ``(B, C, T, F)``, with other axes or channels than the backbone's denoiser
     takes (:attr:`~backbones.Backbone.latent_dims`, :attr:`~backbones.Backbone.latent_channels`),
     or holding NaN or infinite values (which the edit would carry to its end). The finiteness
     check reads one number from the device."""
     if not isinstance(latent, Tensor):
         raise TypeError(f"the latent must be a tensor (B, C, T) or (B, C, T, F), got {type(latent).__name__}")
-    if latent.is_complex():
-        raise TypeError(f"the latent is complex ({latent.dtype}): pass a real floating-point latent")
+    if not latent.is_floating_point():
+        kind = "complex" if latent.is_complex() else "not floating point"
+        raise TypeError(
+            f"the latent is {kind} ({latent.dtype}): pass a real floating-point latent, e.g. from "
+            "backbone.encode_audio"
+        )
     if latent.dim() not in (3, 4):
         raise ValueError(
             f"the latent must be (B, C, T) or (B, C, T, F), got shape {tuple(latent.shape)}: a single "

@@ -12,9 +12,9 @@ from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
-from ..editor import EditResult, LatentEditor, Prompts, check_seed, prompt_list
+from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list
 from ..sampling import SamplerCallback, SamplerState, ddim_timesteps
-from .settings import check_baseline_latent, check_settings
+from .settings import check_settings
 
 
 class InversionEditor(LatentEditor):
@@ -96,7 +96,7 @@ class InversionEditor(LatentEditor):
         The latent and the seed are checked before any step (a deterministic method, which
         does not use the seed, refuses a bad one too)."""
         backbone = self.backbone
-        check_baseline_latent(latent, backbone)
+        check_latent(latent, backbone)
         check_seed(seed)
         batch = latent.shape[0]
         source_cond = backbone.encode_prompt(prompt_list(source, batch, "source"))

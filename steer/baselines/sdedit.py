@@ -14,16 +14,9 @@ from torch import Tensor
 
 from backbones import Backbone
 
-from ..editor import (
-    EditResult,
-    LatentEditor,
-    Prompts,
-    check_seed,
-    prompt_list,
-    seeded_generator,
-)
+from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list, seeded_generator
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
-from .settings import check_baseline_latent, check_settings
+from .settings import check_settings
 
 
 class SDEdit(LatentEditor):
@@ -88,7 +81,7 @@ class SDEdit(LatentEditor):
     ) -> EditResult:
         """Edit a latent ``(B, C, T[, F])``; see :meth:`edit`. ``audio`` is left ``None``."""
         backbone = self.backbone
-        check_baseline_latent(latent, backbone)
+        check_latent(latent, backbone)
         check_seed(seed)
         batch = latent.shape[0]
         prompt_list(source, batch, "source")

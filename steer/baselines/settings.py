@@ -1,14 +1,11 @@
-"""The checks every baseline shares: its settings, refused with one message each when of the wrong
-type or out of range, and the latent it edits."""
+"""The settings every baseline shares, refused with one message each when of the wrong type or out
+of range."""
 
 from __future__ import annotations
-
-from torch import Tensor
 
 from backbones import Backbone
 from losses.base import check_finite
 
-from ..editor import check_latent
 from ..sampling import check_strength, check_whole_number
 
 
@@ -21,14 +18,3 @@ def check_settings(backbone: Backbone, *, steps: int, strength: float, **guidanc
     check_strength(strength)
     for name, value in guidance_scales.items():
         check_finite(name, value)
-
-
-def check_baseline_latent(latent: Tensor, backbone: Backbone) -> None:
-    """Refuse a latent ``backbone`` cannot edit (:func:`steer.editor.check_latent`: no batch axis,
-    other channels, NaN) and one that is not floating point: an integer tensor is no encoded
-    audio, and it was edited without a word."""
-    check_latent(latent, backbone)
-    if not latent.is_floating_point():
-        raise TypeError(
-            f"the latent is {latent.dtype}: pass a floating-point latent, e.g. from backbone.encode_audio"
-        )

@@ -266,7 +266,7 @@ def test_bad_prompts_are_clear_errors(analytic_backbone, make):
         (torch.zeros(8, 16, 16), ValueError, r"takes 4-D latents \(B, C, T, F\).*its batch axis, latent\[None\]"),
         (torch.zeros(1, 4, 16, 16), ValueError, "has 4 channels .* takes 8"),
         (torch.zeros(1, 8, 16, 16, dtype=torch.int64), TypeError,
-         "the latent is torch.int64: pass a floating-point latent"),
+         r"the latent is not floating point \(torch.int64\): pass a real floating-point latent"),
     ],
     ids=["nan", "no-batch-axis", "channels", "int64"],
 )

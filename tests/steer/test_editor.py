@@ -391,6 +391,8 @@ def test_latents_the_backbone_cannot_edit_are_refused_before_the_first_step(tiny
         editor.edit_latent(latent[None], **prompts)
     with pytest.raises(TypeError, match="the latent is complex"):  # was cast silently
         editor.edit_latent(latent.to(torch.complex64), **prompts)
+    with pytest.raises(TypeError, match=re.escape("the latent is not floating point (torch.int64)")):  # was cast silently
+        editor.edit_latent(latent.long(), **prompts)
     for bad in (float("nan"), float("inf")):  # ran the whole edit, then warned
         with pytest.raises(ValueError, match="the latent holds NaN or infinite values"):
             editor.edit_latent(torch.full_like(latent, bad), **prompts)
