@@ -252,7 +252,12 @@ def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict
             raise UsageError(f"--threads must be between 1 and {usable} (the CPUs this process may use), got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.steps is not None and not 1 <= args.steps <= sys.maxsize:
-        raise UsageError(f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got {args.steps}")
+        most = (
+            f"the backbone's training timesteps for {recipe} (1000 on every adapter here)"
+            if recipe in BASELINES
+            else f"{sys.maxsize} (sys.maxsize)"
+        )
+        raise UsageError(f"--steps must be between 1 and {most}, got {args.steps}")
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
     if args.guidance is not None and not math.isfinite(args.guidance):

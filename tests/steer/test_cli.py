@@ -76,6 +76,7 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
         (["--steps", "0"], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got 0"),
         (["--steps", str(10**20)], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got {10**20}"),  # was tqdm's OverflowError
+        (["--steps", "0", "--recipe", "sdedit"], "--steps must be between 1 and the backbone's training timesteps for sdedit (1000 on every adapter here), got 0"),  # said sys.maxsize
         (["--threads", "0"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 0"),
         (["--threads", "100000"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 100000"),  # was accepted: 100000 threads asked of PyTorch
         (["--seed", str(2**70)], f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {2**70}"),
