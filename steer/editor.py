@@ -174,6 +174,17 @@ def check_latent(latent: Tensor, backbone: Backbone) -> None:
         raise ValueError("the latent holds NaN or infinite values: pass a finite latent (the edit would keep them)")
 
 
+def check_whole_number(name: str, value: int, low: int | None = None, high: int | None = None) -> None:
+    """Refuse, by name, a count that is not a whole number in ``[low, high]`` (``None``: no bound
+    on that side): ``True``, ``2.5``, ``4.0`` and ``torch.tensor(3)`` included, whose errors came
+    from deep inside (slice indices, ``__round__``) or, for ``True``, none at all."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at most {high}" if low is None else f"at least {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+
+
 def check_seed(seed: int, name: str = "seed") -> None:
     """Refuse a seed that is not a 64-bit integer, by name (PyTorch's error was "Overflow when
     unpacking long long")."""
@@ -305,8 +316,7 @@ class Editor(LatentEditor):
                 f"{sample_rate!r}: set it in the backbone class, as every Backbone subclass must"
             )
         for name, value in (("steps", steps), ("t_min", t_min), ("t_max", t_max), ("lr_step_size", lr_step_size)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            check_whole_number(name, value)
         if not 0 <= steps <= sys.maxsize:
             raise ValueError(f"steps must be between 0 and {sys.maxsize} (sys.maxsize), got {steps}")
         if not 0 < lr < math.inf:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
 
-from .editor import prompt_list, seeded_generator
+from .editor import check_whole_number, prompt_list, seeded_generator
 
 __all__ = [
     "SamplerState",
@@ -66,17 +66,6 @@ class SamplerState:
 
 
 SamplerCallback = Callable[[SamplerState], None]
-
-
-def check_whole_number(name: str, value: int, low: int, high: int | None = None) -> None:
-    """Refuse, by name, a count that is not a whole number in ``[low, high]`` (``high=None``: no
-    upper bound): ``True``, ``2.5``, ``4.0`` and ``torch.tensor(3)`` included, whose errors came
-    from deep inside (slice indices, ``__round__``) or, for ``True``, none at all."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
 
 
 def check_strength(strength: float) -> None:

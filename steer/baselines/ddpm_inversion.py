@@ -13,14 +13,8 @@ from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
-from ..editor import seeded_generator
-from ..sampling import (
-    SamplerCallback,
-    check_whole_number,
-    ddim_timesteps,
-    ddpm_invert,
-    ddpm_sample,
-)
+from ..editor import check_whole_number, seeded_generator
+from ..sampling import SamplerCallback, ddim_timesteps, ddpm_invert, ddpm_sample
 from .inversion import InversionEditor
 
 

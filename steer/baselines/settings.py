@@ -6,7 +6,8 @@ from __future__ import annotations
 from backbones import Backbone
 from losses.base import check_finite
 
-from ..sampling import check_strength, check_whole_number
+from ..editor import check_whole_number
+from ..sampling import check_strength
 
 
 def check_settings(backbone: Backbone, *, steps: int, strength: float, **guidance_scales: float) -> None:
