@@ -2,8 +2,9 @@
 
     python benchmarks/swap/evaluate_concept.py --instrument "acoustic guitar" --n 8
 
-A LoRA concept ("a recording of a sks guitar") is learnt from ``--references`` training-split
-clips of one instrument; held-out clips of other instruments are then edited towards it with
+A LoRA concept ("a recording of a sks guitar"; the class word is the instrument's last word unless
+``--class-word`` says otherwise) is learnt from ``--references`` training-split clips of one
+instrument; held-out clips of other instruments are then edited towards it with
 SteerMusic+ (concept) and with SteerMusic (the instrument's plain prompt), and scored as in
 ``evaluate.py``: CQT-1 PCC with the source, log-mel L1 to the true rendering on that instrument,
 and the share the classifier hears as that instrument; the unedited sources are scored too.
@@ -23,8 +24,9 @@ import torch
 
 from backbones import load_backbone
 from losses import TimestepWeighting
-from steer import Concept, SteerMusic, SteerMusicPlus, load_audio
-from steer.data import read_manifest
+from steer import Audio, Concept, SteerMusic, SteerMusicPlus
+from steer.data import load_clip, read_manifest
+from steer.data._files import manifest_problem, model_source_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
     parser.add_argument("--classifier", default="weights/instrument-classifier")
     parser.add_argument("--instrument", default="acoustic guitar", help="the concept's instrument")
-    parser.add_argument("--class-word", default="guitar")
+    parser.add_argument("--class-word", help="the concept's class word (default: the instrument's last word)")
     parser.add_argument("--references", type=int, default=5, help="training clips the concept learns from")
     parser.add_argument("--n", type=int, default=8, help="held-out clips to edit")
     parser.add_argument("--seconds", type=float, default=2.56)
@@ -50,23 +52,47 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.out.exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
+    for option in "references", "n":
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
+    for problem in manifest_problem(args.data), model_source_problem(args.classifier, "--classifier"):
+        if problem:
+            raise SystemExit(problem)
+    entries = read_manifest(args.data)
+    train = [e for e in entries if e.split == "train" and e.instrument == args.instrument]
+    truth = {e.melody_id: e for e in entries if e.split == "test" and e.instrument == args.instrument}
+    sources = [e for e in entries if e.split == "test" and e.instrument != args.instrument and e.melody_id in truth]
+    if not train or not truth:
+        both = {e.instrument for e in entries if e.split == "train"} & {e.instrument for e in entries if e.split == "test"}
+        raise SystemExit(
+            f"{args.data} has no {'test' if train else 'training'} clips of {args.instrument!r}: "
+            f"choose --instrument from those in both splits ({', '.join(sorted(both)) or 'none'})"
+        )
+    if len(train) < args.references:
+        raise SystemExit(
+            f"{args.data} has {len(train)} training clips of {args.instrument!r}, fewer than "
+            f"--references {args.references}: pass --references {len(train)} or fewer"
+        )
+    if len(sources) < args.n:
+        raise SystemExit(
+            f"{args.data} has {len(sources)} test clips of other instruments whose melody it also "
+            f"holds on {args.instrument!r}, fewer than --n {args.n}: pass --n {len(sources)} or fewer"
+        )
+    args.class_word = args.class_word or args.instrument.split()[-1]  # "acoustic guitar": "guitar"
+    rng = random.Random(args.seed)
+    references = [args.data.parent / e.audio for e in rng.sample(train, args.references)]
+    sources = rng.sample(sources, args.n)
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     backbone = load_backbone(args.backbone)
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
-    rng = random.Random(args.seed)
-    train = [e for e in read_manifest(args.data, split="train") if e.instrument == args.instrument]
-    references = [args.data.parent / e.audio for e in rng.sample(train, args.references)]
     started = time.perf_counter()
     concept = Concept.train(backbone, references, token="sks", class_word=args.class_word, method="lora", seed=args.seed)
     train_seconds = time.perf_counter() - started
 
-    test = read_manifest(args.data, split="test")
-    truth = {e.melody_id: e for e in test if e.instrument == args.instrument}
-    sources = [e for e in test if e.instrument != args.instrument and e.melody_id in truth]
-    sources = rng.sample(sources, args.n)
-    crop = round(args.seconds * 16000)
+    rate = backbone.sample_rate  # every clip is read at it, whatever rate the data was rendered at
+    crop = round(args.seconds * rate)
     concept_prompt = f"a recording of a sks {args.class_word}"
 
     def plus(**terms: float) -> SteerMusicPlus:
@@ -89,21 +115,21 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     try:
         for index, source in enumerate(sources):
-            audio = load_audio(args.data.parent / source.audio)
-            audio = type(audio)(audio.waveform[..., :crop], audio.sample_rate)
-            target = load_audio(args.data.parent / truth[source.melody_id].audio).waveform[0, :crop]
+            audio = Audio(load_clip(args.data.parent / source.audio, rate)[None, :crop], rate)
+            target = load_clip(args.data.parent / truth[source.melody_id].audio, rate)[:crop]
             rows.append({  # the unedited source: where an edit starts from
                 "method": "unedited source", "source": source.instrument, "melody": source.melody_id,
-                "pcc": 1.0, "distance": float(log_mel_distance(audio.waveform[0], target)),
-                "predicted": classifier.predict(audio.waveform, 16000)[0], "seconds": 0.0,
+                "pcc": 1.0, "distance": float(log_mel_distance(audio.waveform[0], target, sample_rate=rate)),
+                "predicted": classifier.predict(audio.waveform, rate)[0], "seconds": 0.0,
             })
             for name, (editor, prompt) in editors.items():
                 t0 = time.perf_counter()
                 output = editor.edit(audio, source=source.prompt, target=prompt, seed=args.seed + index).audio[0]
                 rows.append({
                     "method": name, "source": source.instrument, "melody": source.melody_id,
-                    "pcc": cqt1_pcc(audio.waveform[0], output), "distance": float(log_mel_distance(output, target)),
-                    "predicted": classifier.predict(output[None], 16000)[0], "seconds": time.perf_counter() - t0,
+                    "pcc": cqt1_pcc(audio.waveform[0], output, sample_rate=rate),
+                    "distance": float(log_mel_distance(output, target, sample_rate=rate)),
+                    "predicted": classifier.predict(output[None], rate)[0], "seconds": time.perf_counter() - t0,
                 })
             print(f"[{index + 1}/{len(sources)}] {source.melody_id}: {source.instrument}", flush=True)
     finally:

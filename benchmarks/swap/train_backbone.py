@@ -6,9 +6,11 @@
 Standard DDPM training (Ho et al., 2020): x_t = √ᾱ x0 + √(1−ᾱ) ε, loss ‖ε̂(x_t, t, y) − ε‖²,
 with the prompt dropped (replaced by "") 10 % of the time for classifier-free guidance (Ho &
 Salimans, 2022), AdamW with warm-up and cosine decay, and an exponential moving average of the
-weights, which is what gets saved. Each step takes random 2.56-s crops of the training clips.
-``--out`` gets ``config.json``, ``model.safetensors`` and ``training.json`` (every setting, the
-final loss and the time); an ``--out`` already holding any of them is refused without
+weights, which is what gets saved. Each step takes random 2.56-s crops of the training clips (read
+at the model's 16 kHz, whatever rate they were rendered at). ``--out`` gets ``config.json``,
+``model.safetensors`` (every 1000 steps and at the end) and ``training.json`` (every setting, the
+final loss and the time; written at the end, and removed when the first weights are saved, so it
+never describes other weights); an ``--out`` already holding any of them is refused without
 ``--overwrite``.
 """
 
@@ -27,22 +29,27 @@ import torch.nn.functional as F
 from backbones import MelFrontEnd
 from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel, default_unet_config
 from backbones.word_encoder import split_words
-from steer import load_audio
-from steer.data import read_manifest
-from steer.data._files import model_folder_problem
+from steer.data import load_clip, read_manifest
+from steer.data._files import manifest_problem, model_folder_problem
 
 
 def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor, list[str]]:
     """Log-mels ``(N, 1, frames, 64)`` of the manifests' training clips and their prompts."""
-    mels, prompts = [], []
+    mels, prompts, paths = [], [], []
     for manifest in manifests:
         entries = read_manifest(manifest, split="train")
         if not entries:
             raise SystemExit(f"{manifest} has no training clips")
         for entry in entries:
-            audio = load_audio(manifest.parent / entry.audio)
-            mels.append(mel(mel.normalize(audio.waveform.mean(0, keepdim=True))))
+            paths.append(manifest.parent / entry.audio)
+            mels.append(mel(mel.normalize(load_clip(paths[-1], mel.sample_rate)[None])))
             prompts.append(entry.prompt)
+            if mels[-1].shape[2] != mels[0].shape[2]:
+                first, this = (m.shape[2] * mel.hop_length / mel.sample_rate for m in (mels[0], mels[-1]))
+                raise SystemExit(
+                    f"the training clips differ in length ({paths[0]}: {first:.2f} s, {paths[-1]}: "
+                    f"{this:.2f} s): train on data rendered with one --seconds"
+                )
     return torch.cat(mels), prompts
 
 
@@ -63,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if problem := model_folder_problem(args.out, args.overwrite):
         parser.error(problem)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
+    for manifest in args.data:
+        if problem := manifest_problem(manifest):
+            raise SystemExit(problem)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / args.warmup)
+        lambda s: min(1.0, (s + 1) / max(args.warmup, 1))  # --warmup 0: none
         * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
     )
     patch = model.patch
@@ -132,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             recent = sum(losses[-100:]) / len(losses[-100:])
             print(f"step {step + 1}/{args.steps}  loss {recent:.4f}  {time.time() - started:.0f} s", flush=True)
         if (step + 1) % 1000 == 0 or step == args.steps - 1:
+            (args.out / "training.json").unlink(missing_ok=True)  # it describes the weights replaced
             ema.save_pretrained(args.out)
 
     seconds = time.time() - started

@@ -9,8 +9,10 @@ on the TEST split (melodies never heard in training) and, with ``--bach``, on ev
 another collection, each both on the clean renders and on their Griffin–Lim round trips
 (waveform → log-mel → :class:`backbones.griffin_lim.GriffinLimVocoder` → waveform), which is how
 the mel-diffusion backbone's edits sound. Writes ``config.json``, ``model.safetensors`` and
-``training.json`` (the numbers, the command, the time, the seed) into ``--out``; an ``--out``
-already holding any of them is refused without ``--overwrite``.
+``training.json`` (the numbers, the command, the time, the seed) into ``--out``: the weights
+after training, ``training.json`` after the evaluation (an older one is removed when the weights
+are saved, so it never describes other weights); an ``--out`` already holding any of them is
+refused without ``--overwrite``. Clips are read at 16 kHz, whatever rate they were rendered at.
 
 Augmentation, per crop:
 
@@ -44,14 +46,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 import torch.nn.functional as F
 
 from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
-from steer.data import DEFAULT_INSTRUMENTS, read_manifest
-from steer.data._files import model_folder_problem
+from steer.data import DEFAULT_INSTRUMENTS, load_clip, read_manifest
+from steer.data._files import manifest_problem, model_folder_problem
 from steer.metrics import InstrumentClassifier
 
 SAMPLE_RATE = 16000
@@ -65,11 +66,14 @@ def load_clips(manifest: Path, split: str | None) -> tuple[torch.Tensor, list[st
         raise SystemExit(f"{manifest} has no {split or ''} clips")
     waveforms, instruments = [], []
     for entry in entries:
-        audio, rate = soundfile.read(manifest.parent / entry.audio, dtype="float32")
-        if rate != SAMPLE_RATE or audio.ndim != 1:
-            raise SystemExit(f"{entry.audio}: expected mono {SAMPLE_RATE} Hz audio")
-        waveforms.append(torch.from_numpy(audio))
+        waveforms.append(load_clip(manifest.parent / entry.audio, SAMPLE_RATE))
         instruments.append(entry.instrument)
+        if len(waveforms[-1]) != len(waveforms[0]):
+            raise SystemExit(
+                f"{manifest}'s clips differ in length ({entries[0].audio}: "
+                f"{len(waveforms[0]) / SAMPLE_RATE:.2f} s, {entry.audio}: "
+                f"{len(waveforms[-1]) / SAMPLE_RATE:.2f} s): render them with one --seconds"
+            )
     return torch.stack(waveforms), instruments
 
 
@@ -209,6 +213,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if problem := model_folder_problem(args.out, args.overwrite):
         parser.error(problem)
+    if args.steps < 1 or args.warmup < 0 or not args.crop_seconds > 0:
+        parser.error(
+            f"--steps must be at least 1, --warmup at least 0 and --crop-seconds positive, got "
+            f"{args.steps}, {args.warmup} and {args.crop_seconds}"
+        )
+    test_sets = [("ryans_test", args.data, "test")]
+    if args.bach is not None:
+        test_sets.append(("bach", args.bach, None))
+    for _, manifest, _ in test_sets:
+        if problem := manifest_problem(manifest):
+            raise SystemExit(problem)
+    trained = {e.instrument for e in read_manifest(args.data, split="train")}
+    for _, manifest, split in test_sets:  # evaluated after training: checked before it
+        entries = read_manifest(manifest, split=split)
+        if not entries:
+            raise SystemExit(f"{manifest} has no {'test ' if split else ''}clips to evaluate the classifier on")
+        if unknown := sorted({e.instrument for e in entries} - trained):
+            raise SystemExit(
+                f"{manifest} has clips of {', '.join(unknown)}, which {args.data}'s training split "
+                "lacks: the classifier could not name them"
+            )
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -220,6 +245,13 @@ def main(argv: list[str] | None = None) -> None:
     classes = [i for i in DEFAULT_INSTRUMENTS if i in set(instruments)]
     classes += sorted(set(instruments) - set(classes))
     print(f"{len(clean)} training clips of {clean.shape[-1] / SAMPLE_RATE:.2f} s, classes {classes}", flush=True)
+    crop = round(args.crop_seconds * SAMPLE_RATE)
+    if crop > clean.shape[-1]:
+        raise SystemExit(
+            f"the training clips are {clean.shape[-1] / SAMPLE_RATE:.2f} s long, shorter than "
+            f"--crop-seconds {args.crop_seconds}: pass --crop-seconds "
+            f"{clean.shape[-1] / SAMPLE_RATE:.2f} or less, or render longer clips (python -m steer.data --seconds)"
+        )
     rough = griffin_lim_round_trip(
         clean, n_iter=args.train_griffin_lim_iters, cache=args.cache, mel=mel, label="training"
     )
@@ -235,9 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
+        lambda s: min(1.0, (s + 1) / max(args.warmup, 1))  # --warmup 0: none
+        * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
     )
-    crop = round(args.crop_seconds * SAMPLE_RATE)
     hop = mel.hop_length
     max_start = (clean.shape[-1] - crop) // hop
     classifier.train()
@@ -268,12 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.time() - train_started
     classifier.eval()
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "training.json").unlink(missing_ok=True)  # it describes the weights replaced
     classifier.save_pretrained(args.out)
 
     evaluations = {}
-    test_sets = [("ryans_test", args.data, "test")]
-    if args.bach is not None:
-        test_sets.append(("bach", args.bach, None))
     for name, manifest, split in test_sets:
         waveforms, names = load_clips(manifest, split)
         truth = classifier.class_index(names)

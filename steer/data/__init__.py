@@ -5,7 +5,7 @@ Real melodies from music21's corpus, each rendered offline with several General-
 edit whose ideal result is known. ``python -m steer.data --help`` renders a dataset folder.
 """
 
-from steer.data.dataset import audio_path, render_dataset
+from steer.data.dataset import audio_path, load_clip, render_dataset
 from steer.data.instruments import DEFAULT_INSTRUMENTS, GM_PROGRAMS, gm_program, instrument_prompt
 from steer.data.manifest import (
     ManifestEntry,
@@ -14,7 +14,15 @@ from steer.data.manifest import (
     swap_pairs,
     write_manifest,
 )
-from steer.data.melodies import Melody, Note, iter_melodies, list_works, load_melodies, parse_melody
+from steer.data.melodies import (
+    Melody,
+    Note,
+    TooFewMelodies,
+    iter_melodies,
+    list_works,
+    load_melodies,
+    parse_melody,
+)
 from steer.data.render import Clip, choose_clip, render_clip, render_melody, synthesize
 
 __all__ = [
@@ -24,12 +32,14 @@ __all__ = [
     "ManifestEntry",
     "Melody",
     "Note",
+    "TooFewMelodies",
     "audio_path",
     "choose_clip",
     "gm_program",
     "instrument_prompt",
     "iter_melodies",
     "list_works",
+    "load_clip",
     "load_melodies",
     "parse_melody",
     "read_manifest",

@@ -1,7 +1,8 @@
 """Atomic file writes: write a temporary file beside the target, then rename it over.
 
 A reader (or a later run's cache check) never sees a half-written file, even if the writer is
-killed; an interrupted write leaves at most a ``.*.tmp`` file behind.
+killed; an interrupted write leaves at most a ``.*.tmp`` file behind. Also the checks the swap
+benchmark's scripts make of the paths they are given, before any work.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 
 def _temporary(path: Path) -> Path:
@@ -71,11 +73,35 @@ MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
 
 def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
-    """Why a training script must not write a model into ``folder`` (it holds one of
-    :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
+    """Why a training script must not write a model into ``folder`` (it is a file, or it holds
+    one of :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder: choose another --out"
     held = [name for name in MODEL_FILES if (folder / name).exists()]
     if held and not overwrite:
         return f"{folder} already holds {', '.join(held)}; pass --overwrite to replace them, or choose another --out"
+    return None
+
+
+def manifest_problem(manifest: Path) -> str | None:
+    """Why a script cannot read the dataset ``manifest`` (it is not a file), or ``None``."""
+    if manifest.is_file():
+        return None
+    return (
+        f"{manifest} not found: render the data first, e.g. "
+        "python -m steer.data --collection ryansMammoth --n-melodies 400 --out data/swap-ryans"
+    )
+
+
+def model_source_problem(name: str, option: str) -> str | None:
+    """Why ``from_pretrained(name)`` cannot even start (``name`` is no local folder and no Hub
+    repo id: a local path that is missing), or ``None``."""
+    if Path(name).is_dir():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return f"{option} {name} not found: pass a folder written by save_pretrained, or a Hub repo id"
     return None
 
 

@@ -42,11 +42,15 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
+from backbones.mel import to_mono
+from steer.audio import load_audio
 from steer.data._files import atomic_write_text, atomic_write_wav, is_valid_wav
 from steer.data.instruments import DEFAULT_INSTRUMENTS, gm_program, instrument_prompt
 from steer.data.manifest import ManifestEntry, read_manifest, split_melodies, write_manifest
-from steer.data.melodies import load_melodies
-from steer.data.render import choose_clip, default_soundfont, render_clip
+from steer.data.melodies import TooFewMelodies, load_melodies
+from steer.data.render import MIN_PITCHES, choose_clip, default_soundfont, render_clip
 
 MANIFEST = "manifest.jsonl"
 CONFIG = "render_config.json"
@@ -68,6 +72,14 @@ def audio_path(melody_id: str, instrument: str) -> str:
     if number:
         folder += f"-{int(number)}"
     return f"audio/{folder}/{_slug(instrument)}.wav"
+
+
+def load_clip(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """A rendered clip as ``(samples,)`` mono float32 at ``sample_rate`` (a model's rate),
+    resampled from the rate its folder was rendered at: a 16 kHz clip read at 16 kHz is
+    returned sample for sample."""
+    audio = load_audio(path)
+    return to_mono(audio.waveform.mean(0), audio.sample_rate, sample_rate)[0]
 
 
 def render_dataset(
@@ -111,6 +123,10 @@ def render_dataset(
         gm_program(instrument)  # fail before any work on an unknown name
     if n_melodies < 1:
         raise ValueError(f"n_melodies must be at least 1, got {n_melodies}")
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a dataset folder: choose another out_dir (--out)")
     config = {
         "collection": collection,
         "seed": seed,
@@ -124,15 +140,27 @@ def render_dataset(
     _check_config(out, config)
 
     clips = {}
+    longest = 0.0  # quarter notes, of the melodies tried
 
     def has_clip(melody) -> bool:
+        nonlocal longest
+        longest = max(longest, melody.quarters)
         clip = choose_clip(melody, seconds=seconds, qpm=qpm, seed=seed, min_coverage=min_coverage)
         clips[melody.id] = clip
         return clip is not None
 
-    melodies = load_melodies(
-        collection, n_melodies=n_melodies, seed=seed, cache=out / NOTES, keep=has_clip
-    )
+    try:
+        melodies = load_melodies(
+            collection, n_melodies=n_melodies, seed=seed, cache=out / NOTES, keep=has_clip
+        )
+    except TooFewMelodies as error:
+        raise ValueError(
+            f"{error}: a usable melody has a {seconds:g} s window starting on a note in which "
+            f"notes sound {min_coverage:.0%} of the time or more and {MIN_PITCHES} distinct "
+            f"pitches or more start, and the longest of the {len(clips)} melodies tried lasts "
+            f"{longest * 60 / qpm:.1f} s at {qpm:g} qpm: choose other seconds (--seconds) or "
+            "qpm (--qpm)"
+        ) from None
     split = split_melodies([m.id for m in melodies], test_fraction=test_fraction, seed=seed)
     entries = [
         ManifestEntry(

@@ -3,9 +3,11 @@
 ``{"audio": "audio/<melody>/<instrument>.wav", "melody_id": ..., "instrument": ...,
 "prompt": "a recording of a violin", "split": "train" | "test", "collection": ...}``
 
-``audio`` is relative to the manifest's folder. Train and test are split by melody, so a test
-melody is never heard in training, whatever the instrument; re-rendering a folder
-(:func:`steer.data.render_dataset`) refuses to move a rendered melody to the other split.
+``audio`` is relative to the manifest's folder. Train and test are split by melody (by the
+corpus file), so a test melody's file is never heard in training, whatever the instrument; a tune
+that the corpus holds twice under two titles can land on both sides (README: the swap benchmark).
+Re-rendering a folder (:func:`steer.data.render_dataset`) refuses to move a rendered melody to the
+other split.
 """
 
 from __future__ import annotations

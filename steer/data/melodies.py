@@ -30,6 +30,10 @@ _NOTE_FORMATS = (".mxl", ".musicxml", ".xml", ".krn", ".abc", ".mid", ".midi")
 _ABC_TUNE = re.compile(r"^X:\s*(\d+)", re.MULTILINE)
 
 
+class TooFewMelodies(ValueError):
+    """:func:`load_melodies` found fewer usable melodies than asked for."""
+
+
 @dataclass(frozen=True)
 class Note:
     """One note of a melody, in quarter notes from the start of the work."""
@@ -194,7 +198,8 @@ def load_melodies(
     """The first ``n_melodies`` melodies of ``collection`` in seeded order that pass ``keep``.
 
     Raises:
-        ValueError: when the collection has fewer usable melodies.
+        TooFewMelodies: (a ``ValueError``) when the collection has fewer usable melodies.
+        ValueError: for a collection music21's corpus does not have.
     """
     melodies = []
     iterator = iter_melodies(collection, seed=seed, cache=cache)
@@ -207,7 +212,7 @@ def load_melodies(
     finally:
         iterator.close()  # writes the cache
     if len(melodies) < n_melodies:
-        raise ValueError(
+        raise TooFewMelodies(
             f"collection {collection!r} has only {len(melodies)} usable melodies, "
             f"{n_melodies} asked for"
         )

@@ -32,6 +32,10 @@ def default_soundfont() -> Path:
     return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
 
 
+#: Distinct pitches a clip window must hold (fewer: no melody for CQT-1 PCC to follow).
+MIN_PITCHES = 3
+
+
 @dataclass(frozen=True)
 class Clip:
     """A fixed-length window of a melody, with note times in seconds from the window start."""
@@ -54,7 +58,7 @@ def choose_clip(
     qpm: float = 100.0,
     seed: int = 0,
     min_coverage: float = 0.6,
-    min_pitches: int = 3,
+    min_pitches: int = MIN_PITCHES,
 ) -> Clip | None:
     """Pick the window of ``melody`` to render, deterministically from ``seed`` and the melody id.
 

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from backbones.mel_diffusion import MelDiffusionModel
 from benchmarks.swap import evaluate, evaluate_concept, train_backbone, train_classifier
-from steer.data import ManifestEntry, write_manifest
+from steer.data import ManifestEntry, instrument_prompt, write_manifest
 from steer.data._files import atomic_write_wav
+
+WEIGHTS = Path(__file__).parents[3] / "weights"
 
 
 @pytest.fixture
@@ -21,6 +24,45 @@ def torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def write_tones(
+    folder: Path,
+    *,
+    splits: dict[str, str],
+    instruments=("piano", "violin"),
+    seconds: float = 1.28,
+    sample_rate: int = 16000,
+) -> Path:
+    """A manifest of synthetic clips: each melody (id -> split) four rising notes, played by
+    "piano" as sines and by the other instruments with their own mix of harmonics; the same
+    continuous signal at any ``sample_rate``."""
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    entries = []
+    for k, (melody, split) in enumerate(splits.items()):
+        pitches = np.array([60, 64, 67, 72]) + 2 * k
+        hz = 440 * 2 ** ((pitches[(4 * t / seconds).astype(int)] - 69) / 12)
+        for j, instrument in enumerate(instruments):
+            audio = sum(np.sin(2 * np.pi * h * hz * t) / h ** (3 - j) for h in (1, 2, 3))
+            path = f"audio/{melody}/{instrument}.wav"
+            atomic_write_wav(folder / path, (0.5 * audio / np.abs(audio).max()).astype(np.float32), sample_rate)
+            entries.append(ManifestEntry(path, melody, instrument, instrument_prompt(instrument), split, "c"))
+    return write_manifest(folder / "manifest.jsonl", entries)
+
+
+class Loaded(Exception):
+    """Raised in place of loading a model: the checks before it passed."""
+
+
+@pytest.fixture
+def no_loads(monkeypatch):
+    """The evaluate scripts' model loads raise :class:`Loaded`."""
+
+    def load(*args, **kwargs):
+        raise Loaded
+
+    for script in (evaluate, evaluate_concept):
+        monkeypatch.setattr(script, "load_backbone", load)
 
 
 @pytest.fixture
@@ -96,3 +138,221 @@ def test_training_records_every_setting(short_clips, tmp_path, torch_threads):
         "device": "cpu",
     }
     assert (out / "model.safetensors").is_file()
+
+
+# --- the rate clips were rendered at --------------------------------------------------------------
+
+
+def test_evaluate_scores_data_of_any_rate_as_the_backbone_reads_it(tmp_path, torch_threads):
+    """22.05 kHz data scores as 16 kHz data of the same melody (it was read as 16 kHz before)."""
+    summaries = {}
+    for rate in (16000, 22050):
+        manifest = write_tones(tmp_path / str(rate), splits={"m": "test"}, seconds=2.56, sample_rate=rate)
+        out = tmp_path / f"{rate}.json"
+        evaluate.main([
+            "--data", str(manifest), "--backbone", str(WEIGHTS / "mel-diffusion-swap"),
+            "--classifier", str(WEIGHTS / "instrument-classifier"), "--methods", "identity", "ground-truth",
+            "--n", "2", "--threads", "1", "--out", str(out),
+        ])
+        summaries[rate] = json.loads(out.read_text())["summary"]
+    for method in ("identity", "ground-truth"):
+        native, resampled = summaries[16000][method], summaries[22050][method]
+        assert resampled["pcc"] == pytest.approx(native["pcc"], abs=0.02), method
+        assert resampled["distance"] == pytest.approx(native["distance"], abs=0.05), method
+        assert resampled["target_accuracy"] == native["target_accuracy"], method
+
+
+def test_training_clips_of_any_rate_are_read_at_16_khz(tmp_path):
+    manifest = write_tones(tmp_path, splits={"m": "train"}, sample_rate=22050)
+    waveforms, instruments = train_classifier.load_clips(manifest, "train")
+    assert waveforms.shape == (2, round(1.28 * 16000)) and instruments == ["piano", "violin"]
+
+
+# --- checks before any model loads or training starts ---------------------------------------------
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_evaluate_refuses_n_below_one(n, tmp_path, no_loads, capsys):
+    manifest = write_tones(tmp_path, splits={"m": "test"})
+    with pytest.raises(SystemExit) as exit:
+        evaluate.main(["--data", str(manifest), "--n", n, "--out", str(tmp_path / "out.json")])
+    assert exit.value.code == 2 and f"--n must be at least 1, got {n}" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_split_without_pairs(tmp_path, no_loads):
+    manifest = write_tones(tmp_path, splits={"m": "train"})
+    with pytest.raises(SystemExit, match="no test-split melody rendered with two instruments"):
+        evaluate.main(["--data", str(manifest), "--out", str(tmp_path / "out.json")])
+
+
+def test_evaluate_says_when_fewer_pairs_than_asked(tmp_path, no_loads, capsys):
+    manifest = write_tones(tmp_path, splits={"m": "test"})
+    with pytest.raises(Loaded):
+        evaluate.main(["--data", str(manifest), "--n", "5", "--out", str(tmp_path / "out.json")])
+    assert "has 2 test-split pairs, fewer than --n 5: evaluating 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_a_missing_classifier_is_named(script, tmp_path, no_loads):
+    manifest = write_tones(tmp_path, splits={"m": "test"})
+    missing = tmp_path / "no-classifier"
+    with pytest.raises(SystemExit, match=f"--classifier {missing} not found"):
+        script.main(["--data", str(manifest), "--classifier", str(missing), "--out", str(tmp_path / "out.json")])
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_missing_data_is_named_with_the_command_that_renders_it(script, tmp_path, no_loads):
+    with pytest.raises(SystemExit, match="not found: render the data first, e.g. python -m steer.data"):
+        script.main(["--data", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "out.json")])
+
+
+def test_the_evaluate_example_uses_the_readme_tables_settings():
+    """The docstring's command runs the settings of the README's table, not the paper's
+    defaults, which overshoot the small backbone."""
+    command = evaluate.__doc__.split("python benchmarks/swap/evaluate.py", 1)[1].split("\n\n", 1)[0]
+    args = evaluate.build_parser().parse_args(command.replace("\\\n", " ").split())
+    assert (args.n, args.steps, args.guidance, args.lr) == (8, 200, 7.5, 0.005)
+
+
+@pytest.fixture
+def concept_data(tmp_path) -> Path:
+    """Two training and two test melodies, on piano and violin."""
+    return write_tones(tmp_path, splits={"a": "train", "b": "train", "c": "test", "d": "test"})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--instrument", "trumpet"], r"no training clips of 'trumpet': choose --instrument from those in both splits \(piano, violin\)"),
+        (["--instrument", "violin", "--references", "3"], "has 2 training clips of 'violin', fewer than --references 3: pass --references 2"),
+        (["--instrument", "violin", "--references", "2", "--n", "3"], "has 2 test clips of other instruments .* fewer than --n 3: pass --n 2"),
+    ],
+)
+def test_evaluate_concept_checks_the_clips_before_training(argv, message, concept_data, tmp_path, no_loads):
+    with pytest.raises(SystemExit, match=message):
+        evaluate_concept.main(["--data", str(concept_data), "--out", str(tmp_path / "out.json"), *argv])
+
+
+@pytest.mark.parametrize("instrument, word", [("trumpet", "trumpet"), ("acoustic guitar", "guitar")])
+def test_the_class_word_follows_the_instrument(instrument, word, tmp_path, monkeypatch):
+    instruments = ("piano", instrument)
+    data = write_tones(tmp_path, splits={"a": "train", "c": "test"}, instruments=instruments)
+    monkeypatch.setattr(evaluate_concept, "load_backbone", lambda name: None)
+    monkeypatch.setattr(evaluate_concept.InstrumentClassifier, "from_pretrained", lambda name: torch.nn.Identity())
+
+    def train(backbone, references, **kwargs):
+        raise Loaded(kwargs["class_word"])
+
+    monkeypatch.setattr(evaluate_concept.Concept, "train", train)
+    argv = ["--data", str(data), "--instrument", instrument, "--references", "1", "--n", "1"]
+    with pytest.raises(Loaded, match=f"^{word}$"):
+        evaluate_concept.main([*argv, "--out", str(tmp_path / "out.json")])
+
+
+def test_the_shipped_concept_results_used_the_default_class_word():
+    results = sorted((Path(evaluate.__file__).parent / "results").glob("*.json"))
+    assert results
+    for path in results:
+        settings = json.loads(path.read_text())["settings"]
+        assert settings["class_word"] == settings["instrument"].split()[-1], path.name
+
+
+def test_clips_of_different_lengths_are_refused_with_the_fix(short_clips, tmp_path, torch_threads):
+    longer = write_tones(tmp_path / "longer", splits={"m": "train"}, seconds=2.56)
+    argv = ["--data", str(short_clips), str(longer), "--out", str(tmp_path / "model"), "--threads", "1"]
+    with pytest.raises(SystemExit, match=r"differ in length \(.*: 1.28 s, .*: 2.56 s\): train on data rendered with one --seconds"):
+        train_backbone.main(argv)
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("script", [train_backbone, train_classifier])
+@pytest.mark.parametrize("option, value", [("--steps", "0"), ("--warmup", "-1")])
+def test_training_settings_are_checked(script, option, value, short_clips, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        script.main(["--data", str(short_clips), "--out", str(tmp_path / "model"), option, value])
+    assert exit.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", [train_backbone, train_classifier])
+def test_an_out_that_is_a_file_is_refused_before_any_work(script, tmp_path, capsys):
+    out = tmp_path / "model"
+    out.write_text("the user's\n")
+    with pytest.raises(SystemExit) as exit:
+        script.main(["--data", str(tmp_path / "missing"), "--out", str(out), "--overwrite"])
+    assert exit.value.code == 2 and f"{out} is a file, not a folder" in capsys.readouterr().err
+    assert out.read_text() == "the user's\n"
+
+
+@pytest.fixture
+def classifier_data(tmp_path) -> Path:
+    """One training and one test melody, on piano and violin."""
+    return write_tones(tmp_path / "data", splits={"a": "train", "b": "test"})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "{short_clips}"], "has no test clips to evaluate the classifier on"),
+        (["--data", "{classifier_data}", "--crop-seconds", "3"],
+         r"the training clips are 1.28 s long, shorter than --crop-seconds 3.0: pass --crop-seconds 1.28 or less"),
+        (["--data", "{classifier_data}", "--bach", "{bach}"], "has clips of trumpet, which .* training split lacks"),
+    ],
+)
+def test_the_classifier_is_not_trained_for_an_evaluation_that_would_fail(
+    argv, message, short_clips, classifier_data, tmp_path, torch_threads
+):
+    bach = write_tones(tmp_path / "bach", splits={"x": "test"}, instruments=("piano", "trumpet"))
+    paths = {"short_clips": short_clips, "classifier_data": classifier_data, "bach": bach}
+    argv = [a.format(**paths) for a in argv] + ["--out", str(tmp_path / "model"), "--threads", "1"]
+    with pytest.raises(SystemExit, match=message):
+        train_classifier.main(argv)
+    assert not (tmp_path / "model").exists()
+
+
+def test_warmup_zero_trains_without_warm_up(short_clips, tmp_path, torch_threads):
+    argv = ["--data", str(short_clips), "--out", str(tmp_path / "model"), "--steps", "1", "--batch", "1"]
+    argv += ["--threads", "1", "--crop-frames", "64", "--warmup", "0"]
+    with torch.random.fork_rng():
+        train_backbone.main(argv)
+    assert json.loads((tmp_path / "model" / "training.json").read_text())["warmup"] == 0
+
+
+# --- records that match the weights ---------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_backbone_run_leaves_no_stale_record(short_clips, tmp_path, torch_threads, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "training.json").write_text('{"steps": 3000}\n')  # a previous run's
+    save = MelDiffusionModel.save_pretrained
+
+    def save_then_stop(self, path):
+        save(self, path)
+        raise Interrupted
+
+    monkeypatch.setattr(MelDiffusionModel, "save_pretrained", save_then_stop)
+    argv = ["--data", str(short_clips), "--out", str(out), "--steps", "1", "--batch", "1"]
+    argv += ["--threads", "1", "--crop-frames", "64", "--overwrite"]
+    with torch.random.fork_rng(), pytest.raises(Interrupted):
+        train_backbone.main(argv)
+    assert (out / "model.safetensors").is_file() and not (out / "training.json").exists()
+
+
+def test_an_interrupted_classifier_run_leaves_no_stale_record(classifier_data, tmp_path, torch_threads, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "training.json").write_text('{"steps": 1200}\n')  # a previous run's
+
+    def stop(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(train_classifier, "evaluate", stop)  # the minutes after the weights are saved
+    argv = ["--data", str(classifier_data), "--out", str(out), "--steps", "1", "--batch", "2"]
+    argv += ["--threads", "1", "--crop-seconds", "1.28", "--overwrite"]
+    with torch.random.fork_rng(), pytest.raises(Interrupted):
+        train_classifier.main(argv)
+    assert (out / "model.safetensors").is_file() and not (out / "training.json").exists()
