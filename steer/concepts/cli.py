@@ -10,7 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .concept import METHODS, PushError, check_repo_id, check_save_folder, check_words
+from backbones.word_encoder import split_words
+
+from .concept import (
+    CONFIG_NAME,
+    METHODS,
+    PushError,
+    check_repo_id,
+    check_save_folder,
+    check_words,
+)
 from .train import check_checkpoint_dir, check_references, check_settings
 
 
@@ -41,9 +50,13 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the concept to this Hub repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing concept folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="save into an output folder that is not empty: a concept there is replaced, other files are kept",
+    )
     return parser
 
 
@@ -51,20 +64,24 @@ def run_personalize(args: argparse.Namespace) -> Path:
     """Learn, save (and push) the concept ``args`` describe; returns the output folder.
 
     Everything that can be checked without the model is checked before it loads: the output and
-    checkpoint folders, the reference clips (read and checked as training reads them), the token,
-    the Hub repo id and the training numbers. A failed push leaves the saved concept in place and
-    raises a :class:`~steer.concepts.concept.PushError` that says how to push it again.
+    checkpoint folders, the reference clips (read and checked as training reads them), the token
+    (for a local mel-diffusion model, against its vocabulary's rule), the Hub repo id and the
+    training numbers. Training that diverges raises before anything is saved or pushed. A failed
+    push leaves the saved concept in place and raises a
+    :class:`~steer.concepts.concept.PushError` that says how to push it again.
     """
     output: Path = args.output
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
-        raise ValueError(f"{output} exists; pass --overwrite to replace it")
+    check_save_folder(output)
+    _check_output_overwrite(output, args.overwrite)
     check_references(args.references)
     check_words(args.token, args.class_word)
+    _check_mel_token(args.backbone, args.token)
     if args.push_to_hub is not None:
         check_repo_id(args.push_to_hub, "--push-to-hub")
+    elif args.private:
+        raise ValueError("--private applies with --push-to-hub: add --push-to-hub REPO_ID or drop --private")
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
-    check_save_folder(output)
     if args.checkpoint_dir is not None:
         check_checkpoint_dir(args.checkpoint_dir, resume=args.resume)
     if args.steps is not None and args.steps < 1:
@@ -117,3 +134,29 @@ def run_personalize(args: argparse.Namespace) -> Path:
             raise PushError(error.repo_id, error.reason, retry=retry) from error
         print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
     return output
+
+
+def _check_output_overwrite(output: Path, overwrite: bool) -> None:
+    """Refuse, without ``--overwrite``, an output folder that is not empty, saying what
+    ``--overwrite`` would do there (``output`` is a folder or absent: :func:`check_save_folder`)."""
+    if overwrite or not output.is_dir() or not any(output.iterdir()):
+        return
+    if (output / CONFIG_NAME).is_file():
+        raise ValueError(f"{output} holds a concept; pass --overwrite to replace it")
+    raise ValueError(
+        f"{output} is a folder holding other files; pass --overwrite to save the concept beside them "
+        "(they are kept), or choose an empty or new folder"
+    )
+
+
+def _check_mel_token(backbone: str, token: str) -> None:
+    """Refuse a token the mel-diffusion model's vocabulary cannot hold (one lower-case word of its
+    prompt splitting) when ``--backbone`` is such a model's folder (``config.json`` and no
+    pipeline's ``model_index.json``, as ``load_backbone`` tells them apart), before it loads."""
+    folder = Path(backbone)
+    mel = (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
+    if mel and split_words(token) != [token]:
+        raise ValueError(
+            f"--token {token!r} is not one lower-case word, which the mel-diffusion model {backbone} needs "
+            "(e.g. 'sks' or '[s]')"
+        )

@@ -18,6 +18,7 @@ safetensors (never pickle), and a ``README.md`` model card with the Hub metadata
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -26,6 +27,7 @@ import os
 import re
 import struct
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import (
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    hf_hub_download,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
@@ -97,8 +106,8 @@ class ConceptConfig:
         token: the word that names the concept in prompts (one word, e.g. ``"sks"``).
         class_word: the kind of sound (``"guitar"``); ``None`` for a token used alone.
         family: :attr:`Backbone.family` of the base model.
-        base_model: repo id or path of the base model, when known (informational: the
-            compatibility check uses :attr:`base_fingerprint`).
+        base_model: repo id or absolute path of the base model, when known (informational:
+            the compatibility check uses :attr:`base_fingerprint`).
         base_fingerprint: :func:`base_fingerprint` of the base denoiser (a hash of its
             parameter names and shapes, and statistics of every parameter), checked when the
             concept is applied (so a local path and a repo id of the same model both pass).
@@ -127,6 +136,8 @@ class ConceptConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown concept method {self.method!r}: use one of {', '.join(METHODS)}")
         check_words(self.token, self.class_word)
+        if isinstance(self.templates, str):
+            raise ValueError(f"templates must be a list of prompt templates, got the string {self.templates!r}: pass [{self.templates!r}]")
         if self.method == "lora":
             if self.lora_rank is None or self.lora_rank < 1:
                 raise ValueError(f"a LoRA concept needs a rank >= 1, got {self.lora_rank}")
@@ -141,6 +152,8 @@ class ConceptConfig:
                 f"this concept was written in format {self.format_version} by steer "
                 f"{self.steer_version}; this steer reads format {FORMAT_VERSION}: upgrade steer"
             )
+        if self.base_fingerprint is not None:
+            check_fingerprint(self.base_fingerprint)
         # JSON has no tuples: normalise so that a loaded config equals the saved one.
         object.__setattr__(self, "templates", tuple(self.templates))
         if self.lora_targets is not None:
@@ -254,6 +267,38 @@ def _sampled_means(params: Mapping[str, Tensor], names: Sequence[str], samples: 
     return [float(params[n].detach().double().abs().mean()) for n in picks]
 
 
+def check_fingerprint(fingerprint: Any) -> None:
+    """Refuse a ``base_fingerprint`` that :func:`base_fingerprint` cannot have written, with a
+    ``ValueError`` naming the field (one of a newer version is left to :func:`fingerprint_mismatch`)."""
+    if not isinstance(fingerprint, Mapping):
+        raise ValueError(f"base_fingerprint must be an object, got a JSON {type(fingerprint).__name__}")
+    version = fingerprint.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"base_fingerprint.version must be a whole number >= 1, got {version!r}")
+    if version > FINGERPRINT_VERSION:
+        return
+    if not isinstance(fingerprint.get("architecture"), str):
+        raise ValueError(f"base_fingerprint.architecture must be a string, got {fingerprint.get('architecture')!r}")
+    if version == 1:
+        weights = fingerprint.get("weights")
+        if not isinstance(weights, list) or not all(type(w) in (int, float) for w in weights):
+            raise ValueError(f"base_fingerprint.weights must be a list of numbers, got {weights!r:.60}")
+    else:
+        _saved_statistics(fingerprint)
+
+
+def _saved_statistics(fingerprint: Mapping[str, Any]) -> tuple[float, ...]:
+    """The float32 statistics of a version-2 fingerprint (base64 of (norm, projection) pairs)."""
+    encoded = fingerprint.get("statistics")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (TypeError, binascii.Error):  # not a string; not base64
+        raw = None
+    if raw is None or len(raw) % 8:
+        raise ValueError(f"base_fingerprint.statistics must be base64 of float32 pairs, got {encoded!r:.60}")
+    return struct.unpack(f"<{len(raw) // 4}f", raw)
+
+
 def fingerprint_mismatch(denoiser: nn.Module, expected: Mapping[str, Any]) -> str | None:
     """Why ``denoiser`` is not the base model of fingerprint ``expected``, or ``None`` if it is.
 
@@ -276,8 +321,7 @@ def fingerprint_mismatch(denoiser: nn.Module, expected: Mapping[str, Any]) -> st
             ):
                 return "the backbone's denoiser has different weights"
             return None
-        raw = base64.b64decode(expected["statistics"])
-        saved = struct.unpack(f"<{len(raw) // 4}f", raw)
+        saved = _saved_statistics(expected)
         if len(saved) != 2 * len(names):
             return f"its fingerprint holds {len(saved)} statistics for {len(names)} parameters (a corrupt {CONFIG_NAME})"
         for i, (name, (norm, projection)) in enumerate(zip(names, _statistics(params, names))):
@@ -289,11 +333,22 @@ def fingerprint_mismatch(denoiser: nn.Module, expected: Mapping[str, Any]) -> st
     return None
 
 
+def check_can_be_folder(folder: Path, what: str) -> None:
+    """Refuse a folder path that cannot be one or cannot be written: an existing file, or one
+    under a file or a folder this user cannot write (``what`` names it in the error)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "exists and is not a folder" if existing == folder else f"cannot be a folder: {existing} is a file"
+        raise ValueError(f"{what} {folder} {where}; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; choose another path")
+
+
 def check_save_folder(folder: Path) -> None:
-    """Refuse a folder :meth:`Concept.save_pretrained` must not write: a file, or a folder that
-    is not a concept's but holds a file of a concept's names (it would be replaced)."""
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} exists and is not a folder")
+    """Refuse a folder :meth:`Concept.save_pretrained` must not write: a file, a path under a file
+    or an unwritable folder, or a folder that is not a concept's but holds a file of a concept's
+    names (it would be replaced)."""
+    check_can_be_folder(folder, "the concept folder")
     clashes = sorted(name for name in _OWN_FILES if (folder / name).exists())
     if clashes and not (folder / CONFIG_NAME).is_file():
         raise ValueError(
@@ -405,6 +460,15 @@ class Concept:
                 "Load the base model it was trained on."
             )
 
+    def check_finite(self) -> None:
+        """Refuse weights holding NaN or infinite values (training diverged) with a ``ValueError``."""
+        key = nonfinite_key(self.weights)
+        if key is not None:
+            raise ValueError(
+                f"the concept's tensor {key} holds NaN or infinite values (its training diverged): "
+                "train it again with a lower learning rate"
+            )
+
     # -- files --------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | os.PathLike, *, repo_id: str | None = None) -> Path:
         """Write the concept to a folder (created if needed); returns the folder.
@@ -414,10 +478,11 @@ class Concept:
         ``README.md``, the model card (``repo_id`` only changes its usage example). Saving over
         an earlier concept replaces its files (those of another method are removed); a folder
         that is not a concept's but holds a file of one of these names is refused, and other
-        files are left alone.
+        files are left alone. Weights holding NaN or infinite values are refused.
         """
         folder = Path(save_directory)
         check_save_folder(folder)
+        self.check_finite()
         folder.mkdir(parents=True, exist_ok=True)
         written = {CONFIG_NAME, CARD_NAME}
         metadata = {"format": "pt", "steer_method": self.method, "steer_token": self.token}
@@ -458,14 +523,7 @@ class Concept:
 
     @classmethod
     def _from_folder(cls, folder: Path, name: str) -> Concept:
-        config_path = folder / CONFIG_NAME
-        if not config_path.is_file():
-            hint = " (it holds a peft adapter: steer needs the concept's token and base model too)" if (folder / ADAPTER_CONFIG_NAME).is_file() else ""
-            raise ValueError(f"{name} is not a steer concept: it has no {CONFIG_NAME}{hint}")
-        try:
-            config = ConceptConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
-            raise ValueError(f"{name}: cannot read {CONFIG_NAME} ({error})") from error
+        config = _read_config(_config_path(folder, name), name)
         weights: dict[str, Tensor] = {}
         if config.method == "lora":
             adapter = _load_safetensors(folder, ADAPTER_WEIGHTS_NAME, name)
@@ -496,11 +554,13 @@ class Concept:
         of this machine. The concept itself is left unchanged.
 
         Raises:
-            ValueError: for a repo id the Hub refuses, before anything is sent.
+            ValueError: for a repo id the Hub refuses, or weights that are not finite, before
+                anything is sent.
             PushError: when the Hub cannot be reached or refuses the upload (no connection,
                 offline mode, no or a wrong token, no write access); call it again once fixed.
         """
         check_repo_id(repo_id)
+        self.check_finite()
         public = Concept(dataclasses.replace(self.config, base_model=hub_base_model(self.config.base_model)), self.weights)
         api = HfApi(token=token)
         with _pushing(repo_id):
@@ -623,13 +683,43 @@ def _load_safetensors(folder: Path, filename: str, name: str) -> dict[str, Tenso
         tensors = load_file(path)
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{name}: cannot read {filename} ({error})") from error
-    for key, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"{name}: {filename} holds NaN or infinite values in {key}: the file is corrupt "
-                "(or training diverged); download or train the concept again"
-            )
+    key = nonfinite_key(tensors)
+    if key is not None:
+        raise ValueError(
+            f"{name}: {filename} holds NaN or infinite values in {key}: the file is corrupt "
+            "(or training diverged); download or train the concept again"
+        )
     return tensors
+
+
+def nonfinite_key(tensors: Mapping[str, Tensor]) -> str | None:
+    """The first key (in order) whose floating-point tensor holds NaN or infinite values, or ``None``."""
+    return next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
+def _config_path(folder: Path, name: str) -> Path:
+    """``folder``'s concept config; a ``ValueError`` when it has none (concept ``name``)."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        hint = " (it holds a peft adapter: steer needs the concept's token and base model too)" if (folder / ADAPTER_CONFIG_NAME).is_file() else ""
+        raise ValueError(f"{name} is not a steer concept: it has no {CONFIG_NAME}{hint}")
+    return path
+
+
+def _read_config(path: Path, name: str) -> ConceptConfig:
+    """The concept config at ``path``; a ``ValueError`` naming concept ``name``, the file and what
+    is wrong. A config without a base fingerprint warns: the base model cannot be checked."""
+    try:
+        config = ConceptConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:  # json's and UTF-8's errors are ValueErrors
+        raise ValueError(f"{name}: cannot read {CONFIG_NAME} ({error})") from error
+    if config.base_fingerprint is None:
+        warnings.warn(
+            f"{name}: {CONFIG_NAME} has no base_fingerprint, so steer cannot check that a backbone is "
+            "the base model the concept was learnt on",
+            stacklevel=3,
+        )
+    return config
 
 
 def _check_adapter_config(folder: Path, config: ConceptConfig, name: str) -> None:
@@ -735,3 +825,74 @@ def _download(
             f"failed ({type(error).__name__}: {error})"
         ) from error
     return Path(folder)
+
+
+# -- checks before a model loads -------------------------------------------------------------------
+def token_pattern(token: str) -> re.Pattern[str]:
+    """The concept token as a word of its own in a prompt, whatever it is made of ("sks", "[S]"):
+    not a part of a longer word ("desks"); ``\\b`` would need word characters at its ends and miss "[S]"."""
+    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
+
+
+def prompt_without_token(prompt: str, token: str) -> str:
+    """The target ``prompt`` without the concept ``token`` (the base model's prompt of SteerMusic+'s
+    shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``.
+
+    Raises:
+        ValueError: when the prompt does not name the token (see :func:`token_pattern`), or is
+            only the token.
+    """
+    pattern = token_pattern(token)
+    if not pattern.search(prompt):
+        raise ValueError(
+            f"the target prompt {prompt!r} does not name the concept token {token!r}: write e.g. 'a {token} guitar melody'"
+        )
+    without = " ".join(pattern.sub("", prompt).split())
+    if not without:
+        raise ValueError(
+            f"the target prompt {prompt!r} is only the concept token: the base model's prompt without it would be "
+            f"empty; describe the audio around it, e.g. 'a {token} guitar melody'"
+        )
+    return without
+
+
+def check_concept_reference(reference: str | os.PathLike, target: str) -> ConceptConfig:
+    """The config of the concept ``reference`` names, read alone (no tensor, no model), once the
+    ``target`` prompt is checked to name its token as SteerMusic+ reads it: for ``steer edit
+    --concept`` to call before it loads a backbone.
+
+    Args:
+        reference: a local concept folder or a Hub repo id ``"owner/name"`` (only its
+            ``concept_config.json`` is fetched).
+        target: the edit's target prompt.
+
+    Raises:
+        ValueError: (one line) for no such folder and no repo id, a file, a folder or repo
+            without ``concept_config.json``, a config that cannot be read or is invalid, or a
+            target prompt :func:`prompt_without_token` refuses.
+    """
+    name, path = str(reference), Path(reference)
+    if path.is_dir():
+        config_path = _config_path(path, name)
+    elif path.exists():
+        raise ValueError(f"{path} is a file: pass the concept's folder (the one holding {CONFIG_NAME})")
+    elif not _looks_like_repo_id(name):
+        raise ValueError(f"no concept folder {name}, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id")
+    else:
+        check_repo_id(name, "the concept")
+        config_path = _fetch_config(name)
+    config = _read_config(config_path, name)
+    prompt_without_token(target, config.token)
+    return config
+
+
+def _fetch_config(repo_id: str) -> Path:
+    """The Hub repo's ``concept_config.json`` (downloaded alone, or from the cache)."""
+    try:
+        return Path(hf_hub_download(repo_id, CONFIG_NAME))
+    except (EntryNotFoundError, *_HUB_ERRORS) as error:
+        reason = str(error).partition("\n")[0]
+        raise ValueError(
+            f"cannot fetch {CONFIG_NAME} of the concept {repo_id!r} from the Hub ({type(error).__name__}: {reason}); "
+            "check the repo id and the connection"
+        ) from error

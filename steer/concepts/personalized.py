@@ -132,19 +132,25 @@ def family_of(backbone: Backbone, method: str) -> _Family:
     return family
 
 
-def check_shapes(weights: Mapping[str, Tensor], expected: Mapping[str, torch.Size], filename: str) -> None:
-    """Refuse a concept tensor whose shape is not that of the model's tensor of the same name.
+def check_tensors(weights: Mapping[str, Tensor], expected: Mapping[str, torch.Size], filename: str) -> None:
+    """Refuse concept tensors that are not exactly the model's ``expected`` ones: one missing,
+    one the model has no place for, or one of another shape.
 
-    The base model's fingerprint matched before this runs, so a wrong shape means the concept's
-    file is damaged: a ``ValueError`` names it and the tensor (PyTorch's own error would list
-    every mismatch of a ``load_state_dict`` without saying which file they came from).
+    The base model's fingerprint matched before this runs, so any of these means the concept's
+    file is damaged: a ``ValueError`` names it and a tensor (PyTorch's and peft's own errors
+    list every mismatch without saying which file they came from).
     """
+    damaged = "the file is corrupt; download or train the concept again"
+    missing, unknown = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing:
+        raise ValueError(f"{filename} lacks {len(missing)} of the concept's tensors, e.g. {missing[0]}: {damaged}")
+    if unknown:
+        raise ValueError(f"{filename} holds {len(unknown)} tensors the base model has no place for, e.g. {unknown[0]}: {damaged}")
     for key, tensor in weights.items():
-        shape = expected.get(key)
-        if shape is not None and tensor.shape != shape:
+        if tensor.shape != expected[key]:
             raise ValueError(
                 f"the concept's tensor {key} in {filename} has shape {tuple(tensor.shape)} but the base "
-                f"model's needs {tuple(shape)}: the file is corrupt; download or train the concept again"
+                f"model's needs {tuple(expected[key])}: {damaged}"
             )
 
 
@@ -174,17 +180,8 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
         if weights is not None:
             own = f".{name}."
             shapes = {n.replace(own, "."): p.shape for n, p in model.named_parameters() if own in n and ".lora_" in n}
-            check_shapes(weights, shapes, ADAPTER_WEIGHTS_NAME)
-            result = set_peft_model_state_dict(model, weights, adapter_name=name)
-            if result.unexpected_keys:
-                raise ValueError(
-                    f"the concept's LoRA weights name modules this denoiser lacks, e.g. "
-                    f"{result.unexpected_keys[0]}"
-                )
-            expected = {n for n, _ in model.named_parameters() if own in n and ".lora_" in n}
-            missing = expected & set(result.missing_keys)
-            if missing:
-                raise ValueError(f"the concept's LoRA weights lack {len(missing)} tensors, e.g. {min(missing)}")
+            check_tensors(weights, shapes, ADAPTER_WEIGHTS_NAME)
+            set_peft_model_state_dict(model, weights, adapter_name=name)
     except Exception:
         remove_lora(model, name)
         raise
@@ -256,7 +253,7 @@ class PersonalizedBackbone(Backbone):
             strip_adapters(denoiser)
             state = concept.weights_under("denoiser")
             if state:
-                check_shapes(state, {k: v.shape for k, v in denoiser.state_dict().items()}, WEIGHTS_NAME)
+                check_tensors(state, {k: v.shape for k, v in denoiser.state_dict().items()}, WEIGHTS_NAME)
                 denoiser.load_state_dict(state, strict=True)
             denoiser.eval().requires_grad_(False)
         self.token_id: int | None = None
@@ -304,7 +301,7 @@ class PersonalizedBackbone(Backbone):
             raise ValueError(f"cannot add the token {concept.token!r} to the vocabulary: {error}") from error
         embedding = concept.weights.get("token_embedding")
         if embedding is not None:
-            check_shapes({"token_embedding": embedding}, {"token_embedding": encoder.embed.weight.shape[1:]}, WEIGHTS_NAME)
+            check_tensors({"token_embedding": embedding}, {"token_embedding": encoder.embed.weight.shape[1:]}, WEIGHTS_NAME)
             with torch.no_grad():
                 encoder.embed.weight[self.token_id] = embedding.to(encoder.embed.weight)
         return encoder.eval().requires_grad_(False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -31,13 +32,16 @@ from backbones import Backbone, to_mono
 from backbones.pipeline import PipelineBackbone
 
 from ..audio import Audio, load_audio
-from ..editor import check_seed, seeded_generator
+from ..editor import check_seed, check_whole_number, seeded_generator
 from .concept import (
     DEFAULT_TEMPLATE,
     LORA_TARGETS,
     Concept,
     ConceptConfig,
     base_fingerprint,
+    check_can_be_folder,
+    fingerprint_mismatch,
+    nonfinite_key,
 )
 from .personalized import PersonalizedBackbone, family_of
 
@@ -114,7 +118,8 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
     Raises:
         ValueError: for no clips, a missing path, a folder, a file that is not audio, a batch
             ``(B, channels, samples)`` of clips, or a clip shorter than :data:`MIN_SECONDS` or
-            silent (peak below :data:`SILENCE_PEAK`).
+            silent (peak below :data:`SILENCE_PEAK` after the channels are mixed to mono, as
+            training reads it).
     """
     if isinstance(references, (str, os.PathLike, Audio)):
         references = [references]
@@ -145,9 +150,10 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
             raise ValueError(
                 f"{name} is too short: {audio.seconds:.2f} s; reference clips need at least {MIN_SECONDS} s"
             )
-        peak = float(audio.waveform.abs().max())
+        peak = float(to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate).abs().max())
         if peak < SILENCE_PEAK:
-            raise ValueError(f"{name} is silent (peak {peak:.1e}): a concept needs a recording of it")
+            mixed = " once its channels are mixed to mono" if len(audio.waveform) > 1 else ""
+            raise ValueError(f"{name} is silent{mixed} (peak {peak:.1e}): a concept needs a recording of it")
         clips.append((name, audio))
     return clips
 
@@ -161,11 +167,18 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
 
 
 def base_model_name(backbone: Backbone) -> str | None:
-    """The base model's repo id or path, when the backbone knows it."""
+    """The base model's repo id or absolute path, when the backbone knows it."""
     name = backbone.name_or_path
     if name is None and isinstance(backbone, PipelineBackbone):
         name = backbone.pipe.name_or_path  # a pipeline the user loaded and wrapped with from_pipe
-    return str(name) if name else None
+    return recorded_base_model(str(name)) if name else None
+
+
+def recorded_base_model(name: str) -> str:
+    """How a concept records its base model ``name``: a local folder by its absolute path (a
+    relative one would mean another folder, or a Hub repo id, in another working directory; a
+    concept pushed to the Hub still names it by its folder's name only), a repo id as it is."""
+    return os.path.abspath(name) if Path(name).exists() else name
 
 
 @torch.no_grad()
@@ -194,22 +207,28 @@ def check_settings(
     alpha: float | None = None,
     seed: int = 0,
 ) -> None:
-    """Refuse the first training setting out of range with a ``ValueError`` that names it;
-    ``None`` (a default :func:`train_concept` fills in) passes. ``steer personalize`` calls it
-    before it loads a model."""
-    rules = (
-        ("steps", steps, "an integer >= 0", lambda v: v >= 0),
+    """Refuse the first training setting of the wrong type or out of range with a ``ValueError``
+    that names it; ``None`` (a default :func:`train_concept` fills in) passes. ``steer
+    personalize`` calls it before it loads a model."""
+    counts = (
+        ("steps", steps, 0),
+        ("batch_size", batch_size, 1),
+        ("checkpoint_every", checkpoint_every, 1),
+        ("keep_checkpoints", keep_checkpoints, 0),
+        ("rank", rank, 1),
+    )
+    for name, value, low in counts:
+        if value is not None:
+            check_whole_number(name, value, low)
+    reals = (
         ("lr", lr, "a positive finite number", lambda v: 0 < v < math.inf),
-        ("batch_size", batch_size, "an integer >= 1", lambda v: v >= 1),
-        ("crop_seconds", crop_seconds, "a positive finite number", lambda v: 0 < v < math.inf),
-        ("checkpoint_every", checkpoint_every, "an integer >= 1", lambda v: v >= 1),
-        ("keep_checkpoints", keep_checkpoints, "an integer >= 0 (0 keeps all)", lambda v: v >= 0),
-        ("rank", rank, "an integer >= 1", lambda v: v >= 1),
+        ("crop_seconds", crop_seconds, f"a finite number of seconds >= {MIN_SECONDS} (the shortest reference clip)",
+         lambda v: MIN_SECONDS <= v < math.inf),
         ("alpha", alpha, "a positive finite number", lambda v: 0 < v < math.inf),
     )
-    for name, value, rule, ok in rules:
-        if value is not None and not ok(value):
-            raise ValueError(f"{name} must be {rule}, got {value}")
+    for name, value, rule, ok in reals:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value)):
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
     check_seed(seed)
 
 
@@ -248,21 +267,26 @@ def train_concept(
         steps, lr, batch_size: default to :func:`defaults_for` ``(method, backbone.family)``.
         seed: seeds the crops, prompts, timesteps, noise and a LoRA's initial A.
         rank, alpha: LoRA rank and scale (alpha defaults to the rank, as diffusers' scripts do).
-        crop_seconds: training clip length; defaults to :data:`CROP_SECONDS` of the family, and
-            is shortened to the shortest reference.
-        templates: prompts with ``{token}`` and ``{class_word}``; one is drawn per clip.
+        crop_seconds: training clip length, at least :data:`MIN_SECONDS`; defaults to
+            :data:`CROP_SECONDS` of the family, and is shortened to the shortest reference.
+        templates: a list of prompts with ``{token}`` and ``{class_word}``; one is drawn per clip.
         base_model: the base model's repo id or path for the config and model card (read from
-            the backbone when it knows it).
+            the backbone when it knows it); a local folder is recorded by its absolute path.
         checkpoint_dir: save the training state there every ``checkpoint_every`` steps (the last
             ``keep_checkpoints`` of this run are kept; 0 keeps all). Without ``resume`` it must
             not hold an earlier run's checkpoints; other files there are left alone.
-        resume: continue from the newest checkpoint in ``checkpoint_dir`` (same settings
-            required; ``steps`` may grow); without one, start from scratch.
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` (same settings and
+            base model required; ``steps`` may grow); without one, start from scratch.
         progress: show a progress bar.
         callback: called with a :class:`TrainState` after every step.
 
     Returns:
         the learnt :class:`Concept`.
+
+    Raises:
+        ValueError: for a setting of the wrong type or out of range (:func:`check_settings`),
+            unusable references (:func:`check_references`), and training that diverges (a loss
+            or a learnt weight that is not finite: it names the step; lower ``lr``).
     """
     if method not in DEFAULTS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULTS)}")
@@ -291,6 +315,19 @@ def train_concept(
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
     clips = load_references(references, backbone.sample_rate)
     segment = min(round(crop_seconds * backbone.sample_rate), min(len(c.waveform) for c in clips))
+    lora = method == "lora"
+    config = ConceptConfig(
+        method=method,
+        token=token,
+        class_word=class_word,
+        family=backbone.family,
+        base_model=recorded_base_model(base_model) if base_model else base_model_name(backbone),
+        base_fingerprint=base_fingerprint(backbone.denoiser),
+        lora_rank=rank if lora else None,
+        lora_alpha=(alpha if alpha is not None else float(rank)) if lora else None,
+        lora_targets=LORA_TARGETS if lora else None,
+        templates=templates,  # the config refuses a str, whose tuple would be its characters
+    )
     settings: dict[str, Any] = {
         "method": method,
         "token": token,
@@ -299,24 +336,13 @@ def train_concept(
         "batch_size": batch_size,
         "seed": seed,
         "crop_seconds": segment / backbone.sample_rate,
-        "templates": list(templates),
+        "templates": list(config.templates),
         "references": [Path(c.name).name for c in clips],
         "references_sha256": _digest(c.waveform for c in clips),
         "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8), max_grad_norm=1",
     }
-    lora = method == "lora"
-    config = ConceptConfig(
-        method=method,
-        token=token,
-        class_word=class_word,
-        family=backbone.family,
-        base_model=base_model or base_model_name(backbone),
-        base_fingerprint=base_fingerprint(backbone.denoiser),
-        lora_rank=rank if lora else None,
-        lora_alpha=(alpha if alpha is not None else float(rank)) if lora else None,
-        lora_targets=LORA_TARGETS if lora else None,
-        templates=tuple(templates),
-    )
+    # what a checkpoint was trained on: resuming on another base model is refused
+    base = {"family": backbone.family, "fingerprint": config.base_fingerprint}
     if lora:
         settings.update(rank=rank, alpha=config.lora_alpha)
     for template in config.templates:  # fail before training on a template with unknown fields
@@ -340,25 +366,37 @@ def train_concept(
         start, loss = 0, None
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume:
-            start, loss = _resume(folder, params, optimizer, generator, settings, steps)
-        bar = tqdm(total=steps, initial=start, desc=f"learning '{config.prompt()}'", disable=not progress, leave=False)
-        for step in range(start, steps):
-            loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
-            bar.update(1)
-            if step % 10 == 0 or step == steps - 1:
-                bar.set_postfix(loss=f"{loss:.4g}")
-            if folder is not None and (step + 1) % checkpoint_every == 0:
-                _save_checkpoint(folder, step + 1, loss, params, optimizer, generator, settings, keep_checkpoints)
-            if callback is not None:
-                callback(TrainState(step=step, loss=loss, lr=lr))
-        bar.close()
+            start, loss = _resume(folder, params, optimizer, generator, settings, steps, backbone)
+        desc = f"learning '{config.prompt()}'"
+        with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
+            for step in range(start, steps):
+                loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
+                if not math.isfinite(loss):
+                    raise ValueError(_diverged(step + 1, f"the loss is {loss}", lr))
+                bar.update(1)
+                if step % 10 == 0 or step == steps - 1:
+                    bar.set_postfix(loss=f"{loss:.4g}")
+                if folder is not None and (step + 1) % checkpoint_every == 0:
+                    _save_checkpoint(folder, step + 1, loss, params, optimizer, generator, settings, base, keep_checkpoints)
+                if callback is not None:
+                    callback(TrainState(step=step, loss=loss, lr=lr))
         weights = personalized.concept_weights()
+        key = nonfinite_key(weights)
+        if key is not None:
+            raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
     finally:
         for p in params.values():
             p.requires_grad_(False)
         personalized.close()
     training = {**settings, "steps": steps, "final_loss": loss}  # None when no step ran
     return Concept(ConceptConfig(**{**config.to_dict(), "training": training}), weights)
+
+
+def _diverged(step: int, what: str, lr: float) -> str:
+    return (
+        f"training diverged at step {step}: {what}; train again with a learning rate below lr={lr:g} "
+        "(steer personalize --lr)"
+    )
 
 
 def _train_step(
@@ -420,7 +458,8 @@ def _digest(waveforms) -> str:
 
 # -- checkpoints ------------------------------------------------------------------------------------
 # A checkpoint is a folder `checkpoint-<step>` with the learnt tensors (trainable.safetensors), the
-# optimiser's and the generator's state (state.safetensors) and the settings (trainer_state.json).
+# optimiser's and the generator's state (state.safetensors) and the settings and the base model's
+# family and fingerprint (trainer_state.json).
 # It is written under a temporary name and renamed, so a crash never leaves half a checkpoint.
 # Only folders holding those three files count: other tools' `checkpoint-<n>` folders are never
 # read or pruned.
@@ -438,9 +477,11 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
-    """Refuse a run that does not resume a ``checkpoint_dir`` holding an earlier run's
-    checkpoints: pruning the oldest would delete the new ones, and a later resume would continue
-    the wrong run."""
+    """Refuse a ``checkpoint_dir`` that cannot be a folder (see
+    :func:`~steer.concepts.concept.check_can_be_folder`), and a run that does not resume one
+    holding an earlier run's checkpoints: pruning the oldest would delete the new ones, and a
+    later resume would continue the wrong run."""
+    check_can_be_folder(folder, "checkpoint_dir")
     if resume:
         return
     found = _checkpoints(folder) if folder.is_dir() else []
@@ -459,6 +500,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     settings: dict[str, Any],
+    base: dict[str, Any],
     keep: int,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -472,7 +514,14 @@ def _save_checkpoint(
     for index, values in state["state"].items():
         tensors.update({f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in values.items()})
     save_file(tensors, partial / "state.safetensors")
-    meta = {"step": step, "loss": loss, "settings": settings, "param_groups": state["param_groups"], "names": list(params)}
+    meta = {
+        "step": step,
+        "loss": loss,
+        "settings": settings,
+        "base": base,
+        "param_groups": state["param_groups"],
+        "names": list(params),
+    }
     (partial / "trainer_state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
@@ -487,15 +536,29 @@ def _resume(
     generator: torch.Generator,
     settings: dict[str, Any],
     steps: int,
+    backbone: Backbone,
 ) -> tuple[int, float | None]:
     """Load the newest checkpoint into the run; returns the step to continue from (0: none) and
     the loss of the step before it (``None`` for none, or a checkpoint of a steer that did not
-    record it)."""
+    record it). A checkpoint of another base model than ``backbone`` is refused (those of a
+    steer that did not record the base are not checked)."""
     found = _checkpoints(folder) if folder.is_dir() else []
     if not found:
         return 0, None
     latest = found[-1]
     meta = json.loads((latest / "trainer_state.json").read_text())
+    base = meta.get("base")
+    if base is not None:
+        mismatch = (
+            f"its family is {base['family']}, this backbone's {backbone.family}"
+            if base["family"] != backbone.family
+            else fingerprint_mismatch(backbone.denoiser, base["fingerprint"])
+        )
+        if mismatch is not None:
+            raise ValueError(
+                f"cannot resume from {latest}: it was trained on another base model ({mismatch}); resume on "
+                "the base model it started from, or use another checkpoint_dir"
+            )
     saved = meta["settings"]
     changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != _jsonable(settings.get(k)))
     if changed:

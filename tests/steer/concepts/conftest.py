@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from concept_helpers import tiny_mel_backbone, tone
 
@@ -22,3 +24,11 @@ def clips() -> list[Audio]:
 @pytest.fixture()
 def clip_files(tmp_path, clips) -> list:
     return [save_audio(tmp_path / f"ref{i}.wav", c.waveform, c.sample_rate) for i, c in enumerate(clips)]
+
+
+@pytest.fixture()
+def mel_folder(tmp_path, mel_backbone) -> Path:
+    """The tiny mel-diffusion backbone saved as a local model folder (what ``--backbone`` takes)."""
+    folder = tmp_path / "mel-base"
+    mel_backbone.save_pretrained(folder)
+    return folder

@@ -23,6 +23,8 @@ from backbones.mel_diffusion import MelDiffusionBackbone
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer.concepts import Concept
 from steer.concepts import concept as concept_module
+from steer.concepts.concept import check_concept_reference, hub_base_model
+from steer.recipes import SteerMusicPlus
 
 
 def _train(backbone, clips, method, **kwargs):
@@ -467,3 +469,159 @@ def test_the_card_names_the_weight_files_written(method, files, mel_backbone, cl
     assert all(f"`{name}`" in card for name in written)
     sentence = card[card.index("Weights are safetensors"):].split("\n")[0]
     assert ("adapter_model.safetensors" in sentence) == (method == "lora")
+
+
+# -- damaged files and weights that are not finite -------------------------------------------------
+def test_weights_that_are_not_finite_are_neither_saved_nor_pushed(mel_backbone, clips, tmp_path, monkeypatch):
+    created = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
+    concept = _train(mel_backbone, clips, "lora")
+    key = min(concept.weights)
+    diverged = Concept(concept.config, {**concept.weights, key: torch.full_like(concept.weights[key], float("nan"))})
+    message = f"the concept's tensor {key} holds NaN or infinite values (its training diverged): train it again with a lower learning rate"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # was written, then refused on load
+        diverged.save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        diverged.push_to_hub("me/my-guitar")
+    assert not (tmp_path / "c").exists() and created == []
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth"])
+@pytest.mark.parametrize("damage", ["missing", "unknown"])
+def test_a_missing_or_unknown_tensor_is_named_on_apply(method, damage, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, method).save_pretrained(tmp_path / "c")
+    filename = "adapter_model.safetensors" if method == "lora" else "concept.safetensors"
+    weights = load_file(folder / filename)
+    key = min(weights)
+    if damage == "missing":  # dreambooth's was load_state_dict's RuntimeError listing every key
+        weights.pop(key)
+        named = key.removeprefix("base_model.model.").removeprefix("denoiser.")
+        message = f"{filename} lacks 1 of the concept's tensors, e.g. {named}"
+    else:
+        weights[key + "_extra"] = weights[key].clone()
+        named = (key + "_extra").removeprefix("base_model.model.").removeprefix("denoiser.")
+        message = f"{filename} holds 1 tensors the base model has no place for, e.g. {named}"
+    save_file(weights, folder / filename)
+    concept = Concept.from_pretrained(folder)
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}: the file is corrupt; download or train the concept again$"):
+        concept.apply(mel_backbone)
+    assert not any("lora" in n for n, _ in mel_backbone.denoiser.named_parameters())  # nothing left behind
+
+
+def _rewrite_config(folder: Path, change) -> None:
+    path = folder / "concept_config.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [  # were KeyError, struct.error and binascii's "Incorrect padding" when applied, naming no file
+        (lambda fp: fp.pop("architecture"), "base_fingerprint.architecture must be a string, got None"),
+        (lambda fp: fp.update(statistics="QUJDREVG"), "base_fingerprint.statistics must be base64 of float32 pairs, got 'QUJDREVG'"),
+        (lambda fp: fp.update(statistics="abc"), "base_fingerprint.statistics must be base64 of float32 pairs, got 'abc'"),
+        (lambda fp: fp.update(version="2"), "base_fingerprint.version must be a whole number >= 1, got '2'"),
+        (lambda fp: fp.update(version=1), "base_fingerprint.weights must be a list of numbers, got None"),
+    ],
+)
+def test_a_corrupt_fingerprint_is_named_when_the_concept_loads(change, message, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, "textual_inversion").save_pretrained(tmp_path / "c")
+    _rewrite_config(folder, lambda data: change(data["base_fingerprint"]))
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{folder}: cannot read concept_config.json ({message})')}$"):
+        Concept.from_pretrained(folder)
+
+
+def test_a_config_without_a_fingerprint_warns_that_the_base_cannot_be_checked(mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, "textual_inversion").save_pretrained(tmp_path / "c")
+    _rewrite_config(folder, lambda data: data.pop("base_fingerprint"))
+    with pytest.warns(UserWarning, match="concept_config.json has no base_fingerprint, so steer cannot check that a backbone is the base model") as caught:
+        concept = Concept.from_pretrained(folder)
+    with concept.apply(tiny_mel_backbone(seed=1)):  # applied unchecked, as the warning said
+        pass
+    assert len(caught) == 1
+
+
+def test_a_relative_base_model_path_is_recorded_whatever_the_working_directory(mel_backbone, clips, tmp_path, monkeypatch):
+    mel_backbone.save_pretrained(tmp_path / "models" / "my-base")
+    monkeypatch.chdir(tmp_path)
+    loaded = MelDiffusionBackbone.from_pretrained("models/my-base")
+    concepts = [_train(loaded, clips, "lora"), _train(mel_backbone, clips, "lora", base_model="models/my-base")]
+    uploads = _uploads(monkeypatch)
+    monkeypatch.chdir(tmp_path / "models")  # here "models/my-base" names no folder: it read as a Hub repo id
+    for concept in concepts:
+        assert concept.config.base_model == str(tmp_path / "models" / "my-base")
+        card = concept.model_card()
+        assert card.data.base_model is None and "the local base model" in card.text
+        assert hub_base_model(concept.config.base_model) == "my-base"
+        concept.push_to_hub("me/my-guitar")
+    assert [json.loads(u["concept_config.json"])["base_model"] for u in uploads] == ["my-base", "my-base"]
+
+
+# -- checking a concept before a model loads -------------------------------------------------------
+def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clips, tmp_path, monkeypatch):
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    expected = Concept.from_pretrained(folder).config
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("a tensor file was read")
+
+    monkeypatch.setattr(concept_module, "load_file", no_tensors)
+    monkeypatch.setattr(concept_module, "hf_hub_download", no_download)
+    monkeypatch.chdir(tmp_path)
+    assert check_concept_reference(folder, "a sks guitar melody") == expected
+    assert check_concept_reference("c", "a sks guitar melody") == expected
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "c.txt").write_text("")
+    for reference, message in [
+        ("my-guitar", "no concept folder my-guitar, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id"),
+        (tmp_path / "missing", f"no concept folder {tmp_path / 'missing'}, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id"),
+        ("c.txt", "c.txt is a file: pass the concept's folder (the one holding concept_config.json)"),
+        ("empty", "empty is not a steer concept: it has no concept_config.json"),
+        ("me/a..b", "the concept 'me/a..b' is not a Hub repo id: "),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+            check_concept_reference(reference, "a sks guitar melody")
+    (folder / "concept_config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"^c: cannot read concept_config.json \(Expecting property name"):
+        check_concept_reference("c", "a sks guitar melody")
+
+
+@pytest.mark.parametrize("target", ["a sks guitar", "a [sks] guitar", "a desks guitar", "asks", "sks", " sks ", "a sks-like hum"])
+def test_a_concept_reference_reads_the_target_as_steermusic_plus_does(target, mel_backbone, clips, tmp_path):
+    concept = _train(mel_backbone, clips, "lora")
+    folder = concept.save_pretrained(tmp_path / "c")
+    with SteerMusicPlus(mel_backbone, concept, steps=1) as editor:
+        try:
+            editor.prompt_roles(["a piano"], [target])
+            refused = None
+        except ValueError as error:
+            refused = str(error)
+    if refused is None:
+        assert check_concept_reference(folder, target).token == "sks"
+    else:
+        with pytest.raises(ValueError, match=f"^{re.escape(refused)}$"):
+            check_concept_reference(folder, target)
+
+
+def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp_path, monkeypatch):
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    asked = []
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        if repo_id == "me/offline":
+            raise huggingface_hub.errors.LocalEntryNotFoundError("no connection\nand a second line")
+        return str(folder / filename)
+
+    monkeypatch.setattr(concept_module, "hf_hub_download", download)
+    assert check_concept_reference("me/my-guitar", "a sks guitar").token == "sks"
+    message = "cannot fetch concept_config.json of the concept 'me/offline' from the Hub (LocalEntryNotFoundError: no connection); check the repo id and the connection"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        check_concept_reference("me/offline", "a sks guitar")
+    with pytest.raises(ValueError, match="does not name the concept token 'sks'"):
+        check_concept_reference("me/my-guitar", "a guitar")
+    assert asked == [("me/my-guitar", "concept_config.json"), ("me/offline", "concept_config.json"), ("me/my-guitar", "concept_config.json")]

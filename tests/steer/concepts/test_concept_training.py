@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from concept_helpers import tone
+from concept_helpers import tiny_mel_backbone, tone
+from huggingface_hub import HfApi
 
 from steer import Audio, save_audio
 from steer.concepts import Concept, diffusion_loss
+from steer.concepts import concept as concept_module
 from steer.concepts.cli import add_personalize_parser, run_personalize
 
 PROMPT = "a recording of a sks guitar"
@@ -117,7 +119,7 @@ def test_checkpoints_never_touch_what_the_run_did_not_write(mel_backbone, clips,
     with pytest.raises(ValueError, match=r"already holds checkpoints of a run \(newest: checkpoint-000003\).*resume=True"):
         _train(mel_backbone, clips, "lora", seed=1, **kwargs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "checkpoint-500"]
-    with pytest.raises(ValueError, match="keep_checkpoints must be an integer >= 0"):
+    with pytest.raises(ValueError, match="keep_checkpoints must be at least 0, got -1"):
         _train(mel_backbone, clips, "lora", steps=1, keep_checkpoints=-1)
 
 
@@ -167,7 +169,7 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     assert run_personalize(parser.parse_args(argv)) == out
     assert "a recording of a sks guitar" in capsys.readouterr().out
     assert Concept.from_pretrained(out).config.training["steps"] == 1
-    with pytest.raises(ValueError, match="exists; pass --overwrite"):
+    with pytest.raises(ValueError, match="my-guitar holds a concept; pass --overwrite to replace it$"):
         run_personalize(parser.parse_args(argv))
     missing = [a if a != str(clip_files[0]) else str(tmp_path / "nope.wav") for a in argv]
     with pytest.raises(ValueError, match="reference clip not found: .*nope.wav"):
@@ -183,12 +185,14 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     [
         ("--lr", "nan", "lr must be a positive finite number, got nan", True),
         ("--lr", "0", "lr must be a positive finite number, got 0.0", True),
-        ("--batch-size", "0", "batch_size must be an integer >= 1, got 0", True),
-        ("--rank", "0", "rank must be an integer >= 1, got 0", True),  # was refused after the model loaded
+        ("--batch-size", "0", "batch_size must be at least 1, got 0", True),
+        ("--rank", "0", "rank must be at least 1, got 0", True),  # was refused after the model loaded
         # was PyTorch's "Overflow when unpacking long long", after the model loaded
         ("--seed", str(2**70), f"seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {2**70}", True),
-        ("--crop-seconds", "inf", "crop_seconds must be a positive finite number, got inf", True),
-        ("--checkpoint-every", "0", "checkpoint_every must be an integer >= 1, got 0", True),
+        ("--crop-seconds", "inf", "crop_seconds must be a finite number of seconds >= 0.5 (the shortest reference clip), got inf", True),
+        # was "audio is too short: 160 samples", mid-training
+        ("--crop-seconds", "0.01", "crop_seconds must be a finite number of seconds >= 0.5 (the shortest reference clip), got 0.01", True),
+        ("--checkpoint-every", "0", "checkpoint_every must be at least 1, got 0", True),
         # the command refuses what the library allows (0 steps saved an untrained concept) or cannot name
         ("--steps", "-1", "--steps must be at least 1 (0 would save an untrained concept), got -1", False),
         ("--steps", "0", "--steps must be at least 1 (0 would save an untrained concept), got 0", False),
@@ -310,3 +314,126 @@ def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, mon
     with pytest.raises(PushError, match=rf"me/my-guitar failed \(OfflineModeIsEnabled: .*\); the concept IS saved at {re.escape(str(saved))}: .*{re.escape(retry)}"):
         run_personalize(args)
     assert Concept.from_pretrained(saved).token == "sks"
+
+
+# -- training that diverges ------------------------------------------------------------------------
+def test_training_that_diverges_stops_at_the_step_and_names_the_learning_rate(mel_backbone, clips, tmp_path):
+    kwargs = {"steps": 3, "batch_size": 1, "crop_seconds": 0.64, "checkpoint_dir": tmp_path, "checkpoint_every": 1}
+    message = "training diverged at step 2: the loss is nan; train again with a learning rate below lr=1e+30 (steer personalize --lr)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # was a concept of NaN weights
+        _train(mel_backbone, clips, "lora", lr=1e30, **kwargs)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000001"]  # no checkpoint of the diverged step
+    assert not hasattr(mel_backbone.denoiser, "peft_config")  # the adapter is taken out again
+
+
+def test_weights_that_stop_being_finite_are_refused(mel_backbone, clips, monkeypatch):
+    def nan_gradients(params, max_norm):  # a finite loss whose update is not: the last step's weights
+        for p in params:
+            p.grad.fill_(float("nan"))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", nan_gradients)
+    with pytest.raises(ValueError, match=r"^training diverged at step 1: the weight lora\.\S+ is not finite; .* below lr=0.001 "):
+        _train(mel_backbone, clips, "lora", steps=1, batch_size=1, crop_seconds=0.64)
+
+
+def test_personalize_saves_and_pushes_nothing_when_training_diverges(clip_files, mel_folder, tmp_path, monkeypatch):
+    created = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: created.append(repo_id))
+    args = _personalize_args(
+        clip_files, tmp_path, "--backbone", str(mel_folder), "--lr", "1e4", "--steps", "5", "--crop-seconds", "0.64",
+        "--push-to-hub", "me/my-guitar",
+    )
+    with pytest.raises(ValueError, match=r"^training diverged at step \d: the loss is nan; .* below lr=10000 \(steer personalize --lr\)$"):
+        run_personalize(args)  # was "wrote ... (lora)", exit 0, and a concept that could not be loaded
+    assert not (tmp_path / "concept").exists() and created == []
+
+
+# -- checks before a model loads -------------------------------------------------------------------
+def test_folders_that_cannot_be_made_are_refused_before_a_model_loads(
+    clip_files, mel_backbone, clips, tmp_path, monkeypatch, no_model_loads
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for extra, message in [  # were NotADirectoryError after training, FileExistsError at the first checkpoint
+        (("-o", str(notes / "concept")), f"the concept folder {notes / 'concept'} cannot be a folder: {notes} is a file"),
+        (("-o", str(notes)), f"the concept folder {notes} exists and is not a folder"),
+        (("--checkpoint-dir", str(notes)), f"checkpoint_dir {notes} exists and is not a folder"),
+        (("--checkpoint-dir", str(notes / "ck")), f"checkpoint_dir {notes / 'ck'} cannot be a folder: {notes} is a file"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}; choose another path$"):
+            run_personalize(_personalize_args(clip_files, tmp_path, *extra))
+    steps = []
+    with pytest.raises(ValueError, match=f"^checkpoint_dir {re.escape(str(notes))} exists and is not a folder"):
+        _train(mel_backbone, clips, "lora", steps=1, checkpoint_dir=notes, callback=steps.append)
+    assert steps == [] and notes.read_text() == "mine"
+    monkeypatch.setattr(concept_module.os, "access", lambda path, mode: Path(path) != tmp_path)  # tests run as root
+    message = f"the concept folder {tmp_path / 'concept'} cannot be written: {tmp_path} is not writable; choose another path"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        run_personalize(_personalize_args(clip_files, tmp_path))
+
+
+def test_personalize_refuses_a_token_the_mel_vocabulary_cannot_hold_before_it_loads(clip_files, mel_folder, tmp_path, no_model_loads):
+    message = f"--token 'SKS' is not one lower-case word, which the mel-diffusion model {mel_folder} needs (e.g. 'sks' or '[s]')"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # was refused once the model had loaded
+        run_personalize(_personalize_args(clip_files, tmp_path, "--backbone", str(mel_folder), "--token", "SKS"))
+    with pytest.raises(AssertionError, match="a model was loaded"):  # AudioLDM2's tokenizers take it: the model loads
+        run_personalize(_personalize_args(clip_files, tmp_path, "--token", "SKS"))
+
+
+def test_personalize_refuses_private_without_a_push(clip_files, tmp_path, no_model_loads):
+    with pytest.raises(ValueError, match=r"^--private applies with --push-to-hub: add --push-to-hub REPO_ID or drop --private$"):
+        run_personalize(_personalize_args(clip_files, tmp_path, "--private"))
+
+
+def test_overwrite_says_what_it_does_in_a_folder_of_other_files(clip_files, mel_folder, tmp_path):
+    out = tmp_path / "concept"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ("--backbone", str(mel_folder), "--crop-seconds", "0.64")
+    message = f"{out} is a folder holding other files; pass --overwrite to save the concept beside them (they are kept)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}, or choose an empty or new folder$"):  # was "exists; pass --overwrite to replace it"
+        run_personalize(_personalize_args(clip_files, tmp_path, *args))
+    run_personalize(_personalize_args(clip_files, tmp_path, *args, "--overwrite"))
+    assert (out / "notes.txt").read_text() == "mine" and Concept.from_pretrained(out).token == "sks"
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    assert "other files are kept" in parser._subparsers._group_actions[0].choices["personalize"].format_help()
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [  # were PyTorch's TypeErrors from deep inside, or a list of the string's characters
+        ("rank", 2.5, "rank must be a whole number, got 2.5"),
+        ("steps", 1.5, "steps must be a whole number, got 1.5"),
+        ("batch_size", 1.5, "batch_size must be a whole number, got 1.5"),
+        ("lr", "0.1", "lr must be a positive finite number, got '0.1'"),
+        ("templates", "a {token} x", "templates must be a list of prompt templates, got the string 'a {token} x': pass ['a {token} x']"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused_by_name(name, value, message, mel_backbone, clips):
+    steps = []
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _train(mel_backbone, clips, "lora", **{"steps": 1, name: value}, callback=steps.append)
+    assert steps == []
+
+
+def test_a_stereo_clip_whose_channels_cancel_is_silent(mel_backbone):
+    wave = tone(220.0).waveform
+    cancelling = Audio(torch.cat([wave, -wave]), 16000)  # each channel loud, the mono mix training reads silent
+    with pytest.raises(ValueError, match=r"^reference clip 0 is silent once its channels are mixed to mono \(peak 0\.0e\+00\)"):
+        _train(mel_backbone, [cancelling], "lora", steps=1)
+
+
+def test_resuming_on_another_base_model_fails(mel_backbone, tiny_backbone, clips, tmp_path):
+    kwargs = {"batch_size": 1, "crop_seconds": 0.64, "checkpoint_dir": tmp_path}
+    _train(mel_backbone, clips, "lora", steps=2, checkpoint_every=2, **kwargs)
+    latest = re.escape(str(tmp_path / "checkpoint-000002"))
+    for other, why in [
+        (tiny_mel_backbone(seed=1), r"the backbone's denoiser has different weights \(first: .*\)"),  # was resumed silently
+        (tiny_mel_backbone(widths=(16, 32, 32)), "the backbone's denoiser has a different architecture"),
+        (tiny_backbone, "its family is mel-diffusion, this backbone's audioldm2"),
+    ]:
+        with pytest.raises(ValueError, match=rf"^cannot resume from {latest}: it was trained on another base model \({why}\); resume on the base model"):
+            _train(other, clips, "lora", steps=4, resume=True, **kwargs)
+    resumed = _train(mel_backbone, clips, "lora", steps=4, resume=True, **kwargs)  # its own base resumes
+    assert resumed.config.training["steps"] == 4
