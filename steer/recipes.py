@@ -4,7 +4,6 @@ authors' public code."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Literal, Protocol
 
 from backbones import Backbone
@@ -18,6 +17,7 @@ from losses import (
 )
 
 from .concepts import Concept
+from .concepts.concept import prompt_without_token
 from .editor import Editor
 from .performance import Performance
 
@@ -174,20 +174,5 @@ class SteerMusicPlus(Editor):
         return {"base": self.backbone, "personalized": self.personalized}
 
     def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:
-        # the token as a word of its own, whatever it is made of ("sks", "[S]"): not a part of a
-        # longer word ("desks"); \b would need word characters at its ends and miss "[S]"
-        token = re.compile(rf"(?<!\w){re.escape(self.token)}(?!\w)")
-        for prompt in target:
-            if not token.search(prompt):
-                raise ValueError(
-                    f"the target prompt {prompt!r} does not name the concept token "
-                    f"{self.token!r}: write e.g. 'a {self.token} guitar melody'"
-                )
-        base = [" ".join(token.sub("", p).split()) for p in target]
-        for prompt, without in zip(target, base):
-            if not without:
-                raise ValueError(
-                    f"the target prompt {prompt!r} is only the concept token: the base model's prompt "
-                    f"without it would be empty; describe the audio around it, e.g. 'a {self.token} guitar melody'"
-                )
+        base = [prompt_without_token(prompt, self.token) for prompt in target]
         return {"source": source, "target": target, "target_base": base}
