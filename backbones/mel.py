@@ -15,6 +15,17 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 
+def check_long_enough(waveform: Tensor, sample_rate: int, need: int) -> None:
+    """Refuse a ``(..., samples)`` waveform at ``sample_rate`` shorter than ``need`` samples (one
+    STFT window) with a ``ValueError`` that counts both in samples and seconds."""
+    have = waveform.shape[-1]
+    if have < need:
+        raise ValueError(
+            f"audio is too short: {have} sample{'s' * (have != 1)} ({have / sample_rate:.3f} s) at "
+            f"{sample_rate} Hz, need at least {need} ({need / sample_rate:.3f} s)"
+        )
+
+
 def to_mono(waveform: Tensor, sample_rate: int, target_rate: int) -> Tensor:
     """Average channels and resample.
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .base import Backbone, unet_self_attention
 from .conditioning import Conditioning
 from .griffin_lim import GriffinLimVocoder
-from .mel import MelFrontEnd, to_mono
+from .mel import MelFrontEnd, check_long_enough, to_mono
 from .word_encoder import WordEncoder, WordEncoderConfig
 
 #: the word states' padding mask (:attr:`backbones.Conditioning.masks`)
@@ -241,11 +241,7 @@ class MelDiffusionBackbone(Backbone):
 
     def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
         waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
-        if waveform.shape[-1] < self.mel.n_fft:
-            raise ValueError(
-                f"audio is too short: {waveform.shape[-1]} samples at {self.sample_rate} Hz, "
-                f"need at least {self.mel.n_fft}"
-            )
+        check_long_enough(waveform, self.sample_rate, self.mel.n_fft)
         return self.mel_to_latent(self.mel(self.mel.normalize(waveform)))
 
     def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .base import unet_self_attention
 from .conditioning import Conditioning
-from .mel import MelFrontEnd, to_mono
+from .mel import MelFrontEnd, check_long_enough, to_mono
 from .pipeline import PipelineBackbone
 
 #: Model parametrisations the adapters turn into ε (the scheduler's ``prediction_type``).
@@ -120,11 +120,7 @@ class MelVAEBackbone(PipelineBackbone):
         posterior's mode (the deterministic choice) is scaled by the VAE's scaling factor.
         """
         waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
-        if waveform.shape[-1] < self.mel.n_fft:
-            raise ValueError(
-                f"audio is too short: {waveform.shape[-1]} samples at {self.sample_rate} Hz, "
-                f"need at least {self.mel.n_fft}"
-            )
+        check_long_enough(waveform, self.sample_rate, self.mel.n_fft)
         mel = self.mel(self.mel.normalize(waveform))
         missing = -mel.shape[2] % self._downsampling
         mel = F.pad(mel, (0, 0, 0, missing), value=self.mel.silence())

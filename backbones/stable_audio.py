@@ -195,8 +195,11 @@ class StableAudioBackbone(PipelineBackbone):
         """Latent ``(B, 64, ⌈samples / 2048⌉)`` float32 of a waveform at any rate.
 
         Args:
-            waveform: ``(B, samples)`` (mono), or ``(B, channels, samples)`` with 1 or 2 channels.
-                Mono is duplicated to both channels; the level is kept (the VAE reads [-1, 1]).
+            waveform: ``(B, samples)`` (mono), or ``(B, channels, samples)`` with any number of
+                channels. Stereo is kept; mono is duplicated to both channels; more than two
+                (5.1, say, whose layout the array does not tell) are mixed to mono (their mean, as
+                the mel backbones take every clip) and that is duplicated. The level is kept (the
+                VAE reads [-1, 1]).
             sample_rate: its rate; resampled to 44.1 kHz.
 
         The end is padded with silence to whole latent frames; the latent is the posterior's mean
@@ -204,11 +207,12 @@ class StableAudioBackbone(PipelineBackbone):
         """
         if waveform.dim() == 2:
             waveform = waveform[:, None]
-        if waveform.dim() != 3 or waveform.shape[1] not in (1, self.channels):
+        if waveform.dim() != 3:
             raise ValueError(
-                f"expected a waveform (batch, samples) or (batch, channels, samples) with 1 or "
-                f"{self.channels} channels, got {tuple(waveform.shape)}"
+                f"expected a waveform (batch, samples) or (batch, channels, samples), got {tuple(waveform.shape)}"
             )
+        if waveform.shape[1] not in (1, self.channels):
+            waveform = waveform.mean(dim=1, keepdim=True)
         if waveform.shape[-1] == 0:
             raise ValueError("audio is empty: give at least one sample")
         waveform = waveform.float()

@@ -1,6 +1,7 @@
 """A small word-level text encoder for backbones trained from scratch on a closed vocabulary.
 
-Prompts are lower-cased and split on whitespace and punctuation; each word maps to an embedding
+Prompts are lower-cased and split on whitespace and punctuation (:func:`split_words`; a prompt of
+punctuation alone is refused rather than read as the empty one); each word maps to an embedding
 (unknown words to ``<unk>``, with a warning from the backbone), a learned position is added and a
 small Transformer encoder mixes them. The empty prompt encodes to ``<bos> <eos>``, the
 unconditional input of classifier-free guidance.
@@ -9,8 +10,8 @@ unconditional input of classifier-free guidance.
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +21,32 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 def split_words(prompt: str) -> list[str]:
-    """Lower-cased words of a prompt: ``"A recording of a Violin."`` → ``["a", "recording", …]``."""
-    return re.findall(r"[a-z0-9\[\]<>_']+", prompt.lower())
+    """Lower-cased words of a prompt: ``"A recording of a Violin."`` → ``["a", "recording", …]``.
+
+    A word is a run of letters and digits of any script, their marks, and ``_ [ ] < > '``.
+    Compatibility forms are unified first (NFKC: "ﬂute" → "flute", full-width letters → ASCII)
+    and accents are taken off Latin letters ("violín" → "violin"), as the vocabularies here are
+    unaccented English; words of other scripts stay whole ("ピアノ", read as ``<unk>``). ASCII
+    prompts split as they always did.
+    """
+    text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", prompt).lower())
+    text = unicodedata.normalize("NFC", "".join(_without_latin_accents(text)))
+    return "".join(char if _in_word(char) else " " for char in text).split()
+
+
+def _without_latin_accents(text: str) -> Iterator[str]:
+    """The characters of decomposed ``text`` less the marks on ASCII letters ("i" + "◌́" → "i")."""
+    latin = False
+    for char in text:
+        if not unicodedata.combining(char):
+            latin = char.isascii()
+            yield char
+        elif not latin:
+            yield char
+
+
+def _in_word(char: str) -> bool:
+    return char.isalnum() or char in "_[]<>'" or unicodedata.category(char).startswith("M")
 
 
 @dataclass
@@ -108,6 +133,11 @@ class WordEncoder(nn.Module):
         rows = []
         for prompt in prompts:
             words = split_words(prompt)[: self.config.max_words]
+            if not words and prompt.strip():  # the empty prompt is the unconditional input
+                raise ValueError(
+                    f"the prompt {prompt!r} has no words (letters or digits) for this model to read: "
+                    "describe the audio in words"
+                )
             unk = self.vocabulary["<unk>"]
             rows.append(
                 [self.vocabulary["<bos>"], *(self.vocabulary.get(w, unk) for w in words), self.vocabulary["<eos>"]]

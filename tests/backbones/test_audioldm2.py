@@ -124,9 +124,12 @@ def test_encode_audio_resamples_and_mixes_down(tiny_backbone):
     assert (a - b).abs().mean() < 0.05 * a.abs().mean()  # resampling ripple only
 
 
-def test_too_short_audio_is_an_error(tiny_backbone):
-    with pytest.raises(ValueError, match="too short"):
-        tiny_backbone.encode_audio(torch.zeros(1, 100), 16000)
+def test_too_short_audio_is_an_error_in_samples_and_seconds_at_the_backbones_rate(tiny_backbone):
+    # 5000 samples at 96 kHz are 834 at the backbone's 16 kHz: the message says so, and in seconds
+    with pytest.raises(ValueError, match=r"834 samples \(0\.052 s\) at 16000 Hz, need at least 1024 \(0\.064 s\)"):
+        tiny_backbone.encode_audio(torch.zeros(1, 5000), 96000)
+    with pytest.raises(ValueError, match=r"too short: 1 sample \("):
+        tiny_backbone.encode_audio(torch.zeros(1, 1), 16000)
 
 
 def test_decode_audio_length(tiny_backbone):
