@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
-from losses import LossContext, LossOutput, NoiseRequest, ScoreLoss
+from losses import DeltaDenoisingScore, LossContext, LossOutput, NoiseRequest, ScoreLoss
 from losses.base import Fn
 from losses.fused import noise_pair, triton_available
 
@@ -193,9 +193,32 @@ def check_seed(seed: int, name: str = "seed") -> None:
 
 
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (checked by :func:`check_seed`)."""
+    """A generator on ``device`` seeded with ``seed`` (checked by :func:`check_seed`), every one
+    of its 64 bits counting.
+
+    PyTorch takes a seed as its 64-bit two's complement, so ``-1`` and ``2**64 - 1`` (or
+    ``-2**63`` and ``2**63``) are the same seed. CUDA's Philox generator is keyed by all 64 bits
+    and is given the seed as it is. The CPU's Mersenne Twister reads only the low 32 bits (5 and
+    ``2**32 + 5`` drew the same edit), so on the CPU a seed outside ``[0, 2**32)`` is replaced by
+    a 32-bit hash of its 64 bits (:func:`_cpu_seed`); seeds inside keep their draws unchanged.
+    """
     check_seed(seed)
-    return torch.Generator(device=device).manual_seed(int(seed))
+    seed = int(seed) % 2**64
+    if torch.device(device).type == "cpu":
+        seed = _cpu_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _cpu_seed(seed: int) -> int:
+    """A 64-bit ``seed`` as the 32 bits the CPU's Mersenne Twister reads: itself below ``2**32``,
+    else the high half of SplitMix64's finaliser (https://prng.di.unimi.it/splitmix64.c), in
+    which every bit of the seed moves about half of them (seeds ``2**32`` apart differ)."""
+    if seed < 2**32:
+        return seed
+    mask = 2**64 - 1
+    seed = ((seed ^ (seed >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    seed = ((seed ^ (seed >> 27)) * 0x94D049BB133111EB) & mask
+    return (seed ^ (seed >> 31)) >> 32
 
 
 class LatentEditor(ABC):
@@ -446,6 +469,7 @@ class Editor(LatentEditor):
             )
             models = self.models()
             self._check_requests(models, texts)
+            self._warn_if_no_delta(texts)
             for name, model in models.items():
                 self.performance.check_weights(model.dtype, name)
             prompts = {
@@ -479,6 +503,28 @@ class Editor(LatentEditor):
                         f"{type(self).__name__} does not give (it gives {', '.join(map(repr, roles))}): "
                         f"override Editor.prompt_roles() to add it, {fix}"
                     )
+
+    def _warn_if_no_delta(self, roles: dict[str, list[str]]) -> None:
+        """Warn, before the steps are spent, when every loss is a delta score between one model's
+        predictions (DDS, as in SteerMusic) and every clip's source and target prompts are the
+        same: x starts at the source latent, so the delta is zero and x never moves. SteerMusic+
+        compares two models, whose delta on one prompt is not zero."""
+
+        def no_delta(loss: ScoreLoss) -> bool:
+            if not isinstance(loss, DeltaDenoisingScore):
+                return False
+            target, source = loss.target, loss.source
+            same_call = (target.model, target.guidance_scale) == (source.model, source.guidance_scale)
+            return same_call and roles[target.prompt] == roles[source.prompt]
+
+        if all(no_delta(loss) for loss in self.losses):
+            warnings.warn(
+                "the source and target prompts are the same, so the delta score between them is zero "
+                f"and the {self.steps} steps would leave the clip as it is: describe the wanted result "
+                "in the target prompt",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _loop(
         self,
@@ -590,11 +636,16 @@ class Editor(LatentEditor):
         bar.close()
         numbers, nonfinite = _read(history, x)
         if nonfinite:
+            cause = (
+                "Compiled code the C++ compiler got wrong is one cause (steer.toolchain checks for a "
+                "known one); edit it again with Performance(compile_backend='aot_eager'), or without "
+                "compile, to tell"
+                if performance.compile
+                else "The edit diverged: edit it again with a lower lr or guidance_scale"
+            )
             warnings.warn(
                 f"the edited latent holds non-finite values after {self.steps} steps on "
-                f"{self.performance!r}, so its audio is noise. Compiled code the C++ compiler got "
-                "wrong is one cause (steer.toolchain checks for a known one); edit it again with "
-                "Performance(compile_backend='aot_eager'), or without compile, to tell",
+                f"{self.performance!r}, so its audio is noise. {cause}",
                 RuntimeWarning,
                 stacklevel=3,
             )

@@ -18,6 +18,7 @@ from losses import (
     TimestepWeighting,
 )
 from steer import Audio, Editor, SteerMusic, SteerMusicPlus, load_audio, save_audio
+from steer.editor import seeded_generator
 from steer.performance import Performance
 
 
@@ -54,7 +55,8 @@ def test_gradient_is_weighted_delta_of_guided_predictions(tiny_backbone, latent)
 
 def test_equal_prompts_return_the_source_exactly(tiny_backbone, latent):
     editor = SteerMusic(tiny_backbone, steps=5, lr=1.0)
-    result = editor.edit_latent(latent, source="a piano melody", target="a piano melody")
+    with pytest.warns(UserWarning, match=r"^the source and target prompts are the same, so the delta score between them is zero and the 5 steps would leave the clip as it is"):
+        result = editor.edit_latent(latent, source="a piano melody", target="a piano melody")
     assert torch.equal(result.latent, latent)
     assert all(h["total"] == 0 for h in result.history)
 
@@ -94,8 +96,9 @@ def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbo
     prompts = dict(source="a piano melody", target="a violin melody")
     editor = SteerMusic(tiny_backbone, steps=2)
     editor.lr = float("nan")  # NaN steps (the constructor refuses this learning rate)
-    with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*aot_eager"):
+    with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*so its audio is noise. The edit diverged: edit it again with a lower lr or guidance_scale$") as caught:
         result = editor.edit_latent(latent, **prompts)
+    assert "C++ compiler" not in str(caught[0].message)  # an eager path: no compiled code to suspect
     assert result.latent.isnan().all() and len(result.history) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -111,6 +114,46 @@ def test_same_seed_same_edit_other_seed_other_edit(tiny_backbone, latent):
     c = editor.edit_latent(latent, seed=2, **kwargs).latent
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_a_seed_below_2_to_the_32_draws_as_before_and_every_bit_of_a_larger_one_counts(tiny_backbone, latent):
+    """On the CPU only the low 32 bits of a seed counted: 5 and 2**32 + 5 gave the same edit."""
+    for seed in (0, 5, 12345, 2**32 - 1):  # the draws of every recorded result stay the same
+        assert torch.equal(seeded_generator(seed).get_state(), torch.Generator().manual_seed(seed).get_state())
+    editor = SteerMusic(tiny_backbone, steps=2, lr=1.0)
+    kwargs = dict(source="a piano melody", target="a violin melody")
+    five, far = (editor.edit_latent(latent, seed=seed, **kwargs).latent for seed in (5, 2**32 + 5))
+    assert not torch.allclose(five, far)
+    draws = {seed: torch.randn(4, generator=seeded_generator(seed)) for seed in (2**32, 2**33, 2**63, 2**64 - 1)}
+    assert len({tuple(d.tolist()) for d in draws.values()}) == 4
+    # PyTorch's seeds are 64-bit two's complement: these are the same seeds, the same draws
+    for a, b in ((-1, 2**64 - 1), (-(2**63), 2**63)):
+        assert torch.equal(torch.randn(4, generator=seeded_generator(a)), torch.randn(4, generator=seeded_generator(b)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_generator_takes_the_seed_as_it_is():
+    """Philox reads all 64 bits: no hash on CUDA."""
+    for seed in (5, 2**32 + 5, 2**64 - 1):
+        assert seeded_generator(seed, "cuda").initial_seed() == seed
+    assert not torch.equal(
+        torch.randn(4, generator=seeded_generator(5, "cuda")), torch.randn(4, generator=seeded_generator(2**32 + 5, "cuda"))
+    )
+
+
+def test_equal_prompts_warn_only_where_the_delta_is_zero(tiny_backbone, lora, latent):
+    """A DDS edit between one prompt and itself never moves; with another prompt, or another loss
+    beside it, it does, and SteerMusic+ compares two models."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        SteerMusic(tiny_backbone, steps=1).edit_latent(latent, source="a piano", target="a violin")
+        SteerMusic(tiny_backbone, steps=1).edit_latent(latent.expand(2, -1, -1, -1), source=["a", "b"], target=["a", "c"])
+        losses = [DeltaDenoisingScore(), ScoreDistillationSampling()]
+        Editor(tiny_backbone, losses=losses, steps=1).edit_latent(latent, source="a piano", target="a piano")
+        SteerMusicPlus(tiny_backbone, lora, steps=1).edit_latent(latent, source="a sks violin", target="a sks violin")
+    with pytest.warns(UserWarning, match="the source and target prompts are the same"):
+        SteerMusic(tiny_backbone, steps=1).edit_latent(latent.expand(2, -1, -1, -1), source=["a", "b"], target=["a", "b"])
 
 
 def test_batched_and_unbatched_predictions_agree(tiny_backbone, latent):
