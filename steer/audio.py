@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import warnings
@@ -15,8 +16,8 @@ from torch import Tensor
 
 
 class NonFiniteAudio(ValueError):
-    """A waveform holding NaN or infinite samples (a diverged edit): refused by :class:`Audio`
-    and :func:`load_audio`, told apart from other bad input by callers that score such edits
+    """A waveform holding NaN or infinite samples (a diverged edit): refused by :class:`Audio`,
+    :func:`load_audio` and :func:`save_audio`, told apart from other bad input by callers that score such edits
     as NaN (``steer eval``)."""
 
 
@@ -29,7 +30,7 @@ class Audio:
     Raises:
         TypeError: for a waveform that is not a tensor.
         ValueError: for a waveform that is not floating point or has no 1 to 3 dimensions, or a
-            sample rate that is not a positive integer.
+            sample rate that is not a positive integer below 2**31 (soundfile's limit).
         NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples.
     """
 
@@ -50,15 +51,21 @@ class Audio:
             raise ValueError(_transposed(waveform.shape))
         if not torch.isfinite(waveform).all():
             raise NonFiniteAudio("the audio holds NaN or infinite samples")
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or rate <= 0:
-            raise ValueError(f"the sample rate must be a positive whole number of Hz, got {rate!r}")
         if waveform.dim() == 1:
             object.__setattr__(self, "waveform", waveform[None])
-        object.__setattr__(self, "sample_rate", int(rate))
+        object.__setattr__(self, "sample_rate", _whole_rate(rate))
 
     @property
     def seconds(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
+
+
+def _whole_rate(rate: int) -> int:
+    """``rate`` as an ``int``, or a ``ValueError`` unless it is a positive whole number of Hz
+    that soundfile can write (below 2**31)."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Integral) or not 0 < rate < 2**31:
+        raise ValueError(f"the sample rate must be a positive whole number of Hz below 2**31, got {rate!r}")
+    return int(rate)
 
 
 def _transposed(shape: torch.Size) -> str:
@@ -72,9 +79,10 @@ def load_audio(path: str | os.PathLike) -> Audio:
     """Read any format soundfile reads (wav, flac, ogg, …) into an :class:`Audio`; a
     ``ValueError`` naming the file when it cannot (:class:`NonFiniteAudio` for NaN samples)."""
     path = Path(path)
-    if path.is_dir():
+    # os.path's checks: Path's raise OSError for a name longer than the file system allows
+    if os.path.isdir(path):
         raise ValueError(f"{path} is a folder: name an audio file")
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise ValueError(f"input file not found: {path}")
     try:
         data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
@@ -98,6 +106,50 @@ def audio_format(path: Path) -> str:
     return fmt
 
 
+def _partial(path: Path) -> Path:
+    """The temporary file :func:`save_audio` writes before renaming it to ``path``:
+    ``.{name}.partial``, the name cut short where the whole would not fit in one file name."""
+    name, limit = path.name, _name_max(path.parent)
+    while len(os.fsencode(f".{name}.partial")) > limit:
+        name = name[:-1]
+    return path.with_name(f".{name}.partial")
+
+
+def _name_max(folder: Path) -> int:
+    """The most bytes a file name may have in ``folder`` (255 on the usual file systems)."""
+    return os.pathconf(folder, "PC_NAME_MAX")
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a file that cannot be created at ``path`` although its folder
+    exists: a name longer than the file system takes, or a folder where no file can be made (one
+    read-only or virtual, such as ``/proc``). A ``ValueError`` naming the file and the reason.
+
+    Creates and removes the temporary file :func:`save_audio` writes first.
+    """
+    path = Path(path)
+    size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
+    if size > limit:
+        raise ValueError(
+            f"cannot write {path}: its name is {size} bytes long, more than the {limit} a file name may "
+            "have: shorten it"
+        )
+    probe = _partial(path)
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(_uncreatable(path, error)) from None
+    return path
+
+
+def _uncreatable(path: Path, error: OSError) -> str:
+    return (
+        f"cannot write {path}: no file can be created in {path.parent} ({error.strerror or error}): "
+        "choose a folder you can write to"
+    )
+
+
 def save_audio(
     path: str | os.PathLike,
     waveform: Tensor,
@@ -111,38 +163,68 @@ def save_audio(
     half file under ``path``. With ``overwrite=False`` an existing file is an error. Samples
     beyond ±1 are clipped to it, with a ``RuntimeWarning`` counting them (scale the waveform
     first to keep them).
+
+    Raises:
+        ValueError: naming ``path``, for a file that cannot be written (its folder missing or
+            unwritable, its name too long, a sample rate that is not a positive whole number below
+            2**31 or that the format does not take, an empty waveform of another shape).
+        NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples; nothing
+            is written.
     """
     path = Path(path)
-    if not path.parent.is_dir():
+    # os.path's checks: Path's raise OSError for a name longer than the file system allows
+    if not os.path.isdir(path.parent):
+        if os.path.exists(path.parent):
+            raise ValueError(f"{path.parent} is a file, not a folder: name a file in a folder")
         raise ValueError(f"output folder does not exist: {path.parent}")
-    if path.is_dir():
+    if os.path.isdir(path):
         raise ValueError(f"{path} is a folder: name an audio file")
-    if path.exists() and not overwrite:
+    if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path} exists; choose another name or allow overwriting")
     fmt = audio_format(path)
+    try:
+        sample_rate = _whole_rate(sample_rate)
+    except ValueError as error:
+        raise ValueError(f"cannot write {path}: {error}") from None
     data = waveform.detach().float().cpu()
     if data.dim() == 1:
         data = data[None]
     if data.dim() != 2:
         raise ValueError(f"expected (samples,) or (channels, samples), got {tuple(data.shape)}")
+    if data.shape[1] == 0:
+        raise ValueError(f"cannot write {path}: the waveform of shape {tuple(data.shape)} has no samples")
     if data.shape[0] > data.shape[1]:
         raise ValueError(_transposed(data.shape))
     bad = int((~data.isfinite()).sum())
     if bad:
-        raise ValueError(f"{bad} samples are NaN or infinite (a diverged edit?): nothing written to {path}")
+        raise NonFiniteAudio(
+            f"{bad} sample{'s are' if bad > 1 else ' is'} NaN or infinite (a diverged edit?): nothing written to {path}"
+        )
     loud = int((data.abs() > 1).sum())
     if loud:
         warnings.warn(
             f"{path.name}: {loud} of {data.numel()} samples ({100 * loud / data.numel():.2g} %) lie beyond ±1 "
-            f"(peak {data.abs().max():.3g}) and are clipped: scale the waveform first to keep them",
+            f"(peak {data.abs().max():.3g}) and are clipped to ±1 in the file",
             RuntimeWarning,
             stacklevel=2,
         )
     data = data.clamp(-1, 1).numpy().T
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = _partial(path)
+    try:  # opened here, not by soundfile, whose error said "System error." of the temporary file
+        file = tmp.open("wb")
+    except OSError as error:
+        raise ValueError(_uncreatable(path, error)) from None
     try:
-        sf.write(tmp, data, sample_rate, format=fmt)
+        with file:
+            sf.write(file, data, sample_rate, format=fmt)
         os.replace(tmp, path)
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror or error}") from None
+    except sf.LibsndfileError as error:
+        raise ValueError(
+            f"cannot write {path} as {fmt} at {sample_rate} Hz: {error.error_string.removeprefix('Error : ')}"
+        ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a file that was never made, or cannot be reached
+            tmp.unlink(missing_ok=True)
     return path

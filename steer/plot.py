@@ -26,17 +26,19 @@ def plot_comparison(
     *,
     title: str | None = None,
 ) -> Path:
-    """Write a PNG comparing clips.
+    """Write a picture comparing clips.
 
     Args:
         clips: title → waveform ``(samples,)`` or ``(channels, samples)``, in display order; a
             clip of several channels is drawn as their mean (its mono mix).
         sample_rate: their sample rate.
-        path: the PNG to write (its folder must exist).
+        path: the picture to write (its folder must exist): PNG, or any format matplotlib
+            writes, by its suffix.
         title: a figure title.
 
     Raises:
-        ValueError: for no clips, a clip of another shape, or a missing output folder.
+        ValueError: for no clips, a clip of another shape, a missing output folder, or a file
+            that cannot be written there.
     """
     if not clips:
         raise ValueError("no clips to plot: pass a mapping of title to waveform")
@@ -53,7 +55,7 @@ def plot_comparison(
     except ImportError as error:
         raise ValueError("plotting needs matplotlib: pip install matplotlib") from error
     path = Path(path)
-    if not path.parent.is_dir():
+    if not os.path.isdir(path.parent):  # Path.is_dir raises OSError for a name too long
         raise ValueError(f"output folder does not exist: {path.parent}")
     mel = MelFrontEnd()
     # (1, channels, samples): to_mono reads a 2-D tensor as a batch of mono clips, not as channels
@@ -79,6 +81,10 @@ def plot_comparison(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        plt.close(fig)
     return path

@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -6,6 +7,9 @@ import soundfile as sf
 import torch
 
 from steer import Audio, load_audio, save_audio
+from steer.audio import check_writable
+
+linux = pytest.mark.skipif(sys.platform != "linux", reason="writes into /proc, where no file can be created")
 
 
 def test_round_trip(tmp_path):
@@ -62,7 +66,8 @@ def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
     (torch.tensor([[0.0, float("-inf")]]), 8000, ValueError, "NaN or infinite"),
     (torch.zeros(800, 2), 8000, ValueError, r"shape \(800, 2\) has more channels than samples: pass \(channels, samples\)"),
     (torch.zeros(1, 800, 2), 8000, ValueError, "more channels than samples"),
-    (torch.zeros(1, 800), 0, ValueError, "positive whole number of Hz, got 0"),
+    (torch.zeros(1, 800), 0, ValueError, r"positive whole number of Hz below 2\*\*31, got 0"),
+    (torch.zeros(1, 800), 2**31, ValueError, "got 2147483648"),
     (torch.zeros(1, 800), 22050.5, ValueError, "got 22050.5"),
     (torch.zeros(1, 800), True, ValueError, "got True"),
 ])
@@ -82,10 +87,54 @@ def test_a_float_file_holding_nan_is_refused_by_name(tmp_path):
 def test_samples_beyond_full_scale_are_clipped_with_a_warning_counting_them(tmp_path):
     """The baselines' edits on the mel backbone peak at 3 to 9: they were clipped without a word."""
     waveform = torch.tensor([[0.5, 2.0, -3.0, 0.25]])
-    with pytest.warns(RuntimeWarning, match=r"loud.wav: 2 of 4 samples \(50 %\) lie beyond ±1 \(peak 3\) and are clipped"):
+    with pytest.warns(RuntimeWarning, match=r"^loud.wav: 2 of 4 samples \(50 %\) lie beyond ±1 \(peak 3\) and are clipped to ±1 in the file$"):
         save_audio(tmp_path / "loud.wav", waveform, 16000)
     written, _ = sf.read(tmp_path / "loud.wav", dtype="float32")
     np.testing.assert_allclose(written, [0.5, 1.0, -1.0, 0.25], atol=1 / 32768)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         save_audio(tmp_path / "full.wav", torch.tensor([[1.0, -1.0, 0.5]]), 16000)  # full scale is no clipping
+
+
+@linux
+def test_a_file_that_cannot_be_written_is_a_value_error_naming_it(tmp_path):
+    """soundfile's errors named the temporary ``.x.wav.partial`` ("System error."), and a name
+    whose temporary name was over 255 bytes raised a second error from the cleanup."""
+    with pytest.raises(ValueError, match=r"^cannot write /proc/x.wav: no file can be created in /proc \(No such file or directory\): choose a folder"):
+        save_audio("/proc/x.wav", torch.zeros(10), 8000)
+    with pytest.raises(ValueError, match=r"^cannot write /proc/x.wav: no file can be created in /proc"):
+        check_writable("/proc/x.wav")
+    too_long = tmp_path / ("a" * 252 + ".wav")
+    with pytest.raises(ValueError, match=r"^cannot write .*a\.wav: File name too long$"):
+        save_audio(too_long, torch.zeros(10), 8000)
+    with pytest.raises(ValueError, match=r"its name is 256 bytes long, more than the 255 a file name may have: shorten it$"):
+        check_writable(too_long)
+    longest = tmp_path / ("b" * 247 + ".wav")  # 251 bytes: ".{name}.partial" would be 260
+    assert check_writable(longest) == longest and save_audio(longest, torch.zeros(10), 8000) == longest
+    assert sf.info(longest).frames == 10
+    assert [p.name for p in tmp_path.iterdir()] == [longest.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("name, waveform, rate, message", [
+    ("a.wav", torch.zeros(10), 16000.7, r"^cannot write .*a.wav: the sample rate must be a positive whole number of Hz below 2\*\*31, got 16000.7$"),  # was a TypeError
+    ("a.wav", torch.zeros(10), 0, r"^cannot write .*a.wav: .* got 0$"),  # was libsndfile's error naming a.wav.partial
+    ("a.wav", torch.zeros(10), 10**10, r"^cannot write .*a.wav: .* got 10000000000$"),  # was an OverflowError
+    ("a.mp3", torch.zeros(10), 96000, r"^cannot write .*a.mp3 as MP3 at 96000 Hz: MPEG-1/2/2.5 only supports sample rates of 8000, "),
+    ("a.wav", torch.zeros(1, 0), 16000, r"^cannot write .*a.wav: the waveform of shape \(1, 0\) has no samples$"),  # said "more channels than samples"
+])
+def test_what_soundfile_cannot_write_is_refused_naming_the_file(tmp_path, name, waveform, rate, message):
+    with pytest.raises(ValueError, match=message):
+        save_audio(tmp_path / name, waveform, rate)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_single_bad_sample_is_counted_in_the_singular(tmp_path):
+    with pytest.raises(ValueError, match=r"^1 sample is NaN or infinite \(a diverged edit\?\): nothing written"):
+        save_audio(tmp_path / "a.wav", torch.tensor([0.0, float("nan")]), 8000)
+
+
+def test_an_input_name_too_long_for_the_file_system_is_not_found(tmp_path):
+    """Path.is_dir raised OSError("File name too long")."""
+    path = tmp_path / ("i" * 300 + ".wav")
+    with pytest.raises(ValueError, match=f"^input file not found: {path}$"):
+        load_audio(path)

@@ -1,6 +1,7 @@
 """``steer edit`` with the offline tiny backbone, and its one-line errors."""
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -9,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
-from steer.cli import _edit_settings, _metric_names, _parser, main
+from steer.cli import SWAP_BACKBONE, TINY_TIMESTEPS, _edit_settings, _metric_names, _parser, main
 from steer.performance import PRESETS
 
 _CPUS = len(os.sched_getaffinity(0))
@@ -76,7 +78,8 @@ def test_errors_are_one_line_and_nothing_is_overwritten(case, message, wav, tmp_
         (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
         (["--steps", "0"], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got 0"),
         (["--steps", str(10**20)], f"--steps must be between 1 and {sys.maxsize} (sys.maxsize), got {10**20}"),  # was tqdm's OverflowError
-        (["--steps", "0", "--recipe", "sdedit"], "--steps must be between 1 and the backbone's training timesteps for sdedit (1000 on every adapter here), got 0"),  # said sys.maxsize
+        (["--steps", "0", "--recipe", "sdedit"], "--steps must be between 1 and the backbone's training timesteps for sdedit (1000 for tiny), got 0"),  # said sys.maxsize
+        (["--steps", "1001", "--recipe", "ddim_inversion"], "--steps must be between 1 and the backbone's training timesteps for ddim_inversion (1000 for tiny), got 1001"),  # was refused after loading, as "steps must be in [1, 1000]"
         (["--threads", "0"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 0"),
         (["--threads", "100000"], f"--threads must be between 1 and {_CPUS} (the CPUs this process may use), got 100000"),  # was accepted: 100000 threads asked of PyTorch
         (["--seed", str(2**70)], f"--seed must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {2**70}"),
@@ -251,7 +254,7 @@ def test_demo_scores_an_edit_at_another_rate_and_channel_count_at_the_sources_ra
 
     truth = load_audio(steer.cli.DEMO_TRUTH)
 
-    def edit_is_the_truth_at_44k_stereo(args, audio, source, target, path):
+    def edit_is_the_truth_at_44k_stereo(args, editing, audio, source, target, path):
         waveform = torchaudio.functional.resample(truth.waveform, truth.sample_rate, 44100)
         save_audio(path, waveform.expand(2, -1), 44100)
         return path
@@ -267,3 +270,101 @@ def test_demo_scores_an_edit_at_another_rate_and_channel_count_at_the_sources_ra
 def test_a_metric_named_twice_is_scored_once():
     """``--metrics cqt1_pcc,cqt1_pcc`` printed the columns twice and listed the name twice in eval.json."""
     assert _metric_names("cqt1_pcc, log_mel,cqt1_pcc,") == ["cqt1_pcc", "log_mel"]
+
+
+linux = pytest.mark.skipif(sys.platform != "linux", reason="writes into /proc, where no file can be created")
+
+
+@linux
+def test_outputs_that_cannot_be_written_are_refused_before_a_model_loads(wav, tmp_path, capsys, no_model_loads):
+    """They were found after the whole edit, as tracebacks from soundfile, matplotlib or mkdir,
+    and the edit was lost; an input name too long raised OSError from Path.is_dir."""
+    long = tmp_path / ("a" * 256 + ".wav")
+    cases = [
+        (_edit(wav, "--source", "a", "--target", "b", "-o", "/proc/x.wav"),
+         "cannot write /proc/x.wav: no file can be created in /proc (No such file or directory): choose a folder you can write to"),
+        (_edit(wav, "--source", "a", "--target", "b", "-o", long),
+         f"cannot write {long}: its name is 260 bytes long, more than the 255 a file name may have: shorten it"),
+        (["plot", str(wav), str(wav), "-o", "/proc/x.png"], "cannot write /proc/x.png: no file can be created in /proc"),
+        (["plot", str(wav), str(wav), "-o", str(long.with_suffix(".png"))],
+         f"cannot write {long.with_suffix('.png')}: its name is 260 bytes long"),
+        (["demo", "--out", "/proc/demo", "--backbone", "tiny"], "cannot create --out /proc/demo: No such file or directory: name a folder where you can write"),
+        (_edit(long, "--source", "a", "--target", "b", "-o", tmp_path / "out.wav"), f"input file not found: {long}"),
+        (_edit(wav, "--source", "a", "--target", "b", "-o", wav / "x.wav"),  # said "output folder does not exist"
+         f"{wav} is a file, not a folder: name an output in a folder"),
+        (_edit(wav, "--source", "a", "--target", "b", "-o", wav),  # said "pass --overwrite", then refused it
+         f"{wav} is the input clip: name another output, the input is never replaced"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"steer: error: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+@linux
+def test_steer_run_refuses_an_out_it_cannot_create_before_a_model_loads(wav, tmp_path, capsys, no_model_loads):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "c0", "audio": str(wav), "source": "a piano", "target": "a violin"}) + "\n")
+    assert main(["run", str(manifest), "--out", "/proc/run", "--backbone", "tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "steer: error: cannot create --out /proc/run: No such file or directory: name a folder where you can write\n"
+
+
+def test_demo_refuses_its_options_before_it_creates_the_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "dir"
+    assert main(["demo", "--out", str(out), "--steps", "0"]) == 2
+    assert "--steps must be between 1" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_a_baselines_steps_beyond_a_loaded_backbones_timesteps_name_the_option(wav, tmp_path, capsys):
+    """Beyond the offline builds, the timesteps are known once the backbone loads; the refusal
+    said "steps must be in [1, 1000], got 5000", without the option's name."""
+    out = tmp_path / "out.wav"
+    argv = [*_edit(wav, "--source", "a", "--target", "b", "-o", out), "--recipe", "sdedit"]
+    argv[argv.index("--backbone") + 1] = str(SWAP_BACKBONE)
+    argv[argv.index("--steps") + 1] = "5000"
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: --steps must be between 1 and the backbone's training timesteps for sdedit "
+        f"(1000 for {SWAP_BACKBONE}), got 5000\n"
+    )
+    assert not out.exists()
+
+
+def test_every_offline_build_has_the_timesteps_the_steps_check_assumes():
+    from backbones import load_backbone
+    from backbones.auto import TINY
+
+    assert {name: load_backbone(name).num_train_timesteps for name in TINY} == dict.fromkeys(TINY, TINY_TIMESTEPS)
+
+
+def test_a_diverged_edit_says_which_options_to_lower(wav, tmp_path, capsys, monkeypatch):
+    import steer.cli
+    from steer.editor import EditResult
+
+    class Diverged:
+        def edit(self, audio, **kwargs):
+            return EditResult(latent=torch.zeros(1), audio=torch.full((1, 8000), float("nan")), sample_rate=16000)
+
+    monkeypatch.setattr(steer.cli, "build_editor", lambda *args: Diverged())
+    out = tmp_path / "out.wav"
+    for recipe, options in (("steermusic", "--lr or --guidance"), ("sdedit", "--guidance")):
+        assert main([*_edit(wav, "--source", "a", "--target", "b", "-o", out), "--recipe", recipe]) == 2
+        assert capsys.readouterr().err == (
+            f"steer: error: 8000 samples are NaN or infinite (a diverged edit?): nothing written to {out}; "
+            f"lower {options}\n"
+        )
+
+
+def test_equal_prompts_warn_before_the_steps(wav, tmp_path):
+    with pytest.warns(UserWarning, match="the source and target prompts are the same, so the delta score between them is zero"):
+        assert main(_edit(wav, "--source", "a piano", "--target", "a piano", "-o", tmp_path / "out.wav")) == 0
+
+
+def test_the_help_says_what_the_outputs_are(capsys):
+    for command in ("edit", "plot"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args([command, "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "where to write the edit, at the backbone's sample rate and channels" in printed
+    assert "the picture to write: PNG, or any format matplotlib writes, by its suffix" in printed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -73,3 +75,15 @@ def test_plot_comparison_refuses_what_it_cannot_draw(tmp_path, clips, message):
     with pytest.raises(ValueError, match=message):
         plot_comparison(clips, 16000, tmp_path / "cmp.png")
     assert not (tmp_path / "cmp.png").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="writes into /proc, where no file can be created")
+def test_plot_comparison_says_why_a_picture_cannot_be_written(tmp_path):
+    """matplotlib's FileNotFoundError and OSError came through as tracebacks."""
+    clips = {"a": torch.zeros(16000)}
+    with pytest.raises(ValueError, match=r"^cannot write /proc/cmp.png: No such file or directory$"):
+        plot_comparison(clips, 16000, "/proc/cmp.png")
+    long = tmp_path / ("p" * 256 + ".png")
+    with pytest.raises(ValueError, match=r"^cannot write .*p\.png: File name too long$"):
+        plot_comparison(clips, 16000, long)
+    assert not any(tmp_path.iterdir())

@@ -245,6 +245,15 @@ def test_steermusic_plus_needs_a_concept_before_loading_anything(tmp_path, capsy
     assert "needs a concept for every item; 2 have none (first: 'c0')" in capsys.readouterr().err
 
 
+def test_a_default_concept_is_checked_against_every_target_before_loading_anything(tmp_path, capsys):
+    manifest = _manifest(tmp_path, 2)
+    args = _run_args(manifest, tmp_path / "out", "--concept", str(tmp_path / "no-such-concept"))
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert f"--concept, item 'c0': no concept folder {tmp_path / 'no-such-concept'}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "records").exists()
+
+
 # -- subprocesses ----------------------------------------------------------------------------------
 def test_a_baseline_recipe_edits_a_manifest_and_keeps_its_folder_to_itself(tmp_path, capsys):
     """``--recipe ddpm_inversion`` edits every item with the baseline (the file is its editor's

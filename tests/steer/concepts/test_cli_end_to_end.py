@@ -20,3 +20,18 @@ def test_personalize_then_edit_with_the_concept(clip_files, tmp_path, capsys):
     assert main([*edit[:5], "a guitar", *edit[6:7], str(tmp_path / "other.wav"), *edit[8:]]) == 2
     assert "does not name the concept token 'sks'" in capsys.readouterr().err
     assert not (tmp_path / "other.wav").exists()
+
+
+def test_edit_checks_the_concept_before_it_loads_a_backbone(clip_files, tmp_path, capsys):
+    concept = tmp_path / "my-guitar"
+    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
+                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
+                 "--batch-size", "1"]) == 0
+    edit = ["edit", str(clip_files[0]), "--source", "a piano", "-o", str(tmp_path / "edit.wav"),
+            "--backbone", str(tmp_path / "no-such-backbone"), "--steps", "2", "--device", "cpu"]  # never loaded
+    capsys.readouterr()
+    assert main([*edit, "--target", "a sks guitar", "--concept", str(tmp_path / "no-such")]) == 2
+    assert f"--concept: no concept folder {tmp_path / 'no-such'}" in capsys.readouterr().err
+    assert main([*edit, "--target", "a guitar", "--concept", str(concept)]) == 2
+    assert "--concept: the target prompt 'a guitar' does not name the concept token 'sks'" in capsys.readouterr().err
+    assert not (tmp_path / "edit.wav").exists()
