@@ -211,6 +211,8 @@ class StableAudioBackbone(PipelineBackbone):
             raise ValueError(
                 f"expected a waveform (batch, samples) or (batch, channels, samples), got {tuple(waveform.shape)}"
             )
+        if waveform.shape[1] == 0:
+            raise ValueError(f"audio has no channels: got a waveform of shape {tuple(waveform.shape)}")
         if waveform.shape[1] not in (1, self.channels):
             waveform = waveform.mean(dim=1, keepdim=True)
         if waveform.shape[-1] == 0:

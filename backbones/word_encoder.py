@@ -25,9 +25,9 @@ def split_words(prompt: str) -> list[str]:
 
     A word is a run of letters and digits of any script, their marks, and ``_ [ ] < > '``.
     Compatibility forms are unified first (NFKC: "ﬂute" → "flute", full-width letters → ASCII)
-    and accents are taken off Latin letters ("violín" → "violin"), as the vocabularies here are
-    unaccented English; words of other scripts stay whole ("ピアノ", read as ``<unk>``). ASCII
-    prompts split as they always did.
+    and accents are taken off the letters a–z ("violín" → "violin"), as the vocabularies here
+    are unaccented English; other letters ("ø") and words of other scripts stay whole ("ピアノ",
+    read as ``<unk>``); a mark on no letter is dropped. ASCII prompts split as they always did.
     """
     text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", prompt).lower())
     text = unicodedata.normalize("NFC", "".join(_without_latin_accents(text)))
@@ -35,8 +35,9 @@ def split_words(prompt: str) -> list[str]:
 
 
 def _without_latin_accents(text: str) -> Iterator[str]:
-    """The characters of decomposed ``text`` less the marks on ASCII letters ("i" + "◌́" → "i")."""
-    latin = False
+    """The characters of decomposed ``text`` less the marks on ASCII characters ("i" + "◌́" →
+    "i") and on none (a mark at the start)."""
+    latin = True
     for char in text:
         if not unicodedata.combining(char):
             latin = char.isascii()

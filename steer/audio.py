@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,22 +112,28 @@ def _partial(path: Path) -> Path:
     """The temporary file :func:`save_audio` writes before renaming it to ``path``:
     ``.{name}.partial``, the name cut short where the whole would not fit in one file name."""
     name, limit = path.name, _name_max(path.parent)
-    while len(os.fsencode(f".{name}.partial")) > limit:
+    while len(name) > 1 and len(os.fsencode(f".{name}.partial")) > limit:
         name = name[:-1]
     return path.with_name(f".{name}.partial")
 
 
 def _name_max(folder: Path) -> int:
-    """The most bytes a file name may have in ``folder`` (255 on the usual file systems)."""
-    return os.pathconf(folder, "PC_NAME_MAX")
+    """The most bytes a file name may have in ``folder``: the file system's limit where the
+    system tells it (POSIX ``pathconf``), else the usual 255."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), no such folder
+        return 255
+    return limit if limit > 0 else sys.maxsize  # -1: no fixed limit
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Refuse, before any work, a file that cannot be created at ``path`` although its folder
-    exists: a name longer than the file system takes, or a folder where no file can be made (one
-    read-only or virtual, such as ``/proc``). A ``ValueError`` naming the file and the reason.
+    """Refuse, before any work, a file that cannot be created at ``path``: a name longer than the
+    file system takes, or a folder that is missing or where no file can be made (one read-only or
+    virtual, such as ``/proc``). A ``ValueError`` naming the file and the reason.
 
-    Creates and removes the temporary file :func:`save_audio` writes first.
+    Creates and removes a file of its own, uniquely named, in ``path``'s folder (so processes
+    checking one folder at once never remove each other's).
     """
     path = Path(path)
     size, limit = len(os.fsencode(path.name)), _name_max(path.parent)
@@ -134,10 +142,9 @@ def check_writable(path: str | os.PathLike) -> Path:
             f"cannot write {path}: its name is {size} bytes long, more than the {limit} a file name may "
             "have: shorten it"
         )
-    probe = _partial(path)
     try:
-        probe.open("wb").close()
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".steer-check-"):
+            pass
     except OSError as error:
         raise ValueError(_uncreatable(path, error)) from None
     return path

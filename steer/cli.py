@@ -437,16 +437,21 @@ def _check_default_concept(concept: str | None, items: Sequence) -> None:
     every item that names no concept of its own, before any model loads: a misspelt folder or
     a target without its token would otherwise fail every item (an item's own concept is
     checked when the item runs, and fails that item alone)."""
-    if concept is None:
+    users = [item for item in items if item.concept is None]
+    if concept is None or not users:
         return
     from .concepts import check_concept_reference
+    from .concepts.concept import prompt_without_token
 
-    for item in items:
-        if item.concept is None:
-            try:
-                check_concept_reference(concept, item.target)
-            except ValueError as error:
-                raise UsageError(f"--concept, item {item.id!r}: {error}") from None
+    config = None
+    for item in users:
+        try:
+            if config is None:  # the config read once (a Hub concept: one request)
+                config = check_concept_reference(concept, item.target)
+            else:
+                prompt_without_token(item.target, config.token)
+        except ValueError as error:
+            raise UsageError(f"--concept, item {item.id!r}: {error}") from None
 
 
 def _metric_names(text: str) -> list[str]:

@@ -18,7 +18,6 @@ safetensors (never pickle), and a ``README.md`` model card with the Hub metadata
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import hashlib
 import json
@@ -292,7 +291,7 @@ def _saved_statistics(fingerprint: Mapping[str, Any]) -> tuple[float, ...]:
     encoded = fingerprint.get("statistics")
     try:
         raw = base64.b64decode(encoded, validate=True)
-    except (TypeError, binascii.Error):  # not a string; not base64
+    except (TypeError, ValueError):  # not a string; not base64 (binascii.Error), or not ASCII
         raw = None
     if raw is None or len(raw) % 8:
         raise ValueError(f"base_fingerprint.statistics must be base64 of float32 pairs, got {encoded!r:.60}")

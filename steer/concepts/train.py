@@ -353,7 +353,9 @@ def train_concept(
 
     devices = [backbone.device] if backbone.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # a fresh LoRA's A is drawn from the global generator
+        # a fresh LoRA's A is drawn from the global generator, seeded as seeded_generator seeds
+        # the CPU's (every bit of the seed counting)
+        torch.manual_seed(seeded_generator(seed).initial_seed())
         personalized = PersonalizedBackbone(backbone, Concept(config, {}))
     params: dict[str, nn.Parameter] = {}
     try:

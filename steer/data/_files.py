@@ -94,14 +94,19 @@ def manifest_problem(manifest: Path) -> str | None:
 
 
 def model_source_problem(name: str, option: str) -> str | None:
-    """Why ``from_pretrained(name)`` cannot even start (``name`` is no local folder and no Hub
-    repo id: a local path that is missing), or ``None``."""
-    if Path(name).is_dir():
+    """Why ``from_pretrained(name)`` cannot even start, or ``None``: ``name`` is no local folder
+    and either no Hub repo id or a path in a local folder that exists (``weights/typo``, which
+    the Hub would be asked for in vain)."""
+    path = Path(name)
+    if path.is_dir():
         return None
+    problem = f"{option} {name} not found: pass a folder written by save_pretrained, or a Hub repo id"
+    if path.parent != Path(".") and path.parent.is_dir():
+        return problem
     try:
         validate_repo_id(name)
     except HFValidationError:
-        return f"{option} {name} not found: pass a folder written by save_pretrained, or a Hub repo id"
+        return problem
     return None
 
 

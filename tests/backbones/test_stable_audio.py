@@ -265,6 +265,8 @@ def test_bad_input_is_a_clear_error(backbone, sa_pipe, tmp_path):
         backbone.encode_audio(torch.zeros(100), 44100)
     with pytest.raises(ValueError, match="empty"):
         backbone.encode_audio(torch.zeros(1, 0), 44100)
+    with pytest.raises(ValueError, match=r"audio has no channels: got a waveform of shape \(1, 0, 100\)"):
+        backbone.encode_audio(torch.zeros(1, 0, 100), 44100)  # its mean was NaN, encoded silently
     with pytest.raises(ValueError, match="could not load a Stable Audio pipeline"):
         StableAudioBackbone.from_pretrained(tmp_path / "missing")
     ddim = type(sa_pipe)(**{**sa_pipe.components, "scheduler": DDIMScheduler()})

@@ -72,3 +72,9 @@ def test_the_empty_prompt_is_still_the_unconditional_input():
     ids, mask = encoder.tokenize(["", "a"])
     assert ids[0, :2].tolist() == [encoder.vocabulary["<bos>"], encoder.vocabulary["<eos>"]]
     assert mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_a_mark_on_no_letter_is_dropped_and_other_letters_keep_theirs():
+    assert split_words("\u0301abc") == ["abc"]  # was the word "\u0301abc"
+    assert split_words("a \u0301 b") == ["a", "b"]
+    assert split_words("øresund ピアノ") == ["øresund", "ピアノ"]

@@ -1,3 +1,4 @@
+import os
 import sys
 import warnings
 
@@ -7,7 +8,7 @@ import soundfile as sf
 import torch
 
 from steer import Audio, load_audio, save_audio
-from steer.audio import check_writable
+from steer.audio import NonFiniteAudio, check_writable
 
 linux = pytest.mark.skipif(sys.platform != "linux", reason="writes into /proc, where no file can be created")
 
@@ -115,6 +116,32 @@ def test_a_file_that_cannot_be_written_is_a_value_error_naming_it(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [longest.name]  # no temporary file left
 
 
+def test_checking_a_folder_never_touches_a_file_another_process_writes(tmp_path):
+    """Under ``accelerate launch`` every process checks ``--out`` at once: a probe of one fixed
+    name, made and removed by each, was removed under another's feet (refusing the whole run)."""
+    other = tmp_path / ".summary.json.partial"  # what a probe of the old fixed name would remove
+    other.write_bytes(b"another process's")
+    assert check_writable(tmp_path / "summary.json") == tmp_path / "summary.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name] and other.read_bytes() == b"another process's"
+    with pytest.raises(ValueError, match=r"^cannot write .*x\.wav: no file can be created in .*no-such \(No such file"):
+        check_writable(tmp_path / "no-such" / "x.wav")  # was a FileNotFoundError
+
+
+@pytest.mark.parametrize("limit", [AttributeError, -1])
+def test_a_system_that_tells_no_name_limit_still_writes(tmp_path, monkeypatch, limit):
+    """``os.pathconf`` is missing on Windows and answers -1 where names have no fixed limit: the
+    temporary name's loop never ended, and every write raised AttributeError on Windows."""
+    def pathconf(folder, name):
+        if limit is AttributeError:
+            raise AttributeError("module 'os' has no attribute 'pathconf'")
+        return limit
+
+    monkeypatch.setattr(os, "pathconf", pathconf)
+    path = tmp_path / "x.wav"
+    assert check_writable(path) == path and save_audio(path, torch.zeros(10), 8000) == path
+    assert sf.info(path).frames == 10
+
+
 @pytest.mark.parametrize("name, waveform, rate, message", [
     ("a.wav", torch.zeros(10), 16000.7, r"^cannot write .*a.wav: the sample rate must be a positive whole number of Hz below 2\*\*31, got 16000.7$"),  # was a TypeError
     ("a.wav", torch.zeros(10), 0, r"^cannot write .*a.wav: .* got 0$"),  # was libsndfile's error naming a.wav.partial
@@ -129,7 +156,8 @@ def test_what_soundfile_cannot_write_is_refused_naming_the_file(tmp_path, name, 
 
 
 def test_a_single_bad_sample_is_counted_in_the_singular(tmp_path):
-    with pytest.raises(ValueError, match=r"^1 sample is NaN or infinite \(a diverged edit\?\): nothing written"):
+    # NonFiniteAudio: the CLI tells a diverged edit apart by it, to suggest a lower --lr
+    with pytest.raises(NonFiniteAudio, match=r"^1 sample is NaN or infinite \(a diverged edit\?\): nothing written"):
         save_audio(tmp_path / "a.wav", torch.tensor([0.0, float("nan")]), 8000)
 
 

@@ -251,7 +251,7 @@ def test_a_default_concept_is_checked_against_every_target_before_loading_anythi
     args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
     assert main(args) == 2
     assert f"--concept, item 'c0': no concept folder {tmp_path / 'no-such-concept'}" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "records").exists()
+    assert not (tmp_path / "out").exists()
 
 
 # -- subprocesses ----------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """``steer personalize`` then ``steer edit --concept`` through the real entry point."""
 
+import json
+
 import soundfile as sf
 
 from steer.cli import main
@@ -35,3 +37,19 @@ def test_edit_checks_the_concept_before_it_loads_a_backbone(clip_files, tmp_path
     assert main([*edit, "--target", "a guitar", "--concept", str(concept)]) == 2
     assert "--concept: the target prompt 'a guitar' does not name the concept token 'sks'" in capsys.readouterr().err
     assert not (tmp_path / "edit.wav").exists()
+
+
+def test_run_checks_its_default_concept_against_every_target_before_it_loads(clip_files, tmp_path, capsys):
+    concept = tmp_path / "my-guitar"
+    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
+                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
+                 "--batch-size", "1"]) == 0
+    rows = [{"id": "a", "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar"},
+            {"id": "b", "audio": str(clip_files[0]), "source": "a piano", "target": "a guitar"}]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--concept", str(concept),
+                 "--backbone", str(tmp_path / "no-such-backbone"), "--steps", "2", "--device", "cpu"]) == 2
+    assert "--concept, item 'b': the target prompt 'a guitar' does not name the concept token 'sks'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -521,6 +521,7 @@ def _rewrite_config(folder: Path, change) -> None:
         (lambda fp: fp.pop("architecture"), "base_fingerprint.architecture must be a string, got None"),
         (lambda fp: fp.update(statistics="QUJDREVG"), "base_fingerprint.statistics must be base64 of float32 pairs, got 'QUJDREVG'"),
         (lambda fp: fp.update(statistics="abc"), "base_fingerprint.statistics must be base64 of float32 pairs, got 'abc'"),
+        (lambda fp: fp.update(statistics="é"), "base_fingerprint.statistics must be base64 of float32 pairs, got 'é'"),
         (lambda fp: fp.update(version="2"), "base_fingerprint.version must be a whole number >= 1, got '2'"),
         (lambda fp: fp.update(version=1), "base_fingerprint.weights must be a list of numbers, got None"),
     ],

@@ -437,3 +437,12 @@ def test_resuming_on_another_base_model_fails(mel_backbone, tiny_backbone, clips
             _train(other, clips, "lora", steps=4, resume=True, **kwargs)
     resumed = _train(mel_backbone, clips, "lora", steps=4, resume=True, **kwargs)  # its own base resumes
     assert resumed.config.training["steps"] == 4
+
+
+def test_every_bit_of_the_seed_counts_for_a_fresh_lora(mel_backbone, clips):
+    """The LoRA's A was drawn after torch.manual_seed(seed), which on the CPU reads 32 bits:
+    seeds 5 and 2**32 + 5 started from the same weights."""
+    a, b, again = (_train(mel_backbone, clips, "lora", steps=0, seed=seed) for seed in (5, 2**32 + 5, 5))
+    keys = [key for key in a.weights if "lora_A" in key]
+    assert keys and all(torch.equal(a.weights[key], again.weights[key]) for key in keys)
+    assert not any(torch.equal(a.weights[key], b.weights[key]) for key in keys)

@@ -193,11 +193,17 @@ def test_evaluate_says_when_fewer_pairs_than_asked(tmp_path, no_loads, capsys):
 
 
 @pytest.mark.parametrize("script", [evaluate, evaluate_concept])
-def test_a_missing_classifier_is_named(script, tmp_path, no_loads):
+def test_a_missing_classifier_is_named(script, tmp_path, no_loads, monkeypatch):
     manifest = write_tones(tmp_path, splits={"m": "test"})
     missing = tmp_path / "no-classifier"
     with pytest.raises(SystemExit, match=f"--classifier {missing} not found"):
         script.main(["--data", str(manifest), "--classifier", str(missing), "--out", str(tmp_path / "out.json")])
+    # the README's relative form, shaped like a Hub repo id: a typo in a local folder is not asked of the Hub
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(SystemExit, match="--classifier weights/instrument-classifier-retrainde not found"):
+        script.main(["--data", str(manifest), "--classifier", "weights/instrument-classifier-retrainde",
+                     "--out", str(tmp_path / "out.json")])
 
 
 @pytest.mark.parametrize("script", [evaluate, evaluate_concept])
