@@ -2,16 +2,25 @@
 
 import json
 
+from pathlib import Path
+
+import pytest
 import soundfile as sf
 
 from steer.cli import main
 
 
-def test_personalize_then_edit_with_the_concept(clip_files, tmp_path, capsys):
-    concept = tmp_path / "my-guitar"
+@pytest.fixture()
+def concept(clip_files, tmp_path) -> Path:
+    """A LoRA concept "sks" (class word guitar) learnt on the tiny backbone by ``steer personalize``."""
+    folder = tmp_path / "my-guitar"
     assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
-                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
+                 "--method", "lora", "-o", str(folder), "--backbone", "tiny", "--steps", "1",
                  "--batch-size", "1"]) == 0
+    return folder
+
+
+def test_personalize_then_edit_with_the_concept(concept, clip_files, tmp_path, capsys):
     out = tmp_path / "edit.wav"
     edit = ["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "-o", str(out),
             "--concept", str(concept), "--backbone", "tiny", "--steps", "2", "--device", "cpu"]
@@ -24,11 +33,7 @@ def test_personalize_then_edit_with_the_concept(clip_files, tmp_path, capsys):
     assert not (tmp_path / "other.wav").exists()
 
 
-def test_edit_checks_the_concept_before_it_loads_a_backbone(clip_files, tmp_path, capsys):
-    concept = tmp_path / "my-guitar"
-    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
-                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
-                 "--batch-size", "1"]) == 0
+def test_edit_checks_the_concept_before_it_loads_a_backbone(concept, clip_files, tmp_path, capsys):
     edit = ["edit", str(clip_files[0]), "--source", "a piano", "-o", str(tmp_path / "edit.wav"),
             "--backbone", str(tmp_path / "no-such-backbone"), "--steps", "2", "--device", "cpu"]  # never loaded
     capsys.readouterr()
@@ -39,11 +44,7 @@ def test_edit_checks_the_concept_before_it_loads_a_backbone(clip_files, tmp_path
     assert not (tmp_path / "edit.wav").exists()
 
 
-def test_run_checks_its_default_concept_against_every_target_before_it_loads(clip_files, tmp_path, capsys):
-    concept = tmp_path / "my-guitar"
-    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
-                 "--method", "lora", "-o", str(concept), "--backbone", "tiny", "--steps", "1",
-                 "--batch-size", "1"]) == 0
+def test_run_checks_its_default_concept_against_every_target_before_it_loads(concept, clip_files, tmp_path, capsys):
     rows = [{"id": "a", "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar"},
             {"id": "b", "audio": str(clip_files[0]), "source": "a piano", "target": "a guitar"}]
     manifest = tmp_path / "manifest.jsonl"
