@@ -53,6 +53,13 @@ def adapter_for(pipeline: str | None, source: str = "this model") -> type[Backbo
     return _import(ADAPTERS[pipeline])
 
 
+def is_mel_diffusion_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a steer mel-diffusion model (``config.json``) rather than a
+    diffusers pipeline (``model_index.json``), as :func:`load_backbone` tells them apart."""
+    folder = Path(folder)
+    return (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
+
+
 def load_backbone(
     name: str,
     *,
@@ -83,7 +90,7 @@ def load_backbone(
     folder = Path(name)
     if folder.is_dir():
         index = folder / "model_index.json"
-        if (folder / "config.json").is_file() and not index.is_file():
+        if is_mel_diffusion_folder(folder):
             return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if not index.is_file():
             raise ValueError(

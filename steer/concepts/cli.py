@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from backbones.auto import is_mel_diffusion_folder
 from backbones.word_encoder import split_words
 
 from .concept import (
@@ -151,11 +152,8 @@ def _check_output_overwrite(output: Path, overwrite: bool) -> None:
 
 def _check_mel_token(backbone: str, token: str) -> None:
     """Refuse a token the mel-diffusion model's vocabulary cannot hold (one lower-case word of its
-    prompt splitting) when ``--backbone`` is such a model's folder (``config.json`` and no
-    pipeline's ``model_index.json``, as ``load_backbone`` tells them apart), before it loads."""
-    folder = Path(backbone)
-    mel = (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
-    if mel and split_words(token) != [token]:
+    prompt splitting) when ``--backbone`` is such a model's folder, before it loads."""
+    if is_mel_diffusion_folder(backbone) and split_words(token) != [token]:
         raise ValueError(
             f"--token {token!r} is not one lower-case word, which the mel-diffusion model {backbone} needs "
             "(e.g. 'sks' or '[s]')"
