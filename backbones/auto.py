@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,42 @@ def is_mel_diffusion_folder(folder: str | Path) -> bool:
     return (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
 
 
+def missing_local_path(name: str, what: str = "folder") -> str | None:
+    """Why ``name``, which names no existing file or folder, can only mean a local path: the
+    message to raise before any Hub request (offline, one retries for about 20 s), or ``None``
+    when it may be a Hub repo id (``"owner/name"``).
+
+    A name is a local path when it starts with ``/``, ``./``, ``../`` or ``~``, holds a
+    backslash or more than one ``/``, or when its ``owner`` part is a folder here (a typo in
+    ``weights/my-model``): a Hub repo whose owner has a folder's name in the working directory
+    is then reached from another one.
+
+    Example:
+        >>> missing_local_path("cvssp/audioldm2-music") is None
+        True
+        >>> missing_local_path("/no/such/model")
+        'no folder /no/such/model (no folder /no/such)'
+    """
+    owner, slash, _ = name.partition("/")
+    repo_shaped = bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and owner not in (".", "..")
+    if repo_shaped and not Path(owner).is_dir():
+        return None
+    if not slash and not name.startswith("~") and "\\" not in name:
+        return None
+    path = Path(name).expanduser()
+    parent = path.parent
+    message = f"no {what} {name}"
+    if parent.is_dir():
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+        close = difflib.get_close_matches(path.name, siblings, n=1)
+        message += f" ({parent} holds no {path.name!r}" + (f"; did you mean {str(parent / close[0])!r}?)" if close else ")")
+    else:
+        message += f" (no folder {parent})"
+    if repo_shaped:
+        message += f"; not read as a Hub repo id, since {owner}/ is a folder here"
+    return message
+
+
 def load_backbone(
     name: str,
     *,
@@ -102,6 +139,11 @@ def load_backbone(
         raise ValueError(
             f"{name!r} is not an offline build ({', '.join(TINY)}), a local folder or a Hub repo id "
             f"(owner/name, e.g. cvssp/audioldm2-music)" + (f": did you mean {close[0]!r}?" if close else "")
+        )
+    elif problem := missing_local_path(name):
+        raise ValueError(
+            f"{problem}: pass a folder written by save_pretrained, a Hub repo id (owner/name) or one of "
+            f"the offline builds {', '.join(TINY)}"
         )
     else:
         index = _hub_model_index(name)

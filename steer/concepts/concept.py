@@ -51,6 +51,8 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from backbones.auto import missing_local_path
+
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
     from peft import LoraConfig
@@ -517,6 +519,8 @@ class Concept:
             raise ValueError(_pickle_refusal(path))
         if path.is_file():
             raise ValueError(f"{path} is a file: pass the concept's folder (the one holding {CONFIG_NAME})")
+        if not path.is_dir() and (problem := missing_local_path(str(name_or_path), "concept folder")):
+            raise ValueError(f"{problem}: pass a concept's folder or Hub repo id (owner/name)")
         folder = path if path.is_dir() else _download(str(name_or_path), revision, token, cache_dir, local_files_only)
         return cls._from_folder(folder, str(name_or_path))
 
@@ -875,6 +879,8 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
         config_path = _config_path(path, name)
     elif path.exists():
         raise ValueError(f"{path} is a file: pass the concept's folder (the one holding {CONFIG_NAME})")
+    elif problem := missing_local_path(name, "concept folder"):
+        raise ValueError(f"{problem}: pass a concept's folder or Hub repo id (owner/name)")
     elif not _looks_like_repo_id(name):
         raise ValueError(f"no concept folder {name}, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id")
     else:

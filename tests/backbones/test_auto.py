@@ -80,7 +80,7 @@ def test_offline_without_a_cached_copy_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_a_path_that_is_not_there_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="is not a local folder.*Pass a folder written by save_pretrained"):
+    with pytest.raises(ValueError, match=f"^no folder {tmp_path}/no/such/folder \\(no folder {tmp_path}/no/such\\): pass a folder written by save_pretrained"):
         load_backbone(str(tmp_path / "no" / "such" / "folder"))
 
 
@@ -96,3 +96,29 @@ def test_a_name_that_is_no_build_folder_or_repo_id_is_refused_without_the_hub(mo
     with pytest.raises(ValueError, match=f"^'{name}' is not an offline build .*e.g. cvssp/audioldm2-music\\){re.escape(hint)}$"):
         load_backbone(name)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("weights/mel-diffusion-swp", "^no folder weights/mel-diffusion-swp \\(weights holds no 'mel-diffusion-swp'; did you mean "
+         "'weights/mel-diffusion-swap'\\?\\); not read as a Hub repo id, since weights/ is a folder here: pass a folder"),
+        ("./model", "^no folder ./model \\(. holds no 'model'\\): pass a folder"),
+        ("a/b/c", "^no folder a/b/c \\(no folder a/b\\): pass a folder"),
+    ],
+)
+def test_a_local_path_typo_is_refused_without_the_hub(monkeypatch, name, message):
+    calls = []
+    monkeypatch.setattr(backbones.auto, "hf_hub_download", lambda *a, **k: calls.append(a))
+    monkeypatch.chdir(SHIPPED.parent.parent)
+    with pytest.raises(ValueError, match=message):
+        load_backbone(name)
+    assert calls == []
+
+
+def test_a_repo_id_whose_owner_is_no_folder_here_goes_to_the_hub(monkeypatch, tmp_path):
+    calls = _hub_index(monkeypatch, tmp_path, "MusicLDMPipeline")
+    monkeypatch.setattr(MusicLDMBackbone, "from_pretrained", classmethod(lambda cls, name, **k: None))
+    monkeypatch.chdir(tmp_path)
+    load_backbone("weights/musicldm")
+    assert calls == [("weights/musicldm", "model_index.json")]

@@ -166,12 +166,16 @@ def test_a_corrupt_mel_model_file_is_named(tmp_path):
         MelDiffusionBackbone.from_pretrained(folder)
 
 
-def test_not_a_concept_folder(tmp_path):
+def test_not_a_concept_folder(tmp_path, monkeypatch):
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(ValueError, match="not a steer concept: it has no concept_config.json.*peft adapter"):
         Concept.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="neither a local folder nor a Hub repo id"):
+    with pytest.raises(ValueError, match=f"^no concept folder {tmp_path}/missing/folder \\(no folder {tmp_path}/missing\\): pass"):
         Concept.from_pretrained(tmp_path / "missing" / "folder")
+    (tmp_path / "concepts" / "my-guitar").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="^no concept folder concepts/my-guitr .*did you mean 'concepts/my-guitar'.*concepts/ is a folder here"):
+        Concept.from_pretrained("concepts/my-guitr")
 
 
 def test_push_to_hub_uploads_the_saved_folder(lora_concept, monkeypatch):
@@ -579,7 +583,8 @@ def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clip
     (tmp_path / "c.txt").write_text("")
     for reference, message in [
         ("my-guitar", "no concept folder my-guitar, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id"),
-        (tmp_path / "missing", f"no concept folder {tmp_path / 'missing'}, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id"),
+        (tmp_path / "missing", f"no concept folder {tmp_path / 'missing'} ({tmp_path} holds no 'missing'): pass a concept's folder or Hub repo id"),
+        ("empty/c", "no concept folder empty/c (empty holds no 'c'); not read as a Hub repo id, since empty/ is a folder here: pass"),
         ("c.txt", "c.txt is a file: pass the concept's folder (the one holding concept_config.json)"),
         ("empty", "empty is not a steer concept: it has no concept_config.json"),
         ("me/a..b", "the concept 'me/a..b' is not a Hub repo id: "),
