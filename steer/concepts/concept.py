@@ -527,6 +527,12 @@ class Concept:
     @classmethod
     def _from_folder(cls, folder: Path, name: str) -> Concept:
         config = _read_config(_config_path(folder, name), name)
+        if config.base_fingerprint is None:  # warned on loading only, not by check_concept_reference
+            warnings.warn(
+                f"{name}: {CONFIG_NAME} has no base_fingerprint, so steer cannot check that a backbone is "
+                "the base model the concept was learnt on",
+                stacklevel=3,
+            )
         weights: dict[str, Tensor] = {}
         if config.method == "lora":
             adapter = _load_safetensors(folder, ADAPTER_WEIGHTS_NAME, name)
@@ -711,17 +717,11 @@ def _config_path(folder: Path, name: str) -> Path:
 
 def _read_config(path: Path, name: str) -> ConceptConfig:
     """The concept config at ``path``; a ``ValueError`` naming concept ``name``, the file and what
-    is wrong. A config without a base fingerprint warns: the base model cannot be checked."""
+    is wrong."""
     try:
         config = ConceptConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as error:  # json's and UTF-8's errors are ValueErrors
         raise ValueError(f"{name}: cannot read {CONFIG_NAME} ({error})") from error
-    if config.base_fingerprint is None:
-        warnings.warn(
-            f"{name}: {CONFIG_NAME} has no base_fingerprint, so steer cannot check that a backbone is "
-            "the base model the concept was learnt on",
-            stacklevel=3,
-        )
     return config
 
 

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import huggingface_hub
@@ -540,6 +541,9 @@ def test_a_corrupt_fingerprint_is_named_when_the_concept_loads(change, message, 
 def test_a_config_without_a_fingerprint_warns_that_the_base_cannot_be_checked(mel_backbone, clips, tmp_path):
     folder = _train(mel_backbone, clips, "textual_inversion").save_pretrained(tmp_path / "c")
     _rewrite_config(folder, lambda data: data.pop("base_fingerprint"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the early check before a model loads leaves the warning to the load
+        check_concept_reference(folder, "a sks guitar melody")
     with pytest.warns(UserWarning, match="concept_config.json has no base_fingerprint, so steer cannot check that a backbone is the base model") as caught:
         concept = Concept.from_pretrained(folder)
     with concept.apply(tiny_mel_backbone(seed=1)):  # applied unchecked, as the warning said
