@@ -221,7 +221,8 @@ def check_settings(
         if value is not None:
             check_whole_number(name, value, low)
     reals = (
-        ("lr", lr, "a positive finite number", lambda v: 0 < v < math.inf),
+        # torch's AdamW takes the lr as a float32 scalar: a larger one crashed inside torch
+        ("lr", lr, "a positive number <= 3.4e38 (float32's largest)", lambda v: 0 < v <= torch.finfo(torch.float32).max),
         ("crop_seconds", crop_seconds, f"a finite number of seconds >= {MIN_SECONDS} (the shortest reference clip)",
          lambda v: MIN_SECONDS <= v < math.inf),
         ("alpha", alpha, "a positive finite number", lambda v: 0 < v < math.inf),

@@ -183,8 +183,9 @@ def test_personalize_command(clip_files, tmp_path, capsys):
 @pytest.mark.parametrize(
     "option, value, message, library",
     [
-        ("--lr", "nan", "lr must be a positive finite number, got nan", True),
-        ("--lr", "0", "lr must be a positive finite number, got 0.0", True),
+        ("--lr", "nan", "lr must be a positive number <= 3.4e38 (float32's largest), got nan", True),
+        ("--lr", "0", "lr must be a positive number <= 3.4e38 (float32's largest), got 0.0", True),
+        ("--lr", "1e39", "lr must be a positive number <= 3.4e38 (float32's largest), got 1e+39", True),
         ("--batch-size", "0", "batch_size must be at least 1, got 0", True),
         ("--rank", "0", "rank must be at least 1, got 0", True),  # was refused after the model loaded
         # was PyTorch's "Overflow when unpacking long long", after the model loaded
@@ -406,7 +407,7 @@ def test_overwrite_says_what_it_does_in_a_folder_of_other_files(clip_files, mel_
         ("rank", 2.5, "rank must be a whole number, got 2.5"),
         ("steps", 1.5, "steps must be a whole number, got 1.5"),
         ("batch_size", 1.5, "batch_size must be a whole number, got 1.5"),
-        ("lr", "0.1", "lr must be a positive finite number, got '0.1'"),
+        ("lr", "0.1", "lr must be a positive number <= 3.4e38 (float32's largest), got '0.1'"),
         ("templates", "a {token} x", "templates must be a list of prompt templates, got the string 'a {token} x': pass ['a {token} x']"),
     ],
 )
