@@ -466,6 +466,20 @@ def _metric_names(text: str) -> list[str]:
     return names
 
 
+def _run_metrics(names: Sequence[str], clap_model: str | None, device: str | torch.device) -> dict:
+    """``steer run``'s metrics, built (a missing --clap-model or package refused) before the
+    backbone loads and before --out is made."""
+    if not names:
+        return {}
+    from steer.metrics.collection import build_metrics
+    from steer.metrics.functional import SCORING_RATE
+
+    try:
+        return build_metrics(names, sample_rate=SCORING_RATE, clap_model=clap_model, device=device)
+    except ValueError as error:
+        raise UsageError(f"--metrics: {error}") from None
+
+
 def _check_run_summary(out: Path, overwrite: bool) -> None:
     """Refuse a ``--out`` holding a summary file that ``steer run`` did not write, unless ``overwrite``."""
     from .evaluate import RUN_SUMMARY_FILES, is_run_summary
@@ -496,7 +510,13 @@ def _run(args: argparse.Namespace) -> int:
 
     from .evaluate import is_per_clip, write_run_summary
     from .manifest import read_edit_manifest
-    from .runner import ManifestRunner, RunCounts, check_batch_size, check_concepts
+    from .runner import (
+        ManifestRunner,
+        RunCounts,
+        check_batch_size,
+        check_concepts,
+        check_outputs,
+    )
 
     # Without cpu=True, processes started by torchrun on a machine without CUDA would each
     # believe they are alone (accelerate only sets up gloo for CPUs when asked to).
@@ -514,20 +534,16 @@ def _run(args: argparse.Namespace) -> int:
             check_batch_size(args.batch_size, args.recipe)
         except ValueError as error:
             raise UsageError(f"--batch-size: {error}") from error
-        _make_folder(args.out, "--out")
+        check_outputs(items, args.out)
         _check_run_summary(args.out, args.overwrite)
+        metrics = _run_metrics(names, args.clap_model, device)
+        _make_folder(args.out, "--out")
         check_writable(args.out / "summary.json")
     except ValueError as error:
         refusal = str(error)
     if _refused(state, refusal):
         return 2
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
-    metrics = {}
-    if names:
-        from steer.metrics.collection import build_metrics
-        from steer.metrics.functional import SCORING_RATE
-
-        metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=args.clap_model, device=device)
     runner = ManifestRunner(
         items,
         args.out,
@@ -620,19 +636,25 @@ def _eval(args: argparse.Namespace) -> None:
         for path in (folder / "eval.json", folder / "eval.md"):
             _check_output(path, args.overwrite)
     device = device_option(args.device)
-    results = {}
-    for folder, pairs, missing in jobs:
-        result = evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
+    # every folder is scored before any is written: one that cannot be scored stops them all
+    results = {
+        str(folder): evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
+        for folder, pairs, missing in jobs
+    }
+    for folder, _, missing in jobs:
+        result = results[str(folder)]
         table = markdown_table(result["groups"], names)
         if missing:
             table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}).\n"
+        if result["unscored"]:
+            first = next(iter(result["unscored"].items()))
+            table += f"\n{len(result['unscored'])} item(s) could not be scored in {folder} (first: {first[0]}: {first[1]}).\n"
         write_json(folder / "eval.json", result)
         atomic_write_text(folder / "eval.md", table)
         if len(jobs) > 1:
             print(f"## {folder}\n")
         print(table, end="")
         print(f"wrote {folder / 'eval.json'} and {folder / 'eval.md'}")
-        results[str(folder)] = result
     if len(results) > 1:
         print(f"\n## {len(results)} runs compared\n")
         print(comparison_table(results, names), end="")

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,12 @@ from .runner import ItemRecord, RunCounts, collect_records, read_record, write_j
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
+#: The label of the overall row of the tables (``"overall": true`` in JSON rows).
 ALL = "all"
 #: Seconds by which an edit and its source may differ in duration before ``score_pairs`` warns
 #: (an edit is decoded to its source's duration; resampling may move it by a sample or so).
 LENGTH_TOLERANCE = 0.05
+#: The label of the row of the items without an edit type in Markdown tables (JSON: ``null``).
 NO_TYPE = "(none)"
 
 
@@ -53,16 +56,25 @@ class Pair:
 
 
 def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
-    """The finished edits of a ``steer run`` folder, from its records."""
+    """The finished edits of a ``steer run`` folder, from its records; a ``ValueError`` naming
+    the folder when it holds none (so that several folders are all checked before any is scored)."""
     folder = Path(folder)
-    records = sorted((folder / "records").glob("*.json")) if (folder / "records").is_dir() else []
-    if not records:
+    paths = sorted((folder / "records").glob("*.json")) if (folder / "records").is_dir() else []
+    if not paths:
         raise ValueError(f"{folder} holds no records/: is it a 'steer run' output folder?")
-    pairs = []
-    for path in records:
-        record = read_record(path)
-        if record is not None and record.status == "done":
-            pairs.append(Pair(record.id, record.edit_type, source_of(record, folder), folder / f"{record.id}.wav", record.target))
+    records = [read_record(path) for path in paths]
+    pairs = [
+        Pair(r.id, r.edit_type, source_of(r, folder), folder / f"{r.id}.wav", r.target)
+        for r in records
+        if r is not None and r.status == "done"
+    ]
+    if not pairs:
+        statuses = Counter("unreadable" if r is None else r.status for r in records)
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+        raise ValueError(
+            f"{folder} has no finished edit to evaluate: none of its {len(records)} records is done "
+            f"({counts}); rerun 'steer run' there or leave the folder out"
+        )
     return pairs
 
 
@@ -84,7 +96,8 @@ def source_of(record: ItemRecord, folder: Path) -> Path:
 
 
 def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -> tuple[list[Pair], list[str]]:
-    """Pairs of a manifest's items and ``edits/<id>.wav``; also the ids whose edit is missing."""
+    """Pairs of a manifest's items and ``edits/<id>.wav``; also the ids whose edit is missing.
+    A ``ValueError`` naming the folder and what it holds when no item has its edit there."""
     edits = Path(edits)
     if not edits.is_dir():
         raise ValueError(f"edits folder not found: {edits}")
@@ -95,6 +108,13 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
             pairs.append(Pair(item.id, item.edit_type, item.audio, edit, item.target))
         else:
             missing.append(item.id)
+    if not pairs:
+        files = sorted(path.name for path in edits.iterdir() if path.is_file() and not path.name.startswith("."))
+        found = f"{len(files)} file(s): {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if files else "no file"
+        raise ValueError(
+            f"{edits} holds no edit of the manifest's {len(missing)} item(s): steer eval reads <id>.wav "
+            f"(e.g. {missing[0]}.wav) and found {found}; convert the edits to .wav"
+        )
     return pairs, missing
 
 
@@ -118,9 +138,30 @@ def _fresh(metric: Metric) -> Metric:
     return copy_
 
 
-def score_pairs(
-    pairs: Sequence[Pair], metrics: Mapping[str, Metric], *, sample_rate: int
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+@dataclass(frozen=True)
+class Scores:
+    """What :func:`score_pairs` found.
+
+    Attributes:
+        items: per item id (in the order of the pairs), each per-clip metric's value; NaN for an
+            item that was not scored.
+        unscored: per item that was not scored, why (a missing or unreadable file, a diverged edit).
+        by_type: per edit type (``None``: the items without one), each set-level metric's value.
+        overall: each set-level metric's value over every scored item, kept apart from
+            ``by_type`` so that any edit type name, "all" included, is a group of its own.
+    """
+
+    items: dict[str, dict[str, float]]
+    unscored: dict[str, str]
+    by_type: dict[str | None, dict[str, float]]
+    overall: dict[str, float]
+
+
+class _Unscorable(Exception):
+    """A pair that cannot be scored; the message says why, starting with "its source"/"its edit"."""
+
+
+def score_pairs(pairs: Sequence[Pair], metrics: Mapping[str, Metric], *, sample_rate: int) -> Scores:
     """Run the metrics over the pairs (each clip made mono and resampled to ``sample_rate``,
     the rate the metrics were built for). Paired metrics compare an edit and its source over
     their common start: pairs whose durations differ by more than :data:`LENGTH_TOLERANCE`
@@ -128,29 +169,31 @@ def score_pairs(
 
     One bad item does not stop the others: a metric's warning of why its value is NaN for a
     pair (a clip too short for the CQT or the log-mel distance, …) is raised again naming the
-    item, and an edit holding NaN or infinite samples (a diverged edit) is not scored: its
-    per-clip values are NaN and it is left out of the set-level metrics, with a
-    ``RuntimeWarning`` naming it.
-
-    Returns:
-        per item id (in the order of ``pairs``), each per-clip metric's value; per group (edit
-        types and :data:`ALL`), each set-level metric's value.
+    item, and a pair whose source or edit is missing or unreadable, or whose edit holds NaN or
+    infinite samples (a diverged edit), is not scored: its per-clip values are NaN and it is
+    left out of the set-level metrics, with a ``RuntimeWarning`` naming the item and the file.
     """
     per_clip = {name: m for name, m in metrics.items() if is_per_clip(m)}
     per_set = {name: m for name, m in metrics.items() if not is_per_clip(m)}
-    groups = {pair.edit_type or NO_TYPE for pair in pairs}
-    by_group = {group: {name: _fresh(m) for name, m in per_set.items()} for group in groups}
+    if not pairs:
+        return Scores({}, {}, {}, {})
+    by_type = {pair.edit_type: {name: _fresh(m) for name, m in per_set.items()} for pair in pairs}
     for metric in per_clip.values():
         metric.reset()
-    lengths, items_of_warnings = [], []
+    lengths: list[tuple[int, int] | None] = []
+    unscored: dict[str, str] = {}
+    items_of_warnings: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         # The metrics say why a value is NaN but cannot name the item: their warnings are kept,
         # with the item they came from, and raised again below ("always": one reason, say a
         # clip too short for the CQT, may hold for several items).
         warnings.simplefilter("always", RuntimeWarning)
         for pair in pairs:
-            group = by_group[pair.edit_type or NO_TYPE]
-            lengths.append(_add_pair(pair, [*per_clip.values(), *group.values()], sample_rate))
+            try:
+                lengths.append(_add_pair(pair, [*per_clip.values(), *by_type[pair.edit_type].values()], sample_rate))
+            except _Unscorable as error:
+                lengths.append(None)
+                unscored[pair.id] = str(error)
             items_of_warnings += [pair.id] * (len(caught) - len(items_of_warnings))
     for item, warning in zip(items_of_warnings, caught):
         if issubclass(warning.category, RuntimeWarning):
@@ -158,13 +201,33 @@ def score_pairs(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     left_out = f" and it is left out of the set-level metrics ({', '.join(per_set)})" if per_set else ""
-    for pair in (pair for pair, length in zip(pairs, lengths) if length is None):
-        warnings.warn(
-            f"{pair.id} is not scored: its edit holds NaN or infinite samples ({pair.edit}); its per-clip "
-            f"metrics are NaN{left_out}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    for item, why in unscored.items():
+        warnings.warn(f"{item} is not scored: {why}; its per-clip metrics are NaN{left_out}", RuntimeWarning, stacklevel=2)
+    _warn_unequal_lengths(pairs, lengths, sample_rate)
+    # every clip is embedded once: the overall set merges the edit types' states
+    overall = {name: _fresh(m) for name, m in per_set.items()}
+    for group in by_type.values():
+        for name, metric in group.items():
+            overall[name].merge_state(metric)
+    values = {name: metric.values().tolist() for name, metric in per_clip.items()}
+    items, row = {}, 0  # the metrics hold a value for each scored pair only
+    for pair, length in zip(pairs, lengths):
+        items[pair.id] = {name: math.nan if length is None else float(values[name][row]) for name in per_clip}
+        row += length is not None
+    return Scores(
+        items=items,
+        unscored=unscored,
+        by_type={
+            kind: {name: _set_value(m, name, _group_name(kind)) for name, m in group.items()}
+            for kind, group in by_type.items()
+        },
+        overall={name: _set_value(m, name, "all edits") for name, m in overall.items()},
+    )
+
+
+def _warn_unequal_lengths(pairs: Sequence[Pair], lengths: Sequence[tuple[int, int] | None], sample_rate: int) -> None:
+    """Name, in one ``RuntimeWarning``, the scored pairs whose edit and source durations differ
+    by more than :data:`LENGTH_TOLERANCE`."""
     scored = [(pair, length) for pair, length in zip(pairs, lengths) if length is not None]
     unequal = [
         f"{pair.id} ({edit / sample_rate:.2f} s edit, {source / sample_rate:.2f} s source)"
@@ -176,34 +239,37 @@ def score_pairs(
             f"{len(unequal)} edit(s) differ in duration from their source, so the paired metrics compare only "
             f"their common start: {', '.join(unequal[:3])}{', ...' if len(unequal) > 3 else ''}",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    # every clip is embedded once: the "all" set merges the groups' states
-    by_group[ALL] = {name: _fresh(m) for name, m in per_set.items()}
-    for group in groups:
-        for name, metric in by_group[group].items():
-            by_group[ALL][name].merge_state(metric)
-    per_set = by_group
-    values = {name: metric.values().tolist() for name, metric in per_clip.items()}
-    items, row = {}, 0  # the metrics hold a value for each scored pair only
-    for pair, length in zip(pairs, lengths):
-        items[pair.id] = {name: math.nan if length is None else float(values[name][row]) for name in per_clip}
-        row += length is not None
-    sets = {group: {name: _set_value(m, name, group) for name, m in ms.items()} if pairs else {} for group, ms in per_set.items()}
-    return items, sets
 
 
-def _add_pair(pair: Pair, metrics: Sequence[Metric], sample_rate: int) -> tuple[int, int] | None:
-    """Add one pair to each metric, both clips mono at ``sample_rate``; the lengths of its edit
-    and source in samples, or ``None`` for an edit holding NaN or infinite samples (not added)."""
+def _read(path: Path, role: str, sample_rate: int) -> torch.Tensor:
+    """One clip of a pair (``role``: "source" or "edit") mono at ``sample_rate``, or
+    :class:`_Unscorable` saying which file is missing or unreadable."""
+    if not os.path.exists(path):
+        raise _Unscorable(f"its {role} file is missing: {path}")
     try:
-        edited, _ = _mono(pair.edit, sample_rate)
+        return _mono(path, sample_rate)[0]
     except NonFiniteAudio:
-        return None
-    source, _ = _mono(pair.source, sample_rate)
+        raise _Unscorable(f"its {role} holds NaN or infinite samples ({path})") from None
+    except ValueError as error:
+        raise _Unscorable(f"its {role} file cannot be read ({error})") from None
+
+
+def _add_pair(pair: Pair, metrics: Sequence[Metric], sample_rate: int) -> tuple[int, int]:
+    """Add one pair to each metric, both clips mono at ``sample_rate``; the lengths of its edit
+    and source in samples. :class:`_Unscorable` (nothing added) for a pair whose files cannot
+    be scored."""
+    edited = _read(pair.edit, "edit", sample_rate)
+    source = _read(pair.source, "source", sample_rate)
     for metric in metrics:
         metric.update(edited[None], source[None], target_prompts=[pair.target])
     return edited.shape[-1], source.shape[-1]
+
+
+def _group_name(edit_type: str | None) -> str:
+    """How warnings name an edit type's group."""
+    return "the items without an edit type" if edit_type is None else f"edit type {edit_type!r}"
 
 
 def _set_value(metric: Metric, name: str, group: str) -> float:
@@ -212,34 +278,39 @@ def _set_value(metric: Metric, name: str, group: str) -> float:
     try:
         return float(metric.compute())
     except TooFewRows as error:
-        warnings.warn(f"{name} of edit type {group!r} is left empty: {error}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{name} of {group} is left empty: {error}", RuntimeWarning, stacklevel=2)
         return math.nan
 
 
 def aggregate(
     rows: Sequence[tuple[str | None, Mapping[str, float | None]]],
     names: Sequence[str],
-    set_values: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    by_type: Mapping[str | None, Mapping[str, float]] | None = None,
+    overall: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per edit type (sorted) and a last :data:`ALL` row: ``N``, and for each metric its
-    mean over finite values (``None`` when there are none) and ``<name>_nan``, the count of
-    NaN/missing values; set-level metrics take their value from ``set_values[group]``.
+    """One row per edit type (sorted; ``None``, the items without one, first) and a last
+    overall row: ``edit_type`` (the name as written, ``None`` for no type, :data:`ALL` in the
+    overall row), ``overall`` (true in the last row only, so an edit type named "all" is told
+    apart from it), ``n``, and for each metric its mean over finite values (``None`` when there
+    are none) and ``<name>_nan``, the count of NaN/missing values; set-level metrics take their
+    value from ``by_type[edit type]`` and ``overall``.
 
     Example:
         >>> aggregate([("a", {"m": 1.0}), ("a", {"m": float("nan")}), ("b", {"m": 3.0})], ["m"])[-1]
-        {'edit_type': 'all', 'n': 3, 'm': 2.0, 'm_nan': 1}
+        {'edit_type': 'all', 'overall': True, 'n': 3, 'm': 2.0, 'm_nan': 1}
     """
-    set_values = set_values or {}
-    groups: dict[str, list[Mapping[str, float | None]]] = {}
+    groups: dict[str | None, list[Mapping[str, float | None]]] = {}
     for edit_type, values in rows:
-        groups.setdefault(edit_type or NO_TYPE, []).append(values)
-    ordered = [(group, groups[group]) for group in sorted(groups)] + [(ALL, [v for _, v in rows])]
+        groups.setdefault(edit_type, []).append(values)
+    ordered = [(kind, False, groups[kind], (by_type or {}).get(kind, {})) for kind in sorted(groups, key=_type_order)]
+    ordered.append((ALL, True, [v for _, v in rows], overall or {}))
     table = []
-    for group, members in ordered:
-        row: dict[str, Any] = {"edit_type": group, "n": len(members)}
+    for kind, is_overall, members, sets in ordered:
+        row: dict[str, Any] = {"edit_type": kind, "overall": is_overall, "n": len(members)}
         for name in names:
-            if name in set_values.get(group, {}):
-                row[name], row[f"{name}_nan"] = _finite(set_values[group][name]), None
+            if name in sets:
+                row[name], row[f"{name}_nan"] = _finite(sets[name]), None
                 continue
             found = [v.get(name) for v in members]
             finite = [v for v in found if v is not None and math.isfinite(v)]
@@ -247,6 +318,11 @@ def aggregate(
             row[f"{name}_nan"] = len(found) - len(finite)
         table.append(row)
     return table
+
+
+def _type_order(edit_type: str | None) -> tuple[bool, str]:
+    """Sort key of edit types: no type first, then by name."""
+    return edit_type is not None, edit_type or ""
 
 
 def _finite(value: float) -> float | None:
@@ -260,12 +336,26 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> s
         header += [name, f"{name} NaN"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row["edit_type"]), str(row["n"])]
+        cells = [_label(row), str(row["n"])]
         for name in names:
             value, nan = row[name], row[f"{name}_nan"]
             cells += ["—" if value is None else f"{value:.4f}", "—" if nan is None else str(nan)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    """A row's edit type as a table cell: :data:`ALL` for the overall row, :data:`NO_TYPE` for
+    the items without a type; an edit type written as one of those, or holding a quote, a
+    pipe or an unprintable character, is quoted (JSON), so no two rows read alike."""
+    kind = row["edit_type"]
+    if row["overall"]:
+        return ALL
+    if kind is None:
+        return NO_TYPE
+    if kind in (ALL, NO_TYPE) or not kind.isprintable() or '"' in kind or "|" in kind:
+        return json.dumps(kind, ensure_ascii=False).replace("|", "\\|")
+    return kind
 
 
 def comparison_table(results: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
@@ -303,21 +393,38 @@ def evaluate(
 
     Returns:
         ``{"metrics": names, "groups": rows of aggregate(), "items": {id: {name: value}},
-        "missing": ids without an edit}``, NaN written as ``None``.
+        "missing": ids without an edit, "unscored": {id: why}}`` (items whose source or edit
+        could not be read, or whose edit diverged), NaN written as ``None``.
+
+    Raises:
+        ValueError: when there are no pairs, or when no pair can be scored, naming the folder.
     """
     from steer.metrics.collection import build_metrics
 
     if not pairs:
         raise ValueError("no edits to evaluate")
     metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=clap_model, device=device)
-    items, sets = score_pairs(pairs, metrics, sample_rate=SCORING_RATE)
+    scores = score_pairs(pairs, metrics, sample_rate=SCORING_RATE)
+    if len(scores.unscored) == len(pairs):
+        folders = ", ".join(sorted({str(pair.edit.parent) for pair in pairs}))
+        first, why = next(iter(scores.unscored.items()))
+        raise ValueError(
+            f"no edit in {folders} could be scored ({len(pairs)} tried; first: {first}: {why}); "
+            "check that the edits and their sources are there and readable"
+        )
     kinds = {pair.id: pair.edit_type for pair in pairs}
-    rows = aggregate([(kinds[i], values) for i, values in items.items()], list(names), sets)
+    rows = aggregate(
+        [(kinds[i], values) for i, values in scores.items.items()],
+        list(names),
+        by_type=scores.by_type,
+        overall=scores.overall,
+    )
     return {
         "metrics": list(names),
         "groups": rows,
-        "items": {i: {k: _finite(v) for k, v in values.items()} for i, values in items.items()},
+        "items": {i: {k: _finite(v) for k, v in values.items()} for i, values in scores.items.items()},
         "missing": list(missing),
+        "unscored": scores.unscored,
     }
 
 
@@ -363,14 +470,13 @@ def write_run_summary(
     # a rerun without --metrics keeps the columns of the per-clip values its records hold
     names = list(names) or list(dict.fromkeys(k for r in done for k in r.metrics))
     names += [name for name in set_metrics or {} if name not in names]
-    sets: dict[str, dict[str, float]] = {}
-    if set_metrics and done:
-        pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]
-        _, sets = score_pairs(pairs, set_metrics, sample_rate=SCORING_RATE)
+    pairs = [Pair(r.id, r.edit_type, source_of(r, out), out / f"{r.id}.wav", r.target) for r in done]
+    scores = score_pairs(pairs if set_metrics else [], set_metrics or {}, sample_rate=SCORING_RATE)
     rows = aggregate(
         [(r.edit_type, {k: (math.nan if v is None else v) for k, v in r.metrics.items()}) for r in done],
         list(names),
-        sets,
+        by_type=scores.by_type,
+        overall=scores.overall,
     )
     summary = {
         "this_run": {"done": counts.done, "skipped": counts.skipped, "failed": counts.failed},

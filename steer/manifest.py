@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 _FIELDS = {"id": True, "audio": True, "source": True, "target": True, "concept": False, "edit_type": False}
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: an id is a file name: not hidden (no leading "."), and YouTube ids may start with "-" or "_"
+_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 #: the longest id: file names stop at 255 bytes, and a run's temporary files add to the id
 #: (``records/.<id>.json.<pid>.tmp``)
 MAX_ID_LENGTH = 200
@@ -66,7 +68,7 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
     if not _ID.fullmatch(raw["id"]):
         raise ValueError(
             f"{where}: field 'id' {raw['id']!r} must be a file name: letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
+            "and '-', not starting with '.'"
         )
     if len(raw["id"]) > MAX_ID_LENGTH:
         raise ValueError(
@@ -108,6 +110,12 @@ def _shown(line: str, limit: int = 60) -> str:
     return repr(line if len(line) <= limit else line[:limit] + "...")
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of JSON Lines text: split at "\\n" only (``str.splitlines`` also splits at
+    U+2028, U+0085, "\\x1c"…, which JSON strings may hold raw), a "\\r" before it dropped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
     """The items of a JSON Lines manifest (UTF-8, a byte order mark allowed), or of ZoME-Bench's
     metadata (a folder or its file).
@@ -133,7 +141,7 @@ def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
             "array on its own line"
         )
     items, places = [], []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -181,13 +189,13 @@ def _zome_rows(path: Path) -> list[tuple[str | None, dict]]:
             raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install 'steer[zome]'") from error
         return [(None, row) for row in pyarrow.parquet.read_table(path).to_pylist()]
     if path.suffix == ".csv":
-        with path.open(newline="") as file:
+        with path.open(newline="", encoding="utf-8-sig") as file:
             return [(None, row) for row in csv.DictReader(file)]
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = [json.loads(line) for line in _lines(text) if line.strip()]
     if isinstance(data, dict):
         return [(str(key), row) for key, row in data.items()]
     if isinstance(data, list):
@@ -221,6 +229,22 @@ def _find_audio(folder: Path, ytid: str) -> Path:
     return Path("audio", f"{ytid}.wav")
 
 
+def _zome_edit_type(value: Any) -> str | None:
+    """The name of an ``editing_type_id`` (:data:`ZOME_EDIT_TYPES`): ``"4"``, ``4`` and ``4.0`` (a
+    CSV or Parquet column with a gap holds floats) are ``change_mood``; an unknown id gives
+    ``type_<id>``, a missing one (empty, null or NaN) ``None``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        return None
+    kind = str(value).strip()
+    try:
+        number = float(kind)
+    except ValueError:
+        number = math.nan
+    if number.is_integer():
+        kind = str(int(number))
+    return ZOME_EDIT_TYPES.get(kind, f"type_{kind}")
+
+
 def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
     """Items of ZoME-Bench's metadata: its folder (holding one ``.json``/``.jsonl``/``.csv``/
     ``.parquet`` metadata file, at the top or in ``data/`` as the Hub lays datasets out) or the
@@ -247,7 +271,7 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
         path = files[0]
     items, places = [], []
     for number, (key, row) in enumerate(_zome_rows(path)):
-        where = f"{path}: row {number}"
+        where = f"{path}: row {number}" + ("" if key is None else f" (key {key!r})")
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected an object")
         for name in ("original_prompt", "editing_prompt", "ytid"):
@@ -255,13 +279,12 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
                 raise ValueError(f"{where}: missing field {name!r}")
         ytid = str(row["ytid"]).strip()
         audio = row.get("audio_path")
-        kind = str(row.get("editing_type_id", "")).strip()
         raw = {
             "id": re.sub(r"[^A-Za-z0-9._-]", "_", key if key is not None else f"{number:04d}_{ytid}"),
             "audio": str(audio) if audio else str(_find_audio(folder, ytid)),
             "source": str(row["original_prompt"]).replace("[", "").replace("]", ""),
             "target": str(row["editing_prompt"]).replace("[", "").replace("]", ""),
-            "edit_type": ZOME_EDIT_TYPES.get(kind, f"type_{kind}" if kind else None),
+            "edit_type": _zome_edit_type(row.get("editing_type_id")),
         }
         items.append(_item({k: v for k, v in raw.items() if v is not None}, where, folder))
         places.append(where)

@@ -4,8 +4,11 @@ sharded over processes.
 :class:`ManifestRunner` writes ``OUT/<id>.wav`` and ``OUT/records/<id>.json`` per item, both
 atomically. Before editing, an item's record says ``"running"`` with its attempt number, so a
 killed run leaves evidence of what it was doing and a rerun counts the attempt; a rerun skips
-items whose record says ``"done"`` and whose wav exists and redoes the rest. A wav is written
-over only when it is the run's own (:attr:`ItemRecord.owns_wav`) or with ``overwrite``. Under
+items whose record says ``"done"`` and whose wav exists (bringing their records up to date: edit
+type, metrics asked for) and redoes the rest, and refuses a folder whose edits were made with
+other settings or from other prompts or clips (:meth:`ManifestRunner.check_settings`). A wav is
+written over only when it is the run's own (:attr:`ItemRecord.owns_wav`) or with ``overwrite``,
+never over a source clip (:func:`check_outputs`). Under
 ``accelerate launch`` item ``i`` belongs to process ``i % num_processes``.
 """
 
@@ -26,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import soundfile as sf
 import torch
-import torchaudio.functional
 
 from backbones import Backbone
 from steer.data._files import atomic_write_text
@@ -99,6 +101,20 @@ def check_batch_size(batch_size: int, recipe: str) -> None:
         )
 
 
+def check_outputs(items: Sequence[EditItem], out: str | os.PathLike) -> None:
+    """Raise ``ValueError`` when an item's edit (``out/<id>.wav``) would be written over a
+    source clip, its own or another item's (paths compared resolved): with or without
+    ``overwrite``, that clip would be lost, and an item editing it would edit an edit."""
+    sources: dict[Path, str] = {}
+    for item in items:
+        sources.setdefault(item.audio.resolve(), item.id)
+    for item in items:
+        wav = (Path(out) / f"{item.id}.wav").resolve()
+        if wav in sources:
+            whose = "its own source clip" if sources[wav] == item.id else f"the source clip of item {sources[wav]!r}"
+            raise ValueError(f"item {item.id!r} would write its edit to {wav}, {whose}: pass another --out")
+
+
 def _fail(record: ItemRecord, error: Exception) -> None:
     record.status, record.error = "failed", f"{type(error).__name__}: {error}"
 
@@ -128,6 +144,9 @@ class ItemRecord:
         settings: what made the edit (recipe settings, seed, backbone and its weights' dtype, the
             concept's content, a baseline's name): a rerun refuses to mix edits made with other
             settings into one folder.
+        audio_file: the source clip as the edit began (:func:`file_identity`: size, mtime and
+            SHA-256 of its bytes): a rerun refuses an item whose clip changed since. ``None`` in
+            records older than this field, whose clip is then unknown (not refused).
         owns_wav: whether the wav at ``edit`` is the run's own, to write over: true when done;
             while running, true when the wav was absent or the run's own as the attempt began
             (the check comes before the record is written), so a wav beside a killed attempt's
@@ -158,6 +177,7 @@ class ItemRecord:
     error: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     owns_wav: bool = False
+    audio_file: dict[str, Any] | None = None
 
 
 def read_record(path: str | os.PathLike) -> ItemRecord | None:
@@ -201,7 +221,8 @@ class ManifestRunner:
         load_concept: turns a concept reference into a concept (default
             :meth:`steer.concepts.Concept.from_pretrained`); each reference is loaded once.
         rank, num_processes: this process and how many share the work.
-        overwrite: redo items that are already done.
+        overwrite: redo items that are already done, and write over wavs the run did not write
+            (never over a source clip: :func:`check_outputs`).
         progress: show a progress bar per edit.
         batch_size: edit up to this many items in one call, among those sharing a concept, a
             sample rate, a channel count and a length (each is edited as it is alone, up to
@@ -232,6 +253,7 @@ class ManifestRunner:
     ) -> None:
         check_concepts(items, recipe, default_concept)
         check_batch_size(batch_size, recipe)
+        check_outputs(items, out)
         if not 0 <= rank < num_processes:
             raise ValueError(f"rank {rank} is not in [0, {num_processes})")
         self.items = list(items)
@@ -267,7 +289,7 @@ class ManifestRunner:
         self.progress = progress
         self.batch_size = batch_size
         self._editors: dict[str | None, LatentEditor | Exception] = {}
-        self._concept_ids: dict[str, str] = {}
+        self._concept_ids: dict[tuple[str, str], Any] = {}
 
     def wav_path(self, item: EditItem) -> Path:
         return self.out / f"{item.id}.wav"
@@ -281,14 +303,14 @@ class ManifestRunner:
         concept = item.concept or self.default_concept
         if concept is None:
             return self.fingerprint
-        if concept not in self._concept_ids:
-            self._concept_ids[concept] = concept_identity(concept)
-        return {**self.fingerprint, "concept": self._concept_ids[concept]}
+        return {**self.fingerprint, "concept": self._identity(concept, concept_identity)}
 
-    def _same_settings(self, recorded: Mapping[str, Any], item: EditItem) -> bool:
-        """Whether a record's settings are the item's now, where a setting given at its editor's
-        default equals one left out (``--guidance 30`` is SteerMusic's default)."""
-        editor = BASELINES.get(self.recipe) or (SteerMusicPlus if item.concept or self.default_concept else SteerMusic)
+    def _setting_changes(self, recorded: Mapping[str, Any], concept: str | None, now: Mapping[str, Any]) -> list[str]:
+        """What differs between a record's settings and ``now`` (this run's, :meth:`fingerprint_of`),
+        as ``"name: recorded → now"``, where a setting given at its editor's default equals one
+        left out (``--guidance 30`` is SteerMusic's default); ``concept`` is the item's concept
+        reference, which picks the editor."""
+        editor = BASELINES.get(self.recipe) or (SteerMusicPlus if concept else SteerMusic)
         defaults = {
             name: _jsonable(p.default)
             for name, p in inspect.signature(editor).parameters.items()
@@ -300,15 +322,34 @@ class ManifestRunner:
             kept = {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
             return {**fingerprint, "settings": kept}
 
-        return explicit(recorded) == explicit(self.fingerprint_of(item))
+        recorded, now = explicit(recorded), explicit(now)
+        old, changes = recorded.get("concept"), []
+        if concept is not None and isinstance(old, str) and old.startswith(_OLD_CONCEPT_IDENTITY):
+            # recorded by an older steer, as a digest of every file of the folder: the same
+            # files are the same concept; which file differs, that digest cannot tell
+            if old != self._identity(concept, _folder_digest):
+                changes.append(
+                    "concept: a file of its folder changed since an older steer recorded it (that steer "
+                    "counted every file, README.md included; steer now counts its config and weights)"
+                )
+            recorded["concept"] = now.get("concept")
+        return changes + _differences(recorded, now)
+
+    def _identity(self, reference: str, rule: Callable[[str], Any]) -> Any:
+        """``rule(reference)`` (:func:`concept_identity`, :func:`_folder_digest`), computed once a run."""
+        key = (reference, rule.__name__)
+        if key not in self._concept_ids:
+            self._concept_ids[key] = rule(reference)
+        return self._concept_ids[key]
 
     def share(self) -> list[EditItem]:
         """This process's items: item ``i`` goes to process ``i % num_processes``."""
         return self.items[self.rank :: self.num_processes]
 
-    def is_done(self, item: EditItem) -> bool:
+    def finished(self, item: EditItem) -> ItemRecord | None:
+        """The item's record when it says ``"done"`` and its wav exists, else ``None``."""
         record = read_record(self.record_path(item))
-        return record is not None and record.status == "done" and self.wav_path(item).is_file()
+        return record if record is not None and record.status == "done" and self.wav_path(item).is_file() else None
 
     def _editor(self, concept: str | None) -> LatentEditor:
         """One editor per concept reference; a concept that fails to load fails every item
@@ -335,14 +376,17 @@ class ManifestRunner:
                     if ours.fullmatch(stale.name):
                         stale.unlink(missing_ok=True)
 
-    def _scores(self, edited: torch.Tensor, source: torch.Tensor, target: str) -> dict[str, float | None]:
-        """Per-clip metric values of one edit ``(samples,)`` against its source ``(samples',)``."""
-        scores = {}
-        for name, metric in self.metrics.items():
-            metric.reset()
-            metric.update(edited[None], source[None], target_prompts=[target])
-            scores[name] = _finite_or_none(float(metric.values()[0]))
-        return scores
+    def _scores(self, items: Sequence[EditItem], names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+        """Per item id, the named per-clip metrics of its wav as written (16-bit, clipped)
+        against its source clip, scored as ``steer eval`` scores them (so that they agree), its
+        warnings naming the item; ``ValueError`` when a file cannot be read."""
+        from .evaluate import Pair, score_pairs  # evaluate imports this module
+
+        pairs = [Pair(item.id, item.edit_type, item.audio, self.wav_path(item), item.target) for item in items]
+        scores = score_pairs(pairs, {name: self.metrics[name] for name in names}, sample_rate=SCORING_RATE)
+        if scores.unscored:  # a file gone or unreadable: no value rather than a NaN kept for good
+            raise ValueError("; ".join(f"{item} is not scored: {why}" for item, why in scores.unscored.items()))
+        return {i: {name: _finite_or_none(v) for name, v in values.items()} for i, values in scores.items.items()}
 
     def batches(self, items: Sequence[EditItem]) -> list[list[EditItem]]:
         """``items`` in groups of up to :attr:`batch_size` that one call can edit: the same
@@ -368,12 +412,10 @@ class ManifestRunner:
         return batches
 
     def _output_problem(self, item: EditItem, owns_wav: bool) -> str | None:
-        """Why the item's wav must not be written, or ``None``: it is the item's own source
-        clip, or a file that is not the run's own (see :attr:`ItemRecord.owns_wav`) and
-        ``overwrite`` is off."""
+        """Why the item's wav must not be written, or ``None``: it is a file that is not the
+        run's own (see :attr:`ItemRecord.owns_wav`) and ``overwrite`` is off. (A wav that is a
+        source clip is refused before the run: :func:`check_outputs`.)"""
         wav = self.wav_path(item)
-        if wav.resolve() == item.audio.resolve():
-            return f"{wav} is the item's own source audio: pass another --out"
         if not owns_wav and not self.overwrite:
             return f"{wav} exists and was not written by steer run: pass --overwrite to replace it, or another --out"
         return None
@@ -381,8 +423,8 @@ class ManifestRunner:
     def edit_items(self, items: Sequence[EditItem]) -> list[ItemRecord]:
         """Edit items of one concept and one audio shape in one call, and write each one's wav
         and record (``"failed"`` with the error for an item whose wav must not be written (see
-        :meth:`_output_problem`), whose audio cannot be read or written, and for all of them
-        when the edit fails). Every item's output is checked before any record says
+        :meth:`_output_problem`), whose audio cannot be read or written, or whose edit fails
+        (see :meth:`_edit_or_retry`)). Every item's output is checked before any record says
         ``"running"``."""
         records = [self._start(item) for item in items]
         for item, record in zip(items, records):
@@ -399,14 +441,8 @@ class ManifestRunner:
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
                 _fail(record, error)
         edited = [(item, record) for item, record in zip(items, records) if item.id in audios]
-        for _, record in edited:
-            record.batch = len(edited)
         if edited:
-            try:
-                self._edit_batch(edited, [audios[item.id] for item, _ in edited])
-            except Exception as error:  # noqa: BLE001 - recorded in each item's record
-                for _, record in edited:
-                    _fail(record, error)
+            self._edit_or_retry(edited, [audios[item.id] for item, _ in edited])
         seconds = round((time.perf_counter() - start) / len(items), 3)
         for item, record in zip(items, records):
             record.seconds, record.finished_at = seconds, _now()
@@ -414,6 +450,20 @@ class ManifestRunner:
             record.owns_wav = record.owns_wav and self.wav_path(item).exists()
             write_json(self.record_path(item), asdict(record))
         return records
+
+    def _edit_or_retry(self, edited: Sequence[tuple[EditItem, ItemRecord]], audios: Sequence[Audio]) -> None:
+        """:meth:`_edit_batch`; when a batch's edit fails, each of its items again alone, so that
+        one bad item (a prompt the text encoder refuses) fails by itself, with its own error."""
+        for _, record in edited:
+            record.batch = len(edited)
+        try:
+            self._edit_batch(edited, audios)
+        except Exception as error:  # noqa: BLE001 - recorded in the item's record
+            if len(edited) == 1:
+                _fail(edited[0][1], error)
+                return
+            for one, audio in zip(edited, audios):
+                self._edit_or_retry([one], [audio])
 
     def _start(self, item: EditItem) -> ItemRecord:
         """The item's record as it starts: ``"running"`` (its paths absolute, so that the record
@@ -436,6 +486,7 @@ class ManifestRunner:
             recipe=self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic",
             started_at=_now(),
             owns_wav=owned or not self.wav_path(item).exists(),
+            audio_file=file_identity(item.audio),
         )
         problem = self._output_problem(item, record.owns_wav)
         if problem is not None:
@@ -460,17 +511,13 @@ class ManifestRunner:
             seed=self.seed,
             progress=self.progress,
         )
-        for (item, record), audio, clip in zip(edited, audios, result.audio[: len(items)], strict=True):
+        for (item, record), clip in zip(edited, result.audio[: len(items)], strict=True):
             saved_wav = False
             try:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
                 saved_wav = True
                 if self.metrics:
-                    # score the file as written (16-bit, clipped), at steer eval's rate, so that it agrees
-                    saved = load_audio(self.wav_path(item)).waveform.mean(0)
-                    saved = torchaudio.functional.resample(saved, result.sample_rate, SCORING_RATE)
-                    source = torchaudio.functional.resample(audio.waveform.mean(0), audio.sample_rate, SCORING_RATE)
-                    record.metrics = self._scores(saved, source, item.target)
+                    record.metrics = self._scores([item], list(self.metrics))[item.id]
                 record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
                 record.owns_wav = True
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
@@ -479,17 +526,20 @@ class ManifestRunner:
                     self.wav_path(item).unlink(missing_ok=True)
 
     def run(self) -> RunCounts:
-        """Edit this process's pending items; returns what was done."""
+        """Edit this process's pending items, and bring its finished ones up to date (see
+        :meth:`_update_finished`); returns what was done."""
         (self.out / "records").mkdir(parents=True, exist_ok=True)
         self.check_settings()
         counts = RunCounts()
         try:
             pending = []
             for item in self.share():
-                if not self.overwrite and self.is_done(item):
-                    counts.skipped += 1
-                else:
+                record = None if self.overwrite else self.finished(item)
+                if record is None:
                     pending.append(item)
+                else:
+                    self._update_finished(item, record)
+                    counts.skipped += 1
             for batch in self.batches(pending):
                 for item, record in zip(batch, self.edit_items(batch)):
                     if record.status == "done":
@@ -501,19 +551,78 @@ class ManifestRunner:
             self.close()
         return counts
 
+    def _update_finished(self, item: EditItem, record: ItemRecord) -> None:
+        """Bring a finished item's record to the manifest and the metrics asked for, without
+        editing again (:meth:`check_settings` refused changes that alter the edit): its edit type,
+        which the summary groups by; its clip's path, where the same bytes moved; and the values
+        of the metrics it lacks, scored from its wav."""
+        before = asdict(record)
+        record.edit_type = item.edit_type
+        audio = item.audio.resolve()
+        if record.audio_file is not None and record.audio != str(audio) and same_file(audio, record.audio_file, False):
+            record.audio, record.audio_file = str(audio), file_identity(audio)
+        missing = [name for name in self.metrics if name not in record.metrics]
+        if missing:
+            try:
+                record.metrics.update(self._scores([item], missing)[item.id])
+            except Exception as error:  # noqa: BLE001 - the edit stands; its summary lacks these values
+                print(f"steer run: {item.id}: cannot score {', '.join(missing)}: {error}", flush=True)
+        if asdict(record) != before:
+            write_json(self.record_path(item), asdict(record))
+
     def check_settings(self) -> None:
-        """Raise ``ValueError`` when the folder holds finished edits made with other settings:
-        resuming would mix them. Every item is looked at, not only this process's share, so that
-        every process of a launch comes to the same answer (and refuses before any edit)."""
-        if self.overwrite:
-            return
-        for item in self.items:
-            record = read_record(self.record_path(item))
-            if record is not None and record.status == "done" and not self._same_settings(record.settings, item):
-                raise ValueError(
-                    f"{self.out} holds edits made with other settings ({item.id}: {record.settings}; "
-                    f"now: {self.fingerprint_of(item)}): pass another --out, or --overwrite to redo them"
-                )
+        """Raise ``ValueError`` when the folder holds finished edits that resuming would mix with
+        this run's: an item's made with other settings or from other prompts or another clip
+        (:meth:`_input_changes`; ``overwrite`` redoes them), or an item's that the manifest does
+        not hold made with other settings, even with ``overwrite``, which does not redo it
+        (``steer eval`` reads every record of the folder). Every record is looked at, not only
+        this process's share, so that every process of a launch comes to the same answer (and
+        refuses before any edit)."""
+        items = {item.id: item for item in self.items}
+        changed = []
+        for path in sorted((self.out / "records").glob("*.json")):
+            record = read_record(path)
+            item = items.get(record.id) if record is not None else None
+            if record is None or record.status != "done" or (item is not None and self.overwrite):
+                continue
+            if item is None:
+                recorded = {k: v for k, v in record.settings.items() if k != "concept"}  # concepts are per item
+                differences = self._setting_changes(recorded, record.concept, self.fingerprint)
+                which, fix = f"{record.id}, an item this manifest does not hold", "pass another --out"
+            else:
+                concept = item.concept or self.default_concept
+                differences = self._setting_changes(record.settings, concept, self.fingerprint_of(item))
+                which, fix = record.id, "pass another --out, or --overwrite to redo them"
+                changed += [f"{item.id}'s {change}" for change in self._input_changes(record, item)]
+            if differences:
+                raise ValueError(f"{self.out} holds edits made with other settings ({which}: {'; '.join(differences)}): {fix}")
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise ValueError(
+                f"{self.out} holds edits made from other inputs than the manifest's ({'; '.join(changed[:3])}{more}): "
+                "pass --overwrite to redo them, or another --out"
+            )
+
+    def _input_changes(self, record: ItemRecord, item: EditItem) -> list[str]:
+        """How the item's own inputs differ from those its finished record was edited from: its
+        prompts, or its clip (by content where the record holds it: a clip moved is the same;
+        a clip that cannot be read is not known to differ)."""
+        changes = [
+            f"{name} prompt {getattr(record, name)!r} → {getattr(item, name)!r}"
+            for name in ("source", "target")
+            if getattr(record, name) != getattr(item, name)
+        ]
+        audio = item.audio.resolve()
+        if record.audio_file is not None:
+            same = same_file(audio, record.audio_file, record.audio == str(audio))
+        else:
+            # a record older than audio_file: the clip's content is unknown, only its path is
+            # compared (where absolute: records older still hold it relative to the folder the
+            # run started from, which is unknown too)
+            same = not Path(record.audio).is_absolute() or record.audio == str(audio)
+        if same is False:
+            changes.append(f"audio {record.audio} → {audio}" if record.audio != str(audio) else f"audio {audio} (its content)")
+        return changes
 
     def close(self) -> None:
         """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser, a
@@ -531,20 +640,96 @@ def _local_or_hub(name_or_path: str) -> str:
     return str(path.resolve()) if path.exists() else name_or_path
 
 
-def concept_identity(reference: str) -> str:
-    """What a concept is, for a run's fingerprint: a local folder's content (SHA-256 of its
-    files' names and bytes, so a retrained concept in the same folder differs and a moved one
-    does not), or a Hub repo id as it is."""
+def concept_identity(reference: str) -> dict[str, str] | str:
+    """What a concept is, for a run's fingerprint: a local folder's files that make the edit
+    (its config and weights, by name, each as the SHA-256 of its bytes: a retrained concept in
+    the same folder differs, a moved one does not, and its ``README.md`` model card or other
+    files beside it do not count), or a Hub repo id as it is."""
+    from .concepts.concept import (
+        ADAPTER_CONFIG_NAME,
+        ADAPTER_WEIGHTS_NAME,
+        CONFIG_NAME,
+        WEIGHTS_NAME,
+    )
+
     folder = Path(reference)
     if not folder.is_dir():
         return reference
+    names = (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)
+    return {name: f"sha256:{_sha256(folder / name)}" for name in names if (folder / name).is_file()}
+
+
+#: how an older steer's concept identity starts: a digest of every file of the folder
+_OLD_CONCEPT_IDENTITY = "sha256:"
+
+
+def _folder_digest(reference: str) -> str | None:
+    """An older steer's concept identity: SHA-256 of the names and bytes of every file of the
+    folder (``None`` for a Hub repo id), to accept the records it wrote for the same files."""
+    folder = Path(reference)
+    if not folder.is_dir():
+        return None
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-        with file.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
+        _digest_file(digest, file)
+    return f"{_OLD_CONCEPT_IDENTITY}{digest.hexdigest()}"
+
+
+def _digest_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    _digest_file(digest, path)
+    return digest.hexdigest()
+
+
+def file_identity(path: Path) -> dict[str, Any] | None:
+    """A source clip as a record holds it: size, mtime (ns) and SHA-256 of its bytes; ``None``
+    when it cannot be read (the edit then fails reading it, saying why)."""
+    try:
+        stat = path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(path)}
+    except OSError:
+        return None
+
+
+def same_file(path: Path, recorded: Mapping[str, Any], same_path: bool) -> bool | None:
+    """Whether ``path`` holds the bytes of the ``recorded`` :func:`file_identity` (``None``
+    when it cannot be read: unknown): at the recorded path with its size and mtime, without
+    reading it; otherwise by its SHA-256 (a clip copied or moved is the same clip)."""
+    try:
+        stat = path.stat()
+        if same_path and (stat.st_size, stat.st_mtime_ns) == (recorded["size"], recorded["mtime_ns"]):
+            return True
+        return stat.st_size == recorded["size"] and _sha256(path) == recorded["sha256"]
+    except OSError:
+        return None
+
+
+_UNSET = object()
+
+
+def _differences(recorded: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"name: recorded → now"`` for each value that differs, nested mappings by dotted name
+    (``settings.steps: 1 → 4``); a SHA-256 shortened to 12 digits."""
+
+    def shown(value: Any) -> str:
+        text = "(unset)" if value is _UNSET else repr(value)
+        return re.sub(r"(sha256:[0-9a-f]{12})[0-9a-f]+", r"\1…", text)
+
+    changes = []
+    for key in sorted(set(recorded) | set(now)):
+        old, new = recorded.get(key, _UNSET), now.get(key, _UNSET)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changes += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {shown(old)} → {shown(new)}")
+    return changes
 
 
 def _jsonable(value: Any) -> Any:

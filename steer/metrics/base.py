@@ -47,6 +47,12 @@ class AudioPairMetric(Metric):
         if not isinstance(waveform, Tensor) or waveform.ndim not in (2, 3):
             shape = tuple(waveform.shape) if isinstance(waveform, Tensor) else type(waveform).__name__
             raise ValueError(f"{name} must be a (B, samples) or (B, channels, samples) tensor, got {shape}")
+        if waveform.shape[0] == 0:
+            raise ValueError(f"{name} holds no clips (shape {tuple(waveform.shape)}): pass at least one clip")
+        if waveform.shape[-1] == 0:
+            raise ValueError(
+                f"{name} holds clips of no samples (shape {tuple(waveform.shape)}): pass clips of at least one sample"
+            )
         return to_mono(waveform.detach().to(self.device), self.sample_rate, self.model_rate)
 
     def _pair(self, edited: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:

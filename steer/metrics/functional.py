@@ -68,6 +68,23 @@ def cqt_min_samples(cqt: torch.nn.Module) -> int:
     return (cqt.n_fft // 2 + 1) * 2 ** (cqt.n_octaves - 1)
 
 
+def _too_short(what: str, samples: int, shortest: int, sample_rate: int) -> str:
+    """Says that a clip of ``samples`` is shorter than the ``shortest`` that ``what`` reads: in
+    seconds, with as many decimals (3 at least) as it takes for the two to differ, and in samples.
+
+    Example:
+        >>> _too_short("the CQT", 8223, 8224, 16000)
+        'a clip of 0.5139 s is too short for the CQT, which reads at least 0.5140 s (8224 samples at 16000 Hz; the clip holds 8223)'
+    """
+    digits = 3
+    while f"{samples / sample_rate:.{digits}f}" == f"{shortest / sample_rate:.{digits}f}":
+        digits += 1
+    return (
+        f"a clip of {samples / sample_rate:.{digits}f} s is too short for {what}, which reads at least "
+        f"{shortest / sample_rate:.{digits}f} s ({shortest} samples at {sample_rate} Hz; the clip holds {samples})"
+    )
+
+
 def _as_tensor(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(np.ascontiguousarray(waveform))
@@ -84,7 +101,8 @@ def cqt_top1(waveform: np.ndarray | torch.Tensor, *, sample_rate: int = 16000) -
 
     Returns:
         ``(frames,)`` or ``(batch, frames)`` int64 bin indices in ``[0, 128)``, bin ``k`` centred
-        on ``65 * 2 ** (k / 24)`` Hz. Silent frames give bin 0.
+        on ``65 * 2 ** (k / 24)`` Hz. Silent frames give bin 0, and so does every frame of a
+        constant clip (a DC offset), which has no energy in the CQT's range either.
 
     Raises:
         ClipTooShort: (a ``ValueError``) for clips shorter than the CQT reads, 0.514 s.
@@ -92,17 +110,21 @@ def cqt_top1(waveform: np.ndarray | torch.Tensor, *, sample_rate: int = 16000) -
     x = _as_tensor(waveform)
     if x.ndim not in (1, 2):
         raise ValueError(f"expected (time,) or (batch, time) audio, got shape {tuple(x.shape)}")
+    # The lowest kernels do not reject a DC offset entirely (0.3 of DC leaks 0.013 into them),
+    # which gave a constant clip a wandering top bin, so a melody line (CQT-1 PCC -0.41 against a
+    # 440-Hz tone); it has no energy in the CQT's range, so it reads as silence does: bin 0 throughout.
+    # (Checked before resampling, which does not keep a constant constant at the edges.)
+    constant = (x == x[..., :1]).all(-1).reshape(-1, 1)
     if sample_rate != CQT_SAMPLE_RATE:
         x = torchaudio.functional.resample(x, sample_rate, CQT_SAMPLE_RATE)
     cqt = _cqt(x.device)
     if x.shape[-1] < (shortest := cqt_min_samples(cqt)):
         raise ClipTooShort(
-            f"a clip of {x.shape[-1] / CQT_SAMPLE_RATE:.3f} s is too short for the CQT of the "
-            f"melody line (CQT-1 PCC, steer plot), which reads at least {shortest / CQT_SAMPLE_RATE:.3f} s"
+            _too_short("the CQT of the melody line (CQT-1 PCC, steer plot)", x.shape[-1], shortest, CQT_SAMPLE_RATE)
         )
     with torch.no_grad():
         spectrum = cqt(x.reshape(-1, x.shape[-1]))  # (batch, 128, frames)
-    top = spectrum.argmax(dim=1)
+    top = spectrum.argmax(dim=1).masked_fill(constant, 0)
     return top[0] if x.ndim == 1 else top
 
 
@@ -142,7 +164,7 @@ def cqt1_pcc(
 
     Returns:
         a float in [-1, 1]; a clip against itself gives exactly 1.0. **NaN** when either clip's
-        top-1 sequence is constant — silence above all (every bin 0) — since the correlation is
+        top-1 sequence is constant — silence and constant (DC) clips above all (every bin 0) — since the correlation is
         then undefined; it is returned as NaN, not hidden, so averages over a benchmark must say how
         they treat it (e.g. ``np.nanmean`` plus a count of NaNs). NaN too, with a warning, when
         either clip is shorter than the CQT reads (0.514 s), and when either holds a NaN or
@@ -247,8 +269,7 @@ def log_mel_distance(
     n = min(est.shape[-1], ref.shape[-1])
     if n < mel.n_fft:
         warnings.warn(
-            f"log-mel distance is NaN: a clip of {n / mel.sample_rate:.3f} s is too short for the log-mel "
-            f"distance, which reads at least {mel.n_fft / mel.sample_rate:.3f} s",
+            f"log-mel distance is NaN: {_too_short('the log-mel distance', n, mel.n_fft, mel.sample_rate)}",
             RuntimeWarning,
             stacklevel=2,
         )

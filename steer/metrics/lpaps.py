@@ -66,7 +66,10 @@ class LPAPS(PerClipMetric):
         whose lengths may differ (their common start is compared); ``target_prompts`` is not used."""
         common = min(edited.shape[-1], source.shape[-1])
         if common == 0:
-            raise ValueError("LPAPS needs clips of at least one sample")
+            raise ValueError(
+                f"LPAPS compares the clips' common start, and edited {tuple(edited.shape)} and source "
+                f"{tuple(source.shape)} have none: pass clips of at least one sample"
+            )
         # Both cut to their common start before resampling, as the other paired metrics compare
         # it: windowing each clip as it is padded the shorter one's last window by repetition
         # where the longer one had audio, so a copy 160 samples short scored 0.047, not 0.

@@ -99,7 +99,7 @@ class _FrameEmbedding(torch.nn.Module):
 
 
 def test_set_metrics_embed_each_clip_once_and_all_merges_the_groups(tmp_path):
-    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.evaluate import Pair, score_pairs
     from steer.metrics import FrechetAudioDistance
 
     rng = np.random.default_rng(0)
@@ -112,18 +112,18 @@ def test_set_metrics_embed_each_clip_once_and_all_merges_the_groups(tmp_path):
         pairs.append(Pair(f"x{i}", group, paths[0], paths[1], "t"))
     embedding = _FrameEmbedding()
     fad = FrechetAudioDistance(sample_rate=16000, embedding=embedding)
-    _, sets = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
+    scores = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
     assert embedding.calls == 2 * len(pairs)  # edited and source of each pair, once
     direct = FrechetAudioDistance(sample_rate=16000, embedding=_FrameEmbedding())
     for pair in pairs:
         edited, source = (torch.from_numpy(sf.read(p, dtype="float32")[0])[None] for p in (pair.edit, pair.source))
         direct.update(edited, source)
-    assert math.isclose(sets[ALL]["fad"], float(direct.compute()), rel_tol=1e-9)
-    assert sets["a"]["fad"] != sets["b"]["fad"]
+    assert math.isclose(scores.overall["fad"], float(direct.compute()), rel_tol=1e-9)
+    assert scores.by_type["a"]["fad"] != scores.by_type["b"]["fad"]
 
 
 def test_an_edit_type_too_small_for_fad_is_left_empty_and_the_others_are_scored(tmp_path):
-    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.evaluate import Pair, score_pairs
     from steer.metrics import FrechetAudioDistance
 
     class ClipEmbedding(_FrameEmbedding):  # one row per clip: a single clip has no covariance
@@ -139,9 +139,10 @@ def test_an_edit_type_too_small_for_fad_is_left_empty_and_the_others_are_scored(
         pairs.append(Pair(f"x{i}", group, *paths, "t"))
     fad = FrechetAudioDistance(sample_rate=16000, embedding=ClipEmbedding())
     with pytest.warns(RuntimeWarning, match="fad of edit type 'a' is left empty: FAD needs at least 2"):
-        _, sets = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
-    assert math.isnan(sets["a"]["fad"])
-    assert math.isfinite(sets["b"]["fad"]) and math.isfinite(sets[ALL]["fad"]) and sets["b"]["fad"] != sets[ALL]["fad"]
+        scores = score_pairs(pairs, {"fad": fad}, sample_rate=16000)
+    assert math.isnan(scores.by_type["a"]["fad"])
+    b, overall = scores.by_type["b"]["fad"], scores.overall["fad"]
+    assert math.isfinite(b) and math.isfinite(overall) and b != overall
 
 
 def test_every_clip_is_scored_at_one_rate_whatever_else_the_folder_holds(edits):
@@ -174,7 +175,7 @@ def test_edits_shorter_or_longer_than_their_source_are_named_in_a_warning(edits)
              Pair("near", None, folder / "a.wav", folder / "edits" / "near.wav", "y"),
              Pair("a", None, folder / "a.wav", folder / "edits" / "a.wav", "y")]
     with pytest.warns(RuntimeWarning, match=r"^1 edit\(s\) differ in duration .*: short \(0.50 s edit, 1.50 s source\)$"):
-        items, _ = score_pairs(pairs, metrics, sample_rate=16000)
+        items = score_pairs(pairs, metrics, sample_rate=16000).items
     assert items["short"]["log_mel"] == pytest.approx(log_mel_distance(_chirp(230, n=8000), _chirp(220)[:8000]), abs=1e-6)
 
 
@@ -212,7 +213,7 @@ def test_a_too_short_clip_or_a_diverged_edit_gets_nan_metrics_and_the_rest_is_sc
 
 
 def test_a_diverged_edit_is_left_out_of_the_set_metrics_and_named(edits):
-    from steer.evaluate import ALL, Pair, score_pairs
+    from steer.evaluate import Pair, score_pairs
     from steer.metrics import FrechetAudioDistance, LogMelDistance
 
     folder, _ = edits
@@ -224,11 +225,11 @@ def test_a_diverged_edit_is_left_out_of_the_set_metrics_and_named(edits):
     metrics = {"log_mel": LogMelDistance(sample_rate=16000),
                "fad": FrechetAudioDistance(sample_rate=16000, embedding=_FrameEmbedding())}
     with pytest.warns(RuntimeWarning, match=r"^inf is not scored: .* left out of the set-level metrics \(fad\)"):
-        items, sets = score_pairs(pairs, metrics, sample_rate=16000)
-    assert list(items) == ["a", "inf", "b", "c"] and math.isnan(items["inf"]["log_mel"])
-    expected_items, expected_sets = score_pairs(scored, metrics, sample_rate=16000)
-    assert {k: v for k, v in items.items() if k != "inf"} == expected_items
-    assert sets[ALL]["fad"] == expected_sets[ALL]["fad"] and math.isfinite(sets[ALL]["fad"])
+        scores = score_pairs(pairs, metrics, sample_rate=16000)
+    assert list(scores.items) == ["a", "inf", "b", "c"] and math.isnan(scores.items["inf"]["log_mel"])
+    expected = score_pairs(scored, metrics, sample_rate=16000)
+    assert {k: v for k, v in scores.items.items() if k != "inf"} == expected.items
+    assert scores.overall["fad"] == expected.overall["fad"] and math.isfinite(scores.overall["fad"])
 
 
 def test_a_run_summary_shows_the_set_metrics_it_computes(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -208,7 +209,7 @@ def test_a_batched_run_edits_each_item_as_it_is_edited_alone(tmp_path, capsys):
     assert np.abs(flute[: len(violin)] - violin).max() > 0.01  # each clip kept its own prompt
 
 
-def test_a_batch_whose_edit_fails_fails_each_of_its_items(tmp_path):
+def test_a_batch_whose_edit_fails_fails_each_of_its_items_retried_alone(tmp_path):
     manifest = _manifest(tmp_path, 3, extra={0: {"concept": "no/such"}, 2: {"concept": "no/such"}})
 
     def load_concept(reference):
@@ -219,7 +220,7 @@ def test_a_batch_whose_edit_fails_fails_each_of_its_items(tmp_path):
     counts = runner.run()
     assert (counts.done, counts.failed) == (1, 2)
     records = [read_record(tmp_path / "out" / "records" / f"c{i}.json") for i in range(3)]
-    assert [(r.status, r.batch) for r in records] == [("failed", 2), ("done", 1), ("failed", 2)]
+    assert [(r.status, r.batch) for r in records] == [("failed", 1), ("done", 1), ("failed", 1)]
     assert all("concept not found: no/such" in records[i].error for i in (0, 2))
 
 
@@ -461,8 +462,9 @@ def test_a_compiled_batched_run_fills_up_a_smaller_batch_instead_of_tracing_agai
 
 # -- outputs, paths and fingerprints ---------------------------------------------------------------
 def test_a_run_never_overwrites_a_wav_it_did_not_write(tmp_path):
-    """An item's own source clip is never written over, even with ``overwrite``; a wav the run
-    did not write is kept unless ``overwrite``; a deleted output is still redone on resuming."""
+    """An item's own source clip is never written over, even with ``overwrite`` (refused before
+    anything is written); a wav the run did not write is kept unless ``overwrite``; a deleted
+    output is still redone on resuming."""
     backbone = load_backbone(str(SWAP_BACKBONE))
     items = read_edit_manifest(_manifest(tmp_path, 2))
 
@@ -471,9 +473,11 @@ def test_a_run_never_overwrites_a_wav_it_did_not_write(tmp_path):
         return counts.done, counts.skipped, counts.failed
 
     sources = {p.name: p.read_bytes() for p in tmp_path.glob("*.wav")}
-    assert run(tmp_path) == (0, 0, 2) and run(tmp_path, overwrite=True) == (0, 0, 2)
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"item 'c0' would write its edit to .*c0.wav, its own source clip"):
+            run(tmp_path, overwrite)
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.wav")} == sources
-    assert "c0.wav is the item's own source audio: pass another --out" in read_record(tmp_path / "records" / "c0.json").error
+    assert not (tmp_path / "records").exists()
     out = tmp_path / "out"
     out.mkdir()
     (out / "c1.wav").write_bytes(b"someone else's file")
@@ -527,7 +531,7 @@ def test_resuming_refuses_another_dtype_or_concept_and_accepts_the_backbone_by_a
     assert ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2}).run().done == 1
     concept = tmp_path / "guitar"
     concept.mkdir()
-    (concept / "concept.json").write_text("{}")
+    (concept / "concept_config.json").write_text("{}")
     for backbone, default_concept in [
         (load_backbone(str(SWAP_BACKBONE), torch_dtype=torch.bfloat16), None),
         (load_backbone(str(SWAP_BACKBONE)), str(concept)),
@@ -549,7 +553,7 @@ def test_resuming_refuses_another_dtype_or_concept_and_accepts_the_backbone_by_a
     first = runner.fingerprint_of(EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(concept)))
     moved = concept.rename(tmp_path / "moved")
     assert runner.fingerprint_of(EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(moved))) == first
-    (moved / "concept.json").write_text('{"retrained": true}')
+    (moved / "concept_config.json").write_text('{"retrained": true}')
     assert ManifestRunner(items, out, backbone=load_backbone(str(SWAP_BACKBONE)), settings={"steps": 2}).fingerprint_of(
         EditItem("x", tmp_path / "a.wav", "s", "t", concept=str(moved))) != first
 
@@ -643,7 +647,7 @@ def test_every_process_refuses_other_settings_in_items_of_another_process(tmp_pa
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     runner = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, rank=0, num_processes=2)
     assert [item.id for item in runner.share()] == ["c0"]
-    with pytest.raises(ValueError, match=r"holds edits made with other settings \(c1: .*'steps': 2"):
+    with pytest.raises(ValueError, match=r"holds edits made with other settings \(c1: settings.steps: 2 → 1\): "):
         runner.run()
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -716,3 +720,212 @@ def test_a_run_replaces_its_own_summary_and_with_overwrite_the_users(tmp_path, c
     assert (out / "summary.md").read_text() == "# my notes\n"
     assert main(_run_args(manifest, out, "--overwrite")) == 0
     assert (out / "summary.md").read_text().startswith("# steer run summary\n\n1 of 1 items done")
+
+
+# -- reruns: changed manifests, other manifests, metrics added ---------------------------------------
+def _rows(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def _write_rows(manifest: Path, rows: list[dict]) -> None:
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_rerun_refuses_items_whose_prompts_or_clip_changed_and_follows_a_new_edit_type(tmp_path, capsys):
+    """Changed in the manifest, c0's target and c1's clip refuse the rerun, naming them (only
+    ``--overwrite`` redoes them); c2's edit type alone does not change its edit: it is skipped,
+    and its record and the summary take the new type."""
+    manifest = _manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 0
+    before = _files(out / "records")
+    rows = _rows(manifest)
+    _clip(tmp_path / "other.wav", 500)
+    rows[0]["target"], rows[1]["audio"], rows[2]["edit_type"] = "a recording of a flute", "other.wav", "new"
+    _write_rows(manifest, rows)
+    capsys.readouterr()
+    assert main(_run_args(manifest, out)) == 2
+    error = capsys.readouterr().err
+    assert (f"steer: error: {out} holds edits made from other inputs than the manifest's (c0's target prompt "
+            f"'a recording of a violin' → 'a recording of a flute'; c1's audio {(tmp_path / 'c1.wav').resolve()} → "
+            f"{(tmp_path / 'other.wav').resolve()}): pass --overwrite to redo them, or another --out") in error
+    assert _files(out / "records") == before
+    rows[0]["target"], rows[1]["audio"] = TARGET, "c1.wav"  # only c2's edit type changed
+    _write_rows(manifest, rows)
+    assert main(_run_args(manifest, out)) == 0
+    assert "steer run: 0 done, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert read_record(out / "records" / "c2.json").edit_type == "new"
+    assert read_record(out / "records" / "c2.json").attempt == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(row["edit_type"], row["n"]) for row in summary["groups"]] == [("even", 1), ("new", 1), ("odd", 1), ("all", 3)]
+    rows[0]["target"] = "a recording of a flute"
+    _write_rows(manifest, rows)
+    assert main(_run_args(manifest, out, "--overwrite")) == 0
+    assert "steer run: 3 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert read_record(out / "records" / "c0.json").target == "a recording of a flute"
+
+
+def test_a_clip_is_known_by_its_content_and_older_records_by_their_path(tmp_path):
+    """A clip rewritten in place refuses the rerun; one copied elsewhere, its manifest line
+    following it, is the same clip (the record takes its new path); a record older than
+    ``audio_file`` is not refused for a content it cannot know."""
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    backbone = load_backbone(str(SWAP_BACKBONE))
+
+    def run(items: list[EditItem]) -> tuple[int, int, int]:
+        counts = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run()
+        return counts.done, counts.skipped, counts.failed
+
+    assert run(items) == (1, 0, 0)
+    moved = tmp_path / "moved.wav"
+    moved.write_bytes((tmp_path / "c0.wav").read_bytes())
+    assert run([dataclasses.replace(items[0], audio=moved)]) == (0, 1, 0)
+    assert read_record(out / "records" / "c0.json").audio == str(moved.resolve())
+    _clip(moved, 400)
+    with pytest.raises(ValueError, match=rf"c0's audio {moved.resolve()} \(its content\)\): pass --overwrite"):
+        run([dataclasses.replace(items[0], audio=moved)])
+    record = json.loads((out / "records" / "c0.json").read_text())
+    del record["audio_file"]  # as an older steer wrote it
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    assert run([dataclasses.replace(items[0], audio=moved)]) == (0, 1, 0)
+    with pytest.raises(ValueError, match=r"c0's audio .*moved.wav → .*c0.wav\): pass --overwrite"):
+        run(items)
+
+
+def test_a_run_refuses_a_folder_holding_another_manifests_edits_made_with_other_settings(tmp_path, capsys):
+    """``steer eval`` reads every record of a folder: a second manifest edited into it with
+    other settings is refused (``--overwrite`` does not redo the first's items, so it is
+    refused too); with the same settings it is welcome."""
+    manifest = _manifest(tmp_path, 2)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(manifest.read_text().splitlines(keepends=True)[0])
+    second.write_text(manifest.read_text().splitlines(keepends=True)[1])
+    out = tmp_path / "rs"
+    assert main(_run_args(first, out)) == 0
+    before = _files(out)
+    for more in ((), ("--overwrite",)):
+        assert main([*_run_args(second, out, "--seed", "7", *more)]) == 2
+        assert (f"steer: error: {out} holds edits made with other settings (c0, an item this manifest does not "
+                "hold: seed: 0 → 7): pass another --out") in capsys.readouterr().err
+    assert _files(out) == before
+    assert main(_run_args(second, out)) == 0
+
+
+def test_an_output_that_is_another_items_source_is_refused_before_loading_anything(tmp_path, capsys):
+    """Item b's edit would be written over b.wav, item c's clip (with ``--overwrite`` it was,
+    and c then edited b's edit): refused, naming both, before any model loads."""
+    _clip(tmp_path / "a.wav", 220)
+    _clip(tmp_path / "b.wav", 330)
+    manifest = tmp_path / "m.jsonl"
+    _write_rows(manifest, [{"id": "b", "audio": "a.wav", "source": SOURCE, "target": TARGET},
+                           {"id": "c", "audio": "b.wav", "source": SOURCE, "target": TARGET}])
+    before = _files(tmp_path)
+    args = _run_args(manifest, tmp_path, "--overwrite")
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert (f"steer: error: item 'b' would write its edit to {(tmp_path / 'b.wav').resolve()}, the source clip "
+            "of item 'c': pass another --out") in capsys.readouterr().err
+    assert _files(tmp_path) == before
+
+
+def test_metrics_added_on_a_rerun_are_scored_from_the_finished_edits(tmp_path, capsys):
+    """``--metrics`` on a rerun of a finished run: each done item gets the values it lacks from
+    its wav (no edit again), the ones steer eval computes, so the summary holds no NaN."""
+    manifest = _manifest(tmp_path, 2, seconds=1.0)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out, "--metrics", "log_mel")) == 0
+    wavs = {i: (out / f"c{i}.wav").read_bytes() for i in range(2)}
+    log_mel = read_record(out / "records" / "c0.json").metrics["log_mel"]
+    capsys.readouterr()
+    assert main(_run_args(manifest, out, "--metrics", "cqt1_pcc,log_mel")) == 0
+    assert "steer run: 0 done, 2 skipped, 0 failed" in capsys.readouterr().out
+    assert {i: (out / f"c{i}.wav").read_bytes() for i in range(2)} == wavs
+    records = [read_record(out / "records" / f"c{i}.json") for i in range(2)]
+    assert records[0].metrics["log_mel"] == log_mel and all(r.attempt == 1 for r in records)
+    assert main(["eval", str(out), "--metrics", "cqt1_pcc", "--device", "cpu"]) == 0
+    scored = json.loads((out / "eval.json").read_text())["items"]
+    assert [r.metrics["cqt1_pcc"] for r in records] == pytest.approx([scored[f"c{i}"]["cqt1_pcc"] for i in range(2)])
+    all_row = json.loads((out / "summary.json").read_text())["groups"][-1]
+    assert (all_row["cqt1_pcc_nan"], all_row["log_mel_nan"]) == (0, 0)
+
+
+def test_a_failed_batch_is_retried_one_item_at_a_time(tmp_path, capsys):
+    """One prompt the text encoder refuses fails its item alone; the item beside it in the
+    batch is edited (alone) and done."""
+    manifest = _manifest(tmp_path, 2, extra={0: {"source": "!!!"}})
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out, "--batch-size", "2")) == 1
+    assert "steer run: 1 done, 0 skipped, 1 failed" in capsys.readouterr().out
+    bad, good = (read_record(out / "records" / f"c{i}.json") for i in range(2))
+    assert (bad.status, bad.batch) == ("failed", 1) and "the prompt '!!!' has no words" in bad.error
+    assert (good.status, good.batch, good.error) == ("done", 1, None)
+
+
+@pytest.mark.parametrize(
+    "metrics, message",
+    [("fad", "--metrics: fad need(s) a CLAP model"), ("cdpam", "--metrics: CDPAM needs the cdpam package")],
+)
+def test_metrics_that_cannot_be_built_are_refused_before_loading_anything(tmp_path, capsys, metrics, message):
+    if metrics == "cdpam" and importlib.util.find_spec("cdpam") is not None:
+        pytest.skip("cdpam is installed here: nothing to refuse")
+    args = _run_args(_manifest(tmp_path, 1), tmp_path / "out", "--metrics", metrics)
+    args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_clip_too_short_for_a_metric_is_named_in_the_warning(tmp_path):
+    from steer.metrics.collection import build_metrics
+    from steer.metrics.functional import SCORING_RATE
+
+    items = read_edit_manifest(_manifest(tmp_path, 1, seconds=0.3))
+    metrics = build_metrics(["cqt1_pcc"], sample_rate=SCORING_RATE)
+    runner = ManifestRunner(items, tmp_path / "out", backbone=load_backbone(str(SWAP_BACKBONE)),
+                            settings={"steps": 1}, metrics=metrics)
+    with pytest.warns(RuntimeWarning, match="^c0: CQT-1 PCC is NaN: a clip of 0.300 s is too short"):
+        assert runner.run().done == 1
+
+
+def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_changed(tmp_path):
+    """Its model card edited, a concept is the same; its config changed, the refusal names the
+    file. A record of an older steer (a digest of every file) is accepted for the same files."""
+    from steer.runner import _folder_digest
+
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    assert ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run().done == 1
+    concept = tmp_path / "guitar"
+    concept.mkdir()
+    (concept / "concept_config.json").write_text("{}")
+    (concept / "concept.safetensors").write_bytes(b"weights")
+    (concept / "README.md").write_text("# card\n")
+
+    def runner() -> ManifestRunner:
+        return ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, default_concept=str(concept))
+
+    record = json.loads((out / "records" / "c0.json").read_text())
+    record["settings"] = runner().fingerprint_of(items[0])
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    (concept / "README.md").write_text("# card\nmore notes\n")
+    runner().check_settings()
+    record["settings"]["concept"] = _folder_digest(str(concept))  # as an older steer wrote it
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    runner().check_settings()
+    (concept / "concept_config.json").write_text('{"retrained": true}')
+    with pytest.raises(ValueError, match=r"\(c0: concept: a file of its folder changed since an older steer recorded it \(that steer counted every "
+                       r"file, README.md included; steer now counts its config and weights\)\): pass another --out, or --overwrite"):
+        runner().check_settings()
+    record["settings"]["concept"] = {"concept_config.json": "sha256:" + "0" * 64,
+                                     **{k: v for k, v in runner().fingerprint_of(items[0])["concept"].items()
+                                        if k != "concept_config.json"}}
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"\(c0: concept.concept_config.json: 'sha256:000000000000…' → 'sha256:[0-9a-f]{12}…'\): "
+                                         "pass another --out, or --overwrite to redo them"):
+        runner().check_settings()

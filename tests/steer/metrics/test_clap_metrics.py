@@ -219,3 +219,18 @@ def test_lpaps_compares_clips_of_different_lengths_over_their_common_start(clap,
     by_hand.update(clip[:, :-cut], clip[:, 1 : clip.shape[-1] - cut + 1])
     torch.testing.assert_close(metric.values()[4:], by_hand.values(), rtol=1e-12, atol=0)
     assert (by_hand.values() > 0).all()
+
+
+@pytest.mark.parametrize("shape", [(0, SR), (1, 0)], ids=["no clips", "a clip of no samples"])
+def test_empty_batches_and_clips_are_refused_naming_the_shape(clap, shape):
+    """They raised torch's "cannot reshape tensor of 0 elements" from deep inside the model."""
+    waveform = torch.zeros(shape)
+    metrics = {
+        CLAPScore(sample_rate=SR, model=clap): "edited holds clips of no samples (shape (1, 0))",
+        LPAPS(sample_rate=SR, model=clap): "edited (1, 0) and source (1, 0) have none",
+        FrechetAudioDistance(sample_rate=SR, embedding=ClapAudioEmbedding(clap)): "edited holds clips of no samples",
+    }
+    for metric, message in metrics.items():
+        with pytest.raises(ValueError) as error:
+            metric.update(waveform, waveform, target_prompts=["x"] * shape[0])
+        assert (message if shape[0] else "edited holds no clips (shape (0, 16000))") in str(error.value)

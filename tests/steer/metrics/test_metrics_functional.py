@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from steer.metrics import LogMelDistance, cqt1_pcc, cqt1_pcc_batch, cqt_top1, log_mel_distance
+from steer.metrics import (
+    CQT1PCC,
+    LogMelDistance,
+    cqt1_pcc,
+    cqt1_pcc_batch,
+    cqt_top1,
+    log_mel_distance,
+)
 from steer.metrics.functional import _cqt, _pearson
 
 SR = 16000
@@ -129,12 +136,16 @@ def test_a_clip_too_short_for_the_cqt_is_refused_and_its_pcc_is_nan():
     shortest = 8224  # 257 samples after the CQT's 5 halvings (its lowest octave), at 16 kHz
     long_enough, short = tones([69], seconds_each=shortest / SR), tones([69], seconds_each=(shortest - 1) / SR)
     assert cqt_top1(long_enough).shape == (shortest // 512 + 1,)
-    with pytest.raises(ValueError, match=r"0\.514 s is too short .* at least 0\.514 s"):
+    with pytest.raises(ValueError) as error:
         cqt_top1(short)
+    assert str(error.value) == (  # 0.514 s and "at least 0.514 s" read alike
+        "a clip of 0.5139 s is too short for the CQT of the melody line (CQT-1 PCC, steer plot), which reads "
+        "at least 0.5140 s (8224 samples at 16000 Hz; the clip holds 8223)"
+    )
     with pytest.raises(ValueError, match=r"0\.500 s is too short"):  # 8000 samples at 16 kHz, from 22.05 kHz
         cqt_top1(tones([69], seconds_each=0.5, sample_rate=22050), sample_rate=22050)
     x = tones(MELODY)
-    with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN: a clip of 0.514 s is too short"):
+    with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN: a clip of 0.5139 s is too short"):
         assert math.isnan(cqt1_pcc(x, short))
     with pytest.warns(RuntimeWarning, match="CQT-1 PCC is NaN"):
         pcc = cqt1_pcc_batch(np.stack([short, short]), np.stack([short, short]))
@@ -146,7 +157,7 @@ def test_clips_too_short_for_the_log_mel_distance_give_nan_with_a_warning():
     samples"), and one such clip stopped a whole `steer eval`."""
     x = tones([69], seconds_each=1.0)
     assert math.isfinite(log_mel_distance(x[:1024], x[:1024]))
-    with pytest.warns(RuntimeWarning, match=r"^log-mel distance is NaN: a clip of 0\.064 s is too short .* at least 0\.064 s$"):
+    with pytest.warns(RuntimeWarning, match=r"^log-mel distance is NaN: a clip of 0\.0639 s is too short .* at least 0\.0640 s \(1024 samples at 16000 Hz; the clip holds 1023\)$"):
         assert math.isnan(log_mel_distance(x[:1023], x))
     with pytest.warns(RuntimeWarning, match=r"a clip of 0\.013 s is too short"):
         batch = log_mel_distance(np.stack([x[:200]] * 2), np.stack([x[:200]] * 2))
@@ -156,3 +167,21 @@ def test_clips_too_short_for_the_log_mel_distance_give_nan_with_a_warning():
         metric.update(torch.from_numpy(x[None, :500]), torch.from_numpy(x[None]))
     metric.update(torch.from_numpy(x[None]), torch.from_numpy(x[None]))
     assert metric.values()[0].isnan() and metric.values()[1] == 0.0
+
+
+def test_a_constant_clip_has_no_melody_line_as_silence():
+    """A DC offset leaked into the lowest CQT bins: its top bin wandered (7, 0, 1, 5) and its
+    CQT-1 PCC against a melody was -0.41, where silence gives NaN."""
+    x = tones(MELODY)
+    for rate in (SR, 22050):
+        dc = np.full(2 * rate, 0.3, np.float32)
+        assert (cqt_top1(dc, sample_rate=rate) == 0).all()
+        assert math.isnan(cqt1_pcc(tones(MELODY, sample_rate=rate), dc, sample_rate=rate))
+    batch = cqt1_pcc_batch(np.stack([x, np.full_like(x, -0.2)]), np.stack([x, x]))
+    assert batch[0] == 1.0 and batch[1].isnan()
+
+
+@pytest.mark.parametrize("metric", [CQT1PCC, LogMelDistance])
+def test_an_empty_batch_is_refused_naming_the_shape(metric):
+    with pytest.raises(ValueError, match=r"^edited holds no clips \(shape \(0, 2000\)\): pass at least one clip$"):
+        metric(sample_rate=SR).update(torch.zeros(0, 2000), torch.zeros(0, 2000))
