@@ -57,19 +57,23 @@ def adapter_for(pipeline: str | None, source: str = "this model") -> type[Backbo
 def is_mel_diffusion_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a steer mel-diffusion model (``config.json``) rather than a
     diffusers pipeline (``model_index.json``), as :func:`load_backbone` tells them apart."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     return (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
 
 
-def missing_local_path(name: str, what: str = "folder") -> str | None:
-    """Why ``name``, which names no existing file or folder, can only mean a local path: the
-    message to raise before any Hub request (offline, one retries for about 20 s), or ``None``
-    when it may be a Hub repo id (``"owner/name"``).
+def _repo_shaped(name: str) -> bool:
+    """Whether ``name`` has a Hub repo id's shape, ``"owner/name"`` (not ``./x`` or ``../x``)."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and name.partition("/")[0] not in (".", "..")
 
-    A name is a local path when it starts with ``/``, ``./``, ``../`` or ``~``, holds a
-    backslash or more than one ``/``, or when its ``owner`` part is a folder here (a typo in
-    ``weights/my-model``): a Hub repo whose owner has a folder's name in the working directory
-    is then reached from another one.
+
+def missing_local_path(name: str, what: str = "folder") -> str | None:
+    """Why ``name``, which names no existing file or folder, can only mean a local path that is
+    not there: the message to raise before any Hub request (offline, one retries for about
+    20 s); ``None`` when it may be a Hub repo id (``"owner/name"``, or a bare name), which the
+    Hub is then asked for (see :func:`local_hint` for its error).
+
+    A name is a local path when it starts with ``/``, ``./``, ``../`` or ``~``, or holds a
+    backslash or more than one ``/``.
 
     Example:
         >>> missing_local_path("cvssp/audioldm2-music") is None
@@ -77,24 +81,26 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
         >>> missing_local_path("/no/such/model")
         'no folder /no/such/model (no folder /no/such)'
     """
-    owner, slash, _ = name.partition("/")
-    repo_shaped = bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and owner not in (".", "..")
-    if repo_shaped and not Path(owner).is_dir():
+    if _repo_shaped(name) or ("/" not in name and not name.startswith("~") and "\\" not in name):
         return None
-    if not slash and not name.startswith("~") and "\\" not in name:
-        return None
-    path = Path(name).expanduser()
+    return f"no {what} {name} ({_near(Path(name).expanduser())})"
+
+
+def local_hint(name: str) -> str:
+    """For a Hub repo id that could not be fetched whose owner is a folder here (a typo in
+    ``weights/my-model``?): ``"; nor is it a local folder (…; did you mean …?)"``, else ``""``."""
+    if not _repo_shaped(name) or not Path(name.partition("/")[0]).is_dir():
+        return ""
+    return f"; nor is it a local folder ({_near(Path(name))})"
+
+
+def _near(path: Path) -> str:
+    """What is there instead of the missing ``path``: its parent's closest folder, or no parent."""
     parent = path.parent
-    message = f"no {what} {name}"
-    if parent.is_dir():
-        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
-        close = difflib.get_close_matches(path.name, siblings, n=1)
-        message += f" ({parent} holds no {path.name!r}" + (f"; did you mean {str(parent / close[0])!r}?)" if close else ")")
-    else:
-        message += f" (no folder {parent})"
-    if repo_shaped:
-        message += f"; not read as a Hub repo id, since {owner}/ is a folder here"
-    return message
+    if not parent.is_dir():
+        return f"no folder {parent}"
+    close = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=1)
+    return f"{parent} holds no {path.name!r}" + (f"; did you mean {str(parent / close[0])!r}?" if close else "")
 
 
 def load_backbone(
@@ -124,9 +130,9 @@ def load_backbone(
         if torch_dtype != torch.float32:  # casting float32 to float32 makes diffusers warn
             pipe.to(dtype=torch_dtype)
         return adapter_for(pipeline).from_pipe(pipe.to(device))
-    folder = Path(name)
+    folder = Path(name).expanduser()
     if folder.is_dir():
-        index = folder / "model_index.json"
+        name, index = str(folder), folder / "model_index.json"
         if is_mel_diffusion_folder(folder):
             return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if not index.is_file():
@@ -134,6 +140,8 @@ def load_backbone(
                 f"{name} is a folder without model_index.json (a diffusers pipeline) or "
                 "config.json (a steer mel-diffusion model)"
             )
+    elif folder.exists():
+        raise ValueError(f"{name} is a file: pass the model's folder (written by save_pretrained)")
     elif "/" not in name:  # no Hub repo id: ask no server (offline, it retries for ~20 s)
         close = difflib.get_close_matches(name, TINY, n=1)
         raise ValueError(
@@ -159,7 +167,7 @@ def _hub_model_index(repo_id: str) -> Path:
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{repo_id!r} is not a local folder, and its model_index.json could not be fetched "
-            f"from the Hugging Face Hub ({type(error).__name__}: {error}). Pass a folder written "
+            f"from the Hugging Face Hub ({type(error).__name__}: {error}){local_hint(repo_id)}. Pass a folder written "
             f"by save_pretrained, a Hub repo id this machine can reach or has cached, or one of "
             f"the offline builds {', '.join(TINY)}."
         ) from error

@@ -51,7 +51,7 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from backbones.auto import missing_local_path
+from backbones.auto import local_hint, missing_local_path
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -514,7 +514,7 @@ class Concept:
         Only safetensors are read; a folder whose weights are pickle files (``.bin``, ``.pt``,
         ``.pkl``, …) is refused without opening them, and such files are never downloaded.
         """
-        path = Path(name_or_path)
+        path = Path(name_or_path).expanduser()
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise ValueError(_pickle_refusal(path))
         if path.is_file():
@@ -825,7 +825,7 @@ def _download(
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
         raise ValueError(
             f"could not load the concept {repo_id!r}: no such local folder, and the Hub download "
-            f"failed ({type(error).__name__}: {error})"
+            f"failed ({type(error).__name__}: {error}){local_hint(repo_id)}"
         ) from error
     return Path(folder)
 
@@ -874,7 +874,7 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
             without ``concept_config.json``, a config that cannot be read or is invalid, or a
             target prompt :func:`prompt_without_token` refuses.
     """
-    name, path = str(reference), Path(reference)
+    name, path = str(reference), Path(reference).expanduser()
     if path.is_dir():
         config_path = _config_path(path, name)
     elif path.exists():
@@ -898,6 +898,6 @@ def _fetch_config(repo_id: str) -> Path:
     except (EntryNotFoundError, *_HUB_ERRORS) as error:
         reason = str(error).partition("\n")[0]
         raise ValueError(
-            f"cannot fetch {CONFIG_NAME} of the concept {repo_id!r} from the Hub ({type(error).__name__}: {reason}); "
-            "check the repo id and the connection"
+            f"cannot fetch {CONFIG_NAME} of the concept {repo_id!r} from the Hub ({type(error).__name__}: {reason})"
+            f"{local_hint(repo_id)}; check the repo id and the connection"
         ) from error

@@ -101,13 +101,13 @@ def test_a_name_that_is_no_build_folder_or_repo_id_is_refused_without_the_hub(mo
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("weights/mel-diffusion-swp", "^no folder weights/mel-diffusion-swp \\(weights holds no 'mel-diffusion-swp'; did you mean "
-         "'weights/mel-diffusion-swap'\\?\\); not read as a Hub repo id, since weights/ is a folder here: pass a folder"),
         ("./model", "^no folder ./model \\(. holds no 'model'\\): pass a folder"),
-        ("a/b/c", "^no folder a/b/c \\(no folder a/b\\): pass a folder"),
+        ("weights/mel-diffusion-swap/x/y", "^no folder weights/mel-diffusion-swap/x/y \\(no folder weights/mel-diffusion-swap/x\\): pass a folder"),
+        ("~/no-such-steer-model", "^no folder ~/no-such-steer-model \\(.* holds no 'no-such-steer-model'"),
+        ("weights/mel-diffusion-swap/config.json", "^weights/mel-diffusion-swap/config.json is a file: pass the model's folder"),
     ],
 )
-def test_a_local_path_typo_is_refused_without_the_hub(monkeypatch, name, message):
+def test_a_local_path_that_is_not_a_model_folder_is_refused_without_the_hub(monkeypatch, name, message):
     calls = []
     monkeypatch.setattr(backbones.auto, "hf_hub_download", lambda *a, **k: calls.append(a))
     monkeypatch.chdir(SHIPPED.parent.parent)
@@ -116,9 +116,24 @@ def test_a_local_path_typo_is_refused_without_the_hub(monkeypatch, name, message
     assert calls == []
 
 
-def test_a_repo_id_whose_owner_is_no_folder_here_goes_to_the_hub(monkeypatch, tmp_path):
+def test_a_repo_id_goes_to_the_hub_even_where_its_owner_is_a_folder_and_a_failure_names_the_near_folder(monkeypatch, tmp_path):
+    """``weights/`` is a folder here: "weights/mel-diffusion-swp" may still be a Hub repo (and
+    "cvssp/audioldm2-music" beside a local cvssp/audioldm2 is one); its error points at the near folder."""
+    monkeypatch.chdir(SHIPPED.parent.parent)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="^'weights/mel-diffusion-swp' is not a local folder, and its model_index.json could not "
+                       "be fetched .*; nor is it a local folder \\(weights holds no 'mel-diffusion-swp'; did you mean "
+                       "'weights/mel-diffusion-swap'\\?\\)\\. Pass a folder"):
+        load_backbone("weights/mel-diffusion-swp")
     calls = _hub_index(monkeypatch, tmp_path, "MusicLDMPipeline")
     monkeypatch.setattr(MusicLDMBackbone, "from_pretrained", classmethod(lambda cls, name, **k: None))
-    monkeypatch.chdir(tmp_path)
     load_backbone("weights/musicldm")
     assert calls == [("weights/musicldm", "model_index.json")]
+
+
+def test_a_folder_under_home_is_found(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mel").symlink_to(SHIPPED)
+    assert type(load_backbone("~/models/mel")) is MelDiffusionBackbone

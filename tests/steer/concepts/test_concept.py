@@ -175,7 +175,11 @@ def test_not_a_concept_folder(tmp_path, monkeypatch):
         Concept.from_pretrained(tmp_path / "missing" / "folder")
     (tmp_path / "concepts" / "my-guitar").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="^no concept folder concepts/my-guitr .*did you mean 'concepts/my-guitar'.*concepts/ is a folder here"):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    # owner/name is a Hub repo id even where owner/ is a folder here; failing, the error names the near folder
+    with pytest.raises(ValueError, match="^could not load the concept 'concepts/my-guitr': .*; nor is it a local folder "
+                       "\\(concepts holds no 'my-guitr'; did you mean 'concepts/my-guitar'\\?\\)$"):
         Concept.from_pretrained("concepts/my-guitr")
 
 
@@ -571,6 +575,9 @@ def test_a_relative_base_model_path_is_recorded_whatever_the_working_directory(m
 def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clips, tmp_path, monkeypatch):
     folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
     expected = Concept.from_pretrained(folder).config
+    with monkeypatch.context() as home:
+        home.setenv("HOME", str(tmp_path))
+        assert Concept.from_pretrained("~/c").config == expected
 
     def no_download(*args, **kwargs):
         raise AssertionError("the Hub was asked")
@@ -583,12 +590,14 @@ def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clip
     monkeypatch.chdir(tmp_path)
     assert check_concept_reference(folder, "a sks guitar melody") == expected
     assert check_concept_reference("c", "a sks guitar melody") == expected
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert check_concept_reference("~/c", "a sks guitar melody") == expected
     (tmp_path / "empty").mkdir()
     (tmp_path / "c.txt").write_text("")
     for reference, message in [
         ("my-guitar", "no concept folder my-guitar, and it is not a Hub repo id (owner/name): pass a concept's folder or repo id"),
         (tmp_path / "missing", f"no concept folder {tmp_path / 'missing'} ({tmp_path} holds no 'missing'): pass a concept's folder or Hub repo id"),
-        ("empty/c", "no concept folder empty/c (empty holds no 'c'); not read as a Hub repo id, since empty/ is a folder here: pass"),
+        ("./c2", "no concept folder ./c2 (. holds no 'c2'; did you mean 'c'?): pass a concept's folder or Hub repo id"),
         ("c.txt", "c.txt is a file: pass the concept's folder (the one holding concept_config.json)"),
         ("empty", "empty is not a steer concept: it has no concept_config.json"),
         ("me/a..b", "the concept 'me/a..b' is not a Hub repo id: "),
