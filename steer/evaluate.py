@@ -111,9 +111,11 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
     if not pairs:
         files = sorted(path.name for path in edits.iterdir() if path.is_file() and not path.name.startswith("."))
         found = f"{len(files)} file(s): {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if files else "no file"
+        wavs = any(Path(name).suffix.lower() == ".wav" for name in files)
+        fix = "convert the edits to .wav" if files and not wavs else "name each edit <id>.wav"
         raise ValueError(
             f"{edits} holds no edit of the manifest's {len(missing)} item(s): steer eval reads <id>.wav "
-            f"(e.g. {missing[0]}.wav) and found {found}; convert the edits to .wav"
+            f"(e.g. {missing[0]}.wav) and found {found}; {fix}"
         )
     return pairs, missing
 
@@ -361,7 +363,8 @@ def _label(row: Mapping[str, Any]) -> str:
 def comparison_table(results: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
     """One Markdown table of several runs' :func:`evaluate` results, a ``run`` column first (the
     paper's tables: a row per method and edit type), and a line under it where the runs scored
-    different items (their means are then over different clips)."""
+    different items (their means are then over different clips; an unscored item, NaN in every
+    metric, counts as not scored)."""
     parts = []
     for run, result in results.items():
         table = markdown_table(result["groups"], names).splitlines()
@@ -369,7 +372,7 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]], names: Sequence[s
             parts += ["| run " + table[0], "|---" + table[1]]
         parts += [f"| {run} " + line for line in table[2:]]
     text = "\n".join(parts) + "\n"
-    scored = {run: set(result["items"]) for run, result in results.items()}
+    scored = {run: set(result["items"]) - set(result.get("unscored", {})) for run, result in results.items()}
     if len({frozenset(items) for items in scored.values()}) > 1:
         common = set.intersection(*scored.values())
         counts = ", ".join(f"{run} {len(items)}" for run, items in scored.items())

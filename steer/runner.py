@@ -144,9 +144,11 @@ class ItemRecord:
         settings: what made the edit (recipe settings, seed, backbone and its weights' dtype, the
             concept's content, a baseline's name): a rerun refuses to mix edits made with other
             settings into one folder.
-        audio_file: the source clip as the edit began (:func:`file_identity`: size, mtime and
-            SHA-256 of its bytes): a rerun refuses an item whose clip changed since. ``None`` in
-            records older than this field, whose clip is then unknown (not refused).
+        audio_file: the source clip as the edit began (``size``, ``mtime_ns`` and ``sha256``,
+            the SHA-256 of its bytes): a rerun refuses an item whose clip's bytes changed since,
+            and takes the new path, size and mtime of the same bytes moved or touched (so the
+            next rerun need not read them). ``None`` in records older than this field: their
+            clip is unknown, and never refused.
         owns_wav: whether the wav at ``edit`` is the run's own, to write over: true when done;
             while running, true when the wav was absent or the run's own as the attempt began
             (the check comes before the record is written), so a wav beside a killed attempt's
@@ -290,6 +292,7 @@ class ManifestRunner:
         self.batch_size = batch_size
         self._editors: dict[str | None, LatentEditor | Exception] = {}
         self._concept_ids: dict[tuple[str, str], Any] = {}
+        self._digests: dict[tuple[Path, int, int], str] = {}
 
     def wav_path(self, item: EditItem) -> Path:
         return self.out / f"{item.id}.wav"
@@ -324,7 +327,7 @@ class ManifestRunner:
 
         recorded, now = explicit(recorded), explicit(now)
         old, changes = recorded.get("concept"), []
-        if concept is not None and isinstance(old, str) and old.startswith(_OLD_CONCEPT_IDENTITY):
+        if concept is not None and _is_folder_digest(old):
             # recorded by an older steer, as a digest of every file of the folder: the same
             # files are the same concept; which file differs, that digest cannot tell
             if old != self._identity(concept, _folder_digest):
@@ -471,13 +474,14 @@ class ManifestRunner:
         previous = read_record(self.record_path(item))
         concept = item.concept or self.default_concept
         owned = previous is not None and (previous.status == "done" or previous.owns_wav)
+        audio = item.audio.resolve()
         record = ItemRecord(
             id=item.id,
             status="running",
             settings=self.fingerprint_of(item),
             attempt=1 + (previous.attempt if previous else 0),
             rank=self.rank,
-            audio=str(item.audio.resolve()),
+            audio=str(audio),
             edit=str(self.wav_path(item).resolve()),
             source=item.source,
             target=item.target,
@@ -486,7 +490,7 @@ class ManifestRunner:
             recipe=self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic",
             started_at=_now(),
             owns_wav=owned or not self.wav_path(item).exists(),
-            audio_file=file_identity(item.audio),
+            audio_file=self._clip_identity(audio),
         )
         problem = self._output_problem(item, record.owns_wav)
         if problem is not None:
@@ -554,13 +558,20 @@ class ManifestRunner:
     def _update_finished(self, item: EditItem, record: ItemRecord) -> None:
         """Bring a finished item's record to the manifest and the metrics asked for, without
         editing again (:meth:`check_settings` refused changes that alter the edit): its edit type,
-        which the summary groups by; its clip's path, where the same bytes moved; and the values
-        of the metrics it lacks, scored from its wav."""
+        which the summary groups by; its clip's path, size and mtime, where the same bytes moved
+        or were touched, and its concept's identity, where an older steer recorded the same files
+        as a digest of its folder (so that the next rerun reads neither again); and the values of
+        the metrics it lacks, scored from its wav."""
         before = asdict(record)
         record.edit_type = item.edit_type
         audio = item.audio.resolve()
-        if record.audio_file is not None and record.audio != str(audio) and same_file(audio, record.audio_file, False):
-            record.audio, record.audio_file = str(audio), file_identity(audio)
+        now = self._clip_now(record, audio)
+        if now is not None and now["sha256"] == record.audio_file["sha256"]:
+            record.audio, record.audio_file = str(audio), now
+        concept = item.concept or self.default_concept
+        old = record.settings.get("concept")
+        if concept is not None and _is_folder_digest(old) and old == self._identity(concept, _folder_digest):
+            record.settings["concept"] = self.fingerprint_of(item)["concept"]
         missing = [name for name in self.metrics if name not in record.metrics]
         if missing:
             try:
@@ -605,24 +616,46 @@ class ManifestRunner:
 
     def _input_changes(self, record: ItemRecord, item: EditItem) -> list[str]:
         """How the item's own inputs differ from those its finished record was edited from: its
-        prompts, or its clip (by content where the record holds it: a clip moved is the same;
-        a clip that cannot be read is not known to differ)."""
+        prompts, or its clip's bytes (a clip moved or touched is the same; one that cannot be
+        read, or whose record is older than :attr:`ItemRecord.audio_file`, is not known to
+        differ)."""
         changes = [
             f"{name} prompt {getattr(record, name)!r} → {getattr(item, name)!r}"
             for name in ("source", "target")
             if getattr(record, name) != getattr(item, name)
         ]
         audio = item.audio.resolve()
-        if record.audio_file is not None:
-            same = same_file(audio, record.audio_file, record.audio == str(audio))
-        else:
-            # a record older than audio_file: the clip's content is unknown, only its path is
-            # compared (where absolute: records older still hold it relative to the folder the
-            # run started from, which is unknown too)
-            same = not Path(record.audio).is_absolute() or record.audio == str(audio)
-        if same is False:
+        now = self._clip_now(record, audio)
+        if now is not None and now["sha256"] != record.audio_file["sha256"]:
             changes.append(f"audio {record.audio} → {audio}" if record.audio != str(audio) else f"audio {audio} (its content)")
         return changes
+
+    def _clip_now(self, record: ItemRecord, audio: Path) -> dict[str, Any] | None:
+        """The item's clip (``audio``, resolved) as :attr:`ItemRecord.audio_file` would hold it
+        now: at the record's path with the recorded size and mtime, with the recorded digest
+        (the clip is not read); ``None`` for a record older than that field or a clip that cannot
+        be read (:meth:`_clip_identity`)."""
+        if record.audio_file is None:
+            return None
+        return self._clip_identity(audio, record.audio_file if record.audio == str(audio) else None)
+
+    def _clip_identity(self, path: Path, recorded: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """A source clip (``path``, resolved) as :attr:`ItemRecord.audio_file` holds it: its size,
+        mtime (ns) and the SHA-256 of its bytes, ``None`` when it cannot be read (the edit then
+        fails reading it, saying why). The digest is ``recorded``'s where the size and mtime are
+        its own, else read once a run per path, size and mtime (:meth:`check_settings`, which a
+        launch may call twice, and the record's update reuse it; a clip rewritten meanwhile is
+        read again)."""
+        try:
+            stat = path.stat()
+            key = (path, stat.st_size, stat.st_mtime_ns)
+            if recorded is not None and key[1:] == (recorded["size"], recorded["mtime_ns"]):
+                return dict(recorded)
+            if key not in self._digests:
+                self._digests[key] = _sha256(path)
+        except OSError:
+            return None
+        return {"size": key[1], "mtime_ns": key[2], "sha256": self._digests[key]}
 
     def close(self) -> None:
         """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser, a
@@ -676,6 +709,11 @@ def _folder_digest(reference: str) -> str | None:
     return f"{_OLD_CONCEPT_IDENTITY}{digest.hexdigest()}"
 
 
+def _is_folder_digest(identity: Any) -> bool:
+    """Whether a recorded concept identity is an older steer's (:func:`_folder_digest`)."""
+    return isinstance(identity, str) and identity.startswith(_OLD_CONCEPT_IDENTITY)
+
+
 def _digest_file(digest: Any, path: Path) -> None:
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -686,29 +724,6 @@ def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     _digest_file(digest, path)
     return digest.hexdigest()
-
-
-def file_identity(path: Path) -> dict[str, Any] | None:
-    """A source clip as a record holds it: size, mtime (ns) and SHA-256 of its bytes; ``None``
-    when it cannot be read (the edit then fails reading it, saying why)."""
-    try:
-        stat = path.stat()
-        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(path)}
-    except OSError:
-        return None
-
-
-def same_file(path: Path, recorded: Mapping[str, Any], same_path: bool) -> bool | None:
-    """Whether ``path`` holds the bytes of the ``recorded`` :func:`file_identity` (``None``
-    when it cannot be read: unknown): at the recorded path with its size and mtime, without
-    reading it; otherwise by its SHA-256 (a clip copied or moved is the same clip)."""
-    try:
-        stat = path.stat()
-        if same_path and (stat.st_size, stat.st_mtime_ns) == (recorded["size"], recorded["mtime_ns"]):
-            return True
-        return stat.st_size == recorded["size"] and _sha256(path) == recorded["sha256"]
-    except OSError:
-        return None
 
 
 _UNSET = object()

@@ -17,6 +17,7 @@ from steer.cli import main
 from steer.evaluate import (
     Pair,
     aggregate,
+    comparison_table,
     markdown_table,
     score_pairs,
     write_run_summary,
@@ -170,17 +171,41 @@ def test_a_folder_that_cannot_be_scored_stops_them_all_before_any_is_written(tmp
     assert (good / "eval.json").exists()
 
 
-def test_edits_not_named_id_wav_are_described(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, found, fix",
+    [
+        ("{}.flac", "a.flac, b.flac", "convert the edits to .wav"),
+        ("edit_{}.wav", "edit_a.wav, edit_b.wav", "name each edit <id>.wav"),  # wavs: nothing to convert
+    ],
+    ids=["flac", "wav named otherwise"],
+)
+def test_edits_not_named_id_wav_are_described(tmp_path, capsys, name, found, fix):
     (tmp_path / "edits").mkdir()
     rows = []
-    for name in "ab":
-        _noise(tmp_path / f"{name}.wav", 0.3, 0)
-        _noise(tmp_path / "edits" / f"{name}.flac", 0.3, 0)
-        rows.append(json.dumps({"id": name, "audio": f"{name}.wav", "source": "x", "target": "y"}) + "\n")
+    for item in "ab":
+        _noise(tmp_path / f"{item}.wav", 0.3, 0)
+        _noise(tmp_path / "edits" / name.format(item), 0.3, 0)
+        rows.append(json.dumps({"id": item, "audio": f"{item}.wav", "source": "x", "target": "y"}) + "\n")
     (tmp_path / "m.jsonl").write_text("".join(rows))
     args = ["eval", "--manifest", str(tmp_path / "m.jsonl"), "--edits", str(tmp_path / "edits")]
     assert main(args) == 2
     assert capsys.readouterr().err == (
         f"steer: error: {tmp_path / 'edits'} holds no edit of the manifest's 2 item(s): steer eval reads "
-        "<id>.wav (e.g. a.wav) and found 2 file(s): a.flac, b.flac; convert the edits to .wav\n"
+        f"<id>.wav (e.g. a.wav) and found 2 file(s): {found}; {fix}\n"
+    )
+
+
+def test_runs_whose_means_count_different_items_are_told_apart_when_one_item_is_unscored():
+    """Both runs list items x and y, but in run b y is unscored (NaN in every metric): their
+    means are over different clips, which the line under the table says."""
+
+    def result(values: dict[str, float], unscored: dict[str, str]) -> dict:
+        rows = aggregate([("k", {"m": v}) for v in values.values()], ["m"])
+        return {"groups": rows, "items": {i: {"m": v} for i, v in values.items()}, "unscored": unscored}
+
+    same = {"a": result({"x": 1.0, "y": 2.0}, {}), "b": result({"x": 1.0, "y": 3.0}, {})}
+    assert "different" not in comparison_table(same, ["m"])
+    one_unscored = {**same, "b": result({"x": 1.0, "y": math.nan}, {"y": "its edit file is missing"})}
+    assert comparison_table(one_unscored, ["m"]).endswith(
+        "\nThe runs scored different items (a 2, b 1; 1 in all of them): their means are over different clips.\n"
     )

@@ -769,10 +769,11 @@ def test_a_rerun_refuses_items_whose_prompts_or_clip_changed_and_follows_a_new_e
     assert read_record(out / "records" / "c0.json").target == "a recording of a flute"
 
 
-def test_a_clip_is_known_by_its_content_and_older_records_by_their_path(tmp_path):
+def test_a_clip_is_known_by_its_content_and_an_older_record_is_never_refused_for_it(tmp_path):
     """A clip rewritten in place refuses the rerun; one copied elsewhere, its manifest line
     following it, is the same clip (the record takes its new path); a record older than
-    ``audio_file`` is not refused for a content it cannot know."""
+    ``audio_file`` is not refused for a clip it cannot know, wherever the manifest's clip is now
+    (it was, when the dataset moved), and is not given one."""
     items = read_edit_manifest(_manifest(tmp_path, 1))
     out = tmp_path / "out"
     backbone = load_backbone(str(SWAP_BACKBONE))
@@ -793,8 +794,31 @@ def test_a_clip_is_known_by_its_content_and_older_records_by_their_path(tmp_path
     del record["audio_file"]  # as an older steer wrote it
     (out / "records" / "c0.json").write_text(json.dumps(record))
     assert run([dataclasses.replace(items[0], audio=moved)]) == (0, 1, 0)
-    with pytest.raises(ValueError, match=r"c0's audio .*moved.wav → .*c0.wav\): pass --overwrite"):
-        run(items)
+    assert run(items) == (0, 1, 0)
+    assert read_record(out / "records" / "c0.json").audio_file is None
+
+
+def test_a_touched_clip_is_read_once_by_a_rerun_and_not_by_the_next(tmp_path, monkeypatch, capsys):
+    """Its mtime changed (touch, git checkout, cp without -p), a clip is read once by a rerun,
+    which checks the folder twice (before the run and as it starts), and its record takes the
+    new mtime: the next rerun reads no clip."""
+    from steer.runner import _sha256
+
+    manifest = _manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 0
+    mtime = (tmp_path / "c0.wav").stat().st_mtime_ns + 10**9
+    for i in range(2):
+        os.utime(tmp_path / f"c{i}.wav", ns=(mtime, mtime))
+    read = []
+    monkeypatch.setattr("steer.runner._sha256", lambda path: read.append(path.name) or _sha256(path))
+    assert main(_run_args(manifest, out)) == 0
+    assert sorted(read) == ["c0.wav", "c1.wav"]
+    assert [read_record(out / "records" / f"c{i}.json").audio_file["mtime_ns"] for i in range(2)] == [mtime, mtime]
+    read.clear()
+    assert main(_run_args(manifest, out)) == 0
+    assert read == []
+    assert capsys.readouterr().out.count("steer run: 0 done, 2 skipped, 0 failed") == 2
 
 
 def test_a_run_refuses_a_folder_holding_another_manifests_edits_made_with_other_settings(tmp_path, capsys):
@@ -892,6 +916,15 @@ def test_a_clip_too_short_for_a_metric_is_named_in_the_warning(tmp_path):
         assert runner.run().done == 1
 
 
+def _concept_folder(folder: Path) -> Path:
+    """A concept's files (never loaded: only their identity counts)."""
+    folder.mkdir()
+    (folder / "concept_config.json").write_text("{}")
+    (folder / "concept.safetensors").write_bytes(b"weights")
+    (folder / "README.md").write_text("# card\n")
+    return folder
+
+
 def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_changed(tmp_path):
     """Its model card edited, a concept is the same; its config changed, the refusal names the
     file. A record of an older steer (a digest of every file) is accepted for the same files."""
@@ -901,11 +934,7 @@ def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_c
     out = tmp_path / "out"
     backbone = load_backbone(str(SWAP_BACKBONE))
     assert ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run().done == 1
-    concept = tmp_path / "guitar"
-    concept.mkdir()
-    (concept / "concept_config.json").write_text("{}")
-    (concept / "concept.safetensors").write_bytes(b"weights")
-    (concept / "README.md").write_text("# card\n")
+    concept = _concept_folder(tmp_path / "guitar")
 
     def runner() -> ManifestRunner:
         return ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, default_concept=str(concept))
@@ -929,3 +958,30 @@ def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_c
     with pytest.raises(ValueError, match=r"\(c0: concept.concept_config.json: 'sha256:000000000000…' → 'sha256:[0-9a-f]{12}…'\): "
                                          "pass another --out, or --overwrite to redo them"):
         runner().check_settings()
+
+
+def test_an_older_steers_concept_digest_is_replaced_by_a_rerun_and_not_computed_by_the_next(tmp_path, monkeypatch):
+    """A finished record holding an older steer's digest of the concept's folder is accepted
+    for the same files and takes the concept's identity: the next rerun digests no folder."""
+    from steer.runner import _folder_digest
+
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    assert ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run().done == 1
+    concept = _concept_folder(tmp_path / "guitar")
+
+    def runner() -> ManifestRunner:
+        return ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, default_concept=str(concept))
+
+    record = json.loads((out / "records" / "c0.json").read_text())
+    record["settings"] = {**runner().fingerprint_of(items[0]), "concept": _folder_digest(str(concept))}
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    digested = []
+    monkeypatch.setattr("steer.runner._folder_digest", lambda folder: digested.append(folder) or _folder_digest(folder))
+    assert runner().run().skipped == 1
+    assert digested == [str(concept)]
+    assert read_record(out / "records" / "c0.json").settings == runner().fingerprint_of(items[0])
+    digested.clear()
+    assert runner().run().skipped == 1
+    assert digested == []
