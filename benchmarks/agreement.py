@@ -4,7 +4,8 @@ For each seed, the first step's gradient on the latent (the same t and ε on eve
 compared with the ``reference`` path's (in full fp32: no TF32 on a GPU) by cosine similarity:
 what the issue's thresholds (≥ 0.999 fp32, ≥ 0.99 bf16) are stated on. The tests check the
 tiny model; this script measures the real-size UNet, where rounding in bf16 accumulates over
-more and wider layers.
+more and wider layers. A non-finite gradient is a skipped step on ``fp16`` (its scaled loss
+overflowed) and a failure anywhere else: the summary gives NaN and the script exits with 1.
 
 Usage::
 
@@ -23,6 +24,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -67,10 +70,12 @@ def full_fp32() -> Iterator[None]:
 def agreement(
     *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device,
     options: dict[str, bool] | None = None, lora_std: float = 0.0,
-) -> list[dict[str, float | int | str]]:
-    """Cosine of each path's first-step gradient with the reference's, per seed (``skipped``:
-    the step was not taken, an fp16 overflow); ``options`` are set on every path but the
-    reference, ``lora_std`` draws SteerMusic+'s LoRA B (:func:`benchmarks.models.lora_concept`)."""
+) -> list[dict[str, float | int | str | bool]]:
+    """Cosine of each path's first-step gradient with the reference's, per seed. ``skipped``:
+    the step was not taken, an fp16 overflow (a non-finite gradient where the path scales its
+    loss); ``failed``: any other non-finite gradient or cosine. ``options`` are set on every path
+    but the reference, ``lora_std`` draws SteerMusic+'s LoRA B
+    (:func:`benchmarks.models.lora_concept`)."""
     backbone = build_backbone(real_size=real_size, device=device)
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -87,17 +92,46 @@ def agreement(
                 reference = first_gradient(editors["reference"], latent, seed)
             for path in paths:
                 gradient = first_gradient(editors[path], latent, seed)
-                cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0)
-                # a non-finite gradient is an fp16 step skipped for an overflow: no cosine to give
-                rows.append({"recipe": recipe, "path": path, "seed": seed, "cosine": cosine.item(),
-                             "skipped": not bool(gradient.isfinite().all())})
-            done = ", ".join(f"{r['path']} {r['cosine']:.5f}" + (" (skipped)" if r["skipped"] else "")
-                             for r in rows[-len(paths):])
-            print(f"seed {seed}: {done} ({time.perf_counter() - start:.0f} s)", flush=True)
+                cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0).item()
+                finite = bool(gradient.isfinite().all()) and math.isfinite(cosine)
+                # a scaled loss's overflow makes the gradient non-finite and skips the step (fp16's
+                # documented behaviour): no cosine to give; anywhere else it is a wrong gradient
+                skipped = not finite and performances[path].grad_scaler(device) is not None
+                rows.append({"recipe": recipe, "path": path, "seed": seed, "cosine": cosine,
+                             "skipped": skipped, "failed": not (finite or skipped)})
+            print(f"seed {seed}: {', '.join(map(_cosine, rows[-len(paths):]))} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
     finally:
         for editor in editors.values():
             editor.close()
     return rows
+
+
+def _cosine(row: dict[str, float | int | str | bool]) -> str:
+    """A row's path and cosine, and what a non-finite one means."""
+    mark = " (skipped: fp16 overflow)" if row["skipped"] else " (FAILED: non-finite gradient)" if row["failed"] else ""
+    return f"{row['path']} {row['cosine']:.5f}{mark}"
+
+
+def summary(rows: list[dict[str, float | int | str | bool]], path: str) -> str:
+    """The cosines of ``path`` over its seeds: min (NaN if any seed failed) and max of those
+    compared, and the seeds skipped or failed."""
+    mine = [r for r in rows if r["path"] == path]
+    compared = [r for r in mine if not r["skipped"]]
+    finite = [r["cosine"] for r in compared if not r["failed"]]
+    failed = [r["seed"] for r in compared if r["failed"]]
+    skipped = [r["seed"] for r in mine if r["skipped"]]
+    if compared:
+        low = math.nan if failed or not finite else min(finite)
+        high = max(finite) if finite else math.nan
+        text = f"min {low:.5f}, max {high:.5f} over seeds {[r['seed'] for r in compared]}"
+    else:
+        text = "no seed compared"
+    if failed:
+        text += f"; FAILED (non-finite gradient) for seeds {failed}"
+    if skipped:
+        text += f"; skipped (fp16 overflow) for seeds {skipped}"
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,12 +153,14 @@ def main(argv: list[str] | None = None) -> None:
         options=options, lora_std=args.lora_std,
     )
     for path in args.paths:
-        cosines = [r["cosine"] for r in rows if r["path"] == path]
-        print(f"{args.recipe} {path}: cosine with reference min {min(cosines):.5f}, max {max(cosines):.5f} "
-              f"over seeds {args.seeds} ({device.type}, torch {torch.__version__}, "
-              f"{'real-size' if args.real_size else 'tiny'} model)")
+        print(f"{args.recipe} {path}: cosine with reference {summary(rows, path)} ({device.type}, torch "
+              f"{torch.__version__}, {'real-size' if args.real_size else 'tiny'} model)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    failed = sorted({r["path"] for r in rows if r["failed"]})
+    if failed:
+        sys.exit(f"non-finite gradient on {', '.join(failed)}, not an fp16 overflow: a wrong gradient there; "
+                 "trace it as benchmarks/README.md's NaN note did")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,13 @@ import warnings
 import torch
 from torch._dynamo.utils import counters
 
-from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, lora_concept
+from benchmarks.models import (
+    REAL_LATENT,
+    TINY_LATENT,
+    build_backbone,
+    device_option,
+    lora_concept,
+)
 from steer import Editor, SteerMusic, SteerMusicPlus
 from steer.performance import PRESETS
 
@@ -69,11 +75,11 @@ def compile_cost(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--path", default="fused", choices=COMPILED)
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default inductor; aot_eager traces without code generation)")
-    parser.add_argument("--concepts", type=int, default=1, help="SteerMusic+ editors, one per LoRA concept")
+    parser.add_argument("--concepts", type=int, default=1, help="SteerMusic+ editors, one per LoRA concept (0: SteerMusic's alone)")
     parser.add_argument("--frames", type=int, nargs="+",
                         help="latent lengths in turn (default: 256 250 512 496 for --real-size, else 32 24 40 30)")
     parser.add_argument("--steps", type=int, default=2, help="steps per edit")
@@ -82,7 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     frames = args.frames or ([256, 250, 512, 496] if args.real_size else [32, 24, 40, 30])
     if any(n < 8 for n in frames):
         parser.error(f"--frames must be latent lengths of at least 8 frames, got {frames}")
-    compile_cost(real_size=args.real_size, device=torch.device(args.device), path=args.path,
+    if args.concepts < 0 or args.steps < 1:
+        parser.error(f"--concepts must be at least 0 and --steps at least 1, got {args.concepts} and {args.steps}")
+    compile_cost(real_size=args.real_size, device=args.device, path=args.path,
                  compile_backend=args.compile_backend, concepts=args.concepts, frames=frames,
                  steps=args.steps)
 

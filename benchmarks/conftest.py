@@ -29,7 +29,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--compile-backend", default="inductor",
-        help="torch.compile backend of the fused paths (default inductor; aot_eager traces without code generation)",
+        help="torch.compile backend of the compiled paths (default inductor; aot_eager traces without code "
+        "generation); fused-cudagraphs, fused-steer-cudagraphs and fused-checkpointed-steer-cudagraphs keep their "
+        "CUDA-graph backends, fused-autotune inductor (max-autotune is inductor's), and the step-graph paths are "
+        "skipped on a CUDA-graph backend",
     )
     group.addoption(
         "--profile-file", type=Path, default=None,
@@ -40,6 +43,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run each case's warm-up edit only, timing nothing: its compile fills inductor's on-disk cache "
         "(TORCHINDUCTOR_CACHE_DIR) for a later run's",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse counts no case can time, before any case starts."""
+    steps, rounds = config.getoption("--steps"), config.getoption("--rounds")
+    if steps is not None and steps < 1:
+        raise pytest.UsageError(f"--steps must be at least 1 (steps per timed edit), got {steps}")
+    if rounds < 1:
+        raise pytest.UsageError(f"--rounds must be at least 1 (timed edits per case), got {rounds}")
 
 
 @dataclass
@@ -63,11 +75,11 @@ class Settings:
 def settings(request: pytest.FixtureRequest) -> Settings:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real_size = request.config.getoption("--real-size")
-    steps = request.config.getoption("--steps") or (20 if real_size else 3)
+    steps = request.config.getoption("--steps")
     settings = Settings(
         device=device,
         real_size=real_size,
-        steps=steps,
+        steps=(20 if real_size else 3) if steps is None else steps,
         rounds=request.config.getoption("--rounds"),
         compile=device.type == "cuda" or request.config.getoption("--cpu-compile"),
         compile_backend=request.config.getoption("--compile-backend"),

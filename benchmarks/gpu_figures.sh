@@ -22,6 +22,9 @@
 # (benchmarks/agreement.py), SteerMusic then SteerMusic+, on the GPU's kernels (cuBLAS and
 # cuDNN in bf16, inductor's Triton code, the fused Triton kernel), which no run has compared
 # yet; its extra options go to the agreement script (`--seeds 0` for one seed).
+# Every plan refuses a machine where torch finds no CUDA GPU. The exit status is not 0 when a
+# run (a prewarm job, an agreement run, the step benchmarks, `first`'s GPU tests) failed or was
+# stopped at STEER_GPU_SECONDS, or when the budget was spent before a run could start.
 set -uo pipefail
 if [[ $# -lt 1 || ${1:0:1} == "-" ]]; then
     echo "usage: bash benchmarks/gpu_figures.sh OUT_DIR [prewarm|first|rest|agree] [pytest options...]" >&2
@@ -80,6 +83,26 @@ if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
     echo "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '$jobs'" >&2
     exit 2
 fi
+budget=${STEER_GPU_SECONDS:-540}
+if ! [[ $budget =~ ^[1-9][0-9]*$ ]]; then
+    echo "STEER_GPU_SECONDS must be a number of seconds ≥ 1, got '$budget'" >&2
+    exit 2
+fi
+if ! "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "no CUDA GPU here ($python finds none): gpu_figures.sh measures on a GPU" >&2
+    exit 2
+fi
+
+# the seconds of STEER_GPU_SECONDS left, or, when none are, a line saying what is not run and a
+# non-zero status
+left() {
+    local seconds=$(( budget - (SECONDS - start) ))
+    if (( seconds <= 0 )); then
+        echo "STEER_GPU_SECONDS=$budget spent: $1 not run" | tee -a "$out/log.txt" >&2
+        return 1
+    fi
+    echo "$seconds"
+}
 
 mkdir -p "$out"
 ids=()
@@ -92,35 +115,60 @@ print(f"torch {torch.__version__}, triton {triton}, diffusers {diffusers.__versi
 start=$SECONDS
 if [[ $plan == prewarm ]]; then
     threads=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
+    pids=()
     for (( j = 0; j < jobs && j < ${#ids[@]}; j++ )); do
         share=()
         for (( i = j; i < ${#ids[@]}; i += jobs )); do share+=("${ids[i]}"); done
-        TORCHINDUCTOR_COMPILE_THREADS=$threads PYTHONUNBUFFERED=1 timeout -s INT -k 30 "${STEER_GPU_SECONDS:-540}" \
+        TORCHINDUCTOR_COMPILE_THREADS=$threads PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$budget" \
             "$python" -m pytest "${share[@]}" --real-size --steps 20 --warm-only -p no:cacheprovider "$@" \
             >"$out/prewarm-$j.txt" 2>&1 &
+        pids+=($!)
     done
-    wait
+    failed=0
+    for j in "${!pids[@]}"; do
+        wait "${pids[j]}" && continue
+        status=$?
+        failed=1
+        if (( status == 124 || status == 137 )); then
+            echo "prewarm job $j stopped at STEER_GPU_SECONDS=$budget before its last case: see prewarm-$j.txt" >&2
+        else
+            echo "prewarm job $j failed (exit $status): see prewarm-$j.txt" >&2
+        fi
+    done
     grep -h -e "warm-up edit" -e " passed" -e " failed" -e "error" "$out"/prewarm-*.txt | tee "$out/log.txt"
-    exit 0
+    exit "$failed"
 fi
 if [[ $plan == agree ]]; then
     runs=(
         "--paths batched bf16 fp16 fused --seeds 0 1"
         "--recipe steermusic_plus --merge-lora --fuse-projections --lora-std 0.05 --paths batched bf16 checkpointed fused-checkpointed --seeds 0 1"
     )
+    failed=0
     for i in "${!runs[@]}"; do
-        left=$(( ${STEER_GPU_SECONDS:-540} - (SECONDS - start) ))
-        (( left > 0 )) || break
+        seconds=$(left "agreement run $i (${runs[i]})") || exit 1
         # shellcheck disable=SC2086  # each run's options, split into words
-        PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$left" "$python" -m benchmarks.agreement --real-size ${runs[i]} \
+        PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" "$python" -m benchmarks.agreement --real-size ${runs[i]} \
             --json "$out/agreement-$i.json" "$@" 2>&1 | tee -a "$out/log.txt"
+        status=${PIPESTATUS[0]}
+        if (( status != 0 )); then
+            echo "agreement run $i failed (exit $status; 124: stopped at STEER_GPU_SECONDS): see log.txt" >&2
+            failed=1
+        fi
     done
-    exit 0
+    exit "$failed"
 fi
+gpu_tests=0
 if [[ $plan == first ]]; then  # the step graphs' correctness on CUDA first (tiny models, seconds)
     timeout 120 "$python" -m pytest tests/steer/test_step_graph.py -m gpu -q -p no:cacheprovider 2>&1 \
         | tee "$out/gpu_tests.txt"
+    gpu_tests=${PIPESTATUS[0]}
 fi
-PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$(( ${STEER_GPU_SECONDS:-540} - (SECONDS - start) ))" \
+seconds=$(left "the step benchmarks of '$plan'") || exit 1
+PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" \
     "$python" -m pytest "${ids[@]}" --real-size --steps 20 --rounds 2 -p no:cacheprovider \
     --benchmark-json "$out/bench.json" --profile-file "$out/profiles.txt" "$@" 2>&1 | tee "$out/log.txt"
+status=${PIPESTATUS[0]}
+if (( gpu_tests != 0 )); then
+    echo "the step graphs' GPU tests failed (exit $gpu_tests): see gpu_tests.txt" >&2
+fi
+exit $(( status != 0 ? status : gpu_tests ))

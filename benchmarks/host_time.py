@@ -32,7 +32,13 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._pytree import tree_map_only
 
-from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, make_editor
+from benchmarks.models import (
+    REAL_LATENT,
+    TINY_LATENT,
+    build_backbone,
+    device_option,
+    make_editor,
+)
 from steer.performance import GUARDS, PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
@@ -87,8 +93,9 @@ def host_time(
 ) -> dict[str, float]:
     """Host milliseconds a step with each :data:`~steer.performance.GUARDS` setting (the
     fastest of ``rounds`` edits of ``steps`` steps, the first step included), and the eager ops
-    a step makes between the compiled calls (``"eager ops a step"``); with ``autograd``,
-    AOTAutograd's wrappers and the backward pass through the compiled calls included."""
+    a step makes between the compiled calls with that setting (``"guards=... eager ops a
+    step"``); with ``autograd``, AOTAutograd's wrappers and the backward pass through the
+    compiled calls included."""
     if BACKEND not in torch.compiler.list_backends(exclude_tags=()):
         torch._dynamo.register_backend(_HOST_ONLY, name=BACKEND)
     _HOST_ONLY.autograd = autograd
@@ -114,31 +121,36 @@ def host_time(
             with profile(activities=[ProfilerActivity.CPU]) as profiled:
                 editor.edit_latent(latent, **PROMPTS)
         top = [e for e in profiled.events() if e.cpu_parent is None and e.name.startswith("aten::")]
-        figures["eager ops a step"] = len(top) / steps
+        figures[f"guards={guards} eager ops a step"] = len(top) / steps
     return figures
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--recipe", default="steermusic", choices=("steermusic", "steermusic_plus"))
     parser.add_argument("--path", default="fused", choices=COMPILED)
     parser.add_argument("--steps", type=int, default=50, help="steps of each timed edit")
     parser.add_argument("--rounds", type=int, default=3, help="timed edits per setting; the fastest counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's intra-op threads (torch.set_num_threads; default 1: the eager ops' time "
+                             "steadier on a shared CPU)")
     parser.add_argument("--autograd", action="store_true",
                         help="include AOTAutograd's wrappers around the graphs and the backward pass through "
                              "them (SteerMusic+'s PCon); without it, graphs with gradients return detached outputs")
     args = parser.parse_args(argv)
-    if args.steps < 2 or args.rounds < 1:
-        parser.error(f"--steps must be at least 2 (a first step and later ones) and --rounds at least 1, "
-                     f"got {args.steps} and {args.rounds}")
+    if args.steps < 2 or args.rounds < 1 or args.threads < 1:
+        parser.error(f"--steps must be at least 2 (a first step and later ones), --rounds and --threads at least 1, "
+                     f"got {args.steps}, {args.rounds} and {args.threads}")
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="fused kernels need triton")  # said on every CPU edit
     warnings.filterwarnings("ignore", message="Warning: Profiler clears events")
-    figures = host_time(recipe=args.recipe, real_size=args.real_size, device=torch.device(args.device),
+    figures = host_time(recipe=args.recipe, real_size=args.real_size, device=args.device,
                         path=args.path, steps=args.steps, rounds=args.rounds, autograd=args.autograd)
     mode = ", with autograd" if args.autograd else ""
-    print(f"{args.recipe}, {args.path}, {'real-size' if args.real_size else 'tiny'}, {args.device}{mode}: "
+    print(f"{args.recipe}, {args.path}, {'real-size' if args.real_size else 'tiny'}, {args.device.type}, "
+          f"{args.threads} thread{'s' if args.threads > 1 else ''}{mode}: "
           + ", ".join(f"{name} {value:.2f}" for name, value in figures.items()), flush=True)
 
 

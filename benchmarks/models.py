@@ -10,6 +10,7 @@ T5 states of 1024) instead.
 
 from __future__ import annotations
 
+import argparse
 import zlib
 
 import torch
@@ -98,6 +99,18 @@ def lora_concept(*, rank: int = 4, backbone: AudioLDM2Backbone | None = None, st
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
         weights = personalized.concept_weights()
     return Concept(config, weights)
+
+
+def device_option(name: str) -> torch.device:
+    """A ``--device`` value (argparse's ``type``): a device this machine has, so that a script
+    refuses a missing GPU before it builds a model."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device: give cpu or cuda") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{name!r}: torch finds no CUDA GPU here; run on a GPU machine or give cpu")
+    return device
 
 
 def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbone:

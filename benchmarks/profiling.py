@@ -14,6 +14,7 @@ import pstats
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.autograd import DeviceType
@@ -41,17 +42,49 @@ def device_time_us(events: Iterable[FunctionEvent]) -> float:
     )
 
 
-def profile_summary(edit: Callable[[], object], *, steps: int, device: torch.device, rows: int = 15) -> str:
-    """Run ``edit`` (``steps`` steps) once under ``torch.profiler`` and describe it: wall and
+#: what :func:`profile_summary` and :func:`host_summary` run: an edit, given the callback an
+#: editor calls after each step (``edit_latent(callback=...)``), or ``None``
+Edit = Callable[[Callable[[Any], None] | None], object]
+
+
+def _from_step(edit: Edit, *, after: int, device: torch.device, begin: Callable[[], None], end: Callable[[], None]) -> float:
+    """Run ``edit`` once, calling ``begin`` once its first ``after`` steps have run (before it
+    with 0) and ``end`` when it returns: the seconds in between, the device's queue emptied at
+    both ends so that neither side's work is counted on the other."""
+    started: list[float] = []
+
+    def open_window() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        begin()
+        started.append(time.perf_counter())
+
+    def step_done(state: Any) -> None:
+        if state.step == after - 1:
+            open_window()
+
+    if after == 0:
+        open_window()
+    try:
+        edit(step_done if after else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if not started:
+            raise ValueError(f"the edit ran fewer than after={after} steps: profile after fewer steps or edit more")
+        return time.perf_counter() - started[0]
+    finally:
+        if started:
+            end()
+
+
+def profile_summary(edit: Edit, *, steps: int, device: torch.device, after: int = 0, rows: int = 15) -> str:
+    """Run ``edit`` once, its last ``steps`` steps under ``torch.profiler`` (those after its
+    first ``after``; with 0, the whole edit, its set-up included), and describe them: wall and
     device (kernel) milliseconds a step (:func:`device_time_us`), and the ``rows`` ops with the
     most self device time (self CPU time where ``device`` is not CUDA)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, acc_events=True) as profiled:  # one cycle; no warning of cycles cleared
-        start = time.perf_counter()
-        edit()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - start
+    profiled = profile(activities=activities, acc_events=True)  # one cycle; no warning of cycles cleared
+    wall = _from_step(edit, after=after, device=device, begin=profiled.start, end=profiled.stop)
     events = profiled.events()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     lines = [f"profiled wall {wall / steps * 1e3:.3f} ms a step"]
@@ -62,16 +95,15 @@ def profile_summary(edit: Callable[[], object], *, steps: int, device: torch.dev
     return "\n".join(lines)
 
 
-def host_summary(edit: Callable[[], object], *, steps: int, rows: int = 12) -> str:
-    """Run ``edit`` (``steps`` steps) once under ``cProfile``: the host's milliseconds a step,
-    and the ``rows`` Python functions with the most own time, with their calls a step. Where a
-    step is host-bound (kernels well below its time), this says which Python takes the time:
-    CUDA-graph trees' bookkeeping, dynamo's guards, the editor's own code. ``cProfile`` slows
-    Python-heavy code, so the figures are upper bounds, for ranking."""
+def host_summary(edit: Edit, *, steps: int, device: torch.device, after: int = 0, rows: int = 12) -> str:
+    """Run ``edit`` once, its last ``steps`` steps under ``cProfile`` (those after its first
+    ``after``; with 0, the whole edit): the host's milliseconds a step, and the ``rows`` Python
+    functions with the most own time, with their calls a step. Where a step is host-bound
+    (kernels well below its time), this says which Python takes the time: CUDA-graph trees'
+    bookkeeping, dynamo's guards, the editor's own code. ``cProfile`` slows Python-heavy code,
+    so the figures are upper bounds, for ranking."""
     profiler = cProfile.Profile()
-    start = time.perf_counter()
-    profiler.runcall(edit)
-    wall = time.perf_counter() - start
+    wall = _from_step(edit, after=after, device=device, begin=profiler.enable, end=profiler.disable)
     stats = pstats.Stats(profiler).stats  # (file, line, function) -> (primitive calls, calls, own s, cumulative s, callers)
     top = sorted(stats.items(), key=lambda entry: entry[1][2], reverse=True)[:rows]
     lines = [f"host under cProfile {wall / steps * 1e3:.3f} ms a step; own ms a step, calls a step, function:"]

@@ -31,23 +31,25 @@ from steer.performance import Performance
 from steer.step_graph import WARMUP
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from benchmarks.conftest import Settings
-    from steer.editor import EditResult
+    from steer.editor import EditResult, EditState
 
 RECIPES = ("steermusic", "steermusic_plus")
 #: paths the benchmarks time besides the presets, each for a ratio measured in the same run:
 #: bf16 before ``cast_weights``; ``fused`` on the backends that replay dynamo's graphs as CUDA
 #: graphs without generating code (torch's, which copies the parameters into the graphs on every
-#: replay, and steer's, which reads them in place), whatever ``--compile-backend`` says; and
-#: ``fused-checkpointed`` on steer's, for SteerMusic+'s memory against SteerMusic's
-#: ``fused-steer-cudagraphs`` in a run too short for inductor's compile; ``fused`` with inductor's
-#: kernels tuned (``autotune``) against ``fused``; and ``bf16``, ``fused`` and
-#: ``fused-checkpointed`` with each step after the third replayed as one CUDA graph
-#: (``step_graph``; on the CPU they run as without it); ``fused`` and ``fused-step-graph`` with
-#: each attention's projections of one input as one matmul (``fuse_projections``);
-#: ``fused-checkpointed`` and its step graph with SteerMusic+'s LoRA merged into ε′'s weights
-#: (``merge_lora``; SteerMusic runs them as without it), and that step graph with the merged
-#: projections fused too
+#: replay, and steer's, which reads them in place); and ``fused-checkpointed`` on steer's, for
+#: SteerMusic+'s memory against SteerMusic's ``fused-steer-cudagraphs`` in a run too short for
+#: inductor's compile; ``fused`` with inductor's kernels tuned (``autotune``) against ``fused``;
+#: and ``bf16``, ``fused`` and ``fused-checkpointed`` with each step after the third replayed as
+#: one CUDA graph (``step_graph``; on the CPU they run as without it); ``fused`` and
+#: ``fused-step-graph`` with each attention's projections of one input as one matmul
+#: (``fuse_projections``); ``fused-checkpointed`` and its step graph with SteerMusic+'s LoRA
+#: merged into ε′'s weights (``merge_lora``; SteerMusic runs them as without it), and that step
+#: graph with the merged projections fused too. Compiled, they follow ``--compile-backend`` but
+#: those of :data:`OWN_BACKEND`
 VARIANTS = {
     "bf16-autocast": dataclasses.replace(Performance.preset("bf16"), cast_weights=False),
     "fused-cudagraphs": dataclasses.replace(Performance.preset("fused"), compile_backend="cudagraphs"),
@@ -72,6 +74,11 @@ VARIANTS = {
         Performance.preset("fused-checkpointed"), merge_lora=True, fuse_projections=True, step_graph=True
     ),
 }
+#: variants compiled with their own backend whatever ``--compile-backend`` says: the CUDA-graph
+#: backends', and inductor for ``fused-autotune`` (``max-autotune`` is an inductor mode)
+OWN_BACKEND = frozenset({
+    "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed-steer-cudagraphs", "fused-autotune",
+})
 PATHS = (
     "reference", "batched", "bf16-autocast", "bf16", "fp16", "checkpointed",
     "fused", "fused-autotune", "fused-cudagraphs", "fused-steer-cudagraphs", "fused-checkpointed",
@@ -80,30 +87,31 @@ PATHS = (
     "fused-checkpointed-merge-lora-step-graph", "fused-checkpointed-merge-lora-fuse-projections-step-graph",
 )
 BATCHES = (1, 8)
-#: steps of the edit ``--profile-file`` profiles (the profiler keeps every op of it), after a
-#: step graph's steps that are not replays
+#: steps ``--profile-file`` profiles (the profiler keeps every op of them): a whole edit's, or a
+#: step graph's replays after its steps that are not
 PROFILED_STEPS = 3
 #: shortest edits timed per case for an edit's fixed cost (0 steps; a step graph's: up to its
 #: recording); the fastest counts
 SET_UP_ROUNDS = 3
 PROMPTS = {
-    "steermusic": dict(source="a piano melody", target="a violin melody"),
-    "steermusic_plus": dict(source="a piano melody", target="a sks guitar melody"),
+    "steermusic": {"source": "a piano melody", "target": "a violin melody"},
+    "steermusic_plus": {"source": "a piano melody", "target": "a sks guitar melody"},
 }
 
 
 def performance(path: str, settings: Settings) -> Performance:
-    """The path's preset, compiled with the session's backend, or variant, compiled with its own;
-    not compiled where compiling is off (the CPU by default)."""
-    if path in VARIANTS:
-        preset, backend = VARIANTS[path], VARIANTS[path].compile_backend
-    else:
-        preset, backend = Performance.preset(path), settings.compile_backend
+    """The path's preset or variant, compiled with the session's backend (a variant of
+    :data:`OWN_BACKEND` with its own); not compiled where compiling is off (the CPU by default).
+    Raises ``ValueError`` where the path cannot take the session's backend (a step graph holds no
+    CUDA-graph backend's graphs)."""
+    preset = VARIANTS[path] if path in VARIANTS else Performance.preset(path)
     if not preset.compile:
         return preset
     if not settings.compile:
         return dataclasses.replace(preset, compile=False, autotune=False)
-    return dataclasses.replace(preset, compile_backend=backend)
+    if path in OWN_BACKEND:
+        return preset
+    return dataclasses.replace(preset, compile_backend=settings.compile_backend)
 
 
 def _sync(device: torch.device) -> None:
@@ -154,7 +162,10 @@ def model_flops(settings, bench_backbone):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_step_time(request, benchmark, settings, bench_backbone, model_flops, recipe, path, batch):
     device = settings.device
-    perf = performance(path, settings)
+    try:
+        perf = performance(path, settings)
+    except ValueError as error:  # a combination that does not exist, e.g. a step graph on cudagraphs
+        pytest.skip(f"{path} cannot compile with --compile-backend {settings.compile_backend}: {error}")
     flops = None if settings.warm_only else model_flops(recipe, batch)  # before this case's editor holds memory
     _fresh_dynamo()
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -225,11 +236,13 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
                 f"warm-up edit (compiling) {warm_up:.1f} s",
             )
             if settings.profile_file is not None:
-                # a step graph's steps: those run as they are and recorded, then 3 replays
-                editor.steps = steps = fixed_steps + PROFILED_STEPS
-                profiled = lambda: editor.edit_latent(latent, **PROMPTS[recipe])  # noqa: E731
-                summary = profile_summary(profiled, steps=steps, device=device)
-                summary += "\n" + host_summary(profiled, steps=steps)
+                # a step graph's steps run as they are and recorded, then the 3 replays profiled
+                editor.steps = fixed_steps + PROFILED_STEPS
+                def profiled(callback: Callable[[EditState], None] | None) -> EditResult:
+                    return editor.edit_latent(latent, callback=callback, **PROMPTS[recipe])
+
+                window = {"steps": PROFILED_STEPS, "after": fixed_steps, "device": device}
+                summary = profile_summary(profiled, **window) + "\n" + host_summary(profiled, **window)
                 with settings.profile_file.open("a") as file:
                     file.write(f"\n== {case}: {perf!r}\n{summary}\n")
     finally:

@@ -1,13 +1,16 @@
 """The benchmark's real-size model runs, with and without its LoRA concept: prompts get
 conditionings of the UNet's real widths."""
 
+import importlib
 import itertools
+import math
 import os
 import re
 import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,7 +95,8 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     edit's steps, and the ops with the most time, with their call counts."""
     a = torch.randn(64, 64)
 
-    def edit():  # 3 "steps", each one matmul and one sleep of 20 ms
+    def edit(callback):  # 3 "steps", each one matmul and one sleep of 20 ms
+        assert callback is None  # the whole edit is profiled: no step to wait for
         for _ in range(3):
             a @ a
             time.sleep(0.02)
@@ -105,6 +109,49 @@ def test_profile_summary_gives_the_time_a_step_and_the_ops_that_took_it():
     assert "kernels" not in summary  # device time is only given on CUDA
 
 
+def test_profiles_cover_only_the_steps_after_the_first_ones_asked():
+    """A step graph's profile (`--profile-file` on CUDA): its 3 replays, not the steps run as they
+    are or the recording before them, each much slower here."""
+    a = torch.randn(64, 64)
+
+    def edit(callback):  # 2 slow steps, then 3 of one matmul and a 20-ms sleep
+        for step in range(5):
+            if step >= 2:
+                a @ a
+            time.sleep(0.2 if step < 2 else 0.02)
+            callback(types.SimpleNamespace(step=step))
+
+    cpu = torch.device("cpu")
+    summary = profile_summary(edit, steps=3, after=2, device=cpu, rows=5)
+    assert 20 <= float(re.match(r"profiled wall ([\d.]+) ms a step", summary).group(1)) < 50
+    mm = next(line for line in summary.splitlines() if line.strip().startswith("aten::mm"))
+    assert mm.split()[-1] == "3"
+    host = host_summary(edit, steps=3, after=2, device=cpu, rows=4)
+    assert 20 <= float(re.match(r"host under cProfile ([\d.]+) ms a step", host).group(1)) < 50
+    with pytest.raises(ValueError, match="the edit ran fewer than after=6 steps"):
+        profile_summary(edit, steps=3, after=6, device=cpu)
+
+
+def test_an_editors_profile_after_its_first_steps_holds_the_later_steps_ops_only():
+    """The step benchmarks' profiled edit passes the editor's per-step callback: after 2 of 3
+    steps, one step's ops (one noise draw) are profiled, where the whole edit has 3."""
+    from benchmarks.models import build_backbone, make_editor
+    from steer.performance import Performance
+
+    backbone = build_backbone(real_size=False, device=torch.device("cpu"))
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    with make_editor("steermusic", backbone, Performance(), steps=3) as editor:
+
+        def edit(callback):
+            return editor.edit_latent(latent, source="a piano melody", target="a violin melody", callback=callback)
+
+        def draws(after: int) -> int:
+            summary = profile_summary(edit, steps=3 - after, after=after, device=torch.device("cpu"), rows=200)
+            return int(next(line for line in summary.splitlines() if line.strip().startswith("aten::randn ")).split()[-1])
+
+        assert (draws(0), draws(2)) == (3, 1)
+
+
 def _spin(n: int) -> int:
     total = 0
     for i in range(n):  # Python's own work: no calls for cProfile to charge elsewhere
@@ -113,12 +160,12 @@ def _spin(n: int) -> int:
 
 
 def test_host_summary_ranks_python_functions_by_their_own_time_a_step():
-    def edit():  # 3 "steps", each one _spin and a 1-ms sleep
+    def edit(callback):  # 3 "steps", each one _spin and a 1-ms sleep
         for _ in range(3):
             _spin(300_000)
             time.sleep(0.001)
 
-    summary = host_summary(edit, steps=3, rows=4)
+    summary = host_summary(edit, steps=3, device=torch.device("cpu"), rows=4)
     wall = float(re.match(r"host under cProfile ([\d.]+) ms a step", summary).group(1))
     own, calls, function = summary.splitlines()[1].split()
     assert function.startswith("test_benchmark_models.py:") and function.endswith("(_spin)")
@@ -145,12 +192,24 @@ def test_device_time_counts_kernels_and_copies_but_not_the_profilers_own_activit
     assert device_time_us(events) == 32.0
 
 
+def stand_in_python(folder: Path, then: str) -> Path:
+    """A Python for `benchmarks/gpu_figures.sh` that finds a CUDA GPU, records every command
+    line in `calls.txt` beside it and then runs the shell code `then`."""
+    python = folder / "python"
+    python.write_text(
+        f'#!/bin/sh\necho "$*" >> {folder / "calls.txt"}\ncase "$*" in *cuda.is_available*) exit 0 ;; esac\n{then}\n'
+    )
+    python.chmod(0o755)
+    return python
+
+
 @pytest.fixture(scope="module")
 def gpu_figures_cases(tmp_path_factory) -> dict[str, list[list[str]]]:
     """What `benchmarks/gpu_figures.sh` would run with `--collect-only`, by plan: one list of
-    case ids per pytest it starts (`prewarm` with 4 jobs)."""
+    case ids per pytest it starts (`prewarm` with 4 jobs; this Python, told it has a GPU)."""
     out = tmp_path_factory.mktemp("gpu_figures")
-    env = {**os.environ, "PYTHON": sys.executable, "STEER_PREWARM_JOBS": "4"}
+    python = stand_in_python(tmp_path_factory.mktemp("python"), f'exec {sys.executable} "$@"')
+    env = {**os.environ, "PYTHON": str(python), "STEER_PREWARM_JOBS": "4"}
     runs = {
         plan: subprocess.Popen(
             ["bash", "benchmarks/gpu_figures.sh", str(out / plan), plan, "--collect-only", "-q"],
@@ -203,7 +262,7 @@ def test_warm_only_runs_each_cases_warm_up_edit_and_times_nothing():
     cases = [f"benchmarks/test_bench_steps.py::test_step_time[{c}]" for c in ("steermusic-bf16-1", "steermusic-fused-1")]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", *cases, "--warm-only", "-q", "-p", "no:cacheprovider"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, check=False, timeout=300,
     )
     assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
     assert len(re.findall(r"B=1 (?:bf16|fused): warm-up edit took [\d.]+ s", run.stdout)) == 2
@@ -211,19 +270,56 @@ def test_warm_only_runs_each_cases_warm_up_edit_and_times_nothing():
 
 
 @pytest.mark.parametrize(
-    ("plan", "jobs", "error"),
+    ("plan", "jobs", "seconds", "error"),
     [
-        ("all", "6", "unknown plan 'all': use prewarm, first, rest or agree"),
-        ("prewarm", "0", "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '0'"),
+        ("all", "6", "540", "unknown plan 'all': use prewarm, first, rest or agree"),
+        ("prewarm", "0", "540", "STEER_PREWARM_JOBS must be a number of processes ≥ 1, got '0'"),
+        ("prewarm", "6", "0", "STEER_GPU_SECONDS must be a number of seconds ≥ 1, got '0'"),
+        ("first", "6", "-5", "STEER_GPU_SECONDS must be a number of seconds ≥ 1, got '-5'"),
+        ("first", "6", "540", "no CUDA GPU here"),
     ],
 )
-def test_the_gpu_figures_script_refuses_an_unknown_plan_or_job_count(tmp_path, plan, jobs, error):
+def test_the_gpu_figures_script_refuses_an_unknown_plan_a_bad_count_or_no_gpu(tmp_path, plan, jobs, seconds, error):
+    """Refused before anything runs, the GPU looked for with this Python's torch and no device."""
+    env = {**os.environ, "STEER_PREWARM_JOBS": jobs, "STEER_GPU_SECONDS": seconds, "PYTHON": sys.executable,
+           "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
-        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), plan],
-        capture_output=True, text=True, env={**os.environ, "STEER_PREWARM_JOBS": jobs},
+        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), plan], capture_output=True, text=True, check=False, env=env
     )
     assert run.returncode == 2 and error in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("plan", "error"),
+    [
+        ("prewarm", "prewarm job 1 failed (exit 1): see prewarm-1.txt"),
+        ("agree", "agreement run 1 failed (exit 1"),
+        ("rest", ""),
+    ],
+)
+def test_the_gpu_figures_script_fails_when_a_run_fails(tmp_path, plan, error):
+    """Every prewarm job and agreement run failing gave exit status 0."""
+    stand_in_python(tmp_path, 'case "$*" in *-m*) exit 1 ;; esac')
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), plan], capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHON": str(tmp_path / "python"), "STEER_PREWARM_JOBS": "2"},
+    )
+    assert run.returncode == 1 and error in run.stderr
+    assert "prewarm job 0 failed" in run.stderr or plan != "prewarm"
+
+
+def test_the_gpu_figures_script_stops_when_the_time_is_spent(tmp_path):
+    """`first`'s GPU tests can take all of STEER_GPU_SECONDS: the step benchmarks are then not
+    started (a remainder of 0 meant no limit to `timeout`, a negative one its usage error)."""
+    stand_in_python(tmp_path, 'case "$*" in *test_step_graph*) sleep 2 ;; esac')
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_figures.sh", str(tmp_path / "out"), "first"], capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHON": str(tmp_path / "python"), "STEER_GPU_SECONDS": "1"},
+    )
+    assert run.returncode == 1
+    assert "STEER_GPU_SECONDS=1 spent: the step benchmarks of 'first' not run" in run.stderr
+    assert "test_bench_steps" not in (tmp_path / "calls.txt").read_text()
 
 
 def test_the_gpu_wheels_script_fetches_this_venvs_versions_for_the_gpu_machines_python(tmp_path):
@@ -236,13 +332,13 @@ def test_the_gpu_wheels_script_fetches_this_venvs_versions_for_the_gpu_machines_
         capture_output=True, text=True, check=True,
     ).stdout.split()
     run = subprocess.run(
-        ["bash", "benchmarks/gpu_wheels.sh", str(tmp_path)], capture_output=True, text=True, timeout=300
+        ["bash", "benchmarks/gpu_wheels.sh", str(tmp_path)], capture_output=True, text=True, check=False, timeout=300
     )
     assert run.returncode == 0, run.stdout + run.stderr
     wheels = sorted(path.name for path in tmp_path.glob("*.whl"))
     assert [wheel.split("-")[:2] for wheel in wheels] == [list(pair) for pair in zip(names, versions)]
     assert "-cp312-" in wheels[0] and "manylinux_2_28" in wheels[4]  # cffi built; libsndfile inside
-    refused = subprocess.run(["bash", "benchmarks/gpu_wheels.sh", "a", "b"], capture_output=True, text=True)
+    refused = subprocess.run(["bash", "benchmarks/gpu_wheels.sh", "a", "b"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2 and "usage: bash benchmarks/gpu_wheels.sh [DIR]" in refused.stderr
 
 
@@ -250,14 +346,12 @@ def test_the_gpu_figures_agree_plan_runs_the_agreement_script_for_each_recipe(tm
     """`agree` runs `benchmarks.agreement` on the real-size model, SteerMusic then SteerMusic+
     (both options, B drawn), each writing its JSON, with the extra options passed on (a stand-in
     Python records the commands)."""
+    python = stand_in_python(tmp_path, "")
     calls = tmp_path / "calls.txt"
-    python = tmp_path / "python"
-    python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    python.chmod(0o755)
     out = tmp_path / "out"
     run = subprocess.run(
         ["bash", "benchmarks/gpu_figures.sh", str(out), "agree", "--seeds", "0"],
-        capture_output=True, text=True, env={**os.environ, "PYTHON": str(python)},
+        capture_output=True, text=True, check=False, env={**os.environ, "PYTHON": str(python)},
     )
     assert run.returncode == 0, run.stdout + run.stderr
     agreement = [line.split() for line in calls.read_text().splitlines() if "benchmarks.agreement" in line]
@@ -265,3 +359,140 @@ def test_the_gpu_figures_agree_plan_runs_the_agreement_script_for_each_recipe(tm
     assert agreement[0][-3:] == [str(out / "agreement-0.json"), "--seeds", "0"]
     assert "--recipe steermusic_plus --merge-lora --fuse-projections --lora-std 0.05" in " ".join(agreement[1])
     assert "fused-checkpointed" in agreement[1] and "fused" in agreement[0]
+
+
+def test_compiled_benchmark_paths_follow_the_compile_backend_but_those_with_their_own():
+    """`--compile-backend aot_eager` compiles every compiled path with it, variants included,
+    but the CUDA-graph backends' variants and `fused-autotune` (inductor's max-autotune); a
+    step graph cannot take a CUDA-graph backend; with compiling off nothing compiles."""
+    from benchmarks.test_bench_steps import OWN_BACKEND, PATHS, VARIANTS
+
+    own = {"fused-cudagraphs": "cudagraphs", "fused-steer-cudagraphs": "steer-cudagraphs",
+           "fused-checkpointed-steer-cudagraphs": "steer-cudagraphs", "fused-autotune": "inductor"}
+    assert set(OWN_BACKEND) == set(own)
+    compiled = types.SimpleNamespace(compile=True, compile_backend="aot_eager")
+    backends = {path: performance(path, compiled).compile_backend for path in PATHS if performance(path, compiled).compile}
+    assert backends == {**dict.fromkeys(set(backends) - set(own), "aot_eager"), **own}
+    assert {"fused", "fused-step-graph", "fused-checkpointed-merge-lora-fuse-projections-step-graph"} < set(backends)
+    assert len(backends) == 2 + len([p for p in VARIANTS.values() if p.compile])  # fused, fused-checkpointed
+    assert performance("fused-autotune", compiled).autotune
+    with pytest.raises(ValueError, match="step_graph records each step as one CUDA graph"):
+        performance("fused-step-graph", types.SimpleNamespace(compile=True, compile_backend="cudagraphs"))
+    off = types.SimpleNamespace(compile=False, compile_backend="aot_eager")
+    assert not any(performance(path, off).compile or performance(path, off).autotune for path in PATHS)
+
+
+@pytest.mark.parametrize(
+    ("steps", "rounds", "error"),
+    [
+        (0, 3, "--steps must be at least 1 (steps per timed edit), got 0"),
+        (-1, 3, "--steps must be at least 1 (steps per timed edit), got -1"),
+        (None, 0, "--rounds must be at least 1 (timed edits per case), got 0"),
+    ],
+)
+def test_the_step_benchmarks_refuse_counts_no_case_can_time(steps, rounds, error):
+    """`--steps 0` was taken for the default and `--steps -1` failed every step-graph case with
+    its own message: both are refused before any case runs, on every path."""
+    from benchmarks.conftest import pytest_configure
+
+    config = types.SimpleNamespace(getoption={"--steps": steps, "--rounds": rounds}.__getitem__)
+    with pytest.raises(pytest.UsageError) as refused:
+        pytest_configure(config)
+    assert str(refused.value) == error
+    pytest_configure(types.SimpleNamespace(getoption={"--steps": None, "--rounds": 1}.__getitem__))
+
+
+def test_the_agreement_fails_a_non_finite_gradient_but_skips_an_fp16_overflow(monkeypatch):
+    """A NaN gradient off fp16 is a failure, not a skip; fp16's non-finite gradient (its scaled
+    loss overflowed, the step not taken) is the one skip."""
+    from benchmarks import agreement
+
+    def first_gradient(editor, latent, seed):
+        gradient = torch.ones(4)
+        if editor.performance.precision == "bf16" and seed == 1:
+            gradient[0] = math.nan
+        if editor.performance.precision == "fp16":
+            gradient[0] = math.inf
+        return gradient
+
+    monkeypatch.setattr(agreement, "first_gradient", first_gradient)
+    rows = agreement.agreement(recipe="steermusic", paths=["bf16", "fp16"], seeds=[0, 1], real_size=False,
+                               device=torch.device("cpu"))
+    assert [(r["path"], r["seed"], r["skipped"], r["failed"]) for r in rows] == [
+        ("bf16", 0, False, False), ("fp16", 0, True, False), ("bf16", 1, False, True), ("fp16", 1, True, False),
+    ]
+
+
+def test_the_agreement_summary_shows_a_nan_seed_and_the_script_fails_on_it(monkeypatch, capsys, tmp_path):
+    """`min`/`max` over [0.99, nan] gave 0.99, 0.99: the summary says NaN and which seed, and the
+    script exits non-zero after writing its JSON."""
+    from benchmarks import agreement
+
+    def row(path: str, seed: int, cosine: float, *, skipped: bool = False) -> dict:
+        return {"recipe": "steermusic", "path": path, "seed": seed, "cosine": cosine, "skipped": skipped,
+                "failed": math.isnan(cosine) and not skipped}
+
+    rows = [row("bf16", 0, 0.995), row("bf16", 1, math.nan), row("bf16", 2, 0.994),
+            row("fp16", 0, 0.9999), row("fp16", 1, math.nan, skipped=True), row("batched", 0, 1.0)]
+    monkeypatch.setattr(agreement, "agreement", lambda **_: rows)
+    with pytest.raises(SystemExit, match="non-finite gradient on bf16, not an fp16 overflow"):
+        agreement.main(["--paths", "bf16", "fp16", "batched", "--seeds", "0", "1", "2", "--json", str(tmp_path / "a.json")])
+    out = capsys.readouterr().out
+    assert "bf16: cosine with reference min nan, max 0.99500 over seeds [0, 1, 2]; FAILED (non-finite gradient) for seeds [1]" in out
+    assert "fp16: cosine with reference min 0.99990, max 0.99990 over seeds [0]; skipped (fp16 overflow) for seeds [1]" in out
+    assert "batched: cosine with reference min 1.00000, max 1.00000 over seeds [0] (" in out
+    assert (tmp_path / "a.json").exists()
+    monkeypatch.setattr(agreement, "agreement", lambda **_: rows[3:])
+    agreement.main(["--paths", "fp16", "batched"])  # a skip alone is no failure
+
+
+@pytest.mark.parametrize("script", ["compile_cost", "host_time"])
+def test_the_scripts_refuse_a_missing_gpu_before_building_a_model(monkeypatch, capsys, script):
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, "build_backbone", lambda **_: pytest.fail("built a model"))
+    with pytest.raises(SystemExit) as refused:
+        module.main(["--device", "cuda"])
+    assert refused.value.code == 2
+    assert "argument --device: 'cuda': torch finds no CUDA GPU here; run on a GPU machine or give cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "error"),
+    [
+        ("compile_cost", ["--concepts", "-1"], "--concepts must be at least 0 and --steps at least 1, got -1 and 2"),
+        ("compile_cost", ["--steps", "0"], "--concepts must be at least 0 and --steps at least 1, got 1 and 0"),
+        ("host_time", ["--threads", "0"], "--rounds and --threads at least 1, got 50, 3 and 0"),
+    ],
+)
+def test_the_scripts_refuse_counts_that_measure_nothing(monkeypatch, capsys, script, options, error):
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(module, "build_backbone", lambda **_: pytest.fail("built a model"))
+    with pytest.raises(SystemExit) as refused:
+        module.main(["--device", "cpu", *options])
+    assert refused.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_profile_file_gets_each_cases_profiles(tmp_path):
+    """`--profile-file` on the CPU: the profiled edit, given the editor's step callback, leaves
+    the wall time a step, its top ops and the host's Python functions."""
+    profiles = tmp_path / "profiles.txt"
+    case = "benchmarks/test_bench_steps.py::test_step_time[steermusic-batched-1]"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", case, "--steps", "1", "--rounds", "1", "--benchmark-disable",
+         "--profile-file", str(profiles), "-q", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    text = profiles.read_text()
+    assert text.startswith("\n== steermusic B=1 batched: Performance(")
+    assert re.search(r"profiled wall [\d.]+ ms a step", text) and re.search(r"host under cProfile [\d.]+ ms a step", text)
+
+
+def test_the_step_benchmarks_refuse_zero_steps_before_collecting():
+    """The refusal above, wired: pytest stops with a usage error before any case."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--steps", "0", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert run.returncode == 4 and "--steps must be at least 1 (steps per timed edit), got 0" in run.stderr
