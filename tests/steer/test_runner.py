@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -925,11 +926,9 @@ def _concept_folder(folder: Path) -> Path:
     return folder
 
 
-def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_changed(tmp_path):
-    """Its model card edited, a concept is the same; its config changed, the refusal names the
-    file. A record of an older steer (a digest of every file) is accepted for the same files."""
-    from steer.runner import _folder_digest
-
+def _a_run_then_a_concept(tmp_path: Path) -> tuple[list, Path, Path, Callable[[], ManifestRunner]]:
+    """A finished one-item run in ``tmp_path/out``, a concept folder, and a maker of runners of
+    that run with the concept as its default."""
     items = read_edit_manifest(_manifest(tmp_path, 1))
     out = tmp_path / "out"
     backbone = load_backbone(str(SWAP_BACKBONE))
@@ -938,6 +937,16 @@ def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_c
 
     def runner() -> ManifestRunner:
         return ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, default_concept=str(concept))
+
+    return items, out, concept, runner
+
+
+def test_a_concept_is_known_by_its_config_and_weights_and_a_refusal_says_which_changed(tmp_path):
+    """Its model card edited, a concept is the same; its config changed, the refusal names the
+    file. A record of an older steer (a digest of every file) is accepted for the same files."""
+    from steer.runner import _folder_digest
+
+    items, out, concept, runner = _a_run_then_a_concept(tmp_path)
 
     record = json.loads((out / "records" / "c0.json").read_text())
     record["settings"] = runner().fingerprint_of(items[0])
@@ -965,14 +974,7 @@ def test_an_older_steers_concept_digest_is_replaced_by_a_rerun_and_not_computed_
     for the same files and takes the concept's identity: the next rerun digests no folder."""
     from steer.runner import _folder_digest
 
-    items = read_edit_manifest(_manifest(tmp_path, 1))
-    out = tmp_path / "out"
-    backbone = load_backbone(str(SWAP_BACKBONE))
-    assert ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run().done == 1
-    concept = _concept_folder(tmp_path / "guitar")
-
-    def runner() -> ManifestRunner:
-        return ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, default_concept=str(concept))
+    items, out, concept, runner = _a_run_then_a_concept(tmp_path)
 
     record = json.loads((out / "records" / "c0.json").read_text())
     record["settings"] = {**runner().fingerprint_of(items[0]), "concept": _folder_digest(str(concept))}
