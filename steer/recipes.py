@@ -28,7 +28,8 @@ class SteerMusic(Editor):
     Defaults are the authors' recipe: 400 SGD steps at learning rate 0.02, decayed ×0.9 every 20
     steps; t uniform in [20, 980]; w(t) = 2 · (1 − ᾱ_t); classifier-free guidance 30 on both
     predictions; the latent starts at the VAE encoding of the source. ``performance`` picks the
-    execution path (:class:`~steer.performance.Performance`, e.g. ``Performance.preset("fused")``).
+    execution path (:class:`~steer.performance.Performance`, e.g. ``Performance.preset("fused")``,
+    or a preset's name, ``"fused"``).
 
     Example:
         >>> import torch
@@ -54,7 +55,7 @@ class SteerMusic(Editor):
         lr_gamma: float = 0.9,
         t_min: int = 20,
         t_max: int = 980,
-        performance: Performance = Performance(),
+        performance: Performance | str = Performance(),
     ) -> None:
         super().__init__(
             backbone,
@@ -123,7 +124,7 @@ class SteerMusicPlus(Editor):
         lr_gamma: float = 0.9,
         t_min: int = 20,
         t_max: int = 980,
-        performance: Performance = Performance(),
+        performance: Performance | str = Performance(),
     ) -> None:
         if isinstance(concept, (str, os.PathLike)):
             concept = Concept.from_pretrained(concept)

@@ -521,3 +521,22 @@ def test_a_loss_with_no_path_back_to_the_latent_is_named(analytic_backbone):
     editor = Editor(analytic_backbone, losses=[_LossOfThePredictions()], steps=1)
     with pytest.raises(ValueError, match=r"the loss _LossOfThePredictions returned a LossOutput.loss with no path back to the latent"):
         editor.edit_latent(torch.zeros(1, *analytic_backbone.shape), source="a piano", target="a violin")
+
+
+def test_editor_arguments_of_the_wrong_kind_are_named_when_it_is_built(analytic_backbone):
+    """A string performance (as the CLI takes it) failed with "'str' object has no attribute
+    'check_weights'"; lr="0.1" with "'<' not supported"; a function as a loss at its first step."""
+    dds = [DeltaDenoisingScore(guidance_scale=3.0)]
+    assert Editor(analytic_backbone, losses=dds, performance="checkpointed").performance == Performance.preset("checkpointed")
+    with pytest.raises(TypeError, match="^performance must be a Performance or a preset's name"):
+        Editor(analytic_backbone, losses=dds, performance=3)
+    with pytest.raises(ValueError, match="unknown performance preset 'bf61'"):
+        Editor(analytic_backbone, losses=dds, performance="bf61")
+    for name in ("lr", "lr_gamma"):
+        with pytest.raises(TypeError, match=f"^{name} must be a number, got str '0.1'$"):
+            Editor(analytic_backbone, losses=dds, **{name: "0.1"})
+    with pytest.raises(TypeError, match="^losses must be ScoreLoss objects .*got function$"):
+        Editor(analytic_backbone, losses=[lambda context: None])
+    editor = Editor(analytic_backbone, losses=dds)
+    with pytest.raises(AttributeError):  # its requests were worked out from its losses once
+        editor.losses.append(DeltaDenoisingScore(guidance_scale=5.0))
