@@ -7,6 +7,8 @@ is formed directly from the predictions.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +25,26 @@ def _per_sample(weight: Tensor, like: Tensor) -> Tensor:
             f"here), got {got}: for a constant weight use losses.TimestepWeighting('constant', scale=...)"
         )
     return weight.view(-1, *([1] * (like.dim() - 1))).to(like)
+
+
+def _check_same_shape(a: Tensor, b: Tensor, names: str) -> None:
+    """Refuse two predictions that would broadcast rather than match, ``(B, ...)`` both."""
+    if a.shape != b.shape:
+        raise ValueError(f"{names} must have one shape (B, ...), got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def check_patch_nce(tau: float, num_positions: int | None) -> None:
+    """Refuse a temperature τ that is not a positive finite number and a count of positions that
+    is not ``None`` or a whole number ≥ 2 (each position's negatives are the others): both gave
+    a NaN loss."""
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
+        raise ValueError(f"the temperature tau must be a positive finite number, got {tau!r}")
+    if num_positions is not None and (
+        isinstance(num_positions, bool) or not isinstance(num_positions, numbers.Integral) or num_positions < 2
+    ):
+        raise ValueError(
+            f"num_positions must be an integer >= 2 (each position's negatives are the others), got {num_positions!r}"
+        )
 
 
 def _zero_nonfinite(grad: Tensor) -> Tensor:
@@ -44,6 +66,7 @@ def sds_gradient(eps_pred: Tensor, noise: Tensor, weight: Tensor) -> Tensor:
         ``(B, ...)``, non-finite entries (NaN and ±inf) set to zero as in the SteerMusic authors'
         code (:func:`_zero_nonfinite`).
     """
+    _check_same_shape(eps_pred, noise, "the prediction and the noise")
     return _zero_nonfinite(_per_sample(weight, eps_pred) * (eps_pred - noise))
 
 
@@ -60,6 +83,7 @@ def dds_gradient(eps_target: Tensor, eps_source: Tensor, weight: Tensor) -> Tens
     Returns:
         ``(B, ...)``, non-finite entries (NaN and ±inf) set to zero as in :func:`sds_gradient`.
     """
+    _check_same_shape(eps_target, eps_source, "the target and source predictions")
     return _zero_nonfinite(_per_sample(weight, eps_target) * (eps_target - eps_source))
 
 
@@ -136,5 +160,6 @@ def patch_nce(
     """
     if query.shape != reference.shape:
         raise ValueError(f"query {tuple(query.shape)} and reference {tuple(reference.shape)} differ")
+    check_patch_nce(tau, num_positions)
     positions = sample_positions(query.shape[1], num_positions, generator, query.device)
     return patch_nce_at(query, reference, positions, tau)

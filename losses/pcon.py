@@ -3,8 +3,6 @@ contrastive denoising score of Nam et al. (2024)."""
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Literal
@@ -12,7 +10,7 @@ from typing import Literal
 from torch import Tensor
 
 from .base import FeatureRequest, LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite, check_layers
-from .functional import patch_nce_sum, sample_positions
+from .functional import check_patch_nce, patch_nce_sum, sample_positions
 
 
 class PersonalizedContrastiveLoss(ScoreLoss):
@@ -36,7 +34,7 @@ class PersonalizedContrastiveLoss(ScoreLoss):
     Args:
         weight: multiplier of the loss (the authors use 3).
         tau: temperature τ (0.07).
-        num_positions: time positions sampled per layer (256).
+        num_positions: time positions sampled per layer (256; ``None``: all).
         layers: regular expression over the model's self-attention module names (non-empty);
             ``None`` (default) reads each model's :attr:`~backbones.Backbone.decoder_self_attention`,
             the authors' up-block ``attn1`` outputs (:data:`backbones.base.UP_BLOCK_SELF_ATTENTION`) on a U-Net.
@@ -49,18 +47,13 @@ class PersonalizedContrastiveLoss(ScoreLoss):
         *,
         weight: float = 3.0,
         tau: float = 0.07,
-        num_positions: int = 256,
+        num_positions: int | None = 256,
         layers: str | None = None,
         guidance_scale: float = 15.0,
         reference: Literal["source", "edited"] = "source",
     ) -> None:
         check_finite("PCon's weight", weight)
-        if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 < tau < math.inf:
-            raise ValueError(f"the temperature tau must be a positive finite number, got {tau!r}")
-        if not isinstance(num_positions, int) or num_positions < 2:
-            raise ValueError(
-                f"num_positions must be an integer >= 2 (each position's negatives are the others), got {num_positions}"
-            )
+        check_patch_nce(tau, num_positions)
         if reference not in ("source", "edited"):
             raise ValueError(f"reference must be 'source' or 'edited', got {reference!r}")
         check_layers("PCon's layers", layers)

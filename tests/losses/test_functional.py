@@ -1,3 +1,6 @@
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +76,28 @@ def test_patch_nce_sum_is_the_layers_patch_nce_with_the_same_draws():
     assert [p.shape for p in positions] == [(5,), (5,)]
     assert sample_positions(4, 5, None, torch.device("cpu")) is None  # fewer positions than asked: all
     torch.testing.assert_close(patch_nce_sum(queries, references, positions, 0.1), expected)
+
+
+def test_predictions_that_would_broadcast_are_refused():
+    """(2, 4, 8, 8) against (1, 4, 8, 8), (2, 4, 8, 1) or (4, 8, 8) broadcast to a gradient of the right shape."""
+    x, w = torch.randn(2, 4, 8, 8), torch.ones(2)
+    for other in (torch.randn(1, 4, 8, 8), torch.randn(2, 4, 8, 1), torch.randn(4, 8, 8)):
+        with pytest.raises(ValueError, match=rf"^the target and source predictions must have one shape \(B, \.\.\.\), got \(2, 4, 8, 8\) and {re.escape(str(tuple(other.shape)))}$"):
+            dds_gradient(x, other, w)
+        with pytest.raises(ValueError, match="^the prediction and the noise must have one shape"):
+            sds_gradient(x, other, w)
+
+
+@pytest.mark.parametrize("kwargs", [{"tau": 0}, {"tau": float("inf")}, {"num_positions": 0}, {"num_positions": 1}, {"num_positions": 2.5}])
+def test_patch_nce_refuses_settings_that_gave_nan(kwargs):
+    q = torch.randn(1, 8, 2, 3)
+    with pytest.raises(ValueError, match="tau must be a positive finite number|num_positions must be an integer >= 2"):
+        patch_nce(q, q, **kwargs)
+
+
+def test_a_numpy_count_of_positions_is_a_whole_number():
+    from losses import PersonalizedContrastiveLoss
+
+    assert PersonalizedContrastiveLoss(num_positions=np.int64(8)).num_positions == 8
+    q = torch.randn(1, 8, 2, 3)
+    assert torch.isfinite(patch_nce(q, q, num_positions=np.int64(4), generator=torch.Generator().manual_seed(0)))
