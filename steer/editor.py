@@ -33,6 +33,7 @@ from .merged_lora import MergedLoRA
 from .performance import CastOnce, Performance
 from .predictions import Predictor, evaluate_requests, unique
 from .projections import FusedProjections
+from .sources import Fingerprint
 from .step_graph import CUDAGraph, StepGraph
 
 
@@ -96,6 +97,7 @@ class _Runtime:
     weights: CastOnce | None = None
     projections: FusedProjections | None = None
     functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
+    fingerprint: Fingerprint = field(default_factory=Fingerprint)
 
     def compile(self, fn: Fn) -> Fn:
         if self.compiler is None:
@@ -115,6 +117,17 @@ class _Runtime:
                 if weights is not None:
                     stack.enter_context(weights.applied())
             yield
+
+    def follow_weights(self) -> None:
+        """Before each edit of a runtime kept between edits: where the denoisers' weights were
+        changed in a way their version counters do not show since the last edit (a write
+        through ``.data``; :class:`~steer.sources.Fingerprint`), make the merged, cast and fused
+        copies again, in place at the addresses the compiled graphs read."""
+        kept = [weights for weights in (self.merges, self.weights, self.projections) if weights is not None]
+        params = unique(p for weights in kept for root in weights.modules for p in root.parameters())
+        if kept and self.fingerprint.changed(params):
+            for weights in kept:
+                weights.refresh()
 
     def close(self) -> None:
         for predictor in self.predictors.values():
@@ -441,6 +454,7 @@ class Editor(LatentEditor):
         if self._compiled is None or self._compiled.device != device:
             self._drop_compiled()
             self._compiled = build()
+        self._compiled.follow_weights()
         yield self._compiled
 
     def close(self) -> None:

@@ -84,9 +84,9 @@ class MergedLoRA:
     Each adapted layer is replaced in its parent by a :class:`MergedLinear` that holds it. The
     merged weights are computed in float32 from the layer's float32 weights and kept between
     uses (a compiled graph reads them at the same addresses), merged again in place where a
-    weight changed (its version counter) or was replaced. They add one copy of the adapted
-    weights per adapter in ``dtype`` (for the real-size AudioLDM2 UNet and the default targets,
-    95.7 M values: 183 MiB in bf16). The products differ from the adapter's by rounding only.
+    weight changed (its version counter) or was replaced, or after :meth:`refresh`. They add
+    one copy of the adapted weights per adapter in ``dtype`` (for the real-size AudioLDM2 UNet
+    and the default targets, 95.7 M values: 183 MiB in bf16). The products differ from the adapter's by rounding only.
 
     Example:
         >>> from peft import LoraConfig, inject_adapter_in_model
@@ -106,6 +106,12 @@ class MergedLoRA:
         self.dtype = dtype
         self._merged: dict[int, MergedLinear] = {}
         self._merges: dict[tuple[int, str], tuple[Sources, float]] = {}  # what each was merged from
+
+    def refresh(self) -> None:
+        """Merge every adapter again, in place, at the next :meth:`applied`: for a change of the
+        base or adapter weights that their version counters do not show (see
+        :class:`~steer.sources.Fingerprint`)."""
+        self._merges.clear()
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -479,8 +479,9 @@ class CastOnce:
     :meth:`applied` puts the cast copies in the modules and the float32 parameters back after;
     autocast then finds those weights in its dtype and casts nothing. The copies are kept
     between uses (a compiled graph reads them at the same addresses) and cast again, in place,
-    where the float32 parameter was changed (its version counter) or replaced. They do not
-    require gradients: the editors differentiate with respect to the latent only.
+    where the float32 parameter was changed (its version counter) or replaced, or after
+    :meth:`refresh`. They do not require gradients: the editors differentiate with respect to
+    the latent only.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
@@ -496,6 +497,13 @@ class CastOnce:
         self.modules = list(modules)
         self.dtype = dtype
         self._copies: dict[tuple[int, str], _Copy] = {}
+
+    def refresh(self) -> None:
+        """Cast every copy again, in place, at the next :meth:`applied`: for a change of the
+        float32 weights that their version counters do not show (see
+        :class:`~steer.sources.Fingerprint`)."""
+        for entry in self._copies.values():
+            entry.sources = Sources.of(())
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

@@ -154,11 +154,11 @@ class FusedProjections:
     starts (a :class:`~steer.performance.CastOnce`'s cast copies and a
     :class:`~steer.merged_lora.MergedLoRA`'s merged layers, entered before it) and kept between
     uses, so that a compiled graph reads them at the same addresses; they are copied again, in
-    place, where a projection's weight was changed (its version counter) or replaced. They add
-    one more copy of the fused projections' weights in their dtype (67.5 M values on the
-    real-size AudioLDM2 UNet), except where the projections' own are copies made for the edit,
-    which then become views of the fused rows, so that each is kept once: the cast weights of
-    ``casts`` (:class:`~steer.performance.CastOnce`, entered before this one) and the merged
+    place, where a projection's weight was changed (its version counter) or replaced, or after
+    :meth:`refresh`. They add one more copy of the fused projections' weights in their dtype
+    (67.5 M values on the real-size AudioLDM2 UNet), except where the projections' own are
+    copies made for the edit, which then become views of the fused rows, so that each is kept
+    once: the cast weights of ``casts`` (:class:`~steer.performance.CastOnce`, entered before this one) and the merged
     LoRA weights. Outside the block the modules are as they were. The products are the same;
     only how a matmul library splits the larger one could change their rounding (on this CPU
     the real-size UNet's output was the same bit for bit in one probe, in float32 and in bf16,
@@ -180,6 +180,13 @@ class FusedProjections:
         self.casts = casts
         self._fused: dict[int, _Fused] = {}
         self._processor = FusedAttnProcessor2_0()
+
+    def refresh(self) -> None:
+        """Fill every fused weight again, in place, at the next :meth:`applied`: for a change of
+        the projections' weights that their version counters do not show (see
+        :class:`~steer.sources.Fingerprint`)."""
+        for entry in self._fused.values():
+            entry.sources = Sources.of(())
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:

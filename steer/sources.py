@@ -3,7 +3,8 @@
 :class:`~steer.performance.CastOnce`, :class:`~steer.projections.FusedProjections` and
 :class:`~steer.merged_lora.MergedLoRA` keep weights derived from a model's (cast, fused, merged)
 between edits, at fixed addresses a compiled graph reads; each remakes its copy in place once
-the tensors it came from were replaced or changed.
+the tensors it came from were replaced or changed in place (:class:`Sources`), or, for a write
+its version counters do not show, once :class:`Fingerprint` finds their values changed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -45,3 +47,65 @@ class Sources:
             and all(a is b for a, b in zip(tensors, self.tensors))
             and tuple(t._version for t in tensors) == self.versions
         )
+
+
+class Fingerprint:
+    """Whether tensors' values changed between two looks, where their version counters cannot
+    tell: a write through ``.data`` (peft's merge with ``safe_merge=False``,
+    ``nn.Module._apply``, ``p.data.mul_(2)``) changes a parameter's values without moving them.
+
+    A look reduces each floating-point tensor to one float32 number, the dot product of its
+    values with fixed pseudo-random weights in [0.5, 1.5) (65536 of them, repeated): a change of its values moves it
+    unless the change is below the sum's rounding (one value by about 1e-7 of the sum) or
+    cancels out by coincidence. It reads every tensor once and synchronises once per device.
+    Values with a NaN never compare equal: they read as changed at every look.
+
+    Example:
+        >>> w = torch.ones(3)
+        >>> fingerprint = Fingerprint()
+        >>> fingerprint.changed([w]), fingerprint.changed([w])  # the first look has nothing to compare
+        (False, False)
+        >>> _ = w.data.mul_(2)  # its version counter stays
+        >>> fingerprint.changed([w])
+        True
+    """
+
+    def __init__(self) -> None:
+        self._weights: dict[torch.device, Tensor] = {}
+        self._last: dict[torch.device, Tensor] | None = None
+
+    @torch.no_grad()
+    def changed(self, tensors: Iterable[Tensor]) -> bool:
+        """Whether the values of ``tensors`` (in the same order) differ from the last look's;
+        ``False`` at the first look."""
+        by_device: dict[torch.device, list[Tensor]] = {}
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                by_device.setdefault(tensor.device, []).append(tensor.detach().reshape(-1))
+        now = {}
+        for device, values in by_device.items():
+            probe = self._probe(device)
+            now[device] = torch.stack([_dot(v.float(), probe) for v in values])
+        last, self._last = self._last, now
+        return last is not None and (
+            last.keys() != now.keys()
+            or any(last[d].shape != now[d].shape or not torch.equal(last[d], now[d]) for d in now)
+        )
+
+    def _probe(self, device: torch.device) -> Tensor:
+        """The weights on ``device``, the same at every look."""
+        if device not in self._weights:
+            generator = torch.Generator().manual_seed(0)
+            self._weights[device] = (torch.rand(_PERIOD, generator=generator) + 0.5).to(device)
+        return self._weights[device]
+
+
+#: how many weights a :class:`Fingerprint` draws; a longer tensor meets them again in turn
+_PERIOD = 1 << 16
+
+
+def _dot(values: Tensor, weights: Tensor) -> Tensor:
+    """``values`` ``(n,)`` times ``weights`` ``(period,)`` repeated to ``n``, summed: a scalar."""
+    full = len(values) - len(values) % len(weights)
+    rows = values[:full].view(-1, len(weights)) @ weights
+    return rows.sum() + values[full:] @ weights[: len(values) - full]

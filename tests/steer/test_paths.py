@@ -388,8 +388,9 @@ def test_cast_once_keeps_its_copies_and_casts_changed_or_replaced_weights_again(
 @pytest.mark.slow
 def test_compiled_bf16_editors_keep_their_cast_weights_and_follow_changes(dynamo):
     """A compiled bf16 editor's weights are cast once and the copies kept between edits, so the
-    first edit's graphs serve the next; a float32 weight changed in place between edits is cast
-    again into its copy, and the next edit uses it, as a new editor would."""
+    first edit's graphs serve the next; a float32 weight changed in place between edits (also
+    through ``.data``) is cast again into its copy, and the next edit uses it, as a new editor
+    would."""
     backbone = load_backbone("tiny")
     latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     performance = Performance(precision="bf16", compile=True, compile_backend="eager")
@@ -401,8 +402,12 @@ def test_compiled_bf16_editors_keep_their_cast_weights_and_follow_changes(dynamo
         with torch.no_grad():
             conv.weight.mul_(2)
         changed = compiled.edit_latent(latent, **PROMPTS).latent
+        conv.weight.data.mul_(0.5)  # back, through .data: no version counter moves
+        restored = compiled.edit_latent(latent, **PROMPTS).latent
         assert dynamo.graphs() == graphs and dynamo.breaks() == []
     assert (changed - first).abs().max() > 1e-3
+    torch.testing.assert_close(restored, first, rtol=0, atol=0)
+    conv.weight.data.mul_(2)
     with SteerMusic(backbone, steps=2, performance=performance) as fresh:
         torch.testing.assert_close(changed, fresh.edit_latent(latent, **PROMPTS).latent, rtol=0, atol=0)
 

@@ -24,6 +24,7 @@ from backbones.adapter_state import set_adapter_state
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer import SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS
+from steer.editor import _Runtime
 from steer.merged_lora import MergedLinear, MergedLoRA
 from steer.performance import CastOnce, Performance
 from steer.projections import FusedMergedLinear, FusedProjections
@@ -298,6 +299,38 @@ def _calls(net: nn.ModuleDict) -> dict[str, torch.Tensor]:
         "self": net["self"](x), "cross": net["cross"](x, text),
         "same": net["same"](x), "same-text": net["same"](x, same_text),
     }
+
+
+def test_a_kept_runtime_makes_its_copies_again_after_writes_through_data():
+    """A compiled editor's runtime keeps its merged, cast and fused copies between edits; a write
+    through ``.data`` (peft's unsafe merge, ``nn.Module._apply``) moves no version counter, so
+    :meth:`~steer.editor._Runtime.follow_weights` finds it by the weights' values and makes the
+    copies again, in place, as a new runtime would make them."""
+
+    def runtime(net: nn.Module) -> _Runtime:
+        casts = CastOnce([net], torch.bfloat16)
+        return _Runtime(torch.device("cpu"), {}, None, MergedLoRA([net], ["a"], torch.bfloat16), casts,
+                        FusedProjections([net], casts))
+
+    def outputs(runtime: _Runtime) -> tuple[dict[str, torch.Tensor], int]:
+        runtime.follow_weights()
+        with torch.no_grad(), runtime.edit_weights(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return _calls(net), net["self"].to_qkv.base.weight.data_ptr()
+
+    net = _adapted_attentions()
+    kept = runtime(net)
+    first, address = outputs(kept)
+    versions = [p._version for p in net.parameters()]
+    for name in ("self", "cross"):
+        net[name].to_v.base_layer.weight.data.mul_(2)
+        net[name].to_q.lora_B["a"].weight.data.mul_(-1)
+    assert [p._version for p in net.parameters()] == versions  # nothing for Sources to see
+    changed, same_address = outputs(kept)
+    assert same_address == address  # where the compiled graphs read
+    fresh, _ = outputs(runtime(net))
+    for name in first:
+        torch.testing.assert_close(changed[name], fresh[name], rtol=0, atol=0)
+    assert all((changed[name] - first[name]).abs().max() > 0.1 for name in ("self", "cross"))
 
 
 def _switch(net: nn.Module, disabled: bool, only: str | None = None) -> None:
