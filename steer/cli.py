@@ -244,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         help="edit up to this many clips of one concept and one length in a call, each as it "
         "is edited alone (default 1; on one H100 inductor-compiled SteerMusic took 25.8 ms a "
         "step for 8 clips against 8.5 ms for one; compiled, a last smaller batch is filled up "
-        "with copies of a clip rather than compiled again); not for the baselines",
+        "with copies of a clip rather than compiled again)",
     )
     _add_edit_options(run, backbone="cvssp/audioldm2-music", steps=400)
 
@@ -531,7 +531,7 @@ def _run(args: argparse.Namespace) -> int:
         check_concepts(items, args.recipe, args.concept)
         _check_default_concept(args.concept, items)
         try:
-            check_batch_size(args.batch_size, args.recipe)
+            check_batch_size(args.batch_size)
         except ValueError as error:
             raise UsageError(f"--batch-size: {error}") from error
         check_outputs(items, args.out)

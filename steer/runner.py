@@ -90,15 +90,12 @@ def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str 
             )
 
 
-def check_batch_size(batch_size: int, recipe: str) -> None:
-    """Raise ``ValueError`` for a batch size below 1, or above 1 for a baseline."""
+def check_batch_size(batch_size: int) -> None:
+    """Raise ``ValueError`` for a batch size that is not a whole number >= 1. Every recipe, the
+    baselines included, edits a clip of a batch as it is alone with the same seed, up to
+    rounding (the noise is drawn for one clip and given to each)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"the batch size must be a whole number >= 1, got {batch_size!r}")
-    if batch_size > 1 and recipe in BASELINES:
-        raise ValueError(
-            f"recipe {recipe} edits one clip at a time (the clips of a batch would share its noise "
-            "draws, so an edit would depend on the clips beside it): leave the batch size at 1"
-        )
 
 
 def check_outputs(items: Sequence[EditItem], out: str | os.PathLike) -> None:
@@ -228,11 +225,11 @@ class ManifestRunner:
         progress: show a progress bar per edit.
         batch_size: edit up to this many items in one call, among those sharing a concept, a
             sample rate, a channel count and a length (each is edited as it is alone, up to
-            rounding: see :class:`~steer.editor.Editor`); on a GPU several clips a call take
-            less time each. With a compiled editor (``Performance.compile``) a smaller batch
-            is filled up with copies of its last clip, whose edits are thrown away, so that
-            the calls traced for a full batch serve it (instead of a trace, and with inductor
-            minutes of compiling, for one call). Baselines edit one at a time.
+            rounding, by every recipe: see :class:`~steer.editor.Editor`); on a GPU several
+            clips a call take less time each. With a compiled editor (``Performance.compile``)
+            a smaller batch is filled up with copies of its last clip, whose edits are thrown
+            away, so that the calls traced for a full batch serve it (instead of a trace, and
+            with inductor minutes of compiling, for one call).
     """
 
     def __init__(
@@ -254,7 +251,7 @@ class ManifestRunner:
         batch_size: int = 1,
     ) -> None:
         check_concepts(items, recipe, default_concept)
-        check_batch_size(batch_size, recipe)
+        check_batch_size(batch_size)
         check_outputs(items, out)
         if not 0 <= rank < num_processes:
             raise ValueError(f"rank {rank} is not in [0, {num_processes})")

@@ -375,7 +375,11 @@ def ddpm_invert(
         cond: conditioning of batch size ``B`` (the source prompt when editing).
         timesteps: strictly decreasing integer timesteps above 0, as given to :func:`ddpm_sample`.
         guidance_scale: classifier-free guidance of every prediction.
-        generator: draws the noisings ε_i (on ``x0``'s device).
+        generator: draws the noisings ε_i (on ``x0``'s device), ``(K, 1, ...)`` in one call,
+            each ε_i for one clip and added to every row of the batch: a row's maps are those it
+            gets alone from a generator in the same state (up to the rounding of batched
+            kernels), wherever it sits in the batch; at ``B = 1`` the draws are those of
+            ``torch.randn((K, *x0.shape), generator=generator)``.
         steps_per_call: steps whose predictions one denoiser call makes. They do not depend on
             one another (every x_i is drawn up front), so k steps run as one batch of k·B rows:
             fewer, larger calls (faster where the calls are small for the device, as at batch 1
@@ -395,9 +399,10 @@ def ddpm_invert(
     path = torch.cat([timesteps, timesteps.new_zeros(1)])
     alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x0.device)
     levels = alpha_bar[:-1].view(-1, *[1] * x0.dim())
-    draws = torch.randn((len(timesteps), *x0.shape), generator=generator, device=x0.device)
+    # drawn for one clip and given to each: a clip of a batch is inverted as it is alone
+    draws = torch.randn((len(timesteps), 1, *x0.shape[1:]), generator=generator, device=x0.device)
     xs = torch.cat([levels.sqrt() * x0 + (1 - levels).sqrt() * draws, x0[None]])
-    noises = torch.empty_like(draws)
+    noises = torch.empty_like(xs[:-1])
     batch = x0.shape[0]
     clip = backbone.latent_range
     starts = range(0, len(timesteps), steps_per_call)

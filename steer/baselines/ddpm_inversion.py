@@ -25,8 +25,10 @@ class DDPMInversion(InversionEditor):
     The defaults are those of ZETA's public code for text-based editing (``main_run.py``; see
     :class:`~steer.baselines.InversionEditor`): 200 steps, the reverse process started at step
     100 of 200 (``strength=0.5``, its ``--tstart 100``), guidance 3 while inverting and 12 while
-    sampling, η = 1. The noisings that are inverted are drawn afresh for each edit from ``seed``;
-    only the last ``strength`` of the schedule is inverted, the part the sampling uses (ZETA
+    sampling, η = 1. The noisings that are inverted are drawn afresh for each edit from ``seed``,
+    for one clip and given to every clip of a batch, so that a clip is edited as it is alone with
+    the same seed (up to the rounding of batched kernels), wherever it sits in the batch; only
+    the last ``strength`` of the schedule is inverted, the part the sampling uses (ZETA
     inverts all of it and discards the rest). ZETA's code zeroes the last step's map; it is kept
     here, so that a target prompt equal to the source, at equal guidance, returns the source
     exactly.

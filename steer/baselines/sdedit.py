@@ -24,8 +24,10 @@ class SDEdit(LatentEditor):
 
     The source latent is noised with seeded ε to the first timestep of the last ``strength``
     fraction of a ``steps``-step DDIM schedule, then denoised over those timesteps with the target
-    prompt. The source prompt is not used (SDEdit only knows the target); it is still validated,
-    so that every editor takes the same arguments.
+    prompt. ε is drawn for one clip and added to every clip of a batch, so that a clip is edited
+    as it is alone with the same seed (up to the rounding of batched kernels), wherever it sits
+    in the batch. The source prompt is not used (SDEdit only knows the target); it is still
+    validated, so that every editor takes the same arguments.
 
     SteerMusic's comparison runs this baseline on AudioLDM2 but lists no settings, so the defaults
     are those of ZETA's public code (Manor & Michaeli, ICML 2024,
@@ -91,7 +93,8 @@ class SDEdit(LatentEditor):
             self.steps, num_train_timesteps=backbone.num_train_timesteps, strength=self.strength
         )
         generator = seeded_generator(seed, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        # drawn for one clip and given to each: a clip of a batch is edited as it is alone
+        noise = torch.randn((1, *x0.shape[1:]), generator=generator, device=x0.device).expand(x0.shape)
         x_t = backbone.add_noise(x0, noise, timesteps[:1].to(x0.device).expand(batch))
         edited = ddim_sample(
             backbone,

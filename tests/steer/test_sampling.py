@@ -376,16 +376,21 @@ def test_ddpm_inversion_round_trip_is_exact_with_clamped_estimates(analytic_back
     torch.testing.assert_close(back, x0, rtol=0, atol=1e-4)
 
 
-def test_ddpm_inversion_noises_each_level_independently(analytic_backbone):
+@pytest.mark.parametrize("prompts", [["a flute"], ["a flute", "a piano"]], ids=["batch-1", "batch-2"])
+def test_ddpm_inversion_noises_each_level_independently(analytic_backbone, prompts):
     """x_i = √ᾱ_i x0 + √(1 − ᾱ_i) ε_i with independent ε_i (the generator's draws, in order), and
     x_K = x0 itself: on the point mass at x0, x̂_0 = x0 and ε̂(x_i) = ε_i exactly, so the map of
-    step i is (x_{i+1} − √ᾱ_{i+1} x0 − √(1 − ᾱ_{i+1} − σ_i²) ε_i) / σ_i."""
+    step i is (x_{i+1} − √ᾱ_{i+1} x0 − √(1 − ᾱ_{i+1} − σ_i²) ε_i) / σ_i. Each ε_i is drawn for one
+    clip and given to every row; at batch 1 the draws are those of ``randn((K, *x0.shape))``, as
+    before, when a batch drew a noising per row."""
     backbone = analytic_backbone
-    x0 = backbone.mean("a flute")[None].expand(2, -1, -1, -1)
-    cond = backbone.encode_prompt(["a flute", "a flute"])
+    x0 = torch.stack([backbone.mean(prompt) for prompt in prompts])
+    cond = backbone.encode_prompt(prompts)
     timesteps = ddim_timesteps(8)
     x_t, noises = ddpm_invert(backbone, x0, cond, timesteps=timesteps, generator=torch.Generator().manual_seed(3))
-    draws = torch.randn((8, *x0.shape), generator=torch.Generator().manual_seed(3))
+    # one clip's draws, given to every row; at batch 1 the old formula's, one draw per row
+    shape = (8, *x0.shape) if len(prompts) == 1 else (8, 1, *x0.shape[1:])
+    draws = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     a = backbone.alphas_cumprod[torch.cat([timesteps, timesteps.new_zeros(1)])]
     xs = [a[i].sqrt() * x0 + (1 - a[i]).sqrt() * draws[i] for i in range(8)] + [x0]
     for i in range(8):
