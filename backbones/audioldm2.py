@@ -72,9 +72,7 @@ class AudioLDM2Backbone(MelVAEBackbone):
         # A saved pipeline may record its language model as GPT2Model, whose output has no
         # hidden-state generation path: load the LM-head class explicitly (same weights).
         language_model = GPT2LMHeadModel.from_pretrained(name, subfolder="language_model", dtype=torch_dtype)
-        return AudioLDM2Pipeline.from_pretrained(
-            name, torch_dtype=torch_dtype, language_model=language_model, **kwargs
-        )
+        return AudioLDM2Pipeline.from_pretrained(name, dtype=torch_dtype, language_model=language_model, **kwargs)
 
     def encode_one(self, prompt: str) -> Conditioning:
         """GPT-2 states ``(1, 8, D)``, T5 states ``(1, L, D')`` and their mask ``(1, L)``, by the

@@ -107,7 +107,9 @@ class PipelineBackbone(Backbone):
 
     @classmethod
     def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> DiffusionPipeline:
-        return cls.pipeline_class.from_pretrained(name, torch_dtype=torch_dtype, **kwargs)
+        # ``dtype=``: diffusers (from 0.42.0, the lowest steer allows) deprecates ``torch_dtype=``
+        # with a FutureWarning on every load.
+        return cls.pipeline_class.from_pretrained(name, dtype=torch_dtype, **kwargs)
 
     def _settings(self) -> dict[str, Any]:
         """The constructor's keyword arguments besides the pipeline (what :meth:`replace` keeps)."""

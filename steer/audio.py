@@ -31,8 +31,8 @@ class Audio:
 
     Raises:
         TypeError: for a waveform that is not a tensor.
-        ValueError: for a waveform that is not floating point or has no 1 to 3 dimensions, or a
-            sample rate that is not a positive integer below 2**31 (soundfile's limit).
+        ValueError: for a waveform that is not floating point, has no 1 to 3 dimensions or no
+            samples, or a sample rate that is not a positive integer below 2**31 (soundfile's limit).
         NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples.
     """
 
@@ -49,6 +49,9 @@ class Audio:
                              "divide 16-bit samples by 32768")
         if not 1 <= waveform.dim() <= 3:
             raise ValueError(f"Audio's waveform must be (channels, samples), got shape {tuple(waveform.shape)}")
+        if waveform.numel() == 0:
+            raise ValueError(f"Audio's waveform of shape {tuple(waveform.shape)} holds no samples: pass a clip "
+                             "of at least one channel and one sample")
         if waveform.dim() >= 2 and waveform.shape[-2] > waveform.shape[-1]:
             raise ValueError(_transposed(waveform.shape))
         if not torch.isfinite(waveform).all():
@@ -91,7 +94,7 @@ def load_audio(path: str | os.PathLike) -> Audio:
     except (sf.LibsndfileError, RuntimeError) as error:
         raise ValueError(f"cannot read audio from {path}: {error}") from error
     if data.shape[0] == 0:
-        raise ValueError(f"audio file is empty: {path}")
+        raise ValueError(f"audio file is empty: {path} holds no samples; name a file that holds audio")
     try:
         return Audio(torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate))
     except NonFiniteAudio as error:  # a float file may hold NaN

@@ -91,6 +91,19 @@ def _as_tensor(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     return waveform.detach().float()
 
 
+def _on_device_of(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``estimate`` and ``reference`` (any shapes) both on ``estimate``'s device, where every
+    metric of two clips runs: an edit often lies on the accelerator that made it and its source on
+    the CPU it was loaded on. Nothing is copied when they share a device.
+
+    Example:
+        >>> estimate, reference = _on_device_of(torch.zeros(3, device="meta"), torch.zeros(3))
+        >>> reference.device
+        device(type='meta')
+    """
+    return estimate, reference.to(estimate.device)
+
+
 def cqt_top1(waveform: np.ndarray | torch.Tensor, *, sample_rate: int = 16000) -> torch.Tensor:
     """Index of the loudest CQT bin in each frame.
 
@@ -159,7 +172,8 @@ def cqt1_pcc(
 
     Args:
         reference, estimate: ``(time,)`` audio, numpy or torch; lengths may differ (the longer
-            frame sequence is cut to the shorter).
+            frame sequence is cut to the shorter). They may lie on different devices: both are
+            scored on ``estimate``'s.
         sample_rate: rate of both clips.
 
     Returns:
@@ -170,7 +184,7 @@ def cqt1_pcc(
         either clip is shorter than the CQT reads (0.514 s), and when either holds a NaN or
         infinite sample (a diverged edit), whose CQT has no melody line.
     """
-    reference, estimate = _as_tensor(reference), _as_tensor(estimate)
+    estimate, reference = _on_device_of(_as_tensor(estimate), _as_tensor(reference))
     if reference.ndim != 1 or estimate.ndim != 1:
         raise ValueError("cqt1_pcc takes (time,) clips; use cqt1_pcc_batch for batches")
     if not bool(_finite_rows(reference[None], estimate[None])):
@@ -191,8 +205,8 @@ def cqt1_pcc_batch(
 ) -> torch.Tensor:
     """:func:`cqt1_pcc` of each pair in a batch: ``(batch, time)``, ``(batch, time')`` ->
     ``(batch,)`` float64 on CPU (NaN for constant sequences, for clips too short for the CQT, and
-    for pairs holding a NaN or infinite sample)."""
-    reference, estimate = _as_tensor(reference), _as_tensor(estimate)
+    for pairs holding a NaN or infinite sample). Computed on ``estimate``'s device."""
+    estimate, reference = _on_device_of(_as_tensor(estimate), _as_tensor(reference))
     if reference.ndim != 2 or estimate.ndim != 2 or reference.shape[0] != estimate.shape[0]:
         raise ValueError(
             f"expected (batch, time) clips with equal batch sizes, got {tuple(reference.shape)} "
@@ -245,7 +259,8 @@ def log_mel_distance(
 
     Args:
         estimate, reference: ``(time,)`` or ``(batch, time)`` mono audio, numpy or torch, with
-            the same batch size; lengths may differ.
+            the same batch size; lengths may differ. They may lie on different devices: both are
+            scored on ``estimate``'s.
         sample_rate: rate of both.
 
     Returns:
@@ -256,8 +271,7 @@ def log_mel_distance(
     """
     from backbones.mel import MelFrontEnd, to_mono
 
-    est = _mono_batch(estimate, "estimate")
-    ref = _mono_batch(reference, "reference")
+    est, ref = _on_device_of(_mono_batch(estimate, "estimate"), _mono_batch(reference, "reference"))
     if est.ndim != ref.ndim or (est.ndim == 2 and est.shape[0] != ref.shape[0]):
         raise ValueError(
             f"estimate and reference must both be (time,) or both (batch, time) with one batch "
@@ -265,7 +279,7 @@ def log_mel_distance(
         )
     single = est.ndim == 1
     mel = MelFrontEnd()
-    est, ref = (to_mono(x, sample_rate, mel.sample_rate) for x in (est, ref.to(est.device)))
+    est, ref = (to_mono(x, sample_rate, mel.sample_rate) for x in (est, ref))
     n = min(est.shape[-1], ref.shape[-1])
     if n < mel.n_fft:
         warnings.warn(
@@ -418,11 +432,13 @@ def lpaps_distance(
 
     Args:
         features_a, features_b: one ``(B, C_s, H_s, W_s)`` map per stage, e.g. from
-            :meth:`steer.metrics.clap.ClapEncoder.audio_stages`.
+            :meth:`steer.metrics.clap.ClapEncoder.audio_stages`; :class:`~steer.metrics.LPAPS`
+            passes the edit's as ``features_a``. They may lie on different devices: the
+            distance is computed on ``features_a``'s.
         eps: added to the norms, as in LPIPS, so an all-zero channel gives 0 rather than NaN.
 
     Returns:
-        ``(B,)`` float64 distances, 0 for identical features.
+        ``(B,)`` float64 distances on ``features_a``'s device, 0 for identical features.
     """
     if len(features_a) != len(features_b) or not features_a:
         raise ValueError(
@@ -431,7 +447,7 @@ def lpaps_distance(
         )
     total = 0.0
     for a, b in zip(features_a, features_b):
-        a, b = a.double().flatten(2), b.double().flatten(2)  # (B, C, positions)
+        a, b = (x.double().flatten(2) for x in _on_device_of(a, b))  # (B, C, positions)
         a = a / (a.norm(dim=-1, keepdim=True) + eps)
         b = b / (b.norm(dim=-1, keepdim=True) + eps)
         total = total + (a - b).square().sum(-1).mean(-1)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import huggingface_hub
@@ -137,3 +138,15 @@ def test_a_folder_under_home_is_found(monkeypatch, tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "mel").symlink_to(SHIPPED)
     assert type(load_backbone("~/models/mel")) is MelDiffusionBackbone
+
+
+@pytest.mark.parametrize("name", ["tiny-audioldm", "tiny-musicldm", "tiny-stable-audio", "tiny"])
+def test_a_saved_pipeline_loads_in_the_dtype_asked_without_diffusers_deprecation_warning(name, tmp_path):
+    """Loading passed diffusers torch_dtype=, which it deprecates for dtype= with a FutureWarning
+    ("`torch_dtype` is deprecated and will be removed in version 1.0.0") on every load."""
+    load_backbone(name).save_pretrained(tmp_path / "pipe")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backbone = load_backbone(str(tmp_path / "pipe"), torch_dtype=torch.bfloat16)
+    assert [str(w.message) for w in caught if "torch_dtype" in str(w.message)] == []
+    assert backbone.pipe.vae.dtype == torch.bfloat16  # (transformers 5.0 keeps T5's wo layers in float32)

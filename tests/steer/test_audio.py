@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 import warnings
 
@@ -75,6 +76,20 @@ def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
 def test_unusable_clips_are_refused_when_made(waveform, rate, error, match):
     with pytest.raises(error, match=match):
         Audio(waveform, rate)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1, 0), (2, 0), (0, 0), (0, 800), (2, 1, 0), (0, 1, 800)])
+def test_an_empty_clip_is_refused_as_holding_no_samples(shape):
+    """(1, 0) was refused as having "more channels than samples", and (0,) was accepted."""
+    with pytest.raises(ValueError, match=rf"^Audio's waveform of shape {re.escape(str(shape))} holds no samples: pass a clip"):
+        Audio(torch.zeros(shape), 8000)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_an_empty_file_is_refused_as_holding_no_samples(tmp_path, channels):
+    sf.write(tmp_path / "empty.wav", np.zeros((0, channels), np.float32), 16000)
+    with pytest.raises(ValueError, match=r"^audio file is empty: .*empty\.wav holds no samples; name a file that holds audio$"):
+        load_audio(tmp_path / "empty.wav")
 
 
 def test_a_float_file_holding_nan_is_refused_by_name(tmp_path):

@@ -14,7 +14,9 @@ from steer.metrics import (
     cqt1_pcc,
     cqt1_pcc_batch,
     cqt_top1,
+    functional,
     log_mel_distance,
+    lpaps_distance,
 )
 from steer.metrics.functional import _cqt, _pearson
 
@@ -185,3 +187,56 @@ def test_a_constant_clip_has_no_melody_line_as_silence():
 def test_an_empty_batch_is_refused_naming_the_shape(metric):
     with pytest.raises(ValueError, match=r"^edited holds no clips \(shape \(0, 2000\)\): pass at least one clip$"):
         metric(sample_rate=SR).update(torch.zeros(0, 2000), torch.zeros(0, 2000))
+
+
+def test_lpaps_distance_takes_features_on_two_devices():
+    """An edit's features on one device and its source's on another met in one subtraction
+    ("Expected all tensors to be on the same device"); the meta device stands in for a GPU."""
+    edit = [torch.randn(2, 3, 4, 4, device="meta"), torch.randn(2, 5, 2, 2, device="meta")]
+    source = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    distance = lpaps_distance(edit, source)
+    assert distance.device.type == "meta" and distance.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "metric, batched",
+    [(cqt1_pcc, False), (cqt1_pcc_batch, True), (log_mel_distance, False), (log_mel_distance, True)],
+)
+def test_two_clip_metrics_move_the_reference_to_the_estimates_device(metric, batched, monkeypatch):
+    """A CPU source and a CUDA edit crashed ``cqt1_pcc`` (examples/compose_an_editor.py --device
+    cuda). No second real device exists on CPU, so this checks that each metric puts its pair on
+    one device through ``_on_device_of`` (whose move the doctest and the LPAPS test above show on
+    the meta device) with the estimate first, and the GPU test below runs it for real."""
+    x, y = tones(MELODY), tones(MELODY[::-1])
+    if batched:
+        x, y = np.stack([x, y]), np.stack([y, y])
+    reference, estimate = torch.from_numpy(x), torch.from_numpy(y)
+    seen = []
+
+    def spy(estimate: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append((estimate, reference))
+        return estimate, reference
+
+    monkeypatch.setattr(functional, "_on_device_of", spy)
+    if metric is log_mel_distance:
+        metric(estimate, reference)
+    else:
+        metric(reference, estimate)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], (estimate, reference))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_two_clip_metrics_take_a_cpu_source_and_a_cuda_edit():
+    source, edit = torch.from_numpy(tones(MELODY)), torch.from_numpy(tones(MELODY[::-1]))
+    on_cpu = cqt1_pcc(source, edit)
+    assert cqt1_pcc(source, edit.cuda()) == pytest.approx(on_cpu, abs=0.05)
+    assert cqt1_pcc(source.cuda(), edit) == pytest.approx(on_cpu, abs=0.05)
+    batch = cqt1_pcc_batch(source[None], edit[None].cuda())
+    assert batch.device.type == "cpu" and batch.item() == pytest.approx(on_cpu, abs=0.05)
+    assert log_mel_distance(edit.cuda(), source) == pytest.approx(log_mel_distance(edit, source), rel=1e-4)
+    features = [torch.randn(2, 3, 4, 4), torch.randn(2, 5, 2, 2)]
+    cuda = lpaps_distance([f.cuda() for f in features], [f.flip(0) for f in features])
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), lpaps_distance(features, [f.flip(0) for f in features]))
