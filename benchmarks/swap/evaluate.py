@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import soundfile
 import torch
 
 from backbones import Backbone, load_backbone
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=["train", "test"], default="test",
         help="melodies to edit: test (held out) for reporting, train for choosing settings",
     )
-    parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited")
+    parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited (at most the clips')")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--steps", type=int, default=400, help="SteerMusic steps")
     parser.add_argument("--guidance", type=float, default=30.0, help="SteerMusic guidance")
@@ -101,11 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(
+            f"--out {args.out} is a folder: name the JSON file to write, e.g. {args.out / 'swap-benchmark.json'}"
+        )
+    if blocking := next((p for p in args.out.parents if p.exists() and not p.is_dir()), None):
+        parser.error(f"--out {args.out} cannot be written: {blocking} is a file, not a folder; choose another --out")
     if args.out.exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
-    if args.n < 1:
-        parser.error(f"--n must be at least 1, got {args.n}")
-    for problem in manifest_problem(args.data), model_source_problem(args.classifier, "--classifier"):
+    for option in "n", "threads":
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    for problem in (
+        manifest_problem(args.data),
+        model_source_problem(args.classifier, "--classifier"),
+        model_source_problem(args.backbone, "--backbone"),
+    ):
         if problem:
             raise SystemExit(problem)
     pairs = swap_pairs(read_manifest(args.data, split=args.split))
@@ -119,11 +133,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.data} has {len(pairs)} {args.split}-split pairs, fewer than --n {args.n}: evaluating {len(pairs)}")
     random.Random(args.seed).shuffle(pairs)
     pairs = pairs[: args.n]
+    shortest = min(soundfile.info(str(args.data.parent / e.audio)).duration for pair in pairs for e in pair)
+    if args.seconds > shortest:  # the crop would silently be the whole clip, not what settings records
+        raise SystemExit(
+            f"--seconds {args.seconds} is longer than the clips ({shortest:.2f} s): pass --seconds "
+            f"{shortest:.2f} or less, or render longer clips (python -m steer.data --seconds)"
+        )
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    backbone = load_backbone(args.backbone)
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
+    try:  # scored by the classifier: one it cannot name would count as a miss
+        classifier.class_index(sorted({target.instrument for _, target in pairs}))
+    except ValueError as error:
+        raise SystemExit(
+            f"{args.data}: target {error}, so target accuracy would be 0 whatever the edit: pass a "
+            "--classifier trained on them (benchmarks/swap/train_classifier.py)"
+        ) from None
+    backbone = load_backbone(args.backbone)
     table = methods(backbone, args)
     rate = backbone.sample_rate  # every clip is read at it, whatever rate the data was rendered at
 

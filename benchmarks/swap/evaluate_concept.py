@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+import soundfile
 import torch
 
 from backbones import load_backbone
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--class-word", help="the concept's class word (default: the instrument's last word)")
     parser.add_argument("--references", type=int, default=5, help="training clips the concept learns from")
     parser.add_argument("--n", type=int, default=8, help="held-out clips to edit")
-    parser.add_argument("--seconds", type=float, default=2.56)
+    parser.add_argument("--seconds", type=float, default=2.56, help="clip length edited (at most the clips')")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--lr", type=float, default=0.005, help="SteerMusic's; SteerMusic+ uses 2x (w = 1 - alpha_bar)")
@@ -50,12 +51,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-concept.json"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(
+            f"--out {args.out} is a folder: name the JSON file to write, e.g. {args.out / 'swap-concept.json'}"
+        )
+    if blocking := next((p for p in args.out.parents if p.exists() and not p.is_dir()), None):
+        parser.error(f"--out {args.out} cannot be written: {blocking} is a file, not a folder; choose another --out")
     if args.out.exists() and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
-    for option in "references", "n":
+    for option in "references", "n", "threads":
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
-    for problem in manifest_problem(args.data), model_source_problem(args.classifier, "--classifier"):
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    for problem in (
+        manifest_problem(args.data),
+        model_source_problem(args.classifier, "--classifier"),
+        model_source_problem(args.backbone, "--backbone"),
+    ):
         if problem:
             raise SystemExit(problem)
     entries = read_manifest(args.data)
@@ -82,11 +95,25 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     references = [args.data.parent / e.audio for e in rng.sample(train, args.references)]
     sources = rng.sample(sources, args.n)
+    edited = [e.audio for source in sources for e in (source, truth[source.melody_id])]
+    shortest = min(soundfile.info(str(args.data.parent / audio)).duration for audio in edited)
+    if args.seconds > shortest:  # the crop would silently be the whole clip, not what settings records
+        raise SystemExit(
+            f"--seconds {args.seconds} is longer than the clips ({shortest:.2f} s): pass --seconds "
+            f"{shortest:.2f} or less, or render longer clips (python -m steer.data --seconds)"
+        )
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    backbone = load_backbone(args.backbone)
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
+    try:  # scored by the classifier: an instrument it cannot name would count as a miss
+        classifier.class_index([args.instrument])
+    except ValueError as error:
+        raise SystemExit(
+            f"--instrument: {error}, so its accuracy would be 0 whatever the edit: pass a "
+            "--classifier trained on it (benchmarks/swap/train_classifier.py)"
+        ) from None
+    backbone = load_backbone(args.backbone)
     started = time.perf_counter()
     concept = Concept.train(backbone, references, token="sks", class_word=args.class_word, method="lora", seed=args.seed)
     train_seconds = time.perf_counter() - started

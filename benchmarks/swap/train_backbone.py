@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(problem)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be at least 1 and --warmup at least 0, got {args.steps} and {args.warmup}")
+    for option in "batch", "crop_frames", "threads":
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    for option, meaning in ("ema", "a decay"), ("p_uncond", "a probability"):
+        if not 0 <= getattr(args, option) <= 1:  # nan too
+            parser.error(f"--{option.replace('_', '-')} is {meaning}, from 0 to 1; got {getattr(args, option)}")
     for manifest in args.data:
         if problem := manifest_problem(manifest):
             raise SystemExit(problem)

@@ -14,6 +14,7 @@ from backbones.mel_diffusion import MelDiffusionModel
 from benchmarks.swap import evaluate, evaluate_concept, train_backbone, train_classifier
 from steer.data import ManifestEntry, instrument_prompt, write_manifest
 from steer.data._files import atomic_write_wav
+from steer.metrics.instrument import InstrumentClassifier
 
 WEIGHTS = Path(__file__).parents[3] / "weights"
 
@@ -185,10 +186,10 @@ def test_evaluate_refuses_a_split_without_pairs(tmp_path, no_loads):
         evaluate.main(["--data", str(manifest), "--out", str(tmp_path / "out.json")])
 
 
-def test_evaluate_says_when_fewer_pairs_than_asked(tmp_path, no_loads, capsys):
+def test_evaluate_says_when_fewer_pairs_than_asked(tmp_path, no_loads, capsys, torch_threads):
     manifest = write_tones(tmp_path, splits={"m": "test"})
     with pytest.raises(Loaded):
-        evaluate.main(["--data", str(manifest), "--n", "5", "--out", str(tmp_path / "out.json")])
+        evaluate.main(["--data", str(manifest), "--n", "5", "--seconds", "1.28", "--out", str(tmp_path / "out.json")])
     assert "has 2 test-split pairs, fewer than --n 5: evaluating 2" in capsys.readouterr().out
 
 
@@ -244,13 +245,14 @@ def test_the_class_word_follows_the_instrument(instrument, word, tmp_path, monke
     instruments = ("piano", instrument)
     data = write_tones(tmp_path, splits={"a": "train", "c": "test"}, instruments=instruments)
     monkeypatch.setattr(evaluate_concept, "load_backbone", lambda name: None)
-    monkeypatch.setattr(evaluate_concept.InstrumentClassifier, "from_pretrained", lambda name: torch.nn.Identity())
+    classifier = InstrumentClassifier(classes=instruments)
+    monkeypatch.setattr(evaluate_concept.InstrumentClassifier, "from_pretrained", lambda name: classifier)
 
     def train(backbone, references, **kwargs):
         raise Loaded(kwargs["class_word"])
 
     monkeypatch.setattr(evaluate_concept.Concept, "train", train)
-    argv = ["--data", str(data), "--instrument", instrument, "--references", "1", "--n", "1"]
+    argv = ["--data", str(data), "--instrument", instrument, "--references", "1", "--n", "1", "--seconds", "1.28"]
     with pytest.raises(Loaded, match=f"^{word}$"):
         evaluate_concept.main([*argv, "--out", str(tmp_path / "out.json")])
 
@@ -362,3 +364,143 @@ def test_an_interrupted_classifier_run_leaves_no_stale_record(classifier_data, t
     with torch.random.fork_rng(), pytest.raises(Interrupted):
         train_classifier.main(argv)
     assert (out / "model.safetensors").is_file() and not (out / "training.json").exists()
+
+
+# --- options refused when parsed, before any data or model is read -------------------------------
+
+
+def refusal(script, argv: list[str], capsys) -> str:
+    """``script``'s parser error for ``argv`` (exit status 2), which must come before any work:
+    ``argv`` names no data, so anything after the checks would fail otherwise."""
+    with pytest.raises(SystemExit) as exit:
+        script.main(argv)
+    error = capsys.readouterr().err
+    assert exit.value.code == 2, exit.value.code
+    return error
+
+
+@pytest.mark.parametrize(
+    "script, options, message",
+    [
+        (evaluate, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (evaluate_concept, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (train_backbone, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (train_backbone, ["--batch", "0"], "--batch must be at least 1, got 0"),
+        (train_backbone, ["--batch", "-1"], "--batch must be at least 1, got -1"),
+        (train_backbone, ["--crop-frames", "0"], "--crop-frames must be at least 1, got 0"),
+        (train_backbone, ["--crop-frames", "-4"], "--crop-frames must be at least 1, got -4"),
+        (train_backbone, ["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (train_backbone, ["--lr", "nan"], "--lr must be a positive number, got nan"),
+        (train_backbone, ["--ema", "2"], "--ema is a decay, from 0 to 1; got 2.0"),
+        (train_backbone, ["--ema", "nan"], "--ema is a decay, from 0 to 1; got nan"),
+        (train_backbone, ["--p-uncond", "2"], "--p-uncond is a probability, from 0 to 1; got 2.0"),
+        (train_backbone, ["--p-uncond", "-0.1"], "--p-uncond is a probability, from 0 to 1; got -0.1"),
+        (train_classifier, ["--threads", "0"], "--threads must be at least 1, got 0"),
+        (train_classifier, ["--batch", "0"], "--batch must be at least 1, got 0"),
+        (train_classifier, ["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (train_classifier, ["--p-griffin-lim", "1.5"], "--p-griffin-lim is a probability, from 0 to 1; got 1.5"),
+        (train_classifier, ["--crop-seconds", "inf"], "--crop-seconds positive, got 1200, 50 and inf"),
+    ],
+)
+def test_bad_numbers_are_refused_when_parsed(script, options, message, tmp_path, capsys):
+    argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"), *options]
+    assert message in refusal(script, argv, capsys)
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
+def test_seconds_must_be_a_positive_length(script, seconds, tmp_path, capsys):
+    argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out.json"), "--seconds", seconds]
+    assert f"--seconds must be a positive number of seconds, got {float(seconds)}" in refusal(script, argv, capsys)
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_an_out_that_is_a_folder_is_refused_before_any_work(script, tmp_path, capsys):
+    """It was refused only when writing the results, after every edit (IsADirectoryError)."""
+    argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path), "--overwrite"]
+    error = refusal(script, argv, capsys)
+    assert f"--out {tmp_path} is a folder: name the JSON file to write, e.g. {tmp_path}" in error
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_an_out_inside_a_file_is_refused_before_any_work(script, tmp_path, capsys):
+    blocking = tmp_path / "a-file"
+    blocking.write_text("the user's\n")
+    argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(blocking / "results" / "out.json")]
+    assert f"{blocking} is a file, not a folder; choose another --out" in refusal(script, argv, capsys)
+
+
+def test_a_cache_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """It failed after the training clips' Griffin–Lim round trips."""
+    cache = tmp_path / "a-file"
+    cache.write_text("the user's\n")
+    for path in cache, cache / "cache":
+        argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "model"), "--cache", str(path)]
+        assert f"--cache {path} cannot be a folder: {cache} is a file" in refusal(train_classifier, argv, capsys)
+    assert cache.read_text() == "the user's\n"
+
+
+# --- checks of the data and models named, before any model is loaded ------------------------------
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_seconds_longer_than_the_clips_are_refused_with_their_length(script, concept_data, tmp_path, no_loads):
+    """Not cropped to the clip silently while the results recorded the --seconds asked for."""
+    argv = ["--data", str(concept_data), "--out", str(tmp_path / "out.json"), "--seconds", "2"]
+    if script is evaluate_concept:
+        argv += ["--instrument", "violin", "--references", "1", "--n", "1"]
+    fix = r"--seconds 2.0 is longer than the clips \(1.28 s\): pass --seconds 1.28 or less"
+    with pytest.raises(SystemExit, match=fix):
+        script.main(argv)
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_a_backbone_in_a_missing_local_folder_is_named(script, concept_data, tmp_path, no_loads, monkeypatch):
+    """``weights/typo`` was asked of the Hub (retries, then a traceback)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    out = tmp_path / "results" / "out.json"
+    argv = ["--data", str(concept_data), "--backbone", "weights/typo", "--out", str(out)]
+    argv += ["--classifier", str(WEIGHTS / "instrument-classifier")]
+    with pytest.raises(SystemExit, match="--backbone weights/typo not found: pass a folder written by save_pretrained"):
+        script.main(argv)
+    assert not out.parent.exists()
+
+
+def test_evaluate_refuses_targets_the_classifier_cannot_name(tmp_path, no_loads, torch_threads):
+    """Their target accuracy was 0.00, whatever the edit."""
+    data = write_tones(tmp_path, splits={"m": "test"}, instruments=("cello", "harp"))
+    argv = ["--data", str(data), "--classifier", str(WEIGHTS / "instrument-classifier"), "--seconds", "1.28"]
+    with pytest.raises(SystemExit, match=r"target instruments \['cello', 'harp'\] are not among this classifier's"):
+        evaluate.main([*argv, "--out", str(tmp_path / "out.json")])
+
+
+def test_evaluate_concept_refuses_an_instrument_the_classifier_cannot_name(tmp_path, no_loads, torch_threads):
+    data = write_tones(tmp_path, splits={"a": "train", "c": "test"}, instruments=("piano", "cello"))
+    argv = ["--data", str(data), "--classifier", str(WEIGHTS / "instrument-classifier"), "--instrument", "cello"]
+    argv += ["--references", "1", "--n", "1", "--seconds", "1.28", "--out", str(tmp_path / "out.json")]
+    with pytest.raises(SystemExit, match=r"--instrument: instruments \['cello'\] are not among this classifier's"):
+        evaluate_concept.main(argv)
+
+
+# --- the classifier's report ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds, key", [(5.12, "accuracy_2.56s"), (1.28, "accuracy_0.64s")])
+def test_the_halves_accuracy_is_named_by_their_length(seconds, key, capsys):
+    """Always "accuracy_2.56s" and "2.56-s halves" before; the shipped 5.12-s data keeps its key."""
+    classifier = InstrumentClassifier(classes=["piano", "violin"])
+    waveforms = torch.randn(2, round(seconds * 16000), generator=torch.Generator().manual_seed(0))
+    result = train_classifier.evaluate(classifier, waveforms, torch.tensor([0, 1]))
+    assert list(result) == ["clips", "accuracy", key, "confusion"]
+    train_classifier.print_confusion("test", result, classifier.classes, waveforms.shape[-1])
+    assert f"(whole clips), {result[key]:.3f} ({key[9:-1]}-s halves)" in capsys.readouterr().out
+
+
+def test_griffin_lim_round_trips_keep_the_clips_length():
+    """The vocoder gives whole hops: a clip with a part-hop came back shorter, so its halves were
+    named differently from the clean clip's, and a crop as long as the clip failed to stack."""
+    mel = train_classifier.MelFrontEnd()
+    waveforms = torch.randn(1, 20 * mel.hop_length + 7, generator=torch.Generator().manual_seed(0))
+    out = train_classifier.griffin_lim_round_trip(waveforms, n_iter=1, cache=None, mel=mel, label="test")
+    assert out.shape == waveforms.shape
