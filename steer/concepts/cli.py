@@ -17,9 +17,9 @@ from .concept import (
     CONFIG_NAME,
     METHODS,
     PushError,
+    check_new_words,
     check_repo_id,
     check_save_folder,
-    check_words,
 )
 from .train import check_checkpoint_dir, check_references, check_settings
 
@@ -75,7 +75,7 @@ def run_personalize(args: argparse.Namespace) -> Path:
     check_save_folder(output)
     _check_output_overwrite(output, args.overwrite)
     check_references(args.references)
-    check_words(args.token, args.class_word)
+    check_new_words(args.token, args.class_word)
     _check_mel_token(args.backbone, args.token)
     if args.push_to_hub is not None:
         check_repo_id(args.push_to_hub, "--push-to-hub")
@@ -90,6 +90,7 @@ def run_personalize(args: argparse.Namespace) -> Path:
     check_settings(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
         checkpoint_every=args.checkpoint_every, rank=args.rank if args.method == "lora" else None, seed=args.seed,
+        as_flags=True,
     )
     from backbones import load_backbone
 

@@ -48,6 +48,7 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -96,6 +97,20 @@ def check_words(token: str, class_word: str | None) -> None:
         raise ValueError(f"the concept token must be one word without spaces, got {token!r}")
     if class_word is not None and not class_word.strip():
         raise ValueError("the class word is empty: name the kind of sound (e.g. 'guitar') or pass None")
+
+
+def check_new_words(token: str, class_word: str | None) -> None:
+    """:func:`check_words`, and refuse a token that is a word of the class word, for a concept
+    about to be learnt (one saved before this check still loads)."""
+    check_words(token, class_word)
+    # Compared case-insensitively: some text encoders lower-case prompts, and a token differing
+    # from the class word only in case names nothing new for the others either.
+    if class_word is not None and token.casefold() in class_word.casefold().split():
+        raise ValueError(
+            f"the concept token {token!r} is a word of the class word {class_word!r}: the prompts would read "
+            f"{DEFAULT_TEMPLATE.format(token=token, class_word=class_word)!r} and the class word alone could not "
+            "be told from the concept; use a new word as the token (e.g. 'sks')"
+        )
 
 
 @dataclass(frozen=True)
@@ -480,23 +495,31 @@ class Concept:
         an earlier concept replaces its files (those of another method are removed); a folder
         that is not a concept's but holds a file of one of these names is refused, and other
         files are left alone. Weights holding NaN or infinite values are refused.
+
+        Every file is written to a temporary folder inside ``save_directory`` first and then
+        renamed into place, :data:`CONFIG_NAME` last: an interrupted save leaves the earlier
+        concept whole, or a mix that :meth:`from_pretrained` refuses (each weight file records
+        the method and token it was saved for).
         """
         folder = Path(save_directory)
         check_save_folder(folder)
         self.check_finite()
         folder.mkdir(parents=True, exist_ok=True)
-        written = {CONFIG_NAME, CARD_NAME}
-        metadata = {"format": "pt", "steer_method": self.method, "steer_token": self.token}
-        for filename, tensors in self._weight_files().items():
-            save_file(_contiguous(tensors), folder / filename, metadata=metadata)
-            written.add(filename)
-            if filename == ADAPTER_WEIGHTS_NAME:
-                self.lora_config.save_pretrained(str(folder))
-                written.add(ADAPTER_CONFIG_NAME)
-        for name in set(_OWN_FILES) - written:
-            (folder / name).unlink(missing_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        self.model_card(repo_id=repo_id).save(folder / CARD_NAME)
+        with tempfile.TemporaryDirectory(prefix=".steer-save-", dir=folder) as tmp:
+            staged = Path(tmp)
+            metadata = {"format": "pt", "steer_method": self.method, "steer_token": self.token}
+            for filename, tensors in self._weight_files().items():
+                save_file(_contiguous(tensors), staged / filename, metadata=metadata)
+                if filename == ADAPTER_WEIGHTS_NAME:
+                    self.lora_config.save_pretrained(str(staged))
+            self.model_card(repo_id=repo_id).save(staged / CARD_NAME)
+            (staged / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            written = {p.name for p in staged.iterdir()}
+            for name in sorted(written - {CONFIG_NAME}):
+                os.replace(staged / name, folder / name)
+            for name in set(_OWN_FILES) - written:
+                (folder / name).unlink(missing_ok=True)
+            os.replace(staged / CONFIG_NAME, folder / CONFIG_NAME)  # the concept is the new one from here
         return folder
 
     @classmethod
@@ -535,16 +558,24 @@ class Concept:
             )
         weights: dict[str, Tensor] = {}
         if config.method == "lora":
-            adapter = _load_safetensors(folder, ADAPTER_WEIGHTS_NAME, name)
+            adapter = _load_safetensors(folder, ADAPTER_WEIGHTS_NAME, name, config)
             weights.update({"lora." + k.removeprefix(PEFT_PREFIX): v for k, v in adapter.items()})
             _check_adapter_config(folder, config, name)
             if (folder / WEIGHTS_NAME).is_file():
-                weights.update(_load_safetensors(folder, WEIGHTS_NAME, name))
+                weights.update(_load_safetensors(folder, WEIGHTS_NAME, name, config))
         else:
-            weights.update(_load_safetensors(folder, WEIGHTS_NAME, name))
+            weights.update(_load_safetensors(folder, WEIGHTS_NAME, name, config))
         needed = {"lora": "lora.", "dreambooth": "denoiser.", "textual_inversion": "token_embedding"}[config.method]
         if not any(k.startswith(needed) for k in weights):
             raise ValueError(f"{name}: a {config.method} concept but its weights hold no {needed!r} tensors")
+        unused = sorted(k for k in weights if not _used_by(config.method, k))
+        if unused:
+            filename = ADAPTER_WEIGHTS_NAME if unused[0].startswith("lora.") else WEIGHTS_NAME
+            raise ValueError(
+                f"{name}: {filename} holds {len(unused)} tensors a {config.method} concept does not use, e.g. "
+                f"{unused[0]!r} (left by an interrupted save of another concept over this one?): save or "
+                "train the concept into this folder again"
+            )
         return cls(config, weights)
 
     def push_to_hub(
@@ -668,6 +699,15 @@ Written by steer {c.steer_version}. Weights are safetensors: {self._files_senten
 
 
 # -- file helpers ----------------------------------------------------------------------------------
+def _used_by(method: str, key: str) -> bool:
+    """Whether a :class:`Concept` weight ``key`` belongs to a concept of ``method`` (see its docstring)."""
+    if key == "token_embedding":  # a word added to a closed vocabulary, by any method
+        return True
+    if method == "textual_inversion":
+        return key.startswith("token_embedding.")  # one row per open-vocabulary tokenizer
+    return key.startswith({"lora": "lora.", "dreambooth": "denoiser."}[method])
+
+
 def _contiguous(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in weights.items()}
 
@@ -680,7 +720,9 @@ def _pickle_refusal(path: Path) -> str:
     )
 
 
-def _load_safetensors(folder: Path, filename: str, name: str) -> dict[str, Tensor]:
+def _load_safetensors(folder: Path, filename: str, name: str, config: ConceptConfig) -> dict[str, Tensor]:
+    """The tensors of ``folder/filename``, refused (``ValueError`` naming concept ``name``) when
+    missing, unreadable, not finite, or saved for another concept than ``config`` describes."""
     path = folder / filename
     if not path.is_file():
         stem = Path(filename).stem
@@ -690,8 +732,17 @@ def _load_safetensors(folder: Path, filename: str, name: str) -> dict[str, Tenso
         raise ValueError(f"{name}: {filename} is missing")
     try:
         tensors = load_file(path)
+        with safe_open(path, framework="pt") as file:
+            metadata = file.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{name}: cannot read {filename} ({error})") from error
+    saved_for = (metadata.get("steer_method", config.method), metadata.get("steer_token", config.token))
+    if saved_for != (config.method, config.token):  # files of steer versions before these keys pass
+        raise ValueError(
+            f"{name}: {filename} was saved for a {saved_for[0]} concept with the token {saved_for[1]!r} but "
+            f"{CONFIG_NAME} describes a {config.method} concept with the token {config.token!r} (left by an "
+            "interrupted save of another concept over this one?): save or train the concept into this folder again"
+        )
     key = nonfinite_key(tensors)
     if key is not None:
         raise ValueError(

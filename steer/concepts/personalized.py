@@ -136,11 +136,11 @@ def check_tensors(weights: Mapping[str, Tensor], expected: Mapping[str, torch.Si
     """Refuse concept tensors that are not exactly the model's ``expected`` ones: one missing,
     one the model has no place for, or one of another shape.
 
-    The base model's fingerprint matched before this runs, so any of these means the concept's
-    file is damaged: a ``ValueError`` names it and a tensor (PyTorch's and peft's own errors
-    list every mismatch without saying which file they came from).
+    The base model's fingerprint (where the concept has one) matched before this runs, so the
+    file is damaged or was written for another model: a ``ValueError`` names it and a tensor
+    (PyTorch's and peft's own errors list every mismatch without saying which file they came from).
     """
-    damaged = "the file is corrupt; download or train the concept again"
+    damaged = "the file is damaged or does not belong to this base model; download or train the concept again"
     missing, unknown = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
     if missing:
         raise ValueError(f"{filename} lacks {len(missing)} of the concept's tensors, e.g. {missing[0]}: {damaged}")
@@ -161,10 +161,32 @@ def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer) and name in getattr(m, "lora_A", {})]
 
 
+#: Adapters of garbage-collected personalised models, by denoiser, waiting to be removed. The
+#: cycle collector runs finalizers at any allocation, e.g. in the middle of peft injecting the
+#: next adapter into the same modules: removing an adapter there swapped a layer back to its base
+#: while peft was adding to it, and the new adapter lost tensors. So a finalizer only appends a
+#: name here (one atomic ``list.append``) and :func:`_remove_queued_adapters` removes them at the
+#: safe points: before an injection and on :meth:`PersonalizedBackbone.close`.
+_pending_removals: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
+
+
+def _removal_queue(model: nn.Module) -> list[str]:
+    """The queue of adapter names to remove from ``model`` (created on first use)."""
+    return _pending_removals.setdefault(model, [])
+
+
+def _remove_queued_adapters(model: nn.Module) -> None:
+    """Remove the adapters of garbage-collected personalised models from ``model``."""
+    queue = _pending_removals.get(model)
+    while queue:  # a finalizer running meanwhile only appends
+        remove_lora(model, queue.pop())
+
+
 def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] | None) -> list[nn.Module]:
     """Inject a LoRA adapter ``name`` (switched off, frozen) into ``model``; returns its layers."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
+    _remove_queued_adapters(model)
     device = next(model.parameters()).device
     # peft draws a fresh A from the global generator; weights to load replace it, so that draw
     # must not move the user's random stream (a fresh adapter's caller seeds it on purpose).
@@ -227,7 +249,9 @@ class PersonalizedBackbone(Backbone):
             token's initial embedding.
 
     Use it as a context manager, or call :meth:`close`, to remove a LoRA adapter from the base
-    denoiser when done (garbage collection removes it too). Switching adapters is not
+    denoiser when done. An unclosed one's adapter stays switched off once it is garbage-collected
+    and is removed at the next LoRA injection or close on that denoiser (never from inside the
+    collector, which may run while peft changes the same modules). Switching adapters is not
     thread-safe: one module serves both models.
     """
 
@@ -272,8 +296,9 @@ class PersonalizedBackbone(Backbone):
             self.adapter_name = f"steer_{next(_adapter_ids)}"
             weights = concept.weights_under("lora") or None
             self._lora_layers = inject_lora(base.denoiser, concept.lora_config, self.adapter_name, weights)
-            # An unclosed ε' still leaves the base denoiser clean once it is garbage-collected.
-            self._remove = weakref.finalize(self, remove_lora, base.denoiser, self.adapter_name)
+            # An unclosed ε' still leaves the base denoiser clean: once it is garbage-collected its
+            # (switched off) adapter is queued and removed at the next injection or close.
+            self._remove = weakref.finalize(self, _removal_queue(base.denoiser).append, self.adapter_name)
 
     def _word_encoder(self, family: _Family) -> nn.Module | None:
         """A copy of a closed-vocabulary text encoder that knows the token (None: open text)."""
@@ -310,8 +335,9 @@ class PersonalizedBackbone(Backbone):
     def close(self) -> None:
         """Remove the LoRA adapter from the base denoiser (idempotent); ε' is unusable afterwards."""
         if self.adapter_name is not None and not self._closed:
-            self._remove()  # remove_lora, once
+            self._remove()  # queues the adapter, once
             self._lora_layers = []
+            _remove_queued_adapters(self.base.denoiser)
         self._closed = True
 
     def __enter__(self) -> PersonalizedBackbone:  # noqa: PYI034 (typing.Self needs Python 3.11)

@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from .concept import (
     ConceptConfig,
     base_fingerprint,
     check_can_be_folder,
+    check_new_words,
     fingerprint_mismatch,
     nonfinite_key,
 )
@@ -85,6 +87,9 @@ SILENCE_PEAK = 1e-4
 #: DreamSound's ``max_grad_norm`` and AdamW settings.
 MAX_GRAD_NORM = 1.0
 ADAMW = {"betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
+#: The largest learning rate AdamW can take: its first step scales the update by the float32
+#: scalar lr / (1 - beta1), and torch refuses (crashes on) one past float32's largest.
+MAX_LR = torch.finfo(torch.float32).max * (1 - ADAMW["betas"][0])
 
 
 def defaults_for(method: str, family: str) -> MethodDefaults:
@@ -206,10 +211,16 @@ def check_settings(
     rank: int | None = None,
     alpha: float | None = None,
     seed: int = 0,
+    as_flags: bool = False,
 ) -> None:
     """Refuse the first training setting of the wrong type or out of range with a ``ValueError``
-    that names it; ``None`` (a default :func:`train_concept` fills in) passes. ``steer
-    personalize`` calls it before it loads a model."""
+    that names it (as ``steer personalize``'s option, e.g. ``--batch-size``, with ``as_flags``);
+    ``None`` (a default :func:`train_concept` fills in) passes. ``steer personalize`` calls it
+    before it loads a model."""
+
+    def named(name: str) -> str:
+        return "--" + name.replace("_", "-") if as_flags else name
+
     counts = (
         ("steps", steps, 0),
         ("batch_size", batch_size, 1),
@@ -219,18 +230,18 @@ def check_settings(
     )
     for name, value, low in counts:
         if value is not None:
-            check_whole_number(name, value, low)
+            check_whole_number(named(name), value, low)
     reals = (
-        # torch's AdamW takes the lr as a float32 scalar: a larger one crashed inside torch
-        ("lr", lr, "a positive number <= 3.4e38 (float32's largest)", lambda v: 0 < v <= torch.finfo(torch.float32).max),
+        ("lr", lr, f"a positive number <= {MAX_LR:.4g} (AdamW's first step, lr / (1 - beta1), must fit a float32)",
+         lambda v: 0 < v <= MAX_LR),
         ("crop_seconds", crop_seconds, f"a finite number of seconds >= {MIN_SECONDS} (the shortest reference clip)",
          lambda v: MIN_SECONDS <= v < math.inf),
         ("alpha", alpha, "a positive finite number", lambda v: 0 < v < math.inf),
     )
     for name, value, rule, ok in reals:
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(value)):
-            raise ValueError(f"{name} must be {rule}, got {value!r}")
-    check_seed(seed)
+            raise ValueError(f"{named(name)} must be {rule}, got {value!r}")
+    check_seed(seed, named("seed"))
 
 
 def train_concept(
@@ -292,6 +303,7 @@ def train_concept(
     if method not in DEFAULTS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULTS)}")
     family_of(backbone, method)  # unsupported backbones and methods fail before any work
+    check_new_words(token, class_word)
     defaults = defaults_for(method, backbone.family)
     steps = defaults.steps if steps is None else steps
     lr = defaults.lr if lr is None else lr
@@ -546,7 +558,13 @@ def _resume(
     record it). A checkpoint of another base model than ``backbone`` is refused (those of a
     steer that did not record the base are not checked)."""
     found = _checkpoints(folder) if folder.is_dir() else []
-    if not found:
+    if not found:  # a first run of a job that always resumes; or a misspelt folder
+        where = "holds no checkpoint" if folder.is_dir() else "does not exist"
+        warnings.warn(
+            f"resuming, but checkpoint_dir {folder} {where}: training starts from step 0 (to continue an "
+            "earlier run, pass the folder its checkpoints are in)",
+            stacklevel=4,
+        )
         return 0, None
     latest = found[-1]
     meta = json.loads((latest / "trainer_state.json").read_text())
@@ -572,7 +590,10 @@ def _resume(
     if meta["names"] != list(params):
         raise ValueError(f"cannot resume from {latest}: it holds other parameters than this run trains")
     if meta["step"] > steps:
-        raise ValueError(f"cannot resume from {latest}: it is at step {meta['step']}, past steps={steps}")
+        raise ValueError(
+            f"cannot resume from {latest}: it is at step {meta['step']}, past steps={steps}; pass "
+            f"steps={meta['step']} or more (steer personalize --steps {meta['step']})"
+        )
     trainable = load_file(latest / "trainable.safetensors")
     with torch.no_grad():
         for name, p in params.items():

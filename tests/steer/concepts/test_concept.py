@@ -97,6 +97,49 @@ def test_saving_keeps_what_is_not_a_concept(mel_backbone, clips, tmp_path):
     assert (foreign / "README.md").read_text() == "my notes"
 
 
+def test_an_interrupted_save_leaves_the_earlier_concept_or_a_refused_mix(mel_backbone, clips, tmp_path, monkeypatch):
+    """Saving wrote straight into the folder: a DreamBooth save over a LoRA concept interrupted after
+    its first file loaded as the LoRA concept with the DreamBooth denoiser's tensors beside it."""
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    earlier = Concept.from_pretrained(folder)
+    dreambooth = _train(mel_backbone, clips, "dreambooth")
+    save_file_ = concept_module.save_file
+
+    def interrupted_save_file(*args, **kwargs):
+        save_file_(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concept_module, "save_file", interrupted_save_file)
+    with pytest.raises(KeyboardInterrupt):
+        dreambooth.save_pretrained(folder)
+    assert {p.name for p in folder.iterdir()} == FILES["lora-mel"]  # nothing staged is left
+    _assert_same(Concept.from_pretrained(folder), earlier)
+    monkeypatch.undo()
+
+    replace = os.replace
+    moved = []
+
+    def interrupted_replace(src, dst):
+        if moved:
+            raise KeyboardInterrupt
+        moved.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(concept_module.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        dreambooth.save_pretrained(folder)
+    monkeypatch.undo()
+    assert [Path(p).name for p in moved] == ["README.md"]  # then concept.safetensors, the config last
+    save_file_({"denoiser.x": torch.zeros(1)}, folder / "concept.safetensors", metadata={"steer_method": "dreambooth"})
+    with pytest.raises(ValueError, match=r"concept.safetensors was saved for a dreambooth concept .* describes a lora concept .* save or train the concept into this folder again"):
+        Concept.from_pretrained(folder)
+    save_file_({"denoiser.x": torch.zeros(1)}, folder / "concept.safetensors")  # no metadata: steer before it
+    with pytest.raises(ValueError, match=r"concept.safetensors holds 1 tensors a lora concept does not use, e.g. 'denoiser.x'"):
+        Concept.from_pretrained(folder)
+    dreambooth.save_pretrained(folder)  # saving again mends it
+    assert Concept.from_pretrained(folder).method == "dreambooth"
+
+
 def test_lora_files_follow_peft(lora_concept, tmp_path):
     from peft import PeftModel
 
@@ -288,6 +331,8 @@ def test_config_validation():
             concept_module.ConceptConfig(**{**config, **bad})
     with pytest.raises(ValueError, match="fields this steer does not know"):
         concept_module.ConceptConfig.from_dict({**config, "future": 1})
+    # learning one is refused (steer personalize, train_concept), one saved before still loads
+    concept_module.ConceptConfig(**{**config, "token": "guitar"})
 
 
 def test_the_base_model_is_read_from_where_the_backbone_was_loaded(mel_backbone, clips, tmp_path):
@@ -389,7 +434,7 @@ def test_a_tensor_of_the_wrong_shape_is_named_on_apply(method, mel_backbone, cli
     save_file(weights, folder / filename)
     concept = Concept.from_pretrained(folder)
     named = key.removeprefix("base_model.model.").removeprefix("denoiser.")
-    with pytest.raises(ValueError, match=rf"tensor {re.escape(named)} in {filename} has shape \(3, 3\) but .* corrupt"):
+    with pytest.raises(ValueError, match=rf"tensor {re.escape(named)} in {filename} has shape \(3, 3\) but .* damaged"):
         concept.apply(mel_backbone)
     assert not any("lora" in n for n, _ in mel_backbone.denoiser.named_parameters())  # nothing left behind
 
@@ -512,7 +557,7 @@ def test_a_missing_or_unknown_tensor_is_named_on_apply(method, damage, mel_backb
         message = f"{filename} holds 1 tensors the base model has no place for, e.g. {named}"
     save_file(weights, folder / filename)
     concept = Concept.from_pretrained(folder)
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}: the file is corrupt; download or train the concept again$"):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}: the file is damaged or does not belong to this base model; download or train the concept again$"):
         concept.apply(mel_backbone)
     assert not any("lora" in n for n, _ in mel_backbone.denoiser.named_parameters())  # nothing left behind
 

@@ -15,6 +15,7 @@ from steer import Audio, save_audio
 from steer.concepts import Concept, diffusion_loss
 from steer.concepts import concept as concept_module
 from steer.concepts.cli import add_personalize_parser, run_personalize
+from steer.concepts.train import MAX_LR
 
 PROMPT = "a recording of a sks guitar"
 
@@ -107,6 +108,21 @@ def test_resuming_with_other_settings_fails(mel_backbone, clips, tmp_path):
         _train(mel_backbone, clips, "lora", steps=4, resume=True)
 
 
+def test_resuming_names_a_folder_without_checkpoints_and_the_steps_to_pass(mel_backbone, clips, tmp_path):
+    kwargs = {"batch_size": 1, "crop_seconds": 0.64, "resume": True}
+    misspelt = tmp_path / "chekpoints"  # was trained from scratch without a word
+    with pytest.warns(UserWarning, match=rf"^resuming, but checkpoint_dir {re.escape(str(misspelt))} does not exist: training starts from step 0"):
+        _train(mel_backbone, clips, "lora", steps=2, checkpoint_dir=misspelt, checkpoint_every=2, **kwargs)
+    latest = misspelt / "checkpoint-000002"
+    message = f"cannot resume from {latest}: it is at step 2, past steps=1; pass steps=2 or more (steer personalize --steps 2)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _train(mel_backbone, clips, "lora", steps=1, checkpoint_dir=misspelt, checkpoint_every=2, **kwargs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.warns(UserWarning, match="checkpoint_dir .*empty holds no checkpoint: training starts from step 0"):
+        _train(mel_backbone, clips, "lora", steps=1, checkpoint_dir=empty, **kwargs)
+
+
 def test_checkpoints_never_touch_what_the_run_did_not_write(mel_backbone, clips, tmp_path):
     foreign = tmp_path / "checkpoint-500"  # another tool's checkpoint, numbered past this run's
     foreign.mkdir()
@@ -183,9 +199,11 @@ def test_personalize_command(clip_files, tmp_path, capsys):
 @pytest.mark.parametrize(
     "option, value, message, library",
     [
-        ("--lr", "nan", "lr must be a positive number <= 3.4e38 (float32's largest), got nan", True),
-        ("--lr", "0", "lr must be a positive number <= 3.4e38 (float32's largest), got 0.0", True),
-        ("--lr", "1e39", "lr must be a positive number <= 3.4e38 (float32's largest), got 1e+39", True),
+        ("--lr", "nan", "lr must be a positive number <= 3.403e+37 (AdamW's first step, lr / (1 - beta1), must fit a float32), got nan", True),
+        ("--lr", "0", "lr must be a positive number <= 3.403e+37 (AdamW's first step, lr / (1 - beta1), must fit a float32), got 0.0", True),
+        ("--lr", "1e39", "lr must be a positive number <= 3.403e+37 (AdamW's first step, lr / (1 - beta1), must fit a float32), got 1e+39", True),
+        # was torch's "value cannot be converted to type float without overflow" in AdamW's step
+        ("--lr", "1e38", "lr must be a positive number <= 3.403e+37 (AdamW's first step, lr / (1 - beta1), must fit a float32), got 1e+38", True),
         ("--batch-size", "0", "batch_size must be at least 1, got 0", True),
         ("--rank", "0", "rank must be at least 1, got 0", True),  # was refused after the model loaded
         # was PyTorch's "Overflow when unpacking long long", after the model loaded
@@ -207,12 +225,13 @@ def test_bad_training_numbers_are_refused_before_a_model_loads(
     add_personalize_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "concept"
     argv = ["personalize", *map(str, clip_files), "--token", "sks", "-o", str(out), "--backbone", "tiny", option, value]
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    name = option.removeprefix("--").replace("-", "_")
+    # the command names its option (it named the Python parameter, e.g. batch_size), the library its parameter
+    with pytest.raises(ValueError, match=f"^{re.escape(option + message.removeprefix(name) if library else message)}$"):
         run_personalize(parser.parse_args(argv))
     assert not out.exists()
     if library:
-        name = option.removeprefix("--").replace("-", "_")
-        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # the library call says the same
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             _train(mel_backbone, clip_files, "lora", **{name: getattr(parser.parse_args(argv), name)})
 
 
@@ -291,6 +310,9 @@ def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, t
         (clip_files, ("--token", "s ks"), "token must be one word without spaces, got 's ks'"),
         (clip_files, ("--token", ""), "token must be one word without spaces, got ''"),
         (clip_files, ("--class-word", " "), "the class word is empty"),
+        # was accepted: 'a recording of a violin violin', and the prior term's prompt lost the class word
+        (clip_files, ("--token", "violin", "--class-word", "violin"), r"^the concept token 'violin' is a word of the class word 'violin': the prompts would read 'a recording of a violin violin' .* use a new word as the token \(e.g. 'sks'\)$"),
+        (clip_files, ("--token", "Guitar", "--class-word", "electric guitar", "--method", "textual_inversion"), "the concept token 'Guitar' is a word of the class word 'electric guitar'"),
         (clip_files, ("--push-to-hub", "me/my/guitar"), "--push-to-hub 'me/my/guitar' is not a Hub repo id: Repo id must be"),
         (clip_files, ("--push-to-hub", "me/my guitar"), "--push-to-hub 'me/my guitar' is not a Hub repo id"),
     ]:
@@ -325,6 +347,13 @@ def test_training_that_diverges_stops_at_the_step_and_names_the_learning_rate(me
         _train(mel_backbone, clips, "lora", lr=1e30, **kwargs)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000001"]  # no checkpoint of the diverged step
     assert not hasattr(mel_backbone.denoiser, "peft_config")  # the adapter is taken out again
+
+
+@pytest.mark.parametrize("method", ["lora", "textual_inversion"])
+def test_the_largest_learning_rate_diverges_instead_of_crashing(method, mel_backbone, clips):
+    """An lr AdamW's first step turned into lr / (1 - beta1) past float32's largest crashed in torch."""
+    with pytest.raises(ValueError, match=rf"^training diverged at step \d: .* below lr={re.escape(f'{MAX_LR:g}')} "):
+        _train(mel_backbone, clips, method, lr=MAX_LR, steps=3, batch_size=1, crop_seconds=0.64)
 
 
 def test_weights_that_stop_being_finite_are_refused(mel_backbone, clips, monkeypatch):
@@ -407,7 +436,7 @@ def test_overwrite_says_what_it_does_in_a_folder_of_other_files(clip_files, mel_
         ("rank", 2.5, "rank must be a whole number, got 2.5"),
         ("steps", 1.5, "steps must be a whole number, got 1.5"),
         ("batch_size", 1.5, "batch_size must be a whole number, got 1.5"),
-        ("lr", "0.1", "lr must be a positive number <= 3.4e38 (float32's largest), got '0.1'"),
+        ("lr", "0.1", "lr must be a positive number <= 3.403e+37 (AdamW's first step, lr / (1 - beta1), must fit a float32), got '0.1'"),
         ("templates", "a {token} x", "templates must be a list of prompt templates, got the string 'a {token} x': pass ['a {token} x']"),
     ],
 )
@@ -447,3 +476,9 @@ def test_every_bit_of_the_seed_counts_for_a_fresh_lora(mel_backbone, clips):
     keys = [key for key in a.weights if "lora_A" in key]
     assert keys and all(torch.equal(a.weights[key], again.weights[key]) for key in keys)
     assert not any(torch.equal(a.weights[key], b.weights[key]) for key in keys)
+
+
+def test_training_refuses_a_token_that_is_a_word_of_the_class_word(clip_files, mel_backbone):
+    for method in ("lora", "textual_inversion"):
+        with pytest.raises(ValueError, match="^the concept token 'Violin' is a word of the class word 'violin'"):
+            Concept.train(mel_backbone, clip_files, token="Violin", class_word="violin", method=method, steps=1)

@@ -67,16 +67,54 @@ def test_applying_a_learnt_lora_leaves_the_random_stream_alone(tiny_backbone, cl
         assert torch.equal(torch.get_rng_state(), state)
 
 
+def _base_is_clean(denoiser: nn.Module) -> bool:
+    return not hasattr(denoiser, "peft_config") and all(
+        type(m) is nn.Linear for n, m in denoiser.named_modules() if n.endswith(".to_q")
+    )
+
+
 def test_a_forgotten_personalised_model_leaves_the_base_clean(tiny_backbone, clips):
     import gc
 
-    concept = _train(tiny_backbone, clips, "lora", steps=0)
+    concept = _train(tiny_backbone, clips, "lora", steps=1)
+    x, t, cond = _inputs(tiny_backbone)
+    before = tiny_backbone.predict_noise(x, t, cond, 3.0)
     personalized = concept.apply(tiny_backbone)
-    assert hasattr(tiny_backbone.denoiser, "peft_config")
     del personalized
     gc.collect()
-    assert not hasattr(tiny_backbone.denoiser, "peft_config")
-    assert all(type(m) is nn.Linear for n, m in tiny_backbone.denoiser.named_modules() if n.endswith(".to_q"))
+    assert torch.equal(tiny_backbone.predict_noise(x, t, cond, 3.0), before)  # queued, switched off
+    concept.apply(tiny_backbone).close()  # the next injection removes it, close the new one
+    assert _base_is_clean(tiny_backbone.denoiser)
+
+
+def test_collecting_a_forgotten_adapter_during_the_next_injection_keeps_the_new_one_whole(
+    tiny_backbone, clips, monkeypatch
+):
+    """The cycle collector can finalize an unclosed ε' while peft injects the next adapter into the
+    same layers; removing the old adapter there left the new one on detached modules."""
+    from peft.tuners.lora import LoraModel
+
+    concept = _train(tiny_backbone, clips, "lora", steps=1)
+    with concept.apply(tiny_backbone) as alone:
+        expected = alone.concept_weights()
+    forgotten = [concept.apply(tiny_backbone)]
+    create_and_replace = LoraModel._create_and_replace
+    calls = []
+
+    def collect_midway(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            forgotten.clear()  # the last reference: its finalizer runs here, mid-injection
+        return create_and_replace(*args, **kwargs)
+
+    monkeypatch.setattr(LoraModel, "_create_and_replace", collect_midway)
+    with concept.apply(tiny_backbone) as personalized:
+        assert not forgotten and len(calls) > 2
+        weights = personalized.concept_weights()
+        assert weights.keys() == expected.keys()
+        assert all(torch.equal(weights[k], expected[k]) for k in expected)
+        assert len(personalized.trainable_parameters()) == len(expected)
+    assert _base_is_clean(tiny_backbone.denoiser)  # the forgotten adapter went too
 
 
 def test_the_adapter_switches_off_after_an_exception(tiny_backbone, clips):
