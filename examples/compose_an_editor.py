@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/composed.wav"))
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}: the edit reports its last step's loss")
 
     backbone = load_backbone(args.backbone, device=args.device)
     editor = Editor(

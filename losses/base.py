@@ -108,8 +108,9 @@ class LossContext:
         noise: the ε shared by both latents, shaped like the latent.
         latent: x, the edited latent (a leaf that requires grad), ``(B, ...)``.
         noisy_latent: x_t computed from ``latent`` (differentiable), ``(B, ...)``.
-        predictions: the requested noise predictions, each shaped like the latent (no grad).
-        features: for each feature request, module name → features ``(B, T, F, C)``.
+        predictions: the noise predictions the loss requested, each shaped like the latent (no
+            grad); reading one it did not request is a ``KeyError`` naming the loss.
+        features: for each feature request of the loss, module name → features ``(B, T, F, C)``.
         generator: the editor's seeded generator, for losses that sample: draw for one clip
             and give the draw to each (the editor does so with ``t`` and ``noise``), so a clip
             is edited in a batch as alone.

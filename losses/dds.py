@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .base import LossContext, LossOutput, NoiseRequest, ScoreLoss
 from .functional import dds_gradient
-from .weighting import TimestepWeighting
+from .weighting import TimestepWeighting, check_weighting
 
 
 class DeltaDenoisingScore(ScoreLoss):
@@ -30,6 +30,7 @@ class DeltaDenoisingScore(ScoreLoss):
         target_model: str = "base",
         source_model: str = "base",
     ) -> None:
+        check_weighting(weighting)
         self.weighting = weighting
         self.target = NoiseRequest("edit", "target", guidance_scale, target_model)
         self.source = NoiseRequest("source", "source", guidance_scale, source_model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import LossContext, LossOutput, NoiseRequest, ScoreLoss
 from .functional import sds_gradient
-from .weighting import TimestepWeighting
+from .weighting import TimestepWeighting, check_weighting
 
 
 class ScoreDistillationSampling(ScoreLoss):
@@ -24,6 +24,7 @@ class ScoreDistillationSampling(ScoreLoss):
         weighting: TimestepWeighting = TimestepWeighting(scale=2.0),
         model: str = "base",
     ) -> None:
+        check_weighting(weighting)
         self.weighting = weighting
         self.target = NoiseRequest("edit", "target", guidance_scale, model)
         self.requests = (self.target,)

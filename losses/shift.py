@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import LossContext, LossOutput, NoiseRequest, ScoreLoss, check_finite
 from .functional import dds_gradient
-from .weighting import TimestepWeighting
+from .weighting import TimestepWeighting, check_weighting
 
 
 class ShiftRegularizer(ScoreLoss):
@@ -30,6 +30,7 @@ class ShiftRegularizer(ScoreLoss):
         weighting: TimestepWeighting = TimestepWeighting(scale=1.0),
     ) -> None:
         check_finite("the shift strength", strength)
+        check_weighting(weighting)
         self.strength = strength
         self.weighting = weighting
         self.personalized = NoiseRequest("edit", "target", guidance_scale, "personalized")

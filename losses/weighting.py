@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,3 +32,14 @@ class TimestepWeighting:
         if self.kind == "constant":
             return alpha_bar.new_full(alpha_bar.shape, self.scale)
         return self.scale * (1 - alpha_bar)
+
+
+def check_weighting(weighting: Callable[[Tensor], Tensor]) -> None:
+    """Refuse a w(t) that is not a function of ᾱ_t ``(B,)`` to weights ``(B,)``: a number
+    (``weighting=2.0``) failed at the first step with "'float' object is not callable"."""
+    if not callable(weighting):
+        raise TypeError(
+            f"weighting must be a function of ᾱ_t (B,) returning weights (B,), got {type(weighting).__name__} "
+            f"{weighting!r}: pass a TimestepWeighting, e.g. TimestepWeighting('constant', scale=2.0) for a "
+            "constant weight"
+        )

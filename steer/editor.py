@@ -15,9 +15,9 @@ import os
 import sys
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -83,6 +83,9 @@ class EditResult:
 
 
 Prompts = str | Sequence[str]
+
+#: the editor's settings that may be set between edits (each edit checks them as the constructor does)
+SETTINGS = ("steps", "lr", "optimizer", "lr_step_size", "lr_gamma", "t_min", "t_max", "performance")
 
 
 @dataclass
@@ -153,8 +156,10 @@ def check_latent(latent: Tensor, backbone: Backbone) -> None:
     """Refuse a latent ``backbone`` cannot edit before the first step: not a real floating-point
     tensor ``(B, C, T)`` or ``(B, C, T, F)``, with other axes or channels than the backbone's denoiser
     takes (:attr:`~backbones.Backbone.latent_dims`, :attr:`~backbones.Backbone.latent_channels`),
-    or holding NaN or infinite values (which the edit would carry to its end). The finiteness
-    check reads one number from the device."""
+    on another device than the denoiser (:attr:`~backbones.Backbone.device`; torch failed deep
+    inside, "Tensor on device cpu is not on the expected device"), or holding NaN or infinite
+    values (which the edit would carry to its end). The finiteness check reads one number from
+    the device."""
     if not isinstance(latent, Tensor):
         raise TypeError(f"the latent must be a tensor (B, C, T) or (B, C, T, F), got {type(latent).__name__}")
     if not latent.is_floating_point():
@@ -182,6 +187,12 @@ def check_latent(latent: Tensor, backbone: Backbone) -> None:
             f"the latent of shape {tuple(latent.shape)} has {latent.shape[1]} channels (axis 1), but "
             f"{type(backbone).__name__}'s denoiser takes {channels}: pass (B, {channels}, ...), e.g. "
             "from backbone.encode_audio (a single clip needs its batch axis, latent[None])"
+        )
+    weights = next(backbone.denoiser.parameters(), None)  # a toy score function may have none
+    if weights is not None and latent.device != weights.device:
+        raise ValueError(
+            f"the latent is on {latent.device}, but {type(backbone).__name__}'s denoiser is on "
+            f"{backbone.device}: move it there, latent.to(backbone.device)"
         )
     if not torch.isfinite(latent).all():
         raise ValueError("the latent holds NaN or infinite values: pass a finite latent (the edit would keep them)")
@@ -317,6 +328,12 @@ class Editor(LatentEditor):
             can outweigh the prompts' effect of a random model (tiny random AudioLDM/MusicLDM
             builds at guidance 30: gradient cosines of 0.05–0.4 with ``reference`` in one probe).
 
+    The settings (:data:`SETTINGS`: ``steps``, ``lr``, ``optimizer``, ``lr_step_size``,
+    ``lr_gamma``, ``t_min``, ``t_max``, ``performance``) may be set between edits; each edit
+    checks them as the constructor does. The backbone and the losses are fixed when the editor is
+    built (the requests, loss names and models of its edits are worked out from them then):
+    setting them is an ``AttributeError``; build a new editor instead.
+
     A batch of clips is edited as each clip is alone with the same seed, up to rounding: every
     clip gets the timesteps and noise one clip would draw, and the library's losses give each
     clip the gradient it gets alone (batching is for speed only; fp16's loss scaling skips a step
@@ -331,6 +348,9 @@ class Editor(LatentEditor):
         >>> result.latent.shape, len(result.history)
         (torch.Size([1, 8, 16, 16]), 2)
     """
+
+    #: what is fixed when the editor is built: recipes add what they work out from their concept
+    _fixed: tuple[str, ...] = ("backbone", "losses", "requests", "feature_requests", "loss_names")
 
     def __init__(
         self,
@@ -353,18 +373,66 @@ class Editor(LatentEditor):
                 raise TypeError(
                     f"losses must be ScoreLoss objects (losses.DeltaDenoisingScore(), ...), got {type(loss).__name__}"
                 )
-        if isinstance(performance, str):
-            performance = Performance.preset(performance)
-        elif not isinstance(performance, Performance):
-            raise TypeError(
-                f"performance must be a Performance or a preset's name ('bf16', ...), got {type(performance).__name__}"
-            )
         sample_rate = getattr(backbone, "sample_rate", None)
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
             raise ValueError(
                 f"{type(backbone).__name__}.sample_rate must be a positive whole number of Hz, got "
                 f"{sample_rate!r}: set it in the backbone class, as every Backbone subclass must"
             )
+        self.backbone = backbone
+        self.losses = tuple(losses)
+        self.steps = steps
+        self.lr = lr
+        self.optimizer = optimizer
+        self.lr_step_size = lr_step_size
+        self.lr_gamma = lr_gamma
+        self.t_min = t_min
+        self.t_max = t_max
+        self.performance = performance  # a preset's name becomes its Performance
+        self._check_settings()
+        self.performance.check_weights(backbone.dtype)
+        self._compiled: _Runtime | None = None
+        self.requests = unique(r for loss in self.losses for r in loss.requests)
+        self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
+        names = [loss.name for loss in self.losses]
+        self.loss_names = [
+            name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
+        ]
+        _check_feature_requests(self.loss_names, self.losses)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # what an edit's requests, loss names and models are worked out from once, when built
+        if name in self._fixed and name in self.__dict__:
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}.{name} is fixed when the editor is built (its requests, loss names and models "
+                f"are worked out then): build a new {kind} instead; only its settings "
+                f"({', '.join(SETTINGS)}) may be set between edits"
+            )
+        super().__setattr__(name, value)
+
+    @property
+    def performance(self) -> Performance:
+        """The execution path; set it between edits to a :class:`~steer.performance.Performance`
+        or a preset's name (:meth:`~steer.performance.Performance.preset`)."""
+        return self._performance
+
+    @performance.setter
+    def performance(self, performance: Performance | str) -> None:
+        if isinstance(performance, str):
+            performance = Performance.preset(performance)
+        elif not isinstance(performance, Performance):
+            raise TypeError(
+                f"performance must be a Performance or a preset's name ('bf16', ...), got {type(performance).__name__}"
+            )
+        self._performance = performance
+
+    def _check_settings(self) -> None:
+        """Refuse, by name, settings (:data:`SETTINGS`) an edit cannot run with: when the editor
+        is built, and before each edit, as they may be set in between."""
+        steps, lr, lr_step_size, lr_gamma, t_min, t_max = (
+            self.steps, self.lr, self.lr_step_size, self.lr_gamma, self.t_min, self.t_max
+        )
         for name, value in (("steps", steps), ("t_min", t_min), ("t_max", t_max), ("lr_step_size", lr_step_size)):
             check_whole_number(name, value)
         if not 0 <= steps <= sys.maxsize:
@@ -378,31 +446,11 @@ class Editor(LatentEditor):
             raise ValueError(f"lr_step_size must be at least 1 step, got {lr_step_size}")
         if not 0 < lr_gamma < math.inf:
             raise ValueError(f"lr_gamma must be a positive finite number, got {lr_gamma}")
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {optimizer!r}: use 'sgd' or 'adam'")
-        if not 0 <= t_min <= t_max < backbone.num_train_timesteps:
-            raise ValueError(
-                f"need 0 <= t_min <= t_max < {backbone.num_train_timesteps}, got {t_min}, {t_max}"
-            )
-        self.backbone = backbone
-        self.losses = tuple(losses)  # fixed: the requests and names below are worked out from them once
-        self.steps = steps
-        self.lr = lr
-        self.optimizer = optimizer
-        self.lr_step_size = lr_step_size
-        self.lr_gamma = lr_gamma
-        self.t_min = t_min
-        self.t_max = t_max
-        self.performance = performance
-        performance.check_weights(backbone.dtype)
-        self._compiled: _Runtime | None = None
-        self.requests = unique(r for loss in self.losses for r in loss.requests)
-        self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
-        names = [loss.name for loss in self.losses]
-        self.loss_names = [
-            name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
-        ]
-        _check_feature_requests(self.loss_names, self.losses)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: use 'sgd' or 'adam'")
+        timesteps = self.backbone.num_train_timesteps
+        if not 0 <= t_min <= t_max < timesteps:
+            raise ValueError(f"need 0 <= t_min <= t_max < {timesteps}, got {t_min}, {t_max}")
 
     def __enter__(self) -> Editor:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -490,9 +538,11 @@ class Editor(LatentEditor):
 
         ``audio`` of the result is left ``None`` (:meth:`edit` fills it).
         """
+        self._check_settings()
         check_latent(latent, self.backbone)
         # the loop backpropagates (PCon through the denoiser), also when called under no_grad or
-        # inference_mode; the prompts and the latent's copy are made here as normal tensors
+        # inference_mode; the prompts and the latent's copy are made here as normal tensors (the
+        # denoiser's weights must have been made so too: _check_differentiable_weights)
         with torch.inference_mode(False), torch.enable_grad():
             batch = latent.shape[0]
             texts = self.prompt_roles(
@@ -500,6 +550,7 @@ class Editor(LatentEditor):
             )
             models = self.models()
             self._check_requests(models, texts)
+            self._check_differentiable_weights(models)
             self._warn_if_no_delta(texts)
             for name, model in models.items():
                 self.performance.check_weights(model.dtype, name)
@@ -533,6 +584,22 @@ class Editor(LatentEditor):
                         f"the loss {name} asks for the prompt role {request.prompt!r}, which "
                         f"{type(self).__name__} does not give (it gives {', '.join(map(repr, roles))}): "
                         f"override Editor.prompt_roles() to add it, {fix}"
+                    )
+
+    def _check_differentiable_weights(self, models: dict[str, Backbone]) -> None:
+        """Refuse, before the first step, a loss backpropagating through a denoiser (a feature
+        request with ``grad=True``: PCon's) whose weights are inference tensors, made under
+        ``torch.inference_mode()``: autograd cannot save them for the backward, which failed at
+        the first step with "Inference tensors cannot be saved for backward"."""
+        for loss, name in zip(self.losses, self.loss_names):
+            for model in unique(f.request.model for f in loss.feature_requests if f.grad):
+                made = next((n for n, p in models[model].denoiser.named_parameters() if p.is_inference()), None)
+                if made is not None:
+                    raise ValueError(
+                        f"the loss {name} backpropagates through the {model!r} model's denoiser, whose weights "
+                        f"({made}, ...) were made under torch.inference_mode(), and autograd cannot save them: "
+                        "load the backbone and build the editor outside torch.inference_mode() "
+                        "(torch.no_grad() is fine)"
                     )
 
     def _warn_if_no_delta(self, roles: dict[str, list[str]]) -> None:
@@ -611,7 +678,7 @@ class Editor(LatentEditor):
                 generator=generator,
                 compile=runtime.compile,
             )
-            outputs = [loss(context) for loss in self.losses]
+            outputs = [loss(_declared(context, loss, name)) for loss, name in zip(self.losses, self.loss_names)]
             _check_outputs(self.loss_names, outputs, x)
 
             optimizer.zero_grad(set_to_none=False)
@@ -722,6 +789,44 @@ class Editor(LatentEditor):
         if self.optimizer == "adam":
             return torch.optim.Adam([x], lr=lr, fused=fused, capturable=isinstance(lr, Tensor))
         return torch.optim.SGD([x], lr=lr, fused=fused)
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Declared(Mapping[K, V], Generic[K, V]):
+    """The entries of ``values`` a loss declared (``keys``), the mapping it reads them from; any
+    other key is a ``KeyError`` naming the loss and what it declared (a bare ``KeyError:
+    NoiseRequest(...)`` named neither, or the read worked only while another loss declared it)."""
+
+    def __init__(self, values: Mapping[K, V], keys: tuple[K, ...], loss: str, what: str, attribute: str) -> None:
+        self._values, self._keys = values, keys
+        self._loss, self._what, self._attribute = loss, what, attribute
+
+    def __getitem__(self, key: K) -> V:
+        if key not in self._keys:
+            declared = ", ".join(map(str, self._keys)) or "none"
+            raise KeyError(
+                f"the loss {self._loss} reads {self._what} {key}, which is not among its {self._attribute} "
+                f"({declared}): add it to {self._loss}'s {self._attribute}"
+            )
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _declared(context: LossContext, loss: ScoreLoss, name: str) -> LossContext:
+    """``context`` as the loss ``name`` sees it: the predictions and features it declared."""
+    return replace(
+        context,
+        predictions=_Declared(context.predictions, loss.requests, name, "the prediction", "requests"),
+        features=_Declared(context.features, loss.feature_requests, name, "the features of", "feature_requests"),
+    )
 
 
 def _check_feature_requests(names: list[str], losses: list[ScoreLoss]) -> None:

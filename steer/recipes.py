@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Literal, Protocol
 
+import torch
+
 from backbones import Backbone
 from losses import (
     DeltaDenoisingScore,
@@ -72,7 +74,8 @@ class SteerMusic(Editor):
 
 
 class ConceptLike(Protocol):
-    """What :class:`SteerMusicPlus` needs of a concept: its token and the personalised model."""
+    """What :class:`SteerMusicPlus` needs of a concept: its token and the personalised model (a
+    ``class_word`` attribute, as :class:`~steer.concepts.Concept` has, is read where present)."""
 
     token: str
 
@@ -103,6 +106,8 @@ class SteerMusicPlus(Editor):
             the backbone's ``decoder_self_attention`` (the up blocks of AudioLDM2's U-Net).
         performance: the execution path (:class:`~steer.performance.Performance`).
     """
+
+    _fixed = (*Editor._fixed, "token", "class_word", "personalized")
 
     def __init__(
         self,
@@ -161,7 +166,11 @@ class SteerMusicPlus(Editor):
             performance=performance,
         )
         self.token = concept.token
-        self.personalized = concept.apply(backbone)
+        self.class_word: str | None = getattr(concept, "class_word", None)
+        # ε′'s own weights (a LoRA concept's adapter) made as normal tensors, also when the editor
+        # is built under torch.inference_mode(): PCon backpropagates through them
+        with torch.inference_mode(False):
+            self.personalized = concept.apply(backbone)
 
     def close(self) -> None:
         """Release ε' (a LoRA concept's adapter leaves the base denoiser) and what
@@ -175,5 +184,7 @@ class SteerMusicPlus(Editor):
         return {"base": self.backbone, "personalized": self.personalized}
 
     def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:
-        base = [prompt_without_token(prompt, self.token) for prompt in target]
+        """The editor's roles and ``"target_base"``, each target prompt without the concept's
+        token; a target not naming the token is refused with an example in the concept's words."""
+        base = [prompt_without_token(prompt, self.token, self.class_word) for prompt in target]
         return {"source": source, "target": target, "target_base": base}

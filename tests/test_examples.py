@@ -38,6 +38,14 @@ def test_compose_an_editor(backbone, tmp_path):
         assert math.isnan(pcc) or -1 <= pcc <= 1
 
 
+def test_compose_an_editor_refuses_no_steps(capsys, no_model_loads):
+    """--steps 0 edited nothing and ended with an IndexError reading the last step's loss."""
+    with pytest.raises(SystemExit) as exited:
+        _load("compose_an_editor").main(["--steps", "0"])
+    assert exited.value.code == 2
+    assert "error: --steps must be at least 1, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", ["lora", "textual_inversion"])
 def test_personalize_and_edit(method, tmp_path):
     argv = ["--method", method, "--concept-steps", "2", "--steps", "3", "--out", str(tmp_path)]

@@ -888,24 +888,25 @@ def token_pattern(token: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
 
 
-def prompt_without_token(prompt: str, token: str) -> str:
+def prompt_without_token(prompt: str, token: str, class_word: str | None = None) -> str:
     """The target ``prompt`` without the concept ``token`` (the base model's prompt of SteerMusic+'s
     shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``.
 
     Raises:
         ValueError: when the prompt does not name the token (see :func:`token_pattern`), or is
-            only the token.
+            only the token; its example prompt is in the concept's words (``class_word``).
     """
     pattern = token_pattern(token)
+    example = " ".join(word for word in ("a", token, class_word, "melody") if word)
     if not pattern.search(prompt):
         raise ValueError(
-            f"the target prompt {prompt!r} does not name the concept token {token!r}: write e.g. 'a {token} guitar melody'"
+            f"the target prompt {prompt!r} does not name the concept token {token!r}: write e.g. {example!r}"
         )
     without = " ".join(pattern.sub("", prompt).split())
     if not without:
         raise ValueError(
             f"the target prompt {prompt!r} is only the concept token: the base model's prompt without it would be "
-            f"empty; describe the audio around it, e.g. 'a {token} guitar melody'"
+            f"empty; describe the audio around it, e.g. {example!r}"
         )
     return without
 
@@ -938,7 +939,7 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
         check_repo_id(name, "the concept")
         config_path = _fetch_config(name)
     config = _read_config(config_path, name)
-    prompt_without_token(target, config.token)
+    prompt_without_token(target, config.token, config.class_word)
     return config
 
 

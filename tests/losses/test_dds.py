@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
+from losses import (
+    DeltaDenoisingScore,
+    PersonalizedDeltaScore,
+    ScoreDistillationSampling,
+    ShiftRegularizer,
+    TimestepWeighting,
+)
 from steer import Editor
 
 
@@ -58,3 +64,11 @@ def test_requests_are_declared():
 def test_a_guidance_that_is_not_a_finite_number_is_refused(guidance):
     with pytest.raises(ValueError, match=f"guidance_scale must be a finite number, got {guidance}"):
         DeltaDenoisingScore(guidance_scale=guidance)
+
+
+@pytest.mark.parametrize("loss", [DeltaDenoisingScore, PersonalizedDeltaScore, ScoreDistillationSampling, ShiftRegularizer])
+def test_a_weighting_that_is_not_a_function_is_refused_when_the_loss_is_made(loss):
+    """weighting=2.0 failed at the first step with "'float' object is not callable"."""
+    with pytest.raises(TypeError, match=r"^weighting must be a function of ᾱ_t \(B,\) returning weights \(B,\), got float 2.0: pass a TimestepWeighting, e.g. TimestepWeighting\('constant', scale=2.0\)"):
+        loss(weighting=2.0)
+    assert loss(weighting=lambda alpha_bar: 1 - alpha_bar).weighting(torch.tensor([0.25])) == 0.75

@@ -7,8 +7,11 @@ import warnings
 import pytest
 import torch
 
+from backbones import AudioLDM2Backbone
+from backbones.tiny import tiny_audioldm2_pipeline
 from losses import (
     DeltaDenoisingScore,
+    FeatureRequest,
     LossOutput,
     NoiseRequest,
     PersonalizedContrastiveLoss,
@@ -17,7 +20,16 @@ from losses import (
     ShiftRegularizer,
     TimestepWeighting,
 )
-from steer import Audio, Editor, SteerMusic, SteerMusicPlus, load_audio, save_audio
+from steer import (
+    Audio,
+    Concept,
+    Editor,
+    SteerMusic,
+    SteerMusicPlus,
+    load_audio,
+    save_audio,
+)
+from steer.concepts.concept import LORA_TARGETS, ConceptConfig
 from steer.editor import seeded_generator
 from steer.performance import Performance
 
@@ -94,8 +106,8 @@ def test_an_edit_whose_latent_is_not_finite_warns_and_names_its_path(tiny_backbo
     g++: benchmarks/README.md) makes the audio noise: the edit warns, naming its path and what to do,
     read in the same copy as the history; a sound edit does not warn."""
     prompts = dict(source="a piano melody", target="a violin melody")
-    editor = SteerMusic(tiny_backbone, steps=2)
-    editor.lr = float("nan")  # NaN steps (the constructor refuses this learning rate)
+    nan = _Output(gradient=lambda x: torch.full_like(x, float("nan")))
+    editor = Editor(tiny_backbone, losses=[DeltaDenoisingScore(guidance_scale=7.5), nan], steps=2)
     with pytest.warns(RuntimeWarning, match=r"non-finite values after 2 steps on Performance\(path='batched'.*so its audio is noise. The edit diverged: edit it again with a lower lr or guidance_scale$") as caught:
         result = editor.edit_latent(latent, **prompts)
     assert "C++ compiler" not in str(caught[0].message)  # an eager path: no compiled code to suspect
@@ -409,6 +421,40 @@ def test_an_edit_called_under_no_grad_or_inference_mode_is_the_same_edit(tiny_ba
     assert (reference - latent).abs().max() > 1e-3  # the edit moved
 
 
+def test_a_backbone_made_under_inference_mode_is_refused_where_a_loss_backpropagates_through_it(latent):
+    """Its weights are inference tensors: PCon's backward failed at the first step with torch's
+    "Inference tensors cannot be saved for backward"; DDS, which does not backpropagate through
+    them, edits with it as before."""
+    with torch.inference_mode():
+        backbone = AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline(seed=0))
+    prompts = {"source": "a piano", "target": "a violin"}
+    losses = [DeltaDenoisingScore(guidance_scale=7.5), PersonalizedContrastiveLoss(guidance_scale=7.5, num_positions=4)]
+    states = []
+    with pytest.raises(
+        ValueError,
+        match=r"^the loss PersonalizedContrastiveLoss backpropagates through the 'personalized' model's denoiser, "
+        r"whose weights \(conv_in.weight, ...\) were made under torch.inference_mode\(\), and autograd cannot save "
+        r"them: load the backbone and build the editor outside torch.inference_mode\(\) \(torch.no_grad\(\) is fine\)$",
+    ):
+        _SelfPersonalized(backbone, losses=losses, steps=1).edit_latent(latent, **prompts, callback=states.append)
+    assert states == []
+    assert len(SteerMusic(backbone, steps=2).edit_latent(latent, **prompts).history) == 2
+
+
+def test_steermusic_plus_built_under_inference_mode_edits_as_one_built_outside(tiny_backbone, latent):
+    """peft made the LoRA adapter's weights under inference_mode, as inference tensors: PCon's
+    backward through them failed at the first step."""
+    config = ConceptConfig(method="lora", token="sks", class_word="guitar", family="audioldm2", lora_rank=2, lora_targets=LORA_TARGETS)
+    concept = Concept(config, {})  # a fresh adapter (B = 0): ε′ = ε whatever peft draws for A
+    prompts = {"source": "a piano", "target": "a sks violin"}
+    with torch.inference_mode():
+        inside = SteerMusicPlus(tiny_backbone, concept, steps=2, pcon_positions=4)
+    with inside:
+        edited = inside.edit_latent(latent, **prompts).latent
+    with SteerMusicPlus(tiny_backbone, concept, steps=2, pcon_positions=4) as outside:
+        torch.testing.assert_close(edited, outside.edit_latent(latent, **prompts).latent, rtol=0, atol=0)
+
+
 def test_a_target_of_only_the_concept_token_is_refused(tiny_backbone, latent):
     """The base model's shift prompt was derived empty ('') and used."""
 
@@ -441,6 +487,14 @@ def test_latents_the_backbone_cannot_edit_are_refused_before_the_first_step(tiny
             editor.edit_latent(torch.full_like(latent, bad), **prompts)
     with pytest.raises(TypeError, match="the source prompt must be a string or a list of strings, got bytes"):
         editor.edit_latent(latent, source=b"a piano", target="a violin")  # was "got 7 source prompts"
+
+
+def test_a_latent_on_another_device_than_the_denoiser_is_refused(latent):
+    """It failed deep inside torch: "Tensor on device cpu is not on the expected device meta!"."""
+    backbone = AudioLDM2Backbone.from_pipe(tiny_audioldm2_pipeline(seed=0))
+    backbone.denoiser.to("meta")  # stands for a denoiser on a GPU
+    with pytest.raises(ValueError, match=re.escape("the latent is on cpu, but AudioLDM2Backbone's denoiser is on meta: move it there, latent.to(backbone.device)")):
+        SteerMusic(backbone, steps=1).edit_latent(latent, source="a piano", target="a violin")
 
 
 def test_performance_fields_are_type_checked():
@@ -487,8 +541,6 @@ class _ReadsAnotherLossesFeatures(ScoreLoss):
     """Reads features from a prediction it does not request."""
 
     def __init__(self) -> None:
-        from losses import FeatureRequest
-
         self.feature_requests = (FeatureRequest(NoiseRequest("edit", "target", 3.0), None),)
 
     def __call__(self, context):
@@ -540,3 +592,84 @@ def test_editor_arguments_of_the_wrong_kind_are_named_when_it_is_built(analytic_
     editor = Editor(analytic_backbone, losses=dds)
     with pytest.raises(AttributeError):  # its requests were worked out from its losses once
         editor.losses.append(DeltaDenoisingScore(guidance_scale=5.0))
+
+
+class _ReadsAnotherPrediction(ScoreLoss):
+    """Requests the target prediction and reads the source one (or undeclared features)."""
+
+    requests = (NoiseRequest("edit", "target", 3.0),)
+
+    def __init__(self, read) -> None:
+        self.read = read
+
+    def __call__(self, context):
+        self.read(context)
+        return LossOutput(value=torch.zeros(()))
+
+
+def test_a_loss_reading_a_prediction_it_did_not_request_is_named(analytic_backbone):
+    """A bare KeyError: NoiseRequest(...) named no loss; beside a loss requesting the prediction
+    the read worked, as features did before they were checked."""
+    source = NoiseRequest("source", "source", 3.0)
+    latent, prompts = torch.zeros(1, *analytic_backbone.shape), {"source": "a piano", "target": "a violin"}
+    reads = _ReadsAnotherPrediction(lambda context: context.predictions[source])
+    message = (
+        "the loss _ReadsAnotherPrediction reads the prediction NoiseRequest(latent='source', prompt='source', "
+        "guidance_scale=3.0, model='base'), which is not among its requests (NoiseRequest(latent='edit', "
+        "prompt='target', guidance_scale=3.0, model='base')): add it to _ReadsAnotherPrediction's requests"
+    )
+    for losses in ([reads], [DeltaDenoisingScore(guidance_scale=3.0), reads]):
+        with pytest.raises(KeyError, match=re.escape(message)):
+            Editor(analytic_backbone, losses=losses, steps=1).edit_latent(latent, **prompts)
+    features = _ReadsAnotherPrediction(lambda context: context.features[FeatureRequest(source, None)])
+    with pytest.raises(KeyError, match=r"reads the features of FeatureRequest\(.*\), which is not among its feature_requests \(none\)"):
+        Editor(analytic_backbone, losses=[features], steps=1).edit_latent(latent, **prompts)
+
+
+def test_settings_set_between_edits_are_checked_as_the_constructor_checks_them(analytic_backbone):
+    """t_max = 5000 was an IndexError inside the step, lr = -0.5 torch's "Invalid learning rate",
+    performance = "bf16" (a name the constructor takes) an AttributeError."""
+    latent, prompts = torch.zeros(1, *analytic_backbone.shape), {"source": "a piano", "target": "a violin"}
+    editor = Editor(analytic_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0)], steps=1)
+    editor.performance = "reference"
+    assert editor.performance == Performance.preset("reference")
+    with pytest.raises(TypeError, match="^performance must be a Performance or a preset's name"):
+        editor.performance = 3
+    with pytest.raises(ValueError, match="unknown performance preset 'bf61'"):
+        editor.performance = "bf61"
+    bad = [
+        ("t_max", 5000, ValueError, r"need 0 <= t_min <= t_max < 1000, got 20, 5000"),
+        ("lr", -0.5, ValueError, "the learning rate must be a positive finite number, got -0.5"),
+        ("lr", "0.1", TypeError, "lr must be a number, got str '0.1'"),
+        ("steps", 2.5, ValueError, "steps must be a whole number, got 2.5"),
+        ("optimizer", "adamw", ValueError, "unknown optimizer 'adamw'"),
+    ]
+    for name, value, error, message in bad:
+        good = getattr(editor, name)
+        setattr(editor, name, value)
+        with pytest.raises(error, match=message):
+            editor.edit_latent(latent, **prompts)
+        setattr(editor, name, good)
+    editor.steps, editor.optimizer = 3, "adam"
+    assert len(editor.edit_latent(latent, **prompts).history) == 3
+
+
+def test_the_backbone_and_losses_are_fixed_when_the_editor_is_built(analytic_backbone):
+    """losses = (...) left the requests and loss names worked out from them stale: an added SDS
+    loss was applied but missing from the history, a changed guidance a bare KeyError."""
+    settings = r"only its settings \(steps, lr, optimizer, lr_step_size, lr_gamma, t_min, t_max, performance\) may be set between edits$"
+    editor = Editor(analytic_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0)])
+    for name in ("backbone", "losses", "requests", "feature_requests", "loss_names"):
+        with pytest.raises(AttributeError, match=rf"^Editor.{name} is fixed when the editor is built .*: build a new Editor instead; {settings}"):
+            setattr(editor, name, getattr(editor, name))
+
+    class Same:
+        token = "sks"
+
+        def apply(self, backbone):
+            return backbone
+
+    plus = SteerMusicPlus(analytic_backbone, Same())
+    for name in ("losses", "token", "class_word", "personalized"):
+        with pytest.raises(AttributeError, match=rf"^SteerMusicPlus.{name} is fixed when the editor is built"):
+            setattr(plus, name, getattr(plus, name))

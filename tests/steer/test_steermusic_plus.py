@@ -56,8 +56,19 @@ def test_pcon_reaches_the_latent_in_two_calls_and_leaves_no_hooks(tiny_backbone,
 def test_target_must_name_the_token(tiny_backbone, latent):
     editor = SteerMusicPlus(tiny_backbone, SameModel(), steps=1)
     assert editor.prompt_roles(["a piano"], ["a sks  guitar melody"])["target_base"] == ["a guitar melody"]
-    with pytest.raises(ValueError, match="does not name the concept token 'sks'"):
+    with pytest.raises(ValueError, match="does not name the concept token 'sks': write e.g. 'a sks melody'$"):
         editor.edit_latent(latent, source="a piano", target="a guitar")
+
+
+def test_a_target_missing_the_token_is_shown_in_the_concepts_own_words(tiny_backbone, latent):
+    """The example was 'a sks guitar melody' whatever the concept's class word."""
+
+    class Violin(SameModel):
+        token, class_word = "<v>", "violin"
+
+    editor = SteerMusicPlus(tiny_backbone, Violin(), steps=1)
+    with pytest.raises(ValueError, match="^the target prompt 'a violin' does not name the concept token '<v>': write e.g. 'a <v> violin melody'$"):
+        editor.edit_latent(latent, source="a piano", target="a violin")
 
 
 @pytest.mark.parametrize("token", ["sks", "[S]", "<s1>"])
