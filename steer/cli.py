@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +25,7 @@ import torch
 from backbones import load_backbone
 from backbones.auto import TINY
 from backbones.mel import to_mono
-from steer.data._files import atomic_write_text
+from steer.data._files import atomic_write_text, model_source_problem
 
 from .audio import Audio, NonFiniteAudio, audio_format, check_writable, load_audio, save_audio
 from .concepts.cli import add_personalize_parser, run_personalize
@@ -449,7 +451,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> None:
             if config is None:  # the config read once (a Hub concept: one request)
                 config = check_concept_reference(concept, item.target)
             else:
-                prompt_without_token(item.target, config.token)
+                prompt_without_token(item.target, config.token, config.class_word)
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
 
@@ -690,22 +692,42 @@ def _demo(args: argparse.Namespace) -> None:
     args.guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
     args.lr = DEMO_LR if args.lr is None else args.lr
     editing = _editing(args)
-    _make_folder(args.out, "--out")
-    paths = {name: args.out / f"{name}.wav" for name in ("source", "edit", "ground_truth")}
-    picture = args.out / "comparison.png"
-    for path in (*paths.values(), picture):
-        _check_output(path, args.overwrite)
-    source, truth = load_audio(DEMO_SOURCE), load_audio(DEMO_TRUTH)
-    _edit(args, editing, source, "a recording of a piano", "a recording of a violin", paths["edit"])
-    edit = load_audio(paths["edit"])
-    save_audio(paths["source"], source.waveform, source.sample_rate, overwrite=args.overwrite)
-    save_audio(paths["ground_truth"], truth.waveform, truth.sample_rate, overwrite=args.overwrite)
-    # the edit is at the backbone's rate and channels (Stable Audio: 44.1 kHz stereo): score and
-    # draw it as the mono clips are, at their rate
-    edited = to_mono(edit.waveform[None], edit.sample_rate, source.sample_rate)
-    clips = {"source (piano)": source.waveform, "edit → violin": edited, "ground truth (violin)": truth.waveform}
-    plot_comparison(clips, source.sample_rate, picture, title="steer demo: SteerMusic, piano → violin")
-    print(f"wrote {', '.join(str(p) for p in paths.values())} and {picture}")
+    if problem := model_source_problem(args.backbone, "--backbone"):  # the Hub asked in vain, for 30 s
+        raise UsageError(problem)
+    names = ("source.wav", "edit.wav", "ground_truth.wav", "comparison.png")
+    outputs = [args.out / name for name in names]
+    # the folders this run makes, deepest first
+    created = list(itertools.takewhile(lambda folder: not os.path.exists(folder), (args.out, *args.out.parents)))
+    try:
+        _make_folder(args.out, "--out")
+        for path in outputs:
+            _check_output(path, args.overwrite)
+        # made aside and moved in together at the end, so a run cut short leaves none of them
+        # (a rerun would find a lone edit.wav and refuse it)
+        with tempfile.TemporaryDirectory(prefix=".demo-", dir=args.out) as aside:
+            staged = {name: Path(aside) / name for name in names}
+            source, truth = load_audio(DEMO_SOURCE), load_audio(DEMO_TRUTH)
+            _edit(args, editing, source, "a recording of a piano", "a recording of a violin", staged["edit.wav"])
+            edit = load_audio(staged["edit.wav"])
+            save_audio(staged["source.wav"], source.waveform, source.sample_rate)
+            save_audio(staged["ground_truth.wav"], truth.waveform, truth.sample_rate)
+            # the edit is at the backbone's rate and channels (Stable Audio: 44.1 kHz stereo): score
+            # and draw it as the mono clips are, at their rate
+            edited = to_mono(edit.waveform[None], edit.sample_rate, source.sample_rate)
+            clips = {"source (piano)": source.waveform, "edit → violin": edited, "ground truth (violin)": truth.waveform}
+            plot_comparison(clips, source.sample_rate, staged["comparison.png"], title="steer demo: SteerMusic, piano → violin")
+            for path in outputs:  # again: one may have appeared during the edit
+                _check_output(path, args.overwrite)
+            for path in outputs:
+                os.replace(staged[path.name], path)
+    except BaseException:  # refused, failed or interrupted: remove the folders made for nothing
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # holds something: not ours to remove
+                break
+        raise
+    print(f"wrote {', '.join(str(p) for p in outputs[:3])} and {outputs[3]}")
     melody = cqt1_pcc(source.waveform[0], edited[0], sample_rate=source.sample_rate)
     reference = cqt1_pcc(source.waveform[0], truth.waveform[0], sample_rate=source.sample_rate)
     print(f"melody kept (CQT-1 PCC, source vs edit): {melody:.3f}; source vs the real violin: {reference:.3f}")

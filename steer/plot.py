@@ -3,12 +3,14 @@
 Like the SteerMusic paper's Figure 5: each column is a clip (source, edit, ground truth, …); the
 top row shows its log-mel, the bottom row the index of the loudest CQT bin per frame (the
 sequence whose correlation is the CQT-1 PCC metric), with the first clip's line repeated in grey
-so melody drift is visible at a glance.
+so melody drift is visible at a glance. Each row shares its time axis, so a shorter clip is drawn
+shorter.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +41,10 @@ def plot_comparison(
     Raises:
         ValueError: for no clips, a clip of another shape, a missing output folder, or a file
             that cannot be written there.
+
+    Warns:
+        RuntimeWarning: naming each clip holding NaN or infinite samples (a diverged edit),
+            whose panels show nothing of it; their titles say so too.
     """
     if not clips:
         raise ValueError("no clips to plot: pass a mapping of title to waveform")
@@ -60,22 +66,34 @@ def plot_comparison(
     mel = MelFrontEnd()
     # (1, channels, samples): to_mono reads a 2-D tensor as a batch of mono clips, not as channels
     waves = {name: to_mono(w.reshape(1, -1, w.shape[-1]), sample_rate, mel.sample_rate)[0] for name, w in clips.items()}
-    lines = {name: cqt_top1(w) for name, w in waves.items()}
-    reference = next(iter(lines.values()))
+    titles = {}
+    for name, waveform in clips.items():
+        if bad := int((~torch.isfinite(waveform)).sum()):
+            problem = f"{bad} of {waveform.numel()} samples NaN or infinite"
+            warnings.warn(f"clip {name!r} has {problem}: it is drawn blank", RuntimeWarning, stacklevel=2)
+            titles[name] = f"{name}\n({problem})"
+    # a non-finite clip has no melody line (its CQT's arg-max would draw a false one)
+    lines = {name: cqt_top1(w) for name, w in waves.items() if name not in titles}
+    first = next(iter(waves))
 
-    fig, axes = plt.subplots(2, len(waves), figsize=(4 * len(waves), 5), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(
+        2, len(waves), figsize=(4 * len(waves), 5), squeeze=False, sharex="row", sharey="row"
+    )
     for column, (name, waveform) in enumerate(waves.items()):
         log_mel = mel(mel.normalize(waveform[None]))[0, 0]
         axes[0, column].imshow(log_mel.T.numpy(), origin="lower", aspect="auto", cmap="magma",
                                extent=(0, waveform.shape[-1] / mel.sample_rate, 0, mel.n_mels))
-        axes[0, column].set_title(name)
+        axes[0, column].set_title(titles.get(name, name))
         axes[0, column].set_xlabel("seconds")
-        line = torch.as_tensor(lines[name])
-        if column:
-            axes[1, column].plot(torch.as_tensor(reference).numpy(), color="0.75", label=next(iter(waves)))
-        axes[1, column].plot(line.numpy(), color="C0", label=name)
+        if column and first in lines:
+            axes[1, column].plot(lines[first].numpy(), color="0.75", label=first)
+        if name in lines:
+            axes[1, column].plot(lines[name].numpy(), color="C0", label=name)
         axes[1, column].set_xlabel("CQT frame (32 ms)")
-        axes[1, column].legend(loc="upper right", fontsize="small")
+        if axes[1, column].lines:
+            axes[1, column].legend(loc="upper right", fontsize="small")
+    # imshow sets its own axis' limits, which sharex hands to every column: the longest clip's
+    axes[0, 0].set_xlim(0, max(w.shape[-1] for w in waves.values()) / mel.sample_rate)
     axes[0, 0].set_ylabel("mel band")
     axes[1, 0].set_ylabel("top-1 CQT bin (¼ tones over 65 Hz)")
     if title:

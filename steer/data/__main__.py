@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--collection",
         default="ryansMammoth",
-        help="music21 corpus folder: ryansMammoth, bach, oneills1850, ...",
+        help="music21 corpus folder, in any case: ryansMammoth, bach, oneills1850, ...",
     )
     parser.add_argument("--n-melodies", type=int, default=40)
     parser.add_argument(
@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help=f"from: {', '.join(sorted(GM_PROGRAMS))}",
     )
-    parser.add_argument("--seconds", type=float, default=5.12, help="clip length")
-    parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seconds", type=float, default=5.12, help="clip length, 0.514 s (what CQT-1 PCC reads) or more"
+    )
+    parser.add_argument("--sample-rate", type=int, default=16000, help="16000 (Hz) or more")
+    parser.add_argument("--seed", type=int, default=0, help="a non-negative integer")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--qpm", type=float, default=100.0, help="tempo, quarter notes a minute")
     parser.add_argument(
@@ -80,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as error:
         parser.error(str(error))
+    except KeyboardInterrupt:  # every file is written whole (steer.data._files), so a rerun resumes
+        if interactive:
+            sys.stderr.write("\n")  # below the progress line
+        sys.stderr.write(
+            f"{parser.prog}: interrupted; run the same command again to resume: clips already "
+            "rendered and notes already parsed are kept\n"
+        )
+        return 130
     print(f"{manifest}  ({time.perf_counter() - start:.1f} s)")
     return 0
 

@@ -7,6 +7,7 @@ benchmark's scripts make of the paths they are given, before any work.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -29,6 +30,36 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json_object(path: Path, what: str, fix: str) -> dict | None:
+    """The JSON object in ``path``, ``None`` where there is no such file, or a ``ValueError``
+    saying that ``path`` is no ``what`` (a folder, unreadable, not a JSON object), then ``fix``.
+
+    For the files a dataset folder holds under names of ours: one found there that is not ours
+    is named and left alone, never read as ours or written over.
+    """
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except IsADirectoryError:
+        problem = "it is a folder"
+    except OSError as error:
+        problem = f"it cannot be read: {error.strerror or error}"
+    except ValueError as error:  # not JSON, or not UTF-8
+        problem = f"it is not JSON: {error}"
+    else:
+        if isinstance(data, dict):
+            return data
+        shown = json.dumps(data)
+        problem = f"it holds {shown if len(shown) <= 40 else shown[:37] + '...'}, not a JSON object"
+    raise ValueError(f"{path} is not {what} ({problem}): {fix}")
+
+
+#: The most samples :func:`float_wav_bytes` can write: a RIFF file counts its size, 48 bytes of
+#: header and 4 a sample, in 32 bits.
+MAX_WAV_FRAMES = (2**32 - 1 - 48) // 4
 
 
 def float_wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:

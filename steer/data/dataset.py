@@ -37,20 +37,41 @@ the PCC of the ground-truth pair (source, target), not with 1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from backbones.mel import to_mono
+from backbones.mel import MelFrontEnd, to_mono
 from steer.audio import load_audio
-from steer.data._files import atomic_write_text, atomic_write_wav, is_valid_wav
+from steer.data._files import (
+    MAX_WAV_FRAMES,
+    atomic_write_text,
+    atomic_write_wav,
+    is_valid_wav,
+    read_json_object,
+)
 from steer.data.instruments import DEFAULT_INSTRUMENTS, gm_program, instrument_prompt
-from steer.data.manifest import ManifestEntry, read_manifest, split_melodies, write_manifest
-from steer.data.melodies import TooFewMelodies, load_melodies
+from steer.data.manifest import (
+    ManifestEntry,
+    check_test_fraction,
+    read_manifest,
+    split_melodies,
+    write_manifest,
+)
+from steer.data.melodies import TooFewMelodies, collection_name, load_melodies
 from steer.data.render import MIN_PITCHES, choose_clip, default_soundfont, render_clip
+from steer.metrics.functional import CQT_SAMPLE_RATE, _cqt, cqt_min_samples
+
+#: The lowest rate clips are rendered at: the rate of CQT-1 PCC, of the instrument classifier and
+#: of the mel front end of the AudioLDM family and the shipped backbone (bands up to 8 kHz); a clip
+#: rendered below it is upsampled with its top bands empty, which none of them was made for.
+MIN_SAMPLE_RATE = MelFrontEnd.sample_rate
 
 MANIFEST = "manifest.jsonl"
 CONFIG = "render_config.json"
@@ -102,13 +123,16 @@ def render_dataset(
     Args:
         out_dir: the dataset folder (created; reused as a cache).
         collection: a music21 corpus folder: ``"ryansMammoth"``, ``"bach"`` (chorales, soprano
-            line), ``"oneills1850"``, ``"essenFolksong"``, ...
+            line), ``"oneills1850"``, ``"essenFolksong"``, ...; in any case (``"Bach"``): the
+            folder records the corpus's spelling.
         n_melodies: how many melodies, the first ones in the seeded order that have a window
             ``min_coverage`` full of notes.
         instruments: names from :data:`steer.data.instruments.GM_PROGRAMS`.
         seconds, sample_rate: clip length and rate (every clip has exactly
-            ``round(seconds * sample_rate)`` samples).
-        seed: fixes which melodies, which window of each, and the split.
+            ``round(seconds * sample_rate)`` samples): at least 0.514 s, the shortest clip
+            CQT-1 PCC reads, and :data:`MIN_SAMPLE_RATE` (16 kHz).
+        seed: a non-negative integer; fixes which melodies, which window of each, and the
+            split.
         test_fraction: share of melodies held out for test.
         qpm: tempo, quarter notes per minute.
         overwrite: replace a manifest holding lines this render would not write (see the
@@ -116,17 +140,26 @@ def render_dataset(
 
     Returns:
         the path of ``manifest.jsonl``.
+
+    Raises:
+        ValueError: for settings no render can use, before any work; for a folder rendered
+            with other settings, or holding a file under one of its names (``notes.json``,
+            ``render_config.json``, ``manifest.jsonl``) that is not what that name holds
+            (named, and left as it is); for a collection with too few usable melodies.
     """
     out = Path(out_dir)
     instruments = list(dict.fromkeys(instruments))
+    if not instruments:
+        raise ValueError("instruments (--instruments) is empty: name one or more")
     for instrument in instruments:
         gm_program(instrument)  # fail before any work on an unknown name
-    if n_melodies < 1:
-        raise ValueError(f"n_melodies must be at least 1, got {n_melodies}")
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
+    _check_settings(
+        n_melodies=n_melodies, seconds=seconds, sample_rate=sample_rate, seed=seed,
+        test_fraction=test_fraction, qpm=qpm,
+    )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a dataset folder: choose another out_dir (--out)")
+    collection = collection_name(collection)
     config = {
         "collection": collection,
         "seed": seed,
@@ -153,13 +186,21 @@ def render_dataset(
         melodies = load_melodies(
             collection, n_melodies=n_melodies, seed=seed, cache=out / NOTES, keep=has_clip
         )
-    except TooFewMelodies as error:
+    except TooFewMelodies as error:  # every melody of the collection was tried
+        usable = sum(clip is not None for clip in clips.values())
+        fixes = [f"ask for {usable} or fewer (--n-melodies)"] if usable else []
+        if len(clips) < n_melodies:  # no window of any length or tempo gives enough
+            fixes.append("render another collection (--collection)")
+            raise ValueError(
+                f"{error}; it holds {len(clips)} melodies in all, so no other --seconds or "
+                f"--qpm gives {n_melodies}: {', or '.join(fixes)}"
+            ) from None
+        fixes.insert(0, "choose other seconds (--seconds) or qpm (--qpm)")
         raise ValueError(
             f"{error}: a usable melody has a {seconds:g} s window starting on a note in which "
             f"notes sound {min_coverage:.0%} of the time or more and {MIN_PITCHES} distinct "
             f"pitches or more start, and the longest of the {len(clips)} melodies tried lasts "
-            f"{longest * 60 / qpm:.1f} s at {qpm:g} qpm: choose other seconds (--seconds) or "
-            "qpm (--qpm)"
+            f"{longest * 60 / qpm:.1f} s at {qpm:g} qpm: {', or '.join(fixes)}"
         ) from None
     split = split_melodies([m.id for m in melodies], test_fraction=test_fraction, seed=seed)
     entries = [
@@ -174,7 +215,7 @@ def render_dataset(
         for melody in melodies
         for instrument in instruments
     ]
-    manifest_changes = _check_manifest(out / MANIFEST, entries, overwrite=overwrite)
+    manifest_changes = _check_manifest(out / MANIFEST, entries, collection, overwrite=overwrite)
     _write_config(out, config)  # once the collection is known to hold enough melodies
 
     frames = round(seconds * sample_rate)
@@ -190,13 +231,51 @@ def render_dataset(
     return out / MANIFEST
 
 
+def _check_settings(
+    *, n_melodies: int, seconds: float, sample_rate: int, seed: int, test_fraction: float, qpm: float
+) -> None:
+    """Refuse settings no render can use, before any score is parsed or file written."""
+    if n_melodies < 1:
+        raise ValueError(f"n_melodies (--n-melodies) must be at least 1, got {n_melodies}")
+    if not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed (--seed) must be a non-negative integer, got {seed!r}")
+    if not isinstance(sample_rate, numbers.Integral) or sample_rate < MIN_SAMPLE_RATE:
+        raise ValueError(
+            f"sample_rate (--sample-rate) must be a whole number of Hz, at least {MIN_SAMPLE_RATE}: "
+            "the rate of steer's metrics and mel backbones, whose bands reach 8 kHz; "
+            f"got {sample_rate!r}"
+        )
+    longest = MAX_WAV_FRAMES / sample_rate
+    if not math.isfinite(seconds) or seconds > longest:
+        raise ValueError(
+            f"seconds (--seconds) must be a finite clip length, at most {longest:.0f} s at "
+            f"{sample_rate} Hz (the most a WAV file holds), got {seconds:g}"
+        )
+    if seconds < (shortest := _shortest_clip()):
+        raise ValueError(
+            f"seconds (--seconds) must be at least {shortest:.3f} s, the shortest clip whose "
+            f"melody line CQT-1 PCC (the swap benchmark's melody metric) reads, got {seconds:g}"
+        )
+    if not math.isfinite(qpm) or qpm <= 0:
+        raise ValueError(
+            f"qpm (--qpm) must be a positive number of quarter notes a minute, got {qpm:g}"
+        )
+    check_test_fraction(test_fraction)
+
+
+def _shortest_clip() -> float:
+    """Seconds of the shortest clip :func:`~steer.metrics.cqt_top1` reads (0.514 s)."""
+    return cqt_min_samples(_cqt(torch.device("cpu"))) / CQT_SAMPLE_RATE
+
+
 def _check_config(out: Path, config: dict) -> None:
-    path = out / CONFIG
-    if not path.exists():
+    old = _read_config(out)
+    if old is None:
         return
-    old = json.loads(path.read_text())
     # older folders did not record the fraction: _check_manifest guards their split instead
     old.setdefault("test_fraction", config["test_fraction"])
+    if str(old.get("collection")).lower() == config["collection"].lower():
+        old["collection"] = config["collection"]  # recorded as given ("Bach") before
     if old != config:
         changed = sorted(k for k in config.keys() | old.keys() if old.get(k) != config.get(k))
         raise ValueError(
@@ -205,14 +284,32 @@ def _check_config(out: Path, config: dict) -> None:
         )
 
 
-def _check_manifest(path: Path, entries: list[ManifestEntry], *, overwrite: bool) -> bool:
+def _read_config(out: Path) -> dict | None:
+    """The settings ``out`` was rendered with; ``None`` for a new folder."""
+    path = out / CONFIG
+    return read_json_object(
+        path,
+        "a render config",
+        "without the settings its clips were rendered with, they cannot be checked against "
+        "these; render into another folder (--out)",
+    )
+
+
+def _check_manifest(
+    path: Path, entries: list[ManifestEntry], collection: str, *, overwrite: bool
+) -> bool:
     """Whether ``path`` must be (re)written to hold ``entries``; raises ``ValueError`` where
     that would move a rendered melody to the other split, or, without ``overwrite``, drop or
     change a line."""
     if not path.exists():
         return True
+    if not path.is_file():
+        raise ValueError(
+            f"{path} is not a manifest (it is a folder): move it out of {path.parent}, or "
+            "render into another folder (--out)"
+        )
     try:
-        old = read_manifest(path)
+        recorded = read_manifest(path)
     except ValueError as error:
         if not overwrite:
             raise ValueError(
@@ -220,8 +317,15 @@ def _check_manifest(path: Path, entries: list[ManifestEntry], *, overwrite: bool
                 "rendered clips' manifest"
             ) from None
         return True
+    # folders rendered before names were spelt as the corpus does ("Bach") get its spelling
+    old = [
+        dataclasses.replace(e, collection=collection)
+        if e.collection.lower() == collection.lower()
+        else e
+        for e in recorded
+    ]
     if old == entries:
-        return False
+        return old != recorded
     split = {e.melody_id: e.split for e in entries}
     moved = sorted(
         {(e.melody_id, e.split) for e in old if split.get(e.melody_id, e.split) != e.split}
@@ -246,7 +350,6 @@ def _check_manifest(path: Path, entries: list[ManifestEntry], *, overwrite: bool
 
 
 def _write_config(out: Path, config: dict) -> None:
-    path = out / CONFIG
-    # a new folder, or an older one gaining its test_fraction
-    if not path.exists() or json.loads(path.read_text()) != config:
-        atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+    # a new folder, or an older one gaining its test_fraction or the corpus's spelling
+    if _read_config(out) != config:
+        atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")

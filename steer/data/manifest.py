@@ -60,6 +60,12 @@ def read_manifest(path: str | Path, *, split: Split | None = None) -> list[Manif
     return entries
 
 
+def check_test_fraction(test_fraction: float) -> None:
+    """Refuse a share of test melodies outside ``[0, 1)`` (NaN included)."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction (--test-fraction) must be in [0, 1), got {test_fraction}")
+
+
 def split_melodies(
     melody_ids: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0
 ) -> dict[str, Split]:
@@ -69,8 +75,7 @@ def split_melodies(
     are two or more melodies) with the smallest ``sha256(f"{seed}:{id}")`` go to test. The result
     does not depend on the order of ``melody_ids``.
     """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    check_test_fraction(test_fraction)
     ids = sorted(set(melody_ids), key=lambda m: hashlib.sha256(f"{seed}:{m}".encode()).digest())
     n_test = round(test_fraction * len(ids))
     if test_fraction > 0 and len(ids) > 1:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steer.data._files import atomic_write_text
+from steer.data._files import atomic_write_text, read_json_object
 
 # Formats holding notes, best first: where a folder holds one work in several formats
 # (``bach/bwv277.mxl`` and ``bach/bwv277.krn``), the first is kept so no melody appears twice.
@@ -77,6 +77,31 @@ def _corpus_root() -> Path:
     return Path(music21.corpus.__file__).parent
 
 
+def _no_collection(collection: str) -> ValueError:
+    return ValueError(
+        f"music21's corpus has no collection {collection!r}; try 'ryansMammoth', 'bach', "
+        "'oneills1850' or 'essenFolksong'"
+    )
+
+
+def collection_name(collection: str) -> str:
+    """``collection`` as music21's corpus spells it: the corpus matches names ignoring case
+    (``"Bach"`` and ``"bach"`` are one collection), so folders record this spelling.
+
+    Raises:
+        ValueError: where no folder or file of the corpus has that name.
+    """
+    from music21 import corpus
+
+    root, wanted = _corpus_root(), collection.lower()
+    for path in corpus.getComposer(collection):
+        for part in Path(path).relative_to(root).parts:  # getComposer matches names with or
+            for name in (part, part.rsplit(".", 1)[0]):  # without their last suffix
+                if name.lower() == wanted:
+                    return name
+    raise _no_collection(collection)  # none, or only a folder above the corpus ("site-packages")
+
+
 def list_works(collection: str) -> list[str]:
     """All work ids of a music21 corpus collection, sorted.
 
@@ -97,10 +122,7 @@ def list_works(collection: str) -> list[str]:
         ):
             by_stem[key] = path
     if not by_stem:
-        raise ValueError(
-            f"music21's corpus has no collection {collection!r}; try 'ryansMammoth', 'bach', "
-            "'oneills1850' or 'essenFolksong'"
-        )
+        raise _no_collection(collection)
     works = []
     for path in sorted(by_stem.values()):
         rel = path.relative_to(root).as_posix()
@@ -167,11 +189,16 @@ def iter_melodies(
     """Melodies of ``collection`` in an order fixed by ``seed``, parsed lazily.
 
     Args:
-        collection: a music21 corpus folder, e.g. ``"ryansMammoth"`` or ``"bach"``.
+        collection: a music21 corpus folder, e.g. ``"ryansMammoth"`` or ``"bach"``, in any
+            case (melodies carry the corpus's spelling, :func:`collection_name`).
         seed: fixes the order (a permutation of :func:`list_works`).
         cache: a JSON file of extracted note lists; read if it exists, updated as works are
             parsed, so later calls parse nothing they already did.
+
+    Raises:
+        ValueError: for a ``cache`` that is not one (see :class:`_NoteCache`).
     """
+    collection = collection_name(collection)
     works = list_works(collection)
     order = np.random.default_rng(seed).permutation(len(works))
     store = _NoteCache(Path(cache) if cache is not None else None)
@@ -220,15 +247,29 @@ def load_melodies(
 
 
 class _NoteCache:
-    """Work id -> Melody (or None for works without a melody), mirrored in a JSON file."""
+    """Work id -> Melody (or None for works without a melody), mirrored in a JSON file.
+
+    A file there that is no note cache (not written by this class) is refused, naming it, and
+    left as it is: it may be someone's, and the cache only saves parsing scores again.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.items: dict[str, Melody | None] = {}
         self.dirty = False
-        if path is not None and path.exists():
-            raw = json.loads(path.read_text())
-            self.items = {k: None if v is None else Melody.from_json(v) for k, v in raw.items()}
+        if path is None:
+            return
+        fix = (
+            f"if it is yours, move it out of {path.parent}; if it is a damaged cache, delete it "
+            "(it only saves parsing the scores again)"
+        )
+        for work, data in (read_json_object(path, "a note cache", fix) or {}).items():
+            try:
+                self.items[work] = None if data is None else Melody.from_json(data)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(
+                    f"{path} is not a note cache (its entry {work!r} is no melody): {fix}"
+                ) from None
 
     def __contains__(self, work: str) -> bool:
         return work in self.items

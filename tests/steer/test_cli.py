@@ -267,6 +267,49 @@ def test_demo_scores_an_edit_at_another_rate_and_channel_count_at_the_sources_ra
     assert "the 'tiny-stable-audio' backbone has random weights" in printed and "classifier hears" not in printed
 
 
+def test_demo_refuses_a_backbone_that_is_no_folder_before_it_makes_out(tmp_path, capsys, no_model_loads):
+    """`--backbone weights/typo` asked the Hub for it for 30 s, failed with a long
+    LocalEntryNotFoundError, and left the empty --out behind."""
+    typo = tmp_path / "weights" / "typo"
+    typo.parent.mkdir()
+    out = tmp_path / "new" / "demo"
+    assert main(["demo", "--out", str(out), "--backbone", str(typo)]) == 2
+    assert capsys.readouterr().err == (
+        f"steer: error: --backbone {typo} not found: pass a folder written by save_pretrained, or a Hub repo id\n"
+    )
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_demo_cut_short_leaves_none_of_its_outputs_nor_a_folder_it_made(tmp_path, monkeypatch):
+    """It wrote edit.wav first: after a Ctrl-C, the rerun was refused ("edit.wav exists; pass --overwrite")."""
+    import steer.cli
+    from steer import save_audio
+
+    def edit(args, editing, audio, source, target, path):
+        save_audio(path, audio.waveform, audio.sample_rate)
+        return path
+
+    def edit_then_interrupted(*args):
+        edit(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steer.cli, "_edit", edit_then_interrupted)
+    out = tmp_path / "new" / "demo"
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--out", str(out), "--backbone", "tiny"])
+    assert not (tmp_path / "new").exists()
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--out", str(out), "--backbone", "tiny"])
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]  # nor the folder it made them in
+
+    monkeypatch.setattr(steer.cli, "_edit", edit)
+    assert main(["demo", "--out", str(out), "--backbone", "tiny"]) == 0
+    names = ["comparison.png", "edit.wav", "ground_truth.wav", "notes.txt", "source.wav"]
+    assert sorted(path.name for path in out.iterdir()) == names
+
+
 def test_a_metric_named_twice_is_scored_once():
     """``--metrics cqt1_pcc,cqt1_pcc`` printed the columns twice and listed the name twice in eval.json."""
     assert _metric_names("cqt1_pcc, log_mel,cqt1_pcc,") == ["cqt1_pcc", "log_mel"]

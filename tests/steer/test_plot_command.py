@@ -87,3 +87,38 @@ def test_plot_comparison_says_why_a_picture_cannot_be_written(tmp_path):
     with pytest.raises(ValueError, match=r"^cannot write .*p\.png: File name too long$"):
         plot_comparison(clips, 16000, long)
     assert not any(tmp_path.iterdir())
+
+
+def _axes_limits(monkeypatch) -> list[list[tuple[float, float]]]:
+    """Each picture's axes' x limits, as plot_comparison saves it."""
+    from matplotlib.figure import Figure
+
+    seen, save = [], Figure.savefig
+
+    def spy(figure, *args, **kwargs):
+        seen.append([tuple(map(float, axis.get_xlim())) for axis in figure.axes])
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def test_clips_of_different_lengths_share_the_time_axis(tmp_path, monkeypatch):
+    """A 1-s edit was stretched to the width of a 2-s source: each spectrogram had its own axis."""
+    limits = _axes_limits(monkeypatch)
+    source, edit = torch.from_numpy(_tone(440, 32000)), torch.from_numpy(_tone(330, 16000))
+    for clips in {"source": source, "edit": edit}, {"edit": edit, "source": source}:
+        plot_comparison(clips, 16000, tmp_path / "cmp.png")
+    for spectrograms, melody_lines in ((axes[:2], axes[2:]) for axes in limits):
+        assert spectrograms == [(0.0, 2.0), (0.0, 2.0)]  # seconds
+        assert melody_lines[0] == melody_lines[1]  # CQT frames
+
+
+def test_a_clip_holding_nan_is_named_and_drawn_blank(tmp_path, monkeypatch):
+    """It was drawn black, with a flat melody line at bin 0, and no word of why."""
+    seen = _melody_inputs(monkeypatch)
+    edit = torch.from_numpy(_tone(330))
+    edit[100:110] = torch.nan
+    with pytest.warns(RuntimeWarning, match=r"^clip 'edit' has 10 of 16000 samples NaN or infinite: it is drawn blank$"):
+        plot_comparison({"source": torch.from_numpy(_tone(440)), "edit": edit}, 16000, tmp_path / "cmp.png")
+    assert len(seen) == 1  # the source's melody line alone

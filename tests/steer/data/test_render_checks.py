@@ -1,24 +1,66 @@
 """``render_dataset`` and ``python -m steer.data`` refuse impossible settings before writing
-anything, name the limit a window no melody can fill runs into, and clips are read at the rate a
-model asks for."""
+anything, name the limit a window no melody can fill runs into, refuse files under their names that
+are not theirs, and clips are read at the rate a model asks for."""
 
 from __future__ import annotations
+
+import json
+import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
+import steer.data.__main__
+import steer.data.dataset
 import steer.data.melodies
-from steer.data import iter_melodies, list_works, load_clip, render_dataset
+from steer.data import (
+    collection_name,
+    iter_melodies,
+    list_works,
+    load_clip,
+    read_manifest,
+    render_dataset,
+)
 from steer.data.__main__ import main
 from steer.data._files import atomic_write_wav
 
 
-@pytest.mark.parametrize("rate", [0, -16000])
-def test_a_sample_rate_below_one_is_refused_before_the_config_is_written(rate, tmp_path):
-    with pytest.raises(ValueError, match=f"sample_rate must be a positive number of Hz, got {rate}"):
-        render_dataset(tmp_path, n_melodies=1, sample_rate=rate)
-    assert not list(tmp_path.iterdir())  # no render_config.json locking the folder
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"sample_rate": 0}, r"^sample_rate \(--sample-rate\) must be a whole number of Hz, at least 16000: .* got 0$"),
+        ({"sample_rate": 1}, r"at least 16000: .* got 1$"),  # wrote 1-sample WAVs
+        ({"sample_rate": 8000}, r"at least 16000: .* got 8000$"),
+        ({"seed": -1}, r"^seed \(--seed\) must be a non-negative integer, got -1$"),  # numpy's words
+        # each parsed the whole collection first; 0 left notes.json behind
+        ({"seconds": math.nan}, r"^seconds \(--seconds\) must be a finite clip length, at most 67109 s at 16000 Hz \(the most a WAV file holds\), got nan$"),
+        ({"seconds": math.inf}, r"must be a finite clip length, .* got inf$"),
+        ({"seconds": 1e9}, r"must be a finite clip length, .* got 1e\+09$"),
+        ({"seconds": 1e-5}, r"^seconds \(--seconds\) must be at least 0.514 s, the shortest clip whose melody line CQT-1 PCC .* reads, got 1e-05$"),
+        ({"seconds": 0}, r"must be at least 0.514 s, .* got 0$"),
+        ({"qpm": 0}, r"^qpm \(--qpm\) must be a positive number of quarter notes a minute, got 0$"),
+        ({"qpm": math.nan}, r"got nan$"),
+        ({"test_fraction": 1.5}, r"^test_fraction \(--test-fraction\) must be in \[0, 1\), got 1.5$"),
+        ({"instruments": []}, r"^instruments \(--instruments\) is empty: name one or more$"),
+    ],
+)
+def test_settings_no_render_can_use_are_refused_before_any_work(setting, message, tmp_path, monkeypatch):
+    def load_melodies(*args, **kwargs):
+        raise AssertionError("the collection was parsed")
+
+    monkeypatch.setattr(steer.data.dataset, "load_melodies", load_melodies)
+    with pytest.raises(ValueError, match=message):
+        render_dataset(tmp_path, n_melodies=1, **setting)
+    assert not list(tmp_path.iterdir())  # no notes.json, no render_config.json locking the folder
+
+
+def test_the_command_line_names_the_option_of_a_refused_setting(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--out", str(tmp_path), "--seed", "-1"])  # said "expected non-negative integer"
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith("error: seed (--seed) must be a non-negative integer, got -1\n")
 
 
 def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
@@ -38,17 +80,92 @@ def three_works(monkeypatch) -> list[steer.data.melodies.Melody]:
     return list(iter_melodies("ryansMammoth"))
 
 
-@pytest.mark.parametrize("seconds", [600, 0.001])
-def test_a_window_no_melody_can_fill_names_the_limit(seconds, three_works, tmp_path):
+@pytest.mark.parametrize("seconds, usable", [(600, 0), (40, 2)])  # 7thRegimentReel lasts 18.9 s
+def test_a_window_too_few_melodies_can_fill_names_the_limit(seconds, usable, three_works, tmp_path):
     longest = max(m.quarters for m in three_works) * 60 / 100  # seconds at the default 100 qpm
     with pytest.raises(ValueError) as error:
-        render_dataset(tmp_path, n_melodies=1, seconds=seconds)
+        render_dataset(tmp_path, n_melodies=3, instruments=["piano"], seconds=seconds)
     message = str(error.value)
-    assert message.startswith("collection 'ryansMammoth' has only 0 usable melodies, 1 asked for: ")
+    assert message.startswith(f"collection 'ryansMammoth' has only {usable} usable melodies, 3 asked for: ")
     assert f"a {seconds:g} s window starting on a note in which notes sound 60% of the time" in message
     assert "3 distinct pitches or more start" in message
     assert f"the longest of the {len(three_works)} melodies tried lasts {longest:.1f} s at 100 qpm" in message
+    fewer = f", or ask for {usable} or fewer (--n-melodies)" if usable else ""
+    assert message.endswith(f": choose other seconds (--seconds) or qpm (--qpm){fewer}")
     assert not (tmp_path / "render_config.json").exists()
+
+
+def test_asking_for_more_melodies_than_a_collection_holds_says_to_ask_for_fewer(three_works, tmp_path):
+    """The advice was "choose other seconds (--seconds) or qpm (--qpm)" when every melody was
+    usable already (`--collection bach --n-melodies 100000`)."""
+    with pytest.raises(ValueError) as error:
+        render_dataset(tmp_path, n_melodies=4, instruments=["piano"], seconds=1.28)
+    assert str(error.value) == (
+        "collection 'ryansMammoth' has only 3 usable melodies, 4 asked for; it holds 3 melodies in "
+        "all, so no other --seconds or --qpm gives 4: ask for 3 or fewer (--n-melodies), or render "
+        "another collection (--collection)"
+    )
+
+
+SMALL = {"n_melodies": 1, "instruments": ["piano"], "seconds": 1.28}
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("notes.json", "precious\n", r"a note cache \(it is not JSON: Expecting value: line 1 column 1 \(char 0\)\): if it is yours, move it out of .*; if it is a damaged cache, delete it"),
+        ("notes.json", '{"a": 1}\n', r"a note cache \(its entry 'a' is no melody\): if it is yours"),  # TypeError
+        ("notes.json", None, r"a note cache \(it is a folder\)"),
+        ("render_config.json", "precious\n", r"a render config \(it is not JSON: .*\): without the settings .* render into another folder \(--out\)$"),
+        ("render_config.json", "[1, 2]\n", r"a render config \(it holds \[1, 2\], not a JSON object\)"),  # AttributeError
+        ("manifest.jsonl", None, r"a manifest \(it is a folder\): move it out of .*, or render into another folder \(--out\)$"),  # IsADirectoryError
+    ],
+)
+def test_a_file_under_a_dataset_name_that_is_not_ours_is_named_and_kept(name, content, problem, three_works, tmp_path):
+    target = tmp_path / name
+    if content is None:
+        (target / "inside").mkdir(parents=True)
+    else:
+        target.write_text(content)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(target))} is not {problem}"):
+        render_dataset(tmp_path, **SMALL)
+    assert (target / "inside").is_dir() if content is None else target.read_text() == content
+    assert not (tmp_path / "render_config.json").is_file() or name == "render_config.json"
+    assert not (tmp_path / "audio").exists()
+
+
+def test_collections_are_recorded_as_the_corpus_spells_them(three_works, tmp_path):
+    """`--collection Bach` was recorded as "Bach", and `bach` was then refused ("collection differ")."""
+    assert collection_name("BACH") == "bach" and collection_name("ryansmammoth") == "ryansMammoth"
+    with pytest.raises(ValueError, match="music21's corpus has no collection 'site-packages'"):
+        collection_name("site-packages")  # a folder above the corpus: music21 matched all of it
+    manifest = render_dataset(tmp_path, collection="Bach", **SMALL)
+    config = tmp_path / "render_config.json"
+    assert json.loads(config.read_text())["collection"] == "bach"
+    assert {e.collection for e in read_manifest(manifest)} == {"bach"}
+    render_dataset(tmp_path, collection="bach", **SMALL)
+
+    # a folder that recorded "Bach" before is re-rendered, and respelt, without --overwrite
+    for path in config, manifest:
+        path.write_text(path.read_text().replace('"bach"', '"Bach"'))
+    render_dataset(tmp_path, collection="bach", **SMALL)
+    assert json.loads(config.read_text())["collection"] == "bach"
+    assert {e.collection for e in read_manifest(manifest)} == {"bach"}
+
+
+def test_an_interrupted_render_exits_with_one_line_saying_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steer.data.__main__, "render_dataset", interrupted)
+    try:
+        assert main(["--out", str(tmp_path)]) == 130
+    except KeyboardInterrupt:  # which would end the test session
+        pytest.fail("the interrupt came through, as a traceback")
+    assert capsys.readouterr().err == (
+        "python -m steer.data: interrupted; run the same command again to resume: clips already "
+        "rendered and notes already parsed are kept\n"
+    )
 
 
 def test_clips_are_read_at_the_rate_asked(tmp_path):
