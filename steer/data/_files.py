@@ -104,10 +104,10 @@ MODEL_FILES = ("config.json", "model.safetensors", "training.json")
 
 
 def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
-    """Why a training script must not write a model into ``folder`` (it is a file, or it holds
-    one of :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
-    if folder.exists() and not folder.is_dir():
-        return f"{folder} is a file, not a folder: choose another --out"
+    """Why a training script must not write a model into ``folder`` (it or a folder above it is
+    a file, or it holds one of :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
+    if blocking := next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None):
+        return f"{blocking} is a file, not a folder: choose another --out"
     held = [name for name in MODEL_FILES if (folder / name).exists()]
     if held and not overwrite:
         return f"{folder} already holds {', '.join(held)}; pass --overwrite to replace them, or choose another --out"
@@ -115,13 +115,24 @@ def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
 
 
 def manifest_problem(manifest: Path) -> str | None:
-    """Why a script cannot read the dataset ``manifest`` (it is not a file), or ``None``."""
-    if manifest.is_file():
-        return None
-    return (
-        f"{manifest} not found: render the data first, e.g. "
-        "python -m steer.data --collection ryansMammoth --n-melodies 400 --out data/swap-ryans"
-    )
+    """Why a script cannot read the dataset ``manifest`` (it is a folder, is not there, or lists
+    clips that are not there), or ``None``."""
+    from steer.data.manifest import read_manifest  # not at the top: that module imports this one
+
+    if manifest.is_dir():
+        return f"{manifest} is a folder, not a manifest: pass {manifest / 'manifest.jsonl'}"
+    if not manifest.is_file():
+        return (
+            f"{manifest} not found: render the data first, e.g. "
+            "python -m steer.data --collection ryansMammoth --n-melodies 400 --out data/swap-ryans"
+        )
+    if missing := [e.audio for e in read_manifest(manifest) if not (manifest.parent / e.audio).is_file()]:
+        return (
+            f"{manifest} lists {len(missing)} clips that are not there, e.g. {manifest.parent / missing[0]}: "
+            f"run the command that rendered {manifest.parent} again (python -m steer.data --out "
+            f"{manifest.parent} and the options it was made with): it renders only the missing clips"
+        )
+    return None
 
 
 def model_source_problem(name: str, option: str) -> str | None:

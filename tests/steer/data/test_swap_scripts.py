@@ -504,3 +504,36 @@ def test_griffin_lim_round_trips_keep_the_clips_length():
     waveforms = torch.randn(1, 20 * mel.hop_length + 7, generator=torch.Generator().manual_seed(0))
     out = train_classifier.griffin_lim_round_trip(waveforms, n_iter=1, cache=None, mel=mel, label="test")
     assert out.shape == waveforms.shape
+
+
+# --- the data folder and --out checked by steer.data._files (proposed) -----------------------------
+
+ALL_SCRIPTS = [evaluate, evaluate_concept, train_backbone, train_classifier]
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_a_data_folder_is_answered_with_its_manifest(script, concept_data, tmp_path):
+    """It was called "not found: render the data first" though it was there."""
+    folder = concept_data.parent
+    with pytest.raises(SystemExit, match=f"{folder} is a folder, not a manifest: pass {concept_data}"):
+        script.main(["--data", str(folder), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_a_missing_clip_is_named_with_the_command_that_renders_it(script, concept_data, tmp_path):
+    """Was ``ValueError: input file not found`` from deep in the loading (the classifier's test
+    clips: after training)."""
+    (concept_data.parent / "audio/d/violin.wav").unlink()
+    message = f"lists 1 clips that are not there, e.g. {concept_data.parent / 'audio/d/violin.wav'}: run the command"
+    with pytest.raises(SystemExit, match=message):
+        script.main(["--data", str(concept_data), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("script", [train_backbone, train_classifier])
+def test_a_model_folder_inside_a_file_is_refused_before_any_work(script, tmp_path, capsys):
+    """It failed when the first weights were saved, after the training."""
+    blocking = tmp_path / "a-file"
+    blocking.write_text("the user's\n")
+    with pytest.raises(SystemExit) as exit:
+        script.main(["--data", str(tmp_path / "missing"), "--out", str(blocking / "model")])
+    assert exit.value.code == 2 and f"{blocking} is a file, not a folder" in capsys.readouterr().err
