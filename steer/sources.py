@@ -37,7 +37,7 @@ class Sources:
     @classmethod
     def of(cls, tensors: Iterable[Tensor]) -> Sources:
         tensors = tuple(tensors)
-        return cls(tensors, tuple(t._version for t in tensors))
+        return cls(tensors, tuple(_version(t) for t in tensors))
 
     def current(self, tensors: Iterable[Tensor]) -> bool:
         """Whether ``tensors`` are the same objects (not equal values), unchanged since."""
@@ -45,8 +45,15 @@ class Sources:
         return (
             len(tensors) == len(self.tensors)
             and all(a is b for a, b in zip(tensors, self.tensors))
-            and tuple(t._version for t in tensors) == self.versions
+            and tuple(_version(t) for t in tensors) == self.versions
         )
+
+
+def _version(tensor: Tensor) -> int:
+    """``tensor``'s version counter; 0 for an inference tensor (made under
+    ``torch.inference_mode()``), which has none: a change to one is seen by
+    :class:`Fingerprint` only."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 class Fingerprint:

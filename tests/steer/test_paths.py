@@ -385,6 +385,19 @@ def test_cast_once_keeps_its_copies_and_casts_changed_or_replaced_weights_again(
     assert net[0].weight.dtype == torch.float32 and linear.weight.dtype == torch.float32
 
 
+def test_bf16_edits_a_backbone_loaded_under_inference_mode_as_one_loaded_outside():
+    """Its weights are inference tensors, which have no version counter: casting them once failed
+    with "Inference tensors do not track version counter"."""
+    latent = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        made_inside = load_backbone("tiny")
+    edits = [
+        SteerMusic(backbone, steps=2, performance="bf16").edit_latent(latent, **PROMPTS).latent
+        for backbone in (made_inside, load_backbone("tiny"))
+    ]
+    torch.testing.assert_close(edits[0], edits[1], rtol=0, atol=0)
+
+
 @pytest.mark.slow
 def test_compiled_bf16_editors_keep_their_cast_weights_and_follow_changes(dynamo):
     """A compiled bf16 editor's weights are cast once and the copies kept between edits, so the
