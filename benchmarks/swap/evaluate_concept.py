@@ -27,7 +27,7 @@ from backbones import load_backbone
 from losses import TimestepWeighting
 from steer import Audio, Concept, SteerMusic, SteerMusicPlus
 from steer.data import load_clip, read_manifest
-from steer.data._files import manifest_problem, model_source_problem
+from steer.data._files import manifest_problem, model_source_problem, result_file_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
@@ -51,14 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-concept.json"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    if args.out.is_dir():
-        parser.error(
-            f"--out {args.out} is a folder: name the JSON file to write, e.g. {args.out / 'swap-concept.json'}"
-        )
-    if blocking := next((p for p in args.out.parents if p.exists() and not p.is_dir()), None):
-        parser.error(f"--out {args.out} cannot be written: {blocking} is a file, not a folder; choose another --out")
-    if args.out.exists() and not args.overwrite:
-        parser.error(f"{args.out} exists; pass --overwrite to replace it, or choose another --out")
+    if problem := result_file_problem(args.out, args.overwrite):
+        parser.error(problem)
     for option in "references", "n", "threads":
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
