@@ -101,6 +101,7 @@ class _Runtime:
     projections: FusedProjections | None = None
     functions: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
+    built_for: tuple[Any, ...] = ()  # a kept runtime's device and settings (Editor._runtime)
 
     def compile(self, fn: Fn) -> Fn:
         if self.compiler is None:
@@ -464,7 +465,9 @@ class Editor(LatentEditor):
         requests select) and the losses' compiled maths.
 
         Eager ones last one edit (the hooks go after it). Compiled ones last until
-        :meth:`close`: their graphs hold the hooks and are reused by every edit.
+        :meth:`close`: their graphs hold the hooks and are reused by every edit, until an edit
+        on another device or with another :attr:`performance` (``step_graph`` aside, where it
+        changes no compile setting) builds new ones.
         """
 
         def build() -> _Runtime:
@@ -493,15 +496,20 @@ class Editor(LatentEditor):
             )
 
         if not self.performance.compile:
+            self._drop_compiled()  # compiled by an earlier performance: its hooks would stay
             runtime = build()
             try:
                 yield runtime
             finally:
                 runtime.close()
             return
-        if self._compiled is None or self._compiled.device != device:
+        # what the kept runtime is built from: every setting but step_graph, which changes only
+        # whether the compiled calls run as CUDA graphs (cuda_graphs)
+        built_for = (device, replace(self.performance, step_graph=False), self.performance.cuda_graphs(device))
+        if self._compiled is None or self._compiled.built_for != built_for:
             self._drop_compiled()
             self._compiled = build()
+            self._compiled.built_for = built_for
         self._compiled.follow_weights()
         yield self._compiled
 

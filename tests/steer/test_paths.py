@@ -1,6 +1,7 @@
 """Execution paths (issue 5): every path applies the reference loop's gradient, in its number of
 denoiser calls, on the tiny AudioLDM2 with a LoRA concept for SteerMusic+."""
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -383,6 +384,26 @@ def test_cast_once_keeps_its_copies_and_casts_changed_or_replaced_weights_again(
     with pytest.raises(RuntimeError, match="boom"), casts.applied():
         raise RuntimeError("boom")
     assert net[0].weight.dtype == torch.float32 and linear.weight.dtype == torch.float32
+
+
+def test_a_compiled_editor_builds_its_calls_again_for_another_performance(tiny_backbone, latent, dynamo):
+    """Setting ``performance`` between edits kept the first edit's compiled runtime (its
+    precision's weight casts, its compile settings), and an eager edit after a compiled one left
+    the compiled calls' hooks on the denoiser."""
+    compiled = Performance(compile=True, compile_backend="eager")
+    editor = SteerMusic(tiny_backbone, steps=1, performance=compiled)
+    editor.edit_latent(latent, **PROMPTS)
+    first = editor._compiled
+    editor.performance = dataclasses.replace(compiled, step_graph=True)  # changes no compile setting on the CPU
+    editor.edit_latent(latent, **PROMPTS)
+    assert editor._compiled is first and first.weights is None
+    editor.performance = dataclasses.replace(compiled, precision="bf16")
+    editor.edit_latent(latent, **PROMPTS)
+    assert editor._compiled is not first and editor._compiled.weights is not None  # cast once, in bf16
+    editor.performance = "batched"
+    editor.edit_latent(latent, **PROMPTS)
+    assert editor._compiled is None
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny_backbone.denoiser.modules())
 
 
 def test_bf16_edits_a_backbone_loaded_under_inference_mode_as_one_loaded_outside():
