@@ -557,6 +557,10 @@ class Editor(LatentEditor):
                 prompt_list(source, batch, "source"), prompt_list(target, batch, "target")
             )
             models = self.models()
+            from .concepts.personalized import remove_collected_adapters  # steer.concepts imports this module
+
+            for model in models.values():  # those of personalised models collected since (unclosed)
+                remove_collected_adapters(model.denoiser)
             self._check_requests(models, texts)
             self._check_differentiable_weights(models)
             self._warn_if_no_delta(texts)

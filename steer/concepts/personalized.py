@@ -165,8 +165,9 @@ def _lora_layers(model: nn.Module, name: str) -> list[nn.Module]:
 #: cycle collector runs finalizers at any allocation, e.g. in the middle of peft injecting the
 #: next adapter into the same modules: removing an adapter there swapped a layer back to its base
 #: while peft was adding to it, and the new adapter lost tensors. So a finalizer only appends a
-#: name here (one atomic ``list.append``) and :func:`_remove_queued_adapters` removes them at the
-#: safe points: before an injection and on :meth:`PersonalizedBackbone.close`.
+#: name here (one atomic ``list.append``) and :func:`remove_collected_adapters` removes them at the
+#: safe points: before an injection, when a personalised model is made or closed, and before
+#: each edit (:meth:`steer.Editor.edit_latent`), so that a base model's edits run without them.
 _pending_removals: weakref.WeakKeyDictionary[nn.Module, list[str]] = weakref.WeakKeyDictionary()
 
 
@@ -175,8 +176,9 @@ def _removal_queue(model: nn.Module) -> list[str]:
     return _pending_removals.setdefault(model, [])
 
 
-def _remove_queued_adapters(model: nn.Module) -> None:
-    """Remove the adapters of garbage-collected personalised models from ``model``."""
+def remove_collected_adapters(model: nn.Module) -> None:
+    """Remove the adapters of garbage-collected personalised models from ``model`` (a base
+    denoiser); adapters of models still alive stay."""
     queue = _pending_removals.get(model)
     while queue:  # a finalizer running meanwhile only appends
         remove_lora(model, queue.pop())
@@ -186,7 +188,7 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
     """Inject a LoRA adapter ``name`` (switched off, frozen) into ``model``; returns its layers."""
     from peft import inject_adapter_in_model, set_peft_model_state_dict
 
-    _remove_queued_adapters(model)
+    remove_collected_adapters(model)
     device = next(model.parameters()).device
     # peft draws a fresh A from the global generator; weights to load replace it, so that draw
     # must not move the user's random stream (a fresh adapter's caller seeds it on purpose).
@@ -250,8 +252,8 @@ class PersonalizedBackbone(Backbone):
 
     Use it as a context manager, or call :meth:`close`, to remove a LoRA adapter from the base
     denoiser when done. An unclosed one's adapter stays switched off once it is garbage-collected
-    and is removed at the next LoRA injection or close on that denoiser (never from inside the
-    collector, which may run while peft changes the same modules). Switching adapters is not
+    and is removed at the next edit, personalised model made or closed on that denoiser (never
+    from inside the collector, which may run while peft changes the same modules). Switching adapters is not
     thread-safe: one module serves both models.
     """
 
@@ -270,6 +272,7 @@ class PersonalizedBackbone(Backbone):
         self._lora_layers: list[nn.Module] = []
         self.adapter_name: str | None = None
         self._family = family
+        remove_collected_adapters(base.denoiser)
 
         denoiser = base.denoiser
         if concept.method == "dreambooth":
@@ -337,7 +340,7 @@ class PersonalizedBackbone(Backbone):
         if self.adapter_name is not None and not self._closed:
             self._remove()  # queues the adapter, once
             self._lora_layers = []
-            _remove_queued_adapters(self.base.denoiser)
+            remove_collected_adapters(self.base.denoiser)
         self._closed = True
 
     def __enter__(self) -> PersonalizedBackbone:  # noqa: PYI034 (typing.Self needs Python 3.11)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from backbones import Conditioning
+from steer import SteerMusic
 from steer.concepts import Concept, PersonalizedBackbone
 
 PROMPT = "a recording of a sks guitar"
@@ -83,7 +84,12 @@ def test_a_forgotten_personalised_model_leaves_the_base_clean(tiny_backbone, cli
     del personalized
     gc.collect()
     assert torch.equal(tiny_backbone.predict_noise(x, t, cond, 3.0), before)  # queued, switched off
-    concept.apply(tiny_backbone).close()  # the next injection removes it, close the new one
+    SteerMusic(tiny_backbone, steps=1).edit_latent(x[:1], source="a piano", target="a guitar")
+    assert _base_is_clean(tiny_backbone.denoiser)  # the base model's edit removed it (it stayed for good)
+    forgotten = concept.apply(tiny_backbone)
+    del forgotten
+    gc.collect()
+    concept.apply(tiny_backbone).close()  # so did the next personalised model
     assert _base_is_clean(tiny_backbone.denoiser)
 
 
