@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     shortest = min(soundfile.info(str(args.data.parent / e.audio)).duration for pair in pairs for e in pair)
     if args.seconds > shortest:  # the crop would silently be the whole clip, not what settings records
         raise SystemExit(
-            f"--seconds {args.seconds} is longer than the clips ({shortest:.2f} s): pass --seconds "
-            f"{shortest:.2f} or less, or render longer clips (python -m steer.data --seconds)"
+            f"--seconds {args.seconds} is longer than the clips ({shortest:.4f} s): pass --seconds "
+            f"{math.floor(shortest * 100) / 100:g} or less, or render longer clips (python -m steer.data --seconds)"
         )
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)

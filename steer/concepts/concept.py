@@ -497,9 +497,12 @@ class Concept:
         files are left alone. Weights holding NaN or infinite values are refused.
 
         Every file is written to a temporary folder inside ``save_directory`` first and then
-        renamed into place, :data:`CONFIG_NAME` last: an interrupted save leaves the earlier
-        concept whole, or a mix that :meth:`from_pretrained` refuses (each weight file records
-        the method and token it was saved for).
+        renamed into place, :data:`CONFIG_NAME` last: a save interrupted before the first rename
+        leaves the earlier concept whole; one interrupted among the renames leaves a mix, which
+        :meth:`from_pretrained` refuses where the two concepts differ in method or token (each
+        weight file records them) and otherwise loads as the new weights under the earlier
+        config: save again to mend either. A hard kill can leave the hidden ``.steer-save-*``
+        folder behind.
         """
         folder = Path(save_directory)
         check_save_folder(folder)

@@ -151,8 +151,8 @@ def manifest_problem(manifest: Path) -> str | None:
 def model_source_problem(name: str, option: str) -> str | None:
     """Why ``from_pretrained(name)`` cannot even start, or ``None``: ``name`` is no local folder
     and either no Hub repo id or a path in a local folder that exists (``weights/typo``, which
-    the Hub would be asked for in vain)."""
-    path = Path(name)
+    the Hub would be asked for in vain). ``~`` is expanded, as :func:`backbones.load_backbone` does."""
+    path = Path(name).expanduser()
     if path.is_dir():
         return None
     problem = f"{option} {name} not found: pass a folder written by save_pretrained, or a Hub repo id"

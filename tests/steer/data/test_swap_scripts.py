@@ -449,7 +449,7 @@ def test_seconds_longer_than_the_clips_are_refused_with_their_length(script, con
     argv = ["--data", str(concept_data), "--out", str(tmp_path / "out.json"), "--seconds", "2"]
     if script is evaluate_concept:
         argv += ["--instrument", "violin", "--references", "1", "--n", "1"]
-    fix = r"--seconds 2.0 is longer than the clips \(1.28 s\): pass --seconds 1.28 or less"
+    fix = r"--seconds 2.0 is longer than the clips \(1.2800 s\): pass --seconds 1.28 or less"
     with pytest.raises(SystemExit, match=fix):
         script.main(argv)
 
@@ -537,3 +537,14 @@ def test_a_model_folder_inside_a_file_is_refused_before_any_work(script, tmp_pat
     with pytest.raises(SystemExit) as exit:
         script.main(["--data", str(tmp_path / "missing"), "--out", str(blocking / "model")])
     assert exit.value.code == 2 and f"{blocking} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_backbone_folder_under_home_is_found_as_load_backbone_finds_it(tmp_path, monkeypatch):
+    """``~/models/mel`` (quoted, so the shell left the ``~``) was called not found, though
+    load_backbone expands it."""
+    from steer.data._files import model_source_problem
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "mel").mkdir(parents=True)
+    assert model_source_problem("~/models/mel", "--backbone") is None
+    assert "not found" in model_source_problem("~/models/typo", "--backbone")
