@@ -32,14 +32,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import soundfile
 import torch
 
 from backbones import Backbone, load_backbone
 from steer import Audio, SteerMusic
 from steer.baselines import DDIMInversion, DDPMInversion, SDEdit
 from steer.data import ManifestEntry, load_clip, read_manifest, swap_pairs
-from steer.data._files import manifest_problem, model_source_problem, result_file_problem
+from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
@@ -109,13 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
-    for problem in (
-        manifest_problem(args.data),
-        model_source_problem(args.classifier, "--classifier"),
-        model_source_problem(args.backbone, "--backbone"),
-    ):
-        if problem:
-            raise SystemExit(problem)
+    if problem := evaluation_problem(args.data, args.classifier, args.backbone):
+        raise SystemExit(problem)
     pairs = swap_pairs(read_manifest(args.data, split=args.split))
     if not pairs:
         raise SystemExit(
@@ -127,12 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.data} has {len(pairs)} {args.split}-split pairs, fewer than --n {args.n}: evaluating {len(pairs)}")
     random.Random(args.seed).shuffle(pairs)
     pairs = pairs[: args.n]
-    shortest = min(soundfile.info(str(args.data.parent / e.audio)).duration for pair in pairs for e in pair)
-    if args.seconds > shortest:  # the crop would silently be the whole clip, not what settings records
-        raise SystemExit(
-            f"--seconds {args.seconds} is longer than the clips ({shortest:.4f} s): pass --seconds "
-            f"{math.floor(shortest * 100) / 100:g} or less, or render longer clips (python -m steer.data --seconds)"
-        )
+    if problem := clip_length_problem((args.data.parent / e.audio for pair in pairs for e in pair), args.seconds):
+        raise SystemExit(problem)
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -20,14 +20,13 @@ import statistics
 import time
 from pathlib import Path
 
-import soundfile
 import torch
 
 from backbones import load_backbone
 from losses import TimestepWeighting
 from steer import Audio, Concept, SteerMusic, SteerMusicPlus
 from steer.data import load_clip, read_manifest
-from steer.data._files import manifest_problem, model_source_problem, result_file_problem
+from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
@@ -58,13 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
-    for problem in (
-        manifest_problem(args.data),
-        model_source_problem(args.classifier, "--classifier"),
-        model_source_problem(args.backbone, "--backbone"),
-    ):
-        if problem:
-            raise SystemExit(problem)
+    if problem := evaluation_problem(args.data, args.classifier, args.backbone):
+        raise SystemExit(problem)
     entries = read_manifest(args.data)
     train = [e for e in entries if e.split == "train" and e.instrument == args.instrument]
     truth = {e.melody_id: e for e in entries if e.split == "test" and e.instrument == args.instrument}
@@ -90,12 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     references = [args.data.parent / e.audio for e in rng.sample(train, args.references)]
     sources = rng.sample(sources, args.n)
     edited = [e.audio for source in sources for e in (source, truth[source.melody_id])]
-    shortest = min(soundfile.info(str(args.data.parent / audio)).duration for audio in edited)
-    if args.seconds > shortest:  # the crop would silently be the whole clip, not what settings records
-        raise SystemExit(
-            f"--seconds {args.seconds} is longer than the clips ({shortest:.4f} s): pass --seconds "
-            f"{math.floor(shortest * 100) / 100:g} or less, or render longer clips (python -m steer.data --seconds)"
-        )
+    if problem := clip_length_problem((args.data.parent / audio for audio in edited), args.seconds):
+        raise SystemExit(problem)
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -8,8 +8,10 @@ benchmark's scripts make of the paths they are given, before any work.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,28 @@ def result_file_problem(out: Path, overwrite: bool) -> str | None:
     if out.exists() and not overwrite:
         return f"{out} exists; pass --overwrite to replace it, or choose another --out"
     return None
+
+
+def evaluation_problem(data: Path, classifier: str, backbone: str) -> str | None:
+    """Why an evaluation script cannot read its manifest ``data`` or load its ``--classifier``
+    and ``--backbone`` (:func:`manifest_problem`, :func:`model_source_problem`), or ``None``."""
+    return (
+        manifest_problem(data)
+        or model_source_problem(classifier, "--classifier")
+        or model_source_problem(backbone, "--backbone")
+    )
+
+
+def clip_length_problem(clips: Iterable[Path], seconds: float) -> str | None:
+    """Why ``--seconds`` cannot be cut from each of ``clips`` (longer than the shortest: the crop
+    would silently be the whole clip, not the length recorded), or ``None``."""
+    shortest = min(soundfile.info(str(clip)).duration for clip in clips)
+    if seconds <= shortest:
+        return None
+    return (
+        f"--seconds {seconds} is longer than the clips ({shortest:.4f} s): pass --seconds "
+        f"{math.floor(shortest * 100) / 100:g} or less, or render longer clips (python -m steer.data --seconds)"
+    )
 
 
 def manifest_problem(manifest: Path) -> str | None:
