@@ -66,7 +66,7 @@ from steer.data.manifest import (
 )
 from steer.data.melodies import TooFewMelodies, collection_name, load_melodies
 from steer.data.render import MIN_PITCHES, choose_clip, default_soundfont, render_clip
-from steer.metrics.functional import CQT_SAMPLE_RATE, _cqt, cqt_min_samples
+from steer.metrics.functional import cqt_min_seconds
 
 #: The lowest rate clips are rendered at: the rate of CQT-1 PCC, of the instrument classifier and
 #: of the mel front end of the AudioLDM family and the shipped backbone (bands up to 8 kHz); a clip
@@ -251,7 +251,7 @@ def _check_settings(
             f"seconds (--seconds) must be a finite clip length, at most {longest:.0f} s at "
             f"{sample_rate} Hz (the most a WAV file holds), got {seconds:g}"
         )
-    if seconds < (shortest := _shortest_clip()):
+    if seconds < (shortest := cqt_min_seconds()):
         raise ValueError(
             f"seconds (--seconds) must be at least {shortest:.3f} s, the shortest clip whose "
             f"melody line CQT-1 PCC (the swap benchmark's melody metric) reads, got {seconds:g}"
@@ -261,11 +261,6 @@ def _check_settings(
             f"qpm (--qpm) must be a positive number of quarter notes a minute, got {qpm:g}"
         )
     check_test_fraction(test_fraction)
-
-
-def _shortest_clip() -> float:
-    """Seconds of the shortest clip :func:`~steer.metrics.cqt_top1` reads (0.514 s)."""
-    return cqt_min_samples(_cqt(torch.device("cpu"))) / CQT_SAMPLE_RATE
 
 
 def _check_config(out: Path, config: dict) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from steer.metrics.functional import (
     cqt1_pcc,
     cqt1_pcc_batch,
+    cqt_min_seconds,
     cqt_top1,
     frechet_distance,
     instrument_accuracy,
@@ -54,6 +55,7 @@ __all__ = [
     "build_metrics",
     "cqt1_pcc",
     "cqt1_pcc_batch",
+    "cqt_min_seconds",
     "cqt_top1",
     "frechet_distance",
     "instrument_accuracy",

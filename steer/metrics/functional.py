@@ -68,6 +68,17 @@ def cqt_min_samples(cqt: torch.nn.Module) -> int:
     return (cqt.n_fft // 2 + 1) * 2 ** (cqt.n_octaves - 1)
 
 
+def cqt_min_seconds() -> float:
+    """Seconds of the shortest clip :func:`cqt_top1` (and so CQT-1 PCC) reads, at the CQT's
+    16 kHz: 0.514 s (8224 samples) for the paper's settings.
+
+    Example:
+        >>> round(cqt_min_seconds(), 3)
+        0.514
+    """
+    return cqt_min_samples(_cqt(torch.device("cpu"))) / CQT_SAMPLE_RATE
+
+
 def _too_short(what: str, samples: int, shortest: int, sample_rate: int) -> str:
     """Says that a clip of ``samples`` is shorter than the ``shortest`` that ``what`` reads: in
     seconds, with as many decimals (3 at least) as it takes for the two to differ, and in samples.

@@ -13,6 +13,7 @@ from steer.metrics import (
     LogMelDistance,
     cqt1_pcc,
     cqt1_pcc_batch,
+    cqt_min_seconds,
     cqt_top1,
     functional,
     log_mel_distance,
@@ -136,6 +137,7 @@ def test_bad_shapes_are_refused():
 
 def test_a_clip_too_short_for_the_cqt_is_refused_and_its_pcc_is_nan():
     shortest = 8224  # 257 samples after the CQT's 5 halvings (its lowest octave), at 16 kHz
+    assert cqt_min_seconds() == shortest / SR
     long_enough, short = tones([69], seconds_each=shortest / SR), tones([69], seconds_each=(shortest - 1) / SR)
     assert cqt_top1(long_enough).shape == (shortest // 512 + 1,)
     with pytest.raises(ValueError) as error:
