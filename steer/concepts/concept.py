@@ -893,7 +893,8 @@ def token_pattern(token: str) -> re.Pattern[str]:
 
 def prompt_without_token(prompt: str, token: str, class_word: str | None = None) -> str:
     """The target ``prompt`` without the concept ``token`` (the base model's prompt of SteerMusic+'s
-    shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``.
+    shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``, ``"a sks, bowed violin"`` →
+    ``"a bowed violin"``.
 
     Raises:
         ValueError: when the prompt does not name the token (see :func:`token_pattern`), or is
@@ -902,11 +903,22 @@ def prompt_without_token(prompt: str, token: str, class_word: str | None = None)
     pattern = token_pattern(token)
     example = " ".join(word for word in ("a", token, class_word, "melody") if word)
     if not pattern.search(prompt):
-        raise ValueError(
-            f"the target prompt {prompt!r} does not name the concept token {token!r}: write e.g. {example!r}"
+        other_case = re.search(pattern.pattern, prompt, re.IGNORECASE)
+        hint = (
+            f" (it names {other_case.group()!r}: tokens are case-sensitive, as the text encoders read them)"
+            if other_case
+            else ""
         )
-    without = " ".join(pattern.sub("", prompt).split())
-    if not without:
+        raise ValueError(
+            f"the target prompt {prompt!r} does not name the concept token {token!r}{hint}: write e.g. {example!r}"
+        )
+    # the token goes with a comma, semicolon or colon right after it, and with brackets around it
+    # alone; what is left closes up: "sks, a violin" and "a (sks) violin" -> "a violin"
+    without = re.sub(rf"(?:{pattern.pattern}[,;:]?|\(\s*{re.escape(token)}\s*\))", "", prompt)
+    without = " ".join(without.split())
+    without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?])", "", without)
+    without = re.sub(r"[,;:]+(?=[.!?]|$)", "", without)
+    if not any(character.isalnum() for character in without):
         raise ValueError(
             f"the target prompt {prompt!r} is only the concept token: the base model's prompt without it would be "
             f"empty; describe the audio around it, e.g. {example!r}"

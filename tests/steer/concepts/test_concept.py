@@ -24,7 +24,7 @@ from backbones.mel_diffusion import MelDiffusionBackbone
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer.concepts import Concept
 from steer.concepts import concept as concept_module
-from steer.concepts.concept import check_concept_reference, hub_base_model
+from steer.concepts.concept import check_concept_reference, hub_base_model, prompt_without_token
 from steer.recipes import SteerMusicPlus
 
 
@@ -689,3 +689,32 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
     with pytest.raises(ValueError, match="does not name the concept token 'sks'"):
         check_concept_reference("me/my-guitar", "a guitar")
     assert asked == [("me/my-guitar", "concept_config.json"), ("me/offline", "concept_config.json"), ("me/my-guitar", "concept_config.json")]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "token", "base"),
+    [
+        ("a sks guitar melody", "sks", "a guitar melody"),
+        ("a sks, bowed violin", "sks", "a bowed violin"),  # was "a , bowed violin"
+        ("sks, a violin", "sks", "a violin"),  # was ", a violin"
+        ("a violin, sks.", "sks", "a violin."),  # was "a violin, ."
+        ("a violin (sks) melody", "sks", "a violin melody"),  # was "a violin () melody"
+        ("a violin; sks, piano", "sks", "a violin; piano"),
+        ("desks and a [S] violin", "[S]", "desks and a violin"),
+        ("  a  sks   violin ", "sks", "a violin"),
+    ],
+)
+def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
+    assert prompt_without_token(prompt, token, "violin") == base
+
+
+def test_a_prompt_naming_the_token_in_another_case_is_told_that_tokens_are_case_sensitive():
+    message = (
+        "the target prompt 'a SKS violin' does not name the concept token 'sks' (it names 'SKS': tokens are "
+        "case-sensitive, as the text encoders read them): write e.g. 'a sks violin melody'"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        prompt_without_token("a SKS violin", "sks", "violin")
+    for only in ("sks,", "(sks)", " sks . "):
+        with pytest.raises(ValueError, match="is only the concept token"):
+            prompt_without_token(only, "sks", "violin")
