@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ from .runner import BASELINES, RECIPES, build_editor
 
 if TYPE_CHECKING:
     from accelerate import PartialState
+
+    from .concepts.concept import ConceptConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -124,11 +127,13 @@ def _add_edit_options(
     lr: str = "0.02; 0.1 with --concept",
     baselines: bool = True,
 ) -> None:
+    concept = "; with --concept, the base model the concept was learnt on" if baselines else ""
     parser.add_argument(
         "--backbone",
-        default=backbone,
-        help=f"Hub repo id, local folder saved with save_pretrained, or an offline build with random weights: {', '.join(TINY)}",
+        help=f"Hub repo id, local folder saved with save_pretrained, or an offline build with random weights: "
+        f"{', '.join(TINY)} ({backbone}{concept})",
     )
+    parser.set_defaults(default_backbone=backbone)
     baseline_steps = "; a baseline's schedule steps (200)" if baselines else ""
     parser.add_argument("--steps", type=int, help=f"optimisation steps ({steps}){baseline_steps}")
     parser.set_defaults(default_steps=steps)
@@ -395,22 +400,48 @@ class _Editing:
     settings: dict
 
 
+def _choose_backbone(args: argparse.Namespace, concept: ConceptConfig | None) -> str | None:
+    """Set ``args.backbone`` when it was left out: the base model ``concept`` was learnt on where
+    its config records one, else the command's default; then refuse a ``--backbone`` that names
+    no folder here and no Hub repo id before any model loads (the Hub was asked in vain for 30 s).
+    Returns a note saying which base model was taken from the concept, or ``None``."""
+    note = None
+    if args.backbone is None:
+        base = concept.base_model if concept is not None else None
+        if base is None:
+            args.backbone = args.default_backbone
+        elif base in TINY or Path(base).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", base):
+            args.backbone, note = base, f"note: --backbone {base}, the base model the concept was learnt on"
+        else:
+            raise UsageError(
+                f"the concept was learnt on the base model {base!r}, which is no folder here and no Hub "
+                "repo id: pass --backbone with your copy of it"
+            )
+    if problem := model_source_problem(args.backbone, "--backbone"):
+        raise UsageError(problem)
+    return note
+
+
 def _editing(args: argparse.Namespace, target: str | None = None) -> _Editing:
-    """The edit's recipe, device and settings; a ``--concept`` is checked against the ``target``
-    prompt from its config alone (folder or repo id, token in the prompt) before any model loads."""
+    """The edit's recipe, backbone, device and settings; a ``--concept`` is checked against the
+    ``target`` prompt from its config alone (folder or repo id, token in the prompt) before any
+    model loads, and gives the backbone when ``--backbone`` is left out."""
     recipe = getattr(args, "recipe", "steermusic")
     concept_reference = getattr(args, "concept", None)
     if recipe in BASELINES and concept_reference:
         raise UsageError(f"--recipe {recipe} takes no --concept: use steermusic or steermusic_plus")
     if recipe == "steermusic_plus" and not concept_reference:
         raise UsageError("--recipe steermusic_plus needs --concept (a concept folder or Hub repo id)")
+    config = None
     if concept_reference and target is not None:
         from .concepts import check_concept_reference
 
         try:
-            check_concept_reference(concept_reference, target)
+            config = check_concept_reference(concept_reference, target)
         except ValueError as error:
             raise UsageError(f"--concept: {error}") from None
+    if note := _choose_backbone(args, config):
+        print(note, file=sys.stderr)
     device = device_option(args.device)
     return _Editing(recipe, device, _edit_settings(args, recipe))
 
@@ -434,14 +465,15 @@ def _edit(
         raise UsageError(f"{error}; lower {'--guidance' if recipe in BASELINES else '--lr or --guidance'}") from None
 
 
-def _check_default_concept(concept: str | None, items: Sequence) -> None:
+def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfig | None:
     """Check ``steer run``'s ``--concept`` from its config alone, against the target prompt of
     every item that names no concept of its own, before any model loads: a misspelt folder or
     a target without its token would otherwise fail every item (an item's own concept is
-    checked when the item runs, and fails that item alone)."""
+    checked when the item runs, and fails that item alone). Returns its config, or ``None``
+    when there is no ``--concept`` or no item uses it."""
     users = [item for item in items if item.concept is None]
     if concept is None or not users:
-        return
+        return None
     from .concepts import check_concept_reference
     from .concepts.concept import prompt_without_token
 
@@ -454,6 +486,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> None:
                 prompt_without_token(item.target, config.token, config.class_word)
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
+    return config
 
 
 def _metric_names(text: str) -> list[str]:
@@ -528,10 +561,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         items = read_edit_manifest(args.manifest)
         names = _metric_names(args.metrics)
+        check_concepts(items, args.recipe, args.concept)
+        note = _choose_backbone(args, _check_default_concept(args.concept, items))
+        if note and state.is_main_process:
+            print(note, file=sys.stderr)
         settings = _edit_settings(args, args.recipe)
         device = state.device if args.device == "auto" else device_option(args.device)
-        check_concepts(items, args.recipe, args.concept)
-        _check_default_concept(args.concept, items)
         try:
             check_batch_size(args.batch_size)
         except ValueError as error:
@@ -692,8 +727,6 @@ def _demo(args: argparse.Namespace) -> None:
     args.guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
     args.lr = DEMO_LR if args.lr is None else args.lr
     editing = _editing(args)
-    if problem := model_source_problem(args.backbone, "--backbone"):  # the Hub asked in vain, for 30 s
-        raise UsageError(problem)
     names = ("source.wav", "edit.wav", "ground_truth.wav", "comparison.png")
     outputs = [args.out / name for name in names]
     # the folders this run makes, deepest first

@@ -54,3 +54,47 @@ def test_run_checks_its_default_concept_against_every_target_before_it_loads(con
                  "--backbone", str(tmp_path / "no-such-backbone"), "--steps", "2", "--device", "cpu"]) == 2
     assert "--concept, item 'b': the target prompt 'a guitar' does not name the concept token 'sks'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_edit_without_backbone_takes_the_base_model_the_concept_was_learnt_on(mel_folder, clip_files, tmp_path, capsys):
+    """It took the default cvssp/audioldm2-music, which offline meant 30 s of Hub retries and then
+    a failure, for a concept whose config names its base model."""
+    concept = tmp_path / "mel-concept"
+    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar",
+                 "--method", "lora", "-o", str(concept), "--backbone", str(mel_folder), "--steps", "1",
+                 "--batch-size", "1"]) == 0
+    out = tmp_path / "edit.wav"
+    capsys.readouterr()
+    assert main(["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "-o", str(out),
+                 "--concept", str(concept), "--steps", "1", "--device", "cpu"]) == 0
+    assert f"note: --backbone {mel_folder.resolve()}, the base model the concept was learnt on" in capsys.readouterr().err
+    assert sf.info(out).frames > 0
+    # a concept from the Hub names a local base model by its folder's name only: say so, load nothing
+    config_path = concept / "concept_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model": "mel-base"}))
+    assert main(["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar",
+                 "-o", str(tmp_path / "other.wav"), "--concept", str(concept), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: the concept was learnt on the base model 'mel-base', which is no folder here and no Hub "
+        "repo id: pass --backbone with your copy of it\n"
+    )
+    assert not (tmp_path / "other.wav").exists()
+
+
+@pytest.mark.parametrize("command", ["edit", "run"])
+def test_a_backbone_path_that_is_not_there_is_refused_before_any_model_loads(command, clip_files, tmp_path, capsys):
+    """A missing local folder was passed on to the Hub as a repo id, asked in vain for 30 s."""
+    missing = tmp_path / "weights" / "typo"
+    missing.parent.mkdir()
+    if command == "edit":
+        args = ["edit", str(clip_files[0]), "--source", "a piano", "--target", "a guitar", "-o", str(tmp_path / "e.wav")]
+    else:
+        manifest = tmp_path / "manifest.jsonl"
+        manifest.write_text(json.dumps({"id": "a", "audio": str(clip_files[0]), "source": "a piano", "target": "a guitar"}) + "\n")
+        args = ["run", str(manifest), "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main([*args, "--backbone", str(missing), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"--backbone {missing} not found: pass a folder written by save_pretrained, or a Hub repo id\n"
+    )
+    assert not (tmp_path / "e.wav").exists() and not (tmp_path / "out").exists()
