@@ -25,6 +25,7 @@ recordings of real ones; measured limits: 0.5-s clips 98 %, white noise at 0 dB 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -118,6 +119,14 @@ class InstrumentClassifier(
         self.features = nn.Sequential(*blocks)
         rows = -(-self.mel.n_mels // 16)  # frequency rows left after four 2× poolings
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * previous * rows, len(classes)))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> InstrumentClassifier:
+        """Load a classifier from a folder written by ``save_pretrained`` or a Hub repo id, as
+        :class:`~huggingface_hub.PyTorchModelHubMixin` does (same keyword arguments), with ``~``
+        in a folder's path expanded as :func:`backbones.load_backbone` does: the mixin took
+        ``"~/models/classifier"`` for a repo id and failed."""
+        return super().from_pretrained(os.path.expanduser(pretrained_model_name_or_path), **kwargs)
 
     @property
     def min_samples(self) -> int:

@@ -103,6 +103,16 @@ def test_save_and_load_give_identical_logits(tmp_path):
     assert torch.equal(loaded.logits(x), model.logits(x))
 
 
+def test_a_folder_under_the_home_directory_loads_with_a_tilde(tmp_path, monkeypatch):
+    """"~/models/classifier" (quoted, so no shell expanded it) was taken for a Hub repo id."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = tiny()
+    model.save_pretrained(tmp_path / "models" / "classifier")
+    loaded = InstrumentClassifier.from_pretrained("~/models/classifier")
+    x = torch.randn(1, SR)
+    assert torch.equal(loaded.logits(x), model.logits(x))
+
+
 def test_any_length_shape_and_rate():
     model = tiny()
     for samples in (1024, SR, 3 * SR + 123):
