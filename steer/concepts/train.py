@@ -164,11 +164,32 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
 
 
 def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate: int) -> list[Reference]:
-    """The reference clips (see :func:`check_references`), mono at ``sample_rate``."""
-    return [
-        Reference(name, to_mono(audio.waveform[None], audio.sample_rate, sample_rate)[0])
-        for name, audio in check_references(references)
-    ]
+    """The reference clips (see :func:`check_references`), mono at ``sample_rate``.
+
+    Warns (``UserWarning``, once per clip) for a clip recorded below ``sample_rate`` (upsampled,
+    it holds nothing above half its rate, and the concept learns that dull band as part of the
+    sound) and for one whose mono samples reach beyond ±1 (the backbone's VAE was trained on
+    audio within full scale)."""
+    clips = []
+    for name, audio in check_references(references):
+        if audio.sample_rate < sample_rate:
+            warnings.warn(
+                f"{name} is at {audio.sample_rate} Hz, below the backbone's {sample_rate} Hz: upsampled, it holds "
+                f"nothing above {audio.sample_rate // 2} Hz, and the concept learns that as part of the sound; "
+                f"record it at {sample_rate} Hz or more",
+                UserWarning,
+                stacklevel=3,
+            )
+        # the peak as recorded: resampling overshoots a little at full scale
+        if (peak := float(to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate).abs().max())) > 1:
+            warnings.warn(
+                f"{name} peaks at {peak:.3g}, beyond full scale (±1), which the backbone's VAE was trained within: "
+                "normalise it (e.g. divide by its peak)",
+                UserWarning,
+                stacklevel=3,
+            )
+        clips.append(Reference(name, to_mono(audio.waveform[None], audio.sample_rate, sample_rate)[0]))
+    return clips
 
 
 def base_model_name(backbone: Backbone) -> str | None:

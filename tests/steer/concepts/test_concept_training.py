@@ -15,7 +15,7 @@ from steer import Audio, save_audio
 from steer.concepts import Concept, diffusion_loss
 from steer.concepts import concept as concept_module
 from steer.concepts.cli import add_personalize_parser, run_personalize
-from steer.concepts.train import MAX_LR
+from steer.concepts.train import MAX_LR, load_references
 
 PROMPT = "a recording of a sks guitar"
 
@@ -482,3 +482,20 @@ def test_training_refuses_a_token_that_is_a_word_of_the_class_word(clip_files, m
     for method in ("lora", "textual_inversion"):
         with pytest.raises(ValueError, match="^the concept token 'Violin' is a word of the class word 'violin'"):
             Concept.train(mel_backbone, clip_files, token="Violin", class_word="violin", method=method, steps=1)
+
+
+def test_references_below_the_backbones_rate_or_beyond_full_scale_are_warned_about():
+    """Both trained without a word: an 8-kHz phone recording teaches the concept a dull band, and
+    samples at 100 × full scale lie far outside what the VAE was trained on."""
+    good, low, loud = tone(220.0), tone(220.0, sample_rate=8000), tone(220.0)
+    loud = Audio(loud.waveform * 200, loud.sample_rate)  # peak 100
+    with pytest.warns(UserWarning) as caught:
+        clips = load_references([good, low, loud], sample_rate=16000)
+    assert [str(w.message) for w in caught] == [
+        "reference clip 1 is at 8000 Hz, below the backbone's 16000 Hz: upsampled, it holds nothing above 4000 Hz, "
+        "and the concept learns that as part of the sound; record it at 16000 Hz or more",
+        "reference clip 2 peaks at 100, beyond full scale (±1), which the backbone's VAE was trained within: "
+        "normalise it (e.g. divide by its peak)",
+    ]
+    assert [clip.waveform.shape for clip in clips] == [(20480,)] * 3
+    torch.testing.assert_close(clips[2].waveform, 200 * clips[0].waveform)
