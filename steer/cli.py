@@ -801,7 +801,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # UsageError and the library's input checks
         print(f"steer: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback; every output is written whole or not at all
+        print(f"\nsteer: interrupted; {_after_interrupt(args)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves, and how to go on."""
+    if args.command == "run":
+        return "run the same command again to resume: finished edits are kept, the interrupted ones redone"
+    if args.command == "personalize" and args.checkpoint_dir is not None:
+        return f"add --resume to go on from the newest checkpoint in {args.checkpoint_dir}"
+    if args.command == "eval":
+        return "only the eval.json and eval.md it said it wrote were written"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

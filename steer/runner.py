@@ -417,7 +417,10 @@ class ManifestRunner:
         source clip is refused before the run: :func:`check_outputs`.)"""
         wav = self.wav_path(item)
         if not owns_wav and not self.overwrite:
-            return f"{wav} exists and was not written by steer run: pass --overwrite to replace it, or another --out"
+            return (
+                f"{wav} exists and was not written by steer run: move it away for steer run to write this edit "
+                "there, or pass another --out (or --overwrite, which redoes every item)"
+            )
         return None
 
     def edit_items(self, items: Sequence[EditItem]) -> list[ItemRecord]:

@@ -295,13 +295,11 @@ def test_a_demo_cut_short_leaves_none_of_its_outputs_nor_a_folder_it_made(tmp_pa
 
     monkeypatch.setattr(steer.cli, "_edit", edit_then_interrupted)
     out = tmp_path / "new" / "demo"
-    with pytest.raises(KeyboardInterrupt):
-        main(["demo", "--out", str(out), "--backbone", "tiny"])
+    assert main(["demo", "--out", str(out), "--backbone", "tiny"]) == 130
     assert not (tmp_path / "new").exists()
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(KeyboardInterrupt):
-        main(["demo", "--out", str(out), "--backbone", "tiny"])
+    assert main(["demo", "--out", str(out), "--backbone", "tiny"]) == 130
     assert [path.name for path in out.iterdir()] == ["notes.txt"]  # nor the folder it made them in
 
     monkeypatch.setattr(steer.cli, "_edit", edit)
@@ -411,3 +409,28 @@ def test_the_help_says_what_the_outputs_are(capsys):
     printed = " ".join(capsys.readouterr().out.split())
     assert "where to write the edit, at the backbone's sample rate and channels" in printed
     assert "the picture to write: PNG, or any format matplotlib writes, by its suffix" in printed
+
+
+@pytest.mark.parametrize(
+    ("command", "after"),
+    [
+        ("edit", "nothing was written"),
+        ("run", "run the same command again to resume: finished edits are kept, the interrupted ones redone"),
+    ],
+)
+def test_an_interrupted_command_exits_130_with_one_line_saying_what_it_left(command, after, wav, tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed a KeyboardInterrupt traceback, and exited 1 as a crash does."""
+    import steer.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steer.cli, f"_{command}", interrupted)
+    if command == "edit":
+        argv = ["edit", str(wav), "--source", "a piano", "--target", "a violin", "-o", str(tmp_path / "e.wav"),
+                "--backbone", "tiny"]
+    else:
+        argv = ["run", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main(argv) == 130
+    assert capsys.readouterr().err == f"\nsteer: interrupted; {after}\n"

@@ -493,7 +493,7 @@ def test_a_run_never_overwrites_a_wav_it_did_not_write(tmp_path):
     (out / "c1.wav").write_bytes(b"someone else's file")
     assert run(out) == (1, 0, 1) and run(out) == (0, 1, 1)  # a failed attempt does not make it the run's
     assert (out / "c1.wav").read_bytes() == b"someone else's file"
-    assert "exists and was not written by steer run: pass --overwrite" in read_record(out / "records" / "c1.json").error
+    assert "exists and was not written by steer run: move it away" in read_record(out / "records" / "c1.json").error
     (out / "c0.wav").unlink()
     assert run(out) == (1, 0, 1)  # its own output, deleted: redone
     assert run(out, overwrite=True) == (2, 0, 0) and sf.read(out / "c1.wav")[0].size > 0
@@ -605,7 +605,7 @@ def test_a_killed_batch_never_takes_a_wav_that_was_there_before_for_its_own(tmp_
         assert (counts.done, counts.skipped, counts.failed) == (2 - attempt, attempt - 1, 1)
         record = read_record(out / "records" / "c0.json")
         assert (record.status, record.attempt, record.owns_wav) == ("failed", attempt, False)
-        assert "c0.wav exists and was not written by steer run: pass --overwrite" in record.error
+        assert "c0.wav exists and was not written by steer run: move it away" in record.error
         assert (out / "c0.wav").read_bytes() == b"the user's own c0"
     done = read_record(out / "records" / "c1.json")
     assert (done.status, done.attempt, done.owns_wav) == ("done", 2, True)
