@@ -15,15 +15,29 @@ import torchaudio.functional as AF
 from torch import Tensor
 
 
-def check_long_enough(waveform: Tensor, sample_rate: int, need: int) -> None:
-    """Refuse a ``(..., samples)`` waveform at ``sample_rate`` shorter than ``need`` samples (one
-    STFT window) with a ``ValueError`` that counts both in samples and seconds."""
+def check_long_enough(waveform: Tensor, sample_rate: int, need: int, given: tuple[int, int] | None = None) -> None:
+    """Refuse a ``(..., samples)`` waveform at the backbone's ``sample_rate`` shorter than ``need``
+    samples (one STFT window) with a ``ValueError`` that counts both in samples and seconds;
+    ``given``, the ``(samples, rate)`` of the clip before it was resampled, is named first.
+
+    Example:
+        >>> check_long_enough(torch.zeros(363), 16000, 1024, given=(1000, 44100))
+        Traceback (most recent call last):
+        ...
+        ValueError: audio is too short: 1000 samples (0.023 s) at 44100 Hz, 363 at the backbone's 16000 Hz; it needs at least 1024 (0.064 s)
+    """
+
+    def count(samples: int, rate: int) -> str:
+        return f"{samples} sample{'s' * (samples != 1)} ({samples / rate:.3f} s) at {rate} Hz"
+
     have = waveform.shape[-1]
-    if have < need:
-        raise ValueError(
-            f"audio is too short: {have} sample{'s' * (have != 1)} ({have / sample_rate:.3f} s) at "
-            f"{sample_rate} Hz, need at least {need} ({need / sample_rate:.3f} s)"
-        )
+    if have >= need:
+        return
+    if given is None or given[1] == sample_rate:
+        said = count(have, sample_rate)
+    else:
+        said = f"{count(*given)}, {have} at the backbone's {sample_rate} Hz"
+    raise ValueError(f"audio is too short: {said}; it needs at least {need} ({need / sample_rate:.3f} s)")
 
 
 def to_mono(waveform: Tensor, sample_rate: int, target_rate: int) -> Tensor:

@@ -174,11 +174,27 @@ class MelDiffusionBackbone(Backbone):
         torch_dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> MelDiffusionBackbone:
-        """Load a folder (or Hub repo) written by :meth:`save_pretrained`."""
+        """Load a folder (or Hub repo) written by :meth:`save_pretrained`.
+
+        Raises:
+            ValueError: for a folder or repo that holds no such model (a corrupt file, or the
+                ``config.json`` of another model, e.g. a diffusers pipeline's ``unet/``).
+        """
         try:
             model = MelDiffusionModel.from_pretrained(str(name_or_path))
         except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: a corrupt file
             raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({error})") from error
+        except TypeError as error:  # its config.json lacks the model's arguments: another model's
+            parent = os.path.dirname(os.path.abspath(os.path.expanduser(name_or_path)))
+            pipeline = os.path.isfile(os.path.join(parent, "model_index.json"))
+            fix = (
+                f"pass the diffusers pipeline's folder {parent} that holds it"
+                if pipeline
+                else "pass a folder written by save_pretrained"
+            )
+            raise ValueError(
+                f"{str(name_or_path)!r} holds a config.json that is not a steer mel-diffusion model's ({error}): {fix}"
+            ) from None
         return cls(model.to(device=device, dtype=torch_dtype), name_or_path=str(name_or_path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
@@ -240,8 +256,9 @@ class MelDiffusionBackbone(Backbone):
         return F.pixel_shuffle(latent.float(), m.patch) * m.mel_std + m.mel_mean
 
     def encode_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
+        given = (waveform.shape[-1], sample_rate)
         waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
-        check_long_enough(waveform, self.sample_rate, self.mel.n_fft)
+        check_long_enough(waveform, self.sample_rate, self.mel.n_fft, given)
         return self.mel_to_latent(self.mel(self.mel.normalize(waveform)))
 
     def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:

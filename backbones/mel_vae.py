@@ -119,8 +119,9 @@ class MelVAEBackbone(PipelineBackbone):
         to peak 0.5; its log-mel is padded with silence to a multiple of ``d``, and the
         posterior's mode (the deterministic choice) is scaled by the VAE's scaling factor.
         """
+        given = (waveform.shape[-1], sample_rate)
         waveform = to_mono(waveform, sample_rate, self.sample_rate).to(self.device)
-        check_long_enough(waveform, self.sample_rate, self.mel.n_fft)
+        check_long_enough(waveform, self.sample_rate, self.mel.n_fft, given)
         mel = self.mel(self.mel.normalize(waveform))
         missing = -mel.shape[2] % self._downsampling
         mel = F.pad(mel, (0, 0, 0, missing), value=self.mel.silence())

@@ -150,3 +150,20 @@ def test_a_saved_pipeline_loads_in_the_dtype_asked_without_diffusers_deprecation
         backbone = load_backbone(str(tmp_path / "pipe"), torch_dtype=torch.bfloat16)
     assert [str(w.message) for w in caught if "torch_dtype" in str(w.message)] == []
     assert backbone.pipe.vae.dtype == torch.bfloat16  # (transformers 5.0 keeps T5's wo layers in float32)
+
+
+def test_a_folder_holding_another_models_config_is_refused_by_name(tmp_path):
+    """A saved pipeline's unet/ (config.json, no model_index.json) was loaded as a mel-diffusion
+    model and failed with a TypeError traceback (missing argument 'words')."""
+    load_backbone("tiny").save_pretrained(tmp_path / "pipe")
+    message = (
+        f"'{tmp_path / 'pipe' / 'unet'}' holds a config.json that is not a steer mel-diffusion model's "
+        "(MelDiffusionModel.__init__() missing 1 required keyword-only argument: 'words'): "
+        f"pass the diffusers pipeline's folder {tmp_path / 'pipe'} that holds it"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_backbone(str(tmp_path / "pipe" / "unet"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"hidden_size": 8}')
+    with pytest.raises(ValueError, match=r"holds a config.json that is not a steer mel-diffusion model's .*: pass a folder written by save_pretrained$"):
+        load_backbone(str(tmp_path / "other"))
