@@ -1,15 +1,39 @@
-"""Latent audio diffusion backbones behind one interface (:class:`Backbone`)."""
+"""Latent audio diffusion backbones behind one interface (:class:`Backbone`).
 
-from .audioldm import AudioLDMBackbone
-from .audioldm2 import AudioLDM2Backbone
-from .auto import load_backbone
-from .base import Backbone
-from .conditioning import Conditioning
-from .mel import MelFrontEnd, to_mono
-from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel
-from .mel_vae import MelVAEBackbone
-from .musicldm import MusicLDMBackbone
-from .stable_audio import StableAudioBackbone
+The names are imported on first use (the adapters import diffusers and transformers, seconds
+of start-up), so that ``from backbones import Backbone`` or the command line's ``--help`` stays
+fast.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .audioldm import AudioLDMBackbone
+    from .audioldm2 import AudioLDM2Backbone
+    from .auto import load_backbone
+    from .base import Backbone
+    from .conditioning import Conditioning
+    from .mel import MelFrontEnd, to_mono
+    from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel
+    from .mel_vae import MelVAEBackbone
+    from .musicldm import MusicLDMBackbone
+    from .stable_audio import StableAudioBackbone
+
+_LAZY = {
+    "AudioLDMBackbone": "audioldm",
+    "AudioLDM2Backbone": "audioldm2",
+    "load_backbone": "auto",
+    "Backbone": "base",
+    "Conditioning": "conditioning",
+    "MelFrontEnd": "mel",
+    "to_mono": "mel",
+    "MelDiffusionBackbone": "mel_diffusion",
+    "MelDiffusionModel": "mel_diffusion",
+    "MelVAEBackbone": "mel_vae",
+    "MusicLDMBackbone": "musicldm",
+    "StableAudioBackbone": "stable_audio",
+}
 
 __all__ = [
     "AudioLDM2Backbone",
@@ -25,3 +49,13 @@ __all__ = [
     "load_backbone",
     "to_mono",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"backbones.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'backbones' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,6 @@ import torch
 from huggingface_hub import hf_hub_download
 
 from .base import Backbone
-from .mel_diffusion import MelDiffusionBackbone
 
 #: Pipeline class (``model_index.json``'s ``_class_name``) → its adapter, ``"module:Class"``
 #: relative to this package.
@@ -134,6 +133,8 @@ def load_backbone(
     if folder.is_dir():
         name, index = str(folder), folder / "model_index.json"
         if is_mel_diffusion_folder(folder):
+            from .mel_diffusion import MelDiffusionBackbone  # diffusers: imported when a model loads
+
             return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if not index.is_file():
             raise ValueError(

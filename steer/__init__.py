@@ -1,13 +1,40 @@
-"""steer: music editing by score distillation (SteerMusic and SteerMusic+)."""
+"""steer: music editing by score distillation (SteerMusic and SteerMusic+).
 
-from .audio import Audio, load_audio, save_audio
-from .baselines import DDIMInversion, DDPMInversion, SDEdit
-from .concepts import Concept, PersonalizedBackbone, PushError
-from .editor import Editor, EditResult, EditState
-from .performance import Performance
-from .recipes import SteerMusic, SteerMusicPlus
+The names are imported on first use (most of them import diffusers and transformers, seconds of
+start-up), so that ``import steer.data``, ``import steer.metrics`` or ``steer --help`` stays
+fast.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .audio import Audio, load_audio, save_audio
+    from .baselines import DDIMInversion, DDPMInversion, SDEdit
+    from .concepts import Concept, PersonalizedBackbone, PushError
+    from .editor import Editor, EditResult, EditState
+    from .performance import Performance
+    from .recipes import SteerMusic, SteerMusicPlus
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Audio": "audio",
+    "load_audio": "audio",
+    "save_audio": "audio",
+    "DDIMInversion": "baselines",
+    "DDPMInversion": "baselines",
+    "SDEdit": "baselines",
+    "Concept": "concepts",
+    "PersonalizedBackbone": "concepts",
+    "PushError": "concepts",
+    "Editor": "editor",
+    "EditResult": "editor",
+    "EditState": "editor",
+    "Performance": "performance",
+    "SteerMusic": "recipes",
+    "SteerMusicPlus": "recipes",
+}
 
 __all__ = [
     "Audio",
@@ -26,3 +53,13 @@ __all__ = [
     "load_audio",
     "save_audio",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"steer.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'steer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

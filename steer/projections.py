@@ -24,11 +24,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import (
-    Attention,
-    AttnProcessor2_0,
-    FusedAttnProcessor2_0,
-)
 from torch import Tensor, nn
 
 from backbones.adapter_state import adapter_state
@@ -38,6 +33,8 @@ from .predictions import unique
 from .sources import Sources
 
 if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
     from .performance import CastOnce
 
 
@@ -118,6 +115,8 @@ def fusable(attn: Attention) -> bool:
     differ in dtype, device or bias, added projections, and forward or backward hooks on a
     projection (a feature read from one, a gradient watched: the fused matmul would not call
     them)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0  # not at the top: seconds to import
+
     if type(attn.processor) is not AttnProcessor2_0 or getattr(attn, "add_q_proj", None) is not None:
         return False
     layers = [attn.to_q, attn.to_k, attn.to_v]
@@ -176,6 +175,8 @@ class FusedProjections:
     """
 
     def __init__(self, modules: Iterable[nn.Module], casts: CastOnce | None = None) -> None:
+        from diffusers.models.attention_processor import FusedAttnProcessor2_0  # not at the top: seconds to import
+
         self.modules = list(modules)
         self.casts = casts
         self._fused: dict[int, _Fused] = {}
@@ -191,6 +192,8 @@ class FusedProjections:
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """The modules run their fused projections inside the block and their own after it."""
+        from diffusers.models.attention_processor import Attention  # not at the top: seconds to import
+
         swapped: list[tuple[Attention, list[str], AttnProcessor2_0]] = []
         try:
             # each module once, a denoiser shared by several models included

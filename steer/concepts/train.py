@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from backbones import Backbone, to_mono
-from backbones.pipeline import PipelineBackbone
 
 from ..audio import Audio, load_audio
 from ..editor import check_seed, check_whole_number, seeded_generator
@@ -45,7 +44,9 @@ from .concept import (
     fingerprint_mismatch,
     nonfinite_key,
 )
-from .personalized import PersonalizedBackbone, family_of
+
+if TYPE_CHECKING:
+    from .personalized import PersonalizedBackbone
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,8 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
 
 def base_model_name(backbone: Backbone) -> str | None:
     """The base model's repo id or absolute path, when the backbone knows it."""
+    from backbones.pipeline import PipelineBackbone  # diffusers: imported when a model is at hand
+
     name = backbone.name_or_path
     if name is None and isinstance(backbone, PipelineBackbone):
         name = backbone.pipe.name_or_path  # a pipeline the user loaded and wrapped with from_pipe
@@ -321,6 +324,8 @@ def train_concept(
             unusable references (:func:`check_references`), and training that diverges (a loss
             or a learnt weight that is not finite: it names the step; lower ``lr``).
     """
+    from .personalized import PersonalizedBackbone, family_of  # diffusers: imported when a model is at hand
+
     if method not in DEFAULTS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULTS)}")
     family_of(backbone, method)  # unsupported backbones and methods fail before any work

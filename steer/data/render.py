@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from steer.data.instruments import gm_program
 from steer.data.melodies import Melody
@@ -115,6 +114,7 @@ def synthesize(
         ``fade``-second fade-out so notes still sounding at the window end do not click.
     """
     import tinysoundfont
+    from scipy.signal import resample_poly  # not at the top: seconds to import, for `steer --help`
 
     frames = round(seconds * sample_rate)
     rate = sample_rate * oversample
