@@ -332,7 +332,10 @@ def _finite(value: float) -> float | None:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> str:
-    """The rows of :func:`aggregate` as a Markdown table."""
+    """The rows of :func:`aggregate` as a Markdown table; where no item has an edit type, the
+    overall row alone (the "(none)" row would repeat it)."""
+    if len(rows) == 2 and rows[0]["edit_type"] is None and not rows[0]["overall"]:
+        rows = rows[1:]
     header = ["edit type", "N"]
     for name in names:
         header += [name, f"{name} NaN"]

@@ -88,6 +88,13 @@ def test_items_without_a_type_and_a_type_named_none_stay_apart():
     assert labels == ["| (none)", '| "(none)"', '| "a\\|b"', "| all"]
 
 
+def test_a_table_of_items_without_types_has_the_overall_row_alone():
+    """It printed a "(none)" row and an "all" row of the same numbers."""
+    rows = aggregate([(None, {"m": 1.0}), (None, {"m": 3.0})], ["m"])
+    assert len(rows) == 2  # eval.json keeps both
+    assert markdown_table(rows, ["m"]).splitlines()[2:] == ["| all | 2 | 2.0000 | 0 |"]
+
+
 # -- 6: one bad item does not stop steer eval ---------------------------------------------------
 @pytest.mark.parametrize(
     "spoil, message",
