@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -22,9 +23,16 @@ def select_modules(model: nn.Module, select: Selector) -> dict[str, nn.Module]:
     """Submodules of ``model`` chosen by a regular expression searched in the qualified name, an
     iterable of exact names, or a predicate ``(name, module) -> bool``; in registration order.
 
-    A selection that names or matches no module is a ``ValueError`` listing the closest names.
+    A selection that names or matches no module is a ``ValueError`` listing the closest names; a
+    selector of another kind (a number, names that are not strings) is a ``TypeError`` listing
+    the kinds accepted.
     """
     modules = {n: m for n, m in model.named_modules() if n}
+    if not isinstance(select, str | Iterable) and not callable(select):
+        raise TypeError(
+            f"select must be a regular expression (a str), an iterable of module names or a predicate "
+            f"(name, module) -> bool, got {type(select).__name__} {select!r}"
+        )
     if isinstance(select, str):
         try:
             pattern = re.compile(select)
@@ -35,6 +43,13 @@ def select_modules(model: nn.Module, select: Selector) -> dict[str, nn.Module]:
         chosen = {n: m for n, m in modules.items() if select(n, m)}
     else:
         names = list(select)
+        not_names = [n for n in names if not isinstance(n, str)]
+        if not_names:
+            raise TypeError(
+                f"select as an iterable must hold module names (str), got {type(not_names[0]).__name__} "
+                f"{not_names[0]!r}: pass qualified names (model.named_modules()), one regular expression "
+                "as a str, or a predicate (name, module) -> bool"
+            )
         every = dict(model.named_modules())  # "" (the model itself) too
         missing = [n for n in names if n not in every]
         if missing:
@@ -70,6 +85,16 @@ def suggest(name: str, names: Iterable[str], *, shown: int = 3) -> str:
 class FeatureCapture:
     """Record the outputs of selected modules for every forward call inside a ``with`` block.
 
+    Each block starts afresh: entering it replaces :attr:`features` with empty lists, so a
+    capture reused across blocks holds only the last block's outputs (lists taken from an
+    earlier block stay as they were). Inside a block the outputs accumulate, one per call, until
+    :meth:`clear`; after it they stay until the next block.
+
+    At the end of a block that did not raise, a selected module that was not called during
+    it is a ``UserWarning``: either it did not run, or the hooks were skipped by a model
+    compiled with ``torch.compile`` before the block (a compiled graph runs no hook added after
+    it was traced; :class:`~hooks.FeatureTap` is made before compiling).
+
     Args:
         model: the network to observe.
         select: which submodules (see :func:`select_modules`).
@@ -99,10 +124,12 @@ class FeatureCapture:
         self.detach = detach
         self.transform = transform
         self.features: dict[str, list[Tensor]] = {name: [] for name in self.modules}
+        self._called: set[str] = set()  # modules called in the current block, whatever clear() drops
         self._handles: list[RemovableHandle] = []
 
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._called.add(name)
             out = output[0] if isinstance(output, tuple) else output
             if self.detach:
                 out = out.detach()
@@ -112,9 +139,12 @@ class FeatureCapture:
 
         return hook
 
-    def __enter__(self) -> FeatureCapture:
+    def __enter__(self) -> FeatureCapture:  # noqa: PYI034 (typing.Self needs Python 3.11)
         if self._handles:
             raise RuntimeError("this FeatureCapture is already active")
+        # New lists, not cleared ones: a list the caller kept from an earlier block stays intact.
+        self.features = {name: [] for name in self.modules}
+        self._called = set()
         self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
         return self
 
@@ -127,9 +157,23 @@ class FeatureCapture:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        silent = [name for name in self.modules if name not in self._called]
+        if silent and exc_type is None:
+            warnings.warn(
+                f"FeatureCapture recorded nothing from {silent}: no call during the with block ran their "
+                "hooks. Either they did not run in the block, or the model was compiled with torch.compile "
+                "before the capture was made (a compiled graph runs no hook added after it was traced, and "
+                "dynamo may reuse a graph traced for another instance of the same module class): make the "
+                "capture before compiling, or capture on the uncompiled module (with "
+                "torch._dynamo.config.skip_nnmodule_hook_guards = False set before compiling, dynamo checks "
+                "hooks and traces again)",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def clear(self) -> None:
-        """Forget what was captured (the hooks stay while the block is active)."""
+        """Forget what was captured so far (the hooks stay while the block is active; entering a
+        block clears too)."""
         for captured in self.features.values():
             captured.clear()
 

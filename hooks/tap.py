@@ -78,7 +78,14 @@ class FeatureTap:
         # so a graph traced for other modules is not reused for this tap.
         missing = [name for name in self.names if name not in self.features]
         if missing:
-            raise RuntimeError(f"the modules {missing} did not run during the recorded call")
+            raise RuntimeError(
+                f"the modules {missing} did not run during the recorded call, or ran without this tap's "
+                "hooks: under torch.compile, the model was compiled before this FeatureTap was made (a "
+                "compiled graph runs no hook added after it was traced: make the tap first), or dynamo "
+                "reused a graph it traced for another instance of the same module class, which has no "
+                "hooks (with torch._dynamo.config.skip_nnmodule_hook_guards = False set before compiling, "
+                "dynamo checks hooks and traces again)"
+            )
         features = {name: self.features[name] for name in self.names}
         self.features.clear()
         return out, features

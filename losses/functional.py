@@ -93,11 +93,21 @@ def time_columns(features: Tensor) -> Tensor:
     Each (time, frequency) feature is L2-normalised over channels, then the frequency column is
     flattened and scaled by 1/√F, so the dot product of two columns is the mean over frequency
     of the per-position cosine similarities (1 for identical columns).
+
+    An empty axis is refused: no clip or time position gave a NaN loss, no frequency bin or
+    channel a constant log(T). Shapes only, so no device sync on the step's path.
     """
     if features.dim() != 4:
         raise ValueError(
             f"PatchNCE takes self-attention features (B, T, F, C), got shape {tuple(features.shape)}: turn "
             "tokens (B, N, C) into a (time, frequency) map with Backbone.feature_map(tokens, latent_shape)"
+        )
+    axes = ("B (clips)", "T (time)", "F (frequency)", "C (channels)")
+    empty = [axis for axis, size in zip(axes, features.shape) if size == 0]
+    if empty:
+        raise ValueError(
+            f"PatchNCE features (B, T, F, C) of shape {tuple(features.shape)} have an empty axis {', '.join(empty)}: "
+            "pass at least one clip, and a map with time positions, frequency bins and channels"
         )
     unit = torch.nn.functional.normalize(features, dim=-1)
     return unit.flatten(2) / unit.shape[2] ** 0.5

@@ -74,3 +74,47 @@ def test_recording_with_a_removed_tap_says_it_was_removed():
     with pytest.raises(RuntimeError, match=r"this FeatureTap was removed \(remove\(\), or the end of its with block\)"):
         tap.record(net, torch.ones(4, 2))
     assert not tap.recording
+
+
+class _Reused(torch.nn.Module):
+    """A class of its own: dynamo's graphs for it are this file's only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x).relu()
+
+
+class _Guarded(_Reused):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner(x)
+
+
+def test_a_tap_made_after_compiling_says_why_nothing_was_recorded():
+    """It said only "the modules ['inner'] did not run during the recorded call"."""
+    net = _Reused()
+    x = torch.ones(4, 2)
+    compiled = torch.compile(net, backend="eager")
+    compiled(x)
+    with FeatureTap(net, ["inner"]) as tap, pytest.raises(RuntimeError) as raised:
+        tap.record(compiled, x)
+    message = str(raised.value)
+    assert message.startswith(
+        "the modules ['inner'] did not run during the recorded call, or ran without this tap's hooks"
+    )
+    assert "the model was compiled before this FeatureTap was made" in message
+    assert "dynamo reused a graph it traced for another instance of the same module class" in message
+    assert "torch._dynamo.config.skip_nnmodule_hook_guards = False set before compiling" in message
+
+
+def test_guarding_hooks_as_the_message_says_records_from_either_instance():
+    """Without the guard, the second instance ran the graph traced for the first, with no hooks."""
+    x = torch.ones(4, 2)
+    with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        first, second = _Guarded(), _Guarded()
+        torch.compile(first, backend="eager")(x)
+        with FeatureTap(second, ["inner"]) as tap:
+            out, features = tap.record(torch.compile(second, backend="eager"), x)
+    torch.testing.assert_close(features["inner"], out / 2)

@@ -101,3 +101,23 @@ def test_a_numpy_count_of_positions_is_a_whole_number():
     assert PersonalizedContrastiveLoss(num_positions=np.int64(8)).num_positions == 8
     q = torch.randn(1, 8, 2, 3)
     assert torch.isfinite(patch_nce(q, q, num_positions=np.int64(4), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [
+        ((0, 8, 4, 3), "B (clips)"),
+        ((2, 0, 4, 3), "T (time)"),
+        ((2, 8, 0, 3), "F (frequency)"),
+        ((2, 8, 4, 0), "C (channels)"),
+    ],
+    ids=["no-clip", "no-time", "no-frequency", "no-channel"],
+)
+def test_patch_nce_refuses_an_empty_axis(shape, axis):
+    """No clip or time position gave NaN, no frequency bin or channel log(T), without an error."""
+    q = torch.randn(shape)
+    message = rf"of shape {re.escape(str(shape))} have an empty axis {re.escape(axis)}: pass at least one clip"
+    with pytest.raises(ValueError, match=message):
+        patch_nce(q, q, num_positions=None)
+    with pytest.raises(ValueError, match=message):
+        patch_nce_sum([q], [q], [None], 0.1)  # PCon's path
