@@ -128,7 +128,8 @@ def load_backbone(
         pipe = _import(build)()
         if torch_dtype != torch.float32:  # casting float32 to float32 makes diffusers warn
             pipe.to(dtype=torch_dtype)
-        return adapter_for(pipeline).from_pipe(pipe.to(device))
+        # named by the build (its weights are the same at every build), as concepts record it
+        return adapter_for(pipeline).from_pipe(pipe.to(device), name_or_path=name)
     folder = Path(name).expanduser()
     if folder.is_dir():
         name, index = str(folder), folder / "model_index.json"

@@ -51,6 +51,9 @@ DEMO_GUIDANCE, DEMO_LR = 7.5, 0.005
 #: The training timesteps of every offline build (backbones.auto.TINY), which bound a baseline's
 #: --steps: known before the backbone loads.
 TINY_TIMESTEPS = 1000
+#: ``steer edit``'s and ``steer run``'s backbone when neither --backbone nor a concept names one,
+#: and its family (a concept of another family that records no base model needs --backbone).
+DEFAULT_BACKBONE, DEFAULT_FAMILY = "cvssp/audioldm2-music", "audioldm2"
 
 
 class UsageError(ValueError):
@@ -216,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         help="steermusic (SteerMusic+ with --concept), steermusic_plus (needs --concept), or one of "
         "the paper's baselines with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA)",
     )
-    _add_edit_options(edit, backbone="cvssp/audioldm2-music", steps=400)
+    _add_edit_options(edit, backbone=DEFAULT_BACKBONE, steps=400)
 
     demo = commands.add_parser(
         "demo", help="edit a shipped piano clip into a violin with the shipped offline model"
@@ -253,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         "step for 8 clips against 8.5 ms for one; compiled, a last smaller batch is filled up "
         "with copies of a clip rather than compiled again)",
     )
-    _add_edit_options(run, backbone="cvssp/audioldm2-music", steps=400)
+    _add_edit_options(run, backbone=DEFAULT_BACKBONE, steps=400)
 
     evaluate = commands.add_parser(
         "eval", help="score folders of edits against their sources; several runs: one table comparing them"
@@ -408,6 +411,11 @@ def _choose_backbone(args: argparse.Namespace, concept: ConceptConfig | None) ->
     note = None
     if args.backbone is None:
         base = concept.base_model if concept is not None else None
+        if base is None and concept is not None and concept.family != DEFAULT_FAMILY:
+            raise UsageError(
+                f"the concept records no base model, and it was learnt on one of the {concept.family} family, "
+                f"not {args.default_backbone}'s {DEFAULT_FAMILY}: pass --backbone with the model it was learnt on"
+            )
         if base is None:
             args.backbone = args.default_backbone
         elif base in TINY or Path(base).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", base):
@@ -475,7 +483,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
     if concept is None or not users:
         return None
     from .concepts import check_concept_reference
-    from .concepts.concept import prompt_without_token
+    from .concepts.concept import CASE_BLIND_FAMILIES, prompt_without_token
 
     config = None
     for item in users:
@@ -483,7 +491,10 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
             if config is None:  # the config read once (a Hub concept: one request)
                 config = check_concept_reference(concept, item.target)
             else:
-                prompt_without_token(item.target, config.token, config.class_word)
+                prompt_without_token(
+                    item.target, config.token, config.class_word,
+                    case_sensitive=config.family not in CASE_BLIND_FAMILIES,
+                )
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
     return config
@@ -812,7 +823,11 @@ def _after_interrupt(args: argparse.Namespace) -> str:
     if args.command == "run":
         return "run the same command again to resume: finished edits are kept, the interrupted ones redone"
     if args.command == "personalize" and args.checkpoint_dir is not None:
-        return f"add --resume to go on from the newest checkpoint in {args.checkpoint_dir}"
+        from .concepts.train import saved_checkpoints
+
+        if saved := saved_checkpoints(args.checkpoint_dir) if args.checkpoint_dir.is_dir() else []:
+            return f"add --resume to go on from the newest checkpoint, {saved[-1]}"
+        return f"no checkpoint was saved in {args.checkpoint_dir} yet, and no concept"
     if args.command == "eval":
         return "only the eval.json and eval.md it said it wrote were written"
     return "nothing was written"

@@ -49,6 +49,9 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--checkpoint-dir", type=Path, help="save the training state here")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=2, help="newest checkpoints of this run to keep (default: 2; 0 keeps all)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the concept to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
@@ -89,8 +92,8 @@ def run_personalize(args: argparse.Namespace) -> Path:
         raise ValueError(f"--steps must be at least 1 (0 would save an untrained concept), got {args.steps}")
     check_settings(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop_seconds=args.crop_seconds,
-        checkpoint_every=args.checkpoint_every, rank=args.rank if args.method == "lora" else None, seed=args.seed,
-        as_flags=True,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        rank=args.rank if args.method == "lora" else None, seed=args.seed, as_flags=True,
     )
     from backbones import load_backbone
 
@@ -116,6 +119,7 @@ def run_personalize(args: argparse.Namespace) -> Path:
             seed=args.seed,
             checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=args.keep_checkpoints,
             resume=args.resume,
             progress=True,
         )

@@ -885,25 +885,39 @@ def _download(
 
 
 # -- checks before a model loads -------------------------------------------------------------------
-def token_pattern(token: str) -> re.Pattern[str]:
+#: Backbone families whose text encoder lower-cases every prompt (the mel-diffusion word encoder):
+#: their concepts' tokens are found in a prompt whatever its case.
+CASE_BLIND_FAMILIES = frozenset({"mel-diffusion"})
+
+
+def token_pattern(token: str, *, case_sensitive: bool = True) -> re.Pattern[str]:
     """The concept token as a word of its own in a prompt, whatever it is made of ("sks", "[S]"):
     not a part of a longer word ("desks"); ``\\b`` would need word characters at its ends and miss "[S]"."""
-    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
+    return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", 0 if case_sensitive else re.IGNORECASE)
 
 
-def prompt_without_token(prompt: str, token: str, class_word: str | None = None) -> str:
+def prompt_without_token(
+    prompt: str, token: str, class_word: str | None = None, *, case_sensitive: bool = True
+) -> str:
     """The target ``prompt`` without the concept ``token`` (the base model's prompt of SteerMusic+'s
-    shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``, ``"a sks, bowed violin"`` →
-    ``"a bowed violin"``.
+    shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``, ``"a sks, bowed violin"``,
+    ``"a [sks] bowed violin"`` and ``"a sks-bowed violin"`` → ``"a bowed violin"``.
+
+    The token goes with what clings to it: a possessive 's, a comma, semicolon or colon or a dash
+    after it, or brackets or quotes around it alone; what is left closes up.
+
+    Args:
+        case_sensitive: whether the prompt must write the token in its case, as the tokenizers
+            of the diffusers backbones read it (``False`` for :data:`CASE_BLIND_FAMILIES`).
 
     Raises:
         ValueError: when the prompt does not name the token (see :func:`token_pattern`), or is
             only the token; its example prompt is in the concept's words (``class_word``).
     """
-    pattern = token_pattern(token)
+    pattern = token_pattern(token, case_sensitive=case_sensitive)
     example = " ".join(word for word in ("a", token, class_word, "melody") if word)
     if not pattern.search(prompt):
-        other_case = re.search(pattern.pattern, prompt, re.IGNORECASE)
+        other_case = token_pattern(token, case_sensitive=False).search(prompt)
         hint = (
             f" (it names {other_case.group()!r}: tokens are case-sensitive, as the text encoders read them)"
             if other_case
@@ -912,9 +926,9 @@ def prompt_without_token(prompt: str, token: str, class_word: str | None = None)
         raise ValueError(
             f"the target prompt {prompt!r} does not name the concept token {token!r}{hint}: write e.g. {example!r}"
         )
-    # the token goes with a comma, semicolon or colon right after it, and with brackets around it
-    # alone; what is left closes up: "sks, a violin" and "a (sks) violin" -> "a violin"
-    without = re.sub(rf"(?:{pattern.pattern}[,;:]?|\(\s*{re.escape(token)}\s*\))", "", prompt)
+    word, bare = pattern.pattern, re.escape(token)
+    clinging = rf"""{word}(?:['’]s)?(?:[,;:]|\s*[-–—])?|[(\[{{"'“‘]\s*{bare}\s*[)\]}}"'”’]"""
+    without = re.sub(clinging, "", prompt, flags=pattern.flags)
     without = " ".join(without.split())
     without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?])", "", without)
     without = re.sub(r"[,;:]+(?=[.!?]|$)", "", without)
@@ -954,7 +968,9 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
         check_repo_id(name, "the concept")
         config_path = _fetch_config(name)
     config = _read_config(config_path, name)
-    prompt_without_token(target, config.token, config.class_word)
+    prompt_without_token(
+        target, config.token, config.class_word, case_sensitive=config.family not in CASE_BLIND_FAMILIES
+    )
     return config
 
 

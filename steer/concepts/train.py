@@ -507,7 +507,9 @@ def _digest(waveforms) -> str:
 _CHECKPOINT_FILES = ("trainable.safetensors", "state.safetensors", "trainer_state.json")
 
 
-def _checkpoints(folder: Path) -> list[Path]:
+def saved_checkpoints(folder: Path) -> list[Path]:
+    """The whole checkpoints (``checkpoint-<step>`` folders holding every checkpoint file) in
+    ``folder``, oldest first."""
     found = [
         p
         for p in folder.glob("checkpoint-*")
@@ -525,7 +527,7 @@ def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
     check_can_be_folder(folder, "checkpoint_dir")
     if resume:
         return
-    found = _checkpoints(folder) if folder.is_dir() else []
+    found = saved_checkpoints(folder) if folder.is_dir() else []
     if found:
         raise ValueError(
             f"checkpoint_dir {folder} already holds checkpoints of a run (newest: {found[-1].name}): pass "
@@ -566,7 +568,7 @@ def _save_checkpoint(
     (partial / "trainer_state.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    for old in _checkpoints(folder)[:-keep] if keep > 0 else []:
+    for old in saved_checkpoints(folder)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
 
 
@@ -583,7 +585,7 @@ def _resume(
     the loss of the step before it (``None`` for none, or a checkpoint of a steer that did not
     record it). A checkpoint of another base model than ``backbone`` is refused (those of a
     steer that did not record the base are not checked)."""
-    found = _checkpoints(folder) if folder.is_dir() else []
+    found = saved_checkpoints(folder) if folder.is_dir() else []
     if not found:  # a first run of a job that always resumes; or a misspelt folder
         where = "holds no checkpoint" if folder.is_dir() else "does not exist"
         warnings.warn(

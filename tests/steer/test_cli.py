@@ -434,3 +434,23 @@ def test_an_interrupted_command_exits_130_with_one_line_saying_what_it_left(comm
     capsys.readouterr()
     assert main(argv) == 130
     assert capsys.readouterr().err == f"\nsteer: interrupted; {after}\n"
+
+
+def test_an_interrupted_personalize_says_whether_a_checkpoint_can_be_resumed(wav, tmp_path, capsys, monkeypatch):
+    from steer.concepts import cli as concepts_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concepts_cli, "run_personalize", interrupted)
+    monkeypatch.setattr("steer.cli.run_personalize", interrupted)
+    checkpoints = tmp_path / "ck"
+    argv = ["personalize", str(wav), "--token", "sks", "-o", str(tmp_path / "c"), "--checkpoint-dir", str(checkpoints)]
+    capsys.readouterr()
+    assert main(argv) == 130
+    assert capsys.readouterr().err == f"\nsteer: interrupted; no checkpoint was saved in {checkpoints} yet, and no concept\n"
+    for name in ("trainable.safetensors", "state.safetensors", "trainer_state.json"):
+        (checkpoints / "checkpoint-4").mkdir(parents=True, exist_ok=True)
+        (checkpoints / "checkpoint-4" / name).write_text("")
+    assert main(argv) == 130
+    assert capsys.readouterr().err == f"\nsteer: interrupted; add --resume to go on from the newest checkpoint, {checkpoints / 'checkpoint-4'}\n"

@@ -98,3 +98,22 @@ def test_a_backbone_path_that_is_not_there_is_refused_before_any_model_loads(com
         f"--backbone {missing} not found: pass a folder written by save_pretrained, or a Hub repo id\n"
     )
     assert not (tmp_path / "e.wav").exists() and not (tmp_path / "out").exists()
+
+
+def test_edit_without_backbone_refuses_a_concept_of_another_family_that_records_no_base(clip_files, tmp_path, capsys):
+    """It loaded the AudioLDM2 default (30 s of Hub retries offline) for an AudioLDM concept."""
+    concept = tmp_path / "c"
+    assert main(["personalize", str(clip_files[0]), "--token", "sks", "--class-word", "guitar", "--method", "lora",
+                 "-o", str(concept), "--backbone", "tiny-audioldm", "--steps", "1", "--batch-size", "1"]) == 0
+    edit = ["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "--concept", str(concept),
+            "--steps", "1", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*edit, "-o", str(tmp_path / "a.wav")]) == 0  # the build's name is recorded
+    assert "note: --backbone tiny-audioldm, the base model the concept was learnt on" in capsys.readouterr().err
+    config_path = concept / "concept_config.json"  # as concepts learnt on an offline build before
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model": None}))
+    assert main([*edit, "-o", str(tmp_path / "b.wav")]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: the concept records no base model, and it was learnt on one of the audioldm family, not "
+        "cvssp/audioldm2-music's audioldm2: pass --backbone with the model it was learnt on\n"
+    )

@@ -702,6 +702,11 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a violin; sks, piano", "sks", "a violin; piano"),
         ("desks and a [S] violin", "[S]", "desks and a violin"),
         ("  a  sks   violin ", "sks", "a violin"),
+        ("a [sks] violin", "sks", "a violin"),  # was "a [] violin"
+        ('a "sks" violin', "sks", "a violin"),
+        ("a sks-violin", "sks", "a violin"),  # was "a -violin"
+        ("a sks's violin", "sks", "a violin"),  # was "a 's violin"
+        ("a sks — violin", "sks", "a violin"),
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
@@ -718,3 +723,13 @@ def test_a_prompt_naming_the_token_in_another_case_is_told_that_tokens_are_case_
     for only in ("sks,", "(sks)", " sks . "):
         with pytest.raises(ValueError, match="is only the concept token"):
             prompt_without_token(only, "sks", "violin")
+
+
+def test_a_mel_concept_finds_its_token_in_any_case_as_its_word_encoder_reads_prompts(mel_backbone, clips, tmp_path):
+    """The mel-diffusion word encoder lower-cases every prompt, and "A SKS violin" was refused as
+    not naming the token "sks" (tokens are case-sensitive for the diffusers backbones' tokenizers)."""
+    assert prompt_without_token("A SKS violin", "sks", "violin", case_sensitive=False) == "A violin"
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    assert check_concept_reference(folder, "A SKS guitar").token == "sks"
+    with SteerMusicPlus(mel_backbone, Concept.from_pretrained(folder), steps=1) as editor:
+        assert editor.prompt_roles(["a piano"], ["A SKS guitar"])["target_base"] == ["A guitar"]

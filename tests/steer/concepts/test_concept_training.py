@@ -236,11 +236,12 @@ def test_bad_training_numbers_are_refused_before_a_model_loads(
 
 
 def test_personalize_records_the_base_the_backbone_was_loaded_from(clip_files, tmp_path):
+    """An offline build's name was not recorded: `steer edit --concept` then took the Hub default."""
     parser = argparse.ArgumentParser(prog="steer")
     add_personalize_parser(parser.add_subparsers(dest="command"))
     common = [*map(str, clip_files), "--token", "sks", "--class-word", "guitar", "--steps", "1", "--batch-size", "1"]
     tiny = run_personalize(parser.parse_args(["personalize", *common, "-o", str(tmp_path / "a"), "--backbone", "tiny-audioldm"]))
-    assert Concept.from_pretrained(tiny).config.base_model is None  # an offline random build
+    assert Concept.from_pretrained(tiny).config.base_model == "tiny-audioldm"  # an offline build, the same at every build
     shipped = str(Path(__file__).parents[3] / "weights" / "mel-diffusion-swap")
     concept = run_personalize(parser.parse_args(["personalize", *common, "-o", str(tmp_path / "b"), "--backbone", shipped]))
     assert Concept.from_pretrained(concept).config.base_model == shipped
@@ -499,3 +500,21 @@ def test_references_below_the_backbones_rate_or_beyond_full_scale_are_warned_abo
     ]
     assert [clip.waveform.shape for clip in clips] == [(20480,)] * 3
     torch.testing.assert_close(clips[2].waveform, 200 * clips[0].waveform)
+
+
+def test_keep_checkpoints_bounds_the_checkpoints_personalize_leaves(clip_files, tmp_path):
+    """The option was the library's alone (2): the command could not keep more or fewer."""
+    parser = argparse.ArgumentParser(prog="steer")
+    add_personalize_parser(parser.add_subparsers(dest="command"))
+    checkpoints = tmp_path / "ck"
+    run_personalize(parser.parse_args([
+        "personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar", "--steps", "3",
+        "--batch-size", "1", "-o", str(tmp_path / "c"), "--backbone", "tiny", "--checkpoint-dir", str(checkpoints),
+        "--checkpoint-every", "1", "--keep-checkpoints", "1",
+    ]))
+    assert [path.name for path in checkpoints.iterdir()] == ["checkpoint-000003"]
+    with pytest.raises(ValueError, match="^--keep-checkpoints must be at least 0, got -1$"):
+        run_personalize(parser.parse_args([
+            "personalize", *map(str, clip_files), "--token", "sks", "-o", str(tmp_path / "d"), "--backbone", "tiny",
+            "--keep-checkpoints", "-1",
+        ]))
