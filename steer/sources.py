@@ -62,10 +62,13 @@ class Fingerprint:
     ``nn.Module._apply``, ``p.data.mul_(2)``) changes a parameter's values without moving them.
 
     A look reduces each floating-point tensor to one float32 number, the dot product of its
-    values with fixed pseudo-random weights in [0.5, 1.5) (65536 of them, repeated): a change of its values moves it
-    unless the change is below the sum's rounding (one value by about 1e-7 of the sum) or
-    cancels out by coincidence. It reads every tensor once and synchronises once per device.
-    Values with a NaN never compare equal: they read as changed at every look.
+    values with fixed pseudo-random weights in [0.5, 1.5) (drawn once per device, as many as the
+    largest tensor holds: 29 MB for AudioLDM2's UNet): a change of its values moves it unless the
+    change is below the sum's rounding (one value by about 1e-7 of the sum) or cancels out by
+    coincidence. It reads every tensor once, in one kernel per tensor (a look at AudioLDM2's UNet:
+    1520 dot products in 3042 dispatches, against 16722 when each tensor was cut into rows of
+    65536 weights), and synchronises once per device. Values with a NaN never compare equal: they
+    read as changed at every look.
 
     Example:
         >>> w = torch.ones(3)
@@ -79,6 +82,7 @@ class Fingerprint:
 
     def __init__(self) -> None:
         self._weights: dict[torch.device, Tensor] = {}
+        self._cuts: dict[torch.device, dict[int, Tensor]] = {}  # the probe's first n weights, by n
         self._last: dict[torch.device, Tensor] | None = None
 
     @torch.no_grad()
@@ -88,31 +92,28 @@ class Fingerprint:
         by_device: dict[torch.device, list[Tensor]] = {}
         for tensor in tensors:
             if tensor.is_floating_point():
-                by_device.setdefault(tensor.device, []).append(tensor.detach().reshape(-1))
+                by_device.setdefault(tensor.device, []).append(tensor.reshape(-1))
         now = {}
         for device, values in by_device.items():
-            probe = self._probe(device)
-            now[device] = torch.stack([_dot(v.float(), probe) for v in values])
+            weights = self._weights_for(device, [len(v) for v in values])
+            # two dispatches a float32 tensor: its flat view above and the dot product
+            now[device] = torch.stack(
+                [torch.dot(v if v.dtype == torch.float32 else v.float(), w) for v, w in zip(values, weights)]
+            )
         last, self._last = self._last, now
         return last is not None and (
             last.keys() != now.keys()
             or any(last[d].shape != now[d].shape or not torch.equal(last[d], now[d]) for d in now)
         )
 
-    def _probe(self, device: torch.device) -> Tensor:
-        """The weights on ``device``, the same at every look."""
-        if device not in self._weights:
+    def _weights_for(self, device: torch.device, lengths: list[int]) -> list[Tensor]:
+        """Weights on ``device`` for tensors of ``lengths`` values: the first ``n`` of one draw
+        (the same at every look), drawn again, longer, for a longer tensor (a set of tensors that
+        grew reads as changed anyway); the views are kept, as slicing is a dispatch a tensor."""
+        longest = max(lengths)
+        if device not in self._weights or len(self._weights[device]) < longest:
             generator = torch.Generator().manual_seed(0)
-            self._weights[device] = (torch.rand(_PERIOD, generator=generator) + 0.5).to(device)
-        return self._weights[device]
-
-
-#: how many weights a :class:`Fingerprint` draws; a longer tensor meets them again in turn
-_PERIOD = 1 << 16
-
-
-def _dot(values: Tensor, weights: Tensor) -> Tensor:
-    """``values`` ``(n,)`` times ``weights`` ``(period,)`` repeated to ``n``, summed: a scalar."""
-    full = len(values) - len(values) % len(weights)
-    rows = values[:full].view(-1, len(weights)) @ weights
-    return rows.sum() + values[full:] @ weights[: len(values) - full]
+            self._weights[device] = (torch.rand(longest, generator=generator) + 0.5).to(device)
+            self._cuts[device] = {}
+        cuts, probe = self._cuts[device], self._weights[device]
+        return [cuts[n] if n in cuts else cuts.setdefault(n, probe[:n]) for n in lengths]
