@@ -5,7 +5,8 @@ compared with the ``reference`` path's (in full fp32: no TF32 on a GPU) by cosin
 what the issue's thresholds (≥ 0.999 fp32, ≥ 0.99 bf16) are stated on. The tests check the
 tiny model; this script measures the real-size UNet, where rounding in bf16 accumulates over
 more and wider layers. A non-finite gradient is a skipped step on ``fp16`` (its scaled loss
-overflowed) and a failure anywhere else: the summary gives NaN and the script exits with 1.
+overflowed) and a failure anywhere else: the summary gives NaN and the script exits with 1; on
+the reference itself nothing can be compared, and the script stops at once, naming it.
 
 Usage::
 
@@ -47,6 +48,10 @@ from steer.performance import PRESETS
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
 
 
+class NonFiniteReference(RuntimeError):
+    """The ``reference`` path's own gradient is not finite: no path can be compared with it."""
+
+
 def first_gradient(editor: Editor, latent: Tensor, seed: int) -> Tensor:
     """The gradient the editor applies at its first step, ``latent``'s shape."""
     states = []
@@ -75,7 +80,8 @@ def agreement(
     the step was not taken, an fp16 overflow (a non-finite gradient where the path scales its
     loss); ``failed``: any other non-finite gradient or cosine. ``options`` are set on every path
     but the reference, ``lora_std`` draws SteerMusic+'s LoRA B
-    (:func:`benchmarks.models.lora_concept`)."""
+    (:func:`benchmarks.models.lora_concept`). Raises :class:`NonFiniteReference` where the
+    reference's own gradient is not finite."""
     backbone = build_backbone(real_size=real_size, device=device)
     shape = REAL_LATENT if real_size else TINY_LATENT
     latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -90,6 +96,11 @@ def agreement(
             start = time.perf_counter()
             with full_fp32():
                 reference = first_gradient(editors["reference"], latent, seed)
+            if not reference.isfinite().all():
+                raise NonFiniteReference(
+                    f"the reference path's gradient is not finite for seed {seed}: the fp32 reference loop itself "
+                    "fails here, so no path can be compared with it; trace it as benchmarks/README.md's NaN note did"
+                )
             for path in paths:
                 gradient = first_gradient(editors[path], latent, seed)
                 cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0).item()
@@ -142,16 +153,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
     parser.add_argument("--fuse-projections", action="store_true", help="Performance.fuse_projections on the paths")
     parser.add_argument("--merge-lora", action="store_true", help="Performance.merge_lora on the paths")
-    parser.add_argument("--lora-std", type=float, default=0.0, help="SteerMusic+'s LoRA B drawn with this std (0: B = 0)")
+    parser.add_argument("--lora-std", type=float, default=0.0,
+                        help="SteerMusic+'s LoRA B drawn with this std (0: B = 0); --recipe steermusic_plus only")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    if not (math.isfinite(args.lora_std) and args.lora_std >= 0):
+        parser.error(f"--lora-std must be a finite standard deviation of at least 0, got {args.lora_std}")
+    if args.lora_std and args.recipe != "steermusic_plus":
+        parser.error("--lora-std draws SteerMusic+'s LoRA B, and SteerMusic has no concept: give it with "
+                     "--recipe steermusic_plus, or leave it out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warnings.filterwarnings("ignore", message="fused kernels need triton")
     options = {"fuse_projections": args.fuse_projections, "merge_lora": args.merge_lora}
-    rows = agreement(
-        recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device,
-        options=options, lora_std=args.lora_std,
-    )
+    try:
+        rows = agreement(
+            recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device,
+            options=options, lora_std=args.lora_std,
+        )
+    except NonFiniteReference as error:
+        sys.exit(str(error))
     for path in args.paths:
         print(f"{args.recipe} {path}: cosine with reference {summary(rows, path)} ({device.type}, torch "
               f"{torch.__version__}, {'real-size' if args.real_size else 'tiny'} model)")

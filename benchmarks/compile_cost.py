@@ -28,6 +28,7 @@ from benchmarks.models import (
     REAL_LATENT,
     TINY_LATENT,
     build_backbone,
+    compile_backend_option,
     device_option,
     lora_concept,
 )
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size")
     parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--path", default="fused", choices=COMPILED)
-    parser.add_argument("--compile-backend", default="inductor",
+    parser.add_argument("--compile-backend", type=compile_backend_option, default="inductor",
                         help="torch.compile backend (default inductor; aot_eager traces without code generation)")
     parser.add_argument("--concepts", type=int, default=1, help="SteerMusic+ editors, one per LoRA concept (0: SteerMusic's alone)")
     parser.add_argument("--frames", type=int, nargs="+",

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks.mfu import Peak, matmul_peak
-from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone
+from benchmarks.models import REAL_LATENT, TINY_LATENT, build_backbone, compile_backend_option
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,7 +28,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="compile the fused paths on the CPU too (inductor: minutes per case on a small CPU)",
     )
     group.addoption(
-        "--compile-backend", default="inductor",
+        "--compile-backend", default="inductor", type=compile_backend_option,
         help="torch.compile backend of the compiled paths (default inductor; aot_eager traces without code "
         "generation); fused-cudagraphs, fused-steer-cudagraphs and fused-checkpointed-steer-cudagraphs keep their "
         "CUDA-graph backends, fused-autotune inductor (max-autotune is inductor's), and the step-graph paths are "
@@ -46,12 +46,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse counts no case can time, before any case starts."""
+    """Refuse counts no case can time and a profile file that cannot be written, before any case
+    starts (each case would fail after its warm-up edit)."""
     steps, rounds = config.getoption("--steps"), config.getoption("--rounds")
     if steps is not None and steps < 1:
         raise pytest.UsageError(f"--steps must be at least 1 (steps per timed edit), got {steps}")
     if rounds < 1:
         raise pytest.UsageError(f"--rounds must be at least 1 (timed edits per case), got {rounds}")
+    profile_file: Path | None = config.getoption("--profile-file")
+    if profile_file is not None:
+        if profile_file.is_dir():
+            raise pytest.UsageError(f"--profile-file {profile_file} is a folder: name a file (the profiles are appended)")
+        if not profile_file.parent.is_dir():
+            raise pytest.UsageError(
+                f"--profile-file {profile_file}: no folder {profile_file.parent}; create it or name a file in a folder"
+            )
 
 
 @dataclass

@@ -11,6 +11,9 @@ too; ``--autograd`` keeps AOTAutograd's forward and backward wrappers and the ba
 with the graphs inside them frozen alike); edits of ``--steps`` steps are then timed without a
 profiler, and the fastest counts. The eager ops between the calls are counted in a profiled
 edit (``torch.profiler``, top-level ``aten::`` ops: on CUDA each a dispatch or a kernel launch).
+A step's figures are what the edit adds over a 0-step edit, timed and profiled alike, divided
+by its steps: the 0-step edit's are printed as the edit's set-up (prompts, the weights'
+fingerprint), which a 400-step edit counts once.
 
 Usage::
 
@@ -39,6 +42,8 @@ from benchmarks.models import (
     device_option,
     make_editor,
 )
+from benchmarks.profiling import per_step
+from steer import Editor
 from steer.performance import GUARDS, PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
@@ -87,15 +92,31 @@ class _HostOnly:
 _HOST_ONLY = _HostOnly()
 
 
+def _edit_figures(editor: Editor, latent: torch.Tensor, rounds: int) -> tuple[float, int]:
+    """The seconds of the fastest of ``rounds`` edits (no profiler), and the top-level ``aten::``
+    ops of one more, profiled."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        editor.edit_latent(latent, **PROMPTS)
+        times.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        editor.edit_latent(latent, **PROMPTS)
+    ops = sum(1 for e in profiled.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+    return min(times), ops
+
+
 def host_time(
     *, recipe: str, real_size: bool, device: torch.device, path: str, steps: int, rounds: int,
     autograd: bool = False,
 ) -> dict[str, float]:
-    """Host milliseconds a step with each :data:`~steer.performance.GUARDS` setting (the
-    fastest of ``rounds`` edits of ``steps`` steps, the first step included), and the eager ops
-    a step makes between the compiled calls with that setting (``"guards=... eager ops a
-    step"``); with ``autograd``, AOTAutograd's wrappers and the backward pass through the
-    compiled calls included."""
+    """Host milliseconds a step with each :data:`~steer.performance.GUARDS` setting, and the
+    eager ops a step makes between the compiled calls with that setting (``"guards=... eager ops
+    a step"``); with ``autograd``, AOTAutograd's wrappers and the backward pass through the
+    compiled calls included. A step's figures are what an edit of ``steps`` steps (the first
+    step included) adds over a 0-step edit, each the fastest of ``rounds`` edits (ops: one
+    profiled edit of each); the 0-step edit's are the edit's fixed part (``"set-up ms"``,
+    ``"set-up eager ops"``: prompts, the weights' fingerprint, set-up), counted once an edit."""
     if BACKEND not in torch.compiler.list_backends(exclude_tags=()):
         torch._dynamo.register_backend(_HOST_ONLY, name=BACKEND)
     _HOST_ONLY.autograd = autograd
@@ -112,16 +133,15 @@ def host_time(
                 editor.edit_latent(latent, **PROMPTS)
             _HOST_ONLY.frozen = True
             editor.steps = steps
-            times = []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                editor.edit_latent(latent, **PROMPTS)
-                times.append(time.perf_counter() - start)
-            figures[f"guards={guards} ms a step"] = min(times) / steps * 1e3
-            with profile(activities=[ProfilerActivity.CPU]) as profiled:
-                editor.edit_latent(latent, **PROMPTS)
-        top = [e for e in profiled.events() if e.cpu_parent is None and e.name.startswith("aten::")]
-        figures[f"guards={guards} eager ops a step"] = len(top) / steps
+            edit_s, edit_ops = _edit_figures(editor, latent, rounds)
+            editor.steps = 0
+            fixed_s, fixed_ops = _edit_figures(editor, latent, rounds)
+        step_s, set_up_s = per_step(edit_s, fixed_s, steps=steps)
+        step_ops, set_up_ops = per_step(edit_ops, fixed_ops, steps=steps)
+        figures[f"guards={guards} ms a step"] = step_s * 1e3
+        figures[f"guards={guards} eager ops a step"] = step_ops
+        figures[f"guards={guards} set-up ms"] = set_up_s * 1e3
+        figures[f"guards={guards} set-up eager ops"] = set_up_ops
     return figures
 
 

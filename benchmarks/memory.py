@@ -31,6 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.models import compile_backend_option
 from steer.performance import PRESETS
 
 RECIPES = ("steermusic", "steermusic_plus")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
     parser.add_argument("--path", default="batched", choices=list(PRESETS), help="execution path preset (default batched)")
-    parser.add_argument("--compile-backend", default="aot_eager",
+    parser.add_argument("--compile-backend", type=compile_backend_option, default="aot_eager",
                         help="torch.compile backend of the compiled paths (default aot_eager)")
     parser.add_argument("--merge-lora", action="store_true", help="Performance.merge_lora")
     parser.add_argument("--fuse-projections", action="store_true", help="Performance.fuse_projections")

@@ -21,7 +21,7 @@ from backbones.audioldm2 import T5_MASK
 from backbones.tiny import tiny_audioldm2_pipeline
 from steer import Concept, Editor, SteerMusic, SteerMusicPlus
 from steer.concepts.concept import LORA_TARGETS, ConceptConfig
-from steer.performance import Performance
+from steer.performance import Performance, compile_backends
 
 #: 10.24 s of audio: (batch, channels, time, frequency).
 REAL_LATENT = (8, 256, 16)
@@ -111,6 +111,15 @@ def device_option(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{name!r}: torch finds no CUDA GPU here; run on a GPU machine or give cpu")
     return device
+
+
+def compile_backend_option(name: str) -> str:
+    """A ``--compile-backend`` value (argparse's ``type``): a backend ``torch.compile`` has here
+    (:func:`~steer.performance.compile_backends`), so that a typo is refused before a model is
+    built or a case warms up."""
+    if name not in (backends := compile_backends()):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch.compile backend here: use one of {', '.join(backends)}")
+    return name
 
 
 def build_backbone(*, real_size: bool, device: torch.device) -> AudioLDM2Backbone:

@@ -42,6 +42,17 @@ def device_time_us(events: Iterable[FunctionEvent]) -> float:
     )
 
 
+def per_step(edit: float, fixed: float, *, steps: int, fixed_steps: int = 0) -> tuple[float, float]:
+    """A figure of an edit (seconds, ops) split into a step's share and the edit's fixed part
+    (prompts, the weights' cast and fingerprint, set-up), from an edit of ``steps`` steps
+    (``edit``) and one of ``fixed_steps`` (``fixed``: 0 steps; with a step graph, those it does
+    not replay): a step's share is what each step past ``fixed_steps`` adds, and the fixed part
+    the shorter edit's figure less its steps' shares. Dividing a whole edit by its steps would
+    count the fixed part in every step."""
+    step = (edit - fixed) / (steps - fixed_steps)
+    return step, fixed - fixed_steps * step
+
+
 #: what :func:`profile_summary` and :func:`host_summary` run: an edit, given the callback an
 #: editor calls after each step (``edit_latent(callback=...)``), or ``None``
 Edit = Callable[[Callable[[Any], None] | None], object]

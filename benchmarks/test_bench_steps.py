@@ -26,7 +26,7 @@ from torch._dynamo.utils import counters
 
 from benchmarks.mfu import count_flops, mfu
 from benchmarks.models import make_editor
-from benchmarks.profiling import host_summary, profile_summary
+from benchmarks.profiling import host_summary, per_step, profile_summary
 from steer.performance import Performance
 from steer.step_graph import WARMUP
 
@@ -212,8 +212,7 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
             fixed = min(times)
             # a step graph's edit runs its first steps as they are and records the next: the
             # replayed steps' time is what an edit longer by one step takes longer
-            seconds = (edit_s - fixed) / (settings.steps - fixed_steps)
-            set_up = fixed - fixed_steps * seconds
+            seconds, set_up = per_step(edit_s, fixed, steps=settings.steps, fixed_steps=fixed_steps)
             figures = {
                 "ms_per_step": seconds * 1e3,
                 "set_up_ms": set_up * 1e3,

@@ -15,6 +15,7 @@ from pathlib import Path
 from backbones import load_backbone, to_mono
 from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
 from steer import Editor, Performance, load_audio, save_audio
+from steer.cli import device_option
 from steer.metrics import cqt1_pcc
 
 HERE = Path(__file__).parent
@@ -22,18 +23,26 @@ HERE = Path(__file__).parent
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=str(HERE.parent / "weights" / "mel-diffusion-swap"))
+    parser.add_argument("--backbone", default=str(HERE.parent / "weights" / "mel-diffusion-swap"),
+                        help="default: the repository's shipped model, weights/ beside this script's folder")
     parser.add_argument("--input", type=Path, default=HERE / "audio" / "hornpipe_piano.wav")
     parser.add_argument("--source", default="a recording of a piano")
     parser.add_argument("--target", default="a recording of a violin")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/composed.wav"))
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}: the edit reports its last step's loss")
-
-    backbone = load_backbone(args.backbone, device=args.device)
+    try:
+        device = device_option(args.device)
+        clip = load_audio(args.input)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        backbone = load_backbone(args.backbone, device=device)
+    except ValueError as error:  # a missing folder: the default one outside the repository, a typo
+        parser.error(f"--backbone {args.backbone}: {error}")
     editor = Editor(
         backbone,
         losses=[
@@ -42,9 +51,8 @@ def main(argv: list[str] | None = None) -> float:
         ],
         steps=args.steps,
         lr=0.005,
-        performance=Performance.preset("bf16" if args.device.startswith("cuda") else "batched"),
+        performance=Performance.preset("bf16" if device.startswith("cuda") else "batched"),
     )
-    clip = load_audio(args.input)
     result = editor.edit(clip, source=args.source, target=args.target, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_audio(args.out, result.audio[0], result.sample_rate, overwrite=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from backbones import load_backbone, to_mono
 from steer import Concept, SteerMusicPlus, load_audio, save_audio
+from steer.concepts.train import check_references
 from steer.metrics import cqt1_pcc
 
 HERE = Path(__file__).parent
@@ -21,7 +22,8 @@ HERE = Path(__file__).parent
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default=str(HERE.parent / "weights" / "mel-diffusion-swap"))
+    parser.add_argument("--backbone", default=str(HERE.parent / "weights" / "mel-diffusion-swap"),
+                        help="default: the repository's shipped model, weights/ beside this script's folder")
     parser.add_argument("--references", type=Path, nargs="+", default=[HERE / "audio" / "hornpipe_violin.wav"])
     parser.add_argument("--input", type=Path, default=HERE / "audio" / "hornpipe_piano.wav")
     parser.add_argument("--method", default="lora", choices=["lora", "dreambooth", "textual_inversion"])
@@ -29,14 +31,24 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--steps", type=int, default=200, help="editing steps")
     parser.add_argument("--out", type=Path, default=Path("outputs/personalized"))
     args = parser.parse_args(argv)
-
-    backbone = load_backbone(args.backbone)
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1 (editing steps), got {args.steps}")
+    if args.concept_steps is not None and args.concept_steps < 0:
+        parser.error(f"--concept-steps must be at least 0 (training steps), got {args.concept_steps}")
+    try:  # the clips before the model loads
+        check_references(args.references)
+        clip = load_audio(args.input)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        backbone = load_backbone(args.backbone)
+    except ValueError as error:  # a missing folder: the default one outside the repository, a typo
+        parser.error(f"--backbone {args.backbone}: {error}")
     concept = Concept.train(backbone, args.references, token="sks", class_word="violin", method=args.method,
                             steps=args.concept_steps, crop_seconds=1.28)
     concept.save_pretrained(args.out / "concept")          # safetensors + config + model card
     concept = Concept.from_pretrained(args.out / "concept")  # or a Hub repo id after push_to_hub
 
-    clip = load_audio(args.input)
     # Settings that suit the small model (the paper's guidance 15 and lr 0.1 overshoot it).
     with SteerMusicPlus(backbone, concept, steps=args.steps, guidance_scale=7.5, lr=0.01) as editor:
         result = editor.edit(clip, source="a recording of a piano", target="a recording of a sks violin", progress=True)

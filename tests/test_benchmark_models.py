@@ -395,11 +395,43 @@ def test_the_step_benchmarks_refuse_counts_no_case_can_time(steps, rounds, error
     its own message: both are refused before any case runs, on every path."""
     from benchmarks.conftest import pytest_configure
 
-    config = types.SimpleNamespace(getoption={"--steps": steps, "--rounds": rounds}.__getitem__)
     with pytest.raises(pytest.UsageError) as refused:
-        pytest_configure(config)
+        pytest_configure(_bench_options(steps=steps, rounds=rounds))
     assert str(refused.value) == error
-    pytest_configure(types.SimpleNamespace(getoption={"--steps": None, "--rounds": 1}.__getitem__))
+    pytest_configure(_bench_options(rounds=1))
+
+
+def _bench_options(**given) -> types.SimpleNamespace:
+    """A pytest config whose step-benchmark options are their defaults but those ``given``."""
+    options = {"--steps": None, "--rounds": 3, "--profile-file": None}
+    options.update({f"--{name.replace('_', '-')}": value for name, value in given.items()})
+    return types.SimpleNamespace(getoption=options.__getitem__)
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("missing/profiles.txt", "/missing/profiles.txt: no folder "),
+        (".", "is a folder: name a file (the profiles are appended)"),
+    ],
+)
+def test_the_step_benchmarks_refuse_a_profile_file_they_cannot_write_before_any_case(tmp_path, where, error):
+    """A profile file in a missing folder failed each case after its warm-up (compiling) edit."""
+    from benchmarks.conftest import pytest_configure
+
+    with pytest.raises(pytest.UsageError, match=re.escape(error)):
+        pytest_configure(_bench_options(profile_file=tmp_path / where))
+    pytest_configure(_bench_options(profile_file=tmp_path / "profiles.txt"))
+
+
+@pytest.mark.parametrize("script", ["memory", "compile_cost"])
+def test_the_scripts_refuse_an_unknown_compile_backend_before_building_a_model(monkeypatch, capsys, script):
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(module, "measure" if script == "memory" else "compile_cost", lambda *_, **__: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as refused:
+        module.main(["--compile-backend", "inductr"])
+    assert refused.value.code == 2
+    assert "argument --compile-backend: 'inductr' is not a torch.compile backend here: use one of " in capsys.readouterr().err
 
 
 def test_the_agreement_fails_a_non_finite_gradient_but_skips_an_fp16_overflow(monkeypatch):
@@ -489,10 +521,81 @@ def test_profile_file_gets_each_cases_profiles(tmp_path):
     assert re.search(r"profiled wall [\d.]+ ms a step", text) and re.search(r"host under cProfile [\d.]+ ms a step", text)
 
 
-def test_the_step_benchmarks_refuse_zero_steps_before_collecting():
-    """The refusal above, wired: pytest stops with a usage error before any case."""
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--steps", "0"], "--steps must be at least 1 (steps per timed edit), got 0"),
+        (["--compile-backend", "inductr"], "argument --compile-backend: 'inductr' is not a torch.compile backend here"),
+    ],
+)
+def test_the_step_benchmarks_refuse_bad_options_before_collecting(options, error):
+    """The refusals above, wired: pytest stops with a usage error before any case."""
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "--steps", "0", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "benchmarks", *options, "--collect-only", "-q", "-p", "no:cacheprovider"],
         capture_output=True, text=True, check=False, timeout=300,
     )
-    assert run.returncode == 4 and "--steps must be at least 1 (steps per timed edit), got 0" in run.stderr
+    assert run.returncode == 4 and error in run.stderr, run.stderr
+
+
+@pytest.mark.filterwarnings("ignore:.*Profiler clears events")
+def test_host_time_counts_an_edits_set_up_once_not_in_every_step(monkeypatch):
+    """The figures divided a whole edit by its steps, so an edit's fixed part (the weights'
+    fingerprint: ~16,700 ops) was counted as 4227 eager ops a step where 41 were: a step's
+    figures are now what the steps add over a 0-step edit, and the fixed part is its own."""
+    from benchmarks import host_time
+
+    class Editor:
+        """Makes 100 aten ops an edit and 3 a step."""
+
+        steps = 2
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def edit_latent(self, latent, **prompts):
+            for _ in range(100 + 3 * self.steps):
+                torch.neg(latent)
+
+    monkeypatch.setattr(host_time, "build_backbone", lambda **_: None)
+    monkeypatch.setattr(host_time, "make_editor", lambda *args, **kwargs: Editor())
+    figures = host_time.host_time(recipe="steermusic", real_size=False, device=torch.device("cpu"), path="fused",
+                                  steps=4, rounds=1)
+    for guards in ("first-step", "every-step"):
+        assert figures[f"guards={guards} eager ops a step"] == 3
+        assert figures[f"guards={guards} set-up eager ops"] == 100
+        assert math.isfinite(figures[f"guards={guards} ms a step"]) and figures[f"guards={guards} set-up ms"] > 0
+
+
+def test_the_agreement_names_a_non_finite_reference_not_the_path_compared_with_it(monkeypatch, capsys):
+    """A NaN reference made every path's cosine NaN, and the script blamed them ("non-finite
+    gradient on batched"): it stops at the reference, naming it."""
+    from benchmarks import agreement
+
+    def first_gradient(editor, latent, seed):
+        return torch.full((4,), math.nan if editor.performance.path == "reference" else 1.0)
+
+    monkeypatch.setattr(agreement, "first_gradient", first_gradient)
+    with pytest.raises(SystemExit, match="the reference path's gradient is not finite for seed 0") as stopped:
+        agreement.main(["--paths", "batched", "--seeds", "0"])
+    assert "batched" not in str(stopped.value) and "seed 0:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--lora-std", "nan"], "--lora-std must be a finite standard deviation of at least 0, got nan"),
+        (["--lora-std", "inf"], "--lora-std must be a finite standard deviation of at least 0, got inf"),
+        (["--lora-std", "-0.1"], "--lora-std must be a finite standard deviation of at least 0, got -0.1"),
+        (["--lora-std", "0.05", "--recipe", "steermusic"], "--lora-std draws SteerMusic+'s LoRA B"),
+    ],
+)
+def test_the_agreement_refuses_a_lora_std_it_cannot_draw_or_would_not_use(monkeypatch, capsys, options, error):
+    from benchmarks import agreement
+
+    monkeypatch.setattr(agreement, "build_backbone", lambda **_: pytest.fail("built a model"))
+    with pytest.raises(SystemExit) as refused:
+        agreement.main(["--recipe", "steermusic_plus", *options])
+    assert refused.value.code == 2 and error in capsys.readouterr().err

@@ -13,8 +13,8 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 CLIP = EXAMPLES / "audio" / "hornpipe_piano.wav"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+def _load(name: str, folder: Path = EXAMPLES):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,3 +53,48 @@ def test_personalize_and_edit(method, tmp_path):
     assert pcc > 0.9
     assert (tmp_path / "concept" / "concept_config.json").is_file()
     assert sf.info(tmp_path / "edit.wav").frames == _frames(16000)
+
+
+def _refusal(name: str, argv: list[str], capsys, folder: Path = EXAMPLES) -> str:
+    """The usage error the example in ``folder`` exits with (status 2)."""
+    with pytest.raises(SystemExit) as exited:
+        _load(name, folder).main(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_compose_an_editor_refuses_a_missing_gpu_before_loading(monkeypatch, capsys, no_model_loads):
+    """`--device cuda` without a GPU ended in torch's RuntimeError once the model was moved there."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert "--device cuda: no CUDA device is available here; use --device cpu" in _refusal(
+        "compose_an_editor", ["--device", "cuda"], capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "error"),
+    [
+        ("compose_an_editor", ["--input", "missing.wav"], "error: input file not found: missing.wav"),
+        ("personalize_and_edit", ["--input", "missing.wav"], "error: input file not found: missing.wav"),
+        ("personalize_and_edit", ["--references", "missing.wav"], "error: reference clip not found: missing.wav"),
+        ("personalize_and_edit", ["--steps", "0"], "error: --steps must be at least 1 (editing steps), got 0"),
+        ("personalize_and_edit", ["--concept-steps", "-1"], "error: --concept-steps must be at least 0"),
+    ],
+)
+def test_the_examples_refuse_bad_input_before_loading_a_model(name, options, error, capsys, no_model_loads):
+    """A missing clip was found only after the model loaded (and, for personalize_and_edit,
+    after the concept trained); a bad step count only when training or editing began."""
+    assert error in _refusal(name, options, capsys)
+
+
+@pytest.mark.parametrize("name", ["compose_an_editor", "personalize_and_edit"])
+def test_an_example_copied_out_of_the_repository_names_the_backbone_option(name, tmp_path, capsys):
+    """Its default backbone is the repository's weights/ folder beside examples/: from a copy
+    elsewhere it was missing, and the example ended in load_backbone's ValueError traceback."""
+    (tmp_path / "examples").mkdir()
+    copy = tmp_path / "examples" / f"{name}.py"
+    copy.write_text((EXAMPLES / f"{name}.py").read_text())
+    argv = ["--input", str(CLIP), *(["--references", str(EXAMPLES / "audio" / "hornpipe_violin.wav")]
+                                    if name == "personalize_and_edit" else [])]
+    error = _refusal(name, argv, capsys, folder=copy.parent)
+    assert f"error: --backbone {tmp_path / 'weights' / 'mel-diffusion-swap'}: no folder " in error

@@ -41,6 +41,7 @@ from steer.data import ManifestEntry, load_clip, read_manifest, swap_pairs
 from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
+from steer.sampling import check_strength
 
 Method = Callable[[Audio, ManifestEntry, ManifestEntry, int], torch.Tensor]
 METHODS = ("identity", "steermusic", "sdedit", "ddim-inversion", "ddpm-inversion", "ground-truth")
@@ -103,11 +104,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if problem := result_file_problem(args.out, args.overwrite):
         parser.error(problem)
-    for option in "n", "threads":
+    for option in "n", "threads", "steps", "baseline_steps":
         if getattr(args, option) < 1:
-            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not math.isfinite(args.guidance):
+        parser.error(f"--guidance must be a finite number, got {args.guidance}")
+    try:
+        check_strength(args.sdedit_strength)
+    except ValueError as error:
+        parser.error(f"--sdedit-strength: {error}")
     if problem := evaluation_problem(args.data, args.classifier, args.backbone):
         raise SystemExit(problem)
     pairs = swap_pairs(read_manifest(args.data, split=args.split))

@@ -52,11 +52,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if problem := result_file_problem(args.out, args.overwrite):
         parser.error(problem)
-    for option in "references", "n", "threads":
+    for option in "references", "n", "threads", "steps":
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.seconds) and args.seconds > 0):
         parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not math.isfinite(args.guidance):
+        parser.error(f"--guidance must be a finite number, got {args.guidance}")
     if problem := evaluation_problem(args.data, args.classifier, args.backbone):
         raise SystemExit(problem)
     entries = read_manifest(args.data)

@@ -1,6 +1,6 @@
 """Train the small mel-diffusion backbone on the rendered instrument-swap data (one command, seeded).
 
-    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap-retrained \
+    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap-retrained \\
         --data data/swap-ryans/manifest.jsonl data/swap-bach/manifest.jsonl
 
 Standard DDPM training (Ho et al., 2020): x_t = √ᾱ x0 + √(1−ᾱ) ε, loss ‖ε̂(x_t, t, y) − ε‖²,

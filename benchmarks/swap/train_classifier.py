@@ -1,6 +1,6 @@
 """Train the instrument classifier that scores edit fidelity (one command, seeded).
 
-    python benchmarks/swap/train_classifier.py --data data/swap-ryans/manifest.jsonl \
+    python benchmarks/swap/train_classifier.py --data data/swap-ryans/manifest.jsonl \\
         --bach data/swap-bach/manifest.jsonl --out weights/instrument-classifier-retrained
 
 Trains :class:`steer.metrics.InstrumentClassifier` on the TRAIN split of a rendered swap dataset
@@ -229,9 +229,9 @@ def main(argv: list[str] | None = None) -> None:
             f"--steps must be at least 1, --warmup at least 0 and --crop-seconds positive, got "
             f"{args.steps}, {args.warmup} and {args.crop_seconds}"
         )
-    for option in "batch", "threads":
+    for option in "batch", "threads", "train_griffin_lim_iters":
         if getattr(args, option) < 1:
-            parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not 0 <= args.p_griffin_lim <= 1:  # nan too

@@ -213,6 +213,13 @@ def test_missing_data_is_named_with_the_command_that_renders_it(script, tmp_path
         script.main(["--data", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "out.json")])
 
 
+@pytest.mark.parametrize("script", [evaluate, train_backbone, train_classifier])
+def test_the_usage_examples_continue_their_lines_in_help(script):
+    """A non-raw docstring ate the backslash and newline of the example's continued line:
+    --help showed one run-on line."""
+    assert " \\\n        --" in script.__doc__
+
+
 def test_the_evaluate_example_uses_the_readme_tables_settings():
     """The docstring's command runs the settings of the README's table, not the paper's
     defaults, which overshoot the small backbone."""
@@ -400,6 +407,18 @@ def refusal(script, argv: list[str], capsys) -> str:
         (train_classifier, ["--lr", "-1"], "--lr must be a positive number, got -1.0"),
         (train_classifier, ["--p-griffin-lim", "1.5"], "--p-griffin-lim is a probability, from 0 to 1; got 1.5"),
         (train_classifier, ["--crop-seconds", "inf"], "--crop-seconds positive, got 1200, 50 and inf"),
+        (train_classifier, ["--train-griffin-lim-iters", "0"], "--train-griffin-lim-iters must be at least 1, got 0"),
+        # steps 0 scored the unedited source as SteerMusic's edit (the identity row's figures)
+        (evaluate, ["--steps", "0"], "--steps must be at least 1, got 0"),
+        (evaluate, ["--baseline-steps", "-1"], "--baseline-steps must be at least 1, got -1"),
+        (evaluate, ["--lr", "0"], "--lr must be a positive number, got 0.0"),
+        (evaluate, ["--lr", "inf"], "--lr must be a positive number, got inf"),
+        (evaluate, ["--guidance", "nan"], "--guidance must be a finite number, got nan"),
+        (evaluate, ["--sdedit-strength", "1.5"], "--sdedit-strength: strength must be a number in (0, 1], got 1.5"),
+        (evaluate, ["--sdedit-strength", "nan"], "--sdedit-strength: strength must be a number in (0, 1], got nan"),
+        (evaluate_concept, ["--steps", "0"], "--steps must be at least 1, got 0"),
+        (evaluate_concept, ["--lr", "nan"], "--lr must be a positive number, got nan"),
+        (evaluate_concept, ["--guidance", "inf"], "--guidance must be a finite number, got inf"),
     ],
 )
 def test_bad_numbers_are_refused_when_parsed(script, options, message, tmp_path, capsys):
