@@ -5,8 +5,9 @@ of start-up), so that ``from backbones import Backbone`` or the command line's `
 fast.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from backbones._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .audioldm import AudioLDMBackbone
@@ -51,11 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"backbones.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'backbones' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("backbones", _LAZY, __all__)

@@ -5,8 +5,9 @@ start-up), so that ``import steer.data``, ``import steer.metrics`` or ``steer --
 fast.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from backbones._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .audio import Audio, load_audio, save_audio
@@ -55,11 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"steer.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'steer' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("steer", _LAZY, __all__)

@@ -79,3 +79,20 @@ def test_from_imports() -> None:
     from steer.recipes import SteerMusic as recipe
 
     assert SteerMusic is recipe and AudioLDM2Backbone is direct
+
+
+def test_submodules_are_reached_through_the_package_as_when_it_imported_them_all() -> None:
+    """`import steer; steer.concepts.Concept` raised AttributeError once the package stopped
+    importing every submodule."""
+    code = """
+import steer, backbones
+assert steer.concepts.Concept is steer.Concept and steer.editor.Editor is steer.Editor
+assert backbones.auto.TINY and "concepts" in dir(steer)
+try:
+    steer.no_such_module
+except AttributeError as error:
+    assert str(error) == "module 'steer' has no attribute 'no_such_module'", error
+else:
+    raise AssertionError
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -6,8 +6,9 @@ The names are imported on first use (:class:`PersonalizedBackbone` imports diffu
 >>> from steer.concepts import Concept, PersonalizedBackbone
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from backbones._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .concept import Concept, ConceptConfig, PushError, check_concept_reference
@@ -37,11 +38,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"steer.concepts.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'steer.concepts' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("steer.concepts", _LAZY, __all__)

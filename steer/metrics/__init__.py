@@ -7,9 +7,7 @@ The modules need the ``metrics`` extra (torchmetrics); they are imported on firs
 pure functions stay importable without it.
 """
 
-from importlib import import_module
-from typing import Any
-
+from backbones._lazy import lazy_names
 from steer.metrics.functional import (
     cqt1_pcc,
     cqt1_pcc_batch,
@@ -64,7 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"steer.metrics.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'steer.metrics' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names("steer.metrics", _LAZY, __all__)
