@@ -31,6 +31,7 @@ import soundfile as sf
 import torch
 
 from backbones import Backbone
+from backbones.auto import TINY
 from steer.data._files import atomic_write_text
 
 from .audio import Audio, load_audio, save_audio
@@ -333,6 +334,10 @@ class ManifestRunner:
                     "counted every file, README.md included; steer now counts its config and weights)"
                 )
             recorded["concept"] = now.get("concept")
+        # offline builds were recorded unnamed ("AudioLDM2Backbone:None") before they were named
+        kind, _, name = str(now.get("backbone")).partition(":")
+        if recorded.get("backbone") == f"{kind}:None" and name in TINY:
+            recorded["backbone"] = now["backbone"]
         return changes + _differences(recorded, now)
 
     def _identity(self, reference: str, rule: Callable[[str], Any]) -> Any:

@@ -996,3 +996,22 @@ def test_an_older_steers_concept_digest_is_replaced_by_a_rerun_and_not_computed_
     digested.clear()
     assert runner().run().skipped == 1
     assert digested == []
+
+
+def test_a_run_recorded_before_offline_builds_were_named_resumes(tmp_path):
+    """Records made with `--backbone tiny` before the offline builds carried their name say
+    'AudioLDM2Backbone:None'; the named build refused to resume them ('... → AudioLDM2Backbone:tiny')."""
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    out = tmp_path / "out"
+
+    def runner(name: str = "tiny") -> ManifestRunner:
+        return ManifestRunner(items, out, backbone=load_backbone(name), settings={"steps": 1})
+
+    assert runner().run().done == 1
+    record = json.loads((out / "records" / "c0.json").read_text())
+    assert record["settings"]["backbone"] == "AudioLDM2Backbone:tiny"
+    record["settings"]["backbone"] = "AudioLDM2Backbone:None"  # as steer recorded it before
+    (out / "records" / "c0.json").write_text(json.dumps(record))
+    runner().check_settings()
+    with pytest.raises(ValueError, match=r"backbone: 'AudioLDM2Backbone:None' → 'AudioLDMBackbone:tiny-audioldm'"):
+        runner("tiny-audioldm").check_settings()
