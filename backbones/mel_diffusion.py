@@ -194,7 +194,7 @@ class MelDiffusionBackbone(Backbone):
             )
             raise ValueError(
                 f"{str(name_or_path)!r} holds a config.json that is not a steer mel-diffusion model's ({error}): {fix}"
-            ) from None
+            ) from error
         return cls(model.to(device=device, dtype=torch_dtype), name_or_path=str(name_or_path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

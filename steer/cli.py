@@ -812,8 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:  # UsageError and the library's input checks
         print(f"steer: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # one line, not a traceback; every output is written whole or not at all
-        print(f"\nsteer: interrupted; {_after_interrupt(args)}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # one line, not a traceback; every output is written whole or not at all
+        print(f"\nsteer: interrupted; {getattr(interrupt, 'left', None) or _after_interrupt(args)}", file=sys.stderr)
         return 130
     return 0
 
@@ -821,7 +821,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _after_interrupt(args: argparse.Namespace) -> str:
     """What an interrupted command leaves, and how to go on."""
     if args.command == "run":
-        return "run the same command again to resume: finished edits are kept, the interrupted ones redone"
+        again = "the same command without --overwrite" if args.overwrite else "the same command"
+        return f"run {again} again to resume: finished edits are kept, the interrupted ones redone"
     if args.command == "personalize" and args.checkpoint_dir is not None:
         from .concepts.train import saved_checkpoints
 

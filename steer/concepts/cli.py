@@ -24,6 +24,14 @@ from .concept import (
 from .train import check_checkpoint_dir, check_references, check_settings
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C where the command has already written something: ``left`` says what, and how to go on."""
+
+    def __init__(self, left: str) -> None:
+        super().__init__(left)
+        self.left = left
+
+
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``personalize`` to a ``parser.add_subparsers()`` object; returns its parser."""
     parser = subparsers.add_parser(
@@ -131,12 +139,14 @@ def run_personalize(args: argparse.Namespace) -> Path:
         private = ", private=True" if args.private else ""
         try:
             commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
-        except PushError as error:
-            retry = (
-                f"the concept IS saved at {output}: once the Hub is reachable, push it with "
+        except (PushError, KeyboardInterrupt) as error:
+            push = (
                 f"python -c \"from steer.concepts import Concept; Concept.from_pretrained({str(output)!r})"
                 f".push_to_hub({args.push_to_hub!r}{private})\""
             )
+            if isinstance(error, KeyboardInterrupt):
+                raise Interrupted(f"the concept is saved at {output} but not pushed: push it with {push}") from None
+            retry = f"the concept IS saved at {output}: once the Hub is reachable, push it with {push}"
             raise PushError(error.repo_id, error.reason, retry=retry) from error
         print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
     return output

@@ -164,13 +164,16 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
     return clips
 
 
-def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate: int) -> list[Reference]:
+def load_references(
+    references: Sequence[str | os.PathLike | Audio], sample_rate: int, *, keeps_level: bool = False
+) -> list[Reference]:
     """The reference clips (see :func:`check_references`), mono at ``sample_rate``.
 
     Warns (``UserWarning``, once per clip) for a clip recorded below ``sample_rate`` (upsampled,
     it holds nothing above half its rate, and the concept learns that dull band as part of the
-    sound) and for one whose mono samples reach beyond ±1 (the backbone's VAE was trained on
-    audio within full scale)."""
+    sound) and, for a backbone that ``keeps_level`` (Stable Audio; the mel backbones scale each
+    clip to one peak), for one whose mono samples reach beyond ±1 (its VAE was trained on audio
+    within full scale)."""
     clips = []
     for name, audio in check_references(references):
         if audio.sample_rate < sample_rate:
@@ -182,10 +185,11 @@ def load_references(references: Sequence[str | os.PathLike | Audio], sample_rate
                 stacklevel=3,
             )
         # the peak as recorded: resampling overshoots a little at full scale
-        if (peak := float(to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate).abs().max())) > 1:
+        peak = float(to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate).abs().max())
+        if keeps_level and peak > 1:
             warnings.warn(
-                f"{name} peaks at {peak:.3g}, beyond full scale (±1), which the backbone's VAE was trained within: "
-                "normalise it (e.g. divide by its peak)",
+                f"{name} peaks at {peak:.3g}, beyond full scale (±1), which the backbone's VAE was trained within "
+                "(it keeps a clip's level): normalise it (e.g. divide by its peak)",
                 UserWarning,
                 stacklevel=3,
             )
@@ -352,7 +356,7 @@ def train_concept(
         check_checkpoint_dir(Path(checkpoint_dir), resume=resume)
     if backbone.dtype != torch.float32:
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
-    clips = load_references(references, backbone.sample_rate)
+    clips = load_references(references, backbone.sample_rate, keeps_level=backbone.family == "stable_audio")
     segment = min(round(crop_seconds * backbone.sample_rate), min(len(c.waveform) for c in clips))
     lora = method == "lora"
     config = ConceptConfig(

@@ -454,3 +454,25 @@ def test_an_interrupted_personalize_says_whether_a_checkpoint_can_be_resumed(wav
         (checkpoints / "checkpoint-4" / name).write_text("")
     assert main(argv) == 130
     assert capsys.readouterr().err == f"\nsteer: interrupted; add --resume to go on from the newest checkpoint, {checkpoints / 'checkpoint-4'}\n"
+
+
+def test_an_interrupt_says_what_was_written_where_the_command_had_written_something(wav, tmp_path, capsys, monkeypatch):
+    """A personalize interrupted in its push said "nothing was written" with the concept saved; an
+    interrupted `run --overwrite` said to run "the same command" again, which redoes every item."""
+    from steer.concepts import Concept
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Concept, "push_to_hub", interrupted)
+    out = tmp_path / "c"
+    capsys.readouterr()
+    assert main(["personalize", str(wav), "--token", "sks", "-o", str(out), "--backbone", "tiny", "--steps", "1",
+                 "--batch-size", "1", "--push-to-hub", "me/c"]) == 130
+    err = capsys.readouterr().err
+    assert f"steer: interrupted; the concept is saved at {out} but not pushed: push it with python -c" in err
+    assert (out / "concept_config.json").is_file()
+    monkeypatch.setattr("steer.cli._run", interrupted)
+    assert main(["run", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--overwrite"]) == 130
+    assert capsys.readouterr().err.endswith("run the same command without --overwrite again to resume: finished "
+                                            "edits are kept, the interrupted ones redone\n")

@@ -707,6 +707,9 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a sks-violin", "sks", "a violin"),  # was "a -violin"
         ("a sks's violin", "sks", "a violin"),  # was "a 's violin"
         ("a sks — violin", "sks", "a violin"),
+        ('a "warm" sks "bright" violin', "sks", 'a "warm" "bright" violin'),  # no quotes taken from words beside
+        ("a (warm sks) violin", "sks", "a (warm) violin"),
+        ("a sks' violin", "sks", "a violin"),
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):

@@ -491,13 +491,16 @@ def test_references_below_the_backbones_rate_or_beyond_full_scale_are_warned_abo
     good, low, loud = tone(220.0), tone(220.0, sample_rate=8000), tone(220.0)
     loud = Audio(loud.waveform * 200, loud.sample_rate)  # peak 100
     with pytest.warns(UserWarning) as caught:
-        clips = load_references([good, low, loud], sample_rate=16000)
+        clips = load_references([good, low, loud], sample_rate=16000, keeps_level=True)
     assert [str(w.message) for w in caught] == [
         "reference clip 1 is at 8000 Hz, below the backbone's 16000 Hz: upsampled, it holds nothing above 4000 Hz, "
         "and the concept learns that as part of the sound; record it at 16000 Hz or more",
-        "reference clip 2 peaks at 100, beyond full scale (±1), which the backbone's VAE was trained within: "
-        "normalise it (e.g. divide by its peak)",
+        "reference clip 2 peaks at 100, beyond full scale (±1), which the backbone's VAE was trained within "
+        "(it keeps a clip's level): normalise it (e.g. divide by its peak)",
     ]
+    with pytest.warns(UserWarning) as caught:  # the mel backbones scale every clip to one peak
+        load_references([good, low, loud], sample_rate=16000)
+    assert len(caught) == 1 and "8000 Hz" in str(caught[0].message)
     assert [clip.waveform.shape for clip in clips] == [(20480,)] * 3
     torch.testing.assert_close(clips[2].waveform, 200 * clips[0].waveform)
 
