@@ -500,6 +500,29 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
     return config
 
 
+def _items_concept(items: Sequence, backbone: str | None) -> ConceptConfig | None:
+    """For ``steer run`` without --backbone and --concept: the config of the items' own concepts
+    where those that can be read agree on their base model (it then gives the backbone, as
+    --concept's does), else ``None`` (no item names one, or none can be read: each such item
+    fails alone when it runs). Concepts learnt on different base models need --backbone."""
+    if backbone is not None:
+        return None
+    from .concepts import check_concept_reference
+
+    configs = {}
+    for item in items:
+        if item.concept is not None and item.concept not in configs:
+            try:
+                configs[item.concept] = check_concept_reference(item.concept, item.target)
+            except ValueError:
+                configs[item.concept] = None
+    bases = {(c.base_model, c.family): c for c in configs.values() if c is not None}
+    if len(bases) > 1:
+        named = ", ".join(sorted(f"{base or 'unrecorded'} ({family})" for base, family in bases))
+        raise UsageError(f"the items' concepts were learnt on different base models ({named}): pass --backbone")
+    return next(iter(bases.values()), None)
+
+
 def _metric_names(text: str) -> list[str]:
     names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))  # once each
     if not names:
@@ -573,7 +596,8 @@ def _run(args: argparse.Namespace) -> int:
         items = read_edit_manifest(args.manifest)
         names = _metric_names(args.metrics)
         check_concepts(items, args.recipe, args.concept)
-        note = _choose_backbone(args, _check_default_concept(args.concept, items))
+        concept = _check_default_concept(args.concept, items) or _items_concept(items, args.backbone)
+        note = _choose_backbone(args, concept)
         if note and state.is_main_process:
             print(note, file=sys.stderr)
         settings = _edit_settings(args, args.recipe)

@@ -117,3 +117,27 @@ def test_edit_without_backbone_refuses_a_concept_of_another_family_that_records_
         "steer: error: the concept records no base model, and it was learnt on one of the audioldm family, not "
         "cvssp/audioldm2-music's audioldm2: pass --backbone with the model it was learnt on\n"
     )
+
+
+def test_run_without_backbone_takes_the_base_model_its_items_concepts_agree_on(mel_folder, clip_files, tmp_path, capsys):
+    """Only --concept gave the backbone: items naming their own concepts loaded the AudioLDM2 default."""
+    concept = tmp_path / "mel-concept"
+    assert main(["personalize", *map(str, clip_files), "--token", "sks", "--class-word", "guitar", "--method", "lora",
+                 "-o", str(concept), "--backbone", str(mel_folder), "--steps", "1", "--batch-size", "1"]) == 0
+    rows = [{"id": i, "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar", "concept": str(concept)}
+            for i in ("a", "b")]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--steps", "1", "--device", "cpu"]) == 0
+    assert f"note: --backbone {mel_folder.resolve()}, the base model the concept was learnt on" in capsys.readouterr().err
+    other = tmp_path / "tiny-concept"
+    assert main(["personalize", str(clip_files[0]), "--token", "sks", "--class-word", "guitar", "--method", "lora",
+                 "-o", str(other), "--backbone", "tiny", "--steps", "1", "--batch-size", "1"]) == 0
+    manifest.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "concept": str(other)}) + "\n")
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out2"), "--steps", "1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        f"steer: error: the items' concepts were learnt on different base models ({mel_folder.resolve()} "
+        "(mel-diffusion), tiny (audioldm2)): pass --backbone\n"
+    )
