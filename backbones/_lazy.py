@@ -21,7 +21,7 @@ def lazy_names(
     def __getattr__(name: str) -> Any:
         if name in names:
             return getattr(import_module(f"{package}.{names[name]}"), name)
-        if not name.startswith("_"):
+        if not name.startswith("_") and name.isidentifier():
             try:
                 return import_module(f"{package}.{name}")
             except ModuleNotFoundError as error:

@@ -48,7 +48,10 @@ def per_step(edit: float, fixed: float, *, steps: int, fixed_steps: int = 0) -> 
     (``edit``) and one of ``fixed_steps`` (``fixed``: 0 steps; with a step graph, those it does
     not replay): a step's share is what each step past ``fixed_steps`` adds, and the fixed part
     the shorter edit's figure less its steps' shares. Dividing a whole edit by its steps would
-    count the fixed part in every step."""
+    count the fixed part in every step. On a noisy machine a few short steps can come out
+    negative: time more steps."""
+    if steps <= fixed_steps:
+        raise ValueError(f"the longer edit's steps ({steps}) must exceed the shorter's ({fixed_steps})")
     step = (edit - fixed) / (steps - fixed_steps)
     return step, fixed - fixed_steps * step
 

@@ -501,22 +501,26 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
 
 
 def _items_concept(items: Sequence, backbone: str | None) -> ConceptConfig | None:
-    """For ``steer run`` without --backbone and --concept: the config of the items' own concepts
-    where those that can be read agree on their base model (it then gives the backbone, as
-    --concept's does), else ``None`` (no item names one, or none can be read: each such item
-    fails alone when it runs). Concepts learnt on different base models need --backbone."""
+    """For ``steer run`` without --backbone, where no item uses --concept: the config of the
+    items' own concepts where those that can be read agree on their base model (it then gives
+    the backbone, as --concept's does; a default-family concept that records none agrees with
+    the default), else ``None`` (no item names one, or none can be read: each such item fails
+    alone when it runs). Concepts learnt on different base models need --backbone."""
     if backbone is not None:
         return None
     from .concepts import check_concept_reference
 
-    configs = {}
+    configs: dict[str, ConceptConfig] = {}
     for item in items:
         if item.concept is not None and item.concept not in configs:
-            try:
+            try:  # read again for the concept's next item where this one's prompt or file failed
                 configs[item.concept] = check_concept_reference(item.concept, item.target)
-            except ValueError:
-                configs[item.concept] = None
-    bases = {(c.base_model, c.family): c for c in configs.values() if c is not None}
+            except (ValueError, OSError):
+                pass
+    bases = {}
+    for config in configs.values():
+        unrecorded_default = config.base_model is None and config.family == DEFAULT_FAMILY
+        bases[(DEFAULT_BACKBONE if unrecorded_default else config.base_model, config.family)] = config
     if len(bases) > 1:
         named = ", ".join(sorted(f"{base or 'unrecorded'} ({family})" for base, family in bases))
         raise UsageError(f"the items' concepts were learnt on different base models ({named}): pass --backbone")
@@ -845,8 +849,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _after_interrupt(args: argparse.Namespace) -> str:
     """What an interrupted command leaves, and how to go on."""
     if args.command == "run":
-        again = "the same command without --overwrite" if args.overwrite else "the same command"
-        return f"run {again} again to resume: finished edits are kept, the interrupted ones redone"
+        if args.overwrite:
+            return (
+                "run it again without --overwrite to keep the edits it finished and redo the rest (refused while "
+                "edits of the old settings remain), or with --overwrite to redo every item"
+            )
+        return "run the same command again to resume: finished edits are kept, the interrupted ones redone"
     if args.command == "personalize" and args.checkpoint_dir is not None:
         from .concepts.train import saved_checkpoints
 

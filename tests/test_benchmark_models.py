@@ -599,3 +599,12 @@ def test_the_agreement_refuses_a_lora_std_it_cannot_draw_or_would_not_use(monkey
     with pytest.raises(SystemExit) as refused:
         agreement.main(["--recipe", "steermusic_plus", *options])
     assert refused.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_per_step_splits_an_edit_into_its_steps_and_its_fixed_part():
+    from benchmarks.profiling import per_step
+
+    assert per_step(130.0, 100.0, steps=10) == (3.0, 100.0)  # 100 fixed, 3 a step
+    assert per_step(130.0, 109.0, steps=10, fixed_steps=3) == (3.0, 100.0)
+    with pytest.raises(ValueError, match=r"the longer edit's steps \(3\) must exceed the shorter's \(3\)"):
+        per_step(1.0, 1.0, steps=3, fixed_steps=3)  # was ZeroDivisionError

@@ -927,10 +927,11 @@ def prompt_without_token(
             f"the target prompt {prompt!r} does not name the concept token {token!r}{hint}: write e.g. {example!r}"
         )
     word, bare = pattern.pattern, re.escape(token)
-    clinging = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)|{word}(?:['’]s?)?(?:[,;:]|\s*[-–—])?"""
+    clinging = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)|{word}(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
     without = re.sub(clinging, "", prompt, flags=pattern.flags)
     without = " ".join(without.split())
-    without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?)\]}])|(?<=[(\[{])\s+", "", without)
+    # and closes up before punctuation, closing brackets and closing quotes, and after opening brackets
+    without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?)\]}]|['\"’”](?!\w))|(?<=[(\[{])\s+", "", without)
     without = re.sub(r"[,;:]+(?=[.!?]|$)", "", without)
     if not any(character.isalnum() for character in without):
         raise ValueError(

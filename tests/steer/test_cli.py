@@ -474,5 +474,6 @@ def test_an_interrupt_says_what_was_written_where_the_command_had_written_someth
     assert (out / "concept_config.json").is_file()
     monkeypatch.setattr("steer.cli._run", interrupted)
     assert main(["run", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--overwrite"]) == 130
-    assert capsys.readouterr().err.endswith("run the same command without --overwrite again to resume: finished "
-                                            "edits are kept, the interrupted ones redone\n")
+    assert capsys.readouterr().err.endswith("run it again without --overwrite to keep the edits it finished and redo "
+                                            "the rest (refused while edits of the old settings remain), or with "
+                                            "--overwrite to redo every item\n")

@@ -131,6 +131,11 @@ def test_run_without_backbone_takes_the_base_model_its_items_concepts_agree_on(m
     capsys.readouterr()
     assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--steps", "1", "--device", "cpu"]) == 0
     assert f"note: --backbone {mel_folder.resolve()}, the base model the concept was learnt on" in capsys.readouterr().err
+    # the concept's first item without its token (it fails alone) does not hide the concept's base model
+    manifest.write_text(json.dumps({**rows[0], "target": "a guitar"}) + "\n" + json.dumps(rows[1]) + "\n")
+    capsys.readouterr()
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out1"), "--steps", "1", "--device", "cpu"]) == 1
+    assert f"note: --backbone {mel_folder.resolve()}" in capsys.readouterr().err
     other = tmp_path / "tiny-concept"
     assert main(["personalize", str(clip_files[0]), "--token", "sks", "--class-word", "guitar", "--method", "lora",
                  "-o", str(other), "--backbone", "tiny", "--steps", "1", "--batch-size", "1"]) == 0

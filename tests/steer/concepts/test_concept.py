@@ -709,7 +709,8 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a sks — violin", "sks", "a violin"),
         ('a "warm" sks "bright" violin', "sks", 'a "warm" "bright" violin'),  # no quotes taken from words beside
         ("a (warm sks) violin", "sks", "a (warm) violin"),
-        ("a sks' violin", "sks", "a violin"),
+        ("a 'warm sks' violin", "sks", "a 'warm' violin"),  # a quote closing a phrase stays
+        ('a "warm sks" violin', "sks", 'a "warm" violin'),
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
