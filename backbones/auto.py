@@ -60,7 +60,7 @@ def is_mel_diffusion_folder(folder: str | Path) -> bool:
     return (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
 
 
-def _repo_shaped(name: str) -> bool:
+def repo_shaped(name: str) -> bool:
     """Whether ``name`` has a Hub repo id's shape, ``"owner/name"`` (not ``./x`` or ``../x``)."""
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and name.partition("/")[0] not in (".", "..")
 
@@ -80,7 +80,7 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
         >>> missing_local_path("/no/such/model")
         'no folder /no/such/model (no folder /no/such)'
     """
-    if _repo_shaped(name) or ("/" not in name and not name.startswith("~") and "\\" not in name):
+    if repo_shaped(name) or ("/" not in name and not name.startswith("~") and "\\" not in name):
         return None
     return f"no {what} {name} ({_near(Path(name).expanduser())})"
 
@@ -88,7 +88,7 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
 def local_hint(name: str) -> str:
     """For a Hub repo id that could not be fetched whose owner is a folder here (a typo in
     ``weights/my-model``?): ``"; nor is it a local folder (…; did you mean …?)"``, else ``""``."""
-    if not _repo_shaped(name) or not Path(name.partition("/")[0]).is_dir():
+    if not repo_shaped(name) or not Path(name.partition("/")[0]).is_dir():
         return ""
     return f"; nor is it a local folder ({_near(Path(name))})"
 

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import math
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from backbones import load_backbone
-from backbones.auto import TINY
+from backbones.auto import TINY, repo_shaped
 from backbones.mel import to_mono
 from steer.data._files import atomic_write_text, model_source_problem
 
@@ -418,7 +417,7 @@ def _choose_backbone(args: argparse.Namespace, concept: ConceptConfig | None) ->
             )
         if base is None:
             args.backbone = args.default_backbone
-        elif base in TINY or Path(base).is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", base):
+        elif base in TINY or Path(base).is_dir() or repo_shaped(base):
             args.backbone, note = base, f"note: --backbone {base}, the base model the concept was learnt on"
         else:
             raise UsageError(
@@ -483,7 +482,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
     if concept is None or not users:
         return None
     from .concepts import check_concept_reference
-    from .concepts.concept import CASE_BLIND_FAMILIES, prompt_without_token
+    from .concepts.concept import prompt_without_token, reads_case
 
     config = None
     for item in users:
@@ -491,10 +490,8 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
             if config is None:  # the config read once (a Hub concept: one request)
                 config = check_concept_reference(concept, item.target)
             else:
-                prompt_without_token(
-                    item.target, config.token, config.class_word,
-                    case_sensitive=config.family not in CASE_BLIND_FAMILIES,
-                )
+                case_sensitive = reads_case(config.family)
+                prompt_without_token(item.target, config.token, config.class_word, case_sensitive=case_sensitive)
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
     return config

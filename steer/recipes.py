@@ -19,7 +19,7 @@ from losses import (
 )
 
 from .concepts import Concept
-from .concepts.concept import CASE_BLIND_FAMILIES, prompt_without_token
+from .concepts.concept import prompt_without_token, reads_case
 from .editor import Editor
 from .performance import Performance
 
@@ -186,6 +186,6 @@ class SteerMusicPlus(Editor):
     def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:
         """The editor's roles and ``"target_base"``, each target prompt without the concept's
         token; a target not naming the token is refused with an example in the concept's words."""
-        case_sensitive = self.backbone.family not in CASE_BLIND_FAMILIES
+        case_sensitive = reads_case(self.backbone.family)
         base = [prompt_without_token(p, self.token, self.class_word, case_sensitive=case_sensitive) for p in target]
         return {"source": source, "target": target, "target_base": base}

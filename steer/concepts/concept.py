@@ -890,6 +890,12 @@ def _download(
 CASE_BLIND_FAMILIES = frozenset({"mel-diffusion"})
 
 
+def reads_case(family: str) -> bool:
+    """Whether the text encoders of backbones of ``family`` tell a token's case apart (the
+    ``case_sensitive`` of :func:`prompt_without_token`)."""
+    return family not in CASE_BLIND_FAMILIES
+
+
 def token_pattern(token: str, *, case_sensitive: bool = True) -> re.Pattern[str]:
     """The concept token as a word of its own in a prompt, whatever it is made of ("sks", "[S]"):
     not a part of a longer word ("desks"); ``\\b`` would need word characters at its ends and miss "[S]"."""
@@ -969,9 +975,7 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
         check_repo_id(name, "the concept")
         config_path = _fetch_config(name)
     config = _read_config(config_path, name)
-    prompt_without_token(
-        target, config.token, config.class_word, case_sensitive=config.family not in CASE_BLIND_FAMILIES
-    )
+    prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
     return config
 
 

@@ -184,9 +184,9 @@ def load_references(
                 UserWarning,
                 stacklevel=3,
             )
-        # the peak as recorded: resampling overshoots a little at full scale
-        peak = float(to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate).abs().max())
-        if keeps_level and peak > 1:
+        # the peak as recorded (resampling overshoots a little at full scale), where it matters
+        recorded = to_mono(audio.waveform[None], audio.sample_rate, audio.sample_rate) if keeps_level else None
+        if recorded is not None and (peak := float(recorded.abs().max())) > 1:
             warnings.warn(
                 f"{name} peaks at {peak:.3g}, beyond full scale (±1), which the backbone's VAE was trained within "
                 "(it keeps a clip's level): normalise it (e.g. divide by its peak)",
