@@ -96,3 +96,25 @@ else:
     raise AssertionError
 """
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_a_metric_without_its_extra_names_the_install_command() -> None:
+    """Without torchmetrics, ``steer.metrics.CLAPScore`` said only "No module named
+    'torchmetrics'"; the pure functions stay importable."""
+    code = """
+import sys
+sys.modules["torchmetrics"] = None  # as if not installed
+import steer.metrics
+assert callable(steer.metrics.cqt1_pcc)
+for name in ("CLAPScore", "clap"):
+    try:
+        getattr(steer.metrics, name)
+    except ModuleNotFoundError as error:
+        assert error.name == "torchmetrics", error.name
+        assert str(error) == (
+            f"steer.metrics.{name} needs torchmetrics, which is not installed: pip install 'steer[metrics]'"
+        ), error
+    else:
+        raise AssertionError(name)
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -62,4 +62,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_names("steer.metrics", _LAZY, __all__)
+__getattr__, __dir__ = lazy_names("steer.metrics", _LAZY, __all__, extra="metrics")
