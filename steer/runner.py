@@ -673,9 +673,12 @@ class ManifestRunner:
 
 def _local_or_hub(name_or_path: str) -> str:
     """A local path made absolute (the same folder given relative or absolute is one backbone),
-    or a Hub repo id as it is."""
+    or an offline build's name or a Hub repo id as it is (``"tiny"`` is the offline build, as
+    :func:`backbones.load_backbone` reads it, even where the working folder holds a ``tiny``)."""
+    from backbones.auto import TINY
+
     path = Path(name_or_path)
-    return str(path.resolve()) if path.exists() else name_or_path
+    return str(path.resolve()) if name_or_path not in TINY and path.exists() else name_or_path
 
 
 def concept_identity(reference: str) -> dict[str, str] | str:

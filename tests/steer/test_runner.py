@@ -1015,3 +1015,14 @@ def test_a_run_recorded_before_offline_builds_were_named_resumes(tmp_path):
     runner().check_settings()
     with pytest.raises(ValueError, match=r"backbone: 'AudioLDM2Backbone:None' → 'AudioLDMBackbone:tiny-audioldm'"):
         runner("tiny-audioldm").check_settings()
+
+
+def test_the_offline_build_is_recorded_by_name_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`--backbone tiny` loads the offline build even where the working folder holds a `tiny`
+    entry; its record named that folder's absolute path, so a rerun from elsewhere was refused."""
+    items = read_edit_manifest(_manifest(tmp_path, 1))
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ManifestRunner(items, tmp_path / "out", backbone=load_backbone("tiny"), settings={"steps": 1}).run()
+    record = json.loads((tmp_path / "out" / "records" / "c0.json").read_text())
+    assert record["settings"]["backbone"] == "AudioLDM2Backbone:tiny"
