@@ -277,7 +277,18 @@ class Backbone(ABC):
         :meth:`conditional_rows`: ``denoise(x, t, kwargs)`` maps ``(N, ...)`` to ε ``(N, ...)``.
 
         Adapters implement :meth:`predict_noise` with it, giving only their denoiser call.
+
+        Raises:
+            ValueError: where ``t`` is not ``(B,)`` or ``cond`` does not hold ``B`` prompts for the
+                ``B`` rows of ``x_t`` (torch failed inside the denoiser).
         """
+        batch = x_t.shape[0]
+        if t.shape != (batch,) or len(cond) != batch:
+            raise ValueError(
+                f"predict_noise takes x_t (B, ...), t (B,) and the conditioning of B prompts, got x_t of shape "
+                f"{tuple(x_t.shape)}, t of shape {tuple(t.shape)} and a conditioning of batch size {len(cond)}: give one "
+                "timestep and one prompt per row, e.g. t.expand(B) and encode_prompt([prompt] * B)"
+            )
         if _unguided(guidance_scale):
             return denoise(x_t, t, cond.conditional_batch()).to(x_t.dtype)
         out = denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond.guidance_batch()).to(x_t.dtype)

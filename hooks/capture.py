@@ -21,14 +21,15 @@ Selector = str | Iterable[str] | Callable[[str, nn.Module], bool]
 
 def select_modules(model: nn.Module, select: Selector) -> dict[str, nn.Module]:
     """Submodules of ``model`` chosen by a regular expression searched in the qualified name, an
-    iterable of exact names, or a predicate ``(name, module) -> bool``; in registration order.
+    iterable of exact names, or a predicate ``(name, module) -> bool``: a pattern's and a
+    predicate's in registration order, names in the iterable's order.
 
     A selection that names or matches no module is a ``ValueError`` listing the closest names; a
     selector of another kind (a number, names that are not strings) is a ``TypeError`` listing
     the kinds accepted.
     """
     modules = {n: m for n, m in model.named_modules() if n}
-    if not isinstance(select, str | Iterable) and not callable(select):
+    if isinstance(select, bytes | bytearray) or not isinstance(select, str | Iterable) and not callable(select):
         raise TypeError(
             f"select must be a regular expression (a str), an iterable of module names or a predicate "
             f"(name, module) -> bool, got {type(select).__name__} {select!r}"

@@ -32,7 +32,8 @@ class Audio:
     Raises:
         TypeError: for a waveform that is not a tensor.
         ValueError: for a waveform that is not floating point, has no 1 to 3 dimensions or no
-            samples, or a sample rate that is not a positive integer below 2**31 (soundfile's limit).
+            samples, is on the meta device, or a sample rate that is not a positive integer below
+            2**31 (soundfile's limit).
         NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples.
     """
 
@@ -54,6 +55,8 @@ class Audio:
                              "of at least one channel and one sample")
         if waveform.dim() >= 2 and waveform.shape[-2] > waveform.shape[-1]:
             raise ValueError(_transposed(waveform.shape))
+        if waveform.is_meta:
+            raise ValueError("Audio's waveform is on the meta device, which holds no samples: pass a clip on cpu or cuda")
         if not torch.isfinite(waveform).all():
             raise NonFiniteAudio("the audio holds NaN or infinite samples")
         if waveform.dim() == 1:

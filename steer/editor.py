@@ -189,6 +189,12 @@ def check_latent(latent: Tensor, backbone: Backbone) -> None:
             f"{type(backbone).__name__}'s denoiser takes {channels}: pass (B, {channels}, ...), e.g. "
             "from backbone.encode_audio (a single clip needs its batch axis, latent[None])"
         )
+    if latent.numel() == 0:
+        empty = "no clip (batch axis 0)" if latent.shape[0] == 0 else "an empty axis"
+        raise ValueError(
+            f"the latent of shape {tuple(latent.shape)} has {empty}: pass at least one clip's latent, e.g. "
+            "from backbone.encode_audio"
+        )
     weights = next(backbone.denoiser.parameters(), None)  # a toy score function may have none
     if weights is not None and latent.device != weights.device:
         raise ValueError(
@@ -367,6 +373,9 @@ class Editor(LatentEditor):
         t_max: int = 980,
         performance: Performance | str = Performance(),
     ) -> None:
+        if isinstance(losses, ScoreLoss):
+            raise TypeError(f"losses must be a list of ScoreLoss objects: write losses=[{type(losses).__name__}(...)]")
+        losses = tuple(losses)  # a generator is read once
         if not losses:
             raise ValueError("an editor needs at least one loss")
         for loss in losses:
@@ -381,7 +390,7 @@ class Editor(LatentEditor):
                 f"{sample_rate!r}: set it in the backbone class, as every Backbone subclass must"
             )
         self.backbone = backbone
-        self.losses = tuple(losses)
+        self.losses = losses
         self.steps = steps
         self.lr = lr
         self.optimizer = optimizer
@@ -754,7 +763,7 @@ class Editor(LatentEditor):
                 else "The edit diverged: edit it again with a lower lr or guidance_scale"
             )
             warnings.warn(
-                f"the edited latent holds non-finite values after {self.steps} steps on "
+                f"the edited latent holds non-finite values after {self.steps} step{'s' * (self.steps != 1)} on "
                 f"{self.performance!r}, so its audio is noise. {cause}",
                 RuntimeWarning,
                 stacklevel=3,
@@ -875,9 +884,13 @@ def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> No
         if not isinstance(output, LossOutput):
             raise TypeError(f"the loss {name} returned a {type(output).__name__}: return a losses.LossOutput")
         if not isinstance(output.value, Tensor) or output.value.dim() != 0:
-            shape = tuple(output.value.shape) if isinstance(output.value, Tensor) else type(output.value).__name__
+            what = (
+                f"of shape {tuple(output.value.shape)}"
+                if isinstance(output.value, Tensor)
+                else f"that is a {type(output.value).__name__}"
+            )
             raise ValueError(
-                f"the loss {name} returned a value of shape {shape}: LossOutput.value must be a detached "
+                f"the loss {name} returned a value {what}: LossOutput.value must be a detached "
                 "scalar tensor (the mean over the clips, say)"
             )
         if output.loss is not None and (not isinstance(output.loss, Tensor) or output.loss.dim() != 0):

@@ -87,6 +87,15 @@ def test_latents_and_noise_predictions(backbone, latent):
         torch.testing.assert_close(eps[i : i + 1], single, rtol=1e-4, atol=1e-4)
 
 
+def test_a_prediction_is_refused_where_t_or_the_prompts_do_not_give_one_per_row(backbone, latent):
+    """torch failed inside the denoiser ("The size of tensor a (208) must match the size of tensor
+    b (104)", "zero-dimensional tensor ... cannot be concatenated")."""
+    x = torch.cat([latent, latent])
+    for t, prompts in [(torch.tensor([10, 10]), [SOURCE]), (torch.tensor(10), [SOURCE, TARGET])]:
+        with pytest.raises(ValueError, match=rf"^predict_noise takes x_t \(B, ...\), t \(B,\) and the conditioning of B prompts, got x_t of shape {re.escape(str(tuple(x.shape)))}, t of shape {re.escape(str(tuple(t.shape)))} and a conditioning of batch size {len(prompts)}"):
+            backbone.predict_noise(x, t, backbone.encode_prompt(prompts), 3.0)
+
+
 def test_a_latent_of_the_other_rank_is_refused_by_name(backbone, latent):
     """It was the denoiser's own error ("The size of tensor a (64) must match ... dimension 1",
     "expected input[1, 4, 8, 16] to have 8 channels") after the prompts were encoded."""

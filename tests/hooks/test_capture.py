@@ -196,8 +196,12 @@ def test_each_block_starts_afresh():
                 r"\(model.named_modules\(\)\), one regular expression as a str, or a predicate"
             ),
         ),
+        (
+            b"conv_in",  # was read as the names 99, 111, ... ("got int 99")
+            r"^select must be a regular expression \(a str\), an iterable of module names or a predicate .*got bytes b'conv_in'$",
+        ),
     ],
-    ids=["number", "number-among-names"],
+    ids=["number", "number-among-names", "bytes"],
 )
 def test_a_selector_of_another_kind_lists_the_kinds_accepted(select, message):
     """A number gave "TypeError: 'int' object is not iterable"."""

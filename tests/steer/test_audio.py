@@ -78,6 +78,12 @@ def test_unusable_clips_are_refused_when_made(waveform, rate, error, match):
         Audio(waveform, rate)
 
 
+def test_a_clip_on_the_meta_device_is_refused_by_name():
+    """It failed with "Tensor.item() cannot be called on meta tensors"."""
+    with pytest.raises(ValueError, match="^Audio's waveform is on the meta device, which holds no samples: pass a clip on cpu"):
+        Audio(torch.zeros(1, 800, device="meta"), 8000)
+
+
 @pytest.mark.parametrize("shape", [(0,), (1, 0), (2, 0), (0, 0), (0, 800), (2, 1, 0), (0, 1, 800)])
 def test_an_empty_clip_is_refused_as_holding_no_samples(shape):
     """(1, 0) was refused as having "more channels than samples", and (0,) was accepted."""

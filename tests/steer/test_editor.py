@@ -589,6 +589,8 @@ def test_editor_arguments_of_the_wrong_kind_are_named_when_it_is_built(analytic_
             Editor(analytic_backbone, losses=dds, **{name: "0.1"})
     with pytest.raises(TypeError, match="^losses must be ScoreLoss objects .*got function$"):
         Editor(analytic_backbone, losses=[lambda context: None])
+    with pytest.raises(TypeError, match=r"^losses must be a list of ScoreLoss objects: write losses=\[DeltaDenoisingScore\(...\)\]$"):
+        Editor(analytic_backbone, losses=dds[0])  # "'DeltaDenoisingScore' object is not iterable"
     editor = Editor(analytic_backbone, losses=dds)
     with pytest.raises(AttributeError):  # its requests were worked out from its losses once
         editor.losses.append(DeltaDenoisingScore(guidance_scale=5.0))
@@ -673,3 +675,25 @@ def test_the_backbone_and_losses_are_fixed_when_the_editor_is_built(analytic_bac
     for name in ("losses", "token", "class_word", "personalized"):
         with pytest.raises(AttributeError, match=rf"^SteerMusicPlus.{name} is fixed when the editor is built"):
             setattr(plus, name, getattr(plus, name))
+
+
+def test_losses_given_as_a_generator_are_all_kept(analytic_backbone):
+    """The type check read a generator up, leaving the editor no loss: a false "prompts are the
+    same" warning and "stack expects a non-empty TensorList" at the first step."""
+    editor = Editor(analytic_backbone, losses=(loss for loss in [DeltaDenoisingScore(guidance_scale=3.0)]), steps=2)
+    assert len(editor.losses) == 1 and editor.loss_names == ["DeltaDenoisingScore"]
+    latent = torch.zeros(1, *analytic_backbone.shape)
+    result = editor.edit_latent(latent, source="a piano", target="a violin")
+    assert result.latent.abs().sum() > 0
+
+
+def test_an_empty_batch_is_refused_naming_its_shape(tiny_backbone):
+    """It failed with "cannot concatenate an empty list of conditionings" after a false "prompts
+    are the same" warning."""
+    editor = SteerMusic(tiny_backbone, steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^the latent of shape \(0, 8, 16, 16\) has no clip \(batch axis 0\): pass at least"):
+            editor.edit_latent(torch.zeros(0, 8, 16, 16), source=[], target=[])
+        with pytest.raises(ValueError, match=r"^the latent of shape \(1, 8, 0, 16\) has an empty axis"):
+            editor.edit_latent(torch.zeros(1, 8, 0, 16), source="a", target="b")
