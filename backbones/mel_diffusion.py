@@ -12,7 +12,8 @@ benchmark). It is deliberately plain:
 - **vocoder**: Griffin–Lim on the mel pseudo-inverse (:class:`~backbones.griffin_lim.GriffinLimVocoder`).
 
 Weights and config are saved with the Hugging Face Hub mixin (``config.json`` +
-``model.safetensors``).
+``model.safetensors``), which refuses to replace a model already in the folder unless asked
+(:class:`~backbones.saving.SavingHubMixin`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from huggingface_hub import PyTorchModelHubMixin
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
@@ -33,6 +34,7 @@ from .base import Backbone, unet_self_attention
 from .conditioning import Conditioning
 from .griffin_lim import GriffinLimVocoder
 from .mel import MelFrontEnd, check_long_enough, to_mono
+from .saving import SavingHubMixin
 from .word_encoder import WordEncoder, WordEncoderConfig
 
 #: the word states' padding mask (:attr:`backbones.Conditioning.masks`)
@@ -80,7 +82,7 @@ weights holds the data, the seed and the time it took (`benchmarks/swap/train_ba
 
 class MelDiffusionModel(
     nn.Module,
-    PyTorchModelHubMixin,
+    SavingHubMixin,
     library_name="steer",
     tags=["audio", "music", "text-to-audio", "diffusion", "steer"],
     pipeline_tag="text-to-audio",
@@ -197,8 +199,17 @@ class MelDiffusionBackbone(Backbone):
             ) from error
         return cls(model.to(device=device, dtype=torch_dtype), name_or_path=str(name_or_path))
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        self.model.save_pretrained(path)
+    def save_pretrained(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the model into the folder ``path`` (``config.json``, ``model.safetensors`` and,
+        where absent, a model card: :meth:`backbones.saving.SavingHubMixin.save_pretrained`),
+        loadable with :meth:`from_pretrained`; returns it as a ``Path``.
+
+        Raises:
+            ValueError: before anything is written, for a path that is a file, lies under a file
+                or cannot be written, or (without ``overwrite``) a folder already holding
+                ``config.json`` or ``model.safetensors``.
+        """
+        return self.model.save_pretrained(path, overwrite=overwrite)
 
     # -- schedule and model ------------------------------------------------------------------
     @property

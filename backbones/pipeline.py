@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .conditioning import Conditioning
+from .saving import check_model_folder
 
 
 class PipelineBackbone(Backbone):
@@ -146,9 +148,32 @@ class PipelineBackbone(Backbone):
             paths[name] = (tokenizer, encoder.get_input_embeddings())
         return paths
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the underlying pipeline (safetensors), loadable with :meth:`from_pretrained`."""
-        self.pipe.save_pretrained(path, safe_serialization=True)
+    def save_pretrained(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the underlying pipeline (safetensors) into the folder ``path`` (created if
+        needed), loadable with :meth:`from_pretrained`; returns it as a ``Path``.
+
+        The pipeline writes ``model_index.json`` and a subfolder per component (``unet/``,
+        ``vae/``, …), in which diffusers and transformers also delete an earlier save's weight
+        shards; the folder's other files are never touched.
+
+        Args:
+            path: the folder.
+            overwrite: replace the ``model_index.json`` and component subfolders' files the
+                folder already holds.
+
+        Raises:
+            ValueError: before anything is written, for a path (or a component's subfolder)
+                that is a file, lies under a file or cannot be written, or (without
+                ``overwrite``) a folder holding ``model_index.json`` or a file in a component's
+                subfolder.
+        """
+        folder = Path(path)
+        components = [name for name, component in self.pipe.components.items() if component is not None]
+        check_model_folder(
+            folder, "the pipeline folder", ["model_index.json"], subfolders=components, overwrite=overwrite
+        )
+        self.pipe.save_pretrained(folder, safe_serialization=True)
+        return folder
 
     def to(self, device: torch.device | str) -> PipelineBackbone:
         """Move the pipeline and the cached prompt encodings to ``device``."""

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"step {step + 1}/{args.steps}  loss {recent:.4f}  {time.time() - started:.0f} s", flush=True)
         if (step + 1) % 1000 == 0 or step == args.steps - 1:
             (args.out / "training.json").unlink(missing_ok=True)  # it describes the weights replaced
-            ema.save_pretrained(args.out)
+            # --overwrite for the first save; every later one replaces this run's own files
+            ema.save_pretrained(args.out, overwrite=args.overwrite or step >= 1000)
 
     seconds = time.time() - started
     (args.out / "training.json").write_text(

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     classifier.eval()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "training.json").unlink(missing_ok=True)  # it describes the weights replaced
-    classifier.save_pretrained(args.out)
+    classifier.save_pretrained(args.out, overwrite=args.overwrite)
 
     evaluations = {}
     for name, manifest, split in test_sets:

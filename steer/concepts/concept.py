@@ -53,6 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from backbones.auto import local_hint, missing_local_path
+from backbones.saving import check_can_be_folder
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -347,17 +348,6 @@ def fingerprint_mismatch(denoiser: nn.Module, expected: Mapping[str, Any]) -> st
             ) > _PROJECTION_TOL * max(norm, norm0) + 1e-12:
                 return f"the backbone's denoiser has different weights (first: {name})"
     return None
-
-
-def check_can_be_folder(folder: Path, what: str) -> None:
-    """Refuse a folder path that cannot be one or cannot be written: an existing file, or one
-    under a file or a folder this user cannot write (``what`` names it in the error)."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        where = "exists and is not a folder" if existing == folder else f"cannot be a folder: {existing} is a file"
-        raise ValueError(f"{what} {folder} {where}; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; choose another path")
 
 
 def check_save_folder(folder: Path) -> None:

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from backbones import Backbone, to_mono
+from backbones.saving import check_can_be_folder
 
 from ..audio import Audio, load_audio
 from ..editor import check_seed, check_whole_number, seeded_generator
@@ -39,7 +40,6 @@ from .concept import (
     Concept,
     ConceptConfig,
     base_fingerprint,
-    check_can_be_folder,
     check_new_words,
     fingerprint_mismatch,
     nonfinite_key,
@@ -525,7 +525,7 @@ def saved_checkpoints(folder: Path) -> list[Path]:
 
 def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
     """Refuse a ``checkpoint_dir`` that cannot be a folder (see
-    :func:`~steer.concepts.concept.check_can_be_folder`), and a run that does not resume one
+    :func:`~backbones.saving.check_can_be_folder`), and a run that does not resume one
     holding an earlier run's checkpoints: pruning the oldest would delete the new ones, and a
     later resume would continue the wrong run."""
     check_can_be_folder(folder, "checkpoint_dir")

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from backbones.mel import MelFrontEnd, to_mono
+from backbones.saving import SavingHubMixin
 
 SAMPLE_RATE = 16000
 
@@ -65,7 +65,7 @@ recordings of real instruments.
 
 class InstrumentClassifier(
     nn.Module,
-    PyTorchModelHubMixin,
+    SavingHubMixin,
     library_name="steer",
     tags=["audio", "music", "audio-classification", "instrument-recognition", "steer"],
     pipeline_tag="audio-classification",
@@ -73,6 +73,10 @@ class InstrumentClassifier(
     model_card_template=MODEL_CARD,
 ):
     """Instrument classifier on 16 kHz mono audio.
+
+    Saved and loaded with the Hugging Face Hub mixin (``config.json`` + ``model.safetensors``);
+    :meth:`~backbones.saving.SavingHubMixin.save_pretrained` refuses to replace a classifier
+    already in the folder unless given ``overwrite=True``, and returns the folder.
 
     Args:
         classes: instrument names, in the order of the logits.

@@ -342,11 +342,12 @@ class Interrupted(Exception):
 def test_an_interrupted_backbone_run_leaves_no_stale_record(short_clips, tmp_path, torch_threads, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()
-    (out / "training.json").write_text('{"steps": 3000}\n')  # a previous run's
+    for name in "training.json", "model.safetensors":  # a previous run's, replaced: --overwrite
+        (out / name).write_text('{"steps": 3000}\n')
     save = MelDiffusionModel.save_pretrained
 
-    def save_then_stop(self, path):
-        save(self, path)
+    def save_then_stop(self, path, **kwargs):
+        save(self, path, **kwargs)
         raise Interrupted
 
     monkeypatch.setattr(MelDiffusionModel, "save_pretrained", save_then_stop)
@@ -354,13 +355,14 @@ def test_an_interrupted_backbone_run_leaves_no_stale_record(short_clips, tmp_pat
     argv += ["--threads", "1", "--crop-frames", "64", "--overwrite"]
     with torch.random.fork_rng(), pytest.raises(Interrupted):
         train_backbone.main(argv)
-    assert (out / "model.safetensors").is_file() and not (out / "training.json").exists()
+    assert (out / "model.safetensors").stat().st_size > 1000 and not (out / "training.json").exists()
 
 
 def test_an_interrupted_classifier_run_leaves_no_stale_record(classifier_data, tmp_path, torch_threads, monkeypatch):
     out = tmp_path / "model"
     out.mkdir()
-    (out / "training.json").write_text('{"steps": 1200}\n')  # a previous run's
+    for name in "training.json", "model.safetensors":  # a previous run's, replaced: --overwrite
+        (out / name).write_text('{"steps": 1200}\n')
 
     def stop(*args, **kwargs):
         raise Interrupted
@@ -370,7 +372,7 @@ def test_an_interrupted_classifier_run_leaves_no_stale_record(classifier_data, t
     argv += ["--threads", "1", "--crop-seconds", "1.28", "--overwrite"]
     with torch.random.fork_rng(), pytest.raises(Interrupted):
         train_classifier.main(argv)
-    assert (out / "model.safetensors").is_file() and not (out / "training.json").exists()
+    assert (out / "model.safetensors").stat().st_size > 1000 and not (out / "training.json").exists()
 
 
 # --- options refused when parsed, before any data or model is read -------------------------------

@@ -7,12 +7,16 @@ here (3 melodies x 8 instruments x 2.56 s, once per session) are another collect
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+from huggingface_hub import hub_mixin
 
 from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
@@ -111,6 +115,66 @@ def test_a_folder_under_the_home_directory_loads_with_a_tilde(tmp_path, monkeypa
     loaded = InstrumentClassifier.from_pretrained("~/models/classifier")
     x = torch.randn(1, SR)
     assert torch.equal(loaded.logits(x), model.logits(x))
+
+
+def test_saving_refuses_to_replace_a_classifier_unasked_and_keeps_other_files(tmp_path):
+    """The Hub mixin deleted and rewrote config.json and model.safetensors without a word."""
+    for name in "config.json", "model.safetensors", "notes.txt":
+        (tmp_path / name).write_text("the user's\n")
+    model = tiny()
+    message = (
+        f"the model folder {tmp_path} already holds config.json, model.safetensors, which saving would "
+        "replace or remove: pass overwrite=True to replace them, or choose another folder"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        model.save_pretrained(tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == dict.fromkeys(
+        ["config.json", "model.safetensors", "notes.txt"], "the user's\n"
+    )
+    assert model.save_pretrained(tmp_path, overwrite=True) == tmp_path
+    assert (tmp_path / "notes.txt").read_text() == "the user's\n"
+    x = torch.randn(1, SR)
+    assert torch.equal(InstrumentClassifier.from_pretrained(tmp_path).logits(x), model.logits(x))
+
+
+def test_saving_into_a_file_or_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
+    model = tiny()
+    file = tmp_path / "notes.txt"
+    file.write_text("the user's\n")
+    with pytest.raises(ValueError, match=re.escape(f"the model folder {file} exists and is not a folder; choose")):
+        model.save_pretrained(file)
+    with pytest.raises(ValueError, match=re.escape(f"the model folder {file}/c cannot be a folder: {file} is a file;")):
+        model.save_pretrained(file / "c")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access  # as root, chmod would not stop a write: the check asks os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: Path(path) != locked and access(path, mode, **kwargs))
+    with pytest.raises(ValueError, match=re.escape(f"the model folder {locked} cannot be written: {locked} is not")):
+        model.save_pretrained(locked)
+    assert list(locked.iterdir()) == [] and file.read_text() == "the user's\n"
+
+
+def test_push_to_hub_still_saves_into_a_fresh_folder(tmp_path, monkeypatch):
+    uploaded = []
+
+    class Api:  # the Hub, offline: what the mixin's push_to_hub calls
+        def __init__(self, token=None) -> None:
+            pass
+
+        def create_repo(self, repo_id, **kwargs) -> SimpleNamespace:
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs) -> str:
+            uploaded.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return f"https://huggingface.co/{repo_id}/commit/1"
+
+    monkeypatch.setattr(hub_mixin, "HfApi", Api)
+    model = tiny()
+    assert model.push_to_hub("me/classifier") == "https://huggingface.co/me/classifier/commit/1"
+    assert model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/other") == tmp_path / "c"
+    files = ["README.md", "config.json", "model.safetensors"]
+    assert uploaded == [("me/classifier", files), ("me/other", files)]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == files
 
 
 def test_any_length_shape_and_rate():

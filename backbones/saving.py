@@ -1,0 +1,88 @@
+"""Where a model may be saved: the checks a ``save_pretrained`` makes before writing anything.
+
+A save refuses a path that cannot be a folder or cannot be written, and a folder already holding
+a file it would replace or remove unless asked to (``overwrite=True``); it never touches the
+other files of the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import PyTorchModelHubMixin, constants
+
+#: what the Hub mixin's ``save_pretrained`` replaces (it writes ``README.md`` only where absent)
+HUB_MIXIN_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE)
+
+#: the most files a refusal names, so that it stays one readable line
+_NAMED = 8
+
+
+def check_can_be_folder(folder: Path, what: str) -> None:
+    """Refuse a folder path that cannot be one or cannot be written: an existing file, or one
+    under a file or a folder this user cannot write (``what`` names it in the error)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        where = "exists and is not a folder" if existing == folder else f"cannot be a folder: {existing} is a file"
+        raise ValueError(f"{what} {folder} {where}; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; choose another path")
+
+
+def check_model_folder(
+    folder: Path,
+    what: str,
+    files: Sequence[str],
+    *,
+    subfolders: Sequence[str] = (),
+    overwrite: bool,
+) -> None:
+    """Refuse to save a model into ``folder`` (``what`` names it in the error) where the save
+    cannot write it (:func:`check_can_be_folder`, for each of ``subfolders`` too) or, without
+    ``overwrite``, where it already holds one of ``files`` or any file under ``subfolders`` (a
+    save owns its subfolders: diffusers and transformers delete an earlier save's weight shards
+    there). Raises a one-line ``ValueError`` naming those files and the fix."""
+    check_can_be_folder(folder, what)
+    for name in subfolders:
+        check_can_be_folder(folder / name, f"the {name} subfolder")
+    if overwrite:
+        return
+    held = [name for name in files if os.path.lexists(folder / name)]
+    for name in subfolders:
+        if (folder / name).is_dir():
+            held += sorted(p.relative_to(folder).as_posix() for p in (folder / name).rglob("*") if not p.is_dir())
+    if held:
+        named = ", ".join(held[:_NAMED]) + (f" and {len(held) - _NAMED} more" if len(held) > _NAMED else "")
+        raise ValueError(
+            f"{what} {folder} already holds {named}, which saving would replace or remove: "
+            "pass overwrite=True to replace them, or choose another folder"
+        )
+
+
+class SavingHubMixin(PyTorchModelHubMixin):
+    """:class:`~huggingface_hub.PyTorchModelHubMixin` whose :meth:`save_pretrained` refuses to
+    replace a model already in the folder (the mixin deletes and rewrites its files unasked)."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and, where absent, a ``README.md`` model
+        card into ``save_directory`` (created if needed); returns it as a ``Path``.
+
+        Args:
+            save_directory: the folder; its other files are never touched.
+            overwrite: replace the ``config.json`` and ``model.safetensors`` it already holds.
+            **kwargs: the mixin's (``config``, ``model_card_kwargs``, ``push_to_hub``, ``repo_id``,
+                …); with ``push_to_hub=True`` the folder is pushed too (:meth:`push_to_hub`
+                returns the commit's URL).
+
+        Raises:
+            ValueError: before anything is written, for a path that is a file, lies under a file
+                or cannot be written, or (without ``overwrite``) a folder holding
+                ``config.json`` or ``model.safetensors``.
+        """
+        folder = Path(save_directory)
+        check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
+        super().save_pretrained(folder, **kwargs)
+        return folder
