@@ -32,3 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _hub_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests do not hang on this machine's network: steer's loaders take the Hub for reachable,
+    as on a connected machine (the Hub library's own calls are replaced by the tests, or run with
+    HF_HUB_OFFLINE), unless a test replaces ``backbones.auto.hub_unreachable`` itself."""
+    import backbones.auto
+
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: None)

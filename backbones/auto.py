@@ -10,12 +10,15 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import constants, hf_hub_download
 
 from .base import Backbone
 
@@ -85,6 +88,25 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
     return f"no {what} {name} ({_near(Path(name).expanduser())})"
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why this machine cannot reach the Hugging Face Hub, or ``None`` where it may: its host
+    resolves to no address or takes no connection within ``timeout`` seconds. Asked before a
+    download so that an offline machine reads its local cache at once (``local_files_only``)
+    rather than retrying for ~25 s. ``None`` without asking where ``HF_HUB_OFFLINE`` is set (the
+    Hub library reads only the cache then) or a proxy is (only the proxy can tell). Steer's
+    loaders call it as ``backbones.auto.hub_unreachable`` (tests replace it there)."""
+    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in proxies):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host} cannot be reached: {error.strerror or error}"
+    return None
+
+
 def local_hint(name: str) -> str:
     """For a Hub repo id that could not be fetched whose owner is a folder here (a typo in
     ``weights/my-model``?): ``"; nor is it a local folder (…; did you mean …?)"``, else ``""``."""
@@ -130,6 +152,7 @@ def load_backbone(
             pipe.to(dtype=torch_dtype)
         # named by the build (its weights are the same at every build), as concepts record it
         return adapter_for(pipeline).from_pipe(pipe.to(device), name_or_path=name)
+    hub: dict[str, Any] = {}  # the Hub download's keyword arguments
     folder = Path(name).expanduser()
     if folder.is_dir():
         name, index = str(folder), folder / "model_index.json"
@@ -156,20 +179,25 @@ def load_backbone(
             f"the offline builds {', '.join(TINY)}"
         )
     else:
-        index = _hub_model_index(name)
+        offline = hub_unreachable()
+        index = _hub_model_index(name, offline)
+        if offline:  # the pipeline from the cache alone too (diffusers would retry)
+            hub["local_files_only"] = True
     pipeline = json.loads(index.read_text()).get("_class_name")
     adapter = adapter_for(pipeline, name)
-    return adapter.from_pretrained(name, torch_dtype=torch_dtype, device=device)
+    return adapter.from_pretrained(name, torch_dtype=torch_dtype, device=device, **hub)
 
 
-def _hub_model_index(repo_id: str) -> Path:
-    """``model_index.json`` of a Hub repo (downloaded, or from the local cache)."""
+def _hub_model_index(repo_id: str, offline: str | None) -> Path:
+    """``model_index.json`` of a Hub repo (downloaded, or from the local cache: only from it
+    where the Hub cannot be reached, ``offline`` saying why)."""
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json"))
+        return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=offline is not None))
     except (OSError, ValueError) as error:
+        cause = f"{offline}, and no copy is cached" if offline else f"{type(error).__name__}: {error}"
         raise ValueError(
             f"{repo_id!r} is not a local folder, and its model_index.json could not be fetched "
-            f"from the Hugging Face Hub ({type(error).__name__}: {error}){local_hint(repo_id)}. Pass a folder written "
+            f"from the Hugging Face Hub ({cause}){local_hint(repo_id)}. Pass a folder written "
             f"by save_pretrained, a Hub repo id this machine can reach or has cached, or one of "
             f"the offline builds {', '.join(TINY)}."
         ) from error

@@ -13,7 +13,7 @@ benchmark). It is deliberately plain:
 
 Weights and config are saved with the Hugging Face Hub mixin (``config.json`` +
 ``model.safetensors``), which refuses to replace a model already in the folder unless asked
-(:class:`~backbones.saving.SavingHubMixin`).
+(:class:`~backbones.saving.SteerHubMixin`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .base import Backbone, unet_self_attention
 from .conditioning import Conditioning
 from .griffin_lim import GriffinLimVocoder
 from .mel import MelFrontEnd, check_long_enough, to_mono
-from .saving import SavingHubMixin
+from .saving import SteerHubMixin
 from .word_encoder import WordEncoder, WordEncoderConfig
 
 #: the word states' padding mask (:attr:`backbones.Conditioning.masks`)
@@ -82,7 +82,7 @@ weights holds the data, the seed and the time it took (`benchmarks/swap/train_ba
 
 class MelDiffusionModel(
     nn.Module,
-    SavingHubMixin,
+    SteerHubMixin,
     library_name="steer",
     tags=["audio", "music", "text-to-audio", "diffusion", "steer"],
     pipeline_tag="text-to-audio",
@@ -201,7 +201,7 @@ class MelDiffusionBackbone(Backbone):
 
     def save_pretrained(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save the model into the folder ``path`` (``config.json``, ``model.safetensors`` and,
-        where absent, a model card: :meth:`backbones.saving.SavingHubMixin.save_pretrained`),
+        where absent, a model card: :meth:`backbones.saving.SteerHubMixin.save_pretrained`),
         loadable with :meth:`from_pretrained`; returns it as a ``Path``.
 
         Raises:

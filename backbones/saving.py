@@ -1,4 +1,5 @@
-"""Where a model may be saved: the checks a ``save_pretrained`` makes before writing anything.
+"""Saving and loading steer's own models: the checks a ``save_pretrained`` makes before writing
+anything, and the Hub mixin of the mel-diffusion model and the instrument classifier.
 
 A save refuses a path that cannot be a folder or cannot be written, and a folder already holding
 a file it would replace or remove unless asked to (``overwrite=True``); it never touches the
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import PyTorchModelHubMixin, constants
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from . import auto
 
 #: what the Hub mixin's ``save_pretrained`` replaces (it writes ``README.md`` only where absent)
 HUB_MIXIN_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE)
@@ -62,9 +66,32 @@ def check_model_folder(
         )
 
 
-class SavingHubMixin(PyTorchModelHubMixin):
+class SteerHubMixin(PyTorchModelHubMixin):
     """:class:`~huggingface_hub.PyTorchModelHubMixin` whose :meth:`save_pretrained` refuses to
-    replace a model already in the folder (the mixin deletes and rewrites its files unasked)."""
+    replace a model already in the folder (the mixin deletes and rewrites its files unasked), and
+    whose :meth:`from_pretrained` reads ``~`` in a folder's path and an unreachable Hub as steer's
+    other loaders do."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Load from a folder written by :meth:`save_pretrained` or a Hub repo id, as the mixin
+        does (same keyword arguments), with ``~`` expanded as :func:`backbones.load_backbone`
+        does (the mixin took ``"~/models/classifier"`` for a repo id), and a repo read from the
+        cache alone where the Hub cannot be reached (:func:`~backbones.auto.hub_unreachable`;
+        the mixin retried for ~25 s)."""
+        name = os.path.expanduser(pretrained_model_name_or_path)
+        offline = None if os.path.isdir(name) or kwargs.get("local_files_only") else auto.hub_unreachable()
+        if offline:
+            kwargs["local_files_only"] = True
+        try:
+            return super().from_pretrained(name, **kwargs)
+        except LocalEntryNotFoundError as error:
+            if not offline:
+                raise
+            raise LocalEntryNotFoundError(
+                f"{name!r} is not a local folder, and the Hugging Face Hub cannot be asked for it ({offline}) "
+                "nor is a copy cached: pass a folder written by save_pretrained"
+            ) from error
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any) -> Path:
         """Write ``config.json``, ``model.safetensors`` and, where absent, a ``README.md`` model

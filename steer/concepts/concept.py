@@ -52,6 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from backbones import auto
 from backbones.auto import local_hint, missing_local_path
 from backbones.saving import check_can_be_folder
 
@@ -854,22 +855,26 @@ def _download(
     cache_dir: str | os.PathLike | None,
     local_files_only: bool,
 ) -> Path:
+    """The concept's files from the Hub, or from the cache alone with ``local_files_only`` or where
+    the Hub cannot be reached (:func:`~backbones.auto.hub_unreachable`: no ~25 s of retries)."""
+    offline = None if local_files_only else auto.hub_unreachable()
     try:
         folder = snapshot_download(
             repo_id=repo_id,
             revision=revision,
             token=token,
             cache_dir=cache_dir,
-            local_files_only=local_files_only,
+            local_files_only=local_files_only or offline is not None,
             # Never fetch pickle weights: they would be refused anyway.
             allow_patterns=["*.json", "*.safetensors", "*.md"],
         )
     except HFValidationError as error:
         raise ValueError(f"{repo_id} is neither a local folder nor a Hub repo id ({error})") from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        cause = f"{offline}, and no copy is cached" if offline else f"{type(error).__name__}: {error}"
         raise ValueError(
             f"could not load the concept {repo_id!r}: no such local folder, and the Hub download "
-            f"failed ({type(error).__name__}: {error}){local_hint(repo_id)}"
+            f"failed ({cause}){local_hint(repo_id)}"
         ) from error
     return Path(folder)
 
@@ -970,12 +975,14 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
 
 
 def _fetch_config(repo_id: str) -> Path:
-    """The Hub repo's ``concept_config.json`` (downloaded alone, or from the cache)."""
+    """The Hub repo's ``concept_config.json`` (downloaded alone, or from the cache: only from it
+    where the Hub cannot be reached)."""
+    offline = auto.hub_unreachable()
     try:
-        return Path(hf_hub_download(repo_id, CONFIG_NAME))
+        return Path(hf_hub_download(repo_id, CONFIG_NAME, local_files_only=offline is not None))
     except (EntryNotFoundError, *_HUB_ERRORS) as error:
-        reason = str(error).partition("\n")[0]
+        reason = f"{offline}, and no copy is cached" if offline else f"{type(error).__name__}: {str(error).partition(chr(10))[0]}"
         raise ValueError(
-            f"cannot fetch {CONFIG_NAME} of the concept {repo_id!r} from the Hub ({type(error).__name__}: {reason})"
+            f"cannot fetch {CONFIG_NAME} of the concept {repo_id!r} from the Hub ({reason})"
             f"{local_hint(repo_id)}; check the repo id and the connection"
         ) from error

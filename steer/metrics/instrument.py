@@ -25,7 +25,6 @@ recordings of real ones; measured limits: 0.5-s clips 98 %, white noise at 0 dB 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from backbones.mel import MelFrontEnd, to_mono
-from backbones.saving import SavingHubMixin
+from backbones.saving import SteerHubMixin
 
 SAMPLE_RATE = 16000
 
@@ -65,7 +64,7 @@ recordings of real instruments.
 
 class InstrumentClassifier(
     nn.Module,
-    SavingHubMixin,
+    SteerHubMixin,
     library_name="steer",
     tags=["audio", "music", "audio-classification", "instrument-recognition", "steer"],
     pipeline_tag="audio-classification",
@@ -75,8 +74,9 @@ class InstrumentClassifier(
     """Instrument classifier on 16 kHz mono audio.
 
     Saved and loaded with the Hugging Face Hub mixin (``config.json`` + ``model.safetensors``);
-    :meth:`~backbones.saving.SavingHubMixin.save_pretrained` refuses to replace a classifier
-    already in the folder unless given ``overwrite=True``, and returns the folder.
+    :meth:`~backbones.saving.SteerHubMixin.save_pretrained` refuses to replace a classifier
+    already in the folder unless given ``overwrite=True``, and returns the folder;
+    :meth:`~backbones.saving.SteerHubMixin.from_pretrained` expands ``~`` in a folder's path.
 
     Args:
         classes: instrument names, in the order of the logits.
@@ -123,14 +123,6 @@ class InstrumentClassifier(
         self.features = nn.Sequential(*blocks)
         rows = -(-self.mel.n_mels // 16)  # frequency rows left after four 2× poolings
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * previous * rows, len(classes)))
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> InstrumentClassifier:
-        """Load a classifier from a folder written by ``save_pretrained`` or a Hub repo id, as
-        :class:`~huggingface_hub.PyTorchModelHubMixin` does (same keyword arguments), with ``~``
-        in a folder's path expanded as :func:`backbones.load_backbone` does: the mixin took
-        ``"~/models/classifier"`` for a repo id and failed."""
-        return super().from_pretrained(os.path.expanduser(pretrained_model_name_or_path), **kwargs)
 
     @property
     def min_samples(self) -> int:

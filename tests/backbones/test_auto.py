@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from backbones import (
     MusicLDMBackbone,
     load_backbone,
 )
-from backbones.auto import ADAPTERS, adapter_for
+from backbones.auto import ADAPTERS, adapter_for, hub_unreachable  # the real one (conftest replaces it)
 from backbones.mel_diffusion import MelDiffusionBackbone
 
 SUPPORTED = "supported pipelines: AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline, StableAudioPipeline"
@@ -167,3 +168,59 @@ def test_a_folder_holding_another_models_config_is_refused_by_name(tmp_path):
     (tmp_path / "other" / "config.json").write_text('{"hidden_size": 8}')
     with pytest.raises(ValueError, match=r"holds a config.json that is not a steer mel-diffusion model's .*: pass a folder written by save_pretrained$"):
         load_backbone(str(tmp_path / "other"))
+
+
+class _Connection:
+    def close(self) -> None:
+        pass
+
+
+def test_the_hub_is_unreachable_where_its_host_takes_no_connection(monkeypatch):
+    asked = []
+
+    def connect(address, timeout):
+        asked.append((address, timeout))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
+    assert hub_unreachable() == "huggingface.co cannot be reached: Name or service not known"
+    assert asked == [(("huggingface.co", 443), 3.0)]
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: _Connection())
+    assert hub_unreachable() is None
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy can tell
+    assert hub_unreachable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the Hub library reads the cache alone
+    assert hub_unreachable() is None
+    assert len(asked) == 1
+
+
+def _cache_repo(cache: Path, repo_id: str, backbone) -> None:
+    """``backbone`` saved as the Hugging Face cache holds a downloaded repo."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    backbone.save_pretrained(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def test_where_the_hub_is_unreachable_a_repo_loads_from_the_cache_at_once(monkeypatch, tmp_path):
+    """Offline, each Hub request retried for ~25 s ("Retrying in 8s [Retry 5/5]") before the
+    error, the same for a repo in the cache."""
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    tiny = load_backbone("tiny")
+    _cache_repo(tmp_path, "me/tiny", tiny)
+    loaded = load_backbone("me/tiny")
+    assert type(loaded) is AudioLDM2Backbone and loaded.name_or_path == "me/tiny"
+    torch.testing.assert_close(loaded.denoiser.state_dict(), tiny.denoiser.state_dict(), rtol=0, atol=0)
+    message = (
+        "'me/missing' is not a local folder, and its model_index.json could not be fetched from the Hugging Face Hub "
+        "(huggingface.co cannot be reached: no network, and no copy is cached). Pass a folder"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_backbone("me/missing")

@@ -19,6 +19,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 from safetensors.torch import load_file, save_file
 
+import backbones.auto
 from backbones import AudioLDM2Backbone
 from backbones.mel_diffusion import MelDiffusionBackbone
 from backbones.tiny import tiny_audioldm2_pipeline
@@ -737,3 +738,22 @@ def test_a_mel_concept_finds_its_token_in_any_case_as_its_word_encoder_reads_pro
     assert check_concept_reference(folder, "A SKS guitar").token == "sks"
     with SteerMusicPlus(mel_backbone, Concept.from_pretrained(folder), steps=1) as editor:
         assert editor.prompt_roles(["a piano"], ["A SKS guitar"])["target_base"] == ["A guitar"]
+
+
+def test_where_the_hub_is_unreachable_a_hub_concept_is_read_from_the_cache_alone(monkeypatch):
+    """Offline, each request retried for ~25 s before the error."""
+    asked = []
+
+    def download(*args, **kwargs):
+        asked.append(kwargs.get("local_files_only"))
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(concept_module, "hf_hub_download", download)
+    monkeypatch.setattr(concept_module, "snapshot_download", download)
+    cause = "(huggingface.co cannot be reached: no network, and no copy is cached)"
+    with pytest.raises(ValueError, match=f"^cannot fetch concept_config.json of the concept 'me/guitar' from the Hub {re.escape(cause)}"):
+        check_concept_reference("me/guitar", "a sks guitar")
+    with pytest.raises(ValueError, match=f"^could not load the concept 'me/guitar': no such local folder, and the Hub download failed {re.escape(cause)}"):
+        Concept.from_pretrained("me/guitar")
+    assert asked == [True, True]

@@ -12,12 +12,14 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pytest
 import soundfile
 import torch
 from huggingface_hub import hub_mixin
 
+import backbones.auto
 from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
 from steer.data import DEFAULT_INSTRUMENTS, read_manifest, render_dataset
@@ -274,3 +276,15 @@ def test_griffin_lim_damage_is_small_next_to_a_swap(chorales, batch, vocoded):
         if b != a
     ])
     assert floor < 0.6 * swaps, (floor, swaps)  # measured: 0.81 against 2.01
+
+
+def test_where_the_hub_is_unreachable_a_repo_id_is_read_from_the_cache_alone(monkeypatch, tmp_path):
+    """Offline, the mixin retried for ~25 s, then said to set 'local_files_only' to False."""
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    message = (
+        "'me/classifier' is not a local folder, and the Hugging Face Hub cannot be asked for it (huggingface.co cannot "
+        "be reached: no network) nor is a copy cached: pass a folder written by save_pretrained"
+    )
+    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError, match=f"^{re.escape(message)}$"):
+        InstrumentClassifier.from_pretrained("me/classifier")
