@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .conditioning import Conditioning
-from .saving import check_model_folder
+from .saving import check_model_folder, readable_like
 
 
 class PipelineBackbone(Backbone):
@@ -173,6 +173,8 @@ class PipelineBackbone(Backbone):
             folder, "the pipeline folder", ["model_index.json"], subfolders=components, overwrite=overwrite
         )
         self.pipe.save_pretrained(folder, safe_serialization=True)
+        weights = (path for name in components for path in (folder / name).rglob("*.safetensors"))
+        readable_like(weights, folder / "model_index.json")
         return folder
 
     def to(self, device: torch.device | str) -> PipelineBackbone:

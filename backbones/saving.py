@@ -9,7 +9,8 @@ other files of the folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,15 @@ def check_model_folder(
         )
 
 
+def readable_like(files: Iterable[Path], reference: Path) -> None:
+    """Give ``files`` the permissions of ``reference``, a file written with Python's ``open`` (the
+    user's umask, 0644 mostly): safetensors writes its files readable by their owner alone (0600),
+    which the other users of a shared model folder could not load."""
+    mode = stat.S_IMODE(reference.stat().st_mode)
+    for path in files:
+        os.chmod(path, mode)
+
+
 class SteerHubMixin(PyTorchModelHubMixin):
     """:class:`~huggingface_hub.PyTorchModelHubMixin` whose :meth:`save_pretrained` refuses to
     replace a model already in the folder (the mixin deletes and rewrites its files unasked), and
@@ -112,4 +122,5 @@ class SteerHubMixin(PyTorchModelHubMixin):
         folder = Path(save_directory)
         check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
         super().save_pretrained(folder, **kwargs)
+        readable_like([folder / constants.SAFETENSORS_SINGLE_FILE], folder / constants.CONFIG_NAME)
         return folder

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from backbones import auto
 from backbones.auto import local_hint, missing_local_path
-from backbones.saving import check_can_be_folder
+from backbones.saving import check_can_be_folder, readable_like
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -508,6 +508,7 @@ class Concept:
                     self.lora_config.save_pretrained(str(staged))
             self.model_card(repo_id=repo_id).save(staged / CARD_NAME)
             (staged / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            readable_like(staged.glob("*.safetensors"), staged / CONFIG_NAME)
             written = {p.name for p in staged.iterdir()}
             for name in sorted(written - {CONFIG_NAME}):
                 os.replace(staged / name, folder / name)

@@ -102,3 +102,15 @@ def test_saving_twice_needs_overwrite(tiny_backbone, tmp_path):
     with pytest.raises(ValueError, match=r"already holds model_index.json, vae/config.json, .* and \d+ more, which"):
         tiny_backbone.save_pretrained(folder)
     assert tiny_backbone.save_pretrained(folder, overwrite=True) == folder
+
+
+def test_weights_are_saved_as_readable_as_the_config(backbone, tmp_path):
+    """safetensors wrote the weights readable by their owner alone (0600) beside a 0644 config:
+    the other users of a shared folder could not load the model."""
+    old = os.umask(0o022)
+    try:
+        folder = backbone.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(old)
+    weights = sorted(folder.rglob("*.safetensors"))
+    assert weights and {oct(path.stat().st_mode & 0o777) for path in weights} == {"0o644"}

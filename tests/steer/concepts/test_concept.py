@@ -175,6 +175,17 @@ def test_a_local_path_is_not_card_metadata(mel_backbone, clips, tmp_path):
     assert card.data.base_model is None and str(tmp_path) in card.text
 
 
+def test_weights_are_saved_as_readable_as_the_config(lora_concept, tmp_path):
+    """safetensors wrote them readable by their owner alone (0600) beside a 0644 config."""
+    old = os.umask(0o022)
+    try:
+        folder = lora_concept.save_pretrained(tmp_path / "c")
+    finally:
+        os.umask(old)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in folder.iterdir()}
+    assert set(modes.values()) == {"0o644"} and "adapter_model.safetensors" in modes, modes
+
+
 def test_pickle_files_are_refused_unopened(lora_concept, tmp_path, monkeypatch):
     def unpickling(*args, **kwargs):
         raise AssertionError("a pickle file was opened")
