@@ -107,11 +107,27 @@ def load_audio(path: str | os.PathLike) -> Audio:
 
 
 def audio_format(path: Path) -> str:
-    """soundfile's format name for ``path``'s suffix; ``ValueError`` for one it cannot write."""
+    """soundfile's format name for ``path``'s suffix (``.mp3`` → ``"MP3"``); a ``ValueError``
+    listing :func:`writable_suffixes` for a suffix that names no format it can write."""
     fmt = path.suffix.lstrip(".").upper()
     if not fmt or not sf.check_format(fmt):
-        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav, .flac or .ogg")
+        raise ValueError(
+            f"unsupported audio format {path.suffix!r}: use {', '.join(writable_suffixes())} "
+            f"(what soundfile {sf.__version__} with libsndfile {sf.__libsndfile_version__} writes)"
+        )
     return fmt
+
+
+_COMMON_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def writable_suffixes() -> list[str]:
+    """The file suffixes :func:`save_audio` takes: the formats the installed libsndfile writes
+    with their default encoding (it reports them, so MP3 is there from libsndfile 1.1 on), the
+    common ones first, then the rest by name."""
+    suffixes = sorted(f".{fmt.lower()}" for fmt in sf.available_formats() if sf.check_format(fmt))
+    rest = len(_COMMON_SUFFIXES)
+    return sorted(suffixes, key=lambda suffix: _COMMON_SUFFIXES.index(suffix) if suffix in _COMMON_SUFFIXES else rest)
 
 
 def _partial(path: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import mimetypes
 import os
 import warnings
 from collections import Counter
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import soundfile as sf
 import torch
 import torchaudio.functional
 
@@ -97,7 +99,14 @@ def source_of(record: ItemRecord, folder: Path) -> Path:
 
 def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -> tuple[list[Pair], list[str]]:
     """Pairs of a manifest's items and ``edits/<id>.wav``; also the ids whose edit is missing.
-    A ``ValueError`` naming the folder and what it holds when no item has its edit there."""
+
+    Raises:
+        ValueError: naming the folder and what it holds when no item has its edit there.
+
+    Warns:
+        RuntimeWarning: naming the missing items' edits that are there in another format
+            (``<id>.flac``), which are not read, and how to convert them.
+    """
     edits = Path(edits)
     if not edits.is_dir():
         raise ValueError(f"edits folder not found: {edits}")
@@ -108,8 +117,8 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
             pairs.append(Pair(item.id, item.edit_type, item.audio, edit, item.target))
         else:
             missing.append(item.id)
+    files = sorted(path.name for path in edits.iterdir() if path.is_file() and not path.name.startswith("."))
     if not pairs:
-        files = sorted(path.name for path in edits.iterdir() if path.is_file() and not path.name.startswith("."))
         found = f"{len(files)} file(s): {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}" if files else "no file"
         wavs = any(Path(name).suffix.lower() == ".wav" for name in files)
         fix = "convert the edits to .wav" if files and not wavs else "name each edit <id>.wav"
@@ -117,7 +126,30 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
             f"{edits} holds no edit of the manifest's {len(missing)} item(s): steer eval reads <id>.wav "
             f"(e.g. {missing[0]}.wav) and found {found}; {fix}"
         )
+    if elsewhere := _other_formats(files, missing):
+        first = edits / elsewhere[0]
+        warnings.warn(
+            f"{len(elsewhere)} missing edit(s) are in {edits} in another format, which steer eval does not read "
+            f"(it reads <id>.wav): {', '.join(elsewhere[:3])}{', ...' if len(elsewhere) > 3 else ''}; convert "
+            f"them to <id>.wav, e.g. ffmpeg -i {first} {first.with_suffix('.wav')}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return pairs, missing
+
+
+def _other_formats(files: Sequence[str], ids: Sequence[str]) -> list[str]:
+    """The audio ``files`` named ``<id>.<suffix>`` for one of ``ids`` and a suffix other than
+    ``.wav`` (``c2.flac``, ``c2.WAV``; not ``c2.json``), in the order of ``ids``. Audio is what
+    :mod:`mimetypes` calls so or a format soundfile reads (``.caf``)."""
+    readable = {fmt.lower() for fmt in sf.available_formats()}
+    by_stem: dict[str, list[str]] = {}
+    for name in files:
+        path = Path(name)
+        kind = mimetypes.guess_type(name)[0] or ""
+        if path.suffix != ".wav" and (kind.startswith("audio/") or path.suffix[1:].lower() in readable):
+            by_stem.setdefault(path.stem, []).append(name)
+    return [name for item in ids for name in by_stem.get(item, [])]
 
 
 def _mono(path: Path, sample_rate: int | None) -> tuple[torch.Tensor, int]:

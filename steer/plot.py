@@ -3,8 +3,9 @@
 Like the SteerMusic paper's Figure 5: each column is a clip (source, edit, ground truth, …); the
 top row shows its log-mel, the bottom row the index of the loudest CQT bin per frame (the
 sequence whose correlation is the CQT-1 PCC metric), with the first clip's line repeated in grey
-so melody drift is visible at a glance. Each row shares its time axis, so a shorter clip is drawn
-shorter.
+so melody drift is visible at a glance. Silence has no melody: a frame without energy (see
+:data:`SILENCE_FLOOR`) leaves a gap in the line, and a clip silent throughout has none, as its
+title says. Each row shares its time axis, so a shorter clip is drawn shorter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from backbones import MelFrontEnd, to_mono
 from steer.metrics import cqt_top1
+from steer.metrics.functional import CQT_HOP
 
 
 def plot_comparison(
@@ -44,7 +46,8 @@ def plot_comparison(
 
     Warns:
         RuntimeWarning: naming each clip holding NaN or infinite samples (a diverged edit),
-            whose panels show nothing of it; their titles say so too.
+            whose panels show nothing of it, and each clip silent throughout, which has no
+            melody line; their titles say so too.
     """
     if not clips:
         raise ValueError("no clips to plot: pass a mapping of title to waveform")
@@ -72,8 +75,17 @@ def plot_comparison(
             problem = f"{bad} of {waveform.numel()} samples NaN or infinite"
             warnings.warn(f"clip {name!r} has {problem}: it is drawn blank", RuntimeWarning, stacklevel=2)
             titles[name] = f"{name}\n({problem})"
-    # a non-finite clip has no melody line (its CQT's arg-max would draw a false one)
-    lines = {name: cqt_top1(w) for name, w in waves.items() if name not in titles}
+    # a non-finite or silent clip has no melody line (its CQT's arg-max would draw a false one)
+    lines = {}
+    for name, waveform in waves.items():
+        if name in titles:
+            continue
+        line = _melody_line(waveform)
+        if line.isnan().all():
+            warnings.warn(f"clip {name!r} is silent: it has no melody line", RuntimeWarning, stacklevel=2)
+            titles[name] = f"{name}\n(silent: no melody line)"
+        else:
+            lines[name] = line
     first = next(iter(waves))
 
     fig, axes = plt.subplots(
@@ -106,3 +118,19 @@ def plot_comparison(
     finally:
         plt.close(fig)
     return path
+
+
+#: Samples within this of their level (−80 dBFS, about 3 steps of a 16-bit file) are silence.
+SILENCE_FLOOR = 1e-4
+
+
+def _melody_line(waveform: Tensor) -> Tensor:
+    """:func:`~steer.metrics.cqt_top1` of a 16-kHz ``(samples,)`` clip as floats, NaN at each frame
+    whose hop of samples (centred on it) lies within :data:`SILENCE_FLOOR` of its level (silence,
+    or a constant offset), where the arg-max would draw a false line at bin 0."""
+    line = cqt_top1(waveform).double()
+    # (frames, hop): frame i is centred on sample i * hop; the edges repeated add no energy
+    padded = torch.nn.functional.pad(waveform[None, None], (CQT_HOP // 2, CQT_HOP // 2), mode="replicate")[0, 0]
+    hops = padded.unfold(0, CQT_HOP, CQT_HOP)[: len(line)]
+    silent = (hops.amax(-1) - hops.amin(-1)) / 2 < SILENCE_FLOOR
+    return line.masked_fill(silent, torch.nan)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backbones.auto import is_mel_diffusion_folder
+from backbones.auto import TINY, is_mel_diffusion_folder
 from backbones.word_encoder import split_words
 
 from .concept import (
@@ -47,7 +47,10 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--method", choices=METHODS, default="lora", help="how to learn it (default: lora)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder to save the concept in")
     parser.add_argument(
-        "--backbone", default="cvssp/audioldm2-music", help="base model: Hub repo id, local folder or 'tiny'"
+        "--backbone",
+        default="cvssp/audioldm2-music",
+        help="base model: Hub repo id, local folder saved with save_pretrained, or an offline build with random "
+        f"weights: {', '.join(TINY)} (default: cvssp/audioldm2-music)",
     )
     parser.add_argument("--steps", type=int, help="training steps (default: by method)")
     parser.add_argument("--lr", type=float, help="learning rate (default: by method)")

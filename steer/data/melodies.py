@@ -226,8 +226,16 @@ def load_melodies(
 
     Raises:
         TooFewMelodies: (a ``ValueError``) when the collection has fewer usable melodies.
-        ValueError: for a collection music21's corpus does not have.
+        ValueError: for a collection music21's corpus does not have, or fewer works than
+            ``n_melodies`` (each gives one melody at most), before any is parsed.
     """
+    name = collection_name(collection)
+    works = len(list_works(name))
+    if n_melodies > works:
+        raise ValueError(
+            f"collection {name!r} has {works} works, each giving one melody at most, so not {n_melodies} "
+            f"melodies: ask for {works} or fewer (--n-melodies), or render a larger collection (--collection)"
+        )
     melodies = []
     iterator = iter_melodies(collection, seed=seed, cache=cache)
     try:

@@ -22,6 +22,8 @@ import torch
 import torchaudio.functional
 
 CQT_SAMPLE_RATE = 16000
+#: samples between CQT frames at :data:`CQT_SAMPLE_RATE` (32 ms)
+CQT_HOP = 512
 _CQT_KERNELS: dict[str, torch.nn.Module] = {}
 
 
@@ -33,7 +35,7 @@ def _cqt(device: torch.device) -> torch.nn.Module:
 
         _CQT_KERNELS[key] = CQT2010(
             sr=CQT_SAMPLE_RATE,
-            hop_length=512,
+            hop_length=CQT_HOP,
             fmin=65,
             n_bins=128,
             bins_per_octave=24,

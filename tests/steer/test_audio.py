@@ -187,3 +187,26 @@ def test_an_input_name_too_long_for_the_file_system_is_not_found(tmp_path):
     path = tmp_path / ("i" * 300 + ".wav")
     with pytest.raises(ValueError, match=f"^input file not found: {path}$"):
         load_audio(path)
+
+
+def test_the_formats_refused_are_named_from_what_libsndfile_writes(tmp_path, monkeypatch):
+    """`-o x.mp4` was told "use .wav, .flac or .ogg" while `-o x.mp3` worked: the list was
+    fixed, not the installed library's."""
+    from steer.audio import audio_format, writable_suffixes
+
+    suffixes = writable_suffixes()
+    assert suffixes[:3] == [".wav", ".flac", ".ogg"] and ".raw" not in suffixes  # RAW needs a rate and encoding
+    assert all(audio_format(tmp_path / f"x{suffix}") for suffix in suffixes)
+    message = f"unsupported audio format '.mp4': use {', '.join(suffixes)} (what soundfile {sf.__version__} "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        save_audio(tmp_path / "x.mp4", torch.zeros(10), 8000)
+    # a libsndfile without MP3 (before 1.1) reports none, and the list leaves it out
+    monkeypatch.setattr(sf, "available_formats", lambda: {"WAV": "WAV (Microsoft)", "FLAC": "FLAC"})
+    assert writable_suffixes() == [".wav", ".flac"]
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile (before 1.1) has no MP3")
+def test_mp3_is_written_where_libsndfile_has_it(tmp_path):
+    waveform = 0.3 * torch.sin(2 * torch.pi * 440 * torch.arange(16000) / 16000)
+    audio = load_audio(save_audio(tmp_path / "a.mp3", waveform, 16000))
+    assert audio.sample_rate == 16000 and audio.waveform.abs().max() > 0.1

@@ -258,3 +258,22 @@ def test_a_run_summary_shows_the_set_metrics_it_computes(tmp_path):
     everything = summary["groups"][-1]
     assert everything["log_mel"] == 2.0 and math.isfinite(everything["fad"]) and everything["fad"] > 0
     assert "| log_mel | log_mel NaN | fad | fad NaN |" in (tmp_path / "summary.md").read_text()
+
+
+def test_missing_edits_there_in_another_format_are_named_with_how_to_convert_them(edits, capsys):
+    """c2.flac beside c0.wav and c1.wav was counted missing without a word of why: the hint to
+    convert came only when no edit at all was a .wav."""
+    from steer.evaluate import pairs_from_manifest
+
+    folder, _ = edits
+    sf.write(folder / "edits" / "d.flac", _chirp(230), 16000)
+    (folder / "edits" / "d.json").write_text("{}")  # not audio: never named
+    message = (
+        f"1 missing edit(s) are in {folder / 'edits'} in another format, which steer eval does not read (it "
+        f"reads <id>.wav): d.flac; convert them to <id>.wav, e.g. ffmpeg -i {folder / 'edits' / 'd.flac'} "
+        f"{folder / 'edits' / 'd.wav'}"
+    )
+    with pytest.warns(RuntimeWarning) as caught:
+        pairs, missing = pairs_from_manifest(folder / "m.jsonl", folder / "edits")
+    assert [str(w.message) for w in caught] == [message]
+    assert [pair.id for pair in pairs] == ["a", "b", "c"] and missing == ["d"]

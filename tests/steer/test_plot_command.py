@@ -80,7 +80,7 @@ def test_plot_comparison_refuses_what_it_cannot_draw(tmp_path, clips, message):
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="writes into /proc, where no file can be created")
 def test_plot_comparison_says_why_a_picture_cannot_be_written(tmp_path):
     """matplotlib's FileNotFoundError and OSError came through as tracebacks."""
-    clips = {"a": torch.zeros(16000)}
+    clips = {"a": torch.from_numpy(_tone(440))}
     with pytest.raises(ValueError, match=r"^cannot write /proc/cmp.png: No such file or directory$"):
         plot_comparison(clips, 16000, "/proc/cmp.png")
     long = tmp_path / ("p" * 256 + ".png")
@@ -122,3 +122,35 @@ def test_a_clip_holding_nan_is_named_and_drawn_blank(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"^clip 'edit' has 10 of 16000 samples NaN or infinite: it is drawn blank$"):
         plot_comparison({"source": torch.from_numpy(_tone(440)), "edit": edit}, 16000, tmp_path / "cmp.png")
     assert len(seen) == 1  # the source's melody line alone
+
+
+def _drawn(monkeypatch) -> list[tuple[list[str], list[dict[str, np.ndarray]]]]:
+    """Each picture's column titles and, per column, its melody lines (label → y values)."""
+    from matplotlib.figure import Figure
+
+    seen, save = [], Figure.savefig
+
+    def spy(figure, *args, **kwargs):
+        top, bottom = figure.axes[: len(figure.axes) // 2], figure.axes[len(figure.axes) // 2 :]
+        lines = [{line.get_label(): np.asarray(line.get_ydata(), float) for line in axis.lines} for axis in bottom]
+        seen.append(([axis.get_title() for axis in top], lines))
+        return save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def test_silence_draws_no_melody_line_and_a_silent_clip_says_so(tmp_path, monkeypatch):
+    """A silent edit had a melody line at bin 0 across the whole clip, though silence has none
+    (its CQT-1 PCC is NaN)."""
+    seen = _drawn(monkeypatch)
+    source = torch.from_numpy(_tone(440, 32000))
+    source[16000:] = 0  # a second of tone, a second of silence
+    with pytest.warns(RuntimeWarning, match=r"^clip 'edit' is silent: it has no melody line$"):
+        plot_comparison({"source": source, "edit": torch.zeros(32000)}, 16000, tmp_path / "cmp.png")
+    [(titles, [source_lines, edit_lines])] = seen
+    assert titles == ["source", "edit\n(silent: no melody line)"] and list(edit_lines) == ["source"]
+    line = source_lines["source"]
+    frames = np.arange(len(line)) * 512  # the CQT's hop at 16 kHz
+    assert not np.isnan(line[frames < 16000 - 256]).any() and np.isnan(line[frames > 16000 + 256]).all()
+    np.testing.assert_array_equal(edit_lines["source"], line)  # its grey copy beside the edit

@@ -95,9 +95,12 @@ def test_a_window_too_few_melodies_can_fill_names_the_limit(seconds, usable, thr
     assert not (tmp_path / "render_config.json").exists()
 
 
-def test_asking_for_more_melodies_than_a_collection_holds_says_to_ask_for_fewer(three_works, tmp_path):
+def test_asking_for_more_melodies_than_a_collection_holds_says_to_ask_for_fewer(three_works, tmp_path, monkeypatch):
     """The advice was "choose other seconds (--seconds) or qpm (--qpm)" when every melody was
-    usable already (`--collection bach --n-melodies 100000`)."""
+    usable already (four works, one of them without a melody)."""
+    works, parse = steer.data.melodies.list_works("ryansMammoth"), steer.data.melodies.parse_melody
+    monkeypatch.setattr(steer.data.melodies, "list_works", lambda collection: [*works, "ryansMammoth/none.abc"])
+    monkeypatch.setattr(steer.data.melodies, "parse_melody", lambda work, **kw: None if "none" in work else parse(work, **kw))
     with pytest.raises(ValueError) as error:
         render_dataset(tmp_path, n_melodies=4, instruments=["piano"], seconds=1.28)
     assert str(error.value) == (
@@ -105,6 +108,24 @@ def test_asking_for_more_melodies_than_a_collection_holds_says_to_ask_for_fewer(
         "all, so no other --seconds or --qpm gives 4: ask for 3 or fewer (--n-melodies), or render "
         "another collection (--collection)"
     )
+
+
+def test_more_melodies_than_a_collection_has_works_are_refused_before_any_is_parsed(three_works, tmp_path, capsys, monkeypatch):
+    """`--collection bach --n-melodies 100000` parsed the 410 chorales for over a minute, silently,
+    to find that it could not: each work gives one melody at most."""
+
+    def parse(work, **kwargs):
+        raise AssertionError(f"parsed {work}")
+
+    monkeypatch.setattr(steer.data.melodies, "parse_melody", parse)
+    out = tmp_path / "xh"
+    with pytest.raises(SystemExit) as exit:
+        main(["--out", str(out), "--n-melodies", "100000", "--instruments", "piano", "--seconds", "0.6"])
+    assert exit.value.code == 2 and capsys.readouterr().err.endswith(
+        "error: collection 'ryansMammoth' has 3 works, each giving one melody at most, so not 100000 melodies: "
+        "ask for 3 or fewer (--n-melodies), or render a larger collection (--collection)\n"
+    )
+    assert not out.exists() or not any(out.iterdir())
 
 
 SMALL = {"n_melodies": 1, "instruments": ["piano"], "seconds": 1.28}
