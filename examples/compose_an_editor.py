@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/composed.wav"))
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"{args.out} exists (an earlier edit?): pass --overwrite to replace it, or another --out")
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}: the edit reports its last step's loss")
     try:

@@ -1,6 +1,6 @@
 """Learn a concept from reference clips, save it, load it back and edit with SteerMusic+.
 
-    python examples/personalize_and_edit.py                   # the shipped small model, ~1 min
+    python examples/personalize_and_edit.py                   # the shipped small model, minutes on a CPU
     python examples/personalize_and_edit.py --method textual_inversion
 
 The shipped violin clip stands in for "your" reference recordings; the piano clip of the same
@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--concept-steps", type=int, default=None, help="default: the method's own")
     parser.add_argument("--steps", type=int, default=200, help="editing steps")
     parser.add_argument("--out", type=Path, default=Path("outputs/personalized"))
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's edit and concept in --out")
     args = parser.parse_args(argv)
+    if (earlier := [name for name in ("edit.wav", "concept") if (args.out / name).exists()]) and not args.overwrite:
+        parser.error(f"{args.out} holds {' and '.join(earlier)} of an earlier run: pass --overwrite to replace them, "
+                     "or another --out")
     if args.steps < 1:
         parser.error(f"--steps must be at least 1 (editing steps), got {args.steps}")
     if args.concept_steps is not None and args.concept_steps < 0:

@@ -87,6 +87,15 @@ def test_the_examples_refuse_bad_input_before_loading_a_model(name, options, err
     assert error in _refusal(name, options, capsys)
 
 
+@pytest.mark.parametrize(("name", "earlier"), [("compose_an_editor", "out.wav"), ("personalize_and_edit", "edit.wav")])
+def test_the_examples_keep_an_earlier_runs_outputs_unless_told(name, earlier, tmp_path, capsys, no_model_loads):
+    """A second run replaced the first's outputs unasked (a 15-minute edit by a 1-step one)."""
+    (tmp_path / earlier).write_bytes(b"earlier")
+    out = tmp_path / earlier if name == "compose_an_editor" else tmp_path
+    error = _refusal(name, ["--out", str(out)], capsys)
+    assert "pass --overwrite to replace" in error and (tmp_path / earlier).read_bytes() == b"earlier"
+
+
 @pytest.mark.parametrize("name", ["compose_an_editor", "personalize_and_edit"])
 def test_an_example_copied_out_of_the_repository_names_the_backbone_option(name, tmp_path, capsys):
     """Its default backbone is the repository's weights/ folder beside examples/: from a copy
