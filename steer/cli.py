@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -472,17 +473,23 @@ def _edit(
         raise UsageError(f"{error}; lower {'--guidance' if recipe in BASELINES else '--lr or --guidance'}") from None
 
 
+def _check_target(config: ConceptConfig, target: str) -> None:
+    """Refuse a ``target`` prompt that does not name ``config``'s token as SteerMusic+ reads it."""
+    from .concepts.concept import prompt_without_token, reads_case
+
+    prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
+
+
 def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfig | None:
     """Check ``steer run``'s ``--concept`` from its config alone, against the target prompt of
     every item that names no concept of its own, before any model loads: a misspelt folder or
     a target without its token would otherwise fail every item (an item's own concept is
-    checked when the item runs, and fails that item alone). Returns its config, or ``None``
-    when there is no ``--concept`` or no item uses it."""
+    checked by :func:`_items_concepts`, and fails that item alone). Returns its config, or
+    ``None`` when there is no ``--concept`` or no item uses it."""
     users = [item for item in items if item.concept is None]
     if concept is None or not users:
         return None
     from .concepts import check_concept_reference
-    from .concepts.concept import prompt_without_token, reads_case
 
     config = None
     for item in users:
@@ -490,30 +497,43 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
             if config is None:  # the config read once (a Hub concept: one request)
                 config = check_concept_reference(concept, item.target)
             else:
-                case_sensitive = reads_case(config.family)
-                prompt_without_token(item.target, config.token, config.class_word, case_sensitive=case_sensitive)
+                _check_target(config, item.target)
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
     return config
 
 
-def _items_concept(items: Sequence, backbone: str | None) -> ConceptConfig | None:
-    """For ``steer run`` without --backbone, where no item uses --concept: the config of the
-    items' own concepts where those that can be read agree on their base model (it then gives
-    the backbone, as --concept's does; a default-family concept that records none agrees with
-    the default), else ``None`` (no item names one, or none can be read: each such item fails
-    alone when it runs). Concepts learnt on different base models need --backbone."""
-    if backbone is not None:
-        return None
+def _items_concepts(items: Sequence) -> tuple[dict[str, ConceptConfig], dict[str, str]]:
+    """The configs of the items' own concepts by reference, read from their files alone (no
+    model), and why an item cannot use its own concept, by item id: a concept that cannot be
+    read, or a target prompt without its token. A concept's config is read with the target of
+    its first item whose prompt and file pass, so that a first item without the token does not
+    hide the concept's base model."""
     from .concepts import check_concept_reference
 
     configs: dict[str, ConceptConfig] = {}
+    problems: dict[str, str] = {}
     for item in items:
-        if item.concept is not None and item.concept not in configs:
-            try:  # read again for the concept's next item where this one's prompt or file failed
+        if item.concept is None:
+            continue
+        try:
+            if item.concept in configs:
+                _check_target(configs[item.concept], item.target)
+            else:  # read again for the concept's next item where this one's prompt or file failed
                 configs[item.concept] = check_concept_reference(item.concept, item.target)
-            except (ValueError, OSError):
-                pass
+        except (ValueError, OSError) as error:
+            problems[item.id] = str(error)
+    return configs, problems
+
+
+def _items_concept(configs: dict[str, ConceptConfig], backbone: str | None) -> ConceptConfig | None:
+    """For ``steer run`` without --backbone, where no item uses --concept: of the items' own
+    concepts' ``configs`` (:func:`_items_concepts`), the one whose base model they agree on (it
+    then gives the backbone, as --concept's does; a default-family concept that records none
+    agrees with the default), else ``None`` (no item names a concept that can be read).
+    Concepts learnt on different base models need --backbone."""
+    if backbone is not None:
+        return None
     bases = {}
     for config in configs.values():
         unrecorded_default = config.base_model is None and config.family == DEFAULT_FAMILY
@@ -522,6 +542,32 @@ def _items_concept(items: Sequence, backbone: str | None) -> ConceptConfig | Non
         named = ", ".join(sorted(f"{base or 'unrecorded'} ({family})" for base, family in bases))
         raise UsageError(f"the items' concepts were learnt on different base models ({named}): pass --backbone")
     return next(iter(bases.values()), None)
+
+
+def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite: bool) -> str | None:
+    """Name, before any model loads, the items that ``steer run`` would start and that must fail:
+    those with a concept ``problems`` (by id, :func:`_items_concepts`) or whose audio file is
+    missing (an item already done is skipped, and needs neither, unless ``overwrite``). Refuses
+    the run when every item it would start must fail; else returns a warning naming how many
+    and the first (each fails alone, recorded), or ``None`` when none must."""
+    from .runner import finished_record
+
+    pending = [item for item in items if overwrite or finished_record(out, item) is None]
+    failing = []
+    for item in pending:
+        if item.id in problems:
+            failing.append((item.id, problems[item.id]))
+        elif not os.path.isfile(item.audio):
+            failing.append((item.id, f"input file not found: {item.audio}"))
+    if not failing:
+        return None
+    first = f"first: item {failing[0][0]!r}: {failing[0][1]}"
+    if len(failing) == len(pending):
+        raise UsageError(f"none of the {len(pending)} item(s) to edit can be edited ({first}): fix the manifest")
+    return (
+        f"steer: warning: {len(failing)} of the {len(pending)} item(s) to edit cannot be edited and will fail "
+        f"({first}); fix them in the manifest and run again to edit them"
+    )
 
 
 def _metric_names(text: str) -> list[str]:
@@ -578,7 +624,7 @@ def _run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object, parse_flag_from_env
 
-    from .evaluate import is_per_clip, write_run_summary
+    from .evaluate import is_per_clip, other_items_note, write_run_summary
     from .manifest import read_edit_manifest
     from .runner import (
         ManifestRunner,
@@ -586,6 +632,7 @@ def _run(args: argparse.Namespace) -> int:
         check_batch_size,
         check_concepts,
         check_outputs,
+        other_items_done,
     )
 
     # Without cpu=True, processes started by torchrun on a machine without CUDA would each
@@ -597,10 +644,13 @@ def _run(args: argparse.Namespace) -> int:
         items = read_edit_manifest(args.manifest)
         names = _metric_names(args.metrics)
         check_concepts(items, args.recipe, args.concept)
-        concept = _check_default_concept(args.concept, items) or _items_concept(items, args.backbone)
-        note = _choose_backbone(args, concept)
-        if note and state.is_main_process:
-            print(note, file=sys.stderr)
+        default_concept = _check_default_concept(args.concept, items)
+        configs, problems = _items_concepts(items)
+        warning = _check_items(items, problems, args.out, args.overwrite)
+        note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
+        for line in (warning, note):
+            if line and state.is_main_process:
+                print(line, file=sys.stderr)
         settings = _edit_settings(args, args.recipe)
         device = state.device if args.device == "auto" else device_option(args.device)
         try:
@@ -644,13 +694,14 @@ def _run(args: argparse.Namespace) -> int:
     if state.is_main_process:
         total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
         sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
-        summary = write_run_summary(
-            args.out, items, names, total, set_metrics=sets
-        )
+        others = other_items_done(args.out, items)
+        summary = write_run_summary(args.out, items, names, total, set_metrics=sets, others=others)
         print(
             f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
             f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
         )
+        if others:
+            print(other_items_note(args.out, others))
     _leave(state)
     return 1 if sum(c.failed for c in everyone) else 0
 
@@ -813,7 +864,28 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"the instrument classifier hears the edit as: {heard}")
 
 
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """A warning as the command line shows it: ``steer: warning: <message>``, the category named
+    where it is not a UserWarning, without the file and source line of Python's format."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    return f"steer: warning: {kind}{message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``steer`` command ``argv`` (default: the process's arguments); returns its exit
+    status. Warnings show as one line each (:func:`_one_line_warning`) while it runs; the
+    warnings filters (``-W``, ``PYTHONWARNINGS``) apply as always, and the earlier format is
+    restored when it returns."""
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "edit":

@@ -493,6 +493,7 @@ def write_run_summary(
     counts: RunCounts,
     *,
     set_metrics: Mapping[str, Metric] | None = None,
+    others: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``summary.json`` and ``summary.md`` of a run folder from its records.
 
@@ -500,7 +501,9 @@ def write_run_summary(
     set-level metrics (``set_metrics``, built at :data:`~steer.metrics.functional.SCORING_RATE`)
     are computed over the finished edits, each in a column of its own (after ``names`` where
     they are not among them). ``counts`` is what this invocation did (summed over processes);
-    the totals over the manifest come from the records.
+    the totals over the manifest come from the records. ``others`` are the ids of finished edits
+    in the folder of items not in ``items`` (:func:`~steer.runner.other_items_done`): counted
+    under ``other_items_done`` and named in a line (:func:`other_items_note`).
     """
     out = Path(out)
     records = collect_records(out, items)
@@ -524,6 +527,7 @@ def write_run_summary(
         "not_finished": sum(r is None or r.status == "running" for r in records),
         "metrics": list(names),
         "groups": rows,
+        "other_items_done": len(others),
     }
     write_json(out / RUN_SUMMARY_FILES[0], summary)
     text = (
@@ -531,5 +535,16 @@ def write_run_summary(
         f"{summary['failed']} failed, {summary['not_finished']} not finished.\n\n"
     )
     text += markdown_table(rows, names)
+    if others:
+        text = f"{text.rstrip()}\n\n{other_items_note(out, others)}.\n"
     atomic_write_text(out / RUN_SUMMARY_FILES[1], text)
     return summary
+
+
+def other_items_note(out: Path, others: Sequence[str]) -> str:
+    """The line saying that the run folder ``out`` holds finished edits of items not in the
+    run's manifest (``others``, their ids), which ``steer eval`` scores too."""
+    return (
+        f"{len(others)} finished edit(s) of items not in this manifest are in {out} too (first: {others[0]}); "
+        "steer eval scores them as well"
+    )

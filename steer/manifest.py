@@ -5,9 +5,10 @@ A manifest is JSON Lines, one edit per line::
     {"id": "clip-001", "audio": "clips/a.wav", "source": "a piano melody",
      "target": "a violin melody", "concept": "concepts/sks-guitar", "edit_type": "instrument"}
 
-``audio`` is relative to the manifest's folder (or absolute); ``concept`` (a concept folder or
-Hub repo id, edited with SteerMusic+; a relative folder that exists beside the manifest is taken
-from there, as ``audio`` is) and ``edit_type`` (a group name for the summary) are optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
+``audio`` is relative to the manifest's folder (or absolute, or under the user's home as
+``~/...``); ``concept`` (a concept folder or Hub repo id, edited with SteerMusic+; ``~/...`` is
+the user's home, and a relative folder that exists beside the manifest is taken from there, as
+``audio`` is) and ``edit_type`` (a group name for the summary) are optional. The ZoME-Bench metadata (Liu et al., "MEDIC: Zero-shot Music Editing with Disentangled
 Inversion Control", https://arxiv.org/abs/2407.13220) is read too: see :func:`read_zome_bench`.
 """
 
@@ -77,7 +78,7 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
         )
     return EditItem(
         id=raw["id"],
-        audio=folder / raw["audio"],  # an absolute path stays as it is
+        audio=folder / Path(raw["audio"]).expanduser(),  # an absolute path stays as it is
         source=raw["source"],
         target=raw["target"],
         concept=_concept(raw.get("concept"), folder),
@@ -86,11 +87,13 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
 
 
 def _concept(reference: str | None, folder: Path) -> str | None:
-    """A concept reference as given, or its path beside the manifest when one exists there (a
-    Hub repo id such as ``"me/guitar"`` is not a local path and stays as it is)."""
-    if reference is None or not (folder / reference).exists():
-        return reference
-    return str(folder / reference)
+    """A concept reference as given (``~/...`` expanded to the user's home), or its path beside
+    the manifest when one exists there (a Hub repo id such as ``"me/guitar"`` is not a local path
+    and stays as it is)."""
+    if reference is None:
+        return None
+    reference = os.path.expanduser(reference)
+    return str(folder / reference) if (folder / reference).exists() else reference
 
 
 def _check_unique(items: Sequence[EditItem], where: Sequence[str]) -> None:

@@ -188,6 +188,14 @@ def read_record(path: str | os.PathLike) -> ItemRecord | None:
         return None
 
 
+def finished_record(out: str | os.PathLike, item: EditItem) -> ItemRecord | None:
+    """The item's record in the run folder ``out`` when it says ``"done"`` and its wav
+    (``out/<id>.wav``) exists, else ``None``: an item a rerun skips."""
+    out = Path(out)
+    record = read_record(out / "records" / f"{item.id}.json")
+    return record if record is not None and record.status == "done" and (out / f"{item.id}.wav").is_file() else None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -306,11 +314,15 @@ class ManifestRunner:
             return self.fingerprint
         return {**self.fingerprint, "concept": self._identity(concept, concept_identity)}
 
-    def _setting_changes(self, recorded: Mapping[str, Any], concept: str | None, now: Mapping[str, Any]) -> list[str]:
-        """What differs between a record's settings and ``now`` (this run's, :meth:`fingerprint_of`),
-        as ``"name: recorded → now"``, where a setting given at its editor's default equals one
-        left out (``--guidance 30`` is SteerMusic's default); ``concept`` is the item's concept
-        reference, which picks the editor."""
+    def _setting_changes(
+        self, record: ItemRecord, recorded: Mapping[str, Any], concept: str | None, now: Mapping[str, Any]
+    ) -> list[str]:
+        """What differs between a record's settings (``recorded``: ``record``'s, perhaps without
+        its concept) and ``now`` (this run's, :meth:`fingerprint_of`), as ``"name: recorded →
+        now"``, where a setting given at its editor's default equals one left out (``--guidance
+        30`` is SteerMusic's default) and SteerMusic's fingerprint, which names no recipe, has
+        the recipe its record names (or this run would) against a baseline's; ``concept`` is the
+        item's concept reference, which picks the editor."""
         editor = BASELINES.get(self.recipe) or (SteerMusicPlus if concept else SteerMusic)
         defaults = {
             name: _jsonable(p.default)
@@ -324,6 +336,12 @@ class ManifestRunner:
             return {**fingerprint, "settings": kept}
 
         recorded, now = explicit(recorded), explicit(now)
+        # SteerMusic's fingerprints name no recipe (they are older than the baselines): against
+        # a baseline's, the recipe its record names
+        if "recipe" in now and "recipe" not in recorded:
+            recorded["recipe"] = record.recipe
+        if "recipe" in recorded and "recipe" not in now:
+            now["recipe"] = self._recipe_of(concept)
         old, changes = recorded.get("concept"), []
         if concept is not None and _is_folder_digest(old):
             # recorded by an older steer, as a digest of every file of the folder: the same
@@ -340,6 +358,11 @@ class ManifestRunner:
             recorded["backbone"] = now["backbone"]
         return changes + _differences(recorded, now)
 
+    def _recipe_of(self, concept: str | None) -> str:
+        """The recipe that edits an item of ``concept`` (its reference, or ``None``), as its
+        record names it: a baseline's name, else ``"steermusic_plus"`` with a concept."""
+        return self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic"
+
     def _identity(self, reference: str, rule: Callable[[str], Any]) -> Any:
         """``rule(reference)`` (:func:`concept_identity`, :func:`_folder_digest`), computed once a run."""
         key = (reference, rule.__name__)
@@ -353,8 +376,7 @@ class ManifestRunner:
 
     def finished(self, item: EditItem) -> ItemRecord | None:
         """The item's record when it says ``"done"`` and its wav exists, else ``None``."""
-        record = read_record(self.record_path(item))
-        return record if record is not None and record.status == "done" and self.wav_path(item).is_file() else None
+        return finished_record(self.out, item)
 
     def _editor(self, concept: str | None) -> LatentEditor:
         """One editor per concept reference; a concept that fails to load fails every item
@@ -492,7 +514,7 @@ class ManifestRunner:
             target=item.target,
             concept=concept,
             edit_type=item.edit_type,
-            recipe=self.recipe if self.recipe in BASELINES else "steermusic_plus" if concept else "steermusic",
+            recipe=self._recipe_of(concept),
             started_at=_now(),
             owns_wav=owned or not self.wav_path(item).exists(),
             audio_file=self._clip_identity(audio),
@@ -603,11 +625,11 @@ class ManifestRunner:
                 continue
             if item is None:
                 recorded = {k: v for k, v in record.settings.items() if k != "concept"}  # concepts are per item
-                differences = self._setting_changes(recorded, record.concept, self.fingerprint)
+                differences = self._setting_changes(record, recorded, record.concept, self.fingerprint)
                 which, fix = f"{record.id}, an item this manifest does not hold", "pass another --out"
             else:
                 concept = item.concept or self.default_concept
-                differences = self._setting_changes(record.settings, concept, self.fingerprint_of(item))
+                differences = self._setting_changes(record, record.settings, concept, self.fingerprint_of(item))
                 which, fix = record.id, "pass another --out, or --overwrite to redo them"
                 changed += [f"{item.id}'s {change}" for change in self._input_changes(record, item)]
             if differences:
@@ -768,6 +790,15 @@ def _non_default(config: Any) -> dict[str, Any]:
         for f in fields(config)
         if f.default is MISSING or getattr(config, f.name) != f.default
     }
+
+
+def other_items_done(out: str | os.PathLike, items: Sequence[EditItem]) -> list[str]:
+    """The ids of the finished edits in the run folder ``out`` (records saying ``"done"``) of
+    items that ``items`` do not hold, left by a run of another manifest: ``steer eval``, which
+    reads every record of a folder, scores them too."""
+    ids = {item.id for item in items}
+    records = (read_record(path) for path in sorted(Path(out, "records").glob("*.json")))
+    return [r.id for r in records if r is not None and r.status == "done" and r.id not in ids]
 
 
 def collect_records(out: str | os.PathLike, items: Sequence[EditItem]) -> list[ItemRecord | None]:

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from steer.audio import writable_suffixes
 from steer.cli import SWAP_BACKBONE, TINY_TIMESTEPS, _edit_settings, _metric_names, _parser, main
 from steer.performance import PRESETS
 
@@ -99,9 +100,10 @@ def test_outputs_it_cannot_or_must_not_write_are_refused_before_a_model_loads(wa
     folder = tmp_path / "out.wav"
     folder.mkdir()
     before = wav.read_bytes()
+    formats = f"use {', '.join(writable_suffixes())} (what soundfile {sf.__version__} with libsndfile {sf.__libsndfile_version__} writes)"
     for out, more, message in [
-        (tmp_path / "out.aif", [], "unsupported audio format '.aif': use .wav, .flac or .ogg"),
-        (tmp_path / "out", [], "unsupported audio format '': use .wav, .flac or .ogg"),
+        (tmp_path / "out.aif", [], f"unsupported audio format '.aif': {formats}"),
+        (tmp_path / "out", [], f"unsupported audio format '': {formats}"),
         (folder, ["--overwrite"], f"{folder} is a folder: name a file"),
         (wav, ["--overwrite"], f"{wav} is the input clip: name another output, the input is never replaced"),
     ]:
@@ -477,3 +479,37 @@ def test_an_interrupt_says_what_was_written_where_the_command_had_written_someth
     assert capsys.readouterr().err.endswith("run it again without --overwrite to keep the edits it finished and redo "
                                             "the rest (refused while edits of the old settings remain), or with "
                                             "--overwrite to redo every item\n")
+
+
+def _warning_in_plot(*options: str) -> subprocess.CompletedProcess:
+    """``steer plot`` in a new Python (``options`` before ``-c``) whose plotting only warns, twice."""
+    code = (
+        "import sys, warnings, steer.cli as cli\n"
+        "def plot(args):\n"
+        "    warnings.warn('a4.wav: 14 of 11610 samples clipped', RuntimeWarning)\n"
+        "    warnings.warn('equal prompts')\n"
+        "cli._plot = plot\n"
+        "sys.exit(cli.main(['plot', 'a.wav', 'b.wav', '-o', 'c.png']))\n"
+    )
+    return subprocess.run([sys.executable, *options, "-c", code], capture_output=True, text=True)
+
+
+def test_warnings_are_one_line_and_their_filters_still_apply():
+    """They were Python's two lines: file, line number, category, then the source line."""
+    done = _warning_in_plot()
+    assert done.returncode == 0
+    assert done.stderr == (
+        "steer: warning: RuntimeWarning: a4.wav: 14 of 11610 samples clipped\nsteer: warning: equal prompts\n"
+    )
+    done = _warning_in_plot("-W", "error::RuntimeWarning")
+    assert done.returncode == 1 and "RuntimeWarning: a4.wav: 14 of 11610 samples clipped" in done.stderr
+    assert "steer: warning" not in done.stderr
+    assert _warning_in_plot("-W", "ignore").stderr == ""
+
+
+def test_the_warnings_format_is_restored_when_main_returns(tmp_path):
+    import warnings
+
+    before = warnings.formatwarning
+    assert main(["eval", str(tmp_path / "no-such-folder")]) == 2
+    assert warnings.formatwarning is before

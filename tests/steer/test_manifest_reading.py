@@ -68,3 +68,12 @@ def test_zome_bench_type_ids_may_be_integral_floats(tmp_path, value, kind):
     path = tmp_path / "zome.json"
     path.write_text(json.dumps([{**ZOME, "editing_type_id": value}]))
     assert read_zome_bench(path)[0].edit_type == kind
+
+
+def test_audio_and_concept_paths_may_start_with_the_users_home(tmp_path, monkeypatch):
+    """``~/clip.wav`` was taken as ``<manifest folder>/~/clip.wav``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**GOOD, "audio": "~/clip.wav", "concept": "~/guitar"}) + "\n")
+    item = read_edit_manifest(path)[0]
+    assert item.audio == tmp_path / "home" / "clip.wav" and item.concept == str(tmp_path / "home" / "guitar")

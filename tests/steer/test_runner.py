@@ -236,16 +236,16 @@ def test_a_bad_batch_size_is_refused_before_loading_anything(tmp_path, capsys, r
 @pytest.mark.parametrize("recipe", ["sdedit", "ddim_inversion", "ddpm_inversion"])
 def test_a_batched_baseline_run_writes_the_wavs_of_one_at_a_time(tmp_path, capsys, recipe):
     """A baseline draws its noise for one clip and gives it to each, so ``--batch-size 2`` edits
-    each item as it is alone (the same bits, measured on the CPU; 0.1 % RMS allowed for other
-    kernels' rounding). When SDEdit and DDPM inversion drew noise for the whole batch, the
-    second clip's wav was another edit."""
+    each item as it is alone (the same bits on one CPU; 0.11 % RMS, -59 dB, on an AMD EPYC whose
+    kernels round a batch of 2 otherwise: 1 % allowed). When SDEdit and DDPM inversion drew noise
+    for the whole batch, the second clip's wav was another edit."""
     manifest = _manifest(tmp_path, 2, extra={1: {"target": "a recording of a flute"}})
     for run, size in (("one", "1"), ("two", "2")):
         assert main(_run_args(manifest, tmp_path / run, "--recipe", recipe, "--batch-size", size)) == 0
     assert [read_record(tmp_path / "two" / "records" / f"c{i}.json").batch for i in (0, 1)] == [2, 2]
     for i in (0, 1):
         alone, batched = (sf.read(tmp_path / run / f"c{i}.wav")[0] for run in ("one", "two"))
-        assert np.sqrt(np.mean((batched - alone) ** 2)) < 1e-3 * np.sqrt(np.mean(alone**2))
+        assert np.sqrt(np.mean((batched - alone) ** 2)) < 0.01 * np.sqrt(np.mean(alone**2))
 
 
 def test_steermusic_plus_needs_a_concept_before_loading_anything(tmp_path, capsys):
@@ -1026,3 +1026,74 @@ def test_the_offline_build_is_recorded_by_name_beside_a_folder_of_that_name(tmp_
     ManifestRunner(items, tmp_path / "out", backbone=load_backbone("tiny"), settings={"steps": 1}).run()
     record = json.loads((tmp_path / "out" / "records" / "c0.json").read_text())
     assert record["settings"]["backbone"] == "AudioLDM2Backbone:tiny"
+
+
+# -- checks before loading, and what a run says of its folder --------------------------------------
+def _readable_concept(folder: Path) -> Path:
+    """A concept folder whose config (token "sks", learnt on the shipped backbone) can be read
+    (its weights never are: the checks before loading read the config alone)."""
+    folder.mkdir()
+    config = {"method": "textual_inversion", "token": "sks", "class_word": "guitar", "family": "mel-diffusion",
+              "base_model": str(SWAP_BACKBONE)}
+    (folder / "concept_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_items_own_concept_gives_the_backbone_and_a_target_without_its_token_is_named_first(
+    tmp_path, capsys, no_model_loads
+):
+    """The concept's config was read only through a target naming its token: without one, the
+    default cvssp/audioldm2-music was loaded (offline: 30 s of Hub retries, then another error)."""
+    concept = _readable_concept(tmp_path / "guitar")
+    manifest = _manifest(tmp_path, 1, extra={0: {"concept": str(concept), "target": "a recording of a guitar"}})
+    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: none of the 1 item(s) to edit can be edited (first: item 'c0': the target prompt "
+        "'a recording of a guitar' does not name the concept token 'sks': write e.g. 'a sks guitar melody'): "
+        "fix the manifest\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_items_whose_audio_is_missing_are_named_before_a_model_loads(tmp_path, capsys, no_model_loads):
+    manifest = _manifest(tmp_path, 3)
+    (tmp_path / "c1.wav").unlink()
+    (tmp_path / "c2.wav").unlink()
+    with pytest.raises(AssertionError, match="a model was loaded"):  # the other items are edited
+        main(_run_args(manifest, tmp_path / "out"))
+    assert capsys.readouterr().err == (
+        f"steer: warning: 2 of the 3 item(s) to edit cannot be edited and will fail (first: item 'c1': input file "
+        f"not found: {tmp_path / 'c1.wav'}); fix them in the manifest and run again to edit them\n"
+    )
+    (tmp_path / "c0.wav").unlink()
+    assert main(_run_args(manifest, tmp_path / "out2")) == 2
+    assert "none of the 3 item(s) to edit can be edited (first: item 'c0': input file not found" in capsys.readouterr().err
+
+
+def test_a_run_says_its_folder_holds_edits_of_items_not_in_its_manifest(tmp_path, capsys):
+    """summary.md said "1 of 1 items done" while steer eval scored the 3 edits of the folder."""
+    manifest = _manifest(tmp_path, 3)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 0
+    shorter = tmp_path / "one.jsonl"
+    shorter.write_text(manifest.read_text().splitlines(keepends=True)[0])
+    capsys.readouterr()
+    assert main(_run_args(shorter, out)) == 0
+    line = f"2 finished edit(s) of items not in this manifest are in {out} too (first: c1); steer eval scores them as well"
+    assert capsys.readouterr().out.splitlines()[-1] == line
+    assert json.loads((out / "summary.json").read_text())["other_items_done"] == 2
+    assert (out / "summary.md").read_text().endswith(f"\n\n{line}.\n")
+    assert main(_run_args(manifest, out)) == 0  # the whole manifest again: nothing to say
+    assert "not in this manifest" not in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["other_items_done"] == 0
+
+
+def test_a_refusal_of_another_recipe_names_the_recipe_of_the_folders_edits(tmp_path, capsys):
+    """It said ``recipe: (unset) → 'sdedit'``: SteerMusic's fingerprint names no recipe."""
+    manifest = _manifest(tmp_path, 1)
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 0
+    capsys.readouterr()
+    assert main(_run_args(manifest, out, "--recipe", "sdedit")) == 2
+    err = capsys.readouterr().err
+    assert "recipe: 'steermusic' → 'sdedit'" in err and "(unset) → 'sdedit'" not in err
