@@ -504,26 +504,30 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
 
 
 def _items_concepts(items: Sequence) -> tuple[dict[str, ConceptConfig], dict[str, str]]:
-    """The configs of the items' own concepts by reference, read from their files alone (no
-    model), and why an item cannot use its own concept, by item id: a concept that cannot be
-    read, or a target prompt without its token. A concept's config is read with the target of
-    its first item whose prompt and file pass, so that a first item without the token does not
-    hide the concept's base model."""
+    """The configs of the items' own concepts by reference, each read once from its files alone
+    (no model; a Hub concept: one request), and why an item cannot use its own concept, by item
+    id: a concept that cannot be read, or a target prompt without its token."""
     from .concepts import check_concept_reference
 
-    configs: dict[str, ConceptConfig] = {}
+    readings: dict[str, ConceptConfig | str] = {}  # a config, or why it cannot be read
     problems: dict[str, str] = {}
     for item in items:
         if item.concept is None:
             continue
+        if item.concept not in readings:
+            try:
+                readings[item.concept] = check_concept_reference(item.concept)
+            except (ValueError, OSError) as error:
+                readings[item.concept] = str(error)
+        reading = readings[item.concept]
+        if isinstance(reading, str):
+            problems[item.id] = reading
+            continue
         try:
-            if item.concept in configs:
-                _check_target(configs[item.concept], item.target)
-            else:  # read again for the concept's next item where this one's prompt or file failed
-                configs[item.concept] = check_concept_reference(item.concept, item.target)
-        except (ValueError, OSError) as error:
+            _check_target(reading, item.target)
+        except ValueError as error:
             problems[item.id] = str(error)
-    return configs, problems
+    return {reference: r for reference, r in readings.items() if not isinstance(r, str)}, problems
 
 
 def _items_concept(configs: dict[str, ConceptConfig], backbone: str | None) -> ConceptConfig | None:

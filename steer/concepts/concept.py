@@ -943,7 +943,7 @@ def prompt_without_token(
     return without
 
 
-def check_concept_reference(reference: str | os.PathLike, target: str) -> ConceptConfig:
+def check_concept_reference(reference: str | os.PathLike, target: str | None = None) -> ConceptConfig:
     """The config of the concept ``reference`` names, read alone (no tensor, no model), once the
     ``target`` prompt is checked to name its token as SteerMusic+ reads it: for ``steer edit
     --concept`` to call before it loads a backbone.
@@ -951,7 +951,7 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
     Args:
         reference: a local concept folder or a Hub repo id ``"owner/name"`` (only its
             ``concept_config.json`` is fetched).
-        target: the edit's target prompt.
+        target: the edit's target prompt; ``None``: the config alone, no prompt checked.
 
     Raises:
         ValueError: (one line) for no such folder and no repo id, a file, a folder or repo
@@ -971,7 +971,8 @@ def check_concept_reference(reference: str | os.PathLike, target: str) -> Concep
         check_repo_id(name, "the concept")
         config_path = _fetch_config(name)
     config = _read_config(config_path, name)
-    prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
+    if target is not None:
+        prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
     return config
 
 

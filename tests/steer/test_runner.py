@@ -1053,6 +1053,16 @@ def test_an_items_own_concept_gives_the_backbone_and_a_target_without_its_token_
         "fix the manifest\n"
     )
     assert not (tmp_path / "out").exists()
+    # beside an item that runs, the concept still gives the backbone, and the item is named
+    manifest = _manifest(tmp_path, 2, extra={0: {"concept": str(concept), "target": "a recording of a guitar"}})
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(["run", str(manifest), "--out", str(tmp_path / "out"), "--steps", "2", "--device", "cpu"])
+    assert capsys.readouterr().err == (
+        "steer: warning: 1 of the 2 item(s) to edit cannot be edited and will fail (first: item 'c0': the target "
+        "prompt 'a recording of a guitar' does not name the concept token 'sks': write e.g. 'a sks guitar melody'); "
+        f"fix them in the manifest and run again to edit them\nnote: --backbone {SWAP_BACKBONE}, the base model the "
+        "concept was learnt on\n"
+    )
 
 
 def test_items_whose_audio_is_missing_are_named_before_a_model_loads(tmp_path, capsys, no_model_loads):
