@@ -71,7 +71,9 @@ class AudioLDM2Backbone(MelVAEBackbone):
     def _load_pipeline(cls, name: str, *, torch_dtype: torch.dtype, **kwargs: Any) -> AudioLDM2Pipeline:
         # A saved pipeline may record its language model as GPT2Model, whose output has no
         # hidden-state generation path: load the LM-head class explicitly (same weights).
-        language_model = GPT2LMHeadModel.from_pretrained(name, subfolder="language_model", dtype=torch_dtype)
+        # where the files come from is the pipeline's too (local_files_only: offline, no retries)
+        hub = {key: kwargs[key] for key in ("local_files_only", "revision", "cache_dir", "token") if key in kwargs}
+        language_model = GPT2LMHeadModel.from_pretrained(name, subfolder="language_model", dtype=torch_dtype, **hub)
         return AudioLDM2Pipeline.from_pretrained(name, dtype=torch_dtype, language_model=language_model, **kwargs)
 
     def encode_one(self, prompt: str) -> Conditioning:

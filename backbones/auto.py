@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-import os
 import re
 import socket
+import time
+import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -88,23 +90,37 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
     return f"no {what} {name} ({_near(Path(name).expanduser())})"
 
 
+#: how long :func:`hub_unreachable`'s answer stands (seconds): one probe for the loads of a command
+HUB_PROBE_SECONDS = 60.0
+_hub_probe: tuple[float, str, str | None] | None = None  # (when, endpoint, answer)
+
+
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why this machine cannot reach the Hugging Face Hub, or ``None`` where it may: its host
     resolves to no address or takes no connection within ``timeout`` seconds. Asked before a
     download so that an offline machine reads its local cache at once (``local_files_only``)
-    rather than retrying for ~25 s. ``None`` without asking where ``HF_HUB_OFFLINE`` is set (the
-    Hub library reads only the cache then) or a proxy is (only the proxy can tell). Steer's
-    loaders call it as ``backbones.auto.hub_unreachable`` (tests replace it there)."""
-    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in proxies):
-        return None
+    rather than retrying for ~25 s; the first answer that it cannot warns, saying so. ``None``
+    without asking where ``HF_HUB_OFFLINE`` is set (the Hub library reads only the cache then)
+    or a proxy serves the Hub's address (environment or system settings, as the Hub library
+    reads them: only the proxy can tell). An answer stands for :data:`HUB_PROBE_SECONDS`.
+    Steer's loaders call it as ``backbones.auto.hub_unreachable`` (tests replace it there)."""
+    global _hub_probe
     endpoint = urlsplit(constants.ENDPOINT)
-    host, port = endpoint.hostname or "", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    host = endpoint.hostname or ""
+    if constants.HF_HUB_OFFLINE or (urllib.request.getproxies().get(endpoint.scheme) and not urllib.request.proxy_bypass(host)):
+        return None
+    now = time.monotonic()
+    if _hub_probe is not None and _hub_probe[1] == constants.ENDPOINT and now - _hub_probe[0] < HUB_PROBE_SECONDS:
+        return _hub_probe[2]
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=timeout).close()
+        answer = None
     except OSError as error:
-        return f"{host} cannot be reached: {error.strerror or error}"
-    return None
+        answer = f"{host} cannot be reached: {error.strerror or error}"
+    if answer is not None and (_hub_probe is None or _hub_probe[2] is None):
+        warnings.warn(f"{answer}: Hub models are read from the local cache alone", UserWarning, stacklevel=3)
+    _hub_probe = (now, constants.ENDPOINT, answer)
+    return answer
 
 
 def local_hint(name: str) -> str:

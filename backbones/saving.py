@@ -90,7 +90,8 @@ class SteerHubMixin(PyTorchModelHubMixin):
         cache alone where the Hub cannot be reached (:func:`~backbones.auto.hub_unreachable`;
         the mixin retried for ~25 s)."""
         name = os.path.expanduser(pretrained_model_name_or_path)
-        offline = None if os.path.isdir(name) or kwargs.get("local_files_only") else auto.hub_unreachable()
+        asked = "local_files_only" in kwargs or kwargs.get("force_download")  # the caller's choice stands
+        offline = None if os.path.isdir(name) or asked else auto.hub_unreachable()
         if offline:
             kwargs["local_files_only"] = True
         try:
@@ -103,16 +104,18 @@ class SteerHubMixin(PyTorchModelHubMixin):
                 "nor is a copy cached: pass a folder written by save_pretrained"
             ) from error
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any) -> Path:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs: Any
+    ) -> Path | str | None:
         """Write ``config.json``, ``model.safetensors`` and, where absent, a ``README.md`` model
-        card into ``save_directory`` (created if needed); returns it as a ``Path``.
+        card into ``save_directory`` (created if needed); returns it as a ``Path`` (with
+        ``push_to_hub=True``, what the mixin returns: the commit's URL).
 
         Args:
             save_directory: the folder; its other files are never touched.
             overwrite: replace the ``config.json`` and ``model.safetensors`` it already holds.
             **kwargs: the mixin's (``config``, ``model_card_kwargs``, ``push_to_hub``, ``repo_id``,
-                …); with ``push_to_hub=True`` the folder is pushed too (:meth:`push_to_hub`
-                returns the commit's URL).
+                …); with ``push_to_hub=True`` the folder is pushed too.
 
         Raises:
             ValueError: before anything is written, for a path that is a file, lies under a file
@@ -121,6 +124,6 @@ class SteerHubMixin(PyTorchModelHubMixin):
         """
         folder = Path(save_directory)
         check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
-        super().save_pretrained(folder, **kwargs)
+        pushed = super().save_pretrained(folder, **kwargs)
         readable_like([folder / constants.SAFETENSORS_SINGLE_FILE], folder / constants.CONFIG_NAME)
-        return folder
+        return pushed if kwargs.get("push_to_hub") else folder

@@ -375,7 +375,7 @@ class Editor(LatentEditor):
     ) -> None:
         if isinstance(losses, ScoreLoss):
             raise TypeError(f"losses must be a list of ScoreLoss objects: write losses=[{type(losses).__name__}(...)]")
-        losses = tuple(losses)  # a generator is read once
+        losses = () if losses is None else tuple(losses)  # a generator is read once
         if not losses:
             raise ValueError("an editor needs at least one loss")
         for loss in losses:

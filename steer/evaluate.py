@@ -14,8 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import mimetypes
 import os
+import shlex
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -131,23 +131,27 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
         warnings.warn(
             f"{len(elsewhere)} missing edit(s) are in {edits} in another format, which steer eval does not read "
             f"(it reads <id>.wav): {', '.join(elsewhere[:3])}{', ...' if len(elsewhere) > 3 else ''}; convert "
-            f"them to <id>.wav, e.g. ffmpeg -i {first} {first.with_suffix('.wav')}",
+            f"them to <id>.wav, e.g. ffmpeg -i {shlex.quote(str(first))} {shlex.quote(str(first.with_suffix('.wav')))}",
             RuntimeWarning,
             stacklevel=2,
         )
     return pairs, missing
 
 
+#: compressed audio suffixes soundfile may not read (ffmpeg converts them)
+_COMPRESSED = frozenset({"mp3", "m4a", "aac", "opus", "wma", "webm"})
+
+
 def _other_formats(files: Sequence[str], ids: Sequence[str]) -> list[str]:
     """The audio ``files`` named ``<id>.<suffix>`` for one of ``ids`` and a suffix other than
-    ``.wav`` (``c2.flac``, ``c2.WAV``; not ``c2.json``), in the order of ``ids``. Audio is what
-    :mod:`mimetypes` calls so or a format soundfile reads (``.caf``)."""
-    readable = {fmt.lower() for fmt in sf.available_formats()}
+    ``.wav`` (``c2.flac``, ``c2.WAV``; not ``c2.json`` or ``c2.mid``, which is no recording), in
+    the order of ``ids``. Audio is a format soundfile reads (``.caf``) or a compressed one ffmpeg
+    converts (:data:`_COMPRESSED`)."""
+    readable = {fmt.lower() for fmt in sf.available_formats()} | _COMPRESSED
     by_stem: dict[str, list[str]] = {}
     for name in files:
         path = Path(name)
-        kind = mimetypes.guess_type(name)[0] or ""
-        if path.suffix != ".wav" and (kind.startswith("audio/") or path.suffix[1:].lower() in readable):
+        if path.suffix != ".wav" and path.suffix[1:].lower() in readable:
             by_stem.setdefault(path.stem, []).append(name)
     return [name for item in ids for name in by_stem.get(item, [])]
 

@@ -182,22 +182,37 @@ def test_the_hub_is_unreachable_where_its_host_takes_no_connection(monkeypatch):
         asked.append((address, timeout))
         raise socket.gaierror(-2, "Name or service not known")
 
+    def probe():
+        monkeypatch.setattr(backbones.auto, "_hub_probe", None)  # no earlier answer stands
+        return hub_unreachable()
+
     monkeypatch.setattr(socket, "create_connection", connect)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
-    assert hub_unreachable() == "huggingface.co cannot be reached: Name or service not known"
+    reason = "huggingface.co cannot be reached: Name or service not known"
+    with pytest.warns(UserWarning, match=f"^{reason}: Hub models are read from the local cache alone$"):
+        assert probe() == reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert hub_unreachable() == reason  # the answer stands: not asked again
     assert asked == [(("huggingface.co", 443), 3.0)]
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout: _Connection())
-    assert hub_unreachable() is None
+    assert probe() is None
     monkeypatch.setattr(socket, "create_connection", connect)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy can tell
-    assert hub_unreachable() is None
+    assert probe() is None
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://hf-mirror.internal")  # a mirror by http
+    with pytest.warns(UserWarning, match="^hf-mirror.internal cannot be reached"):  # no proxy for http: asked
+        assert probe() == "hf-mirror.internal cannot be reached: Name or service not known"
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    asked.clear()
+    assert probe() is None and asked == []
     monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the Hub library reads the cache alone
-    assert hub_unreachable() is None
-    assert len(asked) == 1
+    assert probe() is None and asked == []
 
 
 def _cache_repo(cache: Path, repo_id: str, backbone) -> None:
@@ -215,6 +230,11 @@ def test_where_the_hub_is_unreachable_a_repo_loads_from_the_cache_at_once(monkey
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     tiny = load_backbone("tiny")
     _cache_repo(tmp_path, "me/tiny", tiny)
+
+    def ask(*args, **kwargs):
+        raise AssertionError(f"the Hub was asked: {args}")  # AudioLDM2's language model was, 25 s
+
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", ask)
     loaded = load_backbone("me/tiny")
     assert type(loaded) is AudioLDM2Backbone and loaded.name_or_path == "me/tiny"
     torch.testing.assert_close(loaded.denoiser.state_dict(), tiny.denoiser.state_dict(), rtol=0, atol=0)

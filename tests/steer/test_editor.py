@@ -252,8 +252,9 @@ def test_recipe_defaults_are_the_papers(tiny_backbone):
 
 
 def test_bad_arguments_are_clear_errors(tiny_backbone, latent):
-    with pytest.raises(ValueError, match="at least one loss"):
-        Editor(tiny_backbone, losses=[])
+    for losses in ([], None):
+        with pytest.raises(ValueError, match="at least one loss"):
+            Editor(tiny_backbone, losses=losses)
     with pytest.raises(ValueError, match="t_min <= t_max"):
         Editor(tiny_backbone, losses=[DeltaDenoisingScore()], t_min=500, t_max=100)
     with pytest.raises(ValueError, match="unknown optimizer"):

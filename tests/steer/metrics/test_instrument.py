@@ -173,7 +173,8 @@ def test_push_to_hub_still_saves_into_a_fresh_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_mixin, "HfApi", Api)
     model = tiny()
     assert model.push_to_hub("me/classifier") == "https://huggingface.co/me/classifier/commit/1"
-    assert model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/other") == tmp_path / "c"
+    # the commit's URL, as the mixin returns it (a folder is returned only without the push)
+    assert model.save_pretrained(tmp_path / "c", push_to_hub=True, repo_id="me/other") == "https://huggingface.co/me/other/commit/1"
     files = ["README.md", "config.json", "model.safetensors"]
     assert uploaded == [("me/classifier", files), ("me/other", files)]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == files
@@ -276,6 +277,17 @@ def test_griffin_lim_damage_is_small_next_to_a_swap(chorales, batch, vocoded):
         if b != a
     ])
     assert floor < 0.6 * swaps, (floor, swaps)  # measured: 0.81 against 2.01
+
+
+def test_where_the_hub_is_unreachable_a_callers_own_choice_stands(monkeypatch):
+    """local_files_only=False or force_download=True were overridden (force_download then failed
+    with "Cannot pass 'force_download=True' and 'local_files_only=True'", unasked)."""
+    asked = []
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(hub_mixin.PyTorchModelHubMixin, "from_pretrained", classmethod(lambda cls, name, **kwargs: asked.append(kwargs)))
+    for kwargs in ({"local_files_only": False}, {"force_download": True}, {}):
+        InstrumentClassifier.from_pretrained("me/classifier", **kwargs)
+    assert asked == [{"local_files_only": False}, {"force_download": True}, {"local_files_only": True}]
 
 
 def test_where_the_hub_is_unreachable_a_repo_id_is_read_from_the_cache_alone(monkeypatch, tmp_path):
