@@ -768,6 +768,14 @@ class Editor(LatentEditor):
                 RuntimeWarning,
                 stacklevel=3,
             )
+        if skipped and 2 * skipped >= self.steps:
+            left = "the clip is returned unedited" if skipped == self.steps else "the edit went less far than asked"
+            warnings.warn(
+                f"{skipped} of the {self.steps} steps were skipped, their fp16 loss-scaled gradients overflowing "
+                f"(the scaler halves its scale each time): {left}. Edit in bf16, or with more steps",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return EditResult(
             latent=x.detach(),
             audio=None,

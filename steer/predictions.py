@@ -138,6 +138,13 @@ class Predictor:
             self._checkpointing = _checkpointing(model.denoiser)
             try:
                 model.gradient_checkpointing = True
+            except ValueError:  # a denoiser that cannot checkpoint, asked by the preset
+                self.close()
+                raise ValueError(
+                    f"the denoiser of {type(model).__name__} ({type(model.denoiser).__name__}) does not support "
+                    "gradient checkpointing, which Performance(checkpointing=True) (the 'checkpointed' and "
+                    "'fused-checkpointed' presets) needs: use the 'batched' or 'fused' preset"
+                ) from None
             except BaseException:
                 self.close()
                 raise

@@ -181,6 +181,10 @@ class SteerMusicPlus(Editor):
             close()
 
     def models(self) -> dict[str, Backbone]:
+        if getattr(self.personalized, "closed", False):  # a PersonalizedBackbone closed with the editor
+            raise RuntimeError(
+                "this SteerMusicPlus editor was closed (its concept left the backbone): build a new one to edit again"
+            )
         return {"base": self.backbone, "personalized": self.personalized}
 
     def prompt_roles(self, source: list[str], target: list[str]) -> dict[str, list[str]]:

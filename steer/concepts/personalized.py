@@ -343,6 +343,11 @@ class PersonalizedBackbone(Backbone):
             remove_collected_adapters(self.base.denoiser)
         self._closed = True
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def __enter__(self) -> PersonalizedBackbone:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 

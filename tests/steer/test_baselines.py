@@ -219,9 +219,10 @@ def test_edits_are_reproducible_and_prompt_dependent(tiny_backbone, make):
 def test_a_clip_of_a_batch_is_edited_as_it_is_alone(tiny_backbone, make):
     """The noise is drawn for one clip and given to each (as :class:`steer.Editor` does): clip i
     of a batch [a, b] edited with a seed is that clip edited alone with the seed, whatever its
-    place and neighbour (measured equal to the bit on the CPU). When SDEdit drew (B, ...) noise
-    and DDPM inversion (K, B, ...), b's SDEdit in the batch was up to 7.1 away from its edit
-    alone, and DDPM inversion's a up to 0.075 (5.7 at 8 steps, 3 a call)."""
+    place and neighbour (measured equal to the bit on one CPU; up to 2.2e-4 away on an AMD EPYC,
+    whose kernels round a batch of 2 otherwise). When SDEdit drew (B, ...) noise and DDPM
+    inversion (K, B, ...), b's SDEdit in the batch was up to 7.1 away from its edit alone, and
+    DDPM inversion's a up to 0.075 (5.7 at 8 steps, 3 a call)."""
     editor = make(tiny_backbone)
     waveforms = torch.randn(2, 1, 10240, generator=torch.Generator().manual_seed(0))
     latents = tiny_backbone.encode_audio(waveforms, 16000)
@@ -229,7 +230,7 @@ def test_a_clip_of_a_batch_is_edited_as_it_is_alone(tiny_backbone, make):
     batched = editor.edit_latent(latents, source="a piano", target=targets, seed=5).latent
     for i in (0, 1):
         alone = editor.edit_latent(latents[i : i + 1], source="a piano", target=targets[i], seed=5).latent
-        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-3, atol=1e-3)
 
 
 def test_sdedit_at_batch_1_draws_the_noise_it_always_drew(tiny_backbone):

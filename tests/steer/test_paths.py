@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -519,11 +520,16 @@ def test_fp16_loss_scaling_keeps_a_small_pcon_gradient_from_underflowing(tiny_ba
 
 
 def test_fp16_steps_whose_scaled_backward_overflows_are_skipped(tiny_backbone, lora, latent):
+    """Each skipped step is counted, and an edit that skipped half its steps or more says so (a
+    clip returned unedited came with no word)."""
     editor = _plus(tiny_backbone, lora, Performance(precision="fp16"), steps=3, pcon_weight=1e30)
-    result = editor.edit_latent(latent, **PROMPTS)
+    with pytest.warns(RuntimeWarning, match="^3 of the 3 steps were skipped, .*: the clip is returned unedited. Edit in bf16"):
+        result = editor.edit_latent(latent, **PROMPTS)
     assert result.skipped_steps == 3
     torch.testing.assert_close(result.latent, latent.float(), rtol=0, atol=0)  # x never moved
-    ok = _plus(tiny_backbone, lora, Performance(precision="fp16"), steps=3).edit_latent(latent, **PROMPTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ok = _plus(tiny_backbone, lora, Performance(precision="fp16"), steps=3).edit_latent(latent, **PROMPTS)
     assert ok.skipped_steps == 0 and (ok.latent - latent).abs().max() > 1e-3
 
 
@@ -616,7 +622,9 @@ def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, 
 
 def test_a_predictor_that_cannot_be_made_leaves_no_hooks_and_no_checkpointing(tiny_backbone, lora, latent, monkeypatch):
     monkeypatch.setattr(type(tiny_backbone.denoiser), "_supports_gradient_checkpointing", False)
-    with pytest.raises(ValueError, match="does not support gradient checkpointing"):
+    # it said "leave it off" of checkpointing the user had not switched on, but the preset had
+    with pytest.raises(ValueError, match=r"does not support gradient checkpointing, which Performance\(checkpointing=True\) "
+                       r"\(the 'checkpointed' and 'fused-checkpointed' presets\) needs: use the 'batched' or 'fused' preset$"):
         _plus(tiny_backbone, lora, "checkpointed", steps=1).edit_latent(latent, **PROMPTS)
     assert _hooks(tiny_backbone) == 0 and not tiny_backbone.gradient_checkpointing
 

@@ -113,6 +113,9 @@ def test_closing_the_editor_removes_the_lora_adapter(tiny_backbone, latent):
         editor.edit_latent(latent, source="a piano", target="a sks guitar")
     assert _adapted_layers(tiny_backbone.denoiser) == 0
     editor.close()  # idempotent
+    # it said "this personalised backbone was closed", an object the user never made
+    with pytest.raises(RuntimeError, match="^this SteerMusicPlus editor was closed .*: build a new one to edit again$"):
+        editor.edit_latent(latent, source="a piano", target="a sks guitar")
 
 
 def test_a_concept_folder_or_repo_id_is_loaded(tiny_backbone, latent, tmp_path):
