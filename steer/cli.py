@@ -473,13 +473,6 @@ def _edit(
         raise UsageError(f"{error}; lower {'--guidance' if recipe in BASELINES else '--lr or --guidance'}") from None
 
 
-def _check_target(config: ConceptConfig, target: str) -> None:
-    """Refuse a ``target`` prompt that does not name ``config``'s token as SteerMusic+ reads it."""
-    from .concepts.concept import prompt_without_token, reads_case
-
-    prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
-
-
 def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfig | None:
     """Check ``steer run``'s ``--concept`` from its config alone, against the target prompt of
     every item that names no concept of its own, before any model loads: a misspelt folder or
@@ -490,6 +483,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
     if concept is None or not users:
         return None
     from .concepts import check_concept_reference
+    from .concepts.concept import check_target
 
     config = None
     for item in users:
@@ -497,7 +491,7 @@ def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfi
             if config is None:  # the config read once (a Hub concept: one request)
                 config = check_concept_reference(concept, item.target)
             else:
-                _check_target(config, item.target)
+                check_target(config, item.target)
         except ValueError as error:
             raise UsageError(f"--concept, item {item.id!r}: {error}") from None
     return config
@@ -508,6 +502,7 @@ def _items_concepts(items: Sequence) -> tuple[dict[str, ConceptConfig], dict[str
     (no model; a Hub concept: one request), and why an item cannot use its own concept, by item
     id: a concept that cannot be read, or a target prompt without its token."""
     from .concepts import check_concept_reference
+    from .concepts.concept import check_target
 
     readings: dict[str, ConceptConfig | str] = {}  # a config, or why it cannot be read
     problems: dict[str, str] = {}
@@ -524,7 +519,7 @@ def _items_concepts(items: Sequence) -> tuple[dict[str, ConceptConfig], dict[str
             problems[item.id] = reading
             continue
         try:
-            _check_target(reading, item.target)
+            check_target(reading, item.target)
         except ValueError as error:
             problems[item.id] = str(error)
     return {reference: r for reference, r in readings.items() if not isinstance(r, str)}, problems

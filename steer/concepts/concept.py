@@ -972,8 +972,14 @@ def check_concept_reference(reference: str | os.PathLike, target: str | None = N
         config_path = _fetch_config(name)
     config = _read_config(config_path, name)
     if target is not None:
-        prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
+        check_target(config, target)
     return config
+
+
+def check_target(config: ConceptConfig, target: str) -> None:
+    """Refuse a ``target`` prompt that does not name ``config``'s token as SteerMusic+ reads it
+    (:func:`prompt_without_token`, in the case its family reads)."""
+    prompt_without_token(target, config.token, config.class_word, case_sensitive=reads_case(config.family))
 
 
 def _fetch_config(repo_id: str) -> Path:
