@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import itertools
 import math
 import os
@@ -637,6 +638,13 @@ def _run(args: argparse.Namespace) -> int:
     # Without cpu=True, processes started by torchrun on a machine without CUDA would each
     # believe they are alone (accelerate only sets up gloo for CPUs when asked to).
     cpu = args.device == "cpu" or not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    # torch.distributed.nn's functions take the default process group as a default argument when
+    # the module is first imported (diffusers imports it, through torch._dynamo, as the backbone
+    # loads). Imported once the group exists, they would hold it past destroy_process_group, and
+    # its gloo threads would outlive _leave and race the interpreter's exit: now and then a
+    # process aborted there ("terminate called without an active exception").
+    importlib.import_module("torch.distributed.nn")
+
     state = PartialState(cpu=cpu)
     refusal = None
     try:

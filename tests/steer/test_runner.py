@@ -396,16 +396,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# `steer run` as `python -m steer.cli` runs it, then each process writes the names of the native
+# threads it still has: the process group's (gloo's "pt_gloo_runloop") must be gone by then, or
+# they race the interpreter's exit, which now and then aborted a process.
+STEER_RUN_AND_LIST_THREADS = """
+import os, sys
+from pathlib import Path
+from steer.cli import main
+status = main()
+tasks = Path("/proc/self/task")
+names = [(task / "comm").read_text().strip() for task in tasks.iterdir()] if tasks.is_dir() else ["(unknown)"]
+Path(sys.argv[sys.argv.index("--out") + 1]).parent.joinpath(f"threads-{os.environ['RANK']}.txt").write_text(" ".join(names))
+sys.exit(status)
+"""
+
+
 def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
     n = 10
     manifest = _manifest(tmp_path, n)
     out = tmp_path / "out"
+    program = tmp_path / "steer_run.py"
+    program.write_text(STEER_RUN_AND_LIST_THREADS)
     # accelerate's --cpu launcher starts one process unless mpirun is set up; --multi_gpu starts
     # them with torchrun, and `steer run` sets up gloo when there is no CUDA device.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "steer.cli"]
-    done = subprocess.run([*launch, *_run_args(manifest, out, "--threads", "1")], env=_env(),
+              "--main_process_port", str(_free_port()), str(program)]
+    # a process that aborts prints where its Python threads were
+    env = {**_env(), "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run([*launch, *_run_args(manifest, out, "--threads", "1")], env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     # a failure's cause is above torchrun's closing report: keep the lines that name it too
     causes = [line for line in done.stderr.splitlines() if any(w in line for w in ("terminate", "rror", "abort"))]
@@ -415,6 +434,10 @@ def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
     assert all(r.status == "done" and r.attempt == 1 for r in records)
     assert done.stdout.count("steer run: ") == 1 and "steer run: 10 done, 0 skipped, 0 failed" in done.stdout
     assert json.loads((out / "summary.json").read_text())["done"] == n
+    for rank in (0, 1):
+        threads = (tmp_path / f"threads-{rank}.txt").read_text().split()
+        if threads != ["(unknown)"]:  # where /proc lists no threads, nothing to check
+            assert not [name for name in threads if name.startswith("pt_gloo")], (rank, threads)
 
 
 def test_zome_bench_as_the_hub_serves_it_parquet_under_data(tmp_path):
