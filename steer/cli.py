@@ -271,6 +271,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", default="cqt1_pcc,log_mel", help="comma-separated metric names")
     evaluate.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    evaluate.add_argument(
+        "--out", type=Path,
+        help="write eval.json and eval.md here instead of into the scored folder (several folders: "
+        "one subfolder each, named as the folder), e.g. for a run folder you cannot write to",
+    )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json / eval.md")
 
     plot = commands.add_parser("plot", help="picture of two clips: spectrograms and CQT top-1 melody lines")
@@ -763,16 +768,14 @@ def _eval(args: argparse.Namespace) -> None:
         jobs.append((args.edits, *pairs_from_manifest(args.manifest, args.edits)))
     if len({folder.resolve() for folder, _, _ in jobs}) < len(jobs):
         raise UsageError("a folder is given twice")
-    for folder, _, _ in jobs:
-        for path in (folder / "eval.json", folder / "eval.md"):
-            _check_output(path, args.overwrite)
     device = device_option(args.device)
+    reports = _eval_reports([folder for folder, _, _ in jobs], args.out, args.overwrite)
     # every folder is scored before any is written: one that cannot be scored stops them all
     results = {
         str(folder): evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
         for folder, pairs, missing in jobs
     }
-    for folder, _, missing in jobs:
+    for (folder, _, missing), report in zip(jobs, reports, strict=True):
         result = results[str(folder)]
         table = markdown_table(result["groups"], names)
         if missing:
@@ -780,15 +783,46 @@ def _eval(args: argparse.Namespace) -> None:
         if result["unscored"]:
             first = next(iter(result["unscored"].items()))
             table += f"\n{len(result['unscored'])} item(s) could not be scored in {folder} (first: {first[0]}: {first[1]}).\n"
-        write_json(folder / "eval.json", result)
-        atomic_write_text(folder / "eval.md", table)
+        write_json(report / "eval.json", result)
+        atomic_write_text(report / "eval.md", table)
         if len(jobs) > 1:
             print(f"## {folder}\n")
         print(table, end="")
-        print(f"wrote {folder / 'eval.json'} and {folder / 'eval.md'}")
+        print(f"wrote {report / 'eval.json'} and {report / 'eval.md'}")
     if len(results) > 1:
         print(f"\n## {len(results)} runs compared\n")
         print(comparison_table(results, names), end="")
+
+
+def _eval_reports(folders: list[Path], out: Path | None, overwrite: bool) -> list[Path]:
+    """The folder each scored folder's ``eval.json`` and ``eval.md`` go to: the folder itself, or
+    ``out`` (several folders: ``out/<folder name>``, made where missing once the names are told
+    apart); every report file checked as an output (:func:`_check_output`)."""
+    if out is None:
+        reports = folders
+    elif len(folders) == 1:
+        reports = [out]
+    else:
+        names = [folder.resolve().name for folder in folders]
+        alike = sorted({name for name in names if names.count(name) > 1})
+        if alike:
+            raise UsageError(
+                f"--out: several scored folders are named {alike[0]!r}, and each one's report goes to "
+                f"{out}/<folder name>: score them one at a time, each with its own --out"
+            )
+        reports = [out / name for name in names]
+    for report in reports if out is not None else []:
+        _make_folder(report, "--out")
+    for report in reports:
+        for path in (report / "eval.json", report / "eval.md"):
+            try:
+                _check_output(path, overwrite)
+            except UsageError:
+                raise
+            except ValueError as error:  # no file can be made there
+                hint = "" if out is not None else ", or pass --out to write the report to another folder"
+                raise UsageError(f"{error}{hint}") from None
+    return reports
 
 
 def _plot(args: argparse.Namespace) -> None:

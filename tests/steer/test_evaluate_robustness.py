@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -216,3 +217,55 @@ def test_runs_whose_means_count_different_items_are_told_apart_when_one_item_is_
     assert comparison_table(one_unscored, ["m"]).endswith(
         "\nThe runs scored different items (a 2, b 1; 1 in all of them): their means are over different clips.\n"
     )
+
+
+# -- a run folder the scorer cannot write to -------------------------------------------------------
+def test_eval_out_takes_the_report_of_a_folder_that_cannot_be_written(tmp_path, capsys, monkeypatch):
+    run = _run_folder(tmp_path / "run", {"a": "done", "b": "done"})
+    args = ["eval", str(run), "--device", "cpu", "--metrics", "log_mel"]
+    assert main(args) == 0
+    expected = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").unlink()
+    (run / "eval.md").unlink()
+    capsys.readouterr()
+
+    # as root a read-only folder is written all the same: refuse files there as the OS would
+    made = tempfile.NamedTemporaryFile
+
+    def no_file_in_run(*a, dir=None, **k):
+        if dir is not None and Path(dir) == run:
+            raise PermissionError(13, "Permission denied")
+        return made(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", no_file_in_run)
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"steer: error: cannot write {run / 'eval.json'}: no file can be created in {run} (Permission denied): "
+        "choose a folder you can write to, or pass --out to write the report to another folder\n"
+    )
+    assert main([*args, "--out", str(tmp_path / "report")]) == 0
+    assert f"wrote {tmp_path / 'report' / 'eval.json'} and {tmp_path / 'report' / 'eval.md'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report" / "eval.json").read_text()) == expected
+    assert sorted(p.name for p in run.iterdir()) == ["a.wav", "b.wav", "records", "src-a.wav", "src-b.wav"]
+
+
+def test_eval_out_gives_several_folders_one_subfolder_each_and_refuses_folders_named_alike(tmp_path, capsys):
+    first = _run_folder(tmp_path / "zeta", {"a": "done"})
+    second = _run_folder(tmp_path / "sdedit", {"a": "done"})
+    out = tmp_path / "reports"
+    assert main(["eval", str(first), str(second), "--device", "cpu", "--metrics", "log_mel", "--out", str(out)]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "sdedit", "sdedit/eval.json", "sdedit/eval.md", "zeta", "zeta/eval.json", "zeta/eval.md"
+    ]
+    assert not (first / "eval.json").exists() and not (second / "eval.json").exists()
+    # the tables are outputs like any other: not replaced without --overwrite
+    assert main(["eval", str(first), "--device", "cpu", "--metrics", "log_mel", "--out", str(out / "zeta")]) == 2
+    assert f"{out / 'zeta' / 'eval.json'} exists; pass --overwrite" in capsys.readouterr().err
+
+    alike = _run_folder(tmp_path / "again" / "zeta", {"a": "done"})
+    assert main(["eval", str(first), str(alike), "--device", "cpu", "--out", str(tmp_path / "new")]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: --out: several scored folders are named 'zeta', and each one's report goes to "
+        f"{tmp_path / 'new'}/<folder name>: score them one at a time, each with its own --out\n"
+    )
+    assert not (tmp_path / "new").exists()
