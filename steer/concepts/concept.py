@@ -892,6 +892,13 @@ def reads_case(family: str) -> bool:
     return family not in CASE_BLIND_FAMILIES
 
 
+#: Words that make the concept token a hyphenated adjective ("sks-like", "sks–style"): the base
+#: prompt drops them with the token, not to leave "a like guitar" (matched as whole words, any case).
+TOKEN_SUFFIXES = frozenset(
+    {"like", "style", "esque", "ish", "type", "inspired", "sounding", "flavoured", "flavored", "influenced"}
+)
+
+
 def token_pattern(token: str, *, case_sensitive: bool = True) -> re.Pattern[str]:
     """The concept token as a word of its own in a prompt, whatever it is made of ("sks", "[S]"):
     not a part of a longer word ("desks"); ``\\b`` would need word characters at its ends and miss "[S]"."""
@@ -903,10 +910,12 @@ def prompt_without_token(
 ) -> str:
     """The target ``prompt`` without the concept ``token`` (the base model's prompt of SteerMusic+'s
     shift term): ``"a sks guitar melody"`` → ``"a guitar melody"``, ``"a sks, bowed violin"``,
-    ``"a [sks] bowed violin"`` and ``"a sks-bowed violin"`` → ``"a bowed violin"``.
+    ``"a [sks] bowed violin"`` and ``"a sks-bowed violin"`` → ``"a bowed violin"``,
+    ``"a sks-like guitar"`` → ``"a guitar"``.
 
-    The token goes with what clings to it: a possessive 's, a comma, semicolon or colon or a dash
-    after it, or brackets or quotes around it alone; what is left closes up.
+    The token goes with what clings to it: one of :data:`TOKEN_SUFFIXES` joined to it by a hyphen
+    or en dash, a possessive 's, a comma, semicolon or colon or a dash after it, or brackets or
+    quotes around it alone; what is left closes up.
 
     Args:
         case_sensitive: whether the prompt must write the token in its case, as the tokenizers
@@ -929,7 +938,8 @@ def prompt_without_token(
             f"the target prompt {prompt!r} does not name the concept token {token!r}{hint}: write e.g. {example!r}"
         )
     word, bare = pattern.pattern, re.escape(token)
-    clinging = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)|{word}(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
+    suffix = rf"[-–](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
+    clinging = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)|{word}(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
     without = re.sub(clinging, "", prompt, flags=pattern.flags)
     without = " ".join(without.split())
     # and closes up before punctuation, closing brackets and closing quotes, and after opening brackets

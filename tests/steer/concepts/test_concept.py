@@ -723,6 +723,12 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a (warm sks) violin", "sks", "a (warm) violin"),
         ("a 'warm sks' violin", "sks", "a 'warm' violin"),  # a quote closing a phrase stays
         ('a "warm sks" violin', "sks", 'a "warm" violin'),
+        ("a sks-like guitar", "sks", "a guitar"),  # was "a like guitar"
+        ("a [S]-style piano melody", "[S]", "a piano melody"),  # was "a style piano melody"
+        ("a sks-Like guitar", "sks", "a guitar"),  # the suffix in any case
+        ("an sks–esque, bright violin", "sks", "an bright violin"),  # was "an esque, bright violin"; articles stay
+        ("a sks-bowed violin", "sks", "a bowed violin"),  # not a suffix: only the dash goes
+        ("a sks-likeness guitar", "sks", "a likeness guitar"),  # a longer word is no "-like"
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
