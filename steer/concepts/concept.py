@@ -939,7 +939,8 @@ def prompt_without_token(
         )
     word, bare = pattern.pattern, re.escape(token)
     suffix = rf"[-–](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
-    clinging = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)|{word}(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
+    bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)"""
+    clinging = rf"""(?:{bracketed}|{word})(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
     without = re.sub(clinging, "", prompt, flags=pattern.flags)
     without = " ".join(without.split())
     # and closes up before punctuation, closing brackets and closing quotes, and after opening brackets

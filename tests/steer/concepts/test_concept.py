@@ -729,6 +729,8 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("an sks–esque, bright violin", "sks", "an bright violin"),  # was "an esque, bright violin"; articles stay
         ("a sks-bowed violin", "sks", "a bowed violin"),  # not a suffix: only the dash goes
         ("a sks-likeness guitar", "sks", "a likeness guitar"),  # a longer word is no "-like"
+        ("a [sks]-style violin", "sks", "a violin"),  # bracketed, the suffix goes too (was "a -style violin")
+        ("a [sks]-bowed violin", "sks", "a bowed violin"),  # and the dash (was "a -bowed violin")
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
