@@ -12,9 +12,11 @@ import importlib
 import json
 import re
 import socket
+import threading
 import time
 import urllib.request
 import warnings
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -97,12 +99,14 @@ _hub_probe: tuple[float, str, str | None] | None = None  # (when, endpoint, answ
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why this machine cannot reach the Hugging Face Hub, or ``None`` where it may: its host
-    resolves to no address or takes no connection within ``timeout`` seconds. Asked before a
-    download so that an offline machine reads its local cache at once (``local_files_only``)
-    rather than retrying for ~25 s; the first answer that it cannot warns, saying so. ``None``
-    without asking where ``HF_HUB_OFFLINE`` is set (the Hub library reads only the cache then)
-    or a proxy serves the Hub's address (environment or system settings, as the Hub library
-    reads them: only the proxy can tell). An answer stands for :data:`HUB_PROBE_SECONDS`.
+    resolves to no address or takes no connection within ``timeout`` seconds, its name lookup
+    and connection together (a resolver that does not answer is not waited on longer). Asked
+    before a download so that an offline machine reads its local cache at once
+    (``local_files_only``) rather than retrying for ~25 s; the first answer that it cannot warns,
+    saying so. ``None`` without asking where ``HF_HUB_OFFLINE`` is set (the Hub library reads
+    only the cache then) or a proxy serves the Hub's address (environment or system settings, as
+    the Hub library reads them: only the proxy can tell). An answer stands for
+    :data:`HUB_PROBE_SECONDS`.
     Steer's loaders call it as ``backbones.auto.hub_unreachable`` (tests replace it there)."""
     global _hub_probe
     endpoint = urlsplit(constants.ENDPOINT)
@@ -113,7 +117,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     if _hub_probe is not None and _hub_probe[1] == constants.ENDPOINT and now - _hub_probe[0] < HUB_PROBE_SECONDS:
         return _hub_probe[2]
     try:
-        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=timeout).close()
+        _connect(host, endpoint.port or (80 if endpoint.scheme == "http" else 443), timeout)
         answer = None
     except OSError as error:
         answer = f"{host} cannot be reached: {error.strerror or error}"
@@ -121,6 +125,37 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
         warnings.warn(f"{answer}: Hub models are read from the local cache alone", UserWarning, stacklevel=3)
     _hub_probe = (now, constants.ENDPOINT, answer)
     return answer
+
+
+def _connect(host: str, port: int, timeout: float) -> None:
+    """Open and close a TCP connection to ``host``: its name lookup and connection within
+    ``timeout`` seconds in all, else ``OSError``. The lookup runs in a daemon thread waited on for
+    ``timeout`` (``socket.create_connection``'s own lookup has no timeout): one that a resolver
+    leaves hanging is left behind, holding up neither the caller nor the interpreter's exit."""
+    deadline = time.monotonic() + timeout
+    found: futures.Future[list[tuple[Any, ...]]] = futures.Future()
+
+    def lookup() -> None:
+        try:
+            found.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as error:  # noqa: BLE001 - raised to the caller
+            found.set_exception(error)
+
+    threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
+    try:
+        addresses = found.result(timeout)
+    except futures.TimeoutError:  # TimeoutError itself from Python 3.11
+        raise TimeoutError(f"name lookup timed out after {timeout:g} s") from None
+    failure: OSError = TimeoutError("timed out")
+    for *_, address in addresses:  # each address in turn, as create_connection tries them
+        if (left := deadline - time.monotonic()) <= 0:
+            break
+        try:
+            socket.create_connection(address[:2], timeout=left).close()
+            return
+        except OSError as error:
+            failure = error
+    raise failure
 
 
 def local_hint(name: str) -> str:

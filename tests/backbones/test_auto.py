@@ -3,6 +3,8 @@
 import json
 import re
 import socket
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -175,32 +177,51 @@ class _Connection:
         pass
 
 
+def _online(monkeypatch) -> None:
+    """The Hub at its own address, asked directly: no proxy, not HF_HUB_OFFLINE, no earlier answer."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
+    monkeypatch.setattr(backbones.auto, "_hub_probe", None)
+
+
 def test_the_hub_is_unreachable_where_its_host_takes_no_connection(monkeypatch):
-    asked = []
+    asked, connected = [], []
+
+    def lookup(host, port, type):
+        asked.append((host, port))
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def resolve(host, port, type):  # two addresses: the first refuses
+        asked.append((host, port))
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"192.0.2.{i}", port)) for i in (1, 2)]
 
     def connect(address, timeout):
-        asked.append((address, timeout))
-        raise socket.gaierror(-2, "Name or service not known")
+        connected.append((address, timeout))
+        if address[0] == "192.0.2.1":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return _Connection()
 
     def probe():
         monkeypatch.setattr(backbones.auto, "_hub_probe", None)  # no earlier answer stands
         return hub_unreachable()
 
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(socket, "create_connection", connect)
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://huggingface.co")
+    _online(monkeypatch)
     reason = "huggingface.co cannot be reached: Name or service not known"
     with pytest.warns(UserWarning, match=f"^{reason}: Hub models are read from the local cache alone$"):
         assert probe() == reason
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once
         assert hub_unreachable() == reason  # the answer stands: not asked again
-    assert asked == [(("huggingface.co", 443), 3.0)]
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: _Connection())
+    assert asked == [("huggingface.co", 443)] and connected == []
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
     assert probe() is None
-    monkeypatch.setattr(socket, "create_connection", connect)
+    assert [address for address, _ in connected] == [("192.0.2.1", 443), ("192.0.2.2", 443)]
+    assert all(0 < timeout <= 3.0 for _, timeout in connected)  # within the probe's 3 s in all
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy can tell
     assert probe() is None
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://hf-mirror.internal")  # a mirror by http
@@ -213,6 +234,27 @@ def test_the_hub_is_unreachable_where_its_host_takes_no_connection(monkeypatch):
     monkeypatch.delenv("HTTP_PROXY")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the Hub library reads the cache alone
     assert probe() is None and asked == []
+
+
+def test_the_hub_probe_waits_no_longer_than_its_timeout_on_a_name_lookup(monkeypatch):
+    """getaddrinfo has no timeout of its own: a resolver that did not answer kept the probe,
+    meant to spare the loaders the Hub library's retries, waiting 20-40 s itself."""
+    released = threading.Event()
+
+    def hang(*args, **kwargs):  # a resolver that does not answer (until the test ends)
+        released.wait(2)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    _online(monkeypatch)
+    reason = "huggingface.co cannot be reached: name lookup timed out after 0.2 s"
+    start = time.monotonic()
+    try:
+        with pytest.warns(UserWarning, match=f"^{reason}: Hub models are read from the local cache alone$"):
+            assert hub_unreachable(timeout=0.2) == reason
+        assert time.monotonic() - start < 1
+    finally:
+        released.set()
 
 
 def _cache_repo(cache: Path, repo_id: str, backbone) -> None:
