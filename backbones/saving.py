@@ -26,15 +26,17 @@ HUB_MIXIN_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE)
 _NAMED = 8
 
 
-def check_can_be_folder(folder: Path, what: str) -> None:
+def check_can_be_folder(folder: Path, what: str, *, another: str | None = None) -> None:
     """Refuse a folder path that cannot be one or cannot be written: an existing file, or one
-    under a file or a folder this user cannot write (``what`` names it in the error)."""
+    under a file or a folder this user cannot write (``what`` names it in the error, which ends
+    "choose another path", or "choose ``another``": a script passes ``"another --out"``)."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
+    fix = f"choose {another or 'another path'}"
     if not existing.is_dir():
         where = "exists and is not a folder" if existing == folder else f"cannot be a folder: {existing} is a file"
-        raise ValueError(f"{what} {folder} {where}; choose another path")
+        raise ValueError(f"{what} {folder} {where}; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; choose another path")
+        raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; {fix}")
 
 
 def check_model_folder(
@@ -44,15 +46,21 @@ def check_model_folder(
     *,
     subfolders: Sequence[str] = (),
     overwrite: bool,
+    overwrite_as: str = "overwrite=True",
+    another: str | None = None,
 ) -> None:
     """Refuse to save a model into ``folder`` (``what`` names it in the error) where the save
     cannot write it (:func:`check_can_be_folder`, for each of ``subfolders`` too) or, without
     ``overwrite``, where it already holds one of ``files`` or any file under ``subfolders`` (a
     save owns its subfolders: diffusers and transformers delete an earlier save's weight shards
-    there). Raises a one-line ``ValueError`` naming those files and the fix."""
-    check_can_be_folder(folder, what)
+    there). Raises a one-line ``ValueError`` naming those files and the fix.
+
+    The fixes are named as the Python API spells them (``overwrite=True``, "choose another path"
+    or "another folder"); a script asking before its work passes its options' spelling instead:
+    ``what="--out"``, ``overwrite_as="--overwrite"``, ``another="another --out"``."""
+    check_can_be_folder(folder, what, another=another)
     for name in subfolders:
-        check_can_be_folder(folder / name, f"the {name} subfolder")
+        check_can_be_folder(folder / name, f"the {name} subfolder", another=another)
     if overwrite:
         return
     held = [name for name in files if os.path.lexists(folder / name)]
@@ -63,7 +71,7 @@ def check_model_folder(
         named = ", ".join(held[:_NAMED]) + (f" and {len(held) - _NAMED} more" if len(held) > _NAMED else "")
         raise ValueError(
             f"{what} {folder} already holds {named}, which saving would replace or remove: "
-            "pass overwrite=True to replace them, or choose another folder"
+            f"pass {overwrite_as} to replace them, or choose {another or 'another folder'}"
         )
 
 

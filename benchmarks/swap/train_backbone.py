@@ -10,8 +10,9 @@ weights, which is what gets saved. Each step takes random 2.56-s crops of the tr
 at the model's 16 kHz, whatever rate they were rendered at). ``--out`` gets ``config.json``,
 ``model.safetensors`` (every 1000 steps and at the end) and ``training.json`` (every setting, the
 final loss and the time; written at the end, and removed when the first weights are saved, so it
-never describes other weights); an ``--out`` already holding any of them is refused without
-``--overwrite``.
+never describes other weights). Before any work, an ``--out`` that the first save would refuse
+is refused: one that cannot be a folder or cannot be written, or one already holding any of them,
+without ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ another collection, each both on the clean renders and on their Griffin–Lim ro
 the mel-diffusion backbone's edits sound. Writes ``config.json``, ``model.safetensors`` and
 ``training.json`` (the numbers, the command, the time, the seed) into ``--out``: the weights
 after training, ``training.json`` after the evaluation (an older one is removed when the weights
-are saved, so it never describes other weights); an ``--out`` already holding any of them is
-refused without ``--overwrite``. Clips are read at 16 kHz, whatever rate they were rendered at.
+are saved, so it never describes other weights). Before any work, an ``--out`` that the save
+would refuse is refused: one that cannot be a folder or cannot be written, or one already holding
+any of them, without ``--overwrite``. Clips are read at 16 kHz, whatever rate they were rendered at.
 
 Augmentation, per crop:
 

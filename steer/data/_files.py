@@ -18,6 +18,8 @@ import numpy as np
 import soundfile
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from backbones.saving import HUB_MIXIN_FILES, check_model_folder
+
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -101,18 +103,23 @@ def atomic_write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> N
         tmp.unlink(missing_ok=True)
 
 
-#: What the swap benchmark's training scripts write into their ``--out`` folder.
-MODEL_FILES = ("config.json", "model.safetensors", "training.json")
+#: What the swap benchmark's training scripts write into their ``--out`` folder: what the model's
+#: ``save_pretrained`` writes (:data:`backbones.saving.HUB_MIXIN_FILES`) and the training record.
+MODEL_FILES = (*HUB_MIXIN_FILES, "training.json")
 
 
 def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
-    """Why a training script must not write a model into ``folder`` (it or a folder above it is
-    a file, or it holds one of :data:`MODEL_FILES` and ``overwrite`` is off), or ``None``."""
-    if blocking := next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None):
-        return f"{blocking} is a file, not a folder: choose another --out"
-    held = [name for name in MODEL_FILES if (folder / name).exists()]
-    if held and not overwrite:
-        return f"{folder} already holds {', '.join(held)}; pass --overwrite to replace them, or choose another --out"
+    """Why a training script must not write a model into ``folder``, or ``None``: asked before
+    any work, it is what the model's ``save_pretrained`` would refuse after the training
+    (:func:`backbones.saving.check_model_folder`: a path that cannot be a folder or cannot be
+    written, or, without ``overwrite``, a folder holding one of :data:`MODEL_FILES`), its fixes
+    named as the script's options (``--out``, ``--overwrite``)."""
+    try:
+        check_model_folder(
+            folder, "--out", MODEL_FILES, overwrite=overwrite, overwrite_as="--overwrite", another="another --out"
+        )
+    except ValueError as error:
+        return str(error)
     return None
 
 

@@ -4,13 +4,15 @@ user's files or crash late, and record every setting of a training run."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from backbones.mel_diffusion import MelDiffusionModel
+from backbones.mel_diffusion import MelDiffusionModel, default_unet_config
 from benchmarks.swap import evaluate, evaluate_concept, train_backbone, train_classifier
 from steer.data import ManifestEntry, instrument_prompt, write_manifest
 from steer.data._files import atomic_write_wav
@@ -294,7 +296,8 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(script, tmp_path, caps
     out.write_text("the user's\n")
     with pytest.raises(SystemExit) as exit:
         script.main(["--data", str(tmp_path / "missing"), "--out", str(out), "--overwrite"])
-    assert exit.value.code == 2 and f"{out} is a file, not a folder" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and f"--out {out} exists and is not a folder; choose another --out" in error
     assert out.read_text() == "the user's\n"
 
 
@@ -557,7 +560,68 @@ def test_a_model_folder_inside_a_file_is_refused_before_any_work(script, tmp_pat
     blocking.write_text("the user's\n")
     with pytest.raises(SystemExit) as exit:
         script.main(["--data", str(tmp_path / "missing"), "--out", str(blocking / "model")])
-    assert exit.value.code == 2 and f"{blocking} is a file, not a folder" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert f"--out {blocking / 'model'} cannot be a folder: {blocking} is a file; choose another --out" in error
+
+
+def lock(folder: Path, monkeypatch) -> Path:
+    """Make ``folder`` and have ``os.access`` call it unwritable (as root, chmod would not stop a
+    write: the check asks os.access)."""
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: Path(path) != folder and access(path, mode, **kwargs))
+    return folder
+
+
+class Trained(Exception):
+    """Raised in place of reading the training clips: the training began."""
+
+
+@pytest.mark.parametrize("script, reads", [(train_backbone, "load_log_mels"), (train_classifier, "load_clips")])
+def test_an_unwritable_out_is_refused_before_the_training(script, reads, classifier_data, tmp_path, monkeypatch, capsys):
+    """It was found only when the first weights were saved, after the training."""
+
+    def train(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(script, reads, train)
+    locked = lock(tmp_path / "locked", monkeypatch)
+    argv = ["--data", str(classifier_data), "--out", str(locked / "model"), "--overwrite"]
+    message = f"--out {locked / 'model'} cannot be written: {locked} is not writable; choose another --out"
+    assert message in refusal(script, argv, capsys)
+    assert list(locked.iterdir()) == []
+
+
+def tiny_mel_diffusion() -> MelDiffusionModel:
+    unet = default_unet_config()
+    unet.update(block_out_channels=[16, 16, 32], norm_num_groups=8)
+    return MelDiffusionModel(words=["a", "piano"], unet=unet, text_layers=1)
+
+
+@pytest.mark.parametrize(
+    "script, model",
+    [(train_backbone, tiny_mel_diffusion), (train_classifier, lambda: InstrumentClassifier(classes=["piano", "violin"]))],
+)
+@pytest.mark.parametrize("case", ["a file", "under a file", "unwritable", "holding a model"])
+def test_a_training_script_refuses_what_its_save_would_after_the_training(script, model, case, tmp_path, monkeypatch, capsys):
+    """Asked before any work, the save's own check, its fixes named as the script's options."""
+    blocking = tmp_path / "a-file"
+    blocking.write_text("the user's\n")
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "model.safetensors").write_text("the user's\n")
+    out = {
+        "a file": blocking,
+        "under a file": blocking / "model",
+        "unwritable": lock(tmp_path / "locked", monkeypatch) / "model",
+        "holding a model": held,
+    }[case]
+    with pytest.raises(ValueError) as saving:
+        model().save_pretrained(out)
+    expected = str(saving.value).replace("the model folder", "--out").replace("overwrite=True", "--overwrite")
+    expected = re.sub("another (path|folder)$", "another --out", expected)
+    assert refusal(script, ["--data", str(tmp_path / "missing"), "--out", str(out)], capsys).endswith(f": {expected}\n")
 
 
 def test_a_backbone_folder_under_home_is_found_as_load_backbone_finds_it(tmp_path, monkeypatch):
