@@ -454,6 +454,17 @@ def test_an_out_inside_a_file_is_refused_before_any_work(script, tmp_path, capsy
     assert f"{blocking} is a file, not a folder; choose another --out" in refusal(script, argv, capsys)
 
 
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_an_out_in_an_unwritable_folder_is_refused_before_any_work(script, tmp_path, capsys, monkeypatch):
+    """It was refused only when writing the results, after every edit."""
+    locked = lock(tmp_path / "locked", monkeypatch)
+    for out in locked / "out.json", locked / "results" / "out.json":
+        argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(out)]
+        assert f"--out {out} cannot be written: {locked} is not writable; choose another --out" in refusal(
+            script, argv, capsys
+        )
+
+
 def test_a_cache_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     """It failed after the training clips' Griffin–Lim round trips."""
     cache = tmp_path / "a-file"
