@@ -10,13 +10,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
+import queue
 import re
 import socket
 import threading
 import time
 import urllib.request
 import warnings
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,27 +131,31 @@ def _connect(host: str, port: int, timeout: float) -> None:
     """Open and close a TCP connection to ``host``: its name lookup and connection within
     ``timeout`` seconds in all, else ``OSError``. The lookup runs in a daemon thread waited on for
     ``timeout`` (``socket.create_connection``'s own lookup has no timeout): one that a resolver
-    leaves hanging is left behind, holding up neither the caller nor the interpreter's exit."""
+    leaves hanging is left behind, holding up neither the caller nor the interpreter's exit. Each
+    address found is tried in turn with an equal share of the time left, so one that drops the
+    connection leaves the next its turn."""
     deadline = time.monotonic() + timeout
-    found: futures.Future[list[tuple[Any, ...]]] = futures.Future()
+    found: queue.SimpleQueue[list[tuple[Any, ...]] | Exception] = queue.SimpleQueue()
 
     def lookup() -> None:
         try:
-            found.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            found.put(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         except Exception as error:  # noqa: BLE001 - raised to the caller
-            found.set_exception(error)
+            found.put(error)
 
     threading.Thread(target=lookup, name=f"resolve {host}", daemon=True).start()
     try:
-        addresses = found.result(timeout)
-    except futures.TimeoutError:  # TimeoutError itself from Python 3.11
+        addresses = found.get(timeout=timeout)
+    except queue.Empty:
         raise TimeoutError(f"name lookup timed out after {timeout:g} s") from None
+    if isinstance(addresses, Exception):
+        raise addresses
     failure: OSError = TimeoutError("timed out")
-    for *_, address in addresses:  # each address in turn, as create_connection tries them
+    for tried, (*_, address) in enumerate(addresses):  # in turn, as create_connection tries them
         if (left := deadline - time.monotonic()) <= 0:
             break
         try:
-            socket.create_connection(address[:2], timeout=left).close()
+            socket.create_connection(address[:2], timeout=left / (len(addresses) - tried)).close()
             return
         except OSError as error:
             failure = error
