@@ -27,6 +27,7 @@ import torch
 from backbones import load_backbone
 from backbones.auto import TINY, repo_shaped
 from backbones.mel import to_mono
+from backbones.saving import check_can_be_folder
 from steer.data._files import atomic_write_text, model_source_problem
 
 from .audio import Audio, NonFiniteAudio, audio_format, check_writable, load_audio, save_audio
@@ -647,8 +648,10 @@ def _run(args: argparse.Namespace) -> int:
     # the module is first imported (diffusers imports it, through torch._dynamo, as the backbone
     # loads). Imported once the group exists, they would hold it past destroy_process_group, and
     # its gloo threads would outlive _leave and race the interpreter's exit: now and then a
-    # process aborted there ("terminate called without an active exception").
-    importlib.import_module("torch.distributed.nn")
+    # process aborted there ("terminate called without an active exception"). By importlib, as a
+    # plain import would make ``torch`` a local name of this function.
+    if torch.distributed.is_available():
+        importlib.import_module("torch.distributed.nn")
 
     state = PartialState(cpu=cpu)
     refusal = None
@@ -775,6 +778,8 @@ def _eval(args: argparse.Namespace) -> None:
         str(folder): evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
         for folder, pairs, missing in jobs
     }
+    for report in reports:
+        _make_folder(report, "--out")
     for (folder, _, missing), report in zip(jobs, reports, strict=True):
         result = results[str(folder)]
         table = markdown_table(result["groups"], names)
@@ -796,24 +801,33 @@ def _eval(args: argparse.Namespace) -> None:
 
 def _eval_reports(folders: list[Path], out: Path | None, overwrite: bool) -> list[Path]:
     """The folder each scored folder's ``eval.json`` and ``eval.md`` go to: the folder itself, or
-    ``out`` (several folders: ``out/<folder name>``, made where missing once the names are told
-    apart); every report file checked as an output (:func:`_check_output`)."""
+    ``out`` (several folders: ``out/<folder name>``, once the names are told apart); every report
+    file checked as an output (:func:`_check_output`), a report folder not yet there as a folder
+    that can be made (the caller makes it just before writing, so a refusal leaves none)."""
     if out is None:
         reports = folders
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file: name a folder")
     elif len(folders) == 1:
         reports = [out]
     else:
-        names = [folder.resolve().name for folder in folders]
-        alike = sorted({name for name in names if names.count(name) > 1})
-        if alike:
+        # the name as given (a link keeps its own), compared as the file system does
+        names = [Path(os.path.abspath(folder)).name for folder in folders]
+        keys = [os.path.normcase(name) for name in names]
+        alike = next((name for name, key in zip(names, keys, strict=True) if keys.count(key) > 1), None)
+        if alike is not None:
             raise UsageError(
-                f"--out: several scored folders are named {alike[0]!r}, and each one's report goes to "
+                f"--out: several scored folders are named {alike!r}, and each one's report goes to "
                 f"{out}/<folder name>: score them one at a time, each with its own --out"
             )
         reports = [out / name for name in names]
-    for report in reports if out is not None else []:
-        _make_folder(report, "--out")
     for report in reports:
+        if not os.path.isdir(report):  # only an --out folder can be missing: made before writing
+            try:
+                check_can_be_folder(report, "--out folder", another="another --out")
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            continue
         for path in (report / "eval.json", report / "eval.md"):
             try:
                 _check_output(path, overwrite)

@@ -269,3 +269,48 @@ def test_eval_out_gives_several_folders_one_subfolder_each_and_refuses_folders_n
         f"{tmp_path / 'new'}/<folder name>: score them one at a time, each with its own --out\n"
     )
     assert not (tmp_path / "new").exists()
+
+
+def test_eval_out_is_made_only_when_the_reports_are_written(tmp_path, capsys, monkeypatch):
+    """The --out folders were made before the checks and the scoring: a refused or interrupted
+    eval left empty report folders behind."""
+    first = _run_folder(tmp_path / "zeta", {"a": "done"})
+    second = _run_folder(tmp_path / "sdedit", {"a": "done"})
+    args = ["eval", str(first), str(second), "--device", "cpu", "--metrics", "log_mel"]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "sdedit").mkdir()
+    (taken / "sdedit" / "eval.md").write_text("mine")
+    assert main([*args, "--out", str(taken)]) == 2
+    assert f"{taken / 'sdedit' / 'eval.md'} exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in taken.iterdir()) == ["sdedit"]  # no "zeta" made for nothing
+
+    paper = tmp_path / "paper"
+    paper.write_text("mine")
+    assert main([*args, "--out", str(paper)]) == 2
+    assert capsys.readouterr().err == f"steer: error: --out {paper} is a file: name a folder\n"
+    assert main([*args, "--out", str(paper / "reports")]) == 2
+    assert capsys.readouterr().err == (
+        f"steer: error: --out folder {paper / 'reports' / 'zeta'} cannot be a folder: {paper} is a file; "
+        "choose another --out\n"
+    )
+    assert paper.read_text() == "mine"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("steer.evaluate.evaluate", interrupted)
+    assert main([*args, "--out", str(tmp_path / "reports")]) == 130
+    assert "only the eval.json and eval.md it said it wrote were written" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_eval_out_names_a_linked_folder_s_report_by_the_link(tmp_path, capsys):
+    """The subfolder is named as the folder was given: a link (``runs/latest``) by its own name."""
+    first = _run_folder(tmp_path / "zeta", {"a": "done"})
+    (tmp_path / "latest").symlink_to(first)
+    second = _run_folder(tmp_path / "sdedit", {"a": "done"})
+    out = tmp_path / "reports"
+    cmd = ["eval", str(tmp_path / "latest"), str(second), "--device", "cpu", "--metrics", "log_mel", "--out", str(out)]
+    assert main(cmd) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["latest", "sdedit"]
