@@ -915,7 +915,7 @@ def prompt_without_token(
 
     The token goes with what clings to it: one of :data:`TOKEN_SUFFIXES` joined to it by a hyphen
     or en dash, a possessive 's, a comma, semicolon or colon or a dash after it, or brackets or
-    quotes around it alone; what is left closes up.
+    quotes around it alone or with its suffix; what is left closes up.
 
     Args:
         case_sensitive: whether the prompt must write the token in its case, as the tokenizers
@@ -939,7 +939,7 @@ def prompt_without_token(
         )
     word, bare = pattern.pattern, re.escape(token)
     suffix = rf"[-–](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
-    bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}[)\]}}"'”’](?!\w)"""
+    bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}(?:{suffix})?[)\]}}"'”’](?!\w)"""  # "(sks-like)" whole
     clinging = rf"""(?:{bracketed}|{word})(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
     without = re.sub(clinging, "", prompt, flags=pattern.flags)
     without = " ".join(without.split())

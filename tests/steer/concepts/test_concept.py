@@ -731,6 +731,11 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a sks-likeness guitar", "sks", "a likeness guitar"),  # a longer word is no "-like"
         ("a [sks]-style violin", "sks", "a violin"),  # bracketed, the suffix goes too (was "a -style violin")
         ("a [sks]-bowed violin", "sks", "a bowed violin"),  # and the dash (was "a -bowed violin")
+        ("a (sks-like) guitar", "sks", "a guitar"),  # the suffix inside the brackets (was "a () guitar")
+        ("a 'sks-style' violin", "sks", "a violin"),
+        ('a "sks-like" violin', "sks", "a violin"),
+        ("a [sks-like] violin", "sks", "a violin"),
+        ("a guitar (sks-like)", "sks", "a guitar"),
     ],
 )
 def test_the_base_prompt_is_the_target_without_the_token_and_the_punctuation_it_leaves(prompt, token, base):
