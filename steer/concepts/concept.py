@@ -899,6 +899,26 @@ TOKEN_SUFFIXES = frozenset(
 )
 
 
+#: Words opening with a vowel letter that take "a" ("a unison line"), and with a consonant letter
+#: that take "an" ("an hour"), matched at a word's start in any case.
+_A_BEFORE = ("uni", "use", "usu", "uku", "uti", "eu", "one", "once")
+_AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
+
+
+def _article_before(article: str, word: str) -> str:
+    """``article`` ("a" or "an", in its case) as it reads before ``word`` ("a" → "an" before
+    "orchestral"); unchanged before a word that does not open with a letter ("an 80s")."""
+    lower = word.lower()
+    if not lower[:1].isalpha():
+        return article
+    vowel = lower[0] in "aeiou"
+    an = lower.startswith(_AN_BEFORE) or (vowel and not lower.startswith(_A_BEFORE))
+    chosen = "an" if an else "a"
+    if article.isupper() and len(article) > 1:
+        return chosen.upper()
+    return chosen.capitalize() if article[0].isupper() else chosen
+
+
 def token_pattern(token: str, *, case_sensitive: bool = True) -> re.Pattern[str]:
     """The concept token as a word of its own in a prompt, whatever it is made of ("sks", "[S]"):
     not a part of a longer word ("desks"); ``\\b`` would need word characters at its ends and miss "[S]"."""
@@ -915,7 +935,8 @@ def prompt_without_token(
 
     The token goes with what clings to it: one of :data:`TOKEN_SUFFIXES` joined to it by a hyphen
     or en dash, a possessive 's, a comma, semicolon or colon or a dash after it, or brackets or
-    quotes around it alone or with its suffix; what is left closes up.
+    quotes around it alone or with its suffix; what is left closes up, and an article before it
+    agrees with the word now after it (``"an sks, bright violin"`` → ``"a bright violin"``).
 
     Args:
         case_sensitive: whether the prompt must write the token in its case, as the tokenizers
@@ -941,8 +962,12 @@ def prompt_without_token(
     suffix = rf"[-–](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
     bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}(?:{suffix})?[)\]}}"'”’](?!\w)"""  # "(sks-like)" whole
     clinging = rf"""(?:{bracketed}|{word})(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
-    without = re.sub(clinging, "", prompt, flags=pattern.flags)
-    without = " ".join(without.split())
+    without = re.sub(clinging, "\0", prompt, flags=pattern.flags)  # marked where the token was
+    # an article the token followed now stands before the next word: "an sks guitar" → "a guitar"
+    without = re.sub(
+        r"(?<!\w)(an?|An?|AN?)(\s*\0[\s\0]*)(?=(\w+))", lambda m: _article_before(m[1], m[3]) + m[2], without
+    )
+    without = " ".join(without.replace("\0", " ").split())
     # and closes up before punctuation, closing brackets and closing quotes, and after opening brackets
     without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?)\]}]|['\"’”](?!\w))|(?<=[(\[{])\s+", "", without)
     without = re.sub(r"[,;:]+(?=[.!?]|$)", "", without)

@@ -726,7 +726,15 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a sks-like guitar", "sks", "a guitar"),  # was "a like guitar"
         ("a [S]-style piano melody", "[S]", "a piano melody"),  # was "a style piano melody"
         ("a sks-Like guitar", "sks", "a guitar"),  # the suffix in any case
-        ("an sks–esque, bright violin", "sks", "an bright violin"),  # was "an esque, bright violin"; articles stay
+        ("an sks–esque, bright violin", "sks", "a bright violin"),  # was "an esque, bright violin"
+        ("an sks guitar", "sks", "a guitar"),  # the article agrees with the word after it (was "an guitar")
+        ("A sks orchestral piece", "sks", "An orchestral piece"),
+        ("AN SKS GUITAR", "SKS", "A GUITAR"),
+        ("a (sks) upright piano", "sks", "an upright piano"),
+        ("an sks unison line", "sks", "a unison line"),  # a vowel letter, not a vowel sound
+        ("a sks hour-long drone", "sks", "an hour-long drone"),
+        ("an sks 80s synth", "sks", "an 80s synth"),  # not a letter after it: left as written
+        ("a banana sks orchestral piece", "sks", "a banana orchestral piece"),  # only an article the token followed
         ("a sks-bowed violin", "sks", "a bowed violin"),  # not a suffix: only the dash goes
         ("a sks-likeness guitar", "sks", "a likeness guitar"),  # a longer word is no "-like"
         ("a [sks]-style violin", "sks", "a violin"),  # bracketed, the suffix goes too (was "a -style violin")
