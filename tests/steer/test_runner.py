@@ -236,16 +236,17 @@ def test_a_bad_batch_size_is_refused_before_loading_anything(tmp_path, capsys, r
 @pytest.mark.parametrize("recipe", ["sdedit", "ddim_inversion", "ddpm_inversion"])
 def test_a_batched_baseline_run_writes_the_wavs_of_one_at_a_time(tmp_path, capsys, recipe):
     """A baseline draws its noise for one clip and gives it to each, so ``--batch-size 2`` edits
-    each item as it is alone (the same bits on one CPU; 0.11 % RMS, -59 dB, on an AMD EPYC whose
-    kernels round a batch of 2 otherwise: 0.3 % allowed). When SDEdit and DDPM inversion drew noise
-    for the whole batch, the second clip's wav was another edit."""
+    each item as it is alone: the same bits on one CPU, up to 0.63 % RMS (DDIM inversion, whose
+    inversion carries the rounding on) on an AMD EPYC whose kernels round a batch of 2 otherwise;
+    2 % allowed. When SDEdit and DDPM inversion drew noise for the whole batch, the second clip's
+    wav was another edit: another seed's differs by 65-150 % RMS."""
     manifest = _manifest(tmp_path, 2, extra={1: {"target": "a recording of a flute"}})
     for run, size in (("one", "1"), ("two", "2")):
         assert main(_run_args(manifest, tmp_path / run, "--recipe", recipe, "--batch-size", size)) == 0
     assert [read_record(tmp_path / "two" / "records" / f"c{i}.json").batch for i in (0, 1)] == [2, 2]
     for i in (0, 1):
         alone, batched = (sf.read(tmp_path / run / f"c{i}.wav")[0] for run in ("one", "two"))
-        assert np.sqrt(np.mean((batched - alone) ** 2)) < 0.003 * np.sqrt(np.mean(alone**2))
+        assert np.sqrt(np.mean((batched - alone) ** 2)) < 0.02 * np.sqrt(np.mean(alone**2))
 
 
 def test_steermusic_plus_needs_a_concept_before_loading_anything(tmp_path, capsys):
