@@ -26,6 +26,7 @@ import os
 import re
 import struct
 import tempfile
+import unicodedata
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -901,22 +902,47 @@ TOKEN_SUFFIXES = frozenset(
 
 #: Words opening with a vowel letter that take "a" ("a unison line"), and with a consonant letter
 #: that take "an" ("an hour"), matched at a word's start in any case.
-_A_BEFORE = ("uni", "use", "usu", "uku", "uti", "eu", "one", "once")
+_A_BEFORE = (
+    "unic", "unif", "unil", "unio", "uniq", "unis", "unit", "univ", "use", "usu", "uku", "uti", "eu", "one", "once"
+)
 _AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
+#: Letters whose names open with a vowel sound: "an FM synth", "an x-ray".
+_AN_LETTERS = "aefhilmnorsx"
 
 
-def _article_before(article: str, word: str) -> str:
+def _article_before(article: str, word: str, *, shouting: bool) -> str:
     """``article`` ("a" or "an", in its case) as it reads before ``word`` ("a" → "an" before
-    "orchestral"); unchanged before a word that does not open with a letter ("an 80s")."""
-    lower = word.lower()
-    if not lower[:1].isalpha():
+    "orchestral"), by its first letter, the common exceptions ("a unison", "an hour"), and a
+    letter's name for a one-letter word or, unless the whole prompt is in capitals
+    (``shouting``), an acronym ("an FM synth"); unchanged before a word that does not open with a
+    letter ("an 80s")."""
+    first = unicodedata.normalize("NFD", word[:1])[:1].lower()  # "É" → "e"
+    if not first.isalpha():
         return article
-    vowel = lower[0] in "aeiou"
-    an = lower.startswith(_AN_BEFORE) or (vowel and not lower.startswith(_A_BEFORE))
+    lower = first + word[1:].lower()
+    if len(word) == 1 or (word.isupper() and not shouting):
+        an = first in _AN_LETTERS
+    else:
+        an = lower.startswith(_AN_BEFORE) or (first in "aeiou" and not lower.startswith(_A_BEFORE))
     chosen = "an" if an else "a"
-    if article.isupper() and len(article) > 1:
+    if article.isupper() and (len(article) > 1 or shouting):
         return chosen.upper()
     return chosen.capitalize() if article[0].isupper() else chosen
+
+
+def _agree_articles(marked: str, shouting: bool) -> str:
+    """``marked`` (a prompt with ``\\0`` where the token was) with each article the token
+    followed made to agree with the word now after it: "an \\0 guitar" → "a \\0 guitar". A
+    capital "A" is an article only where a sentence or a bracket opens ("in A \\0 organ style":
+    a key)."""
+
+    def agree(match: re.Match[str]) -> str:
+        before = marked[: match.start()].rstrip()
+        if match[1] == "A" and not shouting and before and before[-1] not in ".!?([{\"'“‘":
+            return match[0]
+        return _article_before(match[1], match[3], shouting=shouting) + match[2]
+
+    return re.sub(r"(?<!\w)(an?|An?|AN?)(\s*\0[\s\0]*)(?=(\w+))", agree, marked)
 
 
 def token_pattern(token: str, *, case_sensitive: bool = True) -> re.Pattern[str]:
@@ -933,7 +959,7 @@ def prompt_without_token(
     ``"a [sks] bowed violin"`` and ``"a sks-bowed violin"`` → ``"a bowed violin"``,
     ``"a sks-like guitar"`` → ``"a guitar"``.
 
-    The token goes with what clings to it: one of :data:`TOKEN_SUFFIXES` joined to it by a hyphen
+    The token goes with what clings to it: :data:`TOKEN_SUFFIXES` joined to it by a hyphen
     or en dash, a possessive 's, a comma, semicolon or colon or a dash after it, or brackets or
     quotes around it alone or with its suffix; what is left closes up, and an article before it
     agrees with the word now after it (``"an sks, bright violin"`` → ``"a bright violin"``).
@@ -959,18 +985,22 @@ def prompt_without_token(
             f"the target prompt {prompt!r} does not name the concept token {token!r}{hint}: write e.g. {example!r}"
         )
     word, bare = pattern.pattern, re.escape(token)
-    suffix = rf"[-–](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
-    bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}(?:{suffix})?[)\]}}"'”’](?!\w)"""  # "(sks-like)" whole
-    clinging = rf"""(?:{bracketed}|{word})(?:{suffix})?(?:['’]s)?(?:[,;:]|\s*[-–—])?"""
+    hyphen = "-‐‑–"  # hyphen-minus, hyphen, non-breaking hyphen, en dash
+    suffix = rf"[{hyphen}](?i:{'|'.join(sorted(TOKEN_SUFFIXES))})(?!\w)"  # "-like", not "-likeness"
+    bracketed = rf"""(?<!\w)[(\[{{"'“‘]{bare}(?:{suffix})*[)\]}}"'”’](?!\w)"""  # "(sks-like)" whole
+    clinging = rf"""(?:{bracketed}|{word})(?:{suffix})*(?:['’]s)?(?:[,;:]|\s*[{hyphen}—])?"""
     without = re.sub(clinging, "\0", prompt, flags=pattern.flags)  # marked where the token was
-    # an article the token followed now stands before the next word: "an sks guitar" → "a guitar"
-    without = re.sub(
-        r"(?<!\w)(an?|An?|AN?)(\s*\0[\s\0]*)(?=(\w+))", lambda m: _article_before(m[1], m[3]) + m[2], without
-    )
+    # brackets or quotes left holding only the token go with it: "a ('sks's') guitar"
+    pair = r"""(?<!\w)[(\[{"'“‘][\s\0]*\0[\s\0]*[)\]}"'”’](?!\w)"""
+    while (fewer := re.sub(pair, "\0", without)) != without:
+        without = fewer
+    # an opening bracket or quote the token followed closes up on the next word: 'a "sks guitar"'
+    without = re.sub(r"""((?:^|(?<=[\s(\[{]))[(\[{"'“‘])\0[\s\0]*""", r"\1", without)
+    without = _agree_articles(without, shouting=prompt.isupper())
     without = " ".join(without.replace("\0", " ").split())
     # and closes up before punctuation, closing brackets and closing quotes, and after opening brackets
     without = re.sub(r"^[,;:\s]+|\s+(?=[,.;:!?)\]}]|['\"’”](?!\w))|(?<=[(\[{])\s+", "", without)
-    without = re.sub(r"[,;:]+(?=[.!?]|$)", "", without)
+    without = re.sub(r"[,;:]+(?=[.!?)\]}]|$)", "", without)
     if not any(character.isalnum() for character in without):
         raise ValueError(
             f"the target prompt {prompt!r} is only the concept token: the base model's prompt without it would be "

@@ -735,6 +735,23 @@ def test_a_hub_concept_is_checked_from_its_config_alone(mel_backbone, clips, tmp
         ("a sks hour-long drone", "sks", "an hour-long drone"),
         ("an sks 80s synth", "sks", "an 80s synth"),  # not a letter after it: left as written
         ("a banana sks orchestral piece", "sks", "a banana orchestral piece"),  # only an article the token followed
+        ("an sks uninterrupted drone", "sks", "an uninterrupted drone"),  # "uni" takes "a" only as in "unison"
+        ("an sks FM synth", "sks", "an FM synth"),  # an acronym by its letters' names
+        ("a sks x-ray synth", "sks", "an x-ray synth"),  # and a lone letter
+        ("A SKS ORGAN", "SKS", "AN ORGAN"),  # all in capitals: the article too, and no acronyms
+        ("A SKS SYNTH", "SKS", "A SYNTH"),
+        ("a waltz in A sks organ style", "sks", "a waltz in A organ style"),  # a key, not an article
+        ("A sks organ. A sks organ", "sks", "An organ. An organ"),  # an article where a sentence opens
+        ("a sks Ébène quartet", "sks", "an Ébène quartet"),  # an accented vowel
+        ('a "sks-like guitar"', "sks", 'a "guitar"'),  # the opening quote closes up (was 'a" guitar"')
+        ('a "sks guitar" melody', "sks", 'a "guitar" melody'),
+        ("a (sks's) guitar", "sks", "a guitar"),  # brackets left empty go (were "a () guitar")
+        ("a ('sks') guitar", "sks", "a guitar"),
+        ("a guitar ('sks-like')", "sks", "a guitar"),
+        ("a (warm, sks-like) guitar", "sks", "a (warm) guitar"),  # no comma before the bracket (was "(warm,)")
+        ("a sks\u2010like guitar", "sks", "a guitar"),  # the Unicode hyphens too (was "a ‐like guitar")
+        ("a sks\u2011like guitar", "sks", "a guitar"),
+        ("a sks-like-sounding guitar", "sks", "a guitar"),  # suffixes in a row (was "a sounding guitar")
         ("a sks-bowed violin", "sks", "a bowed violin"),  # not a suffix: only the dash goes
         ("a sks-likeness guitar", "sks", "a likeness guitar"),  # a longer word is no "-like"
         ("a [sks]-style violin", "sks", "a violin"),  # bracketed, the suffix goes too (was "a -style violin")
