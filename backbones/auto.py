@@ -127,12 +127,18 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return answer
 
 
+#: The least time :func:`_connect` gives one address, where the time left allows: a handshake
+#: over a slow link (satellite, a VPN across the world) takes up to about a second.
+_LEAST_TRY = 1.0
+
+
 def _connect(host: str, port: int, timeout: float) -> None:
     """Open and close a TCP connection to ``host``: its name lookup and connection within
     ``timeout`` seconds in all, else ``OSError``. The lookup runs in a daemon thread waited on for
     ``timeout`` (``socket.create_connection``'s own lookup has no timeout): one that a resolver
     leaves hanging is left behind, holding up neither the caller nor the interpreter's exit. Each
-    address found is tried in turn with an equal share of the time left, so one that drops the
+    address found is tried in turn with an equal share of the time left, and at least
+    :data:`_LEAST_TRY` seconds of it (a slow link's handshake), so that one that drops the
     connection leaves the next its turn."""
     deadline = time.monotonic() + timeout
     found: queue.SimpleQueue[list[tuple[Any, ...]] | Exception] = queue.SimpleQueue()
@@ -155,7 +161,8 @@ def _connect(host: str, port: int, timeout: float) -> None:
         if (left := deadline - time.monotonic()) <= 0:
             break
         try:
-            socket.create_connection(address[:2], timeout=left / (len(addresses) - tried)).close()
+            share = max(left / (len(addresses) - tried), min(left, _LEAST_TRY))
+            socket.create_connection(address[:2], timeout=share).close()
             return
         except OSError as error:
             failure = error

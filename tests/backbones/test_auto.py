@@ -258,6 +258,27 @@ def test_the_hub_probe_waits_no_longer_than_its_timeout_on_a_name_lookup(monkeyp
         released.set()
 
 
+def test_the_hub_probe_gives_each_address_a_second_at_least(monkeypatch):
+    """Eight addresses (a dual-stack host) had 3/8 s each: a link whose handshake takes 0.6 s
+    was "unreachable" though the first address would have answered."""
+    tries = []
+
+    def resolve(host, port, type):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (f"192.0.2.{i}", port)) for i in range(8)]
+
+    def connect(address, timeout):
+        tries.append(timeout)
+        if timeout < 0.6:
+            raise TimeoutError("timed out")
+        return _Connection()
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    _online(monkeypatch)
+    assert hub_unreachable() is None
+    assert len(tries) == 1 and 0.99 < tries[0] <= 1.0
+
+
 def _cache_repo(cache: Path, repo_id: str, backbone) -> None:
     """``backbone`` saved as the Hugging Face cache holds a downloaded repo."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
