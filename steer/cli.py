@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -811,13 +812,17 @@ def _eval_reports(folders: list[Path], out: Path | None, overwrite: bool) -> lis
     elif len(folders) == 1:
         reports = [out]
     else:
-        # the name as given (a link keeps its own), compared as the file system does
+        # the name as given (a link keeps its own), compared as a file system blind to case and
+        # to Unicode normalisation would (macOS's): such a one would take two reports as one
         names = [Path(os.path.abspath(folder)).name for folder in folders]
-        keys = [os.path.normcase(name) for name in names]
-        alike = next((name for name, key in zip(names, keys, strict=True) if keys.count(key) > 1), None)
-        if alike is not None:
+        keys = [unicodedata.normalize("NFC", name).casefold() for name in names]
+        twice = next((key for key in keys if keys.count(key) > 1), None)
+        if twice is not None:
+            spellings = sorted({name for name, key in zip(names, keys, strict=True) if key == twice})
+            alike = " and ".join(map(repr, spellings))
+            alike += " (one name where case is not told apart)" if len(spellings) > 1 else ""
             raise UsageError(
-                f"--out: several scored folders are named {alike!r}, and each one's report goes to "
+                f"--out: several scored folders are named {alike}, and each one's report goes to "
                 f"{out}/<folder name>: score them one at a time, each with its own --out"
             )
         reports = [out / name for name in names]
@@ -830,6 +835,7 @@ def _eval_reports(folders: list[Path], out: Path | None, overwrite: bool) -> lis
             continue
         for path in (report / "eval.json", report / "eval.md"):
             try:
+                check_writable(path)  # first: where none can be written, --overwrite would not help
                 _check_output(path, overwrite)
             except UsageError:
                 raise

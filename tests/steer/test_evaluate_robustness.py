@@ -243,6 +243,10 @@ def test_eval_out_takes_the_report_of_a_folder_that_cannot_be_written(tmp_path, 
         f"steer: error: cannot write {run / 'eval.json'}: no file can be created in {run} (Permission denied): "
         "choose a folder you can write to, or pass --out to write the report to another folder\n"
     )
+    (run / "eval.json").write_text("its owner's")  # --overwrite would not help: --out is named first
+    assert main(args) == 2
+    assert "or pass --out to write the report to another folder" in capsys.readouterr().err
+    (run / "eval.json").unlink()
     assert main([*args, "--out", str(tmp_path / "report")]) == 0
     assert f"wrote {tmp_path / 'report' / 'eval.json'} and {tmp_path / 'report' / 'eval.md'}" in capsys.readouterr().out
     assert json.loads((tmp_path / "report" / "eval.json").read_text()) == expected
@@ -269,6 +273,12 @@ def test_eval_out_gives_several_folders_one_subfolder_each_and_refuses_folders_n
         f"{tmp_path / 'new'}/<folder name>: score them one at a time, each with its own --out\n"
     )
     assert not (tmp_path / "new").exists()
+    # told apart as a file system blind to case would (macOS's: one folder for both reports)
+    cased = _run_folder(tmp_path / "other" / "Zeta", {"a": "done"})
+    assert main(["eval", str(first), str(cased), "--device", "cpu", "--out", str(tmp_path / "new")]) == 2
+    assert "several scored folders are named 'Zeta' and 'zeta' (one name where case is not told apart)," in (
+        capsys.readouterr().err
+    )
 
 
 def test_eval_out_is_made_only_when_the_reports_are_written(tmp_path, capsys, monkeypatch):
