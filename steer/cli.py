@@ -779,9 +779,8 @@ def _eval(args: argparse.Namespace) -> None:
         str(folder): evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
         for folder, pairs, missing in jobs
     }
-    for report in reports:
-        _make_folder(report, "--out")
     for (folder, _, missing), report in zip(jobs, reports, strict=True):
+        _make_folder(report, "--out")  # each just before its report: an interrupted eval leaves no empty one
         result = results[str(folder)]
         table = markdown_table(result["groups"], names)
         if missing:
