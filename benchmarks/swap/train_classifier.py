@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
+from backbones.saving import check_can_be_folder
 from steer.data import DEFAULT_INSTRUMENTS, load_clip, read_manifest
 from steer.data._files import manifest_problem, model_folder_problem
 from steer.metrics import InstrumentClassifier
@@ -237,10 +238,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not 0 <= args.p_griffin_lim <= 1:  # nan too
         parser.error(f"--p-griffin-lim is a probability, from 0 to 1; got {args.p_griffin_lim}")
-    if args.cache is not None and (
-        blocking := next((p for p in (args.cache, *args.cache.parents) if p.exists() and not p.is_dir()), None)
-    ):
-        parser.error(f"--cache {args.cache} cannot be a folder: {blocking} is a file; choose another --cache")
+    if args.cache is not None:
+        try:
+            check_can_be_folder(args.cache, "--cache", another="another --cache")
+        except ValueError as error:
+            parser.error(str(error))
     test_sets = [("ryans_test", args.data, "test")]
     if args.bach is not None:
         test_sets.append(("bach", args.bach, None))

@@ -465,14 +465,22 @@ def test_an_out_in_an_unwritable_folder_is_refused_before_any_work(script, tmp_p
         )
 
 
-def test_a_cache_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+def test_a_cache_that_is_a_file_or_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
     """It failed after the training clips' Griffin–Lim round trips."""
     cache = tmp_path / "a-file"
     cache.write_text("the user's\n")
-    for path in cache, cache / "cache":
-        argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "model"), "--cache", str(path)]
-        assert f"--cache {path} cannot be a folder: {cache} is a file" in refusal(train_classifier, argv, capsys)
+    argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "model"), "--cache"]
+    assert f"--cache {cache} exists and is not a folder; choose another --cache" in refusal(
+        train_classifier, [*argv, str(cache)], capsys
+    )
+    assert f"--cache {cache / 'cache'} cannot be a folder: {cache} is a file; choose another --cache" in refusal(
+        train_classifier, [*argv, str(cache / "cache")], capsys
+    )
     assert cache.read_text() == "the user's\n"
+    locked = lock(tmp_path / "locked", monkeypatch)
+    assert f"--cache {locked / 'cache'} cannot be written: {locked} is not writable; choose another --cache" in refusal(
+        train_classifier, [*argv, str(locked / "cache")], capsys
+    )
 
 
 # --- checks of the data and models named, before any model is loaded ------------------------------
