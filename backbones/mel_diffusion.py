@@ -179,13 +179,16 @@ class MelDiffusionBackbone(Backbone):
         """Load a folder (or Hub repo) written by :meth:`save_pretrained`.
 
         Raises:
-            ValueError: for a folder or repo that holds no such model (a corrupt file, or the
-                ``config.json`` of another model, e.g. a diffusers pipeline's ``unet/``).
+            ValueError: for a folder or repo that holds no such model (a corrupt file, weights
+                missing or of another shape, or the ``config.json`` of another model, e.g. a
+                diffusers pipeline's ``unet/``).
         """
         try:
             model = MelDiffusionModel.from_pretrained(str(name_or_path))
-        except (OSError, ValueError, SafetensorError) as error:  # SafetensorError: a corrupt file
-            raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({error})") from error
+        # SafetensorError: a corrupt file; RuntimeError: weights missing, unexpected or of another shape
+        except (OSError, ValueError, SafetensorError, RuntimeError) as error:
+            said = " ".join(str(error).split())  # torch's names each weight on a line of its own
+            raise ValueError(f"could not load a mel-diffusion model from {str(name_or_path)!r} ({said})") from error
         except TypeError as error:  # its config.json lacks the model's arguments: another model's
             parent = os.path.dirname(os.path.abspath(os.path.expanduser(name_or_path)))
             pipeline = os.path.isfile(os.path.join(parent, "model_index.json"))
@@ -207,7 +210,8 @@ class MelDiffusionBackbone(Backbone):
         Raises:
             ValueError: before anything is written, for a path that is a file, lies under a file
                 or cannot be written, or (without ``overwrite``) a folder already holding
-                ``config.json`` or ``model.safetensors``.
+                ``config.json`` or ``model.safetensors``; for a model holding a concept's adapter
+                (:func:`~backbones.saving.check_no_adapters`).
         """
         return self.model.save_pretrained(path, overwrite=overwrite)
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .base import Backbone
 from .conditioning import Conditioning
-from .saving import check_model_folder, readable_like
+from .saving import check_model_folder, check_no_adapters, readable_like
 
 
 class PipelineBackbone(Backbone):
@@ -165,9 +165,11 @@ class PipelineBackbone(Backbone):
             ValueError: before anything is written, for a path (or a component's subfolder)
                 that is a file, lies under a file or cannot be written, or (without
                 ``overwrite``) a folder holding ``model_index.json`` or a file in a component's
-                subfolder.
+                subfolder; for a denoiser holding a concept's adapter
+                (:func:`~backbones.saving.check_no_adapters`).
         """
         folder = Path(path)
+        check_no_adapters(self.denoiser)
         components = [name for name, component in self.pipe.components.items() if component is not None]
         check_model_folder(
             folder, "the pipeline folder", ["model_index.json"], subfolders=components, overwrite=overwrite

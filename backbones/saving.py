@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import PyTorchModelHubMixin, constants
 from huggingface_hub.errors import LocalEntryNotFoundError
+from torch import nn
 
 from . import auto
 
@@ -24,6 +26,33 @@ HUB_MIXIN_FILES = (constants.CONFIG_NAME, constants.SAFETENSORS_SINGLE_FILE)
 
 #: the most files a refusal names, so that it stays one readable line
 _NAMED = 8
+
+
+#: Called with each module of a model before a save checks it for adapters (:func:`check_no_adapters`):
+#: ``steer.concepts`` registers the removal of the adapters of personalised models that were
+#: garbage-collected unclosed (this package cannot import it: steer builds on backbones).
+BEFORE_SAVE: list[Callable[[nn.Module], None]] = []
+
+
+def check_no_adapters(model: nn.Module) -> None:
+    """Refuse to save ``model`` (a denoiser, or a model holding one) while a concept's LoRA
+    adapter is injected into it: its layers would be saved under peft's names
+    (``to_q.base_layer.weight``), and a load would leave them at their random initial values.
+    Adapters of personalised models already collected are removed first (:data:`BEFORE_SAVE`).
+
+    Raises:
+        ValueError: naming the fix, before anything is written.
+    """
+    for module in model.modules():  # the denoiser may be a part of the model saved
+        for hook in BEFORE_SAVE:
+            hook(module)
+    tuners = sys.modules.get("peft.tuners.tuners_utils")  # none injected where peft never loaded
+    if tuners is not None and any(isinstance(module, tuners.BaseTunerLayer) for module in model.modules()):
+        raise ValueError(
+            "the model holds a concept's LoRA adapter (a SteerMusicPlus editor or personalised model that is "
+            "still open shares its layers): close it (its close(), or leave its with block) before saving the "
+            "base model, whose weights would otherwise be saved under the adapter's layer names"
+        )
 
 
 def check_can_be_folder(folder: Path, what: str, *, another: str | None = None) -> None:
@@ -102,6 +131,9 @@ class SteerHubMixin(PyTorchModelHubMixin):
         offline = None if os.path.isdir(name) or asked else auto.hub_unreachable()
         if offline:
             kwargs["local_files_only"] = True
+        # the mixin's default (strict=False) left a weight missing from the file at its random
+        # initial value, without a word
+        kwargs.setdefault("strict", True)
         try:
             return super().from_pretrained(name, **kwargs)
         except LocalEntryNotFoundError as error:
@@ -128,9 +160,11 @@ class SteerHubMixin(PyTorchModelHubMixin):
         Raises:
             ValueError: before anything is written, for a path that is a file, lies under a file
                 or cannot be written, or (without ``overwrite``) a folder holding
-                ``config.json`` or ``model.safetensors``.
+                ``config.json`` or ``model.safetensors``; for a model holding a concept's
+                adapter (:func:`check_no_adapters`).
         """
         folder = Path(save_directory)
+        check_no_adapters(self)
         check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
         pushed = super().save_pretrained(folder, **kwargs)
         readable_like([folder / constants.SAFETENSORS_SINGLE_FILE], folder / constants.CONFIG_NAME)

@@ -39,6 +39,7 @@ from backbones import Backbone, Conditioning
 from backbones.adapter_state import adapter_state, set_adapter_state
 from backbones.mel_diffusion import WORD_MASK, MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
+from backbones.saving import BEFORE_SAVE
 
 from .concept import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME, Concept
 from .new_token import NewToken
@@ -182,6 +183,9 @@ def remove_collected_adapters(model: nn.Module) -> None:
     queue = _pending_removals.get(model)
     while queue:  # a finalizer running meanwhile only appends
         remove_lora(model, queue.pop())
+
+
+BEFORE_SAVE.append(remove_collected_adapters)  # a base model saved after a collected one: without its adapter
 
 
 def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] | None) -> list[nn.Module]:

@@ -82,6 +82,24 @@ def test_save_and_load_round_trip(backbone, tmp_path):
     )
 
 
+@pytest.mark.parametrize("change", ["missing", "shape"])
+def test_a_weights_file_missing_a_tensor_or_of_another_shape_is_refused(backbone, tmp_path, change):
+    """A tensor missing from model.safetensors was left at its random initial value, without a
+    word (the Hub mixin loads with strict=False); one of another shape raised torch's RuntimeError."""
+    from safetensors.torch import load_file, save_file
+
+    backbone.save_pretrained(tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    name = next(name for name in weights if name.endswith("to_q.weight"))
+    if change == "missing":
+        del weights[name]
+    else:
+        weights[name] = weights[name][:-1]
+    save_file(weights, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(ValueError, match=f"^could not load a mel-diffusion model from '{tmp_path / 'm'}' .*{name}"):
+        load_backbone(str(tmp_path / "m"))
+
+
 def test_latent_range_bounds_real_audio(backbone):
     low, high = backbone.latent_range
     loud = torch.sign(torch.randn(1, 16000)) * 0.9  # full-scale noise, the loudest kind of clip

@@ -93,6 +93,29 @@ def test_a_forgotten_personalised_model_leaves_the_base_clean(tiny_backbone, cli
     assert _base_is_clean(tiny_backbone.denoiser)
 
 
+@pytest.mark.parametrize("which", ["tiny_backbone", "mel_backbone"])
+def test_a_base_model_is_saved_without_a_concept_s_adapter(which, clips, tmp_path, request):
+    """Saved with a LoRA adapter in its layers (a personalised model open, or collected unclosed),
+    the denoiser's projections went under peft's names (``to_q.base_layer.weight``): the mel
+    model loaded them at their random initial values without a word, the pipeline failed."""
+    import gc
+
+    from backbones import load_backbone
+
+    backbone = request.getfixturevalue(which)
+    state = _state(backbone.denoiser)
+    concept = _train(backbone, clips, "lora", steps=1)
+    with concept.apply(backbone), pytest.raises(ValueError, match="holds a concept's LoRA adapter .*: close it"):
+        backbone.save_pretrained(tmp_path / "open")
+    assert not (tmp_path / "open").exists()
+    forgotten = concept.apply(backbone)
+    del forgotten
+    gc.collect()  # its adapter is queued for removal, still in the layers
+    backbone.save_pretrained(tmp_path / "saved")
+    loaded = _state(load_backbone(str(tmp_path / "saved")).denoiser)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
 def test_collecting_a_forgotten_adapter_during_the_next_injection_keeps_the_new_one_whole(
     tiny_backbone, clips, monkeypatch
 ):
