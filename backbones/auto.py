@@ -245,9 +245,23 @@ def load_backbone(
         index = _hub_model_index(name, offline)
         if offline:  # the pipeline from the cache alone too (diffusers would retry)
             hub["local_files_only"] = True
-    pipeline = json.loads(index.read_text()).get("_class_name")
-    adapter = adapter_for(pipeline, name)
+    adapter = adapter_for(_pipeline_class(index), name)
     return adapter.from_pretrained(name, torch_dtype=torch_dtype, device=device, **hub)
+
+
+def _pipeline_class(index: Path) -> str | None:
+    """The ``_class_name`` a diffusers pipeline's ``model_index.json`` names; a ``ValueError``
+    naming the file where it is not a JSON object (a cut or hand-edited file)."""
+    try:
+        content = json.loads(index.read_bytes())
+    except (OSError, ValueError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"cannot read {index}: {error}; save the pipeline again or download it again") from None
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"{index} holds a JSON {type(content).__name__}, not the object of a diffusers pipeline's "
+            "components; save the pipeline again or download it again"
+        )
+    return content.get("_class_name")
 
 
 def _hub_model_index(repo_id: str, offline: str | None) -> Path:

@@ -52,6 +52,18 @@ def test_an_unknown_pipeline_in_a_folder(tmp_path):
         load_backbone(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "content, said",
+    [("{", "cannot read {index}: Expecting property name"), ("[]", "{index} holds a JSON list, not the object")],
+)
+def test_a_model_index_that_is_no_json_object_is_named(tmp_path, content, said):
+    """A cut file raised json's JSONDecodeError, a list AttributeError: neither named the file."""
+    index = tmp_path / "model_index.json"
+    index.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(said.format(index=index)) + ".*save the pipeline again"):
+        load_backbone(str(tmp_path))
+
+
 def _hub_index(monkeypatch, tmp_path, pipeline):
     """Answer hf_hub_download with a model_index.json naming ``pipeline``; records the requests."""
     index = tmp_path / "model_index.json"
