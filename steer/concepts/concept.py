@@ -152,11 +152,12 @@ class ConceptConfig:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if isinstance(self.templates, str):
+            raise ValueError(f"templates must be a list of prompt templates, got the string {self.templates!r}: pass [{self.templates!r}]")
+        self._check_types()
         if self.method not in METHODS:
             raise ValueError(f"unknown concept method {self.method!r}: use one of {', '.join(METHODS)}")
         check_words(self.token, self.class_word)
-        if isinstance(self.templates, str):
-            raise ValueError(f"templates must be a list of prompt templates, got the string {self.templates!r}: pass [{self.templates!r}]")
         if self.method == "lora":
             if self.lora_rank is None or self.lora_rank < 1:
                 raise ValueError(f"a LoRA concept needs a rank >= 1, got {self.lora_rank}")
@@ -177,6 +178,30 @@ class ConceptConfig:
         object.__setattr__(self, "templates", tuple(self.templates))
         if self.lora_targets is not None:
             object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def _check_types(self) -> None:
+        """A ``TypeError`` naming the first field whose value is not of its type (a hand-edited
+        or corrupt ``concept_config.json``: ``"lora_rank": 4.0`` failed only inside torch)."""
+        text, whole, number, mapping, items = (
+            ((str,), "a string"), ((int,), "a whole number"), ((int, float), "a number"),
+            ((dict,), "an object"), ((list, tuple), "a list"),
+        )
+        kinds = {
+            "method": text, "token": text, "class_word": text, "family": text, "base_model": text,
+            "base_fingerprint": mapping, "lora_rank": whole, "lora_alpha": number, "lora_targets": items,
+            "templates": items, "training": mapping, "steer_version": text, "format_version": whole,
+        }
+        optional = {"class_word", "base_model", "base_fingerprint", "lora_rank", "lora_alpha", "lora_targets"}
+        for name, (kind, words) in kinds.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kind):  # a bool is an int to Python
+                words += " or null" if name in optional else ""
+                raise TypeError(f"{name} must be {words}, got {value!r}")
+        for name in ("templates", "lora_targets"):
+            if any(not isinstance(item, str) for item in getattr(self, name) or ()):
+                raise TypeError(f"{name} must be a list of strings, got {getattr(self, name)!r}")
 
     def prompt(self, template: str = DEFAULT_TEMPLATE) -> str:
         """A prompt naming the concept: ``"a recording of a sks guitar"``."""

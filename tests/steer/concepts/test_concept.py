@@ -582,6 +582,24 @@ def _rewrite_config(folder: Path, change) -> None:
 
 
 @pytest.mark.parametrize(
+    "field, value, message",
+    [  # were AttributeError from the word check, torch's TypeError when applied, and loaded until saved
+        ("class_word", 5, "class_word must be a string or null, got 5"),
+        ("lora_rank", 4.0, "lora_rank must be a whole number or null, got 4.0"),
+        ("lora_rank", True, "lora_rank must be a whole number or null, got True"),
+        ("training", None, "training must be an object, got None"),
+        ("family", None, "family must be a string, got None"),
+        ("lora_targets", ["to_q", 1], "lora_targets must be a list of strings, got ['to_q', 1]"),
+    ],
+)
+def test_a_config_field_of_another_type_is_named_when_the_concept_loads(field, value, message, mel_backbone, clips, tmp_path):
+    folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
+    _rewrite_config(folder, lambda data: data.update({field: value}))
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{folder}: cannot read concept_config.json ({message})')}$"):
+        Concept.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
     "change, message",
     [  # were KeyError, struct.error and binascii's "Incorrect padding" when applied, naming no file
         (lambda fp: fp.pop("architecture"), "base_fingerprint.architecture must be a string, got None"),
