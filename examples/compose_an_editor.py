@@ -13,8 +13,10 @@ import argparse
 from pathlib import Path
 
 from backbones import load_backbone, to_mono
+from backbones.saving import check_can_be_folder
 from losses import DeltaDenoisingScore, ScoreDistillationSampling, TimestepWeighting
 from steer import Editor, Performance, load_audio, save_audio
+from steer.audio import audio_format
 from steer.cli import device_option
 from steer.metrics import cqt1_pcc
 
@@ -33,11 +35,18 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--out", type=Path, default=Path("outputs/composed.wav"))
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder: name an audio file, e.g. {args.out / 'composed.wav'}")
     if args.out.exists() and not args.overwrite:
         parser.error(f"{args.out} exists (an earlier edit?): pass --overwrite to replace it, or another --out")
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}: the edit reports its last step's loss")
-    try:
+    for option, prompt in (("--source", args.source), ("--target", args.target)):
+        if not prompt.strip():
+            parser.error(f"{option} is empty: describe the audio in words")
+    try:  # all before the model loads and the edit runs
+        audio_format(args.out)
+        check_can_be_folder(args.out.parent, "--out's folder", another="another --out")
         device = device_option(args.device)
         clip = load_audio(args.input)
     except ValueError as error:

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from backbones import load_backbone, to_mono
+from backbones.saving import check_can_be_folder
 from steer import Concept, SteerMusicPlus, load_audio, save_audio
 from steer.concepts.train import check_references
 from steer.metrics import cqt1_pcc
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--steps must be at least 1 (editing steps), got {args.steps}")
     if args.concept_steps is not None and args.concept_steps < 0:
         parser.error(f"--concept-steps must be at least 0 (training steps), got {args.concept_steps}")
-    try:  # the clips before the model loads
+    try:  # the clips and the output folder before the model loads
+        check_can_be_folder(args.out, "--out", another="another --out")
         check_references(args.references)
         clip = load_audio(args.input)
     except ValueError as error:

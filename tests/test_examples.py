@@ -79,12 +79,27 @@ def test_compose_an_editor_refuses_a_missing_gpu_before_loading(monkeypatch, cap
         ("personalize_and_edit", ["--references", "missing.wav"], "error: reference clip not found: missing.wav"),
         ("personalize_and_edit", ["--steps", "0"], "error: --steps must be at least 1 (editing steps), got 0"),
         ("personalize_and_edit", ["--concept-steps", "-1"], "error: --concept-steps must be at least 0"),
+        ("compose_an_editor", ["--source", " "], "error: --source is empty: describe the audio in words"),
     ],
 )
 def test_the_examples_refuse_bad_input_before_loading_a_model(name, options, error, capsys, no_model_loads):
     """A missing clip was found only after the model loaded (and, for personalize_and_edit,
     after the concept trained); a bad step count only when training or editing began."""
     assert error in _refusal(name, options, capsys)
+
+
+def test_the_examples_refuse_an_output_they_could_not_write_before_loading_a_model(tmp_path, capsys, no_model_loads):
+    """Found after the edit (minutes) or the concept's training, as a traceback."""
+    paper = tmp_path / "notes.txt"
+    paper.write_text("mine")
+    for name, out, error in [
+        ("compose_an_editor", tmp_path / "edit.xyz", "error: unsupported audio format '.xyz'"),
+        ("compose_an_editor", paper / "edit.wav", f"error: --out's folder {paper} exists and is not a folder"),
+        ("compose_an_editor", tmp_path, f"error: --out {tmp_path} is a folder: name an audio file"),
+        ("personalize_and_edit", paper, f"error: --out {paper} exists and is not a folder; choose another --out"),
+    ]:
+        assert error in _refusal(name, ["--out", str(out)], capsys)
+    assert paper.read_text() == "mine"
 
 
 @pytest.mark.parametrize(("name", "earlier"), [("compose_an_editor", "out.wav"), ("personalize_and_edit", "edit.wav")])
