@@ -887,7 +887,10 @@ def _demo(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix=".demo-", dir=args.out) as aside:
             staged = {name: Path(aside) / name for name in names}
             source, truth = load_audio(DEMO_SOURCE), load_audio(DEMO_TRUTH)
-            _edit(args, editing, source, "a recording of a piano", "a recording of a violin", staged["edit.wav"])
+            try:
+                _edit(args, editing, source, "a recording of a piano", "a recording of a violin", staged["edit.wav"])
+            except UsageError as error:  # a diverged edit: named where the user would look for it
+                raise UsageError(str(error).replace(str(staged["edit.wav"]), str(outputs[1]))) from None
             edit = load_audio(staged["edit.wav"])
             save_audio(staged["source.wav"], source.waveform, source.sample_rate)
             save_audio(staged["ground_truth.wav"], truth.waveform, truth.sample_rate)
@@ -948,6 +951,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if getattr(args, "concept", None) is not None and not args.concept.strip():  # it was read as no --concept
+            raise UsageError("--concept is empty: name a concept folder or Hub repo id, or leave --concept out")
         if args.command == "edit":
             _check_audio_output(args.output, args.overwrite, source=args.input)
             source = _check_prompt(args.source, "--source")

@@ -188,6 +188,8 @@ def model_source_problem(name: str, option: str) -> str | None:
     path = Path(name).expanduser()
     if path.is_dir():
         return None
+    if path.exists():
+        return f"{option} {name} is a file, not a model folder: pass a folder written by save_pretrained, or a Hub repo id"
     problem = f"{option} {name} not found: pass a folder written by save_pretrained, or a Hub repo id"
     if path.parent != Path(".") and path.parent.is_dir():
         return problem

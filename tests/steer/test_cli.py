@@ -280,6 +280,21 @@ def test_demo_refuses_a_backbone_that_is_no_folder_before_it_makes_out(tmp_path,
         f"steer: error: --backbone {typo} not found: pass a folder written by save_pretrained, or a Hub repo id\n"
     )
     assert not (tmp_path / "new").exists()
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")
+    assert main(["demo", "--out", str(out), "--backbone", str(clip)]) == 2  # was "not found"
+    assert capsys.readouterr().err == (
+        f"steer: error: --backbone {clip} is a file, not a model folder: pass a folder written by save_pretrained, "
+        "or a Hub repo id\n"
+    )
+
+
+def test_an_empty_concept_is_refused(wav, tmp_path, capsys, no_model_loads):
+    """It was read as no --concept: "a sks guitar" edited by plain SteerMusic, without a word."""
+    assert main([*_edit(wav, "--source", "a piano", "--target", "a sks guitar", "-o", tmp_path / "o.wav"), "--concept", ""]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: --concept is empty: name a concept folder or Hub repo id, or leave --concept out\n"
+    )
 
 
 def test_a_demo_cut_short_leaves_none_of_its_outputs_nor_a_folder_it_made(tmp_path, monkeypatch):
@@ -397,6 +412,12 @@ def test_a_diverged_edit_says_which_options_to_lower(wav, tmp_path, capsys, monk
             f"steer: error: 8000 samples are NaN or infinite (a diverged edit?): nothing written to {out}; "
             f"lower {options}\n"
         )
+    # the demo's edit is written aside first: the error named that temporary file, already gone
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: 8000 samples are NaN or infinite (a diverged edit?): nothing written to "
+        f"{tmp_path / 'demo' / 'edit.wav'}; lower --lr or --guidance\n"
+    )
 
 
 def test_equal_prompts_warn_before_the_steps(wav, tmp_path):
