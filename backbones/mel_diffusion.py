@@ -232,10 +232,17 @@ class MelDiffusionBackbone(Backbone):
         return self.cached_prompts(prompts, self._prompts, self._encode_one)
 
     def _encode_one(self, prompt: str) -> Conditioning:
-        unknown = self.model.text_encoder.unknown_words(prompt)
+        encoder = self.model.text_encoder
+        unknown = encoder.unknown_words(prompt)
         if unknown:
             warnings.warn(
                 f"words outside this model's vocabulary are read as <unk>: {unknown}", stacklevel=3
+            )
+        if unread := encoder.unread_words(prompt):
+            warnings.warn(
+                f"this model reads a prompt's first {encoder.config.max_words} words: {' '.join(unread)!r} at the "
+                f"end of {prompt!r} is left out; shorten the prompt",
+                stacklevel=3,
             )
         return Conditioning(cond=self._encode([prompt]), uncond=self._encode([""]), masks=WORD_MASK)
 

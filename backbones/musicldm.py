@@ -8,6 +8,8 @@ CLAP text features of the prompt (``ClapModel.get_text_features``) through its
 
 from __future__ import annotations
 
+import warnings
+
 from diffusers import MusicLDMPipeline
 from torch import Tensor
 
@@ -45,8 +47,19 @@ class MusicLDMBackbone(AudioLDMBackbone):
     example_repo = "ucsd-reach/musicldm"
 
     def encode_one(self, prompt: str) -> Conditioning:
-        """CLAP text features ``(1, D)`` (unit norm) of ``prompt`` and of the empty negative prompt."""
-        embeds = self._text_features(prompt, max_length=self.pipe.tokenizer.model_max_length)
+        """CLAP text features ``(1, D)`` (unit norm) of ``prompt`` and of the empty negative prompt;
+        a warning where the prompt is longer than the text encoder reads (it is cut, as the
+        pipeline cuts it, but the pipeline's tokenizer says nothing)."""
+        tokenizer = self.pipe.tokenizer
+        most = tokenizer.model_max_length
+        # cut one past the most: longer means cut by the encoder (and no tokenizer warning here)
+        if len(tokenizer(prompt, truncation=True, max_length=most + 1).input_ids) > most:
+            warnings.warn(
+                f"MusicLDM's text encoder reads a prompt's first {most} tokens: the end of {prompt!r} is left "
+                "out; shorten the prompt",
+                stacklevel=3,
+            )
+        embeds = self._text_features(prompt, max_length=most)
         # As the pipeline does: the negative prompt is padded to the embedding width, not to the
         # tokenizer's length (the attention mask makes the padding length immaterial).
         negative = self._text_features("", max_length=embeds.shape[1])

@@ -129,6 +129,11 @@ class WordEncoder(nn.Module):
     def unknown_words(self, prompt: str) -> list[str]:
         return [w for w in split_words(prompt) if w not in self.vocabulary]
 
+    def unread_words(self, prompt: str) -> list[str]:
+        """The words of ``prompt`` past :attr:`WordEncoderConfig.max_words`, which
+        :meth:`tokenize` leaves out."""
+        return split_words(prompt)[self.config.max_words :]
+
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask (1 = word), both ``(B, L)`` with L the longest + 2."""
         rows = []

@@ -51,6 +51,10 @@ def test_guidance_and_unknown_words(backbone):
     )
     with pytest.warns(UserWarning, match=r"vocabulary are read as <unk>: \['banjo'\]"):
         backbone.encode_prompt(["a recording of a banjo"])
+    # past the 16 words it reads, a prompt was cut without a word: an edit towards it did nothing
+    long = " ".join(["a recording of a flute"] * 4) + " violin"
+    with pytest.warns(UserWarning, match=r"reads a prompt's first 16 words: 'recording of a flute violin' at the end of"):
+        backbone.encode_prompt([long])
 
 
 def test_griffin_lim_keeps_the_pitch():

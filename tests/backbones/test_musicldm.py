@@ -5,6 +5,8 @@ tensor in transformers 4 and an output object in 5; the oracle runs the pipeline
 that one call shimmed back to the tensor (its ``pooler_output``).
 """
 
+import warnings
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, MusicLDMPipeline
@@ -131,3 +133,13 @@ def test_save_and_load_round_trip(backbone, tmp_path, diffusers_log):
 def test_loading_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="could not load a MusicLDM pipeline from .*ucsd-reach/musicldm"):
         MusicLDMBackbone.from_pretrained(tmp_path / "missing")
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_of(backbone):
+    """The pipeline's CLAP tokenizer cut it without a word (AudioLDM's and AudioLDM2's say so)."""
+    most = backbone.pipe.tokenizer.model_max_length
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backbone.encode_prompt(["a recording of a violin"])
+    with pytest.warns(UserWarning, match=f"reads a prompt's first {most} tokens: the end of 'a a a"):
+        backbone.encode_prompt([" ".join(["a"] * (most + 1))])
