@@ -572,7 +572,6 @@ class Editor(LatentEditor):
                 remove_collected_adapters(model.denoiser)
             self._check_requests(models, texts)
             self._check_differentiable_weights(models)
-            self._warn_if_no_delta(texts)
             for name, model in models.items():
                 self.performance.check_weights(model.dtype, name)
             prompts = {
@@ -582,6 +581,7 @@ class Editor(LatentEditor):
                 }
                 for model in unique(r.model for r in self.requests)
             }
+            self._warn_if_no_delta(texts, prompts)
             source_latent = latent.detach().to(torch.float32, copy=True)
             x = source_latent.clone().requires_grad_(True)
             self.performance.check(x.device)
@@ -623,24 +623,38 @@ class Editor(LatentEditor):
                         "(torch.no_grad() is fine)"
                     )
 
-    def _warn_if_no_delta(self, roles: dict[str, list[str]]) -> None:
+    def _warn_if_no_delta(self, roles: dict[str, list[str]], prompts: dict[str, dict[str, Conditioning]]) -> None:
         """Warn, before the steps are spent, when every loss is a delta score between one model's
         predictions (DDS, as in SteerMusic) and every clip's source and target prompts are the
-        same: x starts at the source latent, so the delta is zero and x never moves. SteerMusic+
-        compares two models, whose delta on one prompt is not zero."""
+        same as the model reads them (``prompts``: the encodings by model and role; "a piano" and
+        "A Piano!" are one prompt to a model that reads neither case nor punctuation): x starts at
+        the source latent, so the delta is zero and x never moves. SteerMusic+ compares two
+        models, whose delta on one prompt is not zero."""
+
+        def same(a: Conditioning, b: Conditioning) -> bool:
+            fields = (*a.cond, *a.uncond)
+            return a.cond.keys() == b.cond.keys() and all(
+                torch.equal(a.cond[k], b.cond[k]) and torch.equal(a.uncond[k], b.uncond[k]) for k in fields
+            )
 
         def no_delta(loss: ScoreLoss) -> bool:
             if not isinstance(loss, DeltaDenoisingScore):
                 return False
             target, source = loss.target, loss.source
             same_call = (target.model, target.guidance_scale) == (source.model, source.guidance_scale)
-            return same_call and roles[target.prompt] == roles[source.prompt]
+            return same_call and same(prompts[target.model][target.prompt], prompts[source.model][source.prompt])
 
         if all(no_delta(loss) for loss in self.losses):
+            why = ""
+            if any(roles[loss.target.prompt] != roles[loss.source.prompt] for loss in self.losses):
+                why = (
+                    " (written otherwise, they differ only in what the model does not read: case or "
+                    "punctuation, or words past those it reads)"
+                )
             warnings.warn(
                 "the source and target prompts are the same, so the delta score between them is zero "
                 f"and the {self.steps} steps would leave the clip as it is: describe the wanted result "
-                "in the target prompt",
+                f"in the target prompt{why}",
                 UserWarning,
                 stacklevel=3,
             )

@@ -57,6 +57,18 @@ def test_guidance_and_unknown_words(backbone):
         backbone.encode_prompt([long])
 
 
+def test_prompts_the_model_reads_as_one_warn_that_the_edit_does_nothing(backbone):
+    """The warning compared the strings: "A Recording of a Flute!" edited nothing, without a word."""
+    from steer import SteerMusic
+
+    latent = torch.randn(1, 16, 8, 16, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"the source and target prompts are the same.*written otherwise, they differ"):
+        result = SteerMusic(backbone, steps=2).edit_latent(
+            latent, source="a recording of a flute", target="A Recording of a Flute!"
+        )
+    assert torch.equal(result.latent, latent)
+
+
 def test_griffin_lim_keeps_the_pitch():
     mel = MelFrontEnd()
     t = torch.arange(16000) / 16000
