@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import numbers
 import os
 import sys
@@ -116,6 +117,23 @@ def audio_format(path: Path) -> str:
             f"(what soundfile {sf.__version__} with libsndfile {sf.__libsndfile_version__} writes)"
         )
     return fmt
+
+
+def check_format_takes(path: str | os.PathLike, channels: int, sample_rate: int) -> None:
+    """Refuse, before an edit, an output whose format cannot hold ``channels`` channels at
+    ``sample_rate`` Hz (``.xi`` and a few others write mono alone): a few silent samples are
+    written in memory as :func:`save_audio` would write the file. A ``ValueError`` naming the file,
+    its format and the fix."""
+    path = Path(path)
+    fmt = audio_format(path)
+    try:
+        sf.write(io.BytesIO(), np.zeros((16, channels), dtype=np.float32), sample_rate, format=fmt)
+    except sf.LibsndfileError as error:
+        said = "mono" if channels == 1 else f"{channels}-channel"
+        raise ValueError(
+            f"cannot write {path} as {fmt}: the format takes no {said} audio at {sample_rate} Hz "
+            f"({error.error_string.removeprefix('Error : ')}), what this backbone makes; name a .wav or .flac output"
+        ) from None
 
 
 _COMMON_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")

@@ -31,7 +31,15 @@ from backbones.mel import to_mono
 from backbones.saving import check_can_be_folder
 from steer.data._files import atomic_write_text, model_source_problem
 
-from .audio import Audio, NonFiniteAudio, audio_format, check_writable, load_audio, save_audio
+from .audio import (
+    Audio,
+    NonFiniteAudio,
+    audio_format,
+    check_format_takes,
+    check_writable,
+    load_audio,
+    save_audio,
+)
 from .concepts.cli import add_personalize_parser, run_personalize
 from .editor import check_seed
 from .performance import PRESETS, compile_backends
@@ -468,6 +476,7 @@ def _edit(
     recipe = editing.recipe
     backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=editing.device)
     _check_steps(args, recipe, backbone.num_train_timesteps)
+    check_format_takes(output, backbone.channels, backbone.sample_rate)  # known now, found before the steps
     concept = None
     if getattr(args, "concept", None):
         from .concepts import Concept

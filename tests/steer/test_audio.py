@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from steer import Audio, load_audio, save_audio
-from steer.audio import NonFiniteAudio, check_writable
+from steer.audio import NonFiniteAudio, check_format_takes, check_writable
 
 linux = pytest.mark.skipif(sys.platform != "linux", reason="writes into /proc, where no file can be created")
 
@@ -210,3 +210,11 @@ def test_mp3_is_written_where_libsndfile_has_it(tmp_path):
     waveform = 0.3 * torch.sin(2 * torch.pi * 440 * torch.arange(16000) / 16000)
     audio = load_audio(save_audio(tmp_path / "a.mp3", waveform, 16000))
     assert audio.sample_rate == 16000 and audio.waveform.abs().max() > 0.1
+
+
+def test_a_format_is_checked_for_the_channels_and_rate_it_will_be_given(tmp_path):
+    check_format_takes(tmp_path / "a.xi", 1, 16000)  # .xi writes mono
+    check_format_takes(tmp_path / "a.flac", 2, 44100)
+    with pytest.raises(ValueError, match=r"^cannot write .*a\.xi as XI: the format takes no 2-channel audio at 44100 Hz"):
+        check_format_takes(tmp_path / "a.xi", 2, 44100)
+    assert list(tmp_path.iterdir()) == []  # written in memory alone

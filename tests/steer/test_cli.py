@@ -289,6 +289,25 @@ def test_demo_refuses_a_backbone_that_is_no_folder_before_it_makes_out(tmp_path,
     )
 
 
+def test_a_format_that_cannot_hold_the_backbones_channels_is_refused_before_the_steps(wav, tmp_path, capsys, monkeypatch):
+    """.xi writes mono alone: a stereo backbone's edit ran every step, then failed to be written."""
+    import steer.cli
+
+    def no_edit(*args):
+        raise AssertionError("the edit began")
+
+    monkeypatch.setattr(steer.cli, "build_editor", no_edit)
+    out = tmp_path / "out.xi"
+    args = [*_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)]
+    args[args.index("--backbone") + 1] = "tiny-stable-audio"
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"steer: error: cannot write {out} as XI: the format takes no 2-channel audio at 44100 Hz (Format not "
+        "recognised.), what this backbone makes; name a .wav or .flac output\n"
+    )
+    assert not out.exists()
+
+
 def test_an_empty_concept_is_refused(wav, tmp_path, capsys, no_model_loads):
     """It was read as no --concept: "a sks guitar" edited by plain SteerMusic, without a word."""
     assert main([*_edit(wav, "--source", "a piano", "--target", "a sks guitar", "-o", tmp_path / "o.wav"), "--concept", ""]) == 2
