@@ -631,10 +631,9 @@ class Editor(LatentEditor):
         the source latent, so the delta is zero and x never moves. SteerMusic+ compares two
         models, whose delta on one prompt is not zero."""
 
-        def same(a: Conditioning, b: Conditioning) -> bool:
-            fields = (*a.cond, *a.uncond)
+        def same(a: Conditioning, b: Conditioning) -> bool:  # cond and uncond have the same fields
             return a.cond.keys() == b.cond.keys() and all(
-                torch.equal(a.cond[k], b.cond[k]) and torch.equal(a.uncond[k], b.uncond[k]) for k in fields
+                torch.equal(a.cond[k], b.cond[k]) and torch.equal(a.uncond[k], b.uncond[k]) for k in a.cond
             )
 
         def no_delta(loss: ScoreLoss) -> bool:
