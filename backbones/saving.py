@@ -43,10 +43,13 @@ def check_no_adapters(model: nn.Module) -> None:
     Raises:
         ValueError: naming the fix, before anything is written.
     """
-    for module in model.modules():  # the denoiser may be a part of the model saved
+    # listed before any hook runs: a hook swaps adapter layers back to their base layers, which
+    # a walk of the tree in progress would meet half changed (the denoiser may be any part of it)
+    for module in list(model.modules()):
         for hook in BEFORE_SAVE:
             hook(module)
     tuners = sys.modules.get("peft.tuners.tuners_utils")  # none injected where peft never loaded
+    # walked again: the tree as the hooks left it
     if tuners is not None and any(isinstance(module, tuners.BaseTunerLayer) for module in model.modules()):
         raise ValueError(
             "the model holds a concept's LoRA adapter (a SteerMusicPlus editor or personalised model that is "
