@@ -325,8 +325,9 @@ def train_concept(
 
     Raises:
         ValueError: for a setting of the wrong type or out of range (:func:`check_settings`),
-            unusable references (:func:`check_references`), and training that diverges (a loss
-            or a learnt weight that is not finite: it names the step; lower ``lr``).
+            unusable references (:func:`check_references`), and training that diverges (a step's
+            loss, a learnt weight or the learnt weights' loss on one more batch that is not
+            finite: it names the step; lower ``lr``).
     """
     from .personalized import PersonalizedBackbone, family_of  # diffusers: imported when a model is at hand
 
@@ -429,6 +430,11 @@ def train_concept(
         key = nonfinite_key(weights)
         if key is not None:
             raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
+        if steps > start:  # the last update is checked too: finite weights can still overflow
+            with torch.no_grad():
+                after = _batch_loss(personalized, clips, segment, config, batch_size, generator).item()
+            if not math.isfinite(after):
+                raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr))
     finally:
         for p in params.values():
             p.requires_grad_(False)
@@ -456,6 +462,29 @@ def _train_step(
     keep_rows: tuple[Tensor, Tensor] | None,
 ) -> float:
     """One optimiser step on a fresh batch; returns the loss."""
+    loss = _batch_loss(personalized, clips, segment, config, batch_size, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if keep_rows is not None:  # textual inversion: only the token's row learns
+        mask, original = keep_rows
+        params["token_embedding"].grad[mask] = 0
+    torch.nn.utils.clip_grad_norm_(list(params.values()), MAX_GRAD_NORM)
+    optimizer.step()
+    if keep_rows is not None:  # undo AdamW's weight decay on the other rows
+        with torch.no_grad():
+            params["token_embedding"][mask] = original[mask]
+    return loss.item()
+
+
+def _batch_loss(
+    personalized: PersonalizedBackbone,
+    clips: list[Reference],
+    segment: int,
+    config: ConceptConfig,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """The denoising loss (a 0-d tensor) of the concept's weights on a fresh batch of crops."""
     base = personalized.base
     waveforms, prompts = [], []
     for index in torch.randint(len(clips), (batch_size,), generator=generator).tolist():
@@ -471,18 +500,7 @@ def _train_step(
     eps = personalized.predict_noise(
         base.add_noise(latents, noise, t), t, personalized.training_conditioning(prompts)
     )
-    loss = F.mse_loss(eps.float(), noise)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if keep_rows is not None:  # textual inversion: only the token's row learns
-        mask, original = keep_rows
-        params["token_embedding"].grad[mask] = 0
-    torch.nn.utils.clip_grad_norm_(list(params.values()), MAX_GRAD_NORM)
-    optimizer.step()
-    if keep_rows is not None:  # undo AdamW's weight decay on the other rows
-        with torch.no_grad():
-            params["token_embedding"][mask] = original[mask]
-    return loss.item()
+    return F.mse_loss(eps.float(), noise)
 
 
 def _frozen_rows(personalized: PersonalizedBackbone, params: dict[str, nn.Parameter]) -> tuple[Tensor, Tensor] | None:

@@ -357,6 +357,15 @@ def test_the_largest_learning_rate_diverges_instead_of_crashing(method, mel_back
         _train(mel_backbone, clips, method, lr=MAX_LR, steps=3, batch_size=1, crop_seconds=0.64)
 
 
+@pytest.mark.parametrize("method", ["lora", "textual_inversion", "dreambooth"])
+def test_a_last_update_that_blows_up_finitely_is_refused(method, mel_backbone, clips):
+    """Weights of 1e30 are finite; the concept was saved, and its edits diverged, blaming --lr of the edit."""
+    message = "training diverged at step 1: the loss of the learnt weights is nan; train again with a learning rate below lr=1e+30 (steer personalize --lr)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _train(mel_backbone, clips, method, lr=1e30, steps=1, batch_size=1, crop_seconds=0.64)
+    assert not hasattr(mel_backbone.denoiser, "peft_config")
+
+
 def test_weights_that_stop_being_finite_are_refused(mel_backbone, clips, monkeypatch):
     def nan_gradients(params, max_norm):  # a finite loss whose update is not: the last step's weights
         for p in params:
