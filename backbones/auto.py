@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
 from .base import Backbone
 
@@ -247,6 +247,40 @@ def load_backbone(
             hub["local_files_only"] = True
     adapter = adapter_for(_pipeline_class(index), name)
     return adapter.from_pretrained(name, torch_dtype=torch_dtype, device=device, **hub)
+
+
+def backbone_family(name: str) -> str | None:
+    """The :attr:`~backbones.Backbone.family` of the backbone :func:`load_backbone` would load
+    for ``name``, read without loading it, so that a mismatch can be refused first: from an
+    offline build's name, a local folder's files, or a Hub repo's ``model_index.json`` where the
+    local Hugging Face cache holds it (nothing is downloaded). ``None`` where that does not tell
+    (no such folder, a Hub repo not cached, a pipeline steer does not support).
+
+    Example:
+        >>> backbone_family("tiny-musicldm")
+        'musicldm'
+    """
+    if name in TINY:
+        return _import(ADAPTERS[TINY[name][1]]).family
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if is_mel_diffusion_folder(folder):
+            from .mel_diffusion import MelDiffusionBackbone  # diffusers: imported when a model loads
+
+            return MelDiffusionBackbone.family
+        index: Path | None = folder / "model_index.json"
+    elif folder.exists() or not repo_shaped(name):
+        return None
+    else:
+        cached = try_to_load_from_cache(name, "model_index.json")
+        index = Path(cached) if isinstance(cached, str) else None
+    if index is None or not index.is_file():
+        return None
+    try:
+        pipeline = _pipeline_class(index)
+    except ValueError:  # load_backbone names the damaged file
+        return None
+    return _import(ADAPTERS[pipeline]).family if pipeline in ADAPTERS else None
 
 
 def _pipeline_class(index: Path) -> str | None:

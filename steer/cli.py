@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from backbones import load_backbone
-from backbones.auto import TINY, repo_shaped
+from backbones.auto import TINY, backbone_family, repo_shaped
 from backbones.mel import to_mono
 from backbones.saving import check_can_be_folder
 from steer.data._files import atomic_write_text, model_source_problem
@@ -443,7 +443,22 @@ def _choose_backbone(args: argparse.Namespace, concept: ConceptConfig | None) ->
             )
     if problem := model_source_problem(args.backbone, "--backbone"):
         raise UsageError(problem)
+    if concept is not None and (problem := _family_problem(concept, args.backbone)):
+        raise UsageError(problem)
     return note
+
+
+def _family_problem(concept: ConceptConfig, backbone: str) -> str | None:
+    """Why ``concept`` cannot be applied to ``backbone``, a model of another family, told from
+    their files alone (:func:`~backbones.auto.backbone_family`; no model loads), or ``None``."""
+    family = backbone_family(backbone)
+    if family is None or family == concept.family:
+        return None
+    return (
+        f"the concept was learnt on a backbone of the {concept.family} family "
+        f"({concept.base_model or 'base model not recorded'}); --backbone {backbone} is one of the {family} "
+        "family: pass the base model it was learnt on"
+    )
 
 
 def _editing(args: argparse.Namespace, target: str | None = None) -> _Editing:
@@ -671,8 +686,12 @@ def _run(args: argparse.Namespace) -> int:
         check_concepts(items, args.recipe, args.concept)
         default_concept = _check_default_concept(args.concept, items)
         configs, problems = _items_concepts(items)
-        warning = _check_items(items, problems, args.out, args.overwrite)
         note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
+        for item in items:  # an item's own concept of another family than the backbone's
+            if item.concept in configs and item.id not in problems:
+                if problem := _family_problem(configs[item.concept], args.backbone):
+                    problems[item.id] = problem
+        warning = _check_items(items, problems, args.out, args.overwrite)
         for line in (warning, note):
             if line and state.is_main_process:
                 print(line, file=sys.stderr)

@@ -320,3 +320,30 @@ def test_where_the_hub_is_unreachable_a_repo_loads_from_the_cache_at_once(monkey
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         load_backbone("me/missing")
+
+
+def test_a_backbones_family_is_read_from_its_files_without_loading_it(monkeypatch, tmp_path):
+    """For refusing a concept of another family before a model loads (it was refused after)."""
+    from backbones.auto import backbone_family
+
+    monkeypatch.setattr(backbones.auto, "load_backbone", None)  # nothing may load
+    assert [backbone_family(name) for name in ("tiny", "tiny-audioldm", "tiny-musicldm", str(SHIPPED))] == [
+        "audioldm2", "audioldm", "musicldm", "mel-diffusion"
+    ]
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "MusicLDMPipeline"}))
+    assert backbone_family(str(folder)) == "musicldm"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "cache" / "models--me--pipe"
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "model_index.json").write_text(json.dumps({"_class_name": "AudioLDMPipeline"}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert backbone_family("me/pipe") == "audioldm"  # from the cache, the Hub not asked
+    # what the files do not tell: None (load_backbone then names the problem)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FooPipeline"}))
+    assert backbone_family(str(folder)) is None
+    (folder / "model_index.json").write_text("[")
+    assert backbone_family(str(folder)) is None
+    assert [backbone_family(name) for name in ("me/not-cached", str(tmp_path / "no-such"), "tiyn")] == [None] * 3

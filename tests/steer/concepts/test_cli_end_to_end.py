@@ -119,6 +119,39 @@ def test_edit_without_backbone_refuses_a_concept_of_another_family_that_records_
     )
 
 
+def test_a_concept_of_another_family_than_the_backbone_is_refused_before_it_loads(clip_files, tmp_path, capsys, monkeypatch):
+    """It was refused only once the backbone had loaded (minutes for AudioLDM2), by steer run item by item."""
+    concept = tmp_path / "c"
+    assert main(["personalize", str(clip_files[0]), "--token", "sks", "--class-word", "guitar", "--method", "lora",
+                 "-o", str(concept), "--backbone", "tiny-audioldm", "--steps", "1", "--batch-size", "1"]) == 0
+
+    def load_backbone(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("steer.cli.load_backbone", load_backbone)
+    refusal = (
+        "steer: error: the concept was learnt on a backbone of the audioldm family (tiny-audioldm); --backbone tiny is "
+        "one of the audioldm2 family: pass the base model it was learnt on\n"
+    )
+    capsys.readouterr()
+    assert main(["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "--concept", str(concept),
+                 "-o", str(tmp_path / "a.wav"), "--backbone", "tiny", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == refusal
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"id": i, "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar"} for i in "ab"]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = ["run", str(manifest), "--out", str(tmp_path / "out"), "--backbone", "tiny", "--device", "cpu"]
+    assert main([*run, "--concept", str(concept)]) == 2
+    assert capsys.readouterr().err == refusal
+    manifest.write_text("".join(json.dumps({**row, "concept": str(concept)}) + "\n" for row in rows))
+    assert main(run) == 2
+    assert capsys.readouterr().err == (
+        "steer: error: none of the 2 item(s) to edit can be edited (first: item 'a': " + refusal[len("steer: error: "):-1]
+        + "): fix the manifest\n"
+    )
+    assert not (tmp_path / "a.wav").exists() and not (tmp_path / "out").exists()
+
+
 def test_run_without_backbone_takes_the_base_model_its_items_concepts_agree_on(mel_folder, clip_files, tmp_path, capsys):
     """Only --concept gave the backbone: items naming their own concepts loaded the AudioLDM2 default."""
     concept = tmp_path / "mel-concept"
