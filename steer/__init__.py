@@ -11,7 +11,7 @@ from backbones._lazy import lazy_names
 
 if TYPE_CHECKING:
     from .audio import Audio, load_audio, save_audio
-    from .baselines import DDIMInversion, DDPMInversion, SDEdit
+    from .baselines import DDIMInversion, DDPMInversion, DreamSoundEditing, SDEdit
     from .concepts import Concept, PersonalizedBackbone, PushError
     from .editor import Editor, EditResult, EditState
     from .performance import Performance
@@ -25,6 +25,7 @@ _LAZY = {
     "save_audio": "audio",
     "DDIMInversion": "baselines",
     "DDPMInversion": "baselines",
+    "DreamSoundEditing": "baselines",
     "SDEdit": "baselines",
     "Concept": "concepts",
     "PersonalizedBackbone": "concepts",
@@ -42,6 +43,7 @@ __all__ = [
     "Concept",
     "DDIMInversion",
     "DDPMInversion",
+    "DreamSoundEditing",
     "EditResult",
     "EditState",
     "Editor",

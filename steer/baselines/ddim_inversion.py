@@ -29,8 +29,8 @@ class DDIMInversion(InversionEditor):
         backbone: the diffusion model.
         steps: DDIM steps of the full schedule.
         strength: fraction of the schedule that is inverted and re-sampled, in (0, 1]; 1 (the
-            default) is the plain DDIM-inversion baseline, smaller values the shallow inversion
-            of DreamSound's editing (SteerMusic section 5.4).
+            default) is the plain DDIM-inversion baseline (:class:`DreamSoundEditing`, the
+            personalised baseline, inverts shallowly and samples with a concept's model).
         guidance_scale_inversion: classifier-free guidance of the source prompt while inverting.
         guidance_scale: classifier-free guidance of the target prompt while sampling.
 
@@ -66,6 +66,6 @@ class DDIMInversion(InversionEditor):
         callback: SamplerCallback | None, progress: bool,
     ) -> Tensor:
         return ddim_sample(
-            self.backbone, inverted, cond, timesteps=timesteps, guidance_scale=self.guidance_scale,
+            self.sampler, inverted, cond, timesteps=timesteps, guidance_scale=self.guidance_scale,
             callback=callback, progress=progress,
         )

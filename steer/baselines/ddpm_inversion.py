@@ -96,6 +96,6 @@ class DDPMInversion(InversionEditor):
     ) -> Tensor:
         x_t, noises = inverted
         return ddpm_sample(
-            self.backbone, x_t, cond, timesteps=timesteps, noises=noises, guidance_scale=self.guidance_scale,
+            self.sampler, x_t, cond, timesteps=timesteps, noises=noises, guidance_scale=self.guidance_scale,
             callback=callback, progress=progress,
         )

@@ -1,5 +1,6 @@
 """What the inversion editors share: invert the source latent with the source prompt over the
-last ``strength`` of a ``steps``-step schedule, then sample back down with the target prompt."""
+last ``strength`` of a ``steps``-step schedule, then sample back down with the target prompt
+(with :attr:`InversionEditor.sampler`: the backbone, or a concept's personalised model)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,12 @@ class InversionEditor(LatentEditor):
         self.guidance_scale_inversion = guidance_scale_inversion
         self.guidance_scale = guidance_scale
 
+    @property
+    def sampler(self) -> Backbone:
+        """The model that encodes the target prompt and samples with it: the backbone (a
+        personalised editor samples with its concept's model, :class:`DreamSoundEditing`)."""
+        return self.backbone
+
     @abstractmethod
     def invert(
         self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
@@ -100,7 +107,7 @@ class InversionEditor(LatentEditor):
         check_seed(seed)
         batch = latent.shape[0]
         source_cond = backbone.encode_prompt(prompt_list(source, batch, "source"))
-        target_cond = backbone.encode_prompt(prompt_list(target, batch, "target"))
+        target_cond = self.sampler.encode_prompt(prompt_list(target, batch, "target"))
         timesteps = ddim_timesteps(
             self.steps, num_train_timesteps=backbone.num_train_timesteps, strength=self.strength
         )

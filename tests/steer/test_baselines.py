@@ -319,3 +319,44 @@ def test_bad_seeds_are_refused_by_every_baseline(analytic_backbone, make, seed):
     others do."""
     with pytest.raises(ValueError, match=r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1"):
         make(analytic_backbone).edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute", seed=seed)
+
+
+# -- DreamSound's personalised editing (SteerMusic+'s baseline) -------------------------------------
+def test_dreamsound_inverts_with_the_base_model_and_samples_with_the_concepts(tiny_backbone, lora):
+    """Its edit is DDIM inversion by ε with the source prompt to the 30th of 200 steps, then DDIM
+    sampling by ε' with the target prompt; not the base model's DDIM-inversion edit."""
+    from steer import DreamSoundEditing
+    from steer.sampling import ddim_invert
+
+    latent = tiny_backbone.encode_audio(torch.randn(1, 1, 10240, generator=torch.Generator().manual_seed(0)), 16000)
+    editor = DreamSoundEditing(tiny_backbone, lora, steps=40)
+    assert editor.strength == 0.15
+    edited = editor.edit_latent(latent, source="a piano", target="a sks guitar").latent
+
+    timesteps = ddim_timesteps(40, strength=0.15)
+    assert timesteps.tolist() == [126, 101, 76, 51, 26, 1]
+    personalized = editor.personalized
+    inverted = ddim_invert(tiny_backbone, latent, tiny_backbone.encode_prompt(["a piano"]), timesteps=timesteps,
+                           guidance_scale=3.0)
+    expected = ddim_sample(personalized, inverted, personalized.encode_prompt(["a sks guitar"]), timesteps=timesteps,
+                           guidance_scale=12.0)
+    torch.testing.assert_close(edited, expected, rtol=0, atol=0)
+    base_edit = DDIMInversion(tiny_backbone, steps=40, strength=0.15).edit_latent(
+        latent, source="a piano", target="a sks guitar"
+    ).latent
+    assert (edited - base_edit).abs().max() > 1e-3  # ε' sampled, not ε
+
+
+def test_dreamsound_refuses_a_target_without_the_token_and_gives_the_model_back(tiny_backbone, lora, monkeypatch):
+    from steer import DreamSoundEditing
+
+    latent = tiny_backbone.encode_audio(torch.randn(1, 1, 10240, generator=torch.Generator().manual_seed(0)), 16000)
+    editor = DreamSoundEditing(tiny_backbone, lora, steps=4)
+    monkeypatch.setattr("steer.baselines.ddim_inversion.ddim_invert", None)  # no step may run
+    with pytest.raises(ValueError, match="the target prompt 'a guitar' does not name the concept token 'sks'"):
+        editor.edit_latent(latent, source="a piano", target="a guitar")
+    with editor:
+        pass
+    assert not hasattr(tiny_backbone.denoiser, "peft_config")  # the adapter left the base denoiser
+    with pytest.raises(RuntimeError, match="this DreamSoundEditing editor was closed"):
+        editor.edit_latent(latent, source="a piano", target="a sks guitar")
