@@ -24,7 +24,9 @@ class PersonalizedContrastiveLoss(ScoreLoss):
     editor makes anyway for the delta score and the shift term, so PCon costs no extra forward
     pass (only the backward through ε').
 
-    Each clip's loss is averaged over its positions; the logged value is the mean over the
+    Each clip's loss is averaged over its positions (eq. 9 sums them; the mean, as PatchNCE and
+    the contrastive denoising score take it, weighs a layer the same whatever its number of time
+    positions); the logged value is the mean over the
     batch's clips, and the gradient their sum, so a clip's gradient does not depend on the
     clips edited beside it (the positions are drawn once for all of them).
 

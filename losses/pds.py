@@ -1,4 +1,4 @@
-"""Personalised Delta Score, the main term of SteerMusic+ (Niu et al., 2025, section 4.2, eq. 7)."""
+"""Personalised Delta Score, the main term of SteerMusic+ (Niu et al., 2025, section 4.2, eq. 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shift regulariser of SteerMusic+ (Niu et al., 2025, section 4.2, eq. 8)."""
+"""The shift regulariser of SteerMusic+ (Niu et al., 2025, section 4.2, eqs. 6–7)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ class ShiftRegularizer(ScoreLoss):
 
     The base model reads the target prompt without the concept's token (role
     ``"target_base"``, e.g. "a guitar melody" for "a sks guitar melody"), since the token means
-    nothing to it. λ > 0 pushes the edit towards the concept, λ < 0 keeps it closer to the
-    source (the paper's ablation, section 5.5).
+    nothing to it: the authors' code does so, where the paper's eq. 7 writes y_tgt for both
+    models. λ > 0 pushes the edit towards the concept, λ < 0 keeps it closer to the source (the
+    paper's ablation of λ, section 5.4).
 
     Args:
         strength: λ (the paper uses 0.05).
