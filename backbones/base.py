@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 
 import einops
 import torch
@@ -92,6 +93,22 @@ def checkpoint_call(module: nn.Module, *args: object, **kwargs: object) -> objec
     else:  # a generator's state cannot be read while a CUDA graph records (a step graph)
         options = {"preserve_rng_state": not _capturing()}
     return checkpoint(run, *args, use_reentrant=False, **options, **kwargs)
+
+
+@contextmanager
+def modes_kept(*modules: nn.Module) -> Iterator[None]:
+    """Give every submodule of ``modules`` its train/eval mode and every parameter its
+    ``requires_grad`` back on exit: for building a view (an adapter over shared modules,
+    which sets them to eval and frozen) without changing the modules its user holds."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    grads = [(p, p.requires_grad) for module in modules for p in module.parameters()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in grads:
+            p.requires_grad_(requires_grad)
 
 
 def _capturing() -> bool:

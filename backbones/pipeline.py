@@ -13,7 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
-from .base import Backbone
+from .base import Backbone, modes_kept
 from .conditioning import Conditioning
 from .saving import check_model_folder, check_no_adapters, readable_like
 
@@ -119,13 +119,16 @@ class PipelineBackbone(Backbone):
 
     def replace(self, **components: Any) -> PipelineBackbone:
         """A backbone of the same kind over the same components but ``components`` (e.g. a
-        personalised denoiser or tokenizers that know a new word), with its own prompt cache."""
+        personalised denoiser or tokenizers that know a new word), with its own prompt cache; the
+        shared components keep their train/eval modes and ``requires_grad`` flags."""
         unknown = set(components) - set(self.pipe.components)
         if unknown:
             raise ValueError(f"the pipeline has no component {sorted(unknown)[0]!r}")
         pipe = type(self.pipe)(**{**self.pipe.components, **components})
         pipe.set_progress_bar_config(disable=True)
-        return type(self)(pipe, **self._settings())
+        own = [c for c in self.pipe.components.values() if isinstance(c, nn.Module)]
+        with modes_kept(*own):  # the new adapter sets its modules to eval and frozen: not this one's
+            return type(self)(pipe, **self._settings())
 
     @property
     def denoiser_component(self) -> str:

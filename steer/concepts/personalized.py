@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from backbones import Backbone, Conditioning
 from backbones.adapter_state import adapter_state, set_adapter_state
+from backbones.base import modes_kept
 from backbones.mel_diffusion import WORD_MASK, MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
 from backbones.saving import BEFORE_SAVE
@@ -73,7 +74,8 @@ def _mel_view(base: MelDiffusionBackbone, denoiser: nn.Module, text_encoder: nn.
     model.unet = denoiser
     if text_encoder is not None:
         model.text_encoder = text_encoder
-    return type(base)(model, mel=base.mel)
+    with modes_kept(base.model):  # the view sets its modules to eval and frozen: not the base's
+        return type(base)(model, mel=base.mel)
 
 
 def _mel_conditioning(view: MelDiffusionBackbone, prompts: Sequence[str]) -> Conditioning:
@@ -197,7 +199,8 @@ def inject_lora(model: nn.Module, config, name: str, weights: dict[str, Tensor] 
     # peft draws a fresh A from the global generator; weights to load replace it, so that draw
     # must not move the user's random stream (a fresh adapter's caller seeds it on purpose).
     forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=weights is not None)
-    with forked, warnings.catch_warnings():
+    # peft freezes every weight but the adapter's: the model's own flags are given back
+    with forked, warnings.catch_warnings(), modes_kept(model):
         # Several concepts may share one denoiser, each as its own named adapter.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         inject_adapter_in_model(config, model, adapter_name=name)

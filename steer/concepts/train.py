@@ -464,7 +464,7 @@ def _train_step(
     """One optimiser step on a fresh batch; returns the loss."""
     loss = _batch_loss(personalized, clips, segment, config, batch_size, generator)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.backward(inputs=list(params.values()))  # not into base weights a user left trainable
     if keep_rows is not None:  # textual inversion: only the token's row learns
         mask, original = keep_rows
         params["token_embedding"].grad[mask] = 0

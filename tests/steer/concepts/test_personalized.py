@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from backbones import Conditioning
-from steer import SteerMusic
+from steer import SteerMusic, SteerMusicPlus
 from steer.concepts import Concept, PersonalizedBackbone
 
 PROMPT = "a recording of a sks guitar"
@@ -287,3 +287,31 @@ def test_prompts_are_cached_by_the_personalised_model(tiny_backbone, clips):
         assert isinstance(cond, Conditioning) and len(cond) == 1
         assert personalized.encode_prompt([PROMPT]) is cond  # cached on the personalised side
         assert tiny_backbone.encode_prompt([PROMPT]) is not cond  # not shared with the base
+
+
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "textual_inversion"])
+@pytest.mark.parametrize("which", ["tiny", "mel"])
+def test_the_users_modes_and_trainable_flags_are_left_as_they_were(which, method, tiny_backbone, mel_backbone, clips):
+    """A personalised model's view set the shared modules to eval and frozen (and peft froze the
+    denoiser): a base model a user had in train mode came back from training a concept or a
+    SteerMusic+ edit in eval mode and frozen; training's backward filled its weights' .grad."""
+    backbone = tiny_backbone if which == "tiny" else mel_backbone
+    modules = [backbone.denoiser, *([backbone.pipe.vae, backbone.pipe.text_encoder] if which == "tiny" else [backbone.model])]
+    for module in modules:
+        module.train().requires_grad_(True)
+
+    def flags():
+        return [([m.training for m in module.modules()], [p.requires_grad for p in module.parameters()]) for module in modules]
+
+    before = flags()
+    try:
+        assert all(all(a) and all(b) for a, b in before)
+        concept = _train(backbone, clips, method, steps=1)
+        assert flags() == before
+        assert all(p.grad is None for module in modules for p in module.parameters())
+        with SteerMusicPlus(backbone, concept, steps=1) as editor:
+            editor.edit(clips[0], source="a piano", target="a sks guitar")
+        assert flags() == before
+    finally:  # the tiny pipeline is shared by the tests of this process
+        for module in modules:
+            module.eval().requires_grad_(False)
