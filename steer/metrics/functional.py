@@ -458,6 +458,12 @@ def lpaps_distance(
             f"expected one feature map per stage on both sides, got {len(features_a)} and "
             f"{len(features_b)}"
         )
+    for stage, (a, b) in enumerate(zip(features_a, features_b)):
+        if a.dim() != 4 or a.shape != b.shape:  # broadcasting made a (1, ...) side a batch's distances
+            raise ValueError(
+                f"stage {stage}: expected two (B, C, H, W) maps of one shape, got {tuple(a.shape)} and "
+                f"{tuple(b.shape)}: pass the two clips' features from the same encoder, batch for batch"
+            )
     total = 0.0
     for a, b in zip(features_a, features_b):
         a, b = (x.double().flatten(2) for x in _on_device_of(a, b))  # (B, C, positions)

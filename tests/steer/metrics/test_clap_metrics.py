@@ -133,6 +133,12 @@ def test_lpaps_distance_matches_the_per_channel_cosine_form():
     torch.testing.assert_close(lpaps_distance(scaled, b), lpaps_distance(a, b), rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="stage"):
         lpaps_distance(a, b[:1])
+    # one clip against a batch of 2 broadcast to 2 distances, as if each were the pair's
+    one = [x[:1] for x in a]
+    with pytest.raises(ValueError, match=r"^stage 0: expected two \(B, C, H, W\) maps of one shape, got \(1, 4, 3, 5\) and \(2, 4, 3, 5\)"):
+        lpaps_distance(one, b)
+    with pytest.raises(ValueError, match=r"^stage 1: .* got \(2, 6, 4\) and \(2, 6, 4\)"):
+        lpaps_distance([a[0], a[1].flatten(2)], [b[0], b[1].flatten(2)])
 
 
 def test_lpaps_averages_overlapping_windows_as_the_reference(clap):
