@@ -115,6 +115,12 @@ class Reference:
     waveform: Tensor  # (samples,)
 
 
+_NOT_A_REFERENCE = (
+    "{what}: pass audio files or steer.Audio clips, e.g. Audio(waveform, sample_rate) for a (channels, samples) "
+    "waveform"
+)
+
+
 def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tuple[str, Audio]]:
     """Read the reference clips as given, refusing unusable ones with an error that names them.
 
@@ -122,6 +128,7 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
     ``steer personalize`` calls it before it loads a model.
 
     Raises:
+        TypeError: for a reference that is no path or :class:`Audio` (a bare waveform tensor).
         ValueError: for no clips, a missing path, a folder, a file that is not audio, a batch
             ``(B, channels, samples)`` of clips, or a clip shorter than :data:`MIN_SECONDS` or
             silent (peak below :data:`SILENCE_PEAK` after the channels are mixed to mono, as
@@ -129,10 +136,14 @@ def check_references(references: Sequence[str | os.PathLike | Audio]) -> list[tu
     """
     if isinstance(references, (str, os.PathLike, Audio)):
         references = [references]
+    if isinstance(references, Tensor):
+        raise TypeError(_NOT_A_REFERENCE.format(what="the references are a Tensor"))
     if not references:
         raise ValueError("no reference clips: pass one or more audio files")
     clips = []
     for i, reference in enumerate(references):
+        if not isinstance(reference, (str, os.PathLike, Audio)):
+            raise TypeError(_NOT_A_REFERENCE.format(what=f"reference {i} is a {type(reference).__name__}"))
         if isinstance(reference, Audio):
             name, audio = f"reference clip {i}", reference
             if audio.waveform.dim() != 2:
@@ -324,6 +335,7 @@ def train_concept(
         the learnt :class:`Concept`.
 
     Raises:
+        TypeError: for a reference that is no path or :class:`~steer.Audio` (:func:`check_references`).
         ValueError: for a setting of the wrong type or out of range (:func:`check_settings`),
             unusable references (:func:`check_references`), and training that diverges (a step's
             loss, a learnt weight or the learnt weights' loss on one more batch that is not

@@ -139,7 +139,7 @@ def test_checkpoints_never_touch_what_the_run_did_not_write(mel_backbone, clips,
         _train(mel_backbone, clips, "lora", steps=1, keep_checkpoints=-1)
 
 
-def test_unusable_references_name_the_file(mel_backbone, clip_files, tmp_path):
+def test_unusable_references_name_the_file(mel_backbone, clips, clip_files, tmp_path):
     missing = tmp_path / "missing.wav"
     unreadable = tmp_path / "notes.wav"
     unreadable.write_text("not audio")
@@ -157,6 +157,13 @@ def test_unusable_references_name_the_file(mel_backbone, clip_files, tmp_path):
         _train(mel_backbone, [], "lora", steps=1)
     with pytest.raises(ValueError, match="NaN"):
         _train(mel_backbone, [Audio(torch.full((1, 16000), float("nan")), 16000)], "lora", steps=1)
+    # a bare waveform: pathlib's "expected str, bytes or os.PathLike object, not Tensor", or for a
+    # (1, samples) tensor "Boolean value of Tensor with more than one value is ambiguous"
+    fix = "pass audio files or steer.Audio clips, e.g. Audio(waveform, sample_rate) for a (channels, samples) waveform"
+    with pytest.raises(TypeError, match=f"^reference 1 is a Tensor: {re.escape(fix)}$"):
+        _train(mel_backbone, [clip_files[0], clips[0].waveform], "lora", steps=1)
+    with pytest.raises(TypeError, match=f"^the references are a Tensor: {re.escape(fix)}$"):
+        _train(mel_backbone, clips[0].waveform, "lora", steps=1)
 
 
 def test_files_and_clips_train_alike(mel_backbone, clips, clip_files):
