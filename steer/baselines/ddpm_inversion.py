@@ -67,17 +67,22 @@ class DDPMInversion(InversionEditor):
         guidance_scale: float = 12.0,
         steps_per_call: int = 1,
     ) -> None:
-        check_whole_number("steps_per_call", steps_per_call, 1)
+        self.steps_per_call = steps_per_call
         super().__init__(
             backbone, steps=steps, strength=strength,
             guidance_scale_inversion=guidance_scale_inversion, guidance_scale=guidance_scale,
         )
-        if ddim_timesteps(steps, num_train_timesteps=backbone.num_train_timesteps)[-1] == 0:
+
+    def check_settings(self) -> None:
+        """As :meth:`InversionEditor.check_settings`, and ``steps_per_call`` and a schedule
+        whose last step is not at timestep 0."""
+        check_whole_number("steps_per_call", self.steps_per_call, 1)
+        super().check_settings()
+        if ddim_timesteps(self.steps, num_train_timesteps=self.backbone.num_train_timesteps)[-1] == 0:
             raise ValueError(
-                f"steps={steps} puts the last step at timestep 0, the clean latent's level, which "
-                f"DDPM inversion cannot invert: use at most {backbone.num_train_timesteps - 1} steps"
+                f"steps={self.steps} puts the last step at timestep 0, the clean latent's level, which "
+                f"DDPM inversion cannot invert: use at most {self.backbone.num_train_timesteps - 1} steps"
             )
-        self.steps_per_call = steps_per_call
 
     def invert(
         self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,

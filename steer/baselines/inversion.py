@@ -52,19 +52,23 @@ class InversionEditor(LatentEditor):
         guidance_scale_inversion: float = 3.0,
         guidance_scale: float = 12.0,
     ) -> None:
-        strength = self.default_strength if strength is None else strength
-        check_settings(
-            backbone,
-            steps=steps,
-            strength=strength,
-            guidance_scale_inversion=guidance_scale_inversion,
-            guidance_scale=guidance_scale,
-        )
         self.backbone = backbone
         self.steps = steps
-        self.strength = strength
+        self.strength = self.default_strength if strength is None else strength
         self.guidance_scale_inversion = guidance_scale_inversion
         self.guidance_scale = guidance_scale
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Refuse settings of the wrong type or out of range (:func:`~steer.baselines.settings.check_settings`):
+        at construction, and at each edit, since they may be set between edits."""
+        check_settings(
+            self.backbone,
+            steps=self.steps,
+            strength=self.strength,
+            guidance_scale_inversion=self.guidance_scale_inversion,
+            guidance_scale=self.guidance_scale,
+        )
 
     @property
     def sampler(self) -> Backbone:
@@ -100,9 +104,10 @@ class InversionEditor(LatentEditor):
     ) -> EditResult:
         """Edit a latent ``(B, C, T[, F])``; see :meth:`edit`. ``audio`` is left ``None``.
 
-        The latent and the seed are checked before any step (a deterministic method, which
+        The settings (:meth:`check_settings`), the latent and the seed are checked before any step (a deterministic method, which
         does not use the seed, refuses a bad one too)."""
         backbone = self.backbone
+        self.check_settings()
         check_latent(latent, backbone)
         check_seed(seed)
         batch = latent.shape[0]

@@ -65,11 +65,16 @@ class SDEdit(LatentEditor):
         steps: int = 200,
         guidance_scale: float = 12.0,
     ) -> None:
-        check_settings(backbone, steps=steps, strength=strength, guidance_scale=guidance_scale)
         self.backbone = backbone
         self.strength = strength
         self.steps = steps
         self.guidance_scale = guidance_scale
+        self.check_settings()
+
+    def check_settings(self) -> None:
+        """Refuse settings of the wrong type or out of range (:func:`~steer.baselines.settings.check_settings`):
+        at construction, and at each edit, since they may be set between edits."""
+        check_settings(self.backbone, steps=self.steps, strength=self.strength, guidance_scale=self.guidance_scale)
 
     def edit_latent(
         self,
@@ -83,6 +88,7 @@ class SDEdit(LatentEditor):
     ) -> EditResult:
         """Edit a latent ``(B, C, T[, F])``; see :meth:`edit`. ``audio`` is left ``None``."""
         backbone = self.backbone
+        self.check_settings()
         check_latent(latent, backbone)
         check_seed(seed)
         batch = latent.shape[0]

@@ -279,6 +279,23 @@ def test_bad_settings_are_clear_errors(analytic_backbone, make, match):
 
 
 @pytest.mark.parametrize("make", BASELINES)
+@pytest.mark.parametrize(
+    "name, value, match",
+    [
+        ("guidance_scale", float("nan"), "guidance_scale must be a finite number, got nan"),
+        ("strength", 1.5, "strength"),
+        ("steps", 2.5, "steps"),
+    ],
+)
+def test_settings_set_between_edits_are_checked_as_the_constructor_checks_them(analytic_backbone, make, name, value, match):
+    """NaN guidance set after construction gave an all-NaN edit, without a word."""
+    editor = make(analytic_backbone)
+    setattr(editor, name, value)
+    with pytest.raises(ValueError, match=match):
+        editor.edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute")
+
+
+@pytest.mark.parametrize("make", BASELINES)
 def test_bad_prompts_are_clear_errors(analytic_backbone, make):
     editor = make(analytic_backbone)
     latent = _randn(1, 2, 6, 4)
