@@ -358,6 +358,9 @@ class Editor(LatentEditor):
 
     #: what is fixed when the editor is built: recipes add what they work out from their concept
     _fixed: tuple[str, ...] = ("backbone", "losses", "requests", "feature_requests", "loss_names")
+    #: a recipe's keyword arguments that its losses and models are made from when it is built
+    #: (not kept on the editor): setting one on the editor is refused, as it would change nothing
+    _built_from: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -417,6 +420,13 @@ class Editor(LatentEditor):
             raise AttributeError(
                 f"{kind}.{name} is fixed when the editor is built (its requests, loss names and models "
                 f"are worked out then): build a new {kind} instead; only its settings "
+                f"({', '.join(SETTINGS)}) may be set between edits"
+            )
+        if name in self._built_from:
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}'s {name} is used when the editor is built (its losses and models are made from it), so "
+                f"setting it on the editor would change nothing: build a new {kind}(..., {name}=...); only its settings "
                 f"({', '.join(SETTINGS)}) may be set between edits"
             )
         super().__setattr__(name, value)

@@ -44,6 +44,8 @@ class SteerMusic(Editor):
         (torch.Size([1, 16000]), 16000)
     """
 
+    _built_from = ("guidance_scale", "weighting")
+
     def __init__(
         self,
         backbone: Backbone,
@@ -108,6 +110,10 @@ class SteerMusicPlus(Editor):
     """
 
     _fixed = (*Editor._fixed, "token", "class_word", "personalized")
+    _built_from = (
+        "concept", "guidance_scale", "weighting", "shift", "pcon_weight", "pcon_layers", "pcon_tau", "pcon_positions",
+        "pcon_reference",
+    )
 
     def __init__(
         self,

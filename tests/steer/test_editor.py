@@ -676,6 +676,15 @@ def test_the_backbone_and_losses_are_fixed_when_the_editor_is_built(analytic_bac
     for name in ("losses", "token", "class_word", "personalized"):
         with pytest.raises(AttributeError, match=rf"^SteerMusicPlus.{name} is fixed when the editor is built"):
             setattr(plus, name, getattr(plus, name))
+    # a recipe's keyword arguments its losses are made from: setting one was kept and did nothing
+    for editor, name in [(SteerMusic(analytic_backbone), "guidance_scale"), (plus, "shift"), (plus, "pcon_tau")]:
+        kind = type(editor).__name__
+        with pytest.raises(AttributeError, match=(
+            rf"^{kind}'s {name} is used when the editor is built \(its losses and models are made from it\), so setting "
+            rf"it on the editor would change nothing: build a new {kind}\(\.\.\., {name}=\.\.\.\); {settings}"
+        )):
+            setattr(editor, name, 1.0)
+        assert name not in vars(editor)
 
 
 def test_losses_given_as_a_generator_are_all_kept(analytic_backbone):
