@@ -43,7 +43,7 @@ from .audio import (
 from .concepts.cli import add_personalize_parser, run_personalize
 from .editor import check_seed
 from .performance import PRESETS, compile_backends
-from .runner import BASELINES, RECIPES, build_editor
+from .runner import BASELINES, CONCEPT_RECIPES, RECIPES, build_editor
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -223,12 +223,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--concept",
-        help="a concept folder or Hub repo id: edit with SteerMusic+ (the target names its token)",
+        help="a concept folder or Hub repo id: edit with SteerMusic+, or --recipe dreamsound (the target names "
+        "its token)",
     )
     edit.add_argument(
         "--recipe", choices=RECIPES, default="steermusic",
         help="steermusic (SteerMusic+ with --concept), steermusic_plus (needs --concept), or one of "
-        "the paper's baselines with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA)",
+        "the paper's baselines with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA), "
+        "dreamsound (needs --concept: SteerMusic+'s baseline)",
     )
     _add_edit_options(edit, backbone=DEFAULT_BACKBONE, steps=400)
 
@@ -255,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--recipe", choices=RECIPES, default="steermusic",
         help="steermusic (items naming a concept still use SteerMusic+), steermusic_plus (every item "
-        "needs one), or a baseline with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA)",
+        "needs one), or a baseline with ZETA's settings: sdedit, ddim_inversion, ddpm_inversion (ZETA), "
+        "dreamsound (every item needs a concept: SteerMusic+'s baseline)",
     )
     run.add_argument("--concept", help="the concept of items that name none (folder or Hub repo id)")
     run.add_argument("--metrics", default="", help="comma-separated metrics per clip, e.g. cqt1_pcc,log_mel")
@@ -467,10 +470,10 @@ def _editing(args: argparse.Namespace, target: str | None = None) -> _Editing:
     model loads, and gives the backbone when ``--backbone`` is left out."""
     recipe = getattr(args, "recipe", "steermusic")
     concept_reference = getattr(args, "concept", None)
-    if recipe in BASELINES and concept_reference:
-        raise UsageError(f"--recipe {recipe} takes no --concept: use steermusic or steermusic_plus")
-    if recipe == "steermusic_plus" and not concept_reference:
-        raise UsageError("--recipe steermusic_plus needs --concept (a concept folder or Hub repo id)")
+    if recipe in BASELINES and recipe not in CONCEPT_RECIPES and concept_reference:
+        raise UsageError(f"--recipe {recipe} takes no --concept: use steermusic, steermusic_plus or dreamsound")
+    if recipe in CONCEPT_RECIPES and not concept_reference:
+        raise UsageError(f"--recipe {recipe} needs --concept (a concept folder or Hub repo id)")
     config = None
     if concept_reference and target is not None:
         from .concepts import check_concept_reference

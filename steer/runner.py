@@ -35,8 +35,8 @@ from backbones.auto import TINY
 from steer.data._files import atomic_write_text
 
 from .audio import Audio, load_audio, save_audio
-from .baselines import DDIMInversion, DDPMInversion, SDEdit
-from .editor import Editor, LatentEditor
+from .baselines import DDIMInversion, DDPMInversion, DreamSoundEditing, SDEdit
+from .editor import LatentEditor
 from .manifest import EditItem
 from .metrics.functional import SCORING_RATE
 from .recipes import SteerMusic, SteerMusicPlus
@@ -44,24 +44,34 @@ from .recipes import SteerMusic, SteerMusicPlus
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
-#: the paper's baselines by recipe name: they take a schedule's ``steps`` and ``guidance_scale``,
-#: no concept and no execution path
+#: the paper's baselines by recipe name: they take a schedule's ``steps`` and ``guidance_scale``
+#: and no execution path; each takes no concept but those of :data:`CONCEPT_RECIPES`
 BASELINES: dict[str, type[LatentEditor]] = {
     "sdedit": SDEdit,
     "ddim_inversion": DDIMInversion,
     "ddpm_inversion": DDPMInversion,
+    "dreamsound": DreamSoundEditing,
 }
 RECIPES = ("steermusic", "steermusic_plus", *BASELINES)
+#: the recipes that edit every item with a concept (its own or the run's default)
+CONCEPT_RECIPES = ("steermusic_plus", "dreamsound")
+
+
 # -- editing ---------------------------------------------------------------------------------------
 def build_editor(
     backbone: Backbone, settings: Mapping[str, Any], concept: Any = None, recipe: str = "steermusic"
 ) -> LatentEditor:
-    """SteerMusic, SteerMusic+ with ``concept``, or a baseline of :data:`BASELINES`; ``settings``
+    """SteerMusic, SteerMusic+ with ``concept``, or a baseline of :data:`BASELINES` (with
+    ``concept`` for those of :data:`CONCEPT_RECIPES`); ``settings``
     are its keyword arguments (``steps``, ``guidance_scale``, ``lr``, ...), missing ones take its
     defaults."""
+    if recipe in CONCEPT_RECIPES and concept is None:
+        raise ValueError(f"recipe {recipe} needs a concept")
     if recipe in BASELINES:
+        if recipe in CONCEPT_RECIPES:
+            return BASELINES[recipe](backbone, concept, **settings)
         if concept is not None:
-            raise ValueError(f"recipe {recipe} takes no concept: use steermusic or steermusic_plus")
+            raise ValueError(f"recipe {recipe} takes no concept: use steermusic, steermusic_plus or dreamsound")
         return BASELINES[recipe](backbone, **settings)
     if concept is not None:
         return SteerMusicPlus(backbone, concept, **settings)
@@ -69,17 +79,17 @@ def build_editor(
 
 
 def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str | None) -> None:
-    """Raise ``ValueError`` for an unknown recipe, for ``"steermusic_plus"`` when an item has
-    no concept and there is no default, and for a baseline when there is a concept."""
+    """Raise ``ValueError`` for an unknown recipe, for one of :data:`CONCEPT_RECIPES` when an
+    item has no concept and there is no default, and for another baseline when there is a concept."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     missing = [item.id for item in items if item.concept is None]
-    if recipe == "steermusic_plus" and default_concept is None and missing:
+    if recipe in CONCEPT_RECIPES and default_concept is None and missing:
         raise ValueError(
-            f"recipe steermusic_plus needs a concept for every item; {len(missing)} have none "
+            f"recipe {recipe} needs a concept for every item; {len(missing)} have none "
             f"(first: {missing[0]!r}): add 'concept' to them or pass --concept"
         )
-    if recipe in BASELINES:
+    if recipe in BASELINES and recipe not in CONCEPT_RECIPES:
         named = [item.id for item in items if item.concept is not None]
         if default_concept is not None or named:
             which = "--concept is given" if default_concept is not None else (
@@ -87,7 +97,7 @@ def check_concepts(items: Sequence[EditItem], recipe: str, default_concept: str 
             )
             raise ValueError(
                 f"recipe {recipe} takes no concept, but {which}: edit those items with "
-                f"steermusic or steermusic_plus"
+                f"steermusic, steermusic_plus or dreamsound"
             )
 
 
@@ -218,8 +228,9 @@ class ManifestRunner:
         out: the output folder (created if needed).
         backbone: the diffusion model.
         recipe: ``"steermusic"`` (items with a concept still use SteerMusic+),
-            ``"steermusic_plus"`` (every item needs a concept, its own or ``default_concept``), or
-            a baseline of :data:`BASELINES` (no item may name a concept).
+            ``"steermusic_plus"`` or ``"dreamsound"`` (every item needs a concept, its own or
+            ``default_concept``), or another baseline of :data:`BASELINES` (no item may name a
+            concept).
         settings: the recipe's keyword arguments (see :func:`build_editor`).
         seed: the seed of every edit.
         metrics: per-clip metrics (``torchmetrics`` metrics with ``values()``), by name, built
@@ -688,8 +699,9 @@ class ManifestRunner:
         """Release the editors (a LoRA concept's adapter leaves the backbone's denoiser, a
         compiled editor's hooks go)."""
         for editor in self._editors.values():
-            if isinstance(editor, Editor):
-                editor.close()
+            close = getattr(editor, "close", None)  # an Editor's; DreamSoundEditing's, which holds ε' too
+            if close is not None:
+                close()
         self._editors.clear()
 
 

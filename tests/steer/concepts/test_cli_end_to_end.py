@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import soundfile as sf
 
 from steer.cli import main
@@ -179,3 +180,36 @@ def test_run_without_backbone_takes_the_base_model_its_items_concepts_agree_on(m
         f"steer: error: the items' concepts were learnt on different base models ({mel_folder.resolve()} "
         "(mel-diffusion), tiny (audioldm2)): pass --backbone\n"
     )
+
+
+def test_the_dreamsound_recipe_edits_as_dreamsound_editing_does(concept, clip_files, tmp_path, capsys):
+    """SteerMusic+'s baseline from the command line: steer edit and steer run, needing a concept."""
+    from backbones import load_backbone
+    from steer import Concept, DreamSoundEditing, load_audio
+
+    out = tmp_path / "edit.wav"
+    edit = ["edit", str(clip_files[0]), "--source", "a piano", "--target", "a sks guitar", "--backbone", "tiny",
+            "--recipe", "dreamsound", "--steps", "20", "--device", "cpu"]
+    assert main([*edit, "--concept", str(concept), "-o", str(out)]) == 0
+    with DreamSoundEditing(load_backbone("tiny"), Concept.from_pretrained(concept), steps=20) as editor:
+        expected = editor.edit(load_audio(clip_files[0]), source="a piano", target="a sks guitar", seed=0).audio[0]
+    written = load_audio(out).waveform[0]
+    assert written.shape == expected.shape
+    torch.testing.assert_close(written, expected.clamp(-1, 1), rtol=0, atol=1 / 32768)  # 16-bit samples
+    capsys.readouterr()
+    assert main([*edit, "-o", str(tmp_path / "other.wav")]) == 2
+    assert capsys.readouterr().err == "steer: error: --recipe dreamsound needs --concept (a concept folder or Hub repo id)\n"
+
+    rows = [{"id": i, "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar"} for i in "ab"]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = ["run", str(manifest), "--out", str(tmp_path / "out"), "--backbone", "tiny", "--steps", "20", "--device", "cpu"]
+    assert main([*run, "--recipe", "dreamsound"]) == 2
+    assert "recipe dreamsound needs a concept for every item; 2 have none (first: 'a')" in capsys.readouterr().err
+    assert main([*run, "--recipe", "dreamsound", "--concept", str(concept)]) == 0
+    record = json.loads((tmp_path / "out" / "records" / "a.json").read_text())
+    assert record["recipe"] == record["settings"]["recipe"] == "dreamsound"
+    torch.testing.assert_close(load_audio(tmp_path / "out" / "a.wav").waveform[0], written, rtol=0, atol=0)
+    capsys.readouterr()
+    assert main([*run, "--recipe", "steermusic_plus", "--concept", str(concept)]) == 2  # not mixed into one folder
+    assert "holds edits made with other settings (a: recipe: 'dreamsound' → 'steermusic_plus')" in capsys.readouterr().err
