@@ -5,9 +5,11 @@
 A LoRA concept ("a recording of a sks guitar"; the class word is the instrument's last word unless
 ``--class-word`` says otherwise) is learnt from ``--references`` training-split clips of one
 instrument; held-out clips of other instruments are then edited towards it with
-SteerMusic+ (concept) and with SteerMusic (the instrument's plain prompt), and scored as in
-``evaluate.py``: CQT-1 PCC with the source, log-mel L1 to the true rendering on that instrument,
-and the share the classifier hears as that instrument; the unedited sources are scored too.
+SteerMusic+ (concept) and with SteerMusic (the instrument's plain prompt), or the ``--methods``
+named (``dreamsound``: SteerMusic+'s baseline with the same concept, at its defaults), and scored
+as in ``evaluate.py``: CQT-1 PCC with the source, log-mel L1 to the true rendering on that
+instrument, and the share the classifier hears as that instrument; the unedited sources are
+scored too.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import torch
 
 from backbones import load_backbone
 from losses import TimestepWeighting
-from steer import Audio, Concept, SteerMusic, SteerMusicPlus
+from steer import Audio, Concept, DreamSoundEditing, SteerMusic, SteerMusicPlus
 from steer.data import load_clip, read_manifest
 from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
+
+
+#: the editors ``--methods`` may name
+METHODS = ("steermusic", "steermusic+", "dreamsound")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ablation", action="store_true", help="also SteerMusic+ without its shift / PCon terms")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=["steermusic", "steermusic+"],
+        help="the editors towards the concept's instrument (default: steermusic steermusic+)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/swap-concept.json"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -116,13 +126,16 @@ def main(argv: list[str] | None = None) -> None:
             weighting=TimestepWeighting(scale=1.0), **terms,
         )
 
-    editors = {
-        "steermusic (plain prompt)": (
+    editors = {}
+    if "steermusic" in args.methods:
+        editors["steermusic (plain prompt)"] = (
             SteerMusic(backbone, steps=args.steps, guidance_scale=args.guidance, lr=args.lr),
             f"a recording of {'an' if args.instrument[0] in 'aeiou' else 'a'} {args.instrument}",
-        ),
-        "steermusic+ (concept)": (plus(), concept_prompt),
-    }
+        )
+    if "steermusic+" in args.methods:
+        editors["steermusic+ (concept)"] = (plus(), concept_prompt)
+    if "dreamsound" in args.methods:  # the paper's personalised baseline, at its own defaults
+        editors["dreamsound (concept)"] = (DreamSoundEditing(backbone, concept), concept_prompt)
     if args.ablation:  # the paper's ablation: which of SteerMusic+'s terms does what
         editors["personalised delta score only"] = (plus(shift=0, pcon_weight=0), concept_prompt)
         editors["+ shift regulariser (no PCon)"] = (plus(pcon_weight=0), concept_prompt)

@@ -652,3 +652,22 @@ def test_a_backbone_folder_under_home_is_found_as_load_backbone_finds_it(tmp_pat
     (tmp_path / "models" / "mel").mkdir(parents=True)
     assert model_source_problem("~/models/mel", "--backbone") is None
     assert "not found" in model_source_problem("~/models/typo", "--backbone")
+
+
+def test_evaluate_concept_runs_the_methods_named(concept_data, tmp_path, monkeypatch, torch_threads):
+    """--methods dreamsound: SteerMusic+'s baseline with the same concept, alone (the other rows
+    come from earlier runs of the same seed)."""
+    train = evaluate_concept.Concept.train
+    monkeypatch.setattr(evaluate_concept.Concept, "train", lambda *args, **kwargs: train(*args, **{**kwargs, "steps": 1}))
+    out = tmp_path / "out.json"
+    evaluate_concept.main([
+        "--data", str(concept_data), "--backbone", str(WEIGHTS / "mel-diffusion-swap"),
+        "--classifier", str(WEIGHTS / "instrument-classifier"), "--instrument", "violin", "--references", "1",
+        "--n", "1", "--seconds", "1.28", "--methods", "dreamsound", "--out", str(out),
+    ])
+    result = json.loads(out.read_text())
+    assert list(result["summary"]) == ["unedited source", "dreamsound (concept)"]
+    assert result["settings"]["methods"] == ["dreamsound"]
+    assert 0 < result["summary"]["dreamsound (concept)"]["pcc"] < 1  # edited, and of the source's melody
+    with pytest.raises(SystemExit):
+        evaluate_concept.main(["--data", str(concept_data), "--methods", "zeta", "--out", str(tmp_path / "x.json")])
