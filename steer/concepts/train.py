@@ -426,11 +426,26 @@ def train_concept(
         if resume:
             start, loss = _resume(folder, params, optimizer, generator, settings, steps, backbone)
         desc = f"learning '{config.prompt()}'"
+
+        def check_learnt() -> None:
+            """Refuse learnt weights that are not finite, or whose loss on one more batch (the
+            first step's crops, from a generator of their own) is not: finite weights can
+            still overflow."""
+            key = nonfinite_key(personalized.concept_weights())
+            if key is not None:
+                raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
+            with torch.no_grad():
+                after = _batch_loss(personalized, clips, segment, config, batch_size, seeded_generator(seed)).item()
+            if not math.isfinite(after):
+                raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr))
+
         with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
             for step in range(start, steps):
                 loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
                 if not math.isfinite(loss):
                     raise ValueError(_diverged(step + 1, f"the loss is {loss}", lr))
+                if step == steps - 1:  # before the last checkpoint, which a resume would take as done
+                    check_learnt()
                 bar.update(1)
                 if step % 10 == 0 or step == steps - 1:
                     bar.set_postfix(loss=f"{loss:.4g}")
@@ -438,15 +453,9 @@ def train_concept(
                     _save_checkpoint(folder, step + 1, loss, params, optimizer, generator, settings, base, keep_checkpoints)
                 if callback is not None:
                     callback(TrainState(step=step, loss=loss, lr=lr))
+        if start >= steps > 0:  # resumed from the last checkpoint: checked as if just learnt
+            check_learnt()
         weights = personalized.concept_weights()
-        key = nonfinite_key(weights)
-        if key is not None:
-            raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
-        if steps > start:  # the last update is checked too: finite weights can still overflow
-            with torch.no_grad():
-                after = _batch_loss(personalized, clips, segment, config, batch_size, generator).item()
-            if not math.isfinite(after):
-                raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr))
     finally:
         for p in params.values():
             p.requires_grad_(False)

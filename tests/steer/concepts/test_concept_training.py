@@ -373,6 +373,22 @@ def test_a_last_update_that_blows_up_finitely_is_refused(method, mel_backbone, c
     assert not hasattr(mel_backbone.denoiser, "peft_config")
 
 
+def test_the_last_checkpoint_holds_checked_weights_and_a_resume_there_checks_them(mel_backbone, clips, tmp_path, monkeypatch):
+    """The last step's checkpoint was written before the check: --resume then took training as
+    done and saved a concept of 1e30 weights, whose edits were all NaN."""
+    from steer.concepts import train
+
+    kwargs = {"steps": 1, "batch_size": 1, "crop_seconds": 0.64, "checkpoint_dir": tmp_path, "checkpoint_every": 1}
+    with pytest.raises(ValueError, match="^training diverged at step 1: the loss of the learnt weights is nan;"):
+        _train(mel_backbone, clips, "lora", lr=1e30, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    _train(mel_backbone, clips, "lora", **kwargs)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000001"]
+    monkeypatch.setattr(train, "_batch_loss", lambda *args: torch.tensor(float("nan")))
+    with pytest.raises(ValueError, match="^training diverged at step 1: the loss of the learnt weights is nan;"):
+        _train(mel_backbone, clips, "lora", resume=True, **kwargs)
+
+
 def test_weights_that_stop_being_finite_are_refused(mel_backbone, clips, monkeypatch):
     def nan_gradients(params, max_norm):  # a finite loss whose update is not: the last step's weights
         for p in params:
