@@ -360,6 +360,7 @@ class Editor(LatentEditor):
     _fixed: tuple[str, ...] = ("backbone", "losses", "requests", "feature_requests", "loss_names")
     #: a recipe's keyword arguments that its losses and models are made from when it is built
     #: (not kept on the editor): setting one on the editor is refused, as it would change nothing
+    #: (only on the class that declares them: a subclass of a recipe may store such a value)
     _built_from: tuple[str, ...] = ()
 
     def __init__(
@@ -422,7 +423,7 @@ class Editor(LatentEditor):
                 f"are worked out then): build a new {kind} instead; only its settings "
                 f"({', '.join(SETTINGS)}) may be set between edits"
             )
-        if name in self._built_from:
+        if name in type(self).__dict__.get("_built_from", ()):  # a subclass may keep its own values
             kind = type(self).__name__
             raise AttributeError(
                 f"{kind}'s {name} is used when the editor is built (its losses and models are made from it), so "

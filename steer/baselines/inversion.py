@@ -54,10 +54,20 @@ class InversionEditor(LatentEditor):
     ) -> None:
         self.backbone = backbone
         self.steps = steps
-        self.strength = self.default_strength if strength is None else strength
+        self.strength = strength
         self.guidance_scale_inversion = guidance_scale_inversion
         self.guidance_scale = guidance_scale
         self.check_settings()
+
+    @property
+    def strength(self) -> float:
+        """The fraction of the schedule inverted and re-sampled; set ``None`` for the method's
+        :attr:`default_strength`."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, strength: float | None) -> None:
+        self._strength = self.default_strength if strength is None else strength
 
     def check_settings(self) -> None:
         """Refuse settings of the wrong type or out of range (:func:`~steer.baselines.settings.check_settings`):

@@ -295,6 +295,20 @@ def test_settings_set_between_edits_are_checked_as_the_constructor_checks_them(a
         editor.edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute")
 
 
+@pytest.mark.parametrize("make", [DDIMInversion, DDPMInversion])
+def test_a_strength_set_to_none_between_edits_is_the_default_as_in_the_constructor(analytic_backbone, make):
+    """It was refused at the edit ("strength must be a number in (0, 1], got None"). (SDEdit's
+    constructor refuses None, as its edits do.)"""
+    editor = make(analytic_backbone, steps=8, strength=0.25)
+    given = editor.strength
+    editor.strength = None
+    default = {DDIMInversion: 1.0, DDPMInversion: 0.5}[type(editor)]
+    assert editor.strength == default
+    editor.edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute")
+    editor.strength = given
+    assert editor.strength == given
+
+
 @pytest.mark.parametrize("make", BASELINES)
 def test_bad_prompts_are_clear_errors(analytic_backbone, make):
     editor = make(analytic_backbone)
@@ -377,3 +391,18 @@ def test_dreamsound_refuses_a_target_without_the_token_and_gives_the_model_back(
     assert not hasattr(tiny_backbone.denoiser, "peft_config")  # the adapter left the base denoiser
     with pytest.raises(RuntimeError, match="this DreamSoundEditing editor was closed"):
         editor.edit_latent(latent, source="a piano", target="a sks guitar")
+
+
+def test_dreamsound_refuses_a_new_model_or_concept_between_edits(tiny_backbone, lora):
+    """Setting its concept did nothing; its backbone inverted and decoded with another model than
+    the one its personalised model samples with; its token refused the prompts ε' reads."""
+    from backbones import load_backbone
+    from steer import DreamSoundEditing
+
+    editor = DreamSoundEditing(tiny_backbone, lora, steps=4)
+    for name, value in [("concept", lora), ("backbone", load_backbone("tiny-musicldm")), ("token", "zzz"),
+                        ("class_word", "violin"), ("personalized", tiny_backbone)]:
+        with pytest.raises(AttributeError, match=rf"^DreamSoundEditing.{name} is fixed when the editor is built"):
+            setattr(editor, name, value)
+    editor.steps, editor.strength, editor.guidance_scale = 8, 0.5, 7.0  # its settings may change
+    assert (editor.steps, editor.strength, editor.guidance_scale) == (8, 0.5, 7.0)

@@ -686,6 +686,13 @@ def test_the_backbone_and_losses_are_fixed_when_the_editor_is_built(analytic_bac
             setattr(editor, name, 1.0)
         assert name not in vars(editor)
 
+    class Mine(SteerMusic):  # a subclass of a recipe may keep such a value for itself
+        def __init__(self, backbone, guidance_scale=30.0):
+            super().__init__(backbone, guidance_scale=guidance_scale)
+            self.guidance_scale = guidance_scale
+
+    assert Mine(analytic_backbone, guidance_scale=3.0).guidance_scale == 3.0
+
 
 def test_losses_given_as_a_generator_are_all_kept(analytic_backbone):
     """The type check read a generator up, leaving the editor no loss: a false "prompts are the
