@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import json
 import queue
 import re
@@ -265,9 +266,10 @@ def backbone_family(name: str) -> str | None:
     folder = Path(name).expanduser()
     if folder.is_dir():
         if is_mel_diffusion_folder(folder):
-            from .mel_diffusion import MelDiffusionBackbone  # diffusers: imported when a model loads
+            from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel  # diffusers: when a model loads
 
-            return MelDiffusionBackbone.family
+            # another model's config.json (a pipeline's unet/, a classifier) tells nothing
+            return MelDiffusionBackbone.family if _configures(folder / "config.json", MelDiffusionModel) else None
         index: Path | None = folder / "model_index.json"
     elif folder.exists() or not repo_shaped(name):
         return None
@@ -281,6 +283,17 @@ def backbone_family(name: str) -> str | None:
     except ValueError:  # load_backbone names the damaged file
         return None
     return _import(ADAPTERS[pipeline]).family if pipeline in ADAPTERS else None
+
+
+def _configures(config: Path, model: type) -> bool:
+    """Whether the JSON object in ``config`` holds ``model``'s required arguments and no others."""
+    try:
+        content = json.loads(config.read_bytes())
+    except (OSError, ValueError):
+        return False
+    parameters = inspect.signature(model).parameters
+    required = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty}
+    return isinstance(content, dict) and required <= content.keys() <= parameters.keys()
 
 
 def _pipeline_class(index: Path) -> str | None:

@@ -347,3 +347,10 @@ def test_a_backbones_family_is_read_from_its_files_without_loading_it(monkeypatc
     (folder / "model_index.json").write_text("[")
     assert backbone_family(str(folder)) is None
     assert [backbone_family(name) for name in ("me/not-cached", str(tmp_path / "no-such"), "tiyn")] == [None] * 3
+    # another model's config.json is no mel-diffusion model's: a classifier's, a pipeline's unet/
+    assert backbone_family(str(SHIPPED.parent / "instrument-classifier")) is None
+    (folder / "model_index.json").unlink()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "in_channels": 8}))
+    assert backbone_family(str(folder)) is None
+    saved = MelDiffusionBackbone.from_pretrained(str(SHIPPED)).save_pretrained(tmp_path / "mel")
+    assert backbone_family(str(saved)) == "mel-diffusion"
