@@ -453,6 +453,13 @@ def lpaps_distance(
     Returns:
         ``(B,)`` float64 distances on ``features_a``'s device, 0 for identical features.
     """
+    for side in (features_a, features_b):
+        if isinstance(side, torch.Tensor) or not all(isinstance(x, torch.Tensor) for x in side):
+            raise TypeError(
+                "expected a list of tensors on each side, one (B, C, H, W) map per stage, got "
+                f"{'a tensor' if isinstance(side, torch.Tensor) else [type(x).__name__ for x in side]}: "
+                "pass ClapEncoder.audio_stages(...)'s list, or [features] for one stage"
+            )
     if len(features_a) != len(features_b) or not features_a:
         raise ValueError(
             f"expected one feature map per stage on both sides, got {len(features_a)} and "

@@ -139,6 +139,11 @@ def test_lpaps_distance_matches_the_per_channel_cosine_form():
         lpaps_distance(one, b)
     with pytest.raises(ValueError, match=r"^stage 1: .* got \(2, 6, 4\) and \(2, 6, 4\)"):
         lpaps_distance([a[0], a[1].flatten(2)], [b[0], b[1].flatten(2)])
+    # one map for a list of them: "Boolean value of Tensor with more than one value is ambiguous"
+    with pytest.raises(TypeError, match=r"^expected a list of tensors on each side, .* got a tensor: .* \[features\] for one stage$"):
+        lpaps_distance(a[0], b[0])
+    with pytest.raises(TypeError, match=r"got \['list'\]"):
+        lpaps_distance([a], [b])
 
 
 def test_lpaps_averages_overlapping_windows_as_the_reference(clap):
