@@ -421,6 +421,7 @@ def train_concept(
         optimizer = torch.optim.AdamW(list(params.values()), lr=lr, **ADAMW)
         generator = seeded_generator(seed)
         keep_rows = _frozen_rows(personalized, params)
+        batches = _Batches(personalized, clips, segment, config, batch_size)
         start, loss = 0, None
         folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if resume:
@@ -435,13 +436,13 @@ def train_concept(
             if key is not None:
                 raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
             with torch.no_grad():
-                after = _batch_loss(personalized, clips, segment, config, batch_size, seeded_generator(seed)).item()
+                after = batches.loss(seeded_generator(seed)).item()
             if not math.isfinite(after):
                 raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr))
 
         with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
             for step in range(start, steps):
-                loss = _train_step(personalized, clips, segment, config, batch_size, generator, optimizer, params, keep_rows)
+                loss = _train_step(batches, generator, optimizer, params, keep_rows)
                 if not math.isfinite(loss):
                     raise ValueError(_diverged(step + 1, f"the loss is {loss}", lr))
                 if step == steps - 1:  # before the last checkpoint, which a resume would take as done
@@ -471,19 +472,47 @@ def _diverged(step: int, what: str, lr: float) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Batches:
+    """What training draws its batches from: random crops of the reference ``clips``, ``segment``
+    samples long, each with a prompt of one of the ``config``'s templates."""
+
+    personalized: PersonalizedBackbone
+    clips: list[Reference]
+    segment: int
+    config: ConceptConfig
+    batch_size: int
+
+    def loss(self, generator: torch.Generator) -> Tensor:
+        """The denoising loss (a 0-d tensor) of the concept's weights on a fresh batch drawn
+        from ``generator``: its crops and prompts, then its timesteps and noise."""
+        personalized, base, config = self.personalized, self.personalized.base, self.config
+        waveforms, prompts = [], []
+        for index in torch.randint(len(self.clips), (self.batch_size,), generator=generator).tolist():
+            clip = self.clips[index].waveform
+            offset = int(torch.randint(len(clip) - self.segment + 1, (1,), generator=generator))
+            waveforms.append(clip[offset : offset + self.segment])
+            template = config.templates[int(torch.randint(len(config.templates), (1,), generator=generator))]
+            prompts.append(config.prompt(template))
+        with torch.no_grad():
+            latents = base.encode_audio(torch.stack(waveforms), base.sample_rate)
+        t = torch.randint(base.num_train_timesteps, (self.batch_size,), generator=generator).to(latents.device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+        eps = personalized.predict_noise(
+            base.add_noise(latents, noise, t), t, personalized.training_conditioning(prompts)
+        )
+        return F.mse_loss(eps.float(), noise)
+
+
 def _train_step(
-    personalized: PersonalizedBackbone,
-    clips: list[Reference],
-    segment: int,
-    config: ConceptConfig,
-    batch_size: int,
+    batches: _Batches,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer,
     params: dict[str, nn.Parameter],
     keep_rows: tuple[Tensor, Tensor] | None,
 ) -> float:
     """One optimiser step on a fresh batch; returns the loss."""
-    loss = _batch_loss(personalized, clips, segment, config, batch_size, generator)
+    loss = batches.loss(generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(params.values()))  # not into base weights a user left trainable
     if keep_rows is not None:  # textual inversion: only the token's row learns
@@ -495,33 +524,6 @@ def _train_step(
         with torch.no_grad():
             params["token_embedding"][mask] = original[mask]
     return loss.item()
-
-
-def _batch_loss(
-    personalized: PersonalizedBackbone,
-    clips: list[Reference],
-    segment: int,
-    config: ConceptConfig,
-    batch_size: int,
-    generator: torch.Generator,
-) -> Tensor:
-    """The denoising loss (a 0-d tensor) of the concept's weights on a fresh batch of crops."""
-    base = personalized.base
-    waveforms, prompts = [], []
-    for index in torch.randint(len(clips), (batch_size,), generator=generator).tolist():
-        clip = clips[index].waveform
-        offset = int(torch.randint(len(clip) - segment + 1, (1,), generator=generator))
-        waveforms.append(clip[offset : offset + segment])
-        template = config.templates[int(torch.randint(len(config.templates), (1,), generator=generator))]
-        prompts.append(config.prompt(template))
-    with torch.no_grad():
-        latents = base.encode_audio(torch.stack(waveforms), base.sample_rate)
-    t = torch.randint(base.num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-    eps = personalized.predict_noise(
-        base.add_noise(latents, noise, t), t, personalized.training_conditioning(prompts)
-    )
-    return F.mse_loss(eps.float(), noise)
 
 
 def _frozen_rows(personalized: PersonalizedBackbone, params: dict[str, nn.Parameter]) -> tuple[Tensor, Tensor] | None:

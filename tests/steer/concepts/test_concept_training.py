@@ -384,7 +384,7 @@ def test_the_last_checkpoint_holds_checked_weights_and_a_resume_there_checks_the
     assert list(tmp_path.iterdir()) == []
     _train(mel_backbone, clips, "lora", **kwargs)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000001"]
-    monkeypatch.setattr(train, "_batch_loss", lambda *args: torch.tensor(float("nan")))
+    monkeypatch.setattr(train._Batches, "loss", lambda *args: torch.tensor(float("nan")))
     with pytest.raises(ValueError, match="^training diverged at step 1: the loss of the learnt weights is nan;"):
         _train(mel_backbone, clips, "lora", resume=True, **kwargs)
 
