@@ -7,16 +7,11 @@ then sample with the concept's personalised model and the target prompt naming i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-
-from torch import Tensor
 
 from backbones import Backbone
 
 from ..concepts import Concept
 from ..concepts.concept import prompt_without_token, reads_case
-from ..editor import EditResult, Prompts, check_latent, prompt_list
-from ..sampling import SamplerState
 from .ddim_inversion import DDIMInversion
 
 
@@ -101,23 +96,12 @@ class DreamSoundEditing(DDIMInversion):
             )
         return self.personalized
 
-    def edit_latent(
-        self,
-        latent: Tensor,
-        *,
-        source: Prompts,
-        target: Prompts,
-        seed: int = 0,
-        callback: Callable[[SamplerState], None] | None = None,
-        progress: bool = False,
-    ) -> EditResult:
-        """As :meth:`InversionEditor.edit_latent`; a target prompt that does not name the
-        concept's token is refused first (ε' would edit towards the base model's words)."""
-        check_latent(latent, self.backbone)
+    def check_targets(self, targets: list[str]) -> None:
+        """Refuse a target prompt that does not name the concept's token (ε' would edit towards
+        the base model's words), with an example in the concept's words."""
         case_sensitive = reads_case(self.backbone.family)
-        for prompt in prompt_list(target, latent.shape[0], "target"):
+        for prompt in targets:
             prompt_without_token(prompt, self.token, self.class_word, case_sensitive=case_sensitive)
-        return super().edit_latent(latent, source=source, target=target, seed=seed, callback=callback, progress=progress)
 
     def close(self) -> None:
         """Release ε' (a LoRA concept's adapter leaves the base denoiser); idempotent."""

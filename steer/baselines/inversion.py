@@ -86,6 +86,10 @@ class InversionEditor(LatentEditor):
         personalised editor samples with its concept's model, :class:`DreamSoundEditing`)."""
         return self.backbone
 
+    def check_targets(self, targets: list[str]) -> None:
+        """Refuse target prompts the :attr:`sampler` cannot edit towards (every one here; a
+        personalised editor refuses one without its concept's token)."""
+
     @abstractmethod
     def invert(
         self, latent: Tensor, cond: Conditioning, timesteps: Tensor, *, seed: int,
@@ -114,15 +118,18 @@ class InversionEditor(LatentEditor):
     ) -> EditResult:
         """Edit a latent ``(B, C, T[, F])``; see :meth:`edit`. ``audio`` is left ``None``.
 
-        The settings (:meth:`check_settings`), the latent and the seed are checked before any step (a deterministic method, which
-        does not use the seed, refuses a bad one too)."""
+        The settings (:meth:`check_settings`), the latent, the seed and the target prompts
+        (:meth:`check_targets`) are checked before any step (a deterministic method, which does
+        not use the seed, refuses a bad one too)."""
         backbone = self.backbone
         self.check_settings()
         check_latent(latent, backbone)
         check_seed(seed)
         batch = latent.shape[0]
         source_cond = backbone.encode_prompt(prompt_list(source, batch, "source"))
-        target_cond = self.sampler.encode_prompt(prompt_list(target, batch, "target"))
+        targets = prompt_list(target, batch, "target")
+        self.check_targets(targets)
+        target_cond = self.sampler.encode_prompt(targets)
         timesteps = ddim_timesteps(
             self.steps, num_train_timesteps=backbone.num_train_timesteps, strength=self.strength
         )
