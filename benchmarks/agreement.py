@@ -43,6 +43,7 @@ from benchmarks.models import (
     make_editor,
 )
 from steer import Editor
+from steer.data._files import result_file_problem
 from steer.performance import PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
@@ -156,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-std", type=float, default=0.0,
                         help="SteerMusic+'s LoRA B drawn with this std (0: B = 0); --recipe steermusic_plus only")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     args = parser.parse_args(argv)
+    if args.json is not None and (problem := result_file_problem(args.json, args.overwrite, "--json")):
+        parser.error(problem)  # before minutes (hours, real-size) of work
     if not (math.isfinite(args.lora_std) and args.lora_std >= 0):
         parser.error(f"--lora-std must be a finite standard deviation of at least 0, got {args.lora_std}")
     if args.lora_std and args.recipe != "steermusic_plus":
@@ -176,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.recipe} {path}: cosine with reference {summary(rows, path)} ({device.type}, torch "
               f"{torch.__version__}, {'real-size' if args.real_size else 'tiny'} model)")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     failed = sorted({r["path"] for r in rows if r["failed"]})
     if failed:

@@ -148,7 +148,7 @@ if [[ $plan == agree ]]; then
         seconds=$(left "agreement run $i (${runs[i]})") || exit 1
         # shellcheck disable=SC2086  # each run's options, split into words
         PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" "$python" -m benchmarks.agreement --real-size ${runs[i]} \
-            --json "$out/agreement-$i.json" "$@" 2>&1 | tee -a "$out/log.txt"
+            --json "$out/agreement-$i.json" --overwrite "$@" 2>&1 | tee -a "$out/log.txt"
         status=${PIPESTATUS[0]}
         if (( status != 0 )); then
             echo "agreement run $i failed (exit $status; 124: stopped at STEER_GPU_SECONDS): see log.txt" >&2

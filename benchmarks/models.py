@@ -108,6 +108,8 @@ def device_option(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as error:
         raise argparse.ArgumentTypeError(f"{name!r} is not a torch device: give cpu or cuda") from error
+    if device.type not in ("cpu", "cuda"):  # mps, meta, ...: failed inside the model with a traceback
+        raise argparse.ArgumentTypeError(f"{name!r}: the benchmarks run on cpu or cuda, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{name!r}: torch finds no CUDA GPU here; run on a GPU machine or give cpu")
     return device

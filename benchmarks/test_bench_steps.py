@@ -169,11 +169,11 @@ def test_step_time(request, benchmark, settings, bench_backbone, model_flops, re
     flops = None if settings.warm_only else model_flops(recipe, batch)  # before this case's editor holds memory
     _fresh_dynamo()
     latent = torch.randn(batch, *settings.latent_shape, generator=torch.Generator().manual_seed(0)).to(device)
+    fixed_steps = WARMUP + 1 if perf.step_graphs(device) else 0  # steps not replayed
+    if settings.steps <= fixed_steps:  # before the editor (SteerMusic+'s adapter) is made
+        pytest.fail(f"a step graph replays from step {fixed_steps + 1} on: give --steps > {fixed_steps}")
     editor = make_editor(recipe, bench_backbone, perf, steps=settings.steps)
     times: list[float] = []
-    fixed_steps = WARMUP + 1 if perf.step_graphs(device) else 0  # steps not replayed
-    if settings.steps <= fixed_steps:
-        pytest.fail(f"a step graph replays from step {fixed_steps + 1} on: give --steps > {fixed_steps}")
 
     def edit():
         _sync(device)

@@ -356,7 +356,7 @@ def test_the_gpu_figures_agree_plan_runs_the_agreement_script_for_each_recipe(tm
     assert run.returncode == 0, run.stdout + run.stderr
     agreement = [line.split() for line in calls.read_text().splitlines() if "benchmarks.agreement" in line]
     assert [call[:3] for call in agreement] == [["-m", "benchmarks.agreement", "--real-size"]] * 2
-    assert agreement[0][-3:] == [str(out / "agreement-0.json"), "--seeds", "0"]
+    assert agreement[0][-4:] == [str(out / "agreement-0.json"), "--overwrite", "--seeds", "0"]  # its own file
     assert "--recipe steermusic_plus --merge-lora --fuse-projections --lora-std 0.05" in " ".join(agreement[1])
     assert "fused-checkpointed" in agreement[1] and "fused" in agreement[0]
 
@@ -487,6 +487,38 @@ def test_the_scripts_refuse_a_missing_gpu_before_building_a_model(monkeypatch, c
         module.main(["--device", "cuda"])
     assert refused.value.code == 2
     assert "argument --device: 'cuda': torch finds no CUDA GPU here; run on a GPU machine or give cpu" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["compile_cost", "host_time"])
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_the_scripts_refuse_a_device_they_cannot_run_on_before_building_a_model(monkeypatch, capsys, script, device):
+    """mps and meta were taken: a traceback from inside the model ("not linked with support for
+    mps devices", "Tensor.item() cannot be called on meta tensors")."""
+    module = importlib.import_module(f"benchmarks.{script}")
+    monkeypatch.setattr(module, "build_backbone", lambda **_: pytest.fail("built a model"))
+    with pytest.raises(SystemExit) as refused:
+        module.main(["--device", device])
+    assert refused.value.code == 2
+    assert f"argument --device: '{device}': the benchmarks run on cpu or cuda, not {device}" in capsys.readouterr().err
+
+
+def test_agreement_refuses_a_json_it_cannot_write_before_any_work(monkeypatch, capsys, tmp_path):
+    """It wrote the JSON after the run: FileNotFoundError or IsADirectoryError lost the run's
+    minutes (hours at real size), and an existing file was replaced."""
+    from benchmarks import agreement
+
+    monkeypatch.setattr(agreement, "agreement", lambda **_: pytest.fail("ran"))
+    kept = tmp_path / "rows.json"
+    kept.write_text("mine")
+    for path, error in [
+        (kept, f"{kept} exists; pass --overwrite to replace it, or choose another --json"),
+        (tmp_path, f"--json {tmp_path} is a folder: name the JSON file to write"),
+        (kept / "x.json", f"--json {kept / 'x.json'} cannot be written: {kept} is a file, not a folder"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            agreement.main(["--json", str(path)])
+        assert refused.value.code == 2 and error in capsys.readouterr().err
+    assert kept.read_text() == "mine"
 
 
 @pytest.mark.parametrize(

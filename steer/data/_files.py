@@ -123,18 +123,19 @@ def model_folder_problem(folder: Path, overwrite: bool) -> str | None:
     return None
 
 
-def result_file_problem(out: Path, overwrite: bool) -> str | None:
-    """Why a script must not write its results to the file ``out`` (a folder, under a file or a
-    folder this user cannot write, or there already and ``overwrite`` off), or ``None``: asked
-    before any work, since the file is written at the end."""
+def result_file_problem(out: Path, overwrite: bool, option: str = "--out") -> str | None:
+    """Why a script must not write its results to the file ``out``, given as ``option`` (a
+    folder, under a file or a folder this user cannot write, or there already and ``overwrite``
+    off), or ``None``: asked before any work, since the file is written at the end (its missing
+    folders made then)."""
     if out.is_dir():
-        return f"--out {out} is a folder: name the JSON file to write, e.g. {out / 'results.json'}"
+        return f"{option} {out} is a folder: name the JSON file to write, e.g. {out / 'results.json'}"
     if blocking := next((p for p in out.parents if p.exists() and not p.is_dir()), None):
-        return f"--out {out} cannot be written: {blocking} is a file, not a folder; choose another --out"
+        return f"{option} {out} cannot be written: {blocking} is a file, not a folder; choose another {option}"
     if not os.access(existing := next(p for p in out.parents if p.exists()), os.W_OK | os.X_OK):
-        return f"--out {out} cannot be written: {existing} is not writable; choose another --out"
+        return f"{option} {out} cannot be written: {existing} is not writable; choose another {option}"
     if out.exists() and not overwrite:
-        return f"{out} exists; pass --overwrite to replace it, or choose another --out"
+        return f"{out} exists; pass --overwrite to replace it, or choose another {option}"
     return None
 
 
