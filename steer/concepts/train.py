@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from backbones import Backbone, to_mono
+from backbones.auto import TINY
 from backbones.saving import check_can_be_folder
 
 from ..audio import Audio, load_audio
@@ -221,8 +224,9 @@ def base_model_name(backbone: Backbone) -> str | None:
 def recorded_base_model(name: str) -> str:
     """How a concept records its base model ``name``: a local folder by its absolute path (a
     relative one would mean another folder, or a Hub repo id, in another working directory; a
-    concept pushed to the Hub still names it by its folder's name only), a repo id as it is."""
-    return os.path.abspath(name) if Path(name).exists() else name
+    concept pushed to the Hub still names it by its folder's name only), a repo id or an
+    offline build's name as it is (``load_backbone`` builds ``tiny`` whatever folder is called so)."""
+    return os.path.abspath(name) if name not in TINY and Path(name).exists() else name
 
 
 @torch.no_grad()
@@ -547,29 +551,37 @@ def _digest(waveforms) -> str:
 # optimiser's and the generator's state (state.safetensors) and the settings and the base model's
 # family and fingerprint (trainer_state.json).
 # It is written under a temporary name and renamed, so a crash never leaves half a checkpoint.
-# Only folders holding those three files count: other tools' `checkpoint-<n>` folders are never
-# read or pruned.
+# Only folders holding those three files and nothing else count: other tools' `checkpoint-<n>`
+# folders are never read or pruned (one named as this run's would be is refused before training).
 _CHECKPOINT_FILES = ("trainable.safetensors", "state.safetensors", "trainer_state.json")
 
 
 def saved_checkpoints(folder: Path) -> list[Path]:
-    """The whole checkpoints (``checkpoint-<step>`` folders holding every checkpoint file) in
-    ``folder``, oldest first."""
-    found = [
-        p
-        for p in folder.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit()
-        and all((p / name).is_file() for name in _CHECKPOINT_FILES)
-    ]
+    """The whole checkpoints (``checkpoint-<step>`` folders holding every checkpoint file and
+    nothing else) in ``folder``, oldest first."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and _is_checkpoint(p)]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and sorted(p.name for p in path.iterdir()) == sorted(_CHECKPOINT_FILES)
 
 
 def check_checkpoint_dir(folder: Path, *, resume: bool) -> None:
     """Refuse a ``checkpoint_dir`` that cannot be a folder (see
-    :func:`~backbones.saving.check_can_be_folder`), and a run that does not resume one
-    holding an earlier run's checkpoints: pruning the oldest would delete the new ones, and a
-    later resume would continue the wrong run."""
+    :func:`~backbones.saving.check_can_be_folder`), one holding a folder of a checkpoint's name
+    that is not a steer checkpoint (another tool's: a checkpoint would replace it, pruning would
+    delete it), and a run that does not resume one holding an earlier run's checkpoints:
+    pruning the oldest would delete the new ones, and a later resume would continue the wrong
+    run."""
     check_can_be_folder(folder, "checkpoint_dir")
+    names = re.compile(r"checkpoint-\d{6}")  # what this run writes, replaces and prunes
+    foreign = sorted(p.name for p in folder.glob("checkpoint-*") if names.fullmatch(p.name) and not _is_checkpoint(p))
+    if foreign:
+        raise ValueError(
+            f"checkpoint_dir {folder} holds {foreign[0]}, which is not a steer checkpoint (it holds other files "
+            f"than {', '.join(_CHECKPOINT_FILES)}), and a checkpoint of that name would replace it: use another folder"
+        )
     if resume:
         return
     found = saved_checkpoints(folder) if folder.is_dir() else []
@@ -640,7 +652,7 @@ def _resume(
         )
         return 0, None
     latest = found[-1]
-    meta = json.loads((latest / "trainer_state.json").read_text())
+    meta, trainable, tensors = _read_checkpoint(latest)
     base = meta.get("base")
     if base is not None:
         mismatch = (
@@ -667,11 +679,9 @@ def _resume(
             f"cannot resume from {latest}: it is at step {meta['step']}, past steps={steps}; pass "
             f"steps={meta['step']} or more (steer personalize --steps {meta['step']})"
         )
-    trainable = load_file(latest / "trainable.safetensors")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(trainable[name])
-    tensors = load_file(latest / "state.safetensors")
     generator.set_state(tensors.pop("generator"))
     state: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
@@ -679,6 +689,26 @@ def _resume(
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["step"]), meta.get("loss")
+
+
+def _read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
+    """A checkpoint's ``trainer_state.json``, trainable weights and optimiser state; a damaged
+    file (cut, or not what steer writes) is a ``ValueError`` naming it and the way on."""
+    fix = f"delete {folder} to resume from the checkpoint before it, or use another checkpoint_dir"
+    path = folder / "trainer_state.json"
+    try:
+        meta = json.loads(path.read_bytes())
+        if not isinstance(meta, dict) or not {"step", "settings", "names", "param_groups"} <= meta.keys():
+            raise ValueError("not the JSON object of a steer checkpoint")
+        path = folder / "trainable.safetensors"
+        trainable = load_file(path)
+        path = folder / "state.safetensors"
+        tensors = load_file(path)
+        if "generator" not in tensors:
+            raise ValueError("no generator state")
+    except (OSError, ValueError, SafetensorError) as error:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        raise ValueError(f"cannot resume from {folder}: {path.name} is damaged ({error}); {fix}") from None
+    return meta, trainable, tensors
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,40 @@ def test_checkpoints_never_touch_what_the_run_did_not_write(mel_backbone, clips,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000002", "checkpoint-000003", "checkpoint-500"]
     with pytest.raises(ValueError, match="keep_checkpoints must be at least 0, got -1"):
         _train(mel_backbone, clips, "lora", steps=1, keep_checkpoints=-1)
+
+
+def test_a_folder_named_as_this_runs_checkpoints_that_is_not_one_is_refused_before_training(mel_backbone, clips, tmp_path):
+    """Another tool's checkpoint-000002/ was replaced by the run's (or pruned), its files lost."""
+    kwargs = {"steps": 2, "batch_size": 1, "checkpoint_dir": tmp_path, "checkpoint_every": 1, "keep_checkpoints": 0}
+    foreign = tmp_path / "checkpoint-000002"
+    foreign.mkdir()
+    (foreign / "model.bin").write_text("someone's weights")
+    (foreign / "trainer_state.json").write_text("{}")
+    for resume in (False, True):
+        with pytest.raises(ValueError, match=rf"^checkpoint_dir {re.escape(str(tmp_path))} holds checkpoint-000002, which is not a steer checkpoint .* use another folder$"):
+            _train(mel_backbone, clips, "lora", resume=resume, **kwargs)
+    assert sorted(p.name for p in foreign.iterdir()) == ["model.bin", "trainer_state.json"]
+
+
+@pytest.mark.parametrize(
+    "file, damage, said",
+    [
+        ("trainable.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "trainable.safetensors is damaged"),
+        ("state.safetensors", lambda p: p.write_bytes(b""), "state.safetensors is damaged"),
+        ("trainer_state.json", lambda p: p.write_text("[]"), "trainer_state.json is damaged (not the JSON object"),
+        ("trainer_state.json", lambda p: p.write_text('{"step": '), "trainer_state.json is damaged (Expecting value"),
+    ],
+)
+def test_a_damaged_checkpoint_names_its_file_and_the_one_before_it(file, damage, said, mel_backbone, clips, tmp_path):
+    """Tracebacks (SafetensorError, AttributeError) or json's bare message naming no file."""
+    kwargs = {"batch_size": 1, "checkpoint_dir": tmp_path, "checkpoint_every": 1}
+    _train(mel_backbone, clips, "lora", steps=2, **kwargs)
+    damage(tmp_path / "checkpoint-000002" / file)
+    fix = f"delete {tmp_path / 'checkpoint-000002'} to resume from the checkpoint before it, or use another checkpoint_dir"
+    with pytest.raises(ValueError, match=rf"^cannot resume from {re.escape(str(tmp_path / 'checkpoint-000002'))}: {re.escape(said)}.*; {re.escape(fix)}$"):
+        _train(mel_backbone, clips, "lora", steps=3, resume=True, **kwargs)
+    shutil.rmtree(tmp_path / "checkpoint-000002")  # the way on it names
+    assert _train(mel_backbone, clips, "lora", steps=3, resume=True, **kwargs).config.training["steps"] == 3
 
 
 def test_unusable_references_name_the_file(mel_backbone, clips, clip_files, tmp_path):
