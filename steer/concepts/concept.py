@@ -54,7 +54,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from backbones import auto
-from backbones.auto import local_hint, missing_local_path
+from backbones.auto import TINY, local_hint, missing_local_path
 from backbones.saving import check_can_be_folder, readable_like
 
 if TYPE_CHECKING:
@@ -642,7 +642,13 @@ class Concept:
         """The ``README.md``: Hub metadata (library, tags, base model) and how to use the concept."""
         c = self.config
         base = c.base_model if c.base_model and _looks_like_repo_id(c.base_model) else None
-        if base is None and c.base_model:  # a folder: readers of the card need their own copy
+        if c.base_model in TINY:  # an offline build of random weights, built by name anywhere
+            base_sentence = (
+                f"It personalises steer's offline build `{c.base_model}` ({c.family} family: random weights, "
+                "for tests and demos), which `load_backbone` builds by that name."
+            )
+            load_line = f'backbone = load_backbone("{c.base_model}")'
+        elif base is None and c.base_model:  # a folder: readers of the card need their own copy
             base_sentence = (
                 f"It personalises the local base model `{c.base_model}` ({c.family} family), which is not "
                 "on the Hugging Face Hub: load your own copy of it (steer refuses another model by its "

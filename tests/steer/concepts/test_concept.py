@@ -646,6 +646,19 @@ def test_a_relative_base_model_path_is_recorded_whatever_the_working_directory(m
     assert [json.loads(u["concept_config.json"])["base_model"] for u in uploads] == ["my-base", "my-base"]
 
 
+def test_an_offline_build_is_recorded_by_its_name_and_carded_as_one(tiny_backbone, clips, tmp_path, monkeypatch):
+    """A folder called "tiny" in the working folder made the concept record its path (which the
+    edit then tried to load), and the card called the build a local model to copy."""
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    tiny_backbone.name_or_path = "tiny"
+    concept = _train(tiny_backbone, clips, "lora")
+    assert concept.config.base_model == "tiny"
+    card = concept.model_card().text
+    assert "steer's offline build `tiny` (audioldm2 family: random weights" in card and "your own copy" not in card
+    assert 'backbone = load_backbone("tiny")\n' in card
+
+
 # -- checking a concept before a model loads -------------------------------------------------------
 def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clips, tmp_path, monkeypatch):
     folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
