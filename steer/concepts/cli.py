@@ -8,6 +8,7 @@ model is loaded, so the command line prints them as one line.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from backbones.auto import TINY, is_mel_diffusion_folder
@@ -143,10 +144,12 @@ def run_personalize(args: argparse.Namespace) -> Path:
         try:
             commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
         except (PushError, KeyboardInterrupt) as error:
-            push = (
-                f"python -c \"from steer.concepts import Concept; Concept.from_pretrained({str(output)!r})"
-                f".push_to_hub({args.push_to_hub!r}{private})\""
+            code = (
+                f"from steer.concepts import Concept; Concept.from_pretrained({str(output)!r})"
+                f".push_to_hub({args.push_to_hub!r}{private})"
             )
+            # in a shell's double quotes, as before, with what they expand escaped: runs as printed
+            push = "python -c \"" + re.sub(r'([\\"$`])', r"\\\1", code) + "\""
             if isinstance(error, KeyboardInterrupt):
                 raise Interrupted(f"the concept is saved at {output} but not pushed: push it with {push}") from None
             retry = f"the concept IS saved at {output}: once the Hub is reachable, push it with {push}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -380,6 +381,17 @@ def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, mon
     with pytest.raises(PushError, match=rf"me/my-guitar failed \(OfflineModeIsEnabled: .*\); the concept IS saved at {re.escape(str(saved))}: .*{re.escape(retry)}"):
         run_personalize(args)
     assert Concept.from_pretrained(saved).token == "sks"
+    # the command runs as printed in a shell, whatever the path (a ' in it was a bash syntax error)
+    folder = tmp_path / "it's $HOME"
+    folder.mkdir()
+    with pytest.raises(PushError) as failed:
+        run_personalize(_personalize_args(clip_files, folder, "--push-to-hub", "me/my-guitar"))
+    command = str(failed.value).split("push it with ")[1]
+    assert command.startswith('python -c "')
+    said = subprocess.run(["bash", "-c", "printf %s" + command.removeprefix("python -c")], capture_output=True, text=True)
+    assert said.stdout == (
+        f"from steer.concepts import Concept; Concept.from_pretrained({str(folder / 'concept')!r}).push_to_hub('me/my-guitar')"
+    )
 
 
 # -- training that diverges ------------------------------------------------------------------------
