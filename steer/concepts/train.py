@@ -438,17 +438,17 @@ def train_concept(
             still overflow."""
             key = nonfinite_key(personalized.concept_weights())
             if key is not None:
-                raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr))
+                raise ValueError(_diverged(steps, f"the weight {key} is not finite", lr, folder))
             with torch.no_grad():
                 after = batches.loss(seeded_generator(seed)).item()
             if not math.isfinite(after):
-                raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr))
+                raise ValueError(_diverged(steps, f"the loss of the learnt weights is {after}", lr, folder))
 
         with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
             for step in range(start, steps):
                 loss = _train_step(batches, generator, optimizer, params, keep_rows)
                 if not math.isfinite(loss):
-                    raise ValueError(_diverged(step + 1, f"the loss is {loss}", lr))
+                    raise ValueError(_diverged(step + 1, f"the loss is {loss}", lr, folder))
                 if step == steps - 1:  # before the last checkpoint, which a resume would take as done
                     check_learnt()
                 bar.update(1)
@@ -469,11 +469,11 @@ def train_concept(
     return Concept(ConceptConfig(**{**config.to_dict(), "training": training}), weights)
 
 
-def _diverged(step: int, what: str, lr: float) -> str:
-    return (
-        f"training diverged at step {step}: {what}; train again with a learning rate below lr={lr:g} "
-        "(steer personalize --lr)"
-    )
+def _diverged(step: int, what: str, lr: float, folder: Path | None) -> str:
+    again = f"train again with a learning rate below lr={lr:g} (steer personalize --lr)"
+    if folder is not None and folder.is_dir() and saved_checkpoints(folder):  # a rerun there is refused
+        again += f" and another checkpoint_dir ({folder} holds this run's checkpoints)"
+    return f"training diverged at step {step}: {what}; {again}"
 
 
 @dataclass(frozen=True)

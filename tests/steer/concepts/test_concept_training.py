@@ -397,7 +397,10 @@ def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, mon
 # -- training that diverges ------------------------------------------------------------------------
 def test_training_that_diverges_stops_at_the_step_and_names_the_learning_rate(mel_backbone, clips, tmp_path):
     kwargs = {"steps": 3, "batch_size": 1, "crop_seconds": 0.64, "checkpoint_dir": tmp_path, "checkpoint_every": 1}
-    message = "training diverged at step 2: the loss is nan; train again with a learning rate below lr=1e+30 (steer personalize --lr)"
+    message = (  # a rerun with a lower lr in the same folder is refused: it holds this run's checkpoints
+        "training diverged at step 2: the loss is nan; train again with a learning rate below lr=1e+30 (steer "
+        f"personalize --lr) and another checkpoint_dir ({tmp_path} holds this run's checkpoints)"
+    )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # was a concept of NaN weights
         _train(mel_backbone, clips, "lora", lr=1e30, **kwargs)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000001"]  # no checkpoint of the diverged step
