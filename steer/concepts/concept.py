@@ -99,7 +99,10 @@ def check_words(token: str, class_word: str | None) -> None:
     if not token or re.search(r"\s", token):
         raise ValueError(f"the concept token must be one word without spaces, got {token!r}")
     if class_word is not None and not class_word.strip():
-        raise ValueError("the class word is empty: name the kind of sound (e.g. 'guitar') or pass None")
+        raise ValueError(
+            "the class word is empty: name the kind of sound (e.g. 'guitar'), or give none (class_word=None; "
+            "leave out steer personalize --class-word)"
+        )
 
 
 def check_new_words(token: str, class_word: str | None) -> None:

@@ -353,7 +353,7 @@ def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, t
         ([folder], (), r"refs is a folder: pass the audio files in it as references \(e.g. .*refs/\*.wav\)"),
         (clip_files, ("--token", "s ks"), "token must be one word without spaces, got 's ks'"),
         (clip_files, ("--token", ""), "token must be one word without spaces, got ''"),
-        (clip_files, ("--class-word", " "), "the class word is empty"),
+        (clip_files, ("--class-word", " "), r"the class word is empty: .* or give none \(class_word=None; leave out steer personalize --class-word\)$"),
         # was accepted: 'a recording of a violin violin', and the prior term's prompt lost the class word
         (clip_files, ("--token", "violin", "--class-word", "violin"), r"^the concept token 'violin' is a word of the class word 'violin': the prompts would read 'a recording of a violin violin' .* use a new word as the token \(e.g. 'sks'\)$"),
         (clip_files, ("--token", "Guitar", "--class-word", "electric guitar", "--method", "textual_inversion"), "the concept token 'Guitar' is a word of the class word 'electric guitar'"),
