@@ -1024,7 +1024,10 @@ def _after_interrupt(args: argparse.Namespace) -> str:
         from .concepts.train import saved_checkpoints
 
         if saved := saved_checkpoints(args.checkpoint_dir) if args.checkpoint_dir.is_dir() else []:
-            return f"add --resume to go on from the newest checkpoint, {saved[-1]}"
+            also = ""
+            if not args.overwrite and args.output.is_dir() and any(args.output.iterdir()):  # the checkpoints' folder
+                also = f" (and --overwrite: {args.output} now holds files, which it keeps)"
+            return f"add --resume{also} to go on from the newest checkpoint, {saved[-1]}"
         return f"no checkpoint was saved in {args.checkpoint_dir} yet, and no concept"
     if args.command == "eval":
         return "only the eval.json and eval.md it said it wrote were written"

@@ -496,6 +496,13 @@ def test_an_interrupted_personalize_says_whether_a_checkpoint_can_be_resumed(wav
         (checkpoints / "checkpoint-4" / name).write_text("")
     assert main(argv) == 130
     assert capsys.readouterr().err == f"\nsteer: interrupted; add --resume to go on from the newest checkpoint, {checkpoints / 'checkpoint-4'}\n"
+    # the concept's folder is the checkpoints' (or holds them): the rerun needs --overwrite too
+    argv[argv.index("-o") + 1] = str(checkpoints)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == (
+        f"\nsteer: interrupted; add --resume (and --overwrite: {checkpoints} now holds files, which it keeps) to go on "
+        f"from the newest checkpoint, {checkpoints / 'checkpoint-4'}\n"
+    )
 
 
 def test_an_interrupt_says_what_was_written_where_the_command_had_written_something(wav, tmp_path, capsys, monkeypatch):
