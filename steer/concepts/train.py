@@ -371,6 +371,12 @@ def train_concept(
         raise ValueError("resume=True needs the checkpoint_dir to resume from")
     if checkpoint_dir is not None:
         check_checkpoint_dir(Path(checkpoint_dir), resume=resume)
+        if checkpoint_every > steps:
+            warnings.warn(
+                f"checkpoint_every={checkpoint_every} is more than steps={steps}: no checkpoint will be saved in "
+                f"{checkpoint_dir} (steer personalize --checkpoint-every)",
+                stacklevel=3,
+            )
     if backbone.dtype != torch.float32:
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
     clips = load_references(references, backbone.sample_rate, keeps_level=backbone.family == "stable_audio")

@@ -175,6 +175,13 @@ def test_a_damaged_checkpoint_names_its_file_and_the_one_before_it(file, damage,
     assert _train(mel_backbone, clips, "lora", steps=3, resume=True, **kwargs).config.training["steps"] == 3
 
 
+def test_a_checkpoint_every_beyond_the_steps_is_warned_of(mel_backbone, clips, tmp_path):
+    """--steps 3 with the default --checkpoint-every 50 saved nothing, silently."""
+    with pytest.warns(UserWarning, match=rf"^checkpoint_every=50 is more than steps=3: no checkpoint will be saved in {re.escape(str(tmp_path))} "):
+        _train(mel_backbone, clips, "lora", steps=3, batch_size=1, crop_seconds=0.64, checkpoint_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unusable_references_name_the_file(mel_backbone, clips, clip_files, tmp_path):
     missing = tmp_path / "missing.wav"
     unreadable = tmp_path / "notes.wav"
