@@ -260,6 +260,20 @@ class LatentEditor(ABC):
     """
 
     backbone: Backbone
+    #: what is fixed once set when the editor is built, why (for the refusal), and the settings
+    #: that may be set between edits instead
+    _fixed: tuple[str, ...] = ()
+    _fixed_because = "its models are made then"
+    _settings: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self._fixed and name in self.__dict__:
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}.{name} is fixed when the editor is built ({self._fixed_because}): build a new {kind} "
+                f"instead; only its settings ({', '.join(self._settings)}) may be set between edits"
+            )
+        super().__setattr__(name, value)
 
     @abstractmethod
     def edit_latent(
@@ -358,6 +372,8 @@ class Editor(LatentEditor):
 
     #: what is fixed when the editor is built: recipes add what they work out from their concept
     _fixed: tuple[str, ...] = ("backbone", "losses", "requests", "feature_requests", "loss_names")
+    _fixed_because = "its requests, loss names and models are worked out then"
+    _settings = SETTINGS
     #: a recipe's keyword arguments that its losses and models are made from when it is built
     #: (not kept on the editor): setting one on the editor is refused, as it would change nothing
     #: (only on the class that declares them: a subclass of a recipe may store such a value)
@@ -415,14 +431,6 @@ class Editor(LatentEditor):
         _check_feature_requests(self.loss_names, self.losses)
 
     def __setattr__(self, name: str, value: object) -> None:
-        # what an edit's requests, loss names and models are worked out from once, when built
-        if name in self._fixed and name in self.__dict__:
-            kind = type(self).__name__
-            raise AttributeError(
-                f"{kind}.{name} is fixed when the editor is built (its requests, loss names and models "
-                f"are worked out then): build a new {kind} instead; only its settings "
-                f"({', '.join(SETTINGS)}) may be set between edits"
-            )
         if name in type(self).__dict__.get("_built_from", ()):  # a subclass may keep its own values
             kind = type(self).__name__
             raise AttributeError(

@@ -53,8 +53,9 @@ class DreamSoundEditing(DDIMInversion):
     """
 
     default_strength = 0.15
-    #: what the personalised model is made from, fixed when the editor is built
-    _fixed = ("backbone", "token", "class_word", "personalized")
+    _fixed = ("backbone", "concept", "token", "class_word", "personalized")
+    _fixed_because = "its personalised model is made then"
+    _settings = ("steps", "strength", "guidance_scale_inversion", "guidance_scale")
 
     def __init__(
         self,
@@ -74,18 +75,10 @@ class DreamSoundEditing(DDIMInversion):
             concept = Concept.from_pretrained(concept)
         elif not isinstance(getattr(concept, "token", None), str) or not callable(getattr(concept, "apply", None)):
             raise TypeError(f"DreamSoundEditing needs a Concept (or its folder or Hub repo id), got {type(concept).__name__}")
+        self.concept = concept
         self.token: str = concept.token
         self.class_word: str | None = getattr(concept, "class_word", None)
         self.personalized = concept.apply(backbone)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if name == "concept" or (name in self._fixed and name in self.__dict__):
-            raise AttributeError(
-                f"DreamSoundEditing.{name} is fixed when the editor is built (its personalised model is made "
-                "then): build a new DreamSoundEditing instead; only its settings (steps, strength, "
-                "guidance_scale_inversion, guidance_scale) may be set between edits"
-            )
-        super().__setattr__(name, value)
 
     @property
     def sampler(self) -> Backbone:
