@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ def check_can_be_folder(folder: Path, what: str, *, another: str | None = None) 
         raise ValueError(f"{what} {folder} {where}; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {folder} cannot be written: {existing} is not writable; {fix}")
+    if reason := creation_problem(existing):
+        raise ValueError(f"{what} {folder} cannot be written: nothing can be created in {existing} ({reason}); {fix}")
+
+
+def creation_problem(folder: Path) -> str | None:
+    """Why nothing can be created in the existing folder ``folder`` (the system's reason), or
+    ``None``. Asked by creating and removing a folder of its own, uniquely named: ``os.access``
+    says yes to root on a read-only or virtual file system (``/proc``)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".steer-check-"))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def check_model_folder(

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from backbones.saving import HUB_MIXIN_FILES, check_model_folder
+from backbones.saving import HUB_MIXIN_FILES, check_model_folder, creation_problem
 
 
 def _temporary(path: Path) -> Path:
@@ -134,6 +134,8 @@ def result_file_problem(out: Path, overwrite: bool, option: str = "--out") -> st
         return f"{option} {out} cannot be written: {blocking} is a file, not a folder; choose another {option}"
     if not os.access(existing := next(p for p in out.parents if p.exists()), os.W_OK | os.X_OK):
         return f"{option} {out} cannot be written: {existing} is not writable; choose another {option}"
+    if reason := creation_problem(existing):
+        return f"{option} {out} cannot be written: nothing can be created in {existing} ({reason}); choose another {option}"
     if out.exists() and not overwrite:
         return f"{out} exists; pass --overwrite to replace it, or choose another {option}"
     return None

@@ -6,6 +6,7 @@ import argparse
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -486,6 +487,12 @@ def test_folders_that_cannot_be_made_are_refused_before_a_model_loads(
     with pytest.raises(ValueError, match=f"^checkpoint_dir {re.escape(str(notes))} exists and is not a folder"):
         _train(mel_backbone, clips, "lora", steps=1, checkpoint_dir=notes, callback=steps.append)
     assert steps == [] and notes.read_text() == "mine"
+    if sys.platform == "linux":  # os.access says yes to root there; it passed, and the save failed after training
+        for extra, folder in [(("-o", "/proc/concept"), "the concept folder /proc/concept"),
+                              (("--checkpoint-dir", "/proc/ck"), "checkpoint_dir /proc/ck")]:
+            message = f"{folder} cannot be written: nothing can be created in /proc (No such file or directory); choose another path"
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                run_personalize(_personalize_args(clip_files, tmp_path, *extra))
     monkeypatch.setattr(concept_module.os, "access", lambda path, mode: Path(path) != tmp_path)  # tests run as root
     message = f"the concept folder {tmp_path / 'concept'} cannot be written: {tmp_path} is not writable; choose another path"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):

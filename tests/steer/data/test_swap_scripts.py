@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -463,6 +464,10 @@ def test_an_out_in_an_unwritable_folder_is_refused_before_any_work(script, tmp_p
         assert f"--out {out} cannot be written: {locked} is not writable; choose another --out" in refusal(
             script, argv, capsys
         )
+    if sys.platform == "linux":  # os.access says yes to root in /proc, where nothing can be created
+        argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", "/proc/results/out.json"]
+        message = "--out /proc/results/out.json cannot be written: nothing can be created in /proc (No such file or directory)"
+        assert message in refusal(script, argv, capsys)
 
 
 def test_a_cache_that_is_a_file_or_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
