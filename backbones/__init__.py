@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .audioldm2 import AudioLDM2Backbone
     from .auto import load_backbone
     from .base import Backbone
-    from .conditioning import Conditioning
+    from .conditioning import Conditioning, PromptCache
     from .mel import MelFrontEnd, to_mono
     from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel
     from .mel_vae import MelVAEBackbone
@@ -27,6 +27,7 @@ _LAZY = {
     "load_backbone": "auto",
     "Backbone": "base",
     "Conditioning": "conditioning",
+    "PromptCache": "conditioning",
     "MelFrontEnd": "mel",
     "to_mono": "mel",
     "MelDiffusionBackbone": "mel_diffusion",
@@ -46,6 +47,7 @@ __all__ = [
     "MelFrontEnd",
     "MelVAEBackbone",
     "MusicLDMBackbone",
+    "PromptCache",
     "StableAudioBackbone",
     "load_backbone",
     "to_mono",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import einops
@@ -313,24 +313,6 @@ class Backbone(ABC):
         if isinstance(guidance_scale, Tensor):
             guidance_scale = guidance_scale.view(-1, *([1] * (x_t.dim() - 1))).to(x_t)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-
-    @staticmethod
-    def cached_prompts(
-        prompts: Sequence[str] | str,
-        cache: MutableMapping[str, Conditioning],
-        encode_one: Callable[[str], Conditioning],
-    ) -> Conditioning:
-        """Conditioning of ``prompts``, encoding each distinct prompt once into ``cache``.
-
-        Each prompt is encoded on its own, so a row never depends on which other prompts share
-        the batch.
-        """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        for prompt in prompts:
-            if prompt not in cache:
-                cache[prompt] = encode_one(prompt)
-        return Conditioning.cat([cache[p] for p in prompts])
 
     # -- audio ----------------------------------------------------------------------------------
     @abstractmethod

@@ -7,7 +7,7 @@ concatenating cached rows, which costs no text-encoder call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -126,3 +126,45 @@ class Conditioning:
             uncond={k: v.to(device) for k, v in self.uncond.items()},
             masks=self.masks,
         )
+
+
+class PromptCache:
+    """Each distinct prompt's :class:`Conditioning`, encoded once while the model stays on one
+    device in one dtype: a change of either (the model moved or cast after prompts were encoded)
+    empties the cache, as its encodings would no longer fit the denoiser.
+
+    Example:
+        >>> cache = PromptCache()
+        >>> encode = lambda p: Conditioning(cond={"x": torch.ones(1, 2)}, uncond={"x": torch.zeros(1, 2)})
+        >>> cache.get(["a", "b", "a"], encode, (torch.device("cpu"), torch.float32)).cond["x"].shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[str, Conditioning] = {}
+        self._state: tuple[torch.device, torch.dtype] | None = None
+
+    def get(
+        self,
+        prompts: Sequence[str] | str,
+        encode_one: Callable[[str], Conditioning],
+        state: tuple[torch.device, torch.dtype],
+    ) -> Conditioning:
+        """Conditioning of ``prompts`` (batch ``len(prompts)``), encoding with ``encode_one`` each
+        prompt not cached since the model's ``state`` (its device and dtype) was last this one.
+
+        Each prompt is encoded on its own, so a row never depends on which other prompts share
+        the batch.
+        """
+        if state != self._state:
+            self._rows, self._state = {}, state
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for prompt in prompts:
+            if prompt not in self._rows:
+                self._rows[prompt] = encode_one(prompt)
+        return Conditioning.cat([self._rows[p] for p in prompts])
+
+    def clear(self) -> None:
+        """Forget every encoding (a text encoder's weights changed in place)."""
+        self._rows = {}

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from .base import Backbone, unet_self_attention
-from .conditioning import Conditioning
+from .conditioning import Conditioning, PromptCache
 from .griffin_lim import GriffinLimVocoder
 from .mel import MelFrontEnd, check_long_enough, to_mono
 from .saving import SteerHubMixin
@@ -156,7 +156,7 @@ class MelDiffusionBackbone(Backbone):
         self.mel = mel
         self.name_or_path = name_or_path
         self.vocoder = GriffinLimVocoder(mel).to(self.device)
-        self._prompts: dict[str, Conditioning] = {}
+        self._prompts = PromptCache()
         self._alphas_cumprod = model.alphas_cumprod()
 
     @property
@@ -215,6 +215,12 @@ class MelDiffusionBackbone(Backbone):
         """
         return self.model.save_pretrained(path, overwrite=overwrite)
 
+    def to(self, device: torch.device | str) -> MelDiffusionBackbone:
+        """Move the model to ``device`` (the vocoder follows it, and prompts are encoded there
+        again when next used, as after ``backbone.model.to(...)``)."""
+        self.model.to(device)
+        return self
+
     # -- schedule and model ------------------------------------------------------------------
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -229,7 +235,7 @@ class MelDiffusionBackbone(Backbone):
     # -- conditioning ------------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         """Word-encoder states ``(B, L, text_dim)`` and mask ``(B, L)``; ``""`` is unconditional."""
-        return self.cached_prompts(prompts, self._prompts, self._encode_one)
+        return self._prompts.get(prompts, self._encode_one, (self.device, self.dtype))
 
     def _encode_one(self, prompt: str) -> Conditioning:
         encoder = self.model.text_encoder
@@ -286,7 +292,9 @@ class MelDiffusionBackbone(Backbone):
     def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:
         if num_samples is None:
             num_samples = latent.shape[2] * self.model.patch * self.mel.hop_length
-        waveform = self.vocoder(self.latent_to_mel(latent).squeeze(1))
+        if self.vocoder.inverse.device != self.device:  # the model was moved
+            self.vocoder.to(self.device)
+        waveform = self.vocoder(self.latent_to_mel(latent.to(self.device)).squeeze(1))
         waveform = F.pad(waveform, (0, max(0, num_samples - waveform.shape[-1])))
         return waveform[..., :num_samples]
 

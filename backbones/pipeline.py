@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
 from .base import Backbone, modes_kept
-from .conditioning import Conditioning
+from .conditioning import Conditioning, PromptCache
 from .saving import check_model_folder, check_no_adapters, readable_like
 
 
@@ -43,14 +43,14 @@ class PipelineBackbone(Backbone):
         self.name_or_path = name_or_path
         for module in self._modules():
             module.eval().requires_grad_(False)
-        self._prompts: dict[str, Conditioning] = {}
+        self._prompts = PromptCache()
 
     # -- conditioning and score ------------------------------------------------------------------
     def encode_prompt(self, prompts: Sequence[str]) -> Conditioning:
         """Conditioning for ``prompts``: each distinct prompt is encoded once with
         :meth:`encode_one` and cached (no grad)."""
         with torch.no_grad():
-            return self.cached_prompts(prompts, self._prompts, self.encode_one)
+            return self._prompts.get(prompts, self.encode_one, (self.device, self.dtype))
 
     @abstractmethod
     def encode_one(self, prompt: str) -> Conditioning:
@@ -183,7 +183,6 @@ class PipelineBackbone(Backbone):
         return folder
 
     def to(self, device: torch.device | str) -> PipelineBackbone:
-        """Move the pipeline and the cached prompt encodings to ``device``."""
+        """Move the pipeline to ``device`` (prompts are encoded there again when next used)."""
         self.pipe.to(device)
-        self._prompts = {p: c.to(device) for p, c in self._prompts.items()}
         return self

@@ -71,6 +71,19 @@ def test_half_precision_weights_keep_the_schedule_exact(backbone, request):
     assert torch.equal(half.alphas_cumprod, backbone.alphas_cumprod)
 
 
+def test_prompts_encoded_before_a_cast_are_encoded_again_after_it(backbone, latent, request):
+    """A prompt encoded before the model was cast was cached in the old dtype, and its next
+    prediction failed inside the denoiser (float != BFloat16); new prompts worked."""
+    case = request.node.callspec.params["backbone"]
+    cast = _load(case)
+    cast.encode_prompt([SOURCE])
+    (cast.pipe if hasattr(cast, "pipe") else cast.model).to(torch.bfloat16)
+    t = torch.tensor([300])
+    eps = cast.predict_noise(latent, t, cast.encode_prompt([SOURCE]), 3.0)
+    half = _load(case, torch.bfloat16)
+    assert torch.equal(eps, half.predict_noise(latent, t, half.encode_prompt([SOURCE]), 3.0))
+
+
 def test_latents_and_noise_predictions(backbone, latent):
     assert latent.dtype == torch.float32 and latent.dim() == backbone.latent_dims and latent.shape[0] == 1
     assert latent.shape[1] == backbone.latent_channels

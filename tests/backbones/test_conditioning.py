@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from backbones import Conditioning
+from backbones import Conditioning, PromptCache
 
 
 def _cond(length: int, value: float) -> Conditioning:
@@ -80,3 +80,23 @@ def test_a_sequence_field_without_a_mask_is_not_padded():
     with pytest.raises(ValueError, match="the conditioning field 'states' differs in length"):
         uneven.guidance_batch()
     assert Conditioning.cat([unmasked(4), unmasked(4)]).cond["states"].shape == (2, 4, 3)  # equal: nothing to pad
+
+
+def test_a_prompt_cache_encodes_each_prompt_once_per_device_and_dtype():
+    encoded = []
+
+    def encode(prompt):
+        encoded.append(prompt)
+        return Conditioning(cond={"x": torch.full((1, 2), float(len(prompt)))}, uncond={"x": torch.zeros(1, 2)})
+
+    cache, cpu = PromptCache(), torch.device("cpu")
+    assert cache.get(["ab", "a", "ab"], encode, (cpu, torch.float32)).cond["x"][:, 0].tolist() == [2, 1, 2]
+    cache.get("a", encode, (cpu, torch.float32))
+    assert encoded == ["ab", "a"]
+    cache.get("a", encode, (cpu, torch.bfloat16))  # the model was cast: its encodings no longer fit
+    cache.get("a", encode, (torch.device("meta"), torch.bfloat16))  # moved
+    cache.get(["a", "ab"], encode, (torch.device("meta"), torch.bfloat16))
+    assert encoded == ["ab", "a", "a", "a", "ab"]
+    cache.clear()
+    cache.get("a", encode, (torch.device("meta"), torch.bfloat16))
+    assert encoded[-1] == "a" and len(encoded) == 6
