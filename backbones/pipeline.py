@@ -171,7 +171,7 @@ class PipelineBackbone(Backbone):
                 subfolder; for a denoiser holding a concept's adapter
                 (:func:`~backbones.saving.check_no_adapters`).
         """
-        folder = Path(path)
+        folder = Path(path).expanduser()  # as load_backbone reads it
         check_no_adapters(self.denoiser)
         components = [name for name, component in self.pipe.components.items() if component is not None]
         check_model_folder(

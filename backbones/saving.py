@@ -180,7 +180,7 @@ class SteerHubMixin(PyTorchModelHubMixin):
                 ``config.json`` or ``model.safetensors``; for a model holding a concept's
                 adapter (:func:`check_no_adapters`).
         """
-        folder = Path(save_directory)
+        folder = Path(save_directory).expanduser()  # as from_pretrained reads it
         check_no_adapters(self)
         check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
         pushed = super().save_pretrained(folder, **kwargs)

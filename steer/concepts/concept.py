@@ -524,7 +524,7 @@ class Concept:
         config: save again to mend either. A hard kill can leave the hidden ``.steer-save-*``
         folder behind.
         """
-        folder = Path(save_directory)
+        folder = Path(save_directory).expanduser()  # as from_pretrained reads it
         check_save_folder(folder)
         self.check_finite()
         folder.mkdir(parents=True, exist_ok=True)

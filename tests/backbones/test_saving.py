@@ -67,6 +67,14 @@ def test_overwrite_replaces_the_model_and_leaves_other_files(kind, backbone, tmp
         assert torch.equal(a, b), name
 
 
+def test_a_path_under_home_is_saved_where_load_backbone_reads_it(kind, backbone, tmp_path, monkeypatch):
+    """``~`` was kept: the save wrote ./~/m, and load_backbone("~/m") found nothing."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert backbone.save_pretrained("~/m") == tmp_path / "home" / "m"
+    assert type(load_backbone("~/m")) is type(backbone) and not (tmp_path / "~").exists()
+
+
 def test_a_folder_with_other_files_only_is_saved_into(kind, backbone, tmp_path):
     folder = user_folder(tmp_path / "m", [])
     assert backbone.save_pretrained(folder) == folder

@@ -664,8 +664,10 @@ def test_a_concept_reference_is_checked_from_its_config_alone(mel_backbone, clip
     folder = _train(mel_backbone, clips, "lora").save_pretrained(tmp_path / "c")
     expected = Concept.from_pretrained(folder).config
     with monkeypatch.context() as home:
-        home.setenv("HOME", str(tmp_path))
-        assert Concept.from_pretrained("~/c").config == expected
+        home.setenv("HOME", str(tmp_path / "home"))
+        home.chdir(tmp_path)
+        assert Concept.from_pretrained(folder).save_pretrained("~/c") == tmp_path / "home" / "c"  # was ./~/c
+        assert Concept.from_pretrained("~/c").config == expected and not (tmp_path / "~").exists()
 
     def no_download(*args, **kwargs):
         raise AssertionError("the Hub was asked")
