@@ -537,7 +537,8 @@ class ManifestRunner:
 
     def _edit_batch(self, edited: Sequence[tuple[EditItem, ItemRecord]], audios: Sequence[Audio]) -> None:
         """One edit of the items' clips (``(channels, samples)`` each, one shape); then each
-        item's wav and metrics, into its record."""
+        item's wav and metrics, into its record (an item whose metrics fail is done all the same,
+        with those values missing, which a rerun scores: :meth:`_update_finished`)."""
         items = [item for item, _ in edited]
         editor = self._editor(items[0].concept or self.default_concept)
         # a compiled editor's calls were traced for full batches: a smaller one would trace (and
@@ -554,18 +555,19 @@ class ManifestRunner:
             progress=self.progress,
         )
         for (item, record), clip in zip(edited, result.audio[: len(items)], strict=True):
-            saved_wav = False
             try:
                 save_audio(self.wav_path(item), clip, result.sample_rate)
-                saved_wav = True
-                if self.metrics:
-                    record.metrics = self._scores([item], list(self.metrics))[item.id]
-                record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
-                record.owns_wav = True
             except Exception as error:  # noqa: BLE001 - one bad item must not stop the run
                 _fail(record, error)
-                if saved_wav:  # a failed item leaves no wav: a rerun would take it for a foreign file
-                    self.wav_path(item).unlink(missing_ok=True)
+                continue
+            record.status, record.sample_rate, record.samples = "done", result.sample_rate, clip.shape[-1]
+            record.owns_wav = True
+            if self.metrics:
+                try:
+                    record.metrics = self._scores([item], list(self.metrics))[item.id]
+                except Exception as error:  # noqa: BLE001 - the edit stands: a rerun scores it
+                    print(f"steer run: {item.id}: cannot score {', '.join(self.metrics)}: {error} "
+                          "(the edit is kept; a rerun scores it)", flush=True)
 
     def run(self) -> RunCounts:
         """Edit this process's pending items, and bring its finished ones up to date (see

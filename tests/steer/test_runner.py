@@ -912,6 +912,34 @@ def test_metrics_added_on_a_rerun_are_scored_from_the_finished_edits(tmp_path, c
     assert (all_row["cqt1_pcc_nan"], all_row["log_mel_nan"]) == (0, 0)
 
 
+def test_a_metric_that_fails_keeps_the_edit_and_a_rerun_scores_it(tmp_path, capsys, monkeypatch):
+    """A metric that raised (a GPU out of memory) failed the item and deleted its wav, which the
+    edit had written: every edit of the run was lost, and the rerun edited them all again."""
+    from steer.metrics.collection import build_metrics
+    from steer.metrics.functional import SCORING_RATE
+
+    items = read_edit_manifest(_manifest(tmp_path, 2, seconds=1.0))
+    metrics = build_metrics(["log_mel"], sample_rate=SCORING_RATE)
+    runner = ManifestRunner(items, tmp_path / "out", backbone=load_backbone(str(SWAP_BACKBONE)),
+                            settings={"steps": 1}, metrics=metrics)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as failing:
+        failing.setattr("steer.evaluate._add_pair", out_of_memory)
+        assert runner.run().done == 2
+    printed = capsys.readouterr().out
+    assert "steer run: c0: cannot score log_mel: CUDA out of memory (the edit is kept; a rerun scores it)" in printed
+    wavs = {i: (tmp_path / "out" / f"c{i}.wav").read_bytes() for i in range(2)}
+    records = [read_record(tmp_path / "out" / "records" / f"c{i}.json") for i in range(2)]
+    assert all(r.status == "done" and r.owns_wav and r.metrics == {} for r in records)
+    assert runner.run().skipped == 2
+    records = [read_record(tmp_path / "out" / "records" / f"c{i}.json") for i in range(2)]
+    assert all(r.attempt == 1 and r.metrics["log_mel"] > 0 for r in records)
+    assert {i: (tmp_path / "out" / f"c{i}.wav").read_bytes() for i in range(2)} == wavs
+
+
 def test_a_failed_batch_is_retried_one_item_at_a_time(tmp_path, capsys):
     """One prompt the text encoder refuses fails its item alone; the item beside it in the
     batch is edited (alone) and done."""
