@@ -508,28 +508,29 @@ def _edit(
         raise UsageError(f"{error}; lower {'--guidance' if recipe in BASELINES else '--lr or --guidance'}") from None
 
 
-def _check_default_concept(concept: str | None, items: Sequence) -> ConceptConfig | None:
-    """Check ``steer run``'s ``--concept`` from its config alone, against the target prompt of
-    every item that names no concept of its own, before any model loads: a misspelt folder or
-    a target without its token would otherwise fail every item (an item's own concept is
-    checked by :func:`_items_concepts`, and fails that item alone). Returns its config, or
-    ``None`` when there is no ``--concept`` or no item uses it."""
+def _check_default_concept(concept: str | None, items: Sequence) -> tuple[ConceptConfig | None, dict[str, str]]:
+    """Read ``steer run``'s ``--concept`` from its config alone, before any model loads (a
+    misspelt folder would otherwise fail every item), and check the target prompt of every item
+    that names no concept of its own. Returns its config (``None`` when there is no ``--concept``
+    or no item uses it) and, by item id, why an item cannot use it (a target without its token:
+    that item fails alone, as with an item's own concept, :func:`_items_concepts`)."""
     users = [item for item in items if item.concept is None]
     if concept is None or not users:
-        return None
+        return None, {}
     from .concepts import check_concept_reference
     from .concepts.concept import check_target
 
-    config = None
+    try:
+        config = check_concept_reference(concept)  # read once (a Hub concept: one request)
+    except ValueError as error:
+        raise UsageError(f"--concept: {error}") from None
+    problems = {}
     for item in users:
         try:
-            if config is None:  # the config read once (a Hub concept: one request)
-                config = check_concept_reference(concept, item.target)
-            else:
-                check_target(config, item.target)
+            check_target(config, item.target)
         except ValueError as error:
-            raise UsageError(f"--concept, item {item.id!r}: {error}") from None
-    return config
+            problems[item.id] = f"--concept: {error}"
+    return config, problems
 
 
 def _items_concepts(items: Sequence) -> tuple[dict[str, ConceptConfig], dict[str, str]]:
@@ -582,8 +583,9 @@ def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite
     """Name, before any model loads, the items that ``steer run`` would start and that must fail:
     those with a concept ``problems`` (by id, :func:`_items_concepts`) or whose audio file is
     missing (an item already done is skipped, and needs neither, unless ``overwrite``). Refuses
-    the run when every item it would start must fail; else returns a warning naming how many
-    and the first (each fails alone, recorded), or ``None`` when none must."""
+    the run when every item must fail (none is done either: a rerun brings finished items up to
+    date, scoring the metrics they lack); else returns a warning naming how many and the first
+    (each fails alone, recorded), or ``None`` when none must."""
     from .runner import finished_record
 
     pending = [item for item in items if overwrite or finished_record(out, item) is None]
@@ -596,7 +598,7 @@ def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite
     if not failing:
         return None
     first = f"first: item {failing[0][0]!r}: {failing[0][1]}"
-    if len(failing) == len(pending):
+    if len(failing) == len(pending) == len(items):
         raise UsageError(f"none of the {len(pending)} item(s) to edit can be edited ({first}): fix the manifest")
     return (
         f"steer: warning: {len(failing)} of the {len(pending)} item(s) to edit cannot be edited and will fail "
@@ -687,8 +689,9 @@ def _run(args: argparse.Namespace) -> int:
         items = read_edit_manifest(args.manifest)
         names = _metric_names(args.metrics)
         check_concepts(items, args.recipe, args.concept)
-        default_concept = _check_default_concept(args.concept, items)
+        default_concept, default_problems = _check_default_concept(args.concept, items)
         configs, problems = _items_concepts(items)
+        problems.update(default_problems)
         note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
         for item in items:  # an item's own concept of another family than the backbone's
             if item.concept in configs and item.id not in problems:

@@ -262,7 +262,7 @@ def test_a_default_concept_is_checked_against_every_target_before_loading_anythi
     args = _run_args(manifest, tmp_path / "out", "--concept", str(tmp_path / "no-such-concept"))
     args[args.index("--backbone") + 1] = "no/such-backbone"  # never loaded
     assert main(args) == 2
-    assert f"--concept, item 'c0': no concept folder {tmp_path / 'no-such-concept'}" in capsys.readouterr().err
+    assert f"--concept: no concept folder {tmp_path / 'no-such-concept'}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -1130,6 +1130,21 @@ def test_items_whose_audio_is_missing_are_named_before_a_model_loads(tmp_path, c
     (tmp_path / "c0.wav").unlink()
     assert main(_run_args(manifest, tmp_path / "out2")) == 2
     assert "none of the 3 item(s) to edit can be edited (first: item 'c0': input file not found" in capsys.readouterr().err
+
+
+def test_a_rerun_whose_items_to_edit_must_all_fail_still_scores_the_finished_ones(tmp_path, capsys):
+    """It was refused (exit 2, "none of the 1 item(s) to edit can be edited"): the finished
+    items never got the metrics a rerun adds, though the README says a rerun scores them."""
+    manifest = _manifest(tmp_path, 3)
+    (tmp_path / "c2.wav").unlink()
+    out = tmp_path / "out"
+    assert main(_run_args(manifest, out)) == 1
+    capsys.readouterr()
+    assert main(_run_args(manifest, out, "--metrics", "log_mel")) == 1
+    printed = capsys.readouterr()
+    assert "steer: warning: 1 of the 1 item(s) to edit cannot be edited and will fail (first: item 'c2'" in printed.err
+    assert "steer run: 0 done, 2 skipped, 1 failed" in printed.out
+    assert all(read_record(out / "records" / f"c{i}.json").metrics["log_mel"] > 0 for i in range(2))
 
 
 def test_a_run_says_its_folder_holds_edits_of_items_not_in_its_manifest(tmp_path, capsys):

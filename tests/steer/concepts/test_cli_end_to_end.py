@@ -46,15 +46,24 @@ def test_edit_checks_the_concept_before_it_loads_a_backbone(concept, clip_files,
 
 
 def test_run_checks_its_default_concept_against_every_target_before_it_loads(concept, clip_files, tmp_path, capsys):
+    """A target without --concept's token fails its item alone, as with an item's own concept
+    (it refused the whole run); where every item must fail, the run is refused before loading."""
     rows = [{"id": "a", "audio": str(clip_files[0]), "source": "a piano", "target": "a sks guitar"},
             {"id": "b", "audio": str(clip_files[0]), "source": "a piano", "target": "a guitar"}]
     manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest.write_text(json.dumps(rows[1]) + "\n")
+    run = ["run", str(manifest), "--out", str(tmp_path / "out"), "--concept", str(concept), "--steps", "1", "--device", "cpu"]
     capsys.readouterr()
-    assert main(["run", str(manifest), "--out", str(tmp_path / "out"), "--concept", str(concept),
-                 "--backbone", str(tmp_path / "no-such-backbone"), "--steps", "2", "--device", "cpu"]) == 2
-    assert "--concept, item 'b': the target prompt 'a guitar' does not name the concept token 'sks'" in capsys.readouterr().err
+    assert main([*run, "--backbone", "no/such-backbone"]) == 2  # never loaded
+    message = "none of the 1 item(s) to edit can be edited (first: item 'b': --concept: the target prompt 'a guitar' does not name the concept token 'sks'"
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main([*run, "--backbone", "tiny"]) == 1
+    printed = capsys.readouterr()
+    assert "steer: warning: 1 of the 2 item(s) to edit cannot be edited and will fail (first: item 'b': --concept:" in printed.err
+    assert "steer run: 1 done, 0 skipped, 1 failed" in printed.out
+    assert (tmp_path / "out" / "a.wav").exists() and not (tmp_path / "out" / "b.wav").exists()
 
 
 def test_edit_without_backbone_takes_the_base_model_the_concept_was_learnt_on(mel_folder, clip_files, tmp_path, capsys):
