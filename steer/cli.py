@@ -140,6 +140,7 @@ def _add_edit_options(
     guidance: str = "30; 15 with --concept; a baseline's sampling guidance: 12",
     lr: str = "0.02; 0.1 with --concept",
     baselines: bool = True,
+    overwrite: str = "replace existing outputs",
 ) -> None:
     concept = "; with --concept, the base model the concept was learnt on" if baselines else ""
     parser.add_argument(
@@ -202,7 +203,7 @@ def _add_edit_options(
         "model's call costs the base model's; one more copy of the adapted weights (not yet "
         "measured on a GPU)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite)
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)"
     )
@@ -270,7 +271,11 @@ def _parser() -> argparse.ArgumentParser:
         "step for 8 clips against 8.5 ms for one; compiled, a last smaller batch is filled up "
         "with copies of a clip rather than compiled again)",
     )
-    _add_edit_options(run, backbone=DEFAULT_BACKBONE, steps=400)
+    _add_edit_options(
+        run, backbone=DEFAULT_BACKBONE, steps=400,
+        overwrite="redo every item, finished ones too, and write over wavs in --out that steer run did not "
+        "write (never a source clip); to redo some items only, delete their wavs",
+    )
 
     evaluate = commands.add_parser(
         "eval", help="score folders of edits against their sources; several runs: one table comparing them"

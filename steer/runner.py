@@ -624,7 +624,8 @@ class ManifestRunner:
     def check_settings(self) -> None:
         """Raise ``ValueError`` when the folder holds finished edits that resuming would mix with
         this run's: an item's made with other settings or from other prompts or another clip
-        (:meth:`_input_changes`; ``overwrite`` redoes them), or an item's that the manifest does
+        (:meth:`_input_changes`; ``overwrite`` redoes them, as deleting the item's wav redoes
+        it), or an item's that the manifest does
         not hold made with other settings, even with ``overwrite``, which does not redo it
         (``steer eval`` reads every record of the folder). Every record is looked at, not only
         this process's share, so that every process of a launch comes to the same answer (and
@@ -634,8 +635,10 @@ class ManifestRunner:
         for path in sorted((self.out / "records").glob("*.json")):
             record = read_record(path)
             item = items.get(record.id) if record is not None else None
-            if record is None or record.status != "done" or (item is not None and self.overwrite):
+            if record is None or record.status != "done":
                 continue
+            if item is not None and (self.overwrite or self.finished(item) is None):
+                continue  # edited again (its wav deleted to redo it): nothing of it is mixed in
             if item is None:
                 recorded = {k: v for k, v in record.settings.items() if k != "concept"}  # concepts are per item
                 differences = self._setting_changes(record, recorded, record.concept, self.fingerprint)
@@ -651,7 +654,7 @@ class ManifestRunner:
             more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             raise ValueError(
                 f"{self.out} holds edits made from other inputs than the manifest's ({'; '.join(changed[:3])}{more}): "
-                "pass --overwrite to redo them, or another --out"
+                "delete their wavs to redo them (or pass --overwrite to redo every item), or pass another --out"
             )
 
     def _input_changes(self, record: ItemRecord, item: EditItem) -> list[str]:

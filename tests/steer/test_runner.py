@@ -770,9 +770,9 @@ def _files(folder: Path) -> dict[Path, bytes]:
 
 
 def test_a_rerun_refuses_items_whose_prompts_or_clip_changed_and_follows_a_new_edit_type(tmp_path, capsys):
-    """Changed in the manifest, c0's target and c1's clip refuse the rerun, naming them (only
-    ``--overwrite`` redoes them); c2's edit type alone does not change its edit: it is skipped,
-    and its record and the summary take the new type."""
+    """Changed in the manifest, c0's target and c1's clip refuse the rerun, naming them (deleting
+    their wavs redoes them, ``--overwrite`` every item); c2's edit type alone does not change its
+    edit: it is skipped, and its record and the summary take the new type."""
     manifest = _manifest(tmp_path, 3)
     out = tmp_path / "out"
     assert main(_run_args(manifest, out)) == 0
@@ -786,7 +786,8 @@ def test_a_rerun_refuses_items_whose_prompts_or_clip_changed_and_follows_a_new_e
     error = capsys.readouterr().err
     assert (f"steer: error: {out} holds edits made from other inputs than the manifest's (c0's target prompt "
             f"'a recording of a violin' → 'a recording of a flute'; c1's audio {(tmp_path / 'c1.wav').resolve()} → "
-            f"{(tmp_path / 'other.wav').resolve()}): pass --overwrite to redo them, or another --out") in error
+            f"{(tmp_path / 'other.wav').resolve()}): delete their wavs to redo them (or pass --overwrite to redo "
+            "every item), or pass another --out") in error
     assert _files(out / "records") == before
     rows[0]["target"], rows[1]["audio"] = TARGET, "c1.wav"  # only c2's edit type changed
     _write_rows(manifest, rows)
@@ -801,6 +802,16 @@ def test_a_rerun_refuses_items_whose_prompts_or_clip_changed_and_follows_a_new_e
     assert main(_run_args(manifest, out, "--overwrite")) == 0
     assert "steer run: 3 done, 0 skipped, 0 failed" in capsys.readouterr().out
     assert read_record(out / "records" / "c0.json").target == "a recording of a flute"
+    # deleting an item's wav redoes that item alone (its record refused the rerun all the same)
+    rows[1]["audio"] = "other.wav"
+    _write_rows(manifest, rows)
+    (out / "c0.wav").unlink()
+    assert main(_run_args(manifest, out)) == 2
+    assert "other inputs than the manifest's (c1's audio" in capsys.readouterr().err
+    (out / "c1.wav").unlink()
+    assert main(_run_args(manifest, out)) == 0
+    assert "steer run: 2 done, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert [read_record(out / "records" / f"c{i}.json").attempt for i in range(3)] == [3, 3, 2]
 
 
 def test_a_clip_is_known_by_its_content_and_an_older_record_is_never_refused_for_it(tmp_path):
