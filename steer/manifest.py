@@ -196,23 +196,45 @@ def _zome_rows(path: Path) -> list[tuple[str | None, dict]]:
             return [(None, row) for row in csv.DictReader(file)]
     text = path.read_text(encoding="utf-8-sig")
     try:
-        data = json.loads(text)
+        data = json.loads(text) if path.suffix == ".json" else _json_lines(text, path)
     except json.JSONDecodeError:
-        data = [json.loads(line) for line in _lines(text) if line.strip()]
+        data = _json_lines(text, path)
     if isinstance(data, dict):
+        if "editing_prompt" in data:  # one row alone
+            return [(None, data)]
         return [(str(key), row) for key, row in data.items()]
     if isinstance(data, list):
         return [(None, row) for row in data]
     raise ValueError(f"{path}: expected a list or an object of rows")
 
 
+def _json_lines(text: str, path: Path) -> list[Any]:
+    """The rows of JSON Lines ``text``; a line that is not JSON is a ``ValueError`` naming it."""
+    rows = []
+    for number, line in enumerate(_lines(text), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not JSON ({error.msg}); got {_shown(line)}") from None
+    return rows
+
+
 def _is_zome_bench(path: Path) -> bool:
+    """Whether ``path`` is ZoME-Bench's metadata: its first row has ``editing_prompt`` (a file
+    whose later line is broken too, for :func:`read_zome_bench` to name that line)."""
     if not path.is_file() or path.suffix not in _ZOME_SUFFIXES:
         return False
     try:
         rows = _zome_rows(path)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, OSError):
+    except (UnicodeDecodeError, csv.Error, OSError):
         return False
+    except ValueError:  # a line that is not JSON
+        first = next((line for line in _lines(path.read_text(encoding="utf-8-sig")) if line.strip()), "")
+        try:
+            rows = [(None, json.loads(first))]
+        except json.JSONDecodeError:
+            return False
     return bool(rows) and isinstance(rows[0][1], dict) and "editing_prompt" in rows[0][1]
 
 
@@ -258,10 +280,11 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
     prompts ("a [piano] solo") are removed. The benchmark ships no audio (the clips are MusicCaps
     segments from YouTube): a row's ``audio_path`` (relative to the folder) is used when present,
     else the clip is looked up by YouTube id in ``audio/``, see :func:`_find_audio`. Ids are the
-    row's key (object files) or ``<row number>_<ytid>``.
+    row's key (object files) or ``<row number>_<ytid>``. A metadata file in a folder named
+    ``data`` is read as its dataset folder's (the one above), as the folder is.
     """
     path = Path(path)
-    folder = path if path.is_dir() else path.parent
+    folder = path if path.is_dir() else path.parent.parent if path.parent.name == "data" else path.parent
     if path.is_dir():
         places = [p for p in (path, path / "data") if p.is_dir()]
         files = sorted(f for p in places for f in p.iterdir() if f.suffix in _ZOME_SUFFIXES and _is_zome_bench(f))

@@ -77,3 +77,32 @@ def test_audio_and_concept_paths_may_start_with_the_users_home(tmp_path, monkeyp
     path.write_text(json.dumps({**GOOD, "audio": "~/clip.wav", "concept": "~/guitar"}) + "\n")
     item = read_edit_manifest(path)[0]
     assert item.audio == tmp_path / "home" / "clip.wav" and item.concept == str(tmp_path / "home" / "guitar")
+
+
+@pytest.mark.parametrize("name", ["zome.json", "zome.jsonl"])
+def test_zome_bench_metadata_of_one_row_is_read(tmp_path, name):
+    """A one-line file was read as an object keyed by id, and refused as a steer manifest
+    ("unknown field 'editing_prompt'"); as a folder, no metadata file was found."""
+    (tmp_path / name).write_text(json.dumps(ZOME) + "\n")
+    for where in (tmp_path / name, tmp_path):
+        assert [(item.id, item.target) for item in read_edit_manifest(where)] == [("0000_-0Gj8-vB1q4", "a violin solo")]
+    (tmp_path / "m.jsonl").write_text(json.dumps(GOOD) + "\n")  # a steer manifest of one line is still one
+    assert [item.id for item in read_edit_manifest(tmp_path / "m.jsonl")] == ["a"]
+
+
+def test_a_broken_line_of_zome_bench_metadata_is_named(tmp_path):
+    """It fell through to the steer manifest's reader ("unknown field 'editing_prompt'"), or as a
+    folder to "found none"."""
+    path = tmp_path / "zome.jsonl"
+    path.write_text(json.dumps(ZOME) + "\n" + json.dumps(ZOME)[:20] + "\n")
+    for where in (path, tmp_path):
+        with pytest.raises(ValueError, match=rf"^{path}:2: not JSON \(.*\); got '{{\"ytid\""):
+            read_edit_manifest(where)
+
+
+def test_zome_bench_metadata_under_data_finds_the_audio_as_its_folder_does(tmp_path):
+    """Passed as the file (as the folder's error advises), data/m.jsonl looked for data/audio/."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "m.jsonl").write_text(json.dumps(ZOME) + "\n")
+    items = read_edit_manifest(tmp_path / "data" / "m.jsonl")
+    assert items == read_edit_manifest(tmp_path) and items[0].audio == tmp_path / "audio" / "-0Gj8-vB1q4.wav"
