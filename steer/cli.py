@@ -806,7 +806,7 @@ def _eval(args: argparse.Namespace) -> None:
     for folder in args.folder:
         if not folder.is_dir():
             raise UsageError(f"folder not found: {folder}")
-        jobs.append((folder, pairs_from_run(folder), []))
+        jobs.append((folder, *pairs_from_run(folder)))
     if args.manifest is not None:
         jobs.append((args.edits, *pairs_from_manifest(args.manifest, args.edits)))
     if len({folder.resolve() for folder, _, _ in jobs}) < len(jobs):
@@ -823,7 +823,8 @@ def _eval(args: argparse.Namespace) -> None:
         result = results[str(folder)]
         table = markdown_table(result["groups"], names)
         if missing:
-            table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}).\n"
+            # a run's failed edits are often the hard ones: the means above leave them out
+            table += f"\n{len(missing)} item(s) have no edit in {folder} (first: {missing[0]}); the means leave them out.\n"
         if result["unscored"]:
             first = next(iter(result["unscored"].items()))
             table += f"\n{len(result['unscored'])} item(s) could not be scored in {folder} (first: {first[0]}: {first[1]}).\n"

@@ -57,9 +57,11 @@ class Pair:
     target: str
 
 
-def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
-    """The finished edits of a ``steer run`` folder, from its records; a ``ValueError`` naming
-    the folder when it holds none (so that several folders are all checked before any is scored)."""
+def pairs_from_run(folder: str | os.PathLike) -> tuple[list[Pair], list[str]]:
+    """The finished edits of a ``steer run`` folder, from its records; also the ids of the
+    items it holds no finished edit of (a failed, running or unreadable record: the file's
+    name). A ``ValueError`` naming the folder when it holds none (so that several folders are
+    all checked before any is scored)."""
     folder = Path(folder)
     paths = sorted((folder / "records").glob("*.json")) if (folder / "records").is_dir() else []
     if not paths:
@@ -70,6 +72,7 @@ def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
         for r in records
         if r is not None and r.status == "done"
     ]
+    not_done = [path.stem if r is None else r.id for path, r in zip(paths, records) if r is None or r.status != "done"]
     if not pairs:
         statuses = Counter("unreadable" if r is None else r.status for r in records)
         counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
@@ -77,7 +80,7 @@ def pairs_from_run(folder: str | os.PathLike) -> list[Pair]:
             f"{folder} has no finished edit to evaluate: none of its {len(records)} records is done "
             f"({counts}); rerun 'steer run' there or leave the folder out"
         )
-    return pairs
+    return pairs, not_done
 
 
 def source_of(record: ItemRecord, folder: Path) -> Path:

@@ -156,9 +156,14 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     values = [read_record(out / "records" / f"c{i}.json").metrics["log_mel"] for i in (0, 2)]
     assert groups["all"]["log_mel"] == pytest.approx(sum(values) / 2)
     assert "| even | 2 |" in (out / "summary.md").read_text()
-    # `steer eval` over the run folder agrees with the run's own per-clip values
+    # `steer eval` over the run folder agrees with the run's own per-clip values, and names the
+    # failed item, which its means leave out (it said nothing: the run looked better than it was)
+    capsys.readouterr()
     assert main(["eval", str(out), "--device", "cpu"]) == 0
-    assert json.loads((out / "eval.json").read_text())["groups"] == summary["groups"]
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["groups"] == summary["groups"] and evaluation["missing"] == ["c1"]
+    note = f"1 item(s) have no edit in {out} (first: c1); the means leave them out."
+    assert note in capsys.readouterr().out and note in (out / "eval.md").read_text()
     # a rerun skips what is done and retries the failure
     assert main(_run_args(manifest, out)) == 1
     assert "steer run: 0 done, 2 skipped, 1 failed" in capsys.readouterr().out
@@ -551,10 +556,10 @@ def test_records_hold_absolute_paths_and_eval_reads_them_from_anywhere(tmp_path,
     assert (record["audio"], record["edit"]) == (str(source), str((tmp_path / "out" / "c0.wav").resolve()))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert [pair.source for pair in pairs_from_run(tmp_path / "out")] == [source]
+    assert [pair.source for pair in pairs_from_run(tmp_path / "out")[0]] == [source]
     record_path.write_text(json.dumps({**record, "audio": "m/sub/c0.wav", "edit": "out/c0.wav"}))  # an older record
-    assert [pair.source.resolve() for pair in pairs_from_run(tmp_path / "out")] == [source]
-    assert [pair.source.resolve() for pair in pairs_from_run("../out")] == [source]
+    assert [pair.source.resolve() for pair in pairs_from_run(tmp_path / "out")[0]] == [source]
+    assert [pair.source.resolve() for pair in pairs_from_run("../out")[0]] == [source]
 
 
 def test_resuming_refuses_another_dtype_or_concept_and_accepts_the_backbone_by_another_path(tmp_path, monkeypatch):
@@ -833,7 +838,7 @@ def test_a_clip_is_known_by_its_content_and_an_older_record_is_never_refused_for
     assert run([dataclasses.replace(items[0], audio=moved)]) == (0, 1, 0)
     assert read_record(out / "records" / "c0.json").audio == str(moved.resolve())
     _clip(moved, 400)
-    with pytest.raises(ValueError, match=rf"c0's audio {moved.resolve()} \(its content\)\): pass --overwrite"):
+    with pytest.raises(ValueError, match=rf"c0's audio {moved.resolve()} \(its content\)\): delete their wavs to redo them"):
         run([dataclasses.replace(items[0], audio=moved)])
     record = json.loads((out / "records" / "c0.json").read_text())
     del record["audio_file"]  # as an older steer wrote it
