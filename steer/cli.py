@@ -888,6 +888,8 @@ def _plot(args: argparse.Namespace) -> None:
     import torchaudio.functional
     from matplotlib.backend_bases import FigureCanvasBase
 
+    from steer.metrics.functional import SCORING_RATE  # the picture's rate too (its mel and CQT: 16 kHz)
+
     from .plot import plot_comparison
 
     _check_output(args.output, args.overwrite)
@@ -897,9 +899,13 @@ def _plot(args: argparse.Namespace) -> None:
             f"cannot tell the picture's format from {args.output.name!r}: end it in .png, .pdf or .svg"
         )
     source, edit = load_audio(args.source), load_audio(args.edit)
-    edited = torchaudio.functional.resample(edit.waveform, edit.sample_rate, source.sample_rate)
-    clips = {f"source: {args.source.name}": source.waveform, f"edit: {args.edit.name}": edited}
-    plot_comparison(clips, source.sample_rate, args.output, title=args.title)
+    # each straight to the picture's rate: the edit through the source's rate lost (or, from a
+    # low one, aliased) what lies above that rate's band
+    clips = {
+        f"source: {args.source.name}": torchaudio.functional.resample(source.waveform, source.sample_rate, SCORING_RATE),
+        f"edit: {args.edit.name}": torchaudio.functional.resample(edit.waveform, edit.sample_rate, SCORING_RATE),
+    }
+    plot_comparison(clips, SCORING_RATE, args.output, title=args.title)
     print(f"wrote {args.output}")
 
 

@@ -5,7 +5,7 @@ top row shows its log-mel, the bottom row the index of the loudest CQT bin per f
 sequence whose correlation is the CQT-1 PCC metric), with the first clip's line repeated in grey
 so melody drift is visible at a glance. Silence has no melody: a frame without energy (see
 :data:`SILENCE_FLOOR`) leaves a gap in the line, and a clip silent throughout has none, as its
-title says. Each row shares its time axis, so a shorter clip is drawn shorter.
+title says. Every panel shares one time axis, in seconds, so a shorter clip is drawn shorter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from backbones import MelFrontEnd, to_mono
 from steer.metrics import cqt_top1
-from steer.metrics.functional import CQT_HOP
+from steer.metrics.functional import CQT_HOP, CQT_SAMPLE_RATE
 
 
 def plot_comparison(
@@ -89,27 +89,31 @@ def plot_comparison(
     first = next(iter(waves))
 
     fig, axes = plt.subplots(
-        2, len(waves), figsize=(4 * len(waves), 5), squeeze=False, sharex="row", sharey="row"
+        2, len(waves), figsize=(4 * len(waves), 5), squeeze=False, sharex=True, sharey="row"
     )
+
+    def seconds(line: Tensor) -> Tensor:  # CQT frame i is centred on sample i · hop
+        return torch.arange(len(line)) * CQT_HOP / CQT_SAMPLE_RATE
+
+    # names and titles are the user's text, drawn as written: "$" would start matplotlib's math
     for column, (name, waveform) in enumerate(waves.items()):
         log_mel = mel(mel.normalize(waveform[None]))[0, 0]
         axes[0, column].imshow(log_mel.T.numpy(), origin="lower", aspect="auto", cmap="magma",
                                extent=(0, waveform.shape[-1] / mel.sample_rate, 0, mel.n_mels))
-        axes[0, column].set_title(titles.get(name, name))
-        axes[0, column].set_xlabel("seconds")
+        axes[0, column].set_title(titles.get(name, name), parse_math=False)
         if column and first in lines:
-            axes[1, column].plot(lines[first].numpy(), color="0.75", label=first)
+            axes[1, column].plot(seconds(lines[first]), lines[first].numpy(), color="0.75", label=_literal(first))
         if name in lines:
-            axes[1, column].plot(lines[name].numpy(), color="C0", label=name)
-        axes[1, column].set_xlabel("CQT frame (32 ms)")
+            axes[1, column].plot(seconds(lines[name]), lines[name].numpy(), color="C0", label=_literal(name))
+        axes[1, column].set_xlabel("seconds")
         if axes[1, column].lines:
             axes[1, column].legend(loc="upper right", fontsize="small")
-    # imshow sets its own axis' limits, which sharex hands to every column: the longest clip's
+    # imshow sets its own axis' limits, which sharex hands to every panel: the longest clip's
     axes[0, 0].set_xlim(0, max(w.shape[-1] for w in waves.values()) / mel.sample_rate)
     axes[0, 0].set_ylabel("mel band")
     axes[1, 0].set_ylabel("top-1 CQT bin (¼ tones over 65 Hz)")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=100)
@@ -118,6 +122,11 @@ def plot_comparison(
     finally:
         plt.close(fig)
     return path
+
+
+def _literal(text: str) -> str:
+    """``text`` as a legend label draws it as written (a legend's texts take no ``parse_math``)."""
+    return text.replace("$", r"\$")
 
 
 #: Samples within this of their level (−80 dBFS, about 3 steps of a 16-bit file) are silence.
