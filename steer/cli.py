@@ -804,6 +804,11 @@ def _eval(args: argparse.Namespace) -> None:
     # every folder and output is checked before anything is scored or written
     jobs = []
     for folder in args.folder:
+        if folder.is_file():
+            raise UsageError(
+                f"{folder} is a file, not a 'steer run' folder: to score a manifest's edits, pass "
+                f"--manifest {folder} --edits FOLDER"
+            )
         if not folder.is_dir():
             raise UsageError(f"folder not found: {folder}")
         jobs.append((folder, *pairs_from_run(folder)))

@@ -143,6 +143,8 @@ def pairs_from_manifest(manifest: str | os.PathLike, edits: str | os.PathLike) -
 
 #: compressed audio suffixes soundfile may not read (ffmpeg converts them)
 _COMPRESSED = frozenset({"mp3", "m4a", "aac", "opus", "wma", "webm"})
+#: suffixes of soundfile's formats other than the formats' names
+_OTHER_NAMES = frozenset({"aif", "aifc", "oga", "snd"})
 
 
 def _other_formats(files: Sequence[str], ids: Sequence[str]) -> list[str]:
@@ -150,7 +152,7 @@ def _other_formats(files: Sequence[str], ids: Sequence[str]) -> list[str]:
     ``.wav`` (``c2.flac``, ``c2.WAV``; not ``c2.json`` or ``c2.mid``, which is no recording), in
     the order of ``ids``. Audio is a format soundfile reads (``.caf``) or a compressed one ffmpeg
     converts (:data:`_COMPRESSED`)."""
-    readable = {fmt.lower() for fmt in sf.available_formats()} | _COMPRESSED
+    readable = {fmt.lower() for fmt in sf.available_formats()} | _OTHER_NAMES | _COMPRESSED
     by_stem: dict[str, list[str]] = {}
     for name in files:
         path = Path(name)
@@ -412,7 +414,8 @@ def comparison_table(results: Mapping[str, Mapping[str, Any]], names: Sequence[s
         table = markdown_table(result["groups"], names).splitlines()
         if not parts:
             parts += ["| run " + table[0], "|---" + table[1]]
-        parts += [f"| {run} " + line for line in table[2:]]
+        cell = run.replace("|", "\\|")  # a folder's "|" would end the cell
+        parts += [f"| {cell} " + line for line in table[2:]]
     text = "\n".join(parts) + "\n"
     scored = {run: set(result["items"]) - set(result.get("unscored", {})) for run, result in results.items()}
     if len({frozenset(items) for items in scored.values()}) > 1:

@@ -72,6 +72,7 @@ def test_eval_equals_the_metrics_computed_directly(edits, capsys):
         (["--manifest", "m.jsonl"], "--manifest and --edits go together"),
         ([], "give 'steer run' folders, or --manifest and --edits"),
         (["nowhere"], "folder not found"),
+        (["m.jsonl"], "m.jsonl is a file, not a 'steer run' folder: to score a manifest's edits, pass --manifest m.jsonl --edits FOLDER"),
         (["edits"], "holds no records/"),
         (["--metrics", "nope", "edits"], "unknown metric 'nope'"),
     ],
@@ -277,3 +278,6 @@ def test_missing_edits_there_in_another_format_are_named_with_how_to_convert_the
         pairs, missing = pairs_from_manifest(folder / "m.jsonl", folder / "edits")
     assert [str(w.message) for w in caught] == [message]
     assert [pair.id for pair in pairs] == ["a", "b", "c"] and missing == ["d"]
+    from steer.evaluate import _other_formats  # soundfile's formats under other suffixes too
+
+    assert _other_formats(["d.aif", "d.aifc", "d.oga", "d.snd", "d.txt"], ["d"]) == ["d.aif", "d.aifc", "d.oga", "d.snd"]

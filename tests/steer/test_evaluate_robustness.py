@@ -217,6 +217,8 @@ def test_runs_whose_means_count_different_items_are_told_apart_when_one_item_is_
     assert comparison_table(one_unscored, ["m"]).endswith(
         "\nThe runs scored different items (a 2, b 1; 1 in all of them): their means are over different clips.\n"
     )
+    piped = comparison_table({"run|x": same["a"], "b": same["b"]}, ["m"]).splitlines()
+    assert piped[2].startswith("| run\\|x | k |") and piped[2].count(" | ") == piped[0].count(" | ")  # the cell held
 
 
 # -- a run folder the scorer cannot write to -------------------------------------------------------
