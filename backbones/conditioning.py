@@ -46,7 +46,7 @@ def _pad_to(t: Tensor, length: int) -> Tensor:
     return F.pad(t, [0, 0] * (t.dim() - 2) + [0, missing])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class Conditioning:
     """Conditional and unconditional denoiser inputs for a batch of ``B`` prompts.
 

@@ -98,7 +98,7 @@ class FeatureRequest:
         check_layers("a feature request's layers", self.layers)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class LossContext:
     """Everything a loss may use at one step, for a batch of ``B`` clips.
 
@@ -131,7 +131,7 @@ class LossContext:
     compile: Callable[[Fn], Fn] = _eager
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class LossOutput:
     """A loss's contribution at one step, already multiplied by its weight.
 

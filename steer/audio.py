@@ -24,7 +24,7 @@ class NonFiniteAudio(ValueError):
     as NaN (``steer eval``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class Audio:
     """A clip: ``waveform`` of shape ``(channels, samples)``, floating point in [-1, 1], at
     ``sample_rate`` (Hz); ``(samples,)`` is kept as one channel ``(1, samples)``, and
@@ -212,9 +212,11 @@ def save_audio(
     first to keep them).
 
     Raises:
+        TypeError: for a waveform that is not a tensor.
         ValueError: naming ``path``, for a file that cannot be written (its folder missing or
             unwritable, its name too long, a sample rate that is not a positive whole number below
-            2**31 or that the format does not take, an empty waveform of another shape).
+            2**31 or that the format does not take, an empty waveform of another shape), or for
+            a waveform that is not floating point.
         NonFiniteAudio: (a ``ValueError``) for a waveform holding NaN or infinite samples; nothing
             is written.
     """
@@ -233,6 +235,12 @@ def save_audio(
         sample_rate = _whole_rate(sample_rate)
     except ValueError as error:
         raise ValueError(f"cannot write {path}: {error}") from None
+    if not isinstance(waveform, Tensor):
+        raise TypeError(f"save_audio's waveform must be a torch.Tensor, got {type(waveform).__name__}: "
+                        "wrap a NumPy array with torch.from_numpy")
+    if not waveform.is_floating_point():  # as Audio: int16 samples were clipped to ±1
+        raise ValueError(f"save_audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: "
+                         "divide 16-bit samples by 32768")
     data = waveform.detach().float().cpu()
     if data.dim() == 1:
         data = data[None]

@@ -37,7 +37,7 @@ from .sources import Fingerprint
 from .step_graph import CUDAGraph, StepGraph
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class EditState:
     """What a callback sees after each optimiser step.
 
@@ -61,7 +61,7 @@ class EditState:
     lr: float
 
 
-@dataclass
+@dataclass(eq=False)  # holds tensors: == by identity (by field raised)
 class EditResult:
     """The outcome of an edit.
 

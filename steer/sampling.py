@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: == by identity (by field raised)
 class SamplerState:
     """What a sampler callback sees after each step.
 

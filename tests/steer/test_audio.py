@@ -54,6 +54,21 @@ def test_errors(tmp_path):
     assert (tmp_path / "keep.wav").read_bytes() == b"precious"
 
 
+def test_save_audio_refuses_what_audio_refuses_by_type(tmp_path):
+    """A NumPy array was an AttributeError ('detach'); int16 samples were cast and clipped to ±1."""
+    with pytest.raises(TypeError, match="torch.Tensor, got ndarray: wrap a NumPy array with torch.from_numpy"):
+        save_audio(tmp_path / "a.wav", np.zeros(800, np.float32), 8000)
+    with pytest.raises(ValueError, match="floating point in \\[-1, 1\\], got torch.int16: divide 16-bit samples by 32768"):
+        save_audio(tmp_path / "a.wav", torch.full((800,), 1000, dtype=torch.int16), 8000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clips_compare_by_identity():
+    """== compared the waveforms into a tensor, and Python's bool of it raised."""
+    clip = Audio(torch.zeros(1, 100), 16000)
+    assert clip == clip and clip != Audio(torch.zeros(1, 100), 16000)
+
+
 def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
     audio = Audio(torch.zeros(800), np.int64(8000))
     assert audio.waveform.shape == (1, 800) and type(audio.sample_rate) is int and audio.seconds == 0.1
