@@ -83,6 +83,19 @@ def suggest(name: str, names: Iterable[str], *, shown: int = 3) -> str:
     return f": its names include {', '.join(map(repr, names[:shown]))}{more}"
 
 
+def recorded_output(name: str, module: nn.Module, output: Any) -> Tensor:
+    """What a hook records of the module ``name``'s ``output``: a tensor as it is, a tuple's first
+    element (diffusers' blocks return ``(hidden_states, ...)``); else a ``TypeError`` naming the
+    module (a ``ModelOutput`` or a dict was stored, and failed later, far from its cause)."""
+    out = output[0] if isinstance(output, tuple) else output
+    if not isinstance(out, Tensor):
+        raise TypeError(
+            f"features are tensors, but module {name!r} ({type(module).__name__}) returned {type(output).__name__}: "
+            "select a submodule that returns a tensor (or a tuple starting with one)"
+        )
+    return out
+
+
 class FeatureCapture:
     """Record the outputs of selected modules for every forward call inside a ``with`` block.
 
@@ -95,6 +108,9 @@ class FeatureCapture:
     it is a ``UserWarning``: either it did not run, or the hooks were skipped by a model
     compiled with ``torch.compile`` before the block (a compiled graph runs no hook added after
     it was traced; :class:`~hooks.FeatureTap` is made before compiling).
+
+    A module's output is recorded as :func:`recorded_output` says: a tensor, or a tuple's first
+    element; any other output is a ``TypeError`` naming the module, raised from its forward call.
 
     Args:
         model: the network to observe.
@@ -131,7 +147,7 @@ class FeatureCapture:
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             self._called.add(name)
-            out = output[0] if isinstance(output, tuple) else output
+            out = recorded_output(name, module, output)
             if self.detach:
                 out = out.detach()
             if self.transform is not None:

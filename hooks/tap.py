@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
-from .capture import select_modules
+from .capture import recorded_output, select_modules
 
 Output = TypeVar("Output")
 
@@ -55,7 +55,7 @@ class FeatureTap:
     def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if self.recording:
-                self.features[name] = output[0] if isinstance(output, tuple) else output
+                self.features[name] = recorded_output(name, module, output)
 
         return hook
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -207,3 +209,22 @@ def test_a_selector_of_another_kind_lists_the_kinds_accepted(select, message):
     """A number gave "TypeError: 'int' object is not iterable"."""
     with pytest.raises(TypeError, match=message):
         FeatureCapture(_net(), select=select)
+
+
+def test_a_module_returning_no_tensor_is_named():
+    """With detach=True, a module returning a ModelOutput or a dict failed inside the model with
+    "'UNet2DConditionOutput' object has no attribute 'detach'"; without, it was stored as it was."""
+    from hooks import FeatureTap
+
+    class Dict(nn.Module):
+        def forward(self, x):
+            return {"sample": x}
+
+    net = nn.Sequential(nn.Linear(4, 4), Dict())
+    message = "features are tensors, but module '1' (Dict) returned dict: select a submodule that returns a tensor"
+    for detach in (False, True):
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}"), FeatureCapture(net, select=["1"], detach=detach):
+            net(torch.randn(2, 4))
+    with FeatureTap(net, ["1"]) as tap, pytest.raises(TypeError, match=f"^{re.escape(message)}"):
+        tap.record(net, torch.randn(2, 4))
+    assert _hook_count(net) == 0
