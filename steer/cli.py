@@ -586,12 +586,12 @@ def _items_concept(configs: dict[str, ConceptConfig], backbone: str | None) -> C
 
 def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite: bool) -> str | None:
     """Name, before any model loads, the items that ``steer run`` would start and that must fail:
-    those with a concept ``problems`` (by id, :func:`_items_concepts`) or whose audio file is
-    missing (an item already done is skipped, and needs neither, unless ``overwrite``). Refuses
+    those with a concept ``problems`` (by id, :func:`_items_concepts`), whose audio file is
+    missing, or whose wav is a file the run did not write (an item already done is skipped, and needs neither, unless ``overwrite``). Refuses
     the run when every item must fail (none is done either: a rerun brings finished items up to
     date, scoring the metrics they lack); else returns a warning naming how many and the first
     (each fails alone, recorded), or ``None`` when none must."""
-    from .runner import finished_record
+    from .runner import finished_record, wav_problem
 
     pending = [item for item in items if overwrite or finished_record(out, item) is None]
     failing = []
@@ -600,6 +600,8 @@ def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite
             failing.append((item.id, problems[item.id]))
         elif not os.path.isfile(item.audio):
             failing.append((item.id, f"input file not found: {item.audio}"))
+        elif problem := wav_problem(out, item, overwrite=overwrite):
+            failing.append((item.id, problem))
     if not failing:
         return None
     first = f"first: item {failing[0][0]!r}: {failing[0][1]}"

@@ -206,6 +206,25 @@ def finished_record(out: str | os.PathLike, item: EditItem) -> ItemRecord | None
     return record if record is not None and record.status == "done" and (out / f"{item.id}.wav").is_file() else None
 
 
+def _owns_wav(wav: Path, record: ItemRecord | None) -> bool:
+    """Whether the run may write ``wav``, an item's, whose record is ``record``: it is absent,
+    or the run wrote it (see :attr:`ItemRecord.owns_wav`)."""
+    return not wav.exists() or (record is not None and (record.status == "done" or record.owns_wav))
+
+
+def wav_problem(out: str | os.PathLike, item: EditItem, *, overwrite: bool) -> str | None:
+    """Why ``steer run`` must not write the item's wav in ``out``, or ``None``: a file is there
+    that the run did not write, and ``overwrite`` is off. (A wav that is a source clip is
+    refused before the run: :func:`check_outputs`.)"""
+    wav = Path(out) / f"{item.id}.wav"
+    if overwrite or _owns_wav(wav, read_record(Path(out) / "records" / f"{item.id}.json")):
+        return None
+    return (
+        f"{wav} exists and was not written by steer run: move it away for steer run to write this edit "
+        "there, or pass another --out (or --overwrite, which redoes every item)"
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
@@ -449,22 +468,10 @@ class ManifestRunner:
                 del groups[key]  # full: the next item of this key starts a new batch
         return batches
 
-    def _output_problem(self, item: EditItem, owns_wav: bool) -> str | None:
-        """Why the item's wav must not be written, or ``None``: it is a file that is not the
-        run's own (see :attr:`ItemRecord.owns_wav`) and ``overwrite`` is off. (A wav that is a
-        source clip is refused before the run: :func:`check_outputs`.)"""
-        wav = self.wav_path(item)
-        if not owns_wav and not self.overwrite:
-            return (
-                f"{wav} exists and was not written by steer run: move it away for steer run to write this edit "
-                "there, or pass another --out (or --overwrite, which redoes every item)"
-            )
-        return None
-
     def edit_items(self, items: Sequence[EditItem]) -> list[ItemRecord]:
         """Edit items of one concept and one audio shape in one call, and write each one's wav
         and record (``"failed"`` with the error for an item whose wav must not be written (see
-        :meth:`_output_problem`), whose audio cannot be read or written, or whose edit fails
+        :func:`wav_problem`), whose audio cannot be read or written, or whose edit fails
         (see :meth:`_edit_or_retry`)). Every item's output is checked before any record says
         ``"running"``."""
         records = [self._start(item) for item in items]
@@ -511,7 +518,6 @@ class ManifestRunner:
         holds from any folder), or ``"failed"`` when its wav must not be written."""
         previous = read_record(self.record_path(item))
         concept = item.concept or self.default_concept
-        owned = previous is not None and (previous.status == "done" or previous.owns_wav)
         audio = item.audio.resolve()
         record = ItemRecord(
             id=item.id,
@@ -527,12 +533,11 @@ class ManifestRunner:
             edit_type=item.edit_type,
             recipe=self._recipe_of(concept),
             started_at=_now(),
-            owns_wav=owned or not self.wav_path(item).exists(),
+            owns_wav=_owns_wav(self.wav_path(item), previous),
             audio_file=self._clip_identity(audio),
         )
-        problem = self._output_problem(item, record.owns_wav)
-        if problem is not None:
-            _fail(record, FileExistsError(problem))
+        if not record.owns_wav and not self.overwrite:
+            _fail(record, FileExistsError(wav_problem(self.out, item, overwrite=False)))
         return record
 
     def _edit_batch(self, edited: Sequence[tuple[EditItem, ItemRecord]], audios: Sequence[Audio]) -> None:

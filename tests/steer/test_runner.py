@@ -1148,6 +1148,29 @@ def test_items_whose_audio_is_missing_are_named_before_a_model_loads(tmp_path, c
     assert "none of the 3 item(s) to edit can be edited (first: item 'c0': input file not found" in capsys.readouterr().err
 
 
+def test_wavs_the_run_did_not_write_are_named_before_a_model_loads(tmp_path, capsys, no_model_loads):
+    """Found only once the backbone had loaded, each item failing in turn (records/ deleted, the
+    wavs kept, every item failed: exit 1 after the load)."""
+    manifest = _manifest(tmp_path, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c1.wav").write_bytes(b"someone else's")
+    with pytest.raises(AssertionError, match="a model was loaded"):  # c0 is edited
+        main(_run_args(manifest, out))
+    assert capsys.readouterr().err == (
+        f"steer: warning: 1 of the 2 item(s) to edit cannot be edited and will fail (first: item 'c1': {out / 'c1.wav'} "
+        "exists and was not written by steer run: move it away for steer run to write this edit there, or pass another "
+        "--out (or --overwrite, which redoes every item)); fix them in the manifest and run again to edit them\n"
+    )
+    (out / "c0.wav").write_bytes(b"someone else's")
+    assert main(_run_args(manifest, out)) == 2
+    assert "none of the 2 item(s) to edit can be edited (first: item 'c0': " in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="a model was loaded"):  # --overwrite writes over them
+        main(_run_args(manifest, out, "--overwrite"))
+    assert capsys.readouterr().err == ""
+    assert (out / "c1.wav").read_bytes() == b"someone else's"
+
+
 def test_a_rerun_whose_items_to_edit_must_all_fail_still_scores_the_finished_ones(tmp_path, capsys):
     """It was refused (exit 2, "none of the 1 item(s) to edit can be edited"): the finished
     items never got the metrics a rerun adds, though the README says a rerun scores them."""
