@@ -575,8 +575,8 @@ class ManifestRunner:
                           "(the edit is kept; a rerun scores it)", flush=True)
 
     def run(self) -> RunCounts:
-        """Edit this process's pending items, and bring its finished ones up to date (see
-        :meth:`_update_finished`); returns what was done."""
+        """Edit this process's pending items, printing a line as each is done or failed, and
+        bring its finished ones up to date (see :meth:`_update_finished`); returns what was done."""
         (self.out / "records").mkdir(parents=True, exist_ok=True)
         self.check_settings()
         counts = RunCounts()
@@ -589,13 +589,17 @@ class ManifestRunner:
                 else:
                     self._update_finished(item, record)
                     counts.skipped += 1
+            process = f" on process {self.rank}" if self.num_processes > 1 else ""
             for batch in self.batches(pending):
                 for item, record in zip(batch, self.edit_items(batch)):
+                    # one line an item, so that a long run shows how far it is
+                    place = f"({counts.done + counts.failed + 1} of {len(pending)} to edit{process})"
                     if record.status == "done":
                         counts.done += 1
+                        print(f"steer run: {item.id} done in {record.seconds:.1f} s {place}", flush=True)
                     else:
                         counts.failed += 1
-                        print(f"steer run: {item.id} failed: {record.error}", flush=True)
+                        print(f"steer run: {item.id} failed {place}: {record.error}", flush=True)
         finally:
             self.close()
         return counts

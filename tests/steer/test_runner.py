@@ -146,6 +146,11 @@ def test_failing_items_are_recorded_and_the_summary_counts_them(tmp_path, capsys
     assert main(_run_args(manifest, out, "--metrics", "cqt1_pcc,log_mel")) == 1  # an item failed
     printed = capsys.readouterr().out
     assert "steer run: 2 done, 0 skipped, 1 failed" in printed
+    lines = [line for line in printed.splitlines() if line.startswith(("steer run: c",))]  # one an item, as it ends
+    assert [line.split(" in ")[0] if " done " in line else line.split(": ValueError")[0] for line in lines] == [
+        "steer run: c0 done", "steer run: c1 failed (2 of 3 to edit)", "steer run: c2 done"
+    ]
+    assert lines[2].endswith(" s (3 of 3 to edit)")
     failed = read_record(out / "records" / "c1.json")
     assert failed.status == "failed" and "cannot read audio" in failed.error and not (out / "c1.wav").exists()
     summary = json.loads((out / "summary.json").read_text())
