@@ -113,6 +113,20 @@ def _shown(line: str, limit: int = 60) -> str:
     return repr(line if len(line) <= limit else line[:limit] + "...")
 
 
+class _RepeatedField(ValueError):
+    """A JSON object naming a field twice (``json`` keeps the last silently)."""
+
+
+def _fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's fields, :class:`_RepeatedField` for a name given twice."""
+    fields: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise _RepeatedField(name)
+        fields[name] = value
+    return fields
+
+
 def _lines(text: str) -> list[str]:
     """The lines of JSON Lines text: split at "\\n" only (``str.splitlines`` also splits at
     U+2028, U+0085, "\\x1c"…, which JSON strings may hold raw), a "\\r" before it dropped."""
@@ -149,9 +163,11 @@ def read_edit_manifest(path: str | os.PathLike) -> list[EditItem]:
             continue
         where = f"{path}:{number}"
         try:
-            raw = json.loads(line)
+            raw = json.loads(line, object_pairs_hook=_fields)
         except json.JSONDecodeError as error:
             raise ValueError(f"{where}: not JSON ({error.msg}): {_JSON_LINES}; got {_shown(line)}") from None
+        except _RepeatedField as error:
+            raise ValueError(f"{where}: field {error.args[0]!r} is given twice: keep one") from None
         if not isinstance(raw, dict):
             raise ValueError(
                 f"{where}: expected a JSON object, got {type(raw).__name__}: {_JSON_LINES}; got {_shown(line)}"

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -65,6 +66,7 @@ GOOD = {"id": "a", "audio": "a.wav", "source": "x", "target": "y"}
         (json.dumps({**GOOD, "id": "../a"}), "field 'id' '../a' must be a file name"),
         (json.dumps({**GOOD, "id": "a" * 252}), "field 'id' is 252 characters long, too long for a file name"),
         (json.dumps(GOOD), "field 'id' 'a' is already used at"),
+        ('{"id": "b", "audio": "a.wav", "source": "x", "target": "y", "id": "c"}', "field 'id' is given twice: keep one"),
     ],
 )
 def test_manifest_errors_name_the_line_and_the_field(tmp_path, line, message):
@@ -443,7 +445,11 @@ def test_two_processes_under_accelerate_split_the_manifest(tmp_path):
     records = [read_record(out / "records" / f"c{i}.json") for i in range(n)]
     assert [r.rank for r in records] == [i % 2 for i in range(n)]
     assert all(r.status == "done" and r.attempt == 1 for r in records)
-    assert done.stdout.count("steer run: ") == 1 and "steer run: 10 done, 0 skipped, 0 failed" in done.stdout
+    assert done.stdout.count("steer run: 10 done, 0 skipped, 0 failed") == 1  # the main process's summary
+    for rank in (0, 1):  # and a line an item from each process
+        assert sorted(re.findall(rf"steer run: (c\d) done in [\d.]+ s \(\d of 5 to edit on process {rank}\)", done.stdout)) == [
+            f"c{i}" for i in range(rank, n, 2)
+        ]
     assert json.loads((out / "summary.json").read_text())["done"] == n
     for rank in (0, 1):
         threads = (tmp_path / f"threads-{rank}.txt").read_text().split()
