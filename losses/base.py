@@ -31,6 +31,8 @@ def _eager(fn: Fn) -> Fn:
 def check_finite(name: str, value: float) -> None:
     """Refuse a weight that is not a finite number, by name: a NaN weight made NaN gradients,
     zeroed (no edit), an infinite one a displacement of ~1e36."""
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a number, got a tensor {value!r}: pass float(value)")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 

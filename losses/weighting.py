@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +25,8 @@ class TimestepWeighting:
 
     def __post_init__(self) -> None:
         if self.kind not in ("1-alpha_bar", "constant"):
-            raise ValueError(f"unknown weighting {self.kind!r}: use '1-alpha_bar' or 'constant'")
+            scale = f" (a scale is scale={self.kind!r})" if isinstance(self.kind, numbers.Real) else ""
+            raise ValueError(f"unknown weighting {self.kind!r}: use '1-alpha_bar' or 'constant'{scale}")
         check_finite("the weighting's scale", self.scale)
 
     def __call__(self, alpha_bar: Tensor) -> Tensor:

@@ -60,6 +60,10 @@ def test_weighting():
     torch.testing.assert_close(TimestepWeighting("constant", 3.0)(alpha_bar), torch.tensor([3.0, 3.0]))
     with pytest.raises(ValueError, match="unknown weighting"):
         TimestepWeighting("sqrt")
+    with pytest.raises(ValueError, match=r"^unknown weighting 2\.0: use '1-alpha_bar' or 'constant' \(a scale is scale=2\.0\)$"):
+        TimestepWeighting(2.0)  # kind is the first argument
+    with pytest.raises(TypeError, match=r"^the weighting's scale must be a number, got a tensor tensor\(2\.\): pass float\(value\)$"):
+        TimestepWeighting(scale=torch.tensor(2.0))  # was "must be a finite number, got tensor(2.)"
 
 
 def test_patch_nce_sum_is_the_layers_patch_nce_with_the_same_draws():
