@@ -134,7 +134,8 @@ class MelDiffusionModel(
 
 
 class MelDiffusionBackbone(Backbone):
-    """:class:`MelDiffusionModel` as a score function on 16 kHz mono audio.
+    """:class:`MelDiffusionModel` as a score function on 16 kHz mono audio; the model is shared,
+    not copied, and is frozen (``requires_grad_(False)``) and put in eval mode.
 
     Example:
         >>> backbone = MelDiffusionBackbone(MelDiffusionModel(words=["a", "recording", "of", "flute"]))

@@ -80,7 +80,8 @@ class PipelineBackbone(Backbone):
 
     @classmethod
     def from_pipe(cls, pipe: DiffusionPipeline, **kwargs: Any) -> PipelineBackbone:
-        """Wrap an existing pipeline (its components are shared, not copied)."""
+        """Wrap an existing pipeline: its components are shared, not copied, and are frozen
+        (``requires_grad_(False)``) and put in eval mode, for the pipeline too."""
         return cls(pipe, **kwargs)
 
     @classmethod
