@@ -78,6 +78,7 @@ def test_a_mono_waveform_becomes_one_channel_and_the_rate_an_int():
 @pytest.mark.parametrize("waveform, rate, error, match", [
     (np.zeros((1, 800), np.float32), 8000, TypeError, "torch.Tensor, got ndarray: wrap a NumPy array"),
     (torch.zeros(1, 800, dtype=torch.int16), 8000, ValueError, "floating point .* torch.int16: divide 16-bit"),
+    (torch.zeros(1, 800, dtype=torch.complex64), 8000, ValueError, r"torch.complex64: a recording is real: pass its real part"),
     (torch.zeros(1, 1, 1, 800), 8000, ValueError, r"\(channels, samples\), got shape \(1, 1, 1, 800\)"),
     (torch.tensor([[0.0, float("nan")]]), 8000, ValueError, "NaN or infinite"),
     (torch.tensor([[0.0, float("-inf")]]), 8000, ValueError, "NaN or infinite"),
