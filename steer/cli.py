@@ -289,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", default="cqt1_pcc,log_mel", help="comma-separated metric names")
     evaluate.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    evaluate.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     evaluate.add_argument(
         "--out", type=Path,
         help="write eval.json and eval.md here instead of into the scored folder (several folders: "
@@ -308,13 +309,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_threads(threads: int | None) -> None:
+    """Check ``--threads`` against the CPUs this process may use and apply it (``None``: PyTorch's choice)."""
+    if threads is None:
+        return
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not 1 <= threads <= usable:
+        raise UsageError(f"--threads must be between 1 and {usable} (the CPUs this process may use), got {threads}")
+    torch.set_num_threads(threads)
+
+
 def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict:
     """Check the editing options and apply --threads; the recipe's keyword arguments."""
-    if args.threads is not None:
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        if not 1 <= args.threads <= usable:
-            raise UsageError(f"--threads must be between 1 and {usable} (the CPUs this process may use), got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _apply_threads(args.threads)
     _check_steps(args, recipe, TINY_TIMESTEPS if args.backbone in TINY else None)
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
@@ -799,6 +806,7 @@ def _eval(args: argparse.Namespace) -> None:
     names = _metric_names(args.metrics)
     if not names:
         raise UsageError("--metrics is empty: name at least one metric")
+    _apply_threads(args.threads)
     if (args.manifest is None) != (args.edits is None):
         raise UsageError("--manifest and --edits go together")
     if bool(args.folder) == (args.manifest is not None):

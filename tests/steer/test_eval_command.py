@@ -66,6 +66,14 @@ def test_eval_equals_the_metrics_computed_directly(edits, capsys):
     assert main([*args, "--overwrite"]) == 0
 
 
+def test_eval_takes_threads_as_the_editing_commands_do(edits, monkeypatch):
+    folder, _ = edits
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # this process's own stay as they are
+    args = ["eval", "--manifest", str(folder / "m.jsonl"), "--edits", str(folder / "edits"), "--device", "cpu"]
+    assert main([*args, "--threads", "1"]) == 0 and threads == [1]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -75,6 +83,7 @@ def test_eval_equals_the_metrics_computed_directly(edits, capsys):
         (["m.jsonl"], "m.jsonl is a file, not a 'steer run' folder: to score a manifest's edits, pass --manifest m.jsonl --edits FOLDER"),
         (["edits"], "holds no records/"),
         (["--metrics", "nope", "edits"], "unknown metric 'nope'"),
+        (["--threads", "0", "edits"], "--threads must be between 1 and"),
     ],
 )
 def test_eval_usage_errors(edits, args, message, capsys, monkeypatch):
