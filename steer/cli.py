@@ -309,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_threads(threads: int | None) -> None:
+def apply_threads(threads: int | None) -> None:
     """Check ``--threads`` against the CPUs this process may use and apply it (``None``: PyTorch's choice)."""
     if threads is None:
         return
@@ -321,7 +321,7 @@ def _apply_threads(threads: int | None) -> None:
 
 def _edit_settings(args: argparse.Namespace, recipe: str = "steermusic") -> dict:
     """Check the editing options and apply --threads; the recipe's keyword arguments."""
-    _apply_threads(args.threads)
+    apply_threads(args.threads)
     _check_steps(args, recipe, TINY_TIMESTEPS if args.backbone in TINY else None)
     if args.lr is not None and not 0 < args.lr < math.inf:
         raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
@@ -806,7 +806,7 @@ def _eval(args: argparse.Namespace) -> None:
     names = _metric_names(args.metrics)
     if not names:
         raise UsageError("--metrics is empty: name at least one metric")
-    _apply_threads(args.threads)
+    apply_threads(args.threads)
     if (args.manifest is None) != (args.edits is None):
         raise UsageError("--manifest and --edits go together")
     if bool(args.folder) == (args.manifest is not None):

@@ -68,6 +68,7 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the concept to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the --push-to-hub repo as private")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -109,9 +110,10 @@ def run_personalize(args: argparse.Namespace) -> Path:
     )
     from backbones import load_backbone
 
-    from ..cli import device_option  # steer.cli imports this module: a lazy import
+    from ..cli import apply_threads, device_option  # steer.cli imports this module: a lazy import
 
     device = device_option(args.device)
+    apply_threads(args.threads)
 
     from .concept import Concept
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -247,6 +248,9 @@ def test_personalize_command(clip_files, tmp_path, capsys):
     assert Concept.from_pretrained(out).weights.keys() == {"token_embedding.tokenizer", "token_embedding.tokenizer_2"}
 
 
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 @pytest.mark.parametrize(
     "option, value, message, library",
     [
@@ -267,6 +271,7 @@ def test_personalize_command(clip_files, tmp_path, capsys):
         ("--steps", "-1", "--steps must be at least 1 (0 would save an untrained concept), got -1", False),
         ("--steps", "0", "--steps must be at least 1 (0 would save an untrained concept), got 0", False),
         ("--device", "foo", "--device foo: use cpu, cuda, cuda:N or auto", False),  # was the backbone's error
+        ("--threads", "0", f"--threads must be between 1 and {CPUS} (the CPUs this process may use), got 0", False),
     ],
 )
 def test_bad_training_numbers_are_refused_before_a_model_loads(
