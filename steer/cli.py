@@ -829,9 +829,12 @@ def _eval(args: argparse.Namespace) -> None:
     device = device_option(args.device)
     reports = _eval_reports([folder for folder, _, _ in jobs], args.out, args.overwrite)
     # every folder is scored before any is written: one that cannot be scored stops them all
+    from steer.metrics.collection import build_metrics
+    from steer.metrics.functional import SCORING_RATE
+
+    metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=args.clap_model, device=device)  # once
     results = {
-        str(folder): evaluate(pairs, names, clap_model=args.clap_model, device=device, missing=missing)
-        for folder, pairs, missing in jobs
+        str(folder): evaluate(pairs, names, missing=missing, metrics=metrics) for folder, pairs, missing in jobs
     }
     for (folder, _, missing), report in zip(jobs, reports, strict=True):
         _make_folder(report, "--out")  # each just before its report: an interrupted eval leaves no empty one

@@ -435,9 +435,12 @@ def evaluate(
     clap_model: str | None = None,
     device: str | torch.device = "cpu",
     missing: Sequence[str] = (),
+    metrics: Mapping[str, Metric] | None = None,
 ) -> dict[str, Any]:
     """Score the pairs with the named metrics (:func:`steer.metrics.collection.build_metrics`),
-    every clip made mono and resampled to :data:`~steer.metrics.functional.SCORING_RATE`.
+    every clip made mono and resampled to :data:`~steer.metrics.functional.SCORING_RATE`;
+    ``metrics``: those metrics already built (at that rate), to score several folders with one
+    CLAP model loaded once.
 
     Returns:
         ``{"metrics": names, "groups": rows of aggregate(), "items": {id: {name: value}},
@@ -451,8 +454,9 @@ def evaluate(
 
     if not pairs:
         raise ValueError("no edits to evaluate")
-    metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=clap_model, device=device)
-    scores = score_pairs(pairs, metrics, sample_rate=SCORING_RATE)
+    if metrics is None:
+        metrics = build_metrics(names, sample_rate=SCORING_RATE, clap_model=clap_model, device=device)
+    scores = score_pairs(pairs, {name: metrics[name] for name in names}, sample_rate=SCORING_RATE)
     if len(scores.unscored) == len(pairs):
         folders = ", ".join(sorted({str(pair.edit.parent) for pair in pairs}))
         first, why = next(iter(scores.unscored.items()))

@@ -301,9 +301,14 @@ def test_a_baseline_recipe_edits_a_manifest_and_keeps_its_folder_to_itself(tmp_p
     assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
 
 
-def test_eval_compares_runs_in_one_table_and_says_when_they_scored_different_items(tmp_path, capsys):
+def test_eval_compares_runs_in_one_table_and_says_when_they_scored_different_items(tmp_path, capsys, monkeypatch):
     """One folder per recipe, as the paper's Table 1 compares methods: ``steer eval`` scores each
-    (its own eval.json / eval.md) and prints one table with a row per run and edit type."""
+    (its own eval.json / eval.md) and prints one table with a row per run and edit type; the
+    metrics (a CLAP model) are built once for all (they were built again for each folder)."""
+    import steer.metrics.collection
+
+    built, build = [], steer.metrics.collection.build_metrics
+    monkeypatch.setattr(steer.metrics.collection, "build_metrics", lambda *a, **k: built.append(a) or build(*a, **k))
     manifest = _manifest(tmp_path, 3)
     runs = {recipe: tmp_path / recipe for recipe in ("sdedit", "ddpm_inversion")}
     for recipe, out in runs.items():
@@ -324,6 +329,7 @@ def test_eval_compares_runs_in_one_table_and_says_when_they_scored_different_ite
         for group in json.loads((out / "eval.json").read_text())["groups"]:
             expected.append(f"| {out} | {group['edit_type']} | {group['n']} | {group['log_mel']:.4f} | 0 |")
     assert rows == expected and len(rows) == 6  # even, odd, all per run
+    assert len(built) == 1
     assert float(rows[2].split(" | ")[3]) != float(rows[5].split(" | ")[3])  # the methods differ
     assert "scored different items" not in printed
     # a run that finished fewer items: said under the table
