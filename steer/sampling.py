@@ -136,9 +136,10 @@ def ddim_step(
         x: latents at level ᾱ, ``(B, ...)``.
         noise_pred: ε̂, ``(B, ...)``.
         alpha_bar, alpha_bar_next: ᾱ and ᾱ', ``(B,)``.
-        clip: bounds of clean latents; x̂_0 is clamped to them and ε̂ re-derived from the clamped
-            x̂_0 (diffusers' ``clip_sample``), which keeps an imperfect model from diverging at
-            high noise, where ε̂'s error is amplified by 1/√ᾱ.
+        clip: bounds of clean latents (low, high: they need not be symmetric); x̂_0 is clamped
+            to them and ε̂ re-derived from the clamped x̂_0 (diffusers' ``clip_sample`` with
+            ``use_clipped_model_output=True``; ``clip_sample`` alone keeps the raw ε̂), which keeps
+            an imperfect model from diverging at high noise, where ε̂'s error is amplified by 1/√ᾱ.
 
     Returns:
         ``(x', x̂_0)``, both ``(B, ...)``.
