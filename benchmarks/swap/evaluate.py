@@ -37,8 +37,9 @@ import torch
 from backbones import Backbone, load_backbone
 from steer import Audio, SteerMusic
 from steer.baselines import DDIMInversion, DDPMInversion, SDEdit
+from steer.cli import CLASSIFIER, SWAP_BACKBONE  # the shipped models, wherever this runs from
 from steer.data import ManifestEntry, load_clip, read_manifest, swap_pairs
-from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
+from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem, seconds_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 from steer.sampling import check_strength
@@ -78,8 +79,8 @@ def load_crop(path: Path, seconds: float, sample_rate: int) -> Audio:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/swap-ryans/manifest.jsonl"))
-    parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
-    parser.add_argument("--classifier", default="weights/instrument-classifier")
+    parser.add_argument("--backbone", default=str(SWAP_BACKBONE))
+    parser.add_argument("--classifier", default=str(CLASSIFIER))
     parser.add_argument("--n", type=int, default=16, help="number of (source, target) items")
     parser.add_argument(
         "--split", choices=["train", "test"], default="test",
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     for option in "n", "threads", "steps", "baseline_steps":
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {getattr(args, option)}")
-    if not (math.isfinite(args.seconds) and args.seconds > 0):
-        parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if problem := seconds_problem(args.seconds):
+        parser.error(problem)
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not math.isfinite(args.guidance):
@@ -133,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     if problem := clip_length_problem((args.data.parent / e.audio for pair in pairs for e in pair), args.seconds):
         raise SystemExit(problem)
     torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
     try:  # scored by the classifier: one it cannot name would count as a miss
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.data}: target {error}, so target accuracy would be 0 whatever the edit: pass a "
             "--classifier trained on them (benchmarks/swap/train_classifier.py)"
         ) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # once every check has passed: a refusal leaves none
     backbone = load_backbone(args.backbone)
     table = methods(backbone, args)
     rate = backbone.sample_rate  # every clip is read at it, whatever rate the data was rendered at

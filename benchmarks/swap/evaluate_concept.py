@@ -27,8 +27,9 @@ import torch
 from backbones import load_backbone
 from losses import TimestepWeighting
 from steer import Audio, Concept, DreamSoundEditing, SteerMusic, SteerMusicPlus
+from steer.cli import CLASSIFIER, SWAP_BACKBONE  # the shipped models, wherever this runs from
 from steer.data import load_clip, read_manifest
-from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem
+from steer.data._files import clip_length_problem, evaluation_problem, result_file_problem, seconds_problem
 from steer.metrics import cqt1_pcc, log_mel_distance
 from steer.metrics.instrument import InstrumentClassifier
 
@@ -40,8 +41,8 @@ METHODS = ("steermusic", "steermusic+", "dreamsound")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/swap-ryans/manifest.jsonl"))
-    parser.add_argument("--backbone", default="weights/mel-diffusion-swap")
-    parser.add_argument("--classifier", default="weights/instrument-classifier")
+    parser.add_argument("--backbone", default=str(SWAP_BACKBONE))
+    parser.add_argument("--classifier", default=str(CLASSIFIER))
     parser.add_argument("--instrument", default="acoustic guitar", help="the concept's instrument")
     parser.add_argument("--class-word", help="the concept's class word (default: the instrument's last word)")
     parser.add_argument("--references", type=int, default=5, help="training clips the concept learns from")
@@ -65,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     for option in "references", "n", "threads", "steps":
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1, got {getattr(args, option)}")
-    if not (math.isfinite(args.seconds) and args.seconds > 0):
-        parser.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
+    if problem := seconds_problem(args.seconds):
+        parser.error(problem)
     if not (math.isfinite(args.lr) and args.lr > 0):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not math.isfinite(args.guidance):
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     if problem := clip_length_problem((args.data.parent / audio for audio in edited), args.seconds):
         raise SystemExit(problem)
     torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     classifier = InstrumentClassifier.from_pretrained(args.classifier).eval()
     try:  # scored by the classifier: an instrument it cannot name would count as a miss
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--instrument: {error}, so its accuracy would be 0 whatever the edit: pass a "
             "--classifier trained on it (benchmarks/swap/train_classifier.py)"
         ) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # once every check has passed: a refusal leaves none
     backbone = load_backbone(args.backbone)
     started = time.perf_counter()
     concept = Concept.train(backbone, references, token="sks", class_word=args.class_word, method="lora", seed=args.seed)
@@ -157,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
                     "method": name, "source": source.instrument, "melody": source.melody_id,
                     "pcc": cqt1_pcc(audio.waveform[0], output, sample_rate=rate),
                     "distance": float(log_mel_distance(output, target, sample_rate=rate)),
-                    "predicted": classifier.predict(output[None], rate)[0], "seconds": time.perf_counter() - t0,
+                    "predicted": (  # a diverged edit is a miss; the classifier refuses NaN audio
+                        classifier.predict(output[None], rate)[0] if torch.isfinite(output).all() else "(non-finite output)"
+                    ),
+                    "seconds": time.perf_counter() - t0,
                 })
             print(f"[{index + 1}/{len(sources)}] {source.melody_id}: {source.instrument}", flush=True)
     finally:

@@ -1,7 +1,9 @@
 """Train the small mel-diffusion backbone on the rendered instrument-swap data (one command, seeded).
 
-    python benchmarks/swap/train_backbone.py --out weights/mel-diffusion-swap-retrained \\
+    python benchmarks/swap/train_backbone.py --steps 2400 --threads 1 --out weights/mel-diffusion-swap-retrained \\
         --data data/swap-ryans/manifest.jsonl data/swap-bach/manifest.jsonl
+
+(the shipped model's settings, README: the swap benchmark).
 
 Standard DDPM training (Ho et al., 2020): x_t = √ᾱ x0 + √(1−ᾱ) ε, loss ‖ε̂(x_t, t, y) − ε‖²,
 with the prompt dropped (replaced by "") 10 % of the time for classifier-free guidance (Ho &
@@ -31,7 +33,7 @@ from backbones import MelFrontEnd
 from backbones.mel_diffusion import MelDiffusionBackbone, MelDiffusionModel, default_unet_config
 from backbones.word_encoder import split_words
 from steer.data import load_clip, read_manifest
-from steer.data._files import manifest_problem, model_folder_problem
+from steer.data._files import manifest_problem, model_folder_problem, split_conflict_problem
 
 
 def load_log_mels(manifests: list[Path], mel: MelFrontEnd) -> tuple[torch.Tensor, list[str]]:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     for manifest in args.data:
         if problem := manifest_problem(manifest):
             raise SystemExit(problem)
+    if problem := split_conflict_problem(args.data):
+        raise SystemExit(problem)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)

@@ -41,6 +41,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -54,7 +55,7 @@ from backbones import MelFrontEnd
 from backbones.griffin_lim import GriffinLimVocoder
 from backbones.saving import check_can_be_folder
 from steer.data import DEFAULT_INSTRUMENTS, load_clip, read_manifest
-from steer.data._files import manifest_problem, model_folder_problem
+from steer.data._files import manifest_problem, model_folder_problem, split_conflict_problem
 from steer.metrics import InstrumentClassifier
 
 SAMPLE_RATE = 16000
@@ -95,7 +96,10 @@ def griffin_lim_round_trip(
         digest = hashlib.sha256(waveforms.numpy().tobytes()).hexdigest()[:16]
         path = cache / f"griffin-lim-{n_iter}-{digest}.pt"
         if path.exists():
-            return torch.load(path)
+            try:
+                return torch.load(path)
+            except (RuntimeError, EOFError, OSError) as error:  # cut short by an older steer's interrupted write
+                print(f"{path} cannot be read ({error}): computing it again", flush=True)
     vocoder = GriffinLimVocoder(mel, n_iter=n_iter)
     started, out = time.time(), []
     for i in range(0, len(waveforms), batch):
@@ -107,7 +111,9 @@ def griffin_lim_round_trip(
     print(f"Griffin–Lim ({n_iter} iterations) of {len(out)} {label} clips: {seconds:.0f} s", flush=True)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        torch.save(out, path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # renamed whole: a kill leaves no cut file
+        torch.save(out, partial)
+        os.replace(partial, path)
     return out
 
 
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     for _, manifest, _ in test_sets:
         if problem := manifest_problem(manifest):
             raise SystemExit(problem)
+    if problem := split_conflict_problem(manifest for _, manifest, _ in test_sets):
+        raise SystemExit(problem)
     trained = {e.instrument for e in read_manifest(args.data, split="train")}
     for _, manifest, split in test_sets:  # evaluated after training: checked before it
         entries = read_manifest(manifest, split=split)

@@ -175,11 +175,51 @@ def manifest_problem(manifest: Path) -> str | None:
             f"{manifest} not found: render the data first, e.g. "
             "python -m steer.data --collection ryansMammoth --n-melodies 400 --out data/swap-ryans"
         )
-    if missing := [e.audio for e in read_manifest(manifest) if not (manifest.parent / e.audio).is_file()]:
+    try:
+        entries = read_manifest(manifest)
+    except (ValueError, UnicodeDecodeError) as error:
+        return str(error)
+    if missing := [e.audio for e in entries if not (manifest.parent / e.audio).is_file()]:
         return (
             f"{manifest} lists {len(missing)} clips that are not there, e.g. {manifest.parent / missing[0]}: "
             f"run the command that rendered {manifest.parent} again (python -m steer.data --out "
             f"{manifest.parent} and the options it was made with): it renders only the missing clips"
+        )
+    return None
+
+
+def split_conflict_problem(manifests: Iterable[Path]) -> str | None:
+    """Why ``manifests`` (each readable: :func:`manifest_problem`) cannot be trained on together, or
+    ``None``: a melody of one collection that is in the train split of one and the test split of
+    another (two renders of one collection with different --n-melodies split it apart), whose
+    test clips a model trained on the first would have heard."""
+    from steer.data.manifest import read_manifest  # not at the top: that module imports this one
+
+    splits: dict[tuple[str, str], tuple[str, Path]] = {}
+    for manifest in manifests:
+        for entry in read_manifest(manifest):
+            key = (entry.collection, entry.melody_id)
+            split, where = splits.setdefault(key, (entry.split, manifest))
+            if split != entry.split:
+                return (
+                    f"melody {entry.melody_id} ({entry.collection}) is {split} in {where} but {entry.split} in "
+                    f"{manifest}: a model trained on both would have heard a test melody; train on one render "
+                    "of a collection (render every melody you need into one folder)"
+                )
+    return None
+
+
+def seconds_problem(seconds: float) -> str | None:
+    """Why ``--seconds`` cannot be the length of the clips a script scores, or ``None``: not a
+    number, or shorter than CQT-1 PCC reads (every melody score would be NaN, or the log-mel
+    distance fail)."""
+    from steer.metrics.functional import cqt_min_seconds
+
+    shortest = cqt_min_seconds()
+    if not (math.isfinite(seconds) and seconds >= shortest):
+        return (
+            f"--seconds must be at least {shortest:.3f} s, the shortest clip whose melody line CQT-1 PCC reads, "
+            f"got {seconds:g}"
         )
     return None
 

@@ -53,7 +53,7 @@ def read_manifest(path: str | Path, *, split: Split | None = None) -> list[Manif
             continue
         try:
             entry = ManifestEntry(**json.loads(line))
-        except (json.JSONDecodeError, TypeError) as error:
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError; so is a bad split
             raise ValueError(f"{path}:{number}: not a manifest line ({error})") from None
         if split is None or entry.split == split:
             entries.append(entry)

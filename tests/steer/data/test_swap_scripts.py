@@ -433,10 +433,13 @@ def test_bad_numbers_are_refused_when_parsed(script, options, message, tmp_path,
 
 
 @pytest.mark.parametrize("script", [evaluate, evaluate_concept])
-@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf"])
-def test_seconds_must_be_a_positive_length(script, seconds, tmp_path, capsys):
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "0.3", "0.05"])
+def test_seconds_must_be_a_length_cqt1_pcc_reads(script, seconds, tmp_path, capsys):
+    """0.3 s ran the whole benchmark into a table of NaN melody scores; 0.05 s failed after the
+    models loaded (evaluate_concept: after the concept's training)."""
     argv = ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out.json"), "--seconds", seconds]
-    assert f"--seconds must be a positive number of seconds, got {float(seconds)}" in refusal(script, argv, capsys)
+    message = f"--seconds must be at least 0.514 s, the shortest clip whose melody line CQT-1 PCC reads, got {float(seconds):g}"
+    assert message in refusal(script, argv, capsys)
 
 
 @pytest.mark.parametrize("script", [evaluate, evaluate_concept])
@@ -676,3 +679,72 @@ def test_evaluate_concept_runs_the_methods_named(concept_data, tmp_path, monkeyp
     assert 0 < result["summary"]["dreamsound (concept)"]["pcc"] < 1  # edited, and of the source's melody
     with pytest.raises(SystemExit):
         evaluate_concept.main(["--data", str(concept_data), "--methods", "zeta", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.parametrize("script", [train_backbone, train_classifier])
+def test_manifests_that_split_a_melody_apart_are_refused(script, tmp_path):
+    """Two renders of one collection with different --n-melodies may put a melody in train in
+    one and test in the other: training on both heard a test melody, without a word."""
+    one = write_tones(tmp_path / "one", splits={"a": "train", "b": "test"})
+    two = write_tones(tmp_path / "two", splits={"a": "test", "c": "train"})
+    data = ["--data", str(one), str(two)] if script is train_backbone else ["--data", str(one), "--bach", str(two)]
+    message = f"melody a (c) is train in {one} but test in {two}: a model trained on both would have heard a test melody"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        script.main([*data, "--out", str(tmp_path / "model")])
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_a_manifest_line_that_cannot_be_read_is_named_without_a_traceback(script, tmp_path):
+    folder = tmp_path / "data"
+    manifest = write_tones(folder, splits={"a": "train", "b": "test"})
+    manifest.write_text(manifest.read_text().replace('"split": "test"', '"split": "val"'))
+    with pytest.raises(SystemExit, match=re.escape(f"{manifest}:3: not a manifest line (split must be 'train' or 'test', got 'val')")):
+        script.main(["--data", str(manifest), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("script", [evaluate, evaluate_concept])
+def test_the_default_models_are_the_shipped_ones_wherever_the_script_runs(
+    script, concept_data, tmp_path, no_loads, monkeypatch, torch_threads
+):
+    """They were "weights/..." of the working folder: run elsewhere, a Hub repo id, and the
+    classifier's load failed with the Hub's traceback (online, a stranger's model)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["--data", str(concept_data), "--out", str(tmp_path / "out.json"), "--seconds", "1.28", "--n", "1"]
+    if script is evaluate_concept:
+        argv += ["--instrument", "violin", "--references", "1"]
+    with pytest.raises(Loaded):  # the shipped classifier loaded; the backbone's load is where this stops
+        script.main(argv)
+
+
+def test_a_griffin_lim_cache_cut_short_is_computed_again(tmp_path, capsys):
+    """An interrupted torch.save left a cut file, and every later run died on it with
+    "PytorchStreamReader failed reading zip archive", naming no file."""
+    mel = train_classifier.MelFrontEnd()
+    waveforms = torch.randn(1, 20 * mel.hop_length, generator=torch.Generator().manual_seed(0))
+    first = train_classifier.griffin_lim_round_trip(waveforms, n_iter=1, cache=tmp_path, mel=mel, label="test")
+    (cached,) = tmp_path.iterdir()  # written whole, under its name alone
+    cached.write_bytes(cached.read_bytes()[:100])
+    again = train_classifier.griffin_lim_round_trip(waveforms, n_iter=1, cache=tmp_path, mel=mel, label="test")
+    assert torch.equal(again, first) and f"{cached} cannot be read" in capsys.readouterr().out
+    assert torch.equal(torch.load(cached), first)
+
+
+def test_evaluate_concept_counts_a_diverged_edit_as_a_miss(concept_data, tmp_path, monkeypatch, torch_threads):
+    """The classifier refused its NaN audio, and the run stopped, its rows lost (evaluate.py's
+    guard was missing here)."""
+    from types import SimpleNamespace
+
+    train = evaluate_concept.Concept.train
+    monkeypatch.setattr(evaluate_concept.Concept, "train", lambda *args, **kwargs: train(*args, **{**kwargs, "steps": 1}))
+    monkeypatch.setattr(
+        evaluate_concept.DreamSoundEditing, "edit",
+        lambda self, audio, **kwargs: SimpleNamespace(audio=torch.full_like(audio.waveform, torch.nan)),
+    )
+    out = tmp_path / "out.json"
+    evaluate_concept.main([
+        "--data", str(concept_data), "--instrument", "violin", "--references", "1", "--n", "1",
+        "--seconds", "1.28", "--methods", "dreamsound", "--out", str(out),
+    ])
+    (row,) = [r for r in json.loads(out.read_text())["rows"] if r["method"] == "dreamsound (concept)"]
+    assert row["predicted"] == "(non-finite output)"
