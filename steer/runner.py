@@ -145,7 +145,7 @@ class ItemRecord:
         rank: the process that edited it.
         metrics: per-clip metric values, ``None`` for NaN.
         seconds: wall time of the edit and its metrics; an item edited in a batch gets the
-            batch's time over its items.
+            batch's time over the items it edited (0 for an item that failed before the edit).
         batch: how many clips were edited together, this one included (not counting the
             copies that fill up a compiled editor's batch).
         recipe: what edited it: ``"steermusic"``, ``"steermusic_plus"`` or a baseline's name.
@@ -491,9 +491,10 @@ class ManifestRunner:
         edited = [(item, record) for item, record in zip(items, records) if item.id in audios]
         if edited:
             self._edit_or_retry(edited, [audios[item.id] for item, _ in edited])
-        seconds = round((time.perf_counter() - start) / len(items), 3)
+        # the edit's time shared by the clips it edited (an item that failed before it took none of it)
+        seconds = round((time.perf_counter() - start) / max(len(edited), 1), 3)
         for item, record in zip(items, records):
-            record.seconds, record.finished_at = seconds, _now()
+            record.seconds, record.finished_at = (seconds if item.id in audios else 0.0), _now()
             # a failed attempt leaves the run's own wav (an earlier edit) as it found it, or none
             record.owns_wav = record.owns_wav and self.wav_path(item).exists()
             write_json(self.record_path(item), asdict(record))

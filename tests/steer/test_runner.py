@@ -222,6 +222,20 @@ def test_a_batched_run_edits_each_item_as_it_is_edited_alone(tmp_path, capsys):
     assert np.abs(flute[: len(violin)] - violin).max() > 0.01  # each clip kept its own prompt
 
 
+def test_an_item_that_fails_before_its_batchs_edit_takes_none_of_its_time(tmp_path):
+    """Its record had the batch's time over all its items, as if edited (and the edited one half)."""
+    manifest = _manifest(tmp_path, 2)
+    data, rate = sf.read(tmp_path / "c1.wav", dtype="float32")
+    data[10] = np.nan
+    sf.write(tmp_path / "c1.wav", data, rate, subtype="FLOAT")  # its header reads as c0's: one batch
+    runner = ManifestRunner(read_edit_manifest(manifest), tmp_path / "out", backbone=load_backbone(str(SWAP_BACKBONE)),
+                            settings={"steps": 2}, batch_size=2)
+    counts = runner.run()
+    assert (counts.done, counts.failed) == (1, 1)
+    edited, failed = (read_record(tmp_path / "out" / "records" / f"c{i}.json") for i in range(2))
+    assert failed.status == "failed" and "NaN" in failed.error and failed.seconds == 0.0 < edited.seconds
+
+
 def test_a_batch_whose_edit_fails_fails_each_of_its_items_retried_alone(tmp_path):
     manifest = _manifest(tmp_path, 3, extra={0: {"concept": "no/such"}, 2: {"concept": "no/such"}})
 
