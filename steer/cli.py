@@ -594,10 +594,11 @@ def _items_concept(configs: dict[str, ConceptConfig], backbone: str | None) -> C
 def _check_items(items: Sequence, problems: dict[str, str], out: Path, overwrite: bool) -> str | None:
     """Name, before any model loads, the items that ``steer run`` would start and that must fail:
     those with a concept ``problems`` (by id, :func:`_items_concepts`), whose audio file is
-    missing, or whose wav is a file the run did not write (an item already done is skipped, and needs neither, unless ``overwrite``). Refuses
-    the run when every item must fail (none is done either: a rerun brings finished items up to
-    date, scoring the metrics they lack); else returns a warning naming how many and the first
-    (each fails alone, recorded), or ``None`` when none must."""
+    missing, or whose wav is a file the run did not write (an item already done is skipped, and
+    needs none of these, unless ``overwrite``). Refuses the run when every item must fail (none
+    is done either: a rerun brings finished items up to date, scoring the metrics they lack);
+    else returns a warning naming how many and the first (each fails alone, recorded), or
+    ``None`` when none must."""
     from .runner import finished_record, wav_problem
 
     pending = [item for item in items if overwrite or finished_record(out, item) is None]
