@@ -20,6 +20,16 @@ from torch import Tensor, nn
 from transformers import AddedToken
 
 
+def _known_word(tokenizer: Any, token: str) -> bool:
+    """Whether ``tokenizer`` already reads ``token``, as a word of a prompt, as one word of its
+    vocabulary: the bare string, or the one piece it becomes after a space (SentencePiece's
+    ``▁piano``, byte-level BPE's ``Ġpiano``), which a new token would take from every prompt."""
+    if token in tokenizer.get_vocab():
+        return True
+    pieces = tokenizer.tokenize(" " + token)
+    return len(pieces) == 1 and pieces[0] != tokenizer.unk_token
+
+
 class NewToken(nn.Module):
     """One new token's input embeddings, one row per text path.
 
@@ -46,7 +56,7 @@ class NewToken(nn.Module):
             tokenizer = copy.deepcopy(tokenizer)
             # A whole word only ("desks" keeps its own tokens), taking the space before it along.
             word = AddedToken(token, single_word=True, lstrip=True)
-            if token in tokenizer.get_vocab() or tokenizer.add_tokens([word]) != 1:
+            if _known_word(tokenizer, token) or tokenizer.add_tokens([word]) != 1:
                 raise ValueError(
                     f"the token {token!r} is already a word of the base model's {name!r}; "
                     "textual inversion needs a new word (e.g. 'sks')"

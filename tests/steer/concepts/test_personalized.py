@@ -254,6 +254,30 @@ def test_textual_inversion_on_audioldm2_learns_one_row_per_tokenizer(tiny_backbo
         Concept.train(tiny_backbone, clips, token="a", class_word=None, method="textual_inversion", steps=0, progress=False)
 
 
+@pytest.mark.parametrize("vocabulary", ["sentencepiece", "bpe"])
+def test_a_word_the_tokenizer_holds_as_a_word_piece_is_refused(vocabulary):
+    """T5 holds words as "▁piano" and RoBERTa as "Ġpiano": the bare string was looked up, so
+    "piano" was taken as a new token, and every "piano" of a target became the learnt vector.
+    (The offline tokenizers read characters: only a vocabulary with words can show it.)"""
+    from transformers import RobertaTokenizer, T5Tokenizer
+
+    from backbones.tiny.audioldm2 import _roberta_vocab, _t5_vocab
+    from steer.concepts.new_token import NewToken
+
+    if vocabulary == "sentencepiece":
+        tokenizer = T5Tokenizer(vocab=[*_t5_vocab(), ("▁piano", -0.5)], extra_ids=0)
+    else:
+        vocab = _roberta_vocab()
+        merges = [("p", "i"), ("a", "n"), ("pi", "an"), ("Ġ", "pian"), ("Ġpian", "o")]  # " piano": one piece
+        vocab.update({piece: len(vocab) + i for i, piece in enumerate(["pi", "an", "pian", "Ġpian", "Ġpiano"])})
+        tokenizer = RobertaTokenizer(vocab=vocab, merges=merges)
+    assert len(tokenizer.tokenize(" piano")) == 1  # a word of its vocabulary
+    embedding = torch.nn.Embedding(len(tokenizer), 4)
+    with pytest.raises(ValueError, match="the token 'piano' is already a word of the base model's 'tokenizer'"):
+        NewToken("piano", {"tokenizer": (tokenizer, embedding)}, init_word=None)
+    assert NewToken("sks", {"tokenizer": (tokenizer, embedding)}, init_word=None).token_ids["tokenizer"] == len(tokenizer)
+
+
 def test_unsupported_backbones_are_refused(analytic_backbone, tiny_backbone, clips):
     with pytest.raises(ValueError, match="concepts work on base backbones of the families audioldm, audioldm2, mel-diffusion, musicldm"):
         _train(analytic_backbone, clips, "lora")
