@@ -143,19 +143,21 @@ def run_personalize(args: argparse.Namespace) -> Path:
     print(f"wrote {output} ({concept.method}); name the concept in prompts as '{concept.prompt()}'")
     if args.push_to_hub:
         private = ", private=True" if args.private else ""
+        code = (
+            f"from steer.concepts import Concept; Concept.from_pretrained({str(output.resolve())!r})"
+            f".push_to_hub({args.push_to_hub!r}{private})"
+        )
+        # in a shell's double quotes, as before, with what they expand escaped: runs as printed
+        push = "python -c \"" + re.sub(r'([\\"$`])', r"\\\1", code) + "\""
         try:
             commit = concept.push_to_hub(args.push_to_hub, private=args.private or None)
-        except (PushError, KeyboardInterrupt) as error:
-            code = (
-                f"from steer.concepts import Concept; Concept.from_pretrained({str(output)!r})"
-                f".push_to_hub({args.push_to_hub!r}{private})"
-            )
-            # in a shell's double quotes, as before, with what they expand escaped: runs as printed
-            push = "python -c \"" + re.sub(r'([\\"$`])', r"\\\1", code) + "\""
-            if isinstance(error, KeyboardInterrupt):
-                raise Interrupted(f"the concept is saved at {output} but not pushed: push it with {push}") from None
+        except KeyboardInterrupt:
+            raise Interrupted(f"the concept is saved at {output} but not pushed: push it with {push}") from None
+        except PushError as error:
             retry = f"the concept IS saved at {output}: once the Hub is reachable, push it with {push}"
             raise PushError(error.repo_id, error.reason, retry=retry) from error
+        except ValueError as error:  # a public repo for --private
+            raise ValueError(f"{str(error).replace('private=True', '--private')}; the concept IS saved at {output}") from None
         print(f"pushed to {getattr(commit, 'commit_url', args.push_to_hub)}")
     return output
 

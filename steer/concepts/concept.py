@@ -619,7 +619,8 @@ class Concept:
 
         Raises:
             ValueError: for a repo id the Hub refuses, or weights that are not finite, before
-                anything is sent.
+                anything is sent; with ``private=True``, for a repo that exists and is public
+                (creating a repo does not change an existing one's visibility), before the upload.
             PushError: when the Hub cannot be reached or refuses the upload (no connection,
                 offline mode, no or a wrong token, no write access); call it again once fixed.
         """
@@ -629,6 +630,13 @@ class Concept:
         api = HfApi(token=token)
         with _pushing(repo_id):
             repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            # an existing repo keeps its visibility: a private push must not land in a public one
+            exposed = bool(private) and not api.repo_info(repo.repo_id, repo_type="model").private
+        if exposed:
+            raise ValueError(
+                f"the Hub repo {repo.repo_id} exists and is public, and private=True does not make an existing "
+                "repo private: make it private in its settings on the Hub, or push to a new repo; nothing was uploaded"
+            )
         with tempfile.TemporaryDirectory() as tmp:
             public.save_pretrained(tmp, repo_id=repo.repo_id)
             with _pushing(repo_id):

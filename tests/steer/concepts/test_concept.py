@@ -10,6 +10,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub
 import pytest
@@ -258,6 +259,7 @@ def test_push_to_hub_uploads_the_saved_folder(lora_concept, monkeypatch):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kwargs: SimpleNamespace(private=True))
     assert lora_concept.push_to_hub("me/my-guitar", private=True) == "commit"
     repo_id, kwargs = calls["create_repo"]
     assert repo_id == "me/my-guitar" and kwargs["private"] is True and kwargs["exist_ok"] is True
@@ -266,6 +268,20 @@ def test_push_to_hub_uploads_the_saved_folder(lora_concept, monkeypatch):
     assert upload["files"] == FILES["lora"]
     assert upload["config"]["token"] == "sks" and upload["config"]["method"] == "lora"
     assert 'Concept.from_pretrained("me/my-guitar")' in upload["card"]
+
+
+def test_a_private_push_to_an_existing_public_repo_is_refused(lora_concept, monkeypatch):
+    """create_repo(exist_ok=True) keeps an existing repo's visibility: private=True uploaded to a
+    public repo, without a word."""
+    uploads = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: uploads.append(kwargs))
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kwargs: SimpleNamespace(private=False))
+    with pytest.raises(ValueError, match=r"^the Hub repo me/my-guitar exists and is public, and private=True does not make"):
+        lora_concept.push_to_hub("me/my-guitar", private=True)
+    assert uploads == []
+    lora_concept.push_to_hub("me/my-guitar")  # public, as asked: its visibility is not looked up
+    assert len(uploads) == 1
 
 
 def _hub_snapshot(folder, cache):

@@ -378,6 +378,23 @@ def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, t
     assert not (tmp_path / "concept").exists()
 
 
+def test_personalize_private_to_a_public_repo_is_refused_saying_where_the_concept_is(clip_files, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi, RepoUrl
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kwargs: SimpleNamespace(private=False))
+    saved = tmp_path / "concept"
+    message = (
+        "the Hub repo me/my-guitar exists and is public, and --private does not make an existing repo private: make "
+        f"it private in its settings on the Hub, or push to a new repo; nothing was uploaded; the concept IS saved at {saved}"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        run_personalize(_personalize_args(clip_files, tmp_path, "--push-to-hub", "me/my-guitar", "--private"))
+    assert Concept.from_pretrained(saved).token == "sks"
+
+
 def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled
