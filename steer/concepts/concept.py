@@ -562,7 +562,7 @@ class Concept:
         ``.pkl``, …) is refused without opening them, and such files are never downloaded.
         """
         path = Path(name_or_path).expanduser()
-        if path.suffix.lower() in PICKLE_SUFFIXES:
+        if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             raise ValueError(_pickle_refusal(path))
         if path.is_file():
             raise ValueError(f"{path} is a file: pass the concept's folder (the one holding {CONFIG_NAME})")

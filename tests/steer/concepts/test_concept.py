@@ -203,6 +203,8 @@ def test_pickle_files_are_refused_unopened(lora_concept, tmp_path, monkeypatch):
     (tmp_path / "weights.pt").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(ValueError, match=r"weights\.pt is a pickle file"):
         Concept.from_pretrained(tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"^no concept folder .*gone\.bin"):  # was "is a pickle file"
+        Concept.from_pretrained(tmp_path / "gone.bin")
 
 
 def test_corrupt_concept_files_are_named(lora_concept, tmp_path):
