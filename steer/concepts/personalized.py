@@ -41,6 +41,7 @@ from backbones.base import modes_kept
 from backbones.mel_diffusion import WORD_MASK, MelDiffusionBackbone
 from backbones.pipeline import PipelineBackbone
 from backbones.saving import BEFORE_SAVE
+from backbones.word_encoder import split_words
 
 from .concept import ADAPTER_WEIGHTS_NAME, WEIGHTS_NAME, Concept
 from .new_token import NewToken
@@ -324,8 +325,10 @@ class PersonalizedBackbone(Backbone):
                 )
             return encoder  # dreambooth / LoRA bind the concept to the existing word
         if concept.method == "textual_inversion":
-            # Gal et al. start from a word describing the concept; the mean word otherwise.
-            init = concept.class_word if concept.class_word in encoder.vocabulary else None
+            # Gal et al. start from a word describing the concept, read as prompts are ("Electric
+            # Guitar" -> "guitar": the last word the model knows, English's head noun); else the mean word
+            known = [w for w in split_words(concept.class_word or "") if w in encoder.vocabulary]
+            init = known[-1] if known else None
         else:
             # DreamBooth binds the concept to a rare identifier whose embedding means little:
             # in a closed vocabulary that is <unk>'s (fixed; only the denoiser learns).

@@ -211,6 +211,16 @@ def test_a_mel_lora_binds_a_new_token_to_unk(mel_backbone, clips):
         Concept.train(mel_backbone, clips, token="violin", class_word=None, method="textual_inversion", steps=1, progress=False)
 
 
+@pytest.mark.parametrize("class_word", ["guitar", "Guitar", "electric guitar"])
+def test_a_mel_textual_inversion_starts_from_its_class_word_as_prompts_read_it(mel_backbone, clips, class_word):
+    """"Guitar" and "electric guitar" were looked up as typed: not in the vocabulary, they started
+    from the mean of all words, as if there were no class word."""
+    concept = Concept.train(mel_backbone, clips, token="sks", class_word=class_word, method="textual_inversion",
+                            steps=0, progress=False)
+    encoder = mel_backbone.model.text_encoder
+    assert torch.equal(concept.weights["token_embedding"], encoder.embed.weight[encoder.vocabulary["guitar"]])
+
+
 def _hooks(module: nn.Module) -> int:
     return len(module._forward_hooks) + len(module._forward_pre_hooks)
 
