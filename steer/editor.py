@@ -593,6 +593,7 @@ class Editor(LatentEditor):
             self._check_differentiable_weights(models)
             for name, model in models.items():
                 self.performance.check_weights(model.dtype, name)
+            self.performance.check(latent.device)  # before any prompt is encoded
             prompts = {
                 model: {
                     role: self.performance.conditioning(models[model].encode_prompt(texts[role]))
@@ -603,7 +604,6 @@ class Editor(LatentEditor):
             self._warn_if_no_delta(texts, prompts)
             source_latent = latent.detach().to(torch.float32, copy=True)
             x = source_latent.clone().requires_grad_(True)
-            self.performance.check(x.device)
             with self._runtime(models, x.device) as runtime, runtime.edit_weights():
                 return self._loop(x, source_latent, prompts, models, runtime, seed, callback, progress)
 
