@@ -223,7 +223,9 @@ class Performance:
         if not isinstance(self.compile_backend, str):
             raise TypeError(f"compile_backend must be a backend's name, got {self.compile_backend!r}")
         if self.compile:  # refused when made, not at the first edit after the prompts are encoded
-            self._check_backend()
+            backends = compile_backends()
+            if self.compile_backend not in backends:
+                raise ValueError(f"unknown compile_backend {self.compile_backend!r}: use one of {', '.join(backends)}")
         if isinstance(self.prompt_padding, bool) or not isinstance(self.prompt_padding, int):
             raise TypeError(f"prompt_padding must be a whole number of tokens, got {self.prompt_padding!r}")
         if self.path not in PATHS:
@@ -288,15 +290,9 @@ class Performance:
                 f"use precision {halves[dtype]!r}, or load the weights in float32 or {ours}"
             )
 
-    def _check_backend(self) -> None:
-        backends = compile_backends()
-        if self.compile_backend not in backends:
-            raise ValueError(f"unknown compile_backend {self.compile_backend!r}: use one of {', '.join(backends)}")
-
     def check(self, device: torch.device) -> None:
         """Refuse what ``device`` cannot run, with the fix; warn once where a fallback is used."""
-        if self.compile:
-            self._check_backend()
+        if self.compile:  # its backend was checked when made (__post_init__)
             inductor = self.compile_backend == "inductor"
             if inductor and device.type == "cuda" and not triton_available(device):
                 raise ValueError("torch.compile on CUDA needs triton: pip install triton, or compile=False")

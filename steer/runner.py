@@ -219,6 +219,10 @@ def wav_problem(out: str | os.PathLike, item: EditItem, *, overwrite: bool) -> s
     wav = Path(out) / f"{item.id}.wav"
     if overwrite or _owns_wav(wav, read_record(Path(out) / "records" / f"{item.id}.json")):
         return None
+    return _foreign_wav(wav)
+
+
+def _foreign_wav(wav: Path) -> str:
     return (
         f"{wav} exists and was not written by steer run: move it away for steer run to write this edit "
         "there, or pass another --out (or --overwrite, which redoes every item)"
@@ -537,8 +541,8 @@ class ManifestRunner:
             owns_wav=_owns_wav(self.wav_path(item), previous),
             audio_file=self._clip_identity(audio),
         )
-        if not record.owns_wav and not self.overwrite:
-            _fail(record, FileExistsError(wav_problem(self.out, item, overwrite=False)))
+        if not record.owns_wav and not self.overwrite:  # wav_problem's rule, with the record read above
+            _fail(record, FileExistsError(_foreign_wav(self.wav_path(item))))
         return record
 
     def _edit_batch(self, edited: Sequence[tuple[EditItem, ItemRecord]], audios: Sequence[Audio]) -> None:
@@ -647,7 +651,7 @@ class ManifestRunner:
             item = items.get(record.id) if record is not None else None
             if record is None or record.status != "done":
                 continue
-            if item is not None and (self.overwrite or self.finished(item) is None):
+            if item is not None and (self.overwrite or not self.wav_path(item).is_file()):
                 continue  # edited again (its wav deleted to redo it): nothing of it is mixed in
             if item is None:
                 recorded = {k: v for k, v in record.settings.items() if k != "concept"}  # concepts are per item
