@@ -24,10 +24,13 @@ def unique(items: Iterable) -> list:
 
 
 def _guidance(group: Sequence[NoiseRequest], batch: int, device: torch.device) -> float | Tensor:
+    """The guidance scale of each row of ``group``'s call: one float, or a tensor ``(len(group) *
+    batch,)`` where the requests differ; filled on ``device`` rather than copied from the host, so
+    that a CUDA graph can record it."""
     scales = {r.guidance_scale for r in group}
     if len(scales) == 1:
         return scales.pop()
-    return torch.tensor([r.guidance_scale for r in group], device=device).repeat_interleave(batch)
+    return torch.cat([torch.full((batch,), float(r.guidance_scale), device=device) for r in group])
 
 
 def feature_modules(model: Backbone, features: Iterable[FeatureRequest]) -> list[str]:

@@ -86,3 +86,28 @@ def test_feature_layers_that_match_nothing_name_the_closest_modules():
     ):
         feature_modules(model, [FeatureRequest(NoiseRequest("edit", "target", 3.0), typo)])
     assert feature_modules(model, [FeatureRequest(NoiseRequest("edit", "target", 3.0), None)]) == names[2:]
+
+
+def test_a_call_mixing_guidance_scales_fills_them_on_the_device_without_a_host_copy():
+    """Requests of one model at different guidance scales (DDS at 10, SDS at 3) share a call whose
+    scales are one per row; they are filled on the device, since a copy of host data (what
+    ``torch.tensor(list, device=...)`` is) cannot be recorded into a CUDA graph."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from steer.predictions import _guidance
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    group = [NoiseRequest("edit", "target", 10.0), NoiseRequest("edit", "target", 3.0)]
+    with Ops() as ops:
+        scales = _guidance(group, 2, torch.device("cpu"))
+    assert torch.equal(scales, torch.tensor([10.0, 10.0, 3.0, 3.0]))
+    assert not [n for n in ops.names if "lift_fresh" in n or "copy" in n], ops.names
+    assert _guidance(group[:1], 2, torch.device("cpu")) == 10.0
