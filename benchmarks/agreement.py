@@ -13,10 +13,14 @@ Usage::
     python -m benchmarks.agreement --real-size --seeds 0 1 2 3 --paths batched bf16 fused
     python -m benchmarks.agreement --recipe steermusic_plus --json agreement.json
     python -m benchmarks.agreement --real-size --recipe steermusic_plus --lora-std 0.05 --merge-lora
+    python -m benchmarks.agreement --paths fused --compile-backend aot_eager   # CPU, in seconds
 
 ``--fuse-projections`` and ``--merge-lora`` set those options (``steer.performance.Performance``)
 on every path compared with the reference, which runs without them; ``--lora-std`` draws
 SteerMusic+'s LoRA B (else 0: ε′'s adapter changes nothing, as in the rows recorded before it).
+``--compile-backend`` compiles the fused paths with another ``torch.compile`` backend than
+inductor (``aot_eager``: dynamo and autograd's graphs without generated code, in seconds on a CPU
+where inductor's C++ code takes minutes).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from benchmarks.models import (
     REAL_LATENT,
     TINY_LATENT,
     build_backbone,
+    compile_backend_option,
     lora_concept,
     make_editor,
 )
@@ -75,7 +80,7 @@ def full_fp32() -> Iterator[None]:
 
 def agreement(
     *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device,
-    options: dict[str, bool] | None = None, lora_std: float = 0.0,
+    options: dict[str, bool | str] | None = None, lora_std: float = 0.0,
 ) -> list[dict[str, float | int | str | bool]]:
     """Cosine of each path's first-step gradient with the reference's, per seed. ``skipped``:
     the step was not taken, an fp16 overflow (a non-finite gradient where the path scales its
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--real-size", action="store_true", help="AudioLDM2-music's UNet size, 10.24-s latent")
     parser.add_argument("--fuse-projections", action="store_true", help="Performance.fuse_projections on the paths")
     parser.add_argument("--merge-lora", action="store_true", help="Performance.merge_lora on the paths")
+    parser.add_argument("--compile-backend", type=compile_backend_option, default="inductor",
+                        help="torch.compile backend of the fused paths (aot_eager: seconds on a CPU)")
     parser.add_argument("--lora-std", type=float, default=0.0,
                         help="SteerMusic+'s LoRA B drawn with this std (0: B = 0); --recipe steermusic_plus only")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
                      "--recipe steermusic_plus, or leave it out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warnings.filterwarnings("ignore", message="fused kernels need triton")
-    options = {"fuse_projections": args.fuse_projections, "merge_lora": args.merge_lora}
+    options = {"fuse_projections": args.fuse_projections, "merge_lora": args.merge_lora,
+               "compile_backend": args.compile_backend}
     try:
         rows = agreement(
             recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device,

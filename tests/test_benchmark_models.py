@@ -640,3 +640,25 @@ def test_per_step_splits_an_edit_into_its_steps_and_its_fixed_part():
     assert per_step(130.0, 109.0, steps=10, fixed_steps=3) == (3.0, 100.0)
     with pytest.raises(ValueError, match=r"the longer edit's steps \(3\) must exceed the shorter's \(3\)"):
         per_step(1.0, 1.0, steps=3, fixed_steps=3)  # was ZeroDivisionError
+
+
+def test_the_agreement_script_compiles_the_fused_paths_with_the_backend_given(monkeypatch, capsys):
+    """`--compile-backend aot_eager` reaches every compared path's Performance (inductor's C++ code
+    takes minutes on a CPU); a backend torch does not have is refused before a model is built."""
+    from benchmarks import agreement as script
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        return [{"recipe": "steermusic", "path": "fused", "seed": 0, "cosine": 1.0, "skipped": False, "failed": False}]
+
+    monkeypatch.setattr(script, "agreement", fake)
+    script.main(["--paths", "fused", "--seeds", "0", "--compile-backend", "aot_eager"])
+    assert seen["options"]["compile_backend"] == "aot_eager" and seen["paths"] == ["fused"]
+    script.main(["--paths", "fused", "--seeds", "0"])
+    assert seen["options"]["compile_backend"] == "inductor"
+    seen.clear()
+    with pytest.raises(SystemExit):
+        script.main(["--compile-backend", "inductr"])
+    assert not seen and "'inductr' is not a torch.compile backend" in capsys.readouterr().err
