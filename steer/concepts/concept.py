@@ -105,10 +105,19 @@ def check_words(token: str, class_word: str | None) -> None:
         )
 
 
-def check_new_words(token: str, class_word: str | None) -> None:
-    """:func:`check_words`, and refuse a token that is a word of the class word, for a concept
-    about to be learnt (one saved before this check still loads)."""
+def check_new_words(token: str, class_word: str | None, templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> None:
+    """:func:`check_words`, and refuse a token that is a word of the class word or of a training
+    prompt template (``"recording"``: the shift term's prompt without the token would lose that
+    word of the target too), for a concept about to be learnt (one saved before this check still loads)."""
     check_words(token, class_word)
+    for template in (templates,) if isinstance(templates, str) else templates:
+        words = re.findall(r"[^\W_]+", re.sub(r"\{\w*\}", " ", template).casefold())
+        if token.casefold() in words:
+            raise ValueError(
+                f"the concept token {token!r} is a word of the training prompt template {template!r}: every "
+                "training prompt would hold it as that word too, and the concept could not be learnt apart from "
+                "it; use a new word as the token (e.g. 'sks')"
+            )
     # Compared case-insensitively: some text encoders lower-case prompts, and a token differing
     # from the class word only in case names nothing new for the others either.
     if class_word is not None and token.casefold() in class_word.casefold().split():

@@ -350,7 +350,7 @@ def train_concept(
     if method not in DEFAULTS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(DEFAULTS)}")
     family_of(backbone, method)  # unsupported backbones and methods fail before any work
-    check_new_words(token, class_word)
+    check_new_words(token, class_word, templates)
     defaults = defaults_for(method, backbone.family)
     steps = defaults.steps if steps is None else steps
     lr = defaults.lr if lr is None else lr

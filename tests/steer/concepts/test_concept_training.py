@@ -370,6 +370,8 @@ def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, t
         # was accepted: 'a recording of a violin violin', and the prior term's prompt lost the class word
         (clip_files, ("--token", "violin", "--class-word", "violin"), r"^the concept token 'violin' is a word of the class word 'violin': the prompts would read 'a recording of a violin violin' .* use a new word as the token \(e.g. 'sks'\)$"),
         (clip_files, ("--token", "Guitar", "--class-word", "electric guitar", "--method", "textual_inversion"), "the concept token 'Guitar' is a word of the class word 'electric guitar'"),
+        # was accepted: every training prompt read 'a recording of a recording guitar'
+        (clip_files, ("--token", "Recording"), r"^the concept token 'Recording' is a word of the training prompt template 'a recording of a \{token\} \{class_word\}'"),
         (clip_files, ("--push-to-hub", "me/my/guitar"), "--push-to-hub 'me/my/guitar' is not a Hub repo id: Repo id must be"),
         (clip_files, ("--push-to-hub", "me/my guitar"), "--push-to-hub 'me/my guitar' is not a Hub repo id"),
     ]:
@@ -601,6 +603,15 @@ def test_training_refuses_a_token_that_is_a_word_of_the_class_word(clip_files, m
     for method in ("lora", "textual_inversion"):
         with pytest.raises(ValueError, match="^the concept token 'Violin' is a word of the class word 'violin'"):
             Concept.train(mel_backbone, clip_files, token="Violin", class_word="violin", method=method, steps=1)
+
+
+def test_training_refuses_a_token_that_is_a_word_of_a_prompt_template(clip_files, mel_backbone):
+    """The default template's words and a custom template's; the fields' names are no words."""
+    for token, templates in [("of", ("a recording of a {token} {class_word}",)), ("clip", ("{token} {class_word} clip",))]:
+        with pytest.raises(ValueError, match=f"^the concept token '{token}' is a word of the training prompt template"):
+            Concept.train(mel_backbone, clip_files, token=token, class_word="violin", templates=templates, steps=1)
+    concept = Concept.train(mel_backbone, clip_files, token="token", class_word="violin", templates=("a {token} {class_word}",), steps=0)
+    assert concept.token == "token"
 
 
 def test_references_below_the_backbones_rate_or_beyond_full_scale_are_warned_about():
