@@ -693,6 +693,8 @@ class Concept:
                 rows.append((key.replace("_", " "), str(training[key])))
         if "references" in training:
             rows.append(("reference clips", str(len(training["references"]))))
+        if c.templates != (DEFAULT_TEMPLATE,):
+            rows.append(("prompt templates", "; ".join(f"`{t}`" for t in c.templates)))
         if training.get("final_loss") is not None:
             rows.append(("final training loss", f"{training['final_loss']:.4g}"))
         table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -700,7 +702,7 @@ class Concept:
         body = f"""# {self.prompt("{token} {class_word}")}: a steer concept
 
 A musical concept learnt with steer by **{c.method.replace("_", " ")}**
-from reference clips. Prompts name it as `{self.prompt("{token} {class_word}")}`, e.g. "{self.prompt()}".
+from reference clips. Prompts name it as `{self.prompt("{token} {class_word}")}`, e.g. "{self.prompt(c.templates[0])}".
 {base_sentence} The concept is the personalised model ε' of SteerMusic+ editing
 ([Niu et al., 2025](https://arxiv.org/abs/2504.10826)).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import os
@@ -168,6 +170,17 @@ def test_model_card_has_the_hub_metadata(lora_concept, tmp_path):
     assert 'Concept.from_pretrained("me/my-guitar")' in card.text
     assert "a recording of a sks guitar" in card.text
     assert "More Information Needed" not in card.content
+
+
+def test_the_model_card_shows_the_prompt_templates_the_concept_was_trained_on(lora_concept):
+    """A concept trained on its own templates: its card's example read the default template's
+    prompt, which the concept never saw, and named no template."""
+    templates = ("{token} {class_word} solo, live", "a {class_word} played as {token}")
+    concept = Concept(dataclasses.replace(lora_concept.config, templates=templates), lora_concept.weights)
+    card = concept.model_card().text
+    assert 'e.g. "sks guitar solo, live"' in card and "a recording of" not in card
+    assert "| prompt templates | `{token} {class_word} solo, live`; `a {class_word} played as {token}` |" in card
+    assert "prompt templates" not in lora_concept.model_card().text
 
 
 def test_a_local_path_is_not_card_metadata(mel_backbone, clips, tmp_path):
