@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
 
     seconds = time.time() - started
     record = {
-        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+        # the arguments parsed (main(argv) from Python: not the calling process's)
+        "command": shlex.join(["python", "benchmarks/swap/train_classifier.py", *(sys.argv[1:] if argv is None else argv)]),
         "seed": args.seed,
         "data": str(args.data),
         "bach": None if args.bach is None else str(args.bach),

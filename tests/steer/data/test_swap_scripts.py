@@ -4,6 +4,7 @@ user's files or crash late, and record every setting of a training run."""
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import re
 import sys
@@ -377,6 +378,20 @@ def test_an_interrupted_classifier_run_leaves_no_stale_record(classifier_data, t
     with torch.random.fork_rng(), pytest.raises(Interrupted):
         train_classifier.main(argv)
     assert (out / "model.safetensors").stat().st_size > 1000 and not (out / "training.json").exists()
+
+
+def test_the_classifiers_record_gives_the_command_it_was_run_with(classifier_data, tmp_path, torch_threads, monkeypatch):
+    """main(argv) called from Python recorded the calling process's arguments (pytest's here)."""
+    monkeypatch.setattr(train_classifier, "evaluate", lambda *args: {"accuracy": 1.0})  # minutes: not what is checked
+    monkeypatch.setattr(train_classifier, "griffin_lim_round_trip", lambda waveforms, **kwargs: waveforms)
+    monkeypatch.setattr(train_classifier, "print_confusion", lambda *args: None)
+    out = tmp_path / "my model"
+    argv = ["--data", str(classifier_data), "--out", str(out), "--steps", "1", "--batch", "2"]
+    argv += ["--threads", "1", "--crop-seconds", "1.28"]
+    with torch.random.fork_rng():
+        train_classifier.main(argv)
+    command = json.loads((out / "training.json").read_text())["command"]
+    assert shlex.split(command) == ["python", "benchmarks/swap/train_classifier.py", *argv]
 
 
 # --- options refused when parsed, before any data or model is read -------------------------------
