@@ -145,7 +145,8 @@ def render_dataset(
         ValueError: for settings no render can use, before any work; for a folder rendered
             with other settings, or holding a file under one of its names (``notes.json``,
             ``render_config.json``, ``manifest.jsonl``) that is not what that name holds
-            (named, and left as it is); for a collection with too few usable melodies.
+            (named, and left as it is; a manifest is replaced with ``overwrite``); for a
+            collection with too few usable melodies.
     """
     out = Path(out_dir)
     instruments = list(dict.fromkeys(instruments))
