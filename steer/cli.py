@@ -20,6 +20,7 @@ import tempfile
 import unicodedata
 import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from .concepts.concept import ConceptConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: how long ``steer run``'s processes wait for each other (a barrier, a gather) under a launcher:
+#: one done with its share waits there while the others edit theirs
+RUN_BARRIER_TIMEOUT = timedelta(days=7)
 REPOSITORY = Path(__file__).resolve().parents[1]
 #: The shipped small backbone, the instrument classifier and the demo's clips (a source and its
 #: ground-truth swap), found in the source tree that this package was installed from.
@@ -698,7 +702,10 @@ def _run(args: argparse.Namespace) -> int:
     if torch.distributed.is_available():
         importlib.import_module("torch.distributed.nn")
 
-    state = PartialState(cpu=cpu)
+    # A process done with its share waits in the closing barrier for the others, for as long as
+    # their edits take: torch's default timeouts (10 min with NCCL, 30 with gloo) ended the run
+    # with a traceback and no summary when one process had that much more to edit.
+    state = PartialState(cpu=cpu, timeout=RUN_BARRIER_TIMEOUT)
     refusal = None
     try:
         items = read_edit_manifest(args.manifest)
@@ -749,6 +756,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         _check_steps(args, args.recipe, backbone.num_train_timesteps)
         runner.check_settings()
+        runner.plan()  # by every process before any edits: the next gather waits for all
     except ValueError as error:
         refusal = str(error)
     if _refused(state, refusal):

@@ -262,7 +262,7 @@ class ManifestRunner:
         default_concept: the concept of items that name none.
         load_concept: turns a concept reference into a concept (default
             :meth:`steer.concepts.Concept.from_pretrained`); each reference is loaded once.
-        rank, num_processes: this process and how many share the work.
+        rank, num_processes: this process and how many share the work (see :meth:`plan`).
         overwrite: redo items that are already done, and write over wavs the run did not write
             (never over a source clip: :func:`check_outputs`).
         progress: show a progress bar per edit.
@@ -331,6 +331,8 @@ class ManifestRunner:
         self.progress = progress
         self.batch_size = batch_size
         self._editors: dict[str | None, LatentEditor | Exception] = {}
+        #: this process's pending items and finished ones with their records (:meth:`plan`)
+        self._plan: tuple[list[EditItem], list[tuple[EditItem, ItemRecord]]] | None = None
         self._concept_ids: dict[tuple[str, str], Any] = {}
         self._digests: dict[tuple[Path, int, int], str] = {}
 
@@ -404,9 +406,31 @@ class ManifestRunner:
             self._concept_ids[key] = rule(reference)
         return self._concept_ids[key]
 
+    def plan(self) -> None:
+        """Read which items are still to edit from the folder's records (every item's, so that
+        every process of a launch comes to the same split), and deal them out round-robin:
+        this process's :meth:`share` is every ``num_processes``-th of the pending items, and
+        likewise of the finished ones (brought up to date, not edited). Dealing out the pending
+        items, not the manifest, keeps a rerun's work even (a process whose items were all done
+        waited idle for the others). Under a launcher every process must plan before any edits
+        (``steer run`` plans before its last check that all processes agree); :meth:`run` plans
+        where this was not called."""
+        pending, finished = [], []
+        for item in self.items:
+            record = None if self.overwrite else self.finished(item)
+            if record is None:
+                pending.append(item)
+            else:
+                finished.append((item, record))
+        turn = slice(self.rank, None, self.num_processes)
+        self._plan = (pending[turn], finished[turn])
+
     def share(self) -> list[EditItem]:
-        """This process's items: item ``i`` goes to process ``i % num_processes``."""
-        return self.items[self.rank :: self.num_processes]
+        """This process's items (see :meth:`plan`): its pending items, then its finished ones."""
+        if self._plan is None:
+            self.plan()
+        pending, finished = self._plan
+        return pending + [item for item, _ in finished]
 
     def finished(self, item: EditItem) -> ItemRecord | None:
         """The item's record when it says ``"done"`` and its wav exists, else ``None``."""
@@ -586,14 +610,12 @@ class ManifestRunner:
         self.check_settings()
         counts = RunCounts()
         try:
-            pending = []
-            for item in self.share():
-                record = None if self.overwrite else self.finished(item)
-                if record is None:
-                    pending.append(item)
-                else:
-                    self._update_finished(item, record)
-                    counts.skipped += 1
+            if self._plan is None:
+                self.plan()
+            pending, finished = self._plan
+            for item, record in finished:
+                self._update_finished(item, record)
+                counts.skipped += 1
             process = f" on process {self.rank}" if self.num_processes > 1 else ""
             for batch in self.batches(pending):
                 for item, record in zip(batch, self.edit_items(batch)):
@@ -606,6 +628,7 @@ class ManifestRunner:
                         counts.failed += 1
                         print(f"steer run: {item.id} failed {place}: {record.error}", flush=True)
         finally:
+            self._plan = None  # a next run reads the folder again
             self.close()
         return counts
 

@@ -708,18 +708,62 @@ def test_a_running_record_owns_only_a_wav_that_was_absent_or_the_runs_own_when_i
 
 
 def test_every_process_refuses_other_settings_in_items_of_another_process(tmp_path):
-    """Process 0 of 2 refuses a folder where item c1 (process 1's) was edited with other
-    settings, before it edits or records anything: every process comes to the same answer."""
+    """Process 1 of 2 refuses a folder where item c1 (process 0's: the one finished item goes
+    to the first process) was edited with other settings, before it edits or records anything:
+    every process comes to the same answer."""
     items = read_edit_manifest(_manifest(tmp_path, 2))
     out = tmp_path / "out"
     backbone = load_backbone(str(SWAP_BACKBONE))
     assert ManifestRunner(items[1:], out, backbone=backbone, settings={"steps": 2}).run().done == 1
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    runner = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, rank=0, num_processes=2)
-    assert [item.id for item in runner.share()] == ["c0"]
+    runner = ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, rank=1, num_processes=2)
+    assert [item.id for item in runner.share()] == []  # c0 pending, c1 finished: both process 0's
     with pytest.raises(ValueError, match=r"holds edits made with other settings \(c1: settings.steps: 2 → 1\): "):
         runner.run()
     assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_reruns_pending_items_are_dealt_out_evenly_among_the_processes(tmp_path):
+    """Items c0, c2 and c4 to redo (their wavs deleted): all were process 0's of 2, as the
+    manifest's items were dealt out, and process 1 waited idle for it (long enough, the closing
+    barrier timed out). The pending items are dealt out now, the finished ones likewise."""
+    items = read_edit_manifest(_manifest(tmp_path, 6))
+    out = tmp_path / "out"
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    assert ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}).run().done == 6
+    for i in (0, 2, 4):
+        (out / f"c{i}.wav").unlink()
+    runners = [ManifestRunner(items, out, backbone=backbone, settings={"steps": 1}, rank=r, num_processes=2)
+               for r in (0, 1)]
+    for runner in runners:  # every process plans before any edits (steer run: before its barrier)
+        runner.plan()
+    assert [[item.id for item in runner.share()] for runner in runners] == [["c0", "c4", "c1", "c5"], ["c2", "c3"]]
+    assert [vars(runner.run()) for runner in runners] == [
+        {"done": 2, "skipped": 2, "failed": 0}, {"done": 1, "skipped": 1, "failed": 0}
+    ]
+    records = {i: read_record(out / "records" / f"c{i}.json") for i in range(6)}
+    assert [(records[i].rank, records[i].attempt) for i in (0, 2, 4)] == [(0, 2), (1, 2), (0, 2)]
+
+
+def test_steer_runs_processes_wait_for_each_other_longer_than_torchs_default(tmp_path, monkeypatch):
+    """A process done with its share waits in the closing barrier while the others edit: with
+    torch's default timeout (10 min with NCCL) it raised there, and the launcher stopped the run
+    without a summary."""
+    import accelerate
+
+    made = {}
+
+    class Stop(Exception):
+        pass
+
+    def state(**kwargs):
+        made.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(accelerate, "PartialState", state)
+    with pytest.raises(Stop):
+        main(_run_args(_manifest(tmp_path, 1), tmp_path / "out"))
+    assert made["timeout"].total_seconds() >= 7 * 24 * 3600
 
 
 def test_under_accelerate_every_process_refuses_other_settings_before_any_edit(tmp_path):
