@@ -10,6 +10,7 @@ without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from .concepts.concept import ConceptConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: the file in a ``steer run`` folder that one run at a time locks (:func:`run_folder_lock`)
+RUN_LOCK = ".steer-run.lock"
 #: how long ``steer run``'s processes wait for each other (a barrier, a gather) under a launcher:
 #: one done with its share waits there while the others edit theirs
 RUN_BARRIER_TIMEOUT = timedelta(days=7)
@@ -706,77 +709,112 @@ def _run(args: argparse.Namespace) -> int:
     # their edits take: torch's default timeouts (10 min with NCCL, 30 with gloo) ended the run
     # with a traceback and no summary when one process had that much more to edit.
     state = PartialState(cpu=cpu, timeout=RUN_BARRIER_TIMEOUT)
-    refusal = None
-    try:
-        items = read_edit_manifest(args.manifest)
-        names = _metric_names(args.metrics)
-        check_concepts(items, args.recipe, args.concept)
-        default_concept, default_problems = _check_default_concept(args.concept, items)
-        configs, problems = _items_concepts(items)
-        problems.update(default_problems)
-        note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
-        for item in items:  # an item's own concept of another family than the backbone's
-            if item.concept in configs and item.id not in problems:
-                if problem := _family_problem(configs[item.concept], args.backbone):
-                    problems[item.id] = problem
-        warning = _check_items(items, problems, args.out, args.overwrite)
-        for line in (warning, note):
-            if line and state.is_main_process:
-                print(line, file=sys.stderr)
-        settings = _edit_settings(args, args.recipe)
-        device = state.device if args.device == "auto" else device_option(args.device)
+    held = contextlib.ExitStack()  # the --out folder's lock, released however the run ends
+    with held:
+        refusal = None
         try:
-            check_batch_size(args.batch_size)
+            items = read_edit_manifest(args.manifest)
+            names = _metric_names(args.metrics)
+            check_concepts(items, args.recipe, args.concept)
+            default_concept, default_problems = _check_default_concept(args.concept, items)
+            configs, problems = _items_concepts(items)
+            problems.update(default_problems)
+            note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
+            for item in items:  # an item's own concept of another family than the backbone's
+                if item.concept in configs and item.id not in problems:
+                    if problem := _family_problem(configs[item.concept], args.backbone):
+                        problems[item.id] = problem
+            warning = _check_items(items, problems, args.out, args.overwrite)
+            for line in (warning, note):
+                if line and state.is_main_process:
+                    print(line, file=sys.stderr)
+            settings = _edit_settings(args, args.recipe)
+            device = state.device if args.device == "auto" else device_option(args.device)
+            try:
+                check_batch_size(args.batch_size)
+            except ValueError as error:
+                raise UsageError(f"--batch-size: {error}") from error
+            check_outputs(items, args.out)
+            _check_run_summary(args.out, args.overwrite)
+            metrics = _run_metrics(names, args.clap_model, device)
+            _make_folder(args.out, "--out")
+            check_writable(args.out / "summary.json")
+            if state.is_main_process:  # one launch at a time: a second's processes all refuse
+                held.enter_context(run_folder_lock(args.out))
         except ValueError as error:
-            raise UsageError(f"--batch-size: {error}") from error
-        check_outputs(items, args.out)
-        _check_run_summary(args.out, args.overwrite)
-        metrics = _run_metrics(names, args.clap_model, device)
-        _make_folder(args.out, "--out")
-        check_writable(args.out / "summary.json")
-    except ValueError as error:
-        refusal = str(error)
-    if _refused(state, refusal):
-        return 2
-    backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
-    runner = ManifestRunner(
-        items,
-        args.out,
-        backbone=backbone,
-        recipe=args.recipe,
-        settings=settings,
-        seed=args.seed,
-        metrics={name: m for name, m in metrics.items() if is_per_clip(m)},
-        default_concept=args.concept,
-        rank=state.process_index,
-        num_processes=state.num_processes,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-    )
-    try:
-        _check_steps(args, args.recipe, backbone.num_train_timesteps)
-        runner.check_settings()
-        runner.plan()  # by every process before any edits: the next gather waits for all
-    except ValueError as error:
-        refusal = str(error)
-    if _refused(state, refusal):
-        return 2
-    counts = runner.run()
-    state.wait_for_everyone()
-    everyone = gather_object([counts])
-    if state.is_main_process:
-        total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
-        sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
-        others = other_items_done(args.out, items)
-        summary = write_run_summary(args.out, items, names, total, set_metrics=sets, others=others)
-        print(
-            f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
-            f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
+            refusal = str(error)
+        if _refused(state, refusal):
+            return 2
+        backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
+        runner = ManifestRunner(
+            items,
+            args.out,
+            backbone=backbone,
+            recipe=args.recipe,
+            settings=settings,
+            seed=args.seed,
+            metrics={name: m for name, m in metrics.items() if is_per_clip(m)},
+            default_concept=args.concept,
+            rank=state.process_index,
+            num_processes=state.num_processes,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
         )
-        if others:
-            print(other_items_note(args.out, others))
-    _leave(state)
-    return 1 if sum(c.failed for c in everyone) else 0
+        try:
+            _check_steps(args, args.recipe, backbone.num_train_timesteps)
+            runner.check_settings()
+            runner.plan()  # by every process before any edits: the next gather waits for all
+        except ValueError as error:
+            refusal = str(error)
+        if _refused(state, refusal):
+            return 2
+        counts = runner.run()
+        state.wait_for_everyone()
+        everyone = gather_object([counts])
+        if state.is_main_process:
+            total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
+            sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
+            others = other_items_done(args.out, items)
+            summary = write_run_summary(args.out, items, names, total, set_metrics=sets, others=others)
+            print(
+                f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
+                f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
+            )
+            if others:
+                print(other_items_note(args.out, others))
+        _leave(state)
+        return 1 if sum(c.failed for c in everyone) else 0
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.steer-run.lock`` (an advisory lock, ``flock``) while a ``steer run`` writes into
+    ``out`` (a killed run's file is taken over: the lock went with its process); a
+    :class:`UsageError` naming the process that holds it. Two runs on one folder
+    without a launcher edited every item twice, and one removed the other's temporary files
+    mid-write (it died on the rename)."""
+    import fcntl
+
+    path = out / RUN_LOCK
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise UsageError(
+                f"another steer run ({holder}) is writing into {out}: wait for it to end, or pass another --out "
+                f"(under a launcher, one launch edits a folder with all its processes)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:  # removed while held: no file is left behind a finished run
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _refused(state: PartialState, refusal: str | None) -> bool:

@@ -745,6 +745,23 @@ def test_a_reruns_pending_items_are_dealt_out_evenly_among_the_processes(tmp_pat
     assert [(records[i].rank, records[i].attempt) for i in (0, 2, 4)] == [(0, 2), (1, 2), (0, 2)]
 
 
+def test_a_second_steer_run_on_a_folder_being_written_is_refused(tmp_path, capsys):
+    """Two runs on one --out without a launcher each edited every item, and one removed the
+    other's temporary record mid-write (that one died on its rename)."""
+    from steer.cli import run_folder_lock
+
+    manifest, out = _manifest(tmp_path, 1), tmp_path / "out"
+    out.mkdir()
+    with run_folder_lock(out):  # another run, editing
+        assert main(_run_args(manifest, out)) == 2
+        assert not (out / "records").exists() and not (out / "c0.wav").exists()
+    message = capsys.readouterr().err
+    assert f"steer: error: another steer run (process {os.getpid()}) is writing into {out}: wait for it" in message
+    assert main(_run_args(manifest, out)) == 0 and main(_run_args(manifest, out)) == 0  # released after each
+    assert not (out / ".steer-run.lock").exists()
+    assert read_record(out / "records" / "c0.json").attempt == 1
+
+
 def test_steer_runs_processes_wait_for_each_other_longer_than_torchs_default(tmp_path, monkeypatch):
     """A process done with its share waits in the closing barrier while the others edit: with
     torch's default timeout (10 min with NCCL) it raised there, and the launcher stopped the run
