@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from diffusers import AudioLDM2Pipeline, Transformer2DModel
-from torch import nn
+from torch import Tensor, nn
 from transformers import GPT2LMHeadModel
 
 from .base import checkpoint_call
@@ -78,23 +78,25 @@ class AudioLDM2Backbone(MelVAEBackbone):
 
     def encode_one(self, prompt: str) -> Conditioning:
         """GPT-2 states ``(1, 8, D)``, T5 states ``(1, L, D')`` and their mask ``(1, L)``, by the
-        pipeline's ``encode_prompt`` with its empty negative prompt."""
+        pipeline's ``encode_prompt``; the unconditional part is the empty prompt encoded alone,
+        the same for every prompt.
+
+        The pipeline's own negative prompt is padded to its prompt's T5 length, and GPT-2 numbers
+        its positions through that padding: its ε_∅ changed with the prompt's length, and the DDS
+        delta of a source and a target of different lengths gained (1 − g)·(ε_∅,tgt − ε_∅,src),
+        29 times that difference at guidance 30."""
+        fields = ("encoder_hidden_states_1", "encoder_attention_mask_1", "encoder_hidden_states")
+        return Conditioning(
+            cond=dict(zip(fields, self._encode_alone(prompt))),
+            uncond=dict(zip(fields, self._encode_alone(""))),
+            masks=T5_MASK,
+        )
+
+    def _encode_alone(self, prompt: str) -> tuple[Tensor, Tensor, Tensor]:
+        """The pipeline's T5 states, their mask and its GPT-2 states of one prompt, without padding."""
         with warnings.catch_warnings():
             # diffusers 0.42's pipeline passes past_key_values to GPT-2, which transformers 5.24
             # deprecates with a FutureWarning on every prompt: nothing a user can act on
             # (pyproject.toml keeps transformers below 5.40, which removes it)
             warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
-            t5_states, t5_mask, gpt2_states = self.pipe.encode_prompt(
-                prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=True
-            )
-        # The pipeline stacks [negative; positive] along the batch.
-        fields = {
-            "encoder_hidden_states": gpt2_states,
-            "encoder_hidden_states_1": t5_states,
-            "encoder_attention_mask_1": t5_mask,
-        }
-        return Conditioning(
-            cond={k: v[1:] for k, v in fields.items()},
-            uncond={k: v[:1] for k, v in fields.items()},
-            masks=T5_MASK,
-        )
+            return self.pipe.encode_prompt(prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
