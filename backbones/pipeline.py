@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .base import Backbone, modes_kept
 from .conditioning import Conditioning, PromptCache
-from .saving import check_model_folder, check_no_adapters, readable_like
+from .saving import HUB_MIXIN_FILES, check_model_folder, check_no_adapters, readable_like
 
 
 class PipelineBackbone(Backbone):
@@ -169,14 +169,16 @@ class PipelineBackbone(Backbone):
             ValueError: before anything is written, for a path (or a component's subfolder)
                 that is a file, lies under a file or cannot be written, or (without
                 ``overwrite``) a folder holding ``model_index.json`` or a file in a component's
-                subfolder; for a denoiser holding a concept's adapter
+                subfolder; for a folder holding a steer model's ``config.json`` or
+                ``model.safetensors`` (even with ``overwrite``); for a denoiser holding a concept's adapter
                 (:func:`~backbones.saving.check_no_adapters`).
         """
         folder = Path(path).expanduser()  # as load_backbone reads it
         check_no_adapters(self.denoiser)
         components = [name for name, component in self.pipe.components.items() if component is not None]
         check_model_folder(
-            folder, "the pipeline folder", ["model_index.json"], subfolders=components, overwrite=overwrite
+            folder, "the pipeline folder", ["model_index.json"], subfolders=components, overwrite=overwrite,
+            other_kind=("a steer model (mel diffusion, classifier)", HUB_MIXIN_FILES),
         )
         self.pipe.save_pretrained(folder, safe_serialization=True)
         weights = (path for name in components for path in (folder / name).rglob("*.safetensors"))

@@ -94,6 +94,7 @@ def check_model_folder(
     overwrite: bool,
     overwrite_as: str = "overwrite=True",
     another: str | None = None,
+    other_kind: tuple[str, Sequence[str]] | None = None,
 ) -> None:
     """Refuse to save a model into ``folder`` (``what`` names it in the error) where the save
     cannot write it (:func:`check_can_be_folder`, for each of ``subfolders`` too) or, without
@@ -103,8 +104,17 @@ def check_model_folder(
 
     The fixes are named as the Python API spells them (``overwrite=True``, "choose another path"
     or "another folder"); a script asking before its work passes its options' spelling instead:
-    ``what="--out"``, ``overwrite_as="--overwrite"``, ``another="another --out"``."""
+    ``what="--out"``, ``overwrite_as="--overwrite"``, ``another="another --out"``.
+
+    ``other_kind``: a model of another kind, as its name and the files that mark it (a diffusers
+    pipeline's ``model_index.json``), refused even with ``overwrite``, which would not remove it:
+    the folder would hold two models, and a loader would read one of them."""
     check_can_be_folder(folder, what, another=another)
+    if other_kind is not None and (marks := [name for name in other_kind[1] if os.path.lexists(folder / name)]):
+        raise ValueError(
+            f"{what} {folder} holds {other_kind[0]}: {', '.join(marks)}, which saving this model beside it would "
+            f"not replace (a loader would read one of the two): choose {another or 'another folder'}"
+        )
     for name in subfolders:
         check_can_be_folder(folder / name, f"the {name} subfolder", another=another)
     if overwrite:
@@ -177,12 +187,16 @@ class SteerHubMixin(PyTorchModelHubMixin):
         Raises:
             ValueError: before anything is written, for a path that is a file, lies under a file
                 or cannot be written, or (without ``overwrite``) a folder holding
-                ``config.json`` or ``model.safetensors``; for a model holding a concept's
+                ``config.json`` or ``model.safetensors``; for a folder holding a diffusers
+                pipeline (``model_index.json``, even with ``overwrite``); for a model holding a concept's
                 adapter (:func:`check_no_adapters`).
         """
         folder = Path(save_directory).expanduser()  # as from_pretrained reads it
         check_no_adapters(self)
-        check_model_folder(folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite)
+        check_model_folder(
+            folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite,
+            other_kind=("a diffusers pipeline", ["model_index.json"]),
+        )
         pushed = super().save_pretrained(folder, **kwargs)
         readable_like([folder / constants.SAFETENSORS_SINGLE_FILE], folder / constants.CONFIG_NAME)
         return pushed if kwargs.get("push_to_hub") else folder

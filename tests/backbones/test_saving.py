@@ -57,6 +57,23 @@ def test_a_folder_holding_a_model_is_refused_with_its_files_named(kind, backbone
     assert {p: p.read_text() for p in folder.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_holding_the_other_kind_of_model_is_refused_even_with_overwrite(kind, backbone, tmp_path, overwrite):
+    """A mel model saved into a pipeline's folder loaded back as the pipeline, and a pipeline
+    saved into a mel model's folder (no file of its own there) shadowed that model."""
+    other = "mel-diffusion" if kind == "pipeline" else "pipeline"
+    folder = user_folder(tmp_path / "m", EARLIER_SAVE[other])
+    before = {p: p.read_text() for p in folder.rglob("*") if p.is_file()}
+    held = "a steer model (mel diffusion, classifier): config.json, model.safetensors" if kind == "pipeline" else (
+        "a diffusers pipeline: model_index.json"
+    )
+    what = "pipeline" if kind == "pipeline" else "model"
+    message = f"the {what} folder {folder} holds {held}, which saving this model beside it would not replace"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        backbone.save_pretrained(folder, overwrite=overwrite)
+    assert {p: p.read_text() for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_overwrite_replaces_the_model_and_leaves_other_files(kind, backbone, tmp_path):
     folder = user_folder(tmp_path / "m", EARLIER_SAVE[kind])
     assert backbone.save_pretrained(folder, overwrite=True) == folder
