@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 from torch import Tensor, nn
 
+from . import auto
 from .base import Backbone, modes_kept
 from .conditioning import Conditioning, PromptCache
 from .saving import HUB_MIXIN_FILES, check_model_folder, check_no_adapters, readable_like
@@ -93,11 +94,29 @@ class PipelineBackbone(Backbone):
         device: torch.device | str = "cpu",
         **kwargs: Any,
     ) -> PipelineBackbone:
-        """Load a Hub repo id (e.g. :attr:`example_repo`) or a folder saved by :meth:`save_pretrained`.
+        """Load a Hub repo id (e.g. :attr:`example_repo`) or a folder saved by :meth:`save_pretrained`
+        (``~`` read as the home folder, as :func:`~backbones.load_backbone` reads it); a repo
+        from the local cache alone where the Hub cannot be reached
+        (:func:`~backbones.auto.hub_unreachable`: transformers retried each file for ~25 s).
 
         Extra keyword arguments go to the pipeline's ``from_pretrained``.
+
+        Raises:
+            ValueError: for a folder holding another pipeline than this adapter's (naming the
+                adapter that serves it), and for what the pipeline cannot load.
         """
         name = str(name_or_path)
+        if os.path.isdir(folder := os.path.expanduser(name)):
+            name = folder
+            index = Path(folder) / "model_index.json"
+            if index.is_file() and (held := auto._pipeline_class(index)) != cls.pipeline_class.__name__:
+                served = f"{auto.ADAPTERS[held].partition(':')[2]}, " if held in auto.ADAPTERS else ""
+                raise ValueError(
+                    f"{name} holds a {held}, not the {cls.pipeline_class.__name__} {cls.__name__} loads: "
+                    f"load it with {served}load_backbone({name!r})"
+                )
+        elif not ("local_files_only" in kwargs or kwargs.get("force_download")) and auto.hub_unreachable():
+            kwargs["local_files_only"] = True  # the caller's choice stands
         try:
             pipe = cls._load_pipeline(name, torch_dtype=torch_dtype, **kwargs)
         except (OSError, ValueError) as error:

@@ -322,6 +322,33 @@ def test_where_the_hub_is_unreachable_a_repo_loads_from_the_cache_at_once(monkey
         load_backbone("me/missing")
 
 
+def test_an_adapters_own_loader_reads_the_cache_at_once_offline_home_paths_and_refuses_another_pipeline(
+    monkeypatch, tmp_path
+):
+    """The README's `AudioLDM2Backbone.from_pretrained(repo)`: offline, its GPT-2 retried for
+    ~25 s before loading from the cache (load_backbone did not); "~/m" was taken for a repo id;
+    an AudioLDM2 folder given to AudioLDMBackbone loaded and failed at its first prompt."""
+    from backbones import AudioLDMBackbone
+
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    tiny = load_backbone("tiny")
+    _cache_repo(tmp_path / "cache", "me/tiny", tiny)
+
+    def ask(*args, **kwargs):
+        raise AssertionError(f"the Hub was asked: {args}")
+
+    monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", ask)
+    assert AudioLDM2Backbone.from_pretrained("me/tiny").name_or_path == "me/tiny"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tiny.save_pretrained("~/m")
+    loaded = AudioLDM2Backbone.from_pretrained("~/m")
+    assert loaded.name_or_path == str(folder) == str(tmp_path / "m")
+    message = f"{folder} holds a AudioLDM2Pipeline, not the AudioLDMPipeline AudioLDMBackbone loads: load it with AudioLDM2Backbone, "
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        AudioLDMBackbone.from_pretrained(folder)
+
+
 def test_a_backbones_family_is_read_from_its_files_without_loading_it(monkeypatch, tmp_path):
     """For refusing a concept of another family before a model loads (it was refused after)."""
     from backbones.auto import backbone_family
