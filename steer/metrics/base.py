@@ -34,6 +34,17 @@ class AudioPairMetric(Metric):
             raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate}")
         self.sample_rate = sample_rate
 
+    def train(self, mode: bool = True) -> AudioPairMetric:
+        """Set the metric's own mode; the networks it scores with stay in eval mode, as
+        torchmetrics' FID keeps its Inception network. A parent module's ``.train()`` (a
+        LightningModule's, at the start of fitting) turned CLAP's dropout on: scores changed with
+        the other clips of the batch, LPAPS of a clip with itself was no longer 0, and batch-norm
+        statistics were overwritten for good."""
+        super().train(mode)
+        for network in self.children():
+            network.eval()
+        return self
+
     def merge_state(self, incoming_state: dict | Metric) -> None:
         """Add another metric's clips to this one (torchmetrics' merge), counting its updates
         too, so that a metric merged from updated ones does not read as never updated."""

@@ -118,6 +118,21 @@ def test_lpaps_of_a_clip_with_itself_is_zero_and_grows_with_noise(clap):
     assert means[-1] <= 4 * 2  # each of the 2 stages lies in [0, 4]
 
 
+def test_a_metric_set_to_train_keeps_its_network_in_eval_mode(clap):
+    """A parent module's .train() reached CLAP: dropout on, LPAPS of a clip with itself above 0."""
+    clean = tones(220, 440, 330)
+    holder = torch.nn.ModuleDict({"lpaps": LPAPS(sample_rate=SR, model=clap), "clap": CLAPScore(sample_rate=SR, model=clap)})
+    holder["clap"].update(clean, clean.flip(-1), target_prompts=PROMPTS)
+    before = holder["clap"].values()
+    holder.train()
+    assert holder["lpaps"].training and not [n for n, m in holder.named_modules() if m.training and n.count(".") > 1]
+    holder["lpaps"].update(clean, clean)
+    assert holder["lpaps"].compute().item() == 0.0
+    holder["clap"].reset()
+    holder["clap"].update(clean, clean.flip(-1), target_prompts=PROMPTS)
+    torch.testing.assert_close(holder["clap"].values(), before, rtol=0, atol=0)
+
+
 def test_lpaps_distance_matches_the_per_channel_cosine_form():
     """Σ_stages mean_c (2 − 2 cos(a_c, b_c)), each channel's map normalised over positions."""
     generator = torch.Generator().manual_seed(1)
