@@ -40,6 +40,15 @@ def check_long_enough(waveform: Tensor, sample_rate: int, need: int, given: tupl
     raise ValueError(f"audio is too short: {said}; it needs at least {need} ({need / sample_rate:.3f} s)")
 
 
+def resample(waveform: Tensor, sample_rate: int, target_rate: int) -> Tensor:
+    """torchaudio's ``resample`` along the last axis, except that a constant row (a DC offset,
+    silence) stays exactly that constant: the filter's zero padding made its ends ramp, and a
+    44.1-kHz DC clip then gained a melody line (a finite CQT-1 PCC where a constant clip has none)."""
+    resampled = AF.resample(waveform, sample_rate, target_rate)
+    first = waveform[..., :1]
+    return torch.where((waveform == first).all(-1, keepdim=True), first.expand_as(resampled), resampled)
+
+
 def to_mono(waveform: Tensor, sample_rate: int, target_rate: int) -> Tensor:
     """Average channels and resample.
 
@@ -60,7 +69,7 @@ def to_mono(waveform: Tensor, sample_rate: int, target_rate: int) -> Tensor:
         )
     waveform = waveform.float()
     if sample_rate != target_rate:
-        waveform = AF.resample(waveform, sample_rate, target_rate)
+        waveform = resample(waveform, sample_rate, target_rate)
     return waveform
 
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import soundfile as sf
 import torch
-import torchaudio.functional
 
+from backbones.mel import resample
 from steer.data._files import atomic_write_text
 
 from .audio import NonFiniteAudio, load_audio
@@ -167,7 +167,7 @@ def _mono(path: Path, sample_rate: int | None) -> tuple[torch.Tensor, int]:
     waveform = audio.waveform.mean(0)
     if sample_rate is None or sample_rate == audio.sample_rate:
         return waveform, audio.sample_rate
-    return torchaudio.functional.resample(waveform, audio.sample_rate, sample_rate), sample_rate
+    return resample(waveform, audio.sample_rate, sample_rate), sample_rate
 
 
 def is_per_clip(metric: Metric) -> bool:

@@ -185,6 +185,23 @@ def test_a_constant_clip_has_no_melody_line_as_silence():
     assert batch[0] == 1.0 and batch[1].isnan()
 
 
+def test_a_constant_clip_at_another_rate_has_no_melody_line_in_the_metric_or_steer_eval(tmp_path):
+    """CQT1PCC and steer eval resample to 16 kHz first, which made a 44.1-kHz DC clip's ends ramp:
+    it gained a melody line (PCC -0.09 against a tone) where a constant clip has none."""
+    from steer.audio import save_audio
+    from steer.evaluate import Pair, evaluate
+
+    rate = 44100
+    dc, melody = torch.full((1, 2 * rate), 0.3), torch.from_numpy(tones(MELODY, sample_rate=rate))[None]
+    metric = CQT1PCC(sample_rate=rate)
+    metric.update(dc, melody)
+    assert metric.values()[0].isnan()
+    save_audio(tmp_path / "dc.wav", dc, rate)
+    save_audio(tmp_path / "melody.wav", melody, rate)
+    pairs = [Pair("dc", None, tmp_path / "melody.wav", tmp_path / "dc.wav", "a violin")]
+    assert evaluate(pairs, ["cqt1_pcc"])["items"]["dc"]["cqt1_pcc"] is None
+
+
 @pytest.mark.parametrize("metric", [CQT1PCC, LogMelDistance])
 def test_an_empty_batch_is_refused_naming_the_shape(metric):
     with pytest.raises(ValueError, match=r"^edited holds no clips \(shape \(0, 2000\)\): pass at least one clip$"):
