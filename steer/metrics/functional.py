@@ -41,6 +41,7 @@ def _cqt(device: torch.device) -> torch.nn.Module:
             bins_per_octave=24,
             norm=1,
             window="hann",
+            pad_mode="constant",  # as the authors' eval/CQT1_PCC.py (nnAudio's default reflects)
             output_format="Magnitude",
             verbose=False,
         ).to(device)
@@ -64,9 +65,11 @@ class TooFewRows(ValueError):
 
 
 def cqt_min_samples(cqt: torch.nn.Module) -> int:
-    """The fewest 16-kHz samples ``cqt`` reads: its lowest octave is the clip halved
-    ``n_octaves - 1`` times, which must be longer than the ``n_fft / 2`` samples of its
-    reflection padding (8224 samples, 0.514 s, for the paper's settings)."""
+    """The fewest 16-kHz samples steer scores with ``cqt``: its lowest octave is the clip halved
+    ``n_octaves - 1`` times, and a clip shorter than its kernel's half-width, ``n_fft / 2``
+    samples there (8224 samples, 0.514 s, for the paper's settings), would be read mostly as the
+    zeros it is padded with (the CQT itself takes shorter clips; nnAudio's default reflection
+    padding could not)."""
     return (cqt.n_fft // 2 + 1) * 2 ** (cqt.n_octaves - 1)
 
 
