@@ -101,8 +101,12 @@ class ClapEncoder(nn.Module):
 
     @torch.no_grad()
     def text_embeddings(self, prompts: Sequence[str]) -> Tensor:
-        """``B`` prompts -> ``(B, D)`` unit-norm text embeddings."""
-        inputs = self.processor(text=list(prompts), return_tensors="pt", padding=True)
+        """``B`` prompts -> ``(B, D)`` unit-norm text embeddings; a prompt longer than the text
+        encoder's position embeddings reach (512 tokens for LAION's CLAP) is cut there (it
+        raised an index error that stopped a whole ``steer eval``)."""
+        # RoBERTa numbers positions from padding_idx + 1 = 2
+        longest = self.model.config.text_config.max_position_embeddings - 2
+        inputs = self.processor(text=list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=longest)
         inputs = {key: value.to(self._device) for key, value in inputs.items()}
         return self.model.get_text_features(**inputs).pooler_output
 

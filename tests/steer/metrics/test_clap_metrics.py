@@ -118,6 +118,17 @@ def test_lpaps_of_a_clip_with_itself_is_zero_and_grows_with_noise(clap):
     assert means[-1] <= 4 * 2  # each of the 2 stages lies in [0, 4]
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_cut_there(clap):
+    """A prompt past the position embeddings (128 tokens in the tiny CLAP) raised an index error,
+    which stopped a whole steer eval; it is scored on what the encoder reads."""
+    longest = clap.model.config.text_config.max_position_embeddings - 2
+    words = "a slow violin melody with warm vibrato and a long hall reverb " * 40
+    tokens = clap.processor.tokenizer(words)["input_ids"]
+    assert len(tokens) > longest
+    cut = clap.processor.tokenizer.decode(tokens[1 : longest - 1])
+    torch.testing.assert_close(clap.text_embeddings([words]), clap.text_embeddings([cut]), rtol=0, atol=1e-6)
+
+
 def test_a_metric_set_to_train_keeps_its_network_in_eval_mode(clap):
     """A parent module's .train() reached CLAP: dropout on, LPAPS of a clip with itself above 0."""
     clean = tones(220, 440, 330)
