@@ -55,6 +55,17 @@ class AudioPairMetric(Metric):
     def _mono(self, waveform: Tensor, name: str) -> Tensor:
         """``(B, samples)`` or ``(B, channels, samples)`` -> ``(B, samples')`` float32 mono at
         ``model_rate``, on the metric's device."""
+        self._check(waveform, name)
+        return self._at_model_rate(waveform)
+
+    def _at_model_rate(self, waveform: Tensor) -> Tensor:
+        """A checked waveform (:meth:`_check`) as ``(B, samples')`` float32 mono at ``model_rate``."""
+        return to_mono(waveform.detach().to(self.device), self.sample_rate, self.model_rate)
+
+    @staticmethod
+    def _check(waveform: Tensor, name: str) -> None:
+        """A ``ValueError`` naming ``name`` where it is no ``(B, samples)`` or ``(B, channels,
+        samples)`` tensor of at least one clip of at least one sample."""
         if not isinstance(waveform, Tensor) or waveform.ndim not in (2, 3):
             shape = tuple(waveform.shape) if isinstance(waveform, Tensor) else type(waveform).__name__
             raise ValueError(f"{name} must be a (B, samples) or (B, channels, samples) tensor, got {shape}")
@@ -64,16 +75,17 @@ class AudioPairMetric(Metric):
             raise ValueError(
                 f"{name} holds clips of no samples (shape {tuple(waveform.shape)}): pass clips of at least one sample"
             )
-        return to_mono(waveform.detach().to(self.device), self.sample_rate, self.model_rate)
 
     def _pair(self, edited: Tensor, source: Tensor) -> tuple[Tensor, Tensor]:
         """Both clips as ``(B, samples')`` mono at ``model_rate``, with one batch size."""
+        self._check(edited, "edited")
+        self._check(source, "source")
         if edited.shape[0] != source.shape[0]:
             raise ValueError(
                 f"edited and source must hold the same number of clips, got {edited.shape[0]} and "
                 f"{source.shape[0]}"
             )
-        return self._mono(edited, "edited"), self._mono(source, "source")
+        return self._at_model_rate(edited), self._at_model_rate(source)
 
     @staticmethod
     def _prompts(target_prompts: Sequence[str] | None, batch: int, metric: str) -> list[str]:

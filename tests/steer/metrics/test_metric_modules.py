@@ -82,6 +82,11 @@ def test_bad_inputs_are_refused():
         metric.update(torch.stack([UP, UP]), UP[None])
     with pytest.raises(ValueError, match=r"\(B, samples\)"):
         metric.update(UP, UP)
+    # one clip each, of other lengths, read as clip counts; a list was an AttributeError
+    with pytest.raises(ValueError, match=r"^edited must be a \(B, samples\) or \(B, channels, samples\) tensor, got \(32000,\)$"):
+        metric.update(torch.zeros(32000), torch.zeros(31999))
+    with pytest.raises(ValueError, match=r"^source must be a .* tensor, got list$"):
+        metric.update(UP[None], [[0.0] * 9000])
     with pytest.raises(ValueError, match="sample_rate"):
         CQT1PCC(sample_rate=0)
     assert metric.values().shape == (0,)
