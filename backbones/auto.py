@@ -11,6 +11,7 @@ import difflib
 import importlib
 import inspect
 import json
+import os
 import queue
 import re
 import socket
@@ -64,7 +65,7 @@ def adapter_for(pipeline: str | None, source: str = "this model") -> type[Backbo
 def is_mel_diffusion_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a steer mel-diffusion model (``config.json``) rather than a
     diffusers pipeline (``model_index.json``), as :func:`load_backbone` tells them apart."""
-    folder = Path(folder).expanduser()
+    folder = Path(os.path.expanduser(folder))
     return (folder / "config.json").is_file() and not (folder / "model_index.json").is_file()
 
 
@@ -90,7 +91,7 @@ def missing_local_path(name: str, what: str = "folder") -> str | None:
     """
     if repo_shaped(name) or ("/" not in name and not name.startswith("~") and "\\" not in name):
         return None
-    return f"no {what} {name} ({_near(Path(name).expanduser())})"
+    return f"no {what} {name} ({_near(Path(os.path.expanduser(name)))})"
 
 
 #: how long :func:`hub_unreachable`'s answer stands (seconds): one probe for the loads of a command
@@ -216,7 +217,7 @@ def load_backbone(
         # named by the build (its weights are the same at every build), as concepts record it
         return adapter_for(pipeline).from_pipe(pipe.to(device), name_or_path=name)
     hub: dict[str, Any] = {}  # the Hub download's keyword arguments
-    folder = Path(name).expanduser()
+    folder = Path(os.path.expanduser(name))
     if folder.is_dir():
         name, index = str(folder), folder / "model_index.json"
         if is_mel_diffusion_folder(folder):
@@ -263,7 +264,7 @@ def backbone_family(name: str) -> str | None:
     """
     if name in TINY:
         return _import(ADAPTERS[TINY[name][1]]).family
-    folder = Path(name).expanduser()
+    folder = Path(os.path.expanduser(name))
     if folder.is_dir():
         if is_mel_diffusion_folder(folder):
             from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel  # diffusers: when a model loads

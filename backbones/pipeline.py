@@ -192,7 +192,7 @@ class PipelineBackbone(Backbone):
                 ``model.safetensors`` (even with ``overwrite``); for a denoiser holding a concept's adapter
                 (:func:`~backbones.saving.check_no_adapters`).
         """
-        folder = Path(path).expanduser()  # as load_backbone reads it
+        folder = Path(os.path.expanduser(path))  # as load_backbone reads it
         check_no_adapters(self.denoiser)
         components = [name for name, component in self.pipe.components.items() if component is not None]
         check_model_folder(

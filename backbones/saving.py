@@ -191,7 +191,7 @@ class SteerHubMixin(PyTorchModelHubMixin):
                 pipeline (``model_index.json``, even with ``overwrite``); for a model holding a concept's
                 adapter (:func:`check_no_adapters`).
         """
-        folder = Path(save_directory).expanduser()  # as from_pretrained reads it
+        folder = Path(os.path.expanduser(save_directory))  # as from_pretrained reads it
         check_no_adapters(self)
         check_model_folder(
             folder, "the model folder", HUB_MIXIN_FILES, overwrite=overwrite,

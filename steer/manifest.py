@@ -78,7 +78,7 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
         )
     return EditItem(
         id=raw["id"],
-        audio=folder / Path(raw["audio"]).expanduser(),  # an absolute path stays as it is
+        audio=folder / Path(os.path.expanduser(raw["audio"])),  # an absolute path stays as it is
         source=raw["source"],
         target=raw["target"],
         concept=_concept(raw.get("concept"), folder),

@@ -533,7 +533,7 @@ class Concept:
         config: save again to mend either. A hard kill can leave the hidden ``.steer-save-*``
         folder behind.
         """
-        folder = Path(save_directory).expanduser()  # as from_pretrained reads it
+        folder = Path(os.path.expanduser(save_directory))  # as from_pretrained reads it
         check_save_folder(folder)
         self.check_finite()
         folder.mkdir(parents=True, exist_ok=True)
@@ -570,7 +570,7 @@ class Concept:
         Only safetensors are read; a folder whose weights are pickle files (``.bin``, ``.pt``,
         ``.pkl``, …) is refused without opening them, and such files are never downloaded.
         """
-        path = Path(name_or_path).expanduser()
+        path = Path(os.path.expanduser(name_or_path))
         if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
             raise ValueError(_pickle_refusal(path))
         if path.is_file():
@@ -1077,7 +1077,7 @@ def check_concept_reference(reference: str | os.PathLike, target: str | None = N
             without ``concept_config.json``, a config that cannot be read or is invalid, or a
             target prompt :func:`prompt_without_token` refuses.
     """
-    name, path = str(reference), Path(reference).expanduser()
+    name, path = str(reference), Path(os.path.expanduser(reference))
     if path.is_dir():
         config_path = _config_path(path, name)
     elif path.exists():

@@ -228,7 +228,7 @@ def model_source_problem(name: str, option: str) -> str | None:
     """Why ``from_pretrained(name)`` cannot even start, or ``None``: ``name`` is no local folder
     and either no Hub repo id or a path in a local folder that exists (``weights/typo``, which
     the Hub would be asked for in vain). ``~`` is expanded, as :func:`backbones.load_backbone` does."""
-    path = Path(name).expanduser()
+    path = Path(os.path.expanduser(name))
     if path.is_dir():
         return None
     if path.exists():

@@ -9,7 +9,9 @@ import warnings
 from pathlib import Path
 
 import huggingface_hub
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import backbones.auto
@@ -146,6 +148,20 @@ def test_a_repo_id_goes_to_the_hub_even_where_its_owner_is_a_folder_and_a_failur
     monkeypatch.setattr(MusicLDMBackbone, "from_pretrained", classmethod(lambda cls, name, **k: None))
     load_backbone("weights/musicldm")
     assert calls == [("weights/musicldm", "model_index.json")]
+
+
+def test_a_home_of_no_such_user_is_a_folder_that_is_not_there(tmp_path, capsys):
+    """Path.expanduser raised a bare RuntimeError for "~nosuchuser/m" (steer edit: a traceback
+    and status 1); os.path.expanduser leaves it as it is, a folder that is not there."""
+    from steer.cli import main
+
+    with pytest.raises(ValueError, match=r"^no folder ~nosuchuser-of-steer/m \(no folder ~nosuchuser-of-steer\): pass a folder"):
+        load_backbone("~nosuchuser-of-steer/m")
+    clip = tmp_path / "c.wav"
+    sf.write(clip, np.zeros(16000, np.float32), 16000)
+    args = ["edit", str(clip), "--source", "a", "--target", "b", "--backbone", "~nosuchuser-of-steer/m", "-o", str(tmp_path / "e.wav")]
+    assert main(args) == 2
+    assert "steer: error: --backbone ~nosuchuser-of-steer/m not found" in capsys.readouterr().err
 
 
 def test_a_folder_under_home_is_found(monkeypatch, tmp_path):
