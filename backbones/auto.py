@@ -312,6 +312,19 @@ def _pipeline_class(index: Path) -> str | None:
     return content.get("_class_name")
 
 
+def missing_components(folder: Path) -> list[str]:
+    """The components that a diffusers pipeline folder's ``model_index.json`` names (not null)
+    and the folder holds no subfolder of (a copy cut short, a subfolder deleted): diffusers named
+    the folder itself ("no file named model.safetensors"), or loaded an empty tokenizer that
+    failed at the first prompt. The file is read by :func:`_pipeline_class` first."""
+    index = json.loads((folder / "model_index.json").read_bytes())
+    return sorted(
+        name for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and value and value[0] is not None
+        and not (folder / name).is_dir()
+    )
+
+
 def _hub_model_index(repo_id: str, offline: str | None) -> Path:
     """``model_index.json`` of a Hub repo (downloaded, or from the local cache: only from it
     where the Hub cannot be reached, ``offline`` saying why)."""

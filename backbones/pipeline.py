@@ -115,6 +115,11 @@ class PipelineBackbone(Backbone):
                     f"{name} holds a {held}, not the {cls.pipeline_class.__name__} {cls.__name__} loads: "
                     f"load it with {served}load_backbone({name!r})"
                 )
+            if index.is_file() and (missing := auto.missing_components(Path(folder))):
+                raise ValueError(
+                    f"{name} lacks the subfolder of {', '.join(missing)}, which its model_index.json names: "
+                    "save the pipeline again, or copy the missing subfolders from where it came from"
+                )
         elif not ("local_files_only" in kwargs or kwargs.get("force_download")) and auto.hub_unreachable():
             kwargs["local_files_only"] = True  # the caller's choice stands
         try:

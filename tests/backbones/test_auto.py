@@ -150,6 +150,20 @@ def test_a_repo_id_goes_to_the_hub_even_where_its_owner_is_a_folder_and_a_failur
     assert calls == [("weights/musicldm", "model_index.json")]
 
 
+@pytest.mark.parametrize("missing", [["vocoder"], ["tokenizer_2"], ["text_encoder", "tokenizer"]])
+def test_a_pipeline_folder_without_a_components_subfolder_names_it(tmp_path, missing):
+    """diffusers named the folder ("no file named model.safetensors ... in directory"), or loaded
+    an empty tokenizer whose first prompt raised an OverflowError."""
+    import shutil
+
+    folder = load_backbone("tiny").save_pretrained(tmp_path / "pipe")
+    for name in missing:
+        shutil.rmtree(folder / name)
+    message = f"{folder} lacks the subfolder of {', '.join(missing)}, which its model_index.json names: save the pipeline again"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_backbone(str(folder))
+
+
 def test_a_home_of_no_such_user_is_a_folder_that_is_not_there(tmp_path, capsys):
     """Path.expanduser raised a bare RuntimeError for "~nosuchuser/m" (steer edit: a traceback
     and status 1); os.path.expanduser leaves it as it is, a folder that is not there."""
