@@ -201,7 +201,8 @@ def load_backbone(
             ``"tiny-musicldm"``, ``"tiny-stable-audio"``), a folder written by
             ``save_pretrained`` (a diffusers pipeline or a steer mel-diffusion model), or a Hub
             repo id such as ``"cvssp/audioldm2-music"`` (its ``model_index.json`` is fetched
-            first to pick the adapter).
+            first to pick the adapter; a repo without one holding a steer mel-diffusion model's
+            ``config.json`` loads as that model).
         torch_dtype: the model weights' dtype (latents stay float32).
         device: where the model runs.
 
@@ -244,7 +245,16 @@ def load_backbone(
         )
     else:
         offline = hub_unreachable()
-        index = _hub_model_index(name, offline)
+        try:
+            index = _hub_model_index(name, offline)
+        except ValueError:
+            # a steer mel-diffusion model pushed to the Hub has a config.json, no model_index.json
+            config = _hub_file(name, "config.json", offline)
+            if config is None or not _is_mel_diffusion_config(config):
+                raise
+            from .mel_diffusion import MelDiffusionBackbone  # diffusers: imported when a model loads
+
+            return MelDiffusionBackbone.from_pretrained(name, torch_dtype=torch_dtype, device=device)
         if offline:  # the pipeline from the cache alone too (diffusers would retry)
             hub["local_files_only"] = True
     adapter = adapter_for(_pipeline_class(index), name)
@@ -267,16 +277,16 @@ def backbone_family(name: str) -> str | None:
     folder = Path(os.path.expanduser(name))
     if folder.is_dir():
         if is_mel_diffusion_folder(folder):
-            from .mel_diffusion import MelDiffusionBackbone, MelDiffusionModel  # diffusers: when a model loads
-
             # another model's config.json (a pipeline's unet/, a classifier) tells nothing
-            return MelDiffusionBackbone.family if _configures(folder / "config.json", MelDiffusionModel) else None
+            return _mel_diffusion_family() if _is_mel_diffusion_config(folder / "config.json") else None
         index: Path | None = folder / "model_index.json"
     elif folder.exists() or not repo_shaped(name):
         return None
     else:
         cached = try_to_load_from_cache(name, "model_index.json")
         index = Path(cached) if isinstance(cached, str) else None
+        if index is None and isinstance(config := try_to_load_from_cache(name, "config.json"), str):
+            return _mel_diffusion_family() if _is_mel_diffusion_config(Path(config)) else None
     if index is None or not index.is_file():
         return None
     try:
@@ -284,6 +294,27 @@ def backbone_family(name: str) -> str | None:
     except ValueError:  # load_backbone names the damaged file
         return None
     return _import(ADAPTERS[pipeline]).family if pipeline in ADAPTERS else None
+
+
+def _mel_diffusion_family() -> str:
+    from .mel_diffusion import MelDiffusionBackbone  # diffusers: imported when a model loads
+
+    return MelDiffusionBackbone.family
+
+
+def _is_mel_diffusion_config(config: Path) -> bool:
+    """Whether ``config`` is a steer mel-diffusion model's ``config.json``."""
+    from .mel_diffusion import MelDiffusionModel  # diffusers: imported when a model loads
+
+    return _configures(config, MelDiffusionModel)
+
+
+def _hub_file(repo_id: str, filename: str, offline: str | None) -> Path | None:
+    """A file of a Hub repo (downloaded, or from the cache alone where ``offline``), or ``None``."""
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_files_only=offline is not None))
+    except (OSError, ValueError):
+        return None
 
 
 def _configures(config: Path, model: type) -> bool:

@@ -23,6 +23,7 @@ from backbones import (
 )
 from backbones.auto import ADAPTERS, adapter_for, hub_unreachable  # the real one (conftest replaces it)
 from backbones.mel_diffusion import MelDiffusionBackbone
+from steer.metrics import InstrumentClassifier
 
 SUPPORTED = "supported pipelines: AudioLDM2Pipeline, AudioLDMPipeline, MusicLDMPipeline, StableAudioPipeline"
 SHIPPED = Path(__file__).parents[2] / "weights" / "mel-diffusion-swap"
@@ -377,6 +378,24 @@ def test_an_adapters_own_loader_reads_the_cache_at_once_offline_home_paths_and_r
     message = f"{folder} holds a AudioLDM2Pipeline, not the AudioLDMPipeline AudioLDMBackbone loads: load it with AudioLDM2Backbone, "
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         AudioLDMBackbone.from_pretrained(folder)
+
+
+def test_a_mel_diffusion_model_on_the_hub_loads_by_its_repo_id(monkeypatch, tmp_path):
+    """Its repo holds config.json and no model_index.json: load_backbone (steer --backbone) said
+    the repo's model_index.json could not be fetched and no copy was cached, though one was."""
+    from backbones.auto import backbone_family
+
+    monkeypatch.setattr(backbones.auto, "hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: no network")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    shipped = load_backbone(str(SHIPPED))
+    _cache_repo(tmp_path, "me/mel", shipped)
+    loaded = load_backbone("me/mel")
+    assert type(loaded) is MelDiffusionBackbone and backbone_family("me/mel") == MelDiffusionBackbone.family
+    torch.testing.assert_close(loaded.denoiser.state_dict(), shipped.denoiser.state_dict(), rtol=0, atol=0)
+    _cache_repo(tmp_path, "me/other", InstrumentClassifier(classes=["piano", "violin"]))  # another model's config.json
+    with pytest.raises(ValueError, match="^'me/other' is not a local folder, and its model_index.json could not be fetched"):
+        load_backbone("me/other")
+    assert backbone_family("me/other") is None
 
 
 def test_a_backbones_family_is_read_from_its_files_without_loading_it(monkeypatch, tmp_path):
