@@ -39,6 +39,11 @@ class TimestepWeighting:
 def check_weighting(weighting: Callable[[Tensor], Tensor]) -> None:
     """Refuse a w(t) that is not a function of ᾱ_t ``(B,)`` to weights ``(B,)``: a number
     (``weighting=2.0``) failed at the first step with "'float' object is not callable"."""
+    if isinstance(weighting, type):  # weighting=TimestepWeighting, its call left out
+        raise TypeError(
+            f"weighting is the class {weighting.__name__}, not a weighting: pass {weighting.__name__}(...), e.g. "
+            "TimestepWeighting('constant', scale=2.0)"
+        )
     if not callable(weighting):
         raise TypeError(
             f"weighting must be a function of ᾱ_t (B,) returning weights (B,), got {type(weighting).__name__} "

@@ -425,6 +425,11 @@ class Editor(LatentEditor):
         self.requests = unique(r for loss in self.losses for r in loss.requests)
         self.feature_requests = unique(f for loss in self.losses for f in loss.feature_requests)
         names = [loss.name for loss in self.losses]
+        if "total" in names:  # the history's sum of every loss: it overwrote that loss's values
+            raise ValueError(
+                f"the loss {type(self.losses[names.index('total')]).__name__} is named 'total', the name the "
+                "history gives the sum of the losses: give it another name"
+            )
         self.loss_names = [
             name if names.count(name) == 1 else f"{name}.{i}" for i, name in enumerate(names)
         ]
@@ -754,7 +759,8 @@ class Editor(LatentEditor):
                 scaler.update()
             else:
                 optimizer.step()
-            values = dict(zip(self.loss_names, (o.value for o in outputs)))
+            # detached: a custom loss's value still holding its graph kept each step's alive
+            values = dict(zip(self.loss_names, (o.value.detach() for o in outputs)))
             values["total"] = torch.stack(list(values.values())).sum()
             return t, noise, values
 
@@ -943,6 +949,14 @@ def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> No
                 f"the loss {name} returned a LossOutput.loss with no path back to the latent (it does not "
                 "require grad): compute it from context.latent, context.noisy_latent or features requested "
                 "with grad=True (the predictions carry no gradient), or return LossOutput.gradient instead"
+            )
+        if output.gradient is not None and not (
+            isinstance(output.gradient, Tensor) and output.gradient.is_floating_point()
+        ):
+            what = output.gradient.dtype if isinstance(output.gradient, Tensor) else type(output.gradient).__name__
+            raise TypeError(
+                f"the loss {name} returned a gradient of {what}: LossOutput.gradient must be a real floating-point "
+                "tensor shaped like the latent"
             )
         if output.gradient is not None and output.gradient.shape != x.shape:
             raise ValueError(

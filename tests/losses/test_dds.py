@@ -71,4 +71,7 @@ def test_a_weighting_that_is_not_a_function_is_refused_when_the_loss_is_made(los
     """weighting=2.0 failed at the first step with "'float' object is not callable"."""
     with pytest.raises(TypeError, match=r"^weighting must be a function of ᾱ_t \(B,\) returning weights \(B,\), got float 2.0: pass a TimestepWeighting, e.g. TimestepWeighting\('constant', scale=2.0\)"):
         loss(weighting=2.0)
+    # the class itself is callable: it failed at the first step, "unknown weighting tensor([0.88])"
+    with pytest.raises(TypeError, match=r"^weighting is the class TimestepWeighting, not a weighting: pass TimestepWeighting\(...\)"):
+        loss(weighting=TimestepWeighting)
     assert loss(weighting=lambda alpha_bar: 1 - alpha_bar).weighting(torch.tensor([0.25])) == 0.75
