@@ -85,18 +85,17 @@ class AudioLDM2Backbone(MelVAEBackbone):
         its positions through that padding: its ε_∅ changed with the prompt's length, and the DDS
         delta of a source and a target of different lengths gained (1 − g)·(ε_∅,tgt − ε_∅,src),
         29 times that difference at guidance 30."""
-        fields = ("encoder_hidden_states_1", "encoder_attention_mask_1", "encoder_hidden_states")
-        return Conditioning(
-            cond=dict(zip(fields, self._encode_alone(prompt))),
-            uncond=dict(zip(fields, self._encode_alone(""))),
-            masks=T5_MASK,
-        )
+        return Conditioning(cond=self._encode_alone(prompt), uncond=self._encode_alone(""), masks=T5_MASK)
 
-    def _encode_alone(self, prompt: str) -> tuple[Tensor, Tensor, Tensor]:
-        """The pipeline's T5 states, their mask and its GPT-2 states of one prompt, without padding."""
+    def _encode_alone(self, prompt: str) -> dict[str, Tensor]:
+        """The UNet's text fields of one prompt, without padding: the pipeline's GPT-2 states, T5
+        states and their mask."""
         with warnings.catch_warnings():
             # diffusers 0.42's pipeline passes past_key_values to GPT-2, which transformers 5.24
             # deprecates with a FutureWarning on every prompt: nothing a user can act on
             # (pyproject.toml keeps transformers below 5.40, which removes it)
             warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
-            return self.pipe.encode_prompt(prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False)
+            t5_states, t5_mask, gpt2_states = self.pipe.encode_prompt(
+                prompt, self.device, num_waveforms_per_prompt=1, do_classifier_free_guidance=False
+            )
+        return {"encoder_hidden_states": gpt2_states, "encoder_hidden_states_1": t5_states, "encoder_attention_mask_1": t5_mask}

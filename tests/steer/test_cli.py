@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from steer.audio import writable_suffixes
 from steer.cli import SWAP_BACKBONE, TINY_TIMESTEPS, _edit_settings, _metric_names, _parser, main
@@ -31,12 +32,19 @@ def _edit(*args):
     return ["edit", *map(str, args), "--backbone", "tiny", "--steps", "2", "--device", "cpu"]
 
 
+def _swap_model(argv: list[str]) -> list[str]:
+    """``argv`` with the shipped mel-diffusion model as its backbone: the tiny AudioLDM2's random
+    vocoder writes about 1e-10 (16-bit silence), so an edit's sound is checked on this one."""
+    argv[argv.index("--backbone") + 1] = str(SWAP_BACKBONE)
+    return argv
+
+
 def test_edit_writes_a_valid_wav_of_the_input_duration(wav, tmp_path, capsys):
     out = tmp_path / "out.wav"
-    assert main(_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out)) == 0
+    assert main(_swap_model(_edit(wav, "--source", "a piano", "--target", "a violin", "-o", out))) == 0
     data, rate = sf.read(out)
     assert rate == 16000 and data.shape == (8000,)  # 0.5 s at 16 kHz
-    assert np.isfinite(data).all() and np.abs(data).max() > 0
+    assert np.isfinite(data).all() and np.abs(data).max() > 0.1
     assert f"wrote {out}" in capsys.readouterr().out
 
 
@@ -135,14 +143,19 @@ def test_overwrite_replaces(wav, tmp_path):
 
 
 def test_performance_paths_give_the_same_edit(wav, tmp_path):
+    """The same edit to a tenth of how far it moved from the source, in log-mel L1 (the model's
+    Griffin-Lim phase moves samples by up to 0.01 between latents equal to float rounding)."""
+    from steer.metrics import log_mel_distance
+
     outputs = {}
     for path in ("reference", "batched"):
         outputs[path] = tmp_path / f"{path}.wav"
-        argv = _edit(wav, "--source", "a piano", "--target", "a violin", "-o", outputs[path])
+        argv = _swap_model(_edit(wav, "--source", "a piano", "--target", "a violin", "-o", outputs[path]))
         assert main([*argv, "--performance", path]) == 0
-    reference, batched = (sf.read(p)[0] for p in outputs.values())
-    assert np.abs(reference).max() > 0
-    np.testing.assert_allclose(batched, reference, atol=2e-4)
+    reference, batched = (torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in outputs.values())
+    source, rate = sf.read(wav, dtype="float32")
+    moved = log_mel_distance(reference, torchaudio.functional.resample(torch.from_numpy(source), rate, 16000))
+    assert reference.abs().max() > 0.1 and log_mel_distance(batched, reference) < moved / 10
 
 
 def test_compile_backend_autotune_step_graph_and_fused_projections_set_their_paths_and_are_refused_elsewhere(wav, tmp_path, capsys):

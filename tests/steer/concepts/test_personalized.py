@@ -261,7 +261,7 @@ def test_textual_inversion_on_audioldm2_learns_one_row_per_tokenizer(tiny_backbo
                 row += 1.0
         assert not torch.equal(personalized.encode_prompt([PROMPT]).cond["encoder_hidden_states"], ours)
     with pytest.raises(ValueError, match="already a word of the base model's 'tokenizer'"):
-        Concept.train(tiny_backbone, clips, token="a", class_word=None, method="textual_inversion", steps=0, progress=False)
+        Concept.train(tiny_backbone, clips, token="b", class_word=None, method="textual_inversion", steps=0, progress=False)
 
 
 @pytest.mark.parametrize("vocabulary", ["sentencepiece", "bpe"])
