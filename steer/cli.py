@@ -792,9 +792,12 @@ def run_folder_lock(out: Path) -> Iterator[None]:
     ``out`` (a killed run's file is taken over: the lock went with its process); a
     :class:`UsageError` naming the process that holds it. Two runs on one folder
     without a launcher edited every item twice, and one removed the other's temporary files
-    mid-write (it died on the rename)."""
-    import fcntl
-
+    mid-write (it died on the rename). Where the system has no ``flock`` (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     path = out / RUN_LOCK
     with open(path, "a+") as lock:
         try:
