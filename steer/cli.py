@@ -668,7 +668,8 @@ def _check_run_summary(out: Path, overwrite: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Edit a manifest's items; under ``accelerate launch`` each process takes every n-th item.
+    """Edit a manifest's items; under ``accelerate launch`` each process takes every n-th of the
+    items still to edit (:meth:`~steer.runner.ManifestRunner.plan`).
     Returns the exit status: 2 when the run is refused, 1 when any item failed (the summary
     written all the same), else 0.
 

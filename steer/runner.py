@@ -9,7 +9,8 @@ type, metrics asked for) and redoes the rest, and refuses a folder whose edits w
 other settings or from other prompts or clips (:meth:`ManifestRunner.check_settings`). A wav is
 written over only when it is the run's own (:attr:`ItemRecord.owns_wav`) or with ``overwrite``,
 never over a source clip (:func:`check_outputs`). Under
-``accelerate launch`` item ``i`` belongs to process ``i % num_processes``.
+``accelerate launch`` the items still to edit are dealt out round-robin, pending item ``i`` to
+process ``i % num_processes`` (:meth:`ManifestRunner.plan`).
 """
 
 from __future__ import annotations
