@@ -107,8 +107,8 @@ def check_words(token: str, class_word: str | None) -> None:
 
 def check_new_words(token: str, class_word: str | None, templates: Sequence[str] = (DEFAULT_TEMPLATE,)) -> None:
     """:func:`check_words`, and refuse a token that is a word of the class word or of a training
-    prompt template (``"recording"``: the shift term's prompt without the token would lose that
-    word of the target too), for a concept about to be learnt (one saved before this check still loads)."""
+    prompt template (``"recording"``: every training prompt would hold it as the template's word
+    too), for a concept about to be learnt (one saved before this check still loads)."""
     check_words(token, class_word)
     for template in (templates,) if isinstance(templates, str) else templates:
         words = re.findall(r"[^\W_]+", re.sub(r"\{\w*\}", " ", template).casefold())
