@@ -108,18 +108,18 @@ class PipelineBackbone(Backbone):
         name = str(name_or_path)
         if os.path.isdir(folder := os.path.expanduser(name)):
             name = folder
-            index = Path(folder) / "model_index.json"
-            if index.is_file() and (held := auto._pipeline_class(index)) != cls.pipeline_class.__name__:
-                served = f"{auto.ADAPTERS[held].partition(':')[2]}, " if held in auto.ADAPTERS else ""
-                raise ValueError(
-                    f"{name} holds a {held}, not the {cls.pipeline_class.__name__} {cls.__name__} loads: "
-                    f"load it with {served}load_backbone({name!r})"
-                )
-            if index.is_file() and (missing := auto.missing_components(Path(folder))):
-                raise ValueError(
-                    f"{name} lacks the subfolder of {', '.join(missing)}, which its model_index.json names: "
-                    "save the pipeline again, or copy the missing subfolders from where it came from"
-                )
+            if (index := Path(folder) / "model_index.json").is_file():
+                if (held := auto._pipeline_class(index)) != cls.pipeline_class.__name__:
+                    served = f"{auto.ADAPTERS[held].partition(':')[2]}, " if held in auto.ADAPTERS else ""
+                    raise ValueError(
+                        f"{name} holds a {held}, not the {cls.pipeline_class.__name__} {cls.__name__} loads: "
+                        f"load it with {served}load_backbone({name!r})"
+                    )
+                if missing := auto.missing_components(index.parent):
+                    raise ValueError(
+                        f"{name} lacks the subfolder of {', '.join(missing)}, which its model_index.json names: "
+                        "save the pipeline again, or copy the missing subfolders from where it came from"
+                    )
         elif not ("local_files_only" in kwargs or kwargs.get("force_download")) and auto.hub_unreachable():
             kwargs["local_files_only"] = True  # the caller's choice stands
         try:

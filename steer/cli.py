@@ -680,6 +680,12 @@ def _run(args: argparse.Namespace) -> int:
     them), they cover items finished by earlier runs too, and reading them needs no collective
     beyond a barrier.
     """
+    with contextlib.ExitStack() as held:  # the --out folder's lock, released however the run ends
+        return _run_holding(args, held)
+
+
+def _run_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
+    """:func:`_run`, whose main process takes ``--out``'s lock into ``held`` once the checks pass."""
     from accelerate import PartialState
     from accelerate.utils import gather_object, parse_flag_from_env
 
@@ -710,81 +716,79 @@ def _run(args: argparse.Namespace) -> int:
     # their edits take: torch's default timeouts (10 min with NCCL, 30 with gloo) ended the run
     # with a traceback and no summary when one process had that much more to edit.
     state = PartialState(cpu=cpu, timeout=RUN_BARRIER_TIMEOUT)
-    held = contextlib.ExitStack()  # the --out folder's lock, released however the run ends
-    with held:
-        refusal = None
+    refusal = None
+    try:
+        items = read_edit_manifest(args.manifest)
+        names = _metric_names(args.metrics)
+        check_concepts(items, args.recipe, args.concept)
+        default_concept, default_problems = _check_default_concept(args.concept, items)
+        configs, problems = _items_concepts(items)
+        problems.update(default_problems)
+        note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
+        for item in items:  # an item's own concept of another family than the backbone's
+            if item.concept in configs and item.id not in problems:
+                if problem := _family_problem(configs[item.concept], args.backbone):
+                    problems[item.id] = problem
+        warning = _check_items(items, problems, args.out, args.overwrite)
+        for line in (warning, note):
+            if line and state.is_main_process:
+                print(line, file=sys.stderr)
+        settings = _edit_settings(args, args.recipe)
+        device = state.device if args.device == "auto" else device_option(args.device)
         try:
-            items = read_edit_manifest(args.manifest)
-            names = _metric_names(args.metrics)
-            check_concepts(items, args.recipe, args.concept)
-            default_concept, default_problems = _check_default_concept(args.concept, items)
-            configs, problems = _items_concepts(items)
-            problems.update(default_problems)
-            note = _choose_backbone(args, default_concept or _items_concept(configs, args.backbone))
-            for item in items:  # an item's own concept of another family than the backbone's
-                if item.concept in configs and item.id not in problems:
-                    if problem := _family_problem(configs[item.concept], args.backbone):
-                        problems[item.id] = problem
-            warning = _check_items(items, problems, args.out, args.overwrite)
-            for line in (warning, note):
-                if line and state.is_main_process:
-                    print(line, file=sys.stderr)
-            settings = _edit_settings(args, args.recipe)
-            device = state.device if args.device == "auto" else device_option(args.device)
-            try:
-                check_batch_size(args.batch_size)
-            except ValueError as error:
-                raise UsageError(f"--batch-size: {error}") from error
-            check_outputs(items, args.out)
-            _check_run_summary(args.out, args.overwrite)
-            metrics = _run_metrics(names, args.clap_model, device)
-            _make_folder(args.out, "--out")
-            check_writable(args.out / "summary.json")
-            if state.is_main_process:  # one launch at a time: a second's processes all refuse
-                held.enter_context(run_folder_lock(args.out))
+            check_batch_size(args.batch_size)
         except ValueError as error:
-            refusal = str(error)
-        if _refused(state, refusal):
-            return 2
-        backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
-        runner = ManifestRunner(
-            items,
-            args.out,
-            backbone=backbone,
-            recipe=args.recipe,
-            settings=settings,
-            seed=args.seed,
-            metrics={name: m for name, m in metrics.items() if is_per_clip(m)},
-            default_concept=args.concept,
-            rank=state.process_index,
-            num_processes=state.num_processes,
-            overwrite=args.overwrite,
-            batch_size=args.batch_size,
+            raise UsageError(f"--batch-size: {error}") from error
+        check_outputs(items, args.out)
+        _check_run_summary(args.out, args.overwrite)
+        metrics = _run_metrics(names, args.clap_model, device)
+        _make_folder(args.out, "--out")
+        check_writable(args.out / "summary.json")
+        if state.is_main_process:  # one launch at a time: a second's processes all refuse
+            held.enter_context(run_folder_lock(args.out))
+    except ValueError as error:
+        refusal = str(error)
+    if _refused(state, refusal):
+        return 2
+    backbone = load_backbone(args.backbone, torch_dtype=DTYPES[args.dtype], device=device)
+    runner = ManifestRunner(
+        items,
+        args.out,
+        backbone=backbone,
+        recipe=args.recipe,
+        settings=settings,
+        seed=args.seed,
+        metrics={name: m for name, m in metrics.items() if is_per_clip(m)},
+        default_concept=args.concept,
+        rank=state.process_index,
+        num_processes=state.num_processes,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+    )
+    try:
+        _check_steps(args, args.recipe, backbone.num_train_timesteps)
+        runner.check_settings()
+        runner.plan()  # by every process before any edits: the next gather waits for all
+    except ValueError as error:
+        refusal = str(error)
+    if _refused(state, refusal):
+        return 2
+    counts = runner.run()
+    state.wait_for_everyone()
+    everyone = gather_object([counts])
+    if state.is_main_process:
+        total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
+        sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
+        others = other_items_done(args.out, items)
+        summary = write_run_summary(args.out, items, names, total, set_metrics=sets, others=others)
+        print(
+            f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
+            f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
         )
-        try:
-            _check_steps(args, args.recipe, backbone.num_train_timesteps)
-            runner.check_settings()
-            runner.plan()  # by every process before any edits: the next gather waits for all
-        except ValueError as error:
-            refusal = str(error)
-        if _refused(state, refusal):
-            return 2
-        counts = runner.run()
-        state.wait_for_everyone()
-        everyone = gather_object([counts])
-        if state.is_main_process:
-            total = RunCounts(*(sum(getattr(c, f) for c in everyone) for f in ("done", "skipped", "failed")))
-            sets = {name: m for name, m in metrics.items() if not is_per_clip(m)}
-            others = other_items_done(args.out, items)
-            summary = write_run_summary(args.out, items, names, total, set_metrics=sets, others=others)
-            print(
-                f"steer run: {total.done} done, {total.skipped} skipped, {total.failed} failed "
-                f"({summary['done']}/{summary['items']} items done in {args.out}; see summary.md)"
-            )
-            if others:
-                print(other_items_note(args.out, others))
-        _leave(state)
-        return 1 if sum(c.failed for c in everyone) else 0
+        if others:
+            print(other_items_note(args.out, others))
+    _leave(state)
+    return 1 if sum(c.failed for c in everyone) else 0
 
 
 @contextlib.contextmanager

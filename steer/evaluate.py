@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import soundfile as sf
 import torch
 
-from backbones.mel import resample
+from backbones.mel import to_mono
 from steer.data._files import atomic_write_text
 
 from .audio import NonFiniteAudio, load_audio
@@ -164,10 +164,8 @@ def _other_formats(files: Sequence[str], ids: Sequence[str]) -> list[str]:
 def _mono(path: Path, sample_rate: int | None) -> tuple[torch.Tensor, int]:
     """``(samples,)`` mono waveform, resampled to ``sample_rate`` when given."""
     audio = load_audio(path)
-    waveform = audio.waveform.mean(0)
-    if sample_rate is None or sample_rate == audio.sample_rate:
-        return waveform, audio.sample_rate
-    return resample(waveform, audio.sample_rate, sample_rate), sample_rate
+    rate = audio.sample_rate if sample_rate is None else sample_rate
+    return to_mono(audio.waveform[None], audio.sample_rate, rate)[0], rate
 
 
 def is_per_clip(metric: Metric) -> bool:

@@ -428,10 +428,14 @@ class ManifestRunner:
 
     def share(self) -> list[EditItem]:
         """This process's items (see :meth:`plan`): its pending items, then its finished ones."""
+        pending, finished = self._planned()
+        return pending + [item for item, _ in finished]
+
+    def _planned(self) -> tuple[list[EditItem], list[tuple[EditItem, ItemRecord]]]:
+        """This process's pending and finished items (:meth:`plan`, read now where not yet)."""
         if self._plan is None:
             self.plan()
-        pending, finished = self._plan
-        return pending + [item for item, _ in finished]
+        return self._plan
 
     def finished(self, item: EditItem) -> ItemRecord | None:
         """The item's record when it says ``"done"`` and its wav exists, else ``None``."""
@@ -611,9 +615,7 @@ class ManifestRunner:
         self.check_settings()
         counts = RunCounts()
         try:
-            if self._plan is None:
-                self.plan()
-            pending, finished = self._plan
+            pending, finished = self._planned()
             for item, record in finished:
                 self._update_finished(item, record)
                 counts.skipped += 1
