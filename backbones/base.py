@@ -185,6 +185,14 @@ class Backbone(ABC):
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
 
+    @property
+    def final_alpha_cumprod(self) -> Tensor:
+        """ᾱ of the clean end of the samplers' paths (:mod:`steer.sampling`: where sampling lands
+        and inversion starts), a 0-d float32 tensor on :attr:`device`: ᾱ_0, the level of
+        timestep 0, as diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=False`` (AudioLDM2's
+        configuration, where ᾱ_0 ≈ 0.9985); a backbone whose timestep 0 is itself noisy gives 1."""
+        return self.alphas_cumprod[0]
+
     def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · ε (DDPM, eq. 4), with ``t`` of shape ``(B,)``."""
         alpha_bar = self.alphas_cumprod[t].view(-1, *([1] * (x0.dim() - 1)))

@@ -133,6 +133,15 @@ class StableAudioBackbone(PipelineBackbone):
         return self._table("alphas_cumprod")
 
     @property
+    def final_alpha_cumprod(self) -> Tensor:
+        """Where the pipeline's scheduler ends: 1, on clean latents (σ = 0), with its default
+        ``final_sigmas_type="zero"``; else ᾱ_0, the level of timestep 0 (σ_min: 0.3 for Stable
+        Audio Open, ᾱ ≈ 0.92)."""
+        if self.pipe.scheduler.config.get("final_sigmas_type", "zero") == "zero":
+            return self.alphas_cumprod.new_ones(())
+        return self.alphas_cumprod[0]
+
+    @property
     def sigmas(self) -> Tensor:
         """σ_t = tan φ_t of each timestep, ``(1000,)``, from σ_min to σ_max."""
         return self._table("sigmas")

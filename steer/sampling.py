@@ -6,7 +6,9 @@ Only ``backbone.predict_noise`` and ``backbone.alphas_cumprod`` are used, so eve
 Noise levels follow diffusers' ``DDIMScheduler`` as AudioLDM2 configures it
 (``timestep_spacing="leading"``, ``steps_offset=1``, ``set_alpha_to_one=False``): sampling walks
 the timesteps downwards and its last step lands on the level ᾱ_0 of timestep 0; inversion starts
-from that level and walks the same timesteps upwards.
+from that level and walks the same timesteps upwards. That clean end of the path is the
+backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`: ᾱ_0 for the AudioLDM family, 1 for
+Stable Audio, whose timestep 0 is still noisy (σ_min = 0.3) and whose scheduler ends at σ = 0.
 
 References:
     DDIM: Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, eq. 12 with η = 0,
@@ -225,6 +227,15 @@ def _check_ddpm_timesteps(backbone: Backbone, timesteps: Tensor | Sequence[int],
     return timesteps
 
 
+def _levels(backbone: Backbone, path: Tensor) -> Tensor:
+    """ᾱ of each timestep of a sampler's ``path``, ``(len(path),)``, its timestep 0 (only ever
+    the clean end: the samplers' own timesteps are above it or end there) at the backbone's
+    :attr:`~backbones.Backbone.final_alpha_cumprod`."""
+    table = backbone.alphas_cumprod
+    levels = table[path.to(table.device)]
+    return torch.where(path.to(table.device) == 0, backbone.final_alpha_cumprod.to(levels), levels)
+
+
 def _walk(
     backbone: Backbone,
     x: Tensor,
@@ -240,7 +251,7 @@ def _walk(
     DDPM steps with the noise maps ``noises[i]`` where given."""
     x = x.detach().float()
     batch = x.shape[0]
-    alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x.device)
+    alpha_bar = _levels(backbone, path).to(x.device)
     # clamp x̂_0 to the backbone's latent range in both directions: inversion then integrates the
     # same (clamped) ODE as sampling, backwards, and a round trip converges with more steps; with
     # the clamp on one side only, it stalled at 34 % relative error on the shipped mel model
@@ -272,8 +283,9 @@ def ddim_sample(
 ) -> Tensor:
     """Denoise ``x_t`` from the level of ``timesteps[0]`` with deterministic DDIM.
 
-    Step i evaluates ε̂(x, τ_i) and moves x to the level of τ_{i+1}; the last step lands on ᾱ_0,
-    the level of timestep 0 (diffusers' ``set_alpha_to_one=False``, as AudioLDM2 configures it).
+    Step i evaluates ε̂(x, τ_i) and moves x to the level of τ_{i+1}; the last step lands on the
+    backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`: ᾱ_0, the level of timestep 0
+    (diffusers' ``set_alpha_to_one=False``, as AudioLDM2 configures it), or 1 (Stable Audio).
 
     Args:
         backbone: the model.
@@ -305,8 +317,8 @@ def ddim_invert(
 ) -> Tensor:
     """Run deterministic DDIM backwards, from clean latents up to the level of ``timesteps[0]``.
 
-    The levels of :func:`ddim_sample` walked upwards, 0 → τ_{K−1} → … → τ_0 (x0 sits at ᾱ_0, the
-    level of timestep 0), each step the same DDIM step with the noise predicted at the current
+    The levels of :func:`ddim_sample` walked upwards, 0 → τ_{K−1} → … → τ_0 (x0 sits at the
+    backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`), each step the same DDIM step with the noise predicted at the current
     point and its own timestep, ε̂(x, τ_current): the Euler step of the DDIM ODE run backwards
     (DDIM, sections 4.3 and 5.4). Sampling back evaluates ε̂ at the other end of each step, so
     a round trip is exact only where ε̂ is constant along the path (as for a point-mass data
@@ -361,14 +373,17 @@ def ddpm_invert(
     Manipulations", CVPR 2024, https://arxiv.org/abs/2304.06140 (section 3), the inversion of
     ZETA's text-based audio editing (Manor & Michaeli, ICML 2024). Each level of the path
     τ_0 > … > τ_{K−1} gets its own noising of x0, drawn independently (not a Markov chain):
-    x_i = √ᾱ_{τ_i} x0 + √(1 − ᾱ_{τ_i}) ε_i, and x_K = x0 at the level of timestep 0. Step i's
+    x_i = √ᾱ_{τ_i} x0 + √(1 − ᾱ_{τ_i}) ε_i, and x_K = x0 at the clean end
+    (:attr:`~backbones.Backbone.final_alpha_cumprod`). Step i's
     noise map is then the z that takes x_i to x_{i+1} by a DDPM step along the guided
     ε̂(x_i, τ_i): z_i = (x_{i+1} − mean_i) / σ_i (:func:`ddpm_step_mean`). Sampling with these
     maps, the same prompt and guidance retraces x_0 … x_K exactly; another prompt changes the
     means but keeps the maps, which carry much of x0's structure.
 
     Unlike the reference code, the last step's map is kept (that code zeroes it, leaving the
-    round trip off by that step's σ z), so that the round trip is exact.
+    round trip off by that step's σ z), so that the round trip is exact. Where the clean end is
+    ᾱ = 1 (Stable Audio) the last step has σ = 0: it lands on x̂_0, its map is zero, and the round
+    trip is off by that x̂_0's error.
 
     Args:
         backbone: the model.
@@ -398,7 +413,7 @@ def ddpm_invert(
     check_whole_number("steps_per_call", steps_per_call, 1)
     x0 = x0.detach().float()
     path = torch.cat([timesteps, timesteps.new_zeros(1)])
-    alpha_bar = backbone.alphas_cumprod[path.to(backbone.alphas_cumprod.device)].to(x0.device)
+    alpha_bar = _levels(backbone, path).to(x0.device)
     levels = alpha_bar[:-1].view(-1, *[1] * x0.dim())
     # drawn for one clip and given to each: a clip of a batch is inverted as it is alone
     draws = torch.randn((len(timesteps), 1, *x0.shape[1:]), generator=generator, device=x0.device)
@@ -416,7 +431,7 @@ def ddpm_invert(
             mean, sigma, denoised = _ddpm_step_mean(
                 xs[i], noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
             )
-            noises[i] = (xs[i + 1] - mean) / sigma
+            noises[i] = torch.where(sigma > 0, (xs[i + 1] - mean) / sigma, 0)  # σ = 0: onto x̂_0
             if callback is not None:
                 step_t = t[(i - start) * batch : (i - start + 1) * batch]
                 callback(SamplerState(step=i, t=step_t, latent=xs[i + 1], denoised=denoised, noise_pred=noise_pred))
@@ -437,7 +452,8 @@ def ddpm_sample(
 ) -> Tensor:
     """Denoise ``x_t`` from the level of ``timesteps[0]`` with DDPM steps and the given noise maps.
 
-    Step i evaluates ε̂(x, τ_i) and moves x to the level of τ_{i+1} (ᾱ_0 after the last):
+    Step i evaluates ε̂(x, τ_i) and moves x to the level of τ_{i+1} (after the last, the
+    backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`):
     x ← mean_i + σ_i · noises[i] (:func:`ddpm_step_mean`). With the maps of
     :func:`ddpm_invert` this is the reverse process of DDPM-inversion editing.
 

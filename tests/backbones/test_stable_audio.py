@@ -293,3 +293,37 @@ def test_latents_stay_float32_with_a_bfloat16_model():
     eps = backbone.predict_noise(_latent(7), torch.tensor([500]), cond, 3.0)
     assert eps.dtype == torch.float32 and torch.isfinite(eps).all()
     assert backbone.encode_audio(torch.zeros(1, 2048), 44100).dtype == torch.float32
+
+
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_samplers_end_where_the_pipelines_scheduler_ends(sa_pipe, monkeypatch, final):
+    """Timestep 0 is σ_min = 0.3 (ᾱ ≈ 0.92), not a clean latent: with the pipeline's default
+    ``final_sigmas_type="zero"`` sampling, SDEdit and both inversions end at σ = 0. A denoiser
+    exact for one clean latent c (a point mass) then gives c back; before, sampling ended at
+    σ_min, 0.96·c plus 0.29 of noise."""
+    from steer.baselines import DDIMInversion, DDPMInversion, SDEdit
+    from steer.sampling import sample
+
+    pipe = tiny_stable_audio_pipeline(seed=0)
+    pipe.scheduler.register_to_config(final_sigmas_type=final)
+    backbone = StableAudioBackbone.from_pipe(pipe)
+    clean = torch.full((1, 64, FRAMES), 0.7)
+
+    def perfect(x_vp, t, fields):
+        alpha_bar = backbone.alphas_cumprod[t].view(-1, 1, 1)
+        return (x_vp - alpha_bar.sqrt() * clean) / (1 - alpha_bar).sqrt()
+
+    monkeypatch.setattr(backbone, "_epsilon", perfect)
+    results = {
+        "sample": sample(backbone, "a", shape=(1, 64, FRAMES), steps=10, guidance_scale=1.0),
+        "sdedit": SDEdit(backbone, steps=50, strength=0.02).edit_latent(clean, source="a", target="a").latent,
+        "ddim": DDIMInversion(backbone, steps=10).edit_latent(clean, source="a", target="a").latent,
+        "ddpm": DDPMInversion(backbone, steps=10).edit_latent(clean, source="a", target="a").latent,
+    }
+    sigma_min = backbone.sigmas[0].item()
+    for name, latent in results.items():  # an inversion's round trip is exact at either end
+        if final == "zero" or name in ("ddim", "ddpm"):
+            torch.testing.assert_close(latent, clean, rtol=0, atol=1e-4, msg=name)
+        else:  # ends on timestep 0's level: √ᾱ_0 c + √(1 − ᾱ_0) ε̂, as that scheduler does
+            assert (latent - clean).abs().max() > 0.1, name
+    assert backbone.final_alpha_cumprod.item() == (1.0 if final == "zero" else pytest.approx(1 / (1 + sigma_min**2)))
