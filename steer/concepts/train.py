@@ -319,7 +319,8 @@ def train_concept(
         token: the new word naming the concept (``"sks"``).
         class_word: the kind of sound (``"guitar"``), or ``None``.
         method: ``"lora"``, ``"dreambooth"`` or ``"textual_inversion"``.
-        steps, lr, batch_size: default to :func:`defaults_for` ``(method, backbone.family)``.
+        steps, lr, batch_size: default to :func:`defaults_for` ``(method, backbone.family)``;
+            ``steps=0`` returns the untrained concept (its initial weights).
         seed: seeds the crops, prompts, timesteps, noise and a LoRA's initial A.
         rank, alpha: LoRA rank and scale (alpha defaults to the rank, as diffusers' scripts do).
         crop_seconds: training clip length, at least :data:`MIN_SECONDS`; defaults to
