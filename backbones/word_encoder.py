@@ -23,7 +23,8 @@ SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 def split_words(prompt: str) -> list[str]:
     """Lower-cased words of a prompt: ``"A recording of a Violin."`` → ``["a", "recording", …]``.
 
-    A word is a run of letters and digits of any script, their marks, and ``_ [ ] < > '``.
+    A word is a run of letters and digits of any script, their marks, and ``_ [ ] < > '``, less
+    the ``'`` at its ends (quotes: "a 'violin'" reads as "a violin", as "a \"violin\"" does).
     Compatibility forms are unified first (NFKC: "ﬂute" → "flute", full-width letters → ASCII)
     and accents are taken off the letters a–z ("violín" → "violin"), as the vocabularies here
     are unaccented English; other letters ("ø") and words of other scripts stay whole ("ピアノ",
@@ -31,7 +32,8 @@ def split_words(prompt: str) -> list[str]:
     """
     text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", prompt).lower())
     text = unicodedata.normalize("NFC", "".join(_without_latin_accents(text)))
-    return "".join(char if _in_word(char) else " " for char in text).split()
+    words = "".join(char if _in_word(char) else " " for char in text).split()
+    return [stripped for word in words if (stripped := word.strip("'"))]
 
 
 def _without_latin_accents(text: str) -> Iterator[str]:
