@@ -88,11 +88,14 @@ def dds_gradient(eps_target: Tensor, eps_source: Tensor, weight: Tensor) -> Tens
 
 
 def time_columns(features: Tensor) -> Tensor:
-    """Unit vectors of each time position: ``(B, T, F, C) → (B, T, F·C)``.
+    """The feature column of each time position: ``(B, T, F, C) → (B, T, F·C)``.
 
-    Each (time, frequency) feature is L2-normalised over channels, then the frequency column is
-    flattened and scaled by 1/√F, so the dot product of two columns is the mean over frequency
-    of the per-position cosine similarities (1 for identical columns).
+    Each (time, frequency) feature is L2-normalised over channels and the frequency column
+    flattened, so the dot product of two columns is the sum over frequency of the per-bin cosine
+    similarities (F for identical columns): the paper's h · h⁺ on the F × C patch, normalised as
+    the authors' ``PConLoss`` does, so that their τ = 0.07 means the same here. (Columns scaled
+    to unit length, the mean over frequency, would act as a temperature of F·τ: 0.14 to 0.56 on
+    AudioLDM2's up blocks, F = 2 to 8.)
 
     An empty axis is refused: no clip or time position gave a NaN loss, no frequency bin or
     channel a constant log(T). Shapes only, so no device sync on the step's path.
@@ -109,8 +112,7 @@ def time_columns(features: Tensor) -> Tensor:
             f"PatchNCE features (B, T, F, C) of shape {tuple(features.shape)} have an empty axis {', '.join(empty)}: "
             "pass at least one clip, and a map with time positions, frequency bins and channels"
         )
-    unit = torch.nn.functional.normalize(features, dim=-1)
-    return unit.flatten(2) / unit.shape[2] ** 0.5
+    return torch.nn.functional.normalize(features, dim=-1).flatten(2)
 
 
 def sample_positions(
@@ -155,7 +157,11 @@ def patch_nce(
 
     For each sampled time position t', the query column h^{t'} should match the reference column
     at the same position (positive) rather than at any other sampled position (negatives):
-    ``−log softmax_j(h^{t'} · h_ref^{j} / τ)[t']``, averaged over positions and the batch.
+    ``−log softmax_j(h^{t'} · h_ref^{j} / τ)[t']``, averaged over positions and the batch, with
+    the columns of :func:`time_columns`. The query (the edit's features) is the anchor and the
+    softmax runs over the reference's positions, as the paper's eq. 9 writes it; the authors'
+    ``PConLoss`` anchors on the reference and takes the softmax over the edit's positions (the
+    same logits, the transposed softmax; the same loss only where the logits are symmetric).
 
     Args:
         query: features ``(B, T, F, C)`` (gradients flow through them); other ranks are refused

@@ -43,13 +43,25 @@ def test_pds_and_shift_gradients_equal_the_formulas():
     assert shift.base == NoiseRequest("edit", "target_base", 15.0, "base")
 
 
-def test_time_columns_are_unit_and_mean_cosine():
+def test_time_columns_sum_the_cosines_over_frequency():
+    """h · h⁺ sums the per-bin cosines, as the authors' PConLoss (channels normalised, the F × C
+    patch flattened): scaled to unit columns it was their mean, a temperature of F·τ."""
     h = torch.randn(2, 5, 4, 8)
     columns = time_columns(h)
     assert columns.shape == (2, 5, 32)
-    torch.testing.assert_close(columns.norm(dim=-1), torch.ones(2, 5))
-    cos = torch.nn.functional.cosine_similarity(h[0, 0], h[0, 1], dim=-1).mean()
+    torch.testing.assert_close(columns.norm(dim=-1), torch.full((2, 5), 2.0))  # √F
+    cos = torch.nn.functional.cosine_similarity(h[0, 0], h[0, 1], dim=-1).sum()
     torch.testing.assert_close(columns[0, 0] @ columns[0, 1], cos)
+
+
+def test_patch_nce_equals_the_papers_formula_at_its_temperature():
+    """Eq. 9 written out with τ = 0.07 on F × C patches normalised over channels, every position."""
+    generator = torch.Generator().manual_seed(0)
+    query, reference = torch.randn(2, 6, 4, 8, generator=generator), torch.randn(2, 6, 4, 8, generator=generator)
+    cos = torch.nn.functional.cosine_similarity(query[:, :, None], reference[:, None], dim=-1)  # (B, T, T, F)
+    logits = cos.sum(-1) / 0.07  # query position × reference position
+    expected = -torch.log_softmax(logits, dim=-1).diagonal(dim1=1, dim2=2).mean()
+    torch.testing.assert_close(patch_nce(query, reference, tau=0.07, num_positions=None), expected)
 
 
 def test_aligned_features_score_lower_than_time_shuffled_ones():
