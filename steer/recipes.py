@@ -90,7 +90,8 @@ class SteerMusicPlus(Editor):
     The target prompt names the concept's token ("a sks guitar melody"); the personalised model
     ε' reads it as is, while the base model's shift-term prompt drops the token ("a guitar
     melody"). Defaults are the authors' recipe: 400 SGD steps at learning rate 0.1 (×0.9 every 20
-    steps), t in [20, 980], w(t) = 1 − ᾱ_t, guidance 15, λ = 0.05, PCon with weight 3 on the
+    steps), t in [50, 950] (``SteerMusic_personalized.py`` keeps its pipeline's default t_range
+    0.05–0.95; the zero-shot script passes 0.02–0.98), w(t) = 1 − ᾱ_t, guidance 15, λ = 0.05, PCon with weight 3 on the
     up-block self-attention outputs, 256 time positions, τ = 0.07, reference features from the
     base model on the source (the paper; ``pcon_reference="edited"`` is the authors' script).
 
@@ -133,8 +134,8 @@ class SteerMusicPlus(Editor):
         optimizer: str = "sgd",
         lr_step_size: int = 20,
         lr_gamma: float = 0.9,
-        t_min: int = 20,
-        t_max: int = 980,
+        t_min: int = 50,
+        t_max: int = 950,
         performance: Performance | str = Performance(),
     ) -> None:
         if isinstance(concept, (str, os.PathLike)):

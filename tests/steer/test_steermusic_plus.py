@@ -87,6 +87,8 @@ def test_recipe_defaults_are_the_authors(tiny_backbone):
     editor = SteerMusicPlus(tiny_backbone, SameModel())
     pds, shift, pcon = editor.losses
     assert (editor.steps, editor.lr, editor.lr_step_size, editor.lr_gamma) == (400, 0.1, 20, 0.9)
+    # SteerMusic_personalized.py keeps AudioLDM2_pipe's t_range 0.05–0.95 (20…980 is the zero-shot script's)
+    assert (editor.t_min, editor.t_max) == (50, 950)
     assert pds.target.guidance_scale == 15.0 and pds.weighting == TimestepWeighting(scale=1.0)
     assert shift.strength == 0.05
     assert (pcon.weight, pcon.tau, pcon.num_positions) == (3.0, 0.07, 256)
