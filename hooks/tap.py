@@ -64,13 +64,16 @@ class FeatureTap:
         if a module runs more than once); traceable by dynamo, so ``torch.compile`` may wrap it.
 
         No ``try``/``finally`` here (dynamo would break the graph on it): a caller that can see
-        an exception calls :meth:`reset` after it.
+        an exception calls :meth:`reset` after it. Outputs recorded before this call (by a call
+        that raised and was not reset, and any call after it) are dropped first, so a module
+        that does not run here is reported, never answered with an earlier output.
         """
         if self.removed:
             raise RuntimeError(
                 "this FeatureTap was removed (remove(), or the end of its with block), so it records "
                 "nothing: make a new FeatureTap"
             )
+        self.features.clear()
         self.recording = True
         out = fn(*args, **kwargs)
         self.recording = False

@@ -39,6 +39,25 @@ def test_a_call_that_raises_is_reset_and_the_hooks_go():
     assert all(not m._forward_hooks for m in net.modules())
 
 
+def test_a_call_that_raised_without_a_reset_leaves_no_features_behind():
+    """Outputs of a call that raised (and of calls after it, still recording) were returned by
+    the next record() whose call never ran the module, in place of the "did not run" error."""
+    net = _net()
+    with FeatureTap(net, ["0"]) as tap:
+
+        def raises(x):
+            net(x)
+            raise KeyError("after the module ran")
+
+        with pytest.raises(KeyError):
+            tap.record(raises, torch.randn(4, 2))
+        net(torch.full((1, 2), 7.0))
+        with pytest.raises(RuntimeError, match=r"the modules \['0'\] did not run"):
+            tap.record(net[1], torch.zeros(1, 3))
+        _, features = tap.record(net, torch.ones(1, 2))
+        torch.testing.assert_close(features["0"], net[0](torch.ones(1, 2)))
+
+
 def test_unknown_module_is_a_clear_error():
     with pytest.raises(ValueError, match="no module named 'nope'"):
         FeatureTap(_net(), ["nope"])
