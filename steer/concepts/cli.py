@@ -11,6 +11,8 @@ import argparse
 import re
 from pathlib import Path
 
+from huggingface_hub import constants as hub_constants
+
 from backbones.auto import TINY, is_mel_diffusion_folder
 from backbones.word_encoder import split_words
 
@@ -95,6 +97,11 @@ def run_personalize(args: argparse.Namespace) -> Path:
     _check_mel_token(args.backbone, args.token)
     if args.push_to_hub is not None:
         check_repo_id(args.push_to_hub, "--push-to-hub")
+        if hub_constants.HF_HUB_OFFLINE:  # known now: the push would fail after training
+            raise ValueError(
+                "--push-to-hub cannot push while HF_HUB_OFFLINE is set: unset it, or drop --push-to-hub "
+                "and push the saved folder later (Concept.from_pretrained(folder).push_to_hub(repo_id))"
+            )
     elif args.private:
         raise ValueError("--private applies with --push-to-hub: add --push-to-hub REPO_ID or drop --private")
     if args.resume and args.checkpoint_dir is None:

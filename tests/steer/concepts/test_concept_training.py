@@ -380,11 +380,25 @@ def test_personalize_checks_everything_it_can_before_a_model_loads(clip_files, t
     assert not (tmp_path / "concept").exists()
 
 
+def test_personalize_refuses_push_to_hub_offline_before_training(clip_files, tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE is known before the model loads: the push failed only after training."""
+    from huggingface_hub import constants
+
+    import backbones
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ValueError, match=r"^--push-to-hub cannot push while HF_HUB_OFFLINE is set: unset it, or drop"):
+        run_personalize(_personalize_args(clip_files, tmp_path, "--push-to-hub", "me/my-guitar"))
+    assert not (tmp_path / "concept").exists()
+
+
 def test_personalize_private_to_a_public_repo_is_refused_saying_where_the_concept_is(clip_files, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from huggingface_hub import HfApi, RepoUrl
+    from huggingface_hub import HfApi, RepoUrl, constants
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as online, whatever the environment says
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
     monkeypatch.setattr(HfApi, "repo_info", lambda self, repo_id, **kwargs: SimpleNamespace(private=False))
     saved = tmp_path / "concept"
@@ -398,7 +412,7 @@ def test_personalize_private_to_a_public_repo_is_refused_saying_where_the_concep
 
 
 def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     from steer.concepts.concept import PushError
@@ -406,6 +420,7 @@ def test_a_failed_push_says_where_the_concept_is_saved(clip_files, tmp_path, mon
     def offline(self, *args, **kwargs):
         raise OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled")
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the push itself fails: the Hub client's error
     monkeypatch.setattr(HfApi, "create_repo", offline)
     args = _personalize_args(clip_files, tmp_path, "--push-to-hub", "me/my-guitar", "--private")
     saved = tmp_path / "concept"
