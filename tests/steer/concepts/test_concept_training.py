@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -665,3 +666,17 @@ def test_keep_checkpoints_bounds_the_checkpoints_personalize_leaves(clip_files, 
             "personalize", *map(str, clip_files), "--token", "sks", "-o", str(tmp_path / "d"), "--backbone", "tiny",
             "--keep-checkpoints", "-1",
         ]))
+
+
+def test_one_short_reference_shortening_every_crop_is_named(mel_backbone, tmp_path):
+    """A 0.5-s clip among 3-s ones made every training crop 0.5 s (against the mel family's
+    2.56 s) without a word; clips all of one length below the crop say nothing."""
+    short = save_audio(tmp_path / "short.wav", tone(220.0, seconds=0.5, seed=0).waveform, 16000)
+    long = save_audio(tmp_path / "long.wav", tone(330.0, seconds=3.0, seed=1).waveform, 16000)
+    message = r"every clip trains in crops of 0\.50 s, the length of the shortest reference .*short\.wav, not crop_seconds=2\.56"
+    with pytest.warns(UserWarning, match=message):
+        concept = _train(mel_backbone, [short, long], "lora", steps=0)
+    assert concept.config.training["crop_seconds"] == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(mel_backbone, [tone(220.0, seconds=1.0, seed=0), tone(330.0, seconds=1.0, seed=1)], "lora", steps=0)
