@@ -119,6 +119,8 @@ def plot_comparison(
         fig.savefig(path, dpi=100)
     except OSError as error:
         raise ValueError(f"cannot write {path}: {error.strerror or error}") from None
+    except RuntimeError as error:  # a format whose tool is missing: .pgf without xelatex, say
+        raise ValueError(f"cannot write {path} in its format ({error}): end it in .png, .pdf or .svg") from None
     finally:
         plt.close(fig)
     return path

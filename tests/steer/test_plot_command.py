@@ -89,6 +89,20 @@ def test_plot_comparison_says_why_a_picture_cannot_be_written(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_format_whose_tool_is_missing_is_a_one_line_error(tmp_path, capsys):
+    """.pgf needs xelatex: savefig's RuntimeError was a traceback (status 1) after the work."""
+    import shutil
+
+    if shutil.which("xelatex"):
+        pytest.skip("xelatex is installed: .pgf can be written here")
+    sf.write(tmp_path / "src.wav", _tone(220), 16000)
+    picture = tmp_path / "cmp.pgf"
+    picture.write_bytes(b"keep me")
+    assert main(["plot", str(tmp_path / "src.wav"), str(tmp_path / "src.wav"), "-o", str(picture), "--overwrite"]) == 2
+    assert f"cannot write {picture} in its format (" in capsys.readouterr().err
+    assert picture.read_bytes() == b"keep me"
+
+
 def _axes_limits(monkeypatch) -> list[list[tuple[float, float]]]:
     """Each picture's axes' x limits, as plot_comparison saves it."""
     from matplotlib.figure import Figure
