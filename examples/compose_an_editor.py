@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--out {args.out} is a folder: name an audio file, e.g. {args.out / 'composed.wav'}")
     if args.out.exists() and not args.overwrite:
         parser.error(f"{args.out} exists (an earlier edit?): pass --overwrite to replace it, or another --out")
+    if args.out.exists() and args.input.exists() and args.out.samefile(args.input):
+        parser.error(f"--out {args.out} is the --input clip: name another --out, the input is never replaced")
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}: the edit reports its last step's loss")
     for option, prompt in (("--source", args.source), ("--target", args.target)):

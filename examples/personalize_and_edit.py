@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> float:
         parser.error(f"--concept-steps must be at least 0 (training steps), got {args.concept_steps}")
     try:  # the clips and the output folder before the model loads
         check_can_be_folder(args.out, "--out", another="another --out")
+        check_can_be_folder(args.out / "concept", "the concept folder", another="another --out")
+        if (args.out / "edit.wav").is_dir():  # found now, not after the training and the edit
+            raise ValueError(f"{args.out / 'edit.wav'} is a folder: choose another --out")
         check_references(args.references)
         clip = load_audio(args.input)
     except ValueError as error:

@@ -100,6 +100,24 @@ def test_the_examples_refuse_an_output_they_could_not_write_before_loading_a_mod
     ]:
         assert error in _refusal(name, ["--out", str(out)], capsys)
     assert paper.read_text() == "mine"
+    # with --overwrite, found after the concept's training (and the edit) as a traceback
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "concept").write_text("mine")
+    (tmp_path / "b" / "edit.wav").mkdir(parents=True)
+    for out, error in [
+        (tmp_path / "a", f"error: the concept folder {tmp_path / 'a' / 'concept'} exists and is not a folder"),
+        (tmp_path / "b", f"error: {tmp_path / 'b' / 'edit.wav'} is a folder: choose another --out"),
+    ]:
+        assert error in _refusal("personalize_and_edit", ["--out", str(out), "--overwrite"], capsys)
+    assert (tmp_path / "a" / "concept").read_text() == "mine"
+
+
+def test_compose_an_editor_never_replaces_its_input(tmp_path, capsys, no_model_loads):
+    clip = tmp_path / "mine.wav"
+    clip.write_bytes(CLIP.read_bytes())
+    error = _refusal("compose_an_editor", ["--input", str(clip), "--out", str(clip), "--overwrite"], capsys)
+    assert f"error: --out {clip} is the --input clip: name another --out" in error
+    assert clip.read_bytes() == CLIP.read_bytes()
 
 
 @pytest.mark.parametrize(("name", "earlier"), [("compose_an_editor", "out.wav"), ("personalize_and_edit", "edit.wav")])
