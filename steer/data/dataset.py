@@ -65,7 +65,7 @@ from steer.data.manifest import (
     write_manifest,
 )
 from steer.data.melodies import TooFewMelodies, collection_name, load_melodies
-from steer.data.render import MIN_PITCHES, choose_clip, default_soundfont, render_clip
+from steer.data.render import MIN_PITCHES, check_renderer, choose_clip, default_soundfont, render_clip
 from steer.metrics.functional import cqt_min_seconds
 
 #: The lowest rate clips are rendered at: the rate of CQT-1 PCC, of the instrument classifier and
@@ -160,6 +160,7 @@ def render_dataset(
     )
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file, not a dataset folder: choose another out_dir (--out)")
+    check_renderer()
     collection = collection_name(collection)
     config = {
         "collection": collection,

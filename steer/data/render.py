@@ -24,6 +24,27 @@ from steer.data.instruments import gm_program
 from steer.data.melodies import Melody
 
 
+#: What rendering imports, and how each is installed (tinysoundfont is not in the ``data`` extra:
+#: its metadata requires pyaudio, which it does not use; scripts/setup.sh installs it without).
+RENDER_MODULES = {
+    "music21": 'pip install "steer[data]"',
+    "pretty_midi": 'pip install "steer[data]"',
+    "scipy": 'pip install "steer[data]"',
+    "tinysoundfont": 'pip install --no-deps "tinysoundfont==0.3.*"',
+}
+
+
+def check_renderer() -> None:
+    """Refuse, with how to install it, a module rendering needs that is missing (before any file
+    is written; ``bash scripts/setup.sh`` installs them all)."""
+    import importlib.util
+
+    missing = [name for name in RENDER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        how = "; ".join(dict.fromkeys(RENDER_MODULES[name] for name in missing))
+        raise ValueError(f"rendering needs {', '.join(missing)}, not installed: {how} (or bash scripts/setup.sh)")
+
+
 def default_soundfont() -> Path:
     """``TimGM6mb.sf2``, the General-MIDI soundfont installed with ``pretty_midi``."""
     import pretty_midi

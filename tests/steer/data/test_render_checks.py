@@ -72,6 +72,24 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert out.read_text() == "the user's\n"
 
 
+def test_a_missing_synthesiser_is_named_with_its_install_command_before_any_file(tmp_path, capsys, monkeypatch):
+    """`pip install steer[data]` leaves out tinysoundfont (scripts/setup.sh installs it): the
+    render parsed every score and wrote notes.json and render_config.json, then a traceback."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tinysoundfont" else find_spec(name, *a))
+    out = tmp_path / "data"
+    with pytest.raises(SystemExit) as exit:
+        main(["--out", str(out), "--collection", "bach", "--n-melodies", "2"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        'error: rendering needs tinysoundfont, not installed: pip install --no-deps "tinysoundfont==0.3.*" '
+        "(or bash scripts/setup.sh)\n"
+    )
+    assert not out.exists()
+
+
 @pytest.fixture
 def three_works(monkeypatch) -> list[steer.data.melodies.Melody]:
     """A collection of Ryan's first three works, and their melodies."""
