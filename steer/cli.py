@@ -133,6 +133,14 @@ def _make_folder(folder: Path, option: str) -> None:
         ) from None
 
 
+def path_option(text: str) -> Path:
+    """An argument naming a file or folder (argparse's ``type``): an empty one is refused, as
+    ``Path("")`` is the current folder (``--out ""`` wrote the demo's files there)."""
+    if not text:
+        raise argparse.ArgumentTypeError("is empty: name a file or folder (. for the current folder)")
+    return Path(text)
+
+
 def _check_prompt(prompt: str, option: str) -> str:
     if not prompt.strip():
         raise UsageError(f"{option} is empty: describe the audio in words")
@@ -221,11 +229,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     edit = commands.add_parser("edit", help="edit a clip from a source prompt to a target prompt")
-    edit.add_argument("input", type=Path, help="audio file to edit (wav, flac, ogg, ...)")
+    edit.add_argument("input", type=path_option, help="audio file to edit (wav, flac, ogg, ...)")
     edit.add_argument("--source", required=True, help="prompt describing the input")
     edit.add_argument("--target", required=True, help="prompt describing the wanted result")
     edit.add_argument(
-        "-o", "--output", type=Path, required=True,
+        "-o", "--output", type=path_option, required=True,
         help="where to write the edit, at the backbone's sample rate and channels (AudioLDM2: 16 kHz "
         "mono; Stable Audio: 44.1 kHz stereo)",
     )
@@ -245,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="edit a shipped piano clip into a violin with the shipped offline model"
     )
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
+    demo.add_argument("--out", type=path_option, default=Path("outputs/demo"), help="output folder")
     _add_edit_options(
         demo,
         backbone=str(SWAP_BACKBONE),
@@ -260,8 +268,8 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="edit every clip of a manifest into a folder; rerun to resume; shards under accelerate launch",
     )
-    run.add_argument("manifest", type=Path, help="JSON Lines manifest, or ZoME-Bench's folder or metadata file")
-    run.add_argument("--out", type=Path, required=True, help="output folder (<id>.wav, records/, summary)")
+    run.add_argument("manifest", type=path_option, help="JSON Lines manifest, or ZoME-Bench's folder or metadata file")
+    run.add_argument("--out", type=path_option, required=True, help="output folder (<id>.wav, records/, summary)")
     run.add_argument(
         "--recipe", choices=RECIPES, default="steermusic",
         help="steermusic (items naming a concept still use SteerMusic+), steermusic_plus (every item "
@@ -288,27 +296,27 @@ def _parser() -> argparse.ArgumentParser:
         "eval", help="score folders of edits against their sources; several runs: one table comparing them"
     )
     evaluate.add_argument(
-        "folder", type=Path, nargs="*",
+        "folder", type=path_option, nargs="*",
         help="'steer run' output folders (several, e.g. one per recipe: a table comparing them too)",
     )
-    evaluate.add_argument("--manifest", type=Path, help="with --edits: the manifest the edits were made from")
-    evaluate.add_argument("--edits", type=Path, help="with --manifest: a folder of <id>.wav edits")
+    evaluate.add_argument("--manifest", type=path_option, help="with --edits: the manifest the edits were made from")
+    evaluate.add_argument("--edits", type=path_option, help="with --manifest: a folder of <id>.wav edits")
     evaluate.add_argument("--metrics", default="cqt1_pcc,log_mel", help="comma-separated metric names")
     evaluate.add_argument("--clap-model", help="CLAP model (Hub id or folder) for clap, fad and lpaps")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     evaluate.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     evaluate.add_argument(
-        "--out", type=Path,
+        "--out", type=path_option,
         help="write eval.json and eval.md here instead of into the scored folder (several folders: "
         "one subfolder each, named as the folder), e.g. for a run folder you cannot write to",
     )
     evaluate.add_argument("--overwrite", action="store_true", help="replace an earlier eval.json / eval.md")
 
     plot = commands.add_parser("plot", help="picture of two clips: spectrograms and CQT top-1 melody lines")
-    plot.add_argument("source", type=Path, help="the source clip")
-    plot.add_argument("edit", type=Path, help="the edited clip")
+    plot.add_argument("source", type=path_option, help="the source clip")
+    plot.add_argument("edit", type=path_option, help="the edited clip")
     plot.add_argument(
-        "-o", "--output", type=Path, required=True,
+        "-o", "--output", type=path_option, required=True,
         help="the picture to write: PNG, or any format matplotlib writes, by its suffix (.pdf, .svg, ...)",
     )
     plot.add_argument("--title", help="figure title")

@@ -37,6 +37,8 @@ class Interrupted(KeyboardInterrupt):
 
 def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``personalize`` to a ``parser.add_subparsers()`` object; returns its parser."""
+    from ..cli import path_option  # steer.cli imports this module: a lazy import
+
     parser = subparsers.add_parser(
         "personalize",
         help="learn a concept (a token for a sound) from reference clips, for SteerMusic+",
@@ -44,11 +46,11 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
         "names their sound (DreamSound's recipe), and save the concept as safetensors with a "
         "model card. Defaults for steps / lr / batch size depend on the method and the backbone.",
     )
-    parser.add_argument("references", nargs="+", type=Path, metavar="REF", help="reference audio files")
+    parser.add_argument("references", nargs="+", type=path_option, metavar="REF", help="reference audio files")
     parser.add_argument("--token", required=True, help="the new word naming the concept (e.g. sks)")
     parser.add_argument("--class-word", help="the kind of sound (e.g. guitar)")
     parser.add_argument("--method", choices=METHODS, default="lora", help="how to learn it (default: lora)")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder to save the concept in")
+    parser.add_argument("-o", "--output", type=path_option, required=True, help="folder to save the concept in")
     parser.add_argument(
         "--backbone",
         default="cvssp/audioldm2-music",
@@ -61,7 +63,7 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default: 4)")
     parser.add_argument("--crop-seconds", type=float, help="training crop length (default: by backbone)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--checkpoint-dir", type=Path, help="save the training state here")
+    parser.add_argument("--checkpoint-dir", type=path_option, help="save the training state here")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     parser.add_argument(
         "--keep-checkpoints", type=int, default=2, help="newest checkpoints of this run to keep (default: 2; 0 keeps all)"

@@ -573,3 +573,21 @@ def test_the_warnings_format_is_restored_when_main_returns(tmp_path):
     before = warnings.formatwarning
     assert main(["eval", str(tmp_path / "no-such-folder")]) == 2
     assert warnings.formatwarning is before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--out", ""],
+        ["plot", "a.wav", "", "-o", "x.png"],
+        ["personalize", "a.wav", "--token", "sks", "-o", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(argv, tmp_path, capsys, monkeypatch, no_model_loads):
+    """Path("") is ".": `steer demo --out ""` wrote its four files into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    assert "is empty: name a file or folder (. for the current folder)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
