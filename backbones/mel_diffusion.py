@@ -243,13 +243,13 @@ class MelDiffusionBackbone(Backbone):
         unknown = encoder.unknown_words(prompt)
         if unknown:
             warnings.warn(
-                f"words outside this model's vocabulary are read as <unk>: {unknown}", stacklevel=3
+                f"words outside this model's vocabulary are read as <unk>: {unknown}", stacklevel=4
             )
         if unread := encoder.unread_words(prompt):
             warnings.warn(
                 f"this model reads a prompt's first {encoder.config.max_words} words: {' '.join(unread)!r} at the "
                 f"end of {prompt!r} is left out; shorten the prompt",
-                stacklevel=3,
+                stacklevel=4,
             )
         return Conditioning(cond=self._encode([prompt]), uncond=self._encode([""]), masks=WORD_MASK)
 

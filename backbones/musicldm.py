@@ -57,7 +57,7 @@ class MusicLDMBackbone(AudioLDMBackbone):
             warnings.warn(
                 f"MusicLDM's text encoder reads a prompt's first {most} tokens: the end of {prompt!r} is left "
                 "out; shorten the prompt",
-                stacklevel=3,
+                stacklevel=4,
             )
         embeds = self._text_features(prompt, max_length=most)
         # As the pipeline does: the negative prompt is padded to the embedding width, not to the

@@ -49,12 +49,13 @@ def test_guidance_and_unknown_words(backbone):
     torch.testing.assert_close(
         backbone.predict_noise(x, t, cond, 4.0), eps_u + 4.0 * (eps_c - eps_u), rtol=1e-5, atol=1e-5
     )
-    with pytest.warns(UserWarning, match=r"vocabulary are read as <unk>: \['banjo'\]"):
+    with pytest.warns(UserWarning, match=r"vocabulary are read as <unk>: \['banjo'\]") as unknown:
         backbone.encode_prompt(["a recording of a banjo"])
     # past the 16 words it reads, a prompt was cut without a word: an edit towards it did nothing
     long = " ".join(["a recording of a flute"] * 4) + " violin"
-    with pytest.warns(UserWarning, match=r"reads a prompt's first 16 words: 'recording of a flute violin' at the end of"):
+    with pytest.warns(UserWarning, match=r"reads a prompt's first 16 words: 'recording of a flute violin' at the end of") as cut:
         backbone.encode_prompt([long])
+    assert unknown[0].filename == cut[0].filename == __file__  # the caller's line, not the prompt cache's
 
 
 def test_prompts_the_model_reads_as_one_warn_that_the_edit_does_nothing(backbone):

@@ -141,5 +141,6 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_of(backbone):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         backbone.encode_prompt(["a recording of a violin"])
-    with pytest.warns(UserWarning, match=f"reads a prompt's first {most} tokens: the end of 'a a a"):
+    with pytest.warns(UserWarning, match=f"reads a prompt's first {most} tokens: the end of 'a a a") as seen:
         backbone.encode_prompt([" ".join(["a"] * (most + 1))])
+    assert seen[0].filename == __file__  # the caller's line, not the prompt cache's
