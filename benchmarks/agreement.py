@@ -14,6 +14,11 @@ Usage::
     python -m benchmarks.agreement --recipe steermusic_plus --json agreement.json
     python -m benchmarks.agreement --real-size --recipe steermusic_plus --lora-std 0.05 --merge-lora
     python -m benchmarks.agreement --paths fused --compile-backend aot_eager   # CPU, in seconds
+    python -m benchmarks.agreement --backbone weights/mel-diffusion-swap --paths bf16 fp16
+
+``--backbone`` measures SteerMusic on a model of ``load_backbone``'s (a trained one: the shipped
+mel-diffusion model, a Hub repo) on the demo's clip and prompts (``steer demo``'s edit, at the
+recipe's guidance 30), instead of a benchmark model of random weights.
 
 ``--fuse-projections`` and ``--merge-lora`` set those options (``steer.performance.Performance``)
 on every path compared with the reference, which runs without them; ``--lora-std`` draws
@@ -52,16 +57,18 @@ from steer.data._files import result_file_problem
 from steer.performance import PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
+#: ``--backbone``'s prompts: the demo's edit of its clip (``steer.cli.DEMO_SOURCE``).
+DEMO_PROMPTS = {"source": "a recording of a piano", "target": "a recording of a violin"}
 
 
 class NonFiniteReference(RuntimeError):
     """The ``reference`` path's own gradient is not finite: no path can be compared with it."""
 
 
-def first_gradient(editor: Editor, latent: Tensor, seed: int) -> Tensor:
+def first_gradient(editor: Editor, latent: Tensor, seed: int, prompts: dict[str, str] = PROMPTS) -> Tensor:
     """The gradient the editor applies at its first step, ``latent``'s shape."""
     states = []
-    editor.edit_latent(latent, seed=seed, callback=states.append, **PROMPTS)
+    editor.edit_latent(latent, seed=seed, callback=states.append, **prompts)
     return states[0].gradient
 
 
@@ -80,17 +87,29 @@ def full_fp32() -> Iterator[None]:
 
 def agreement(
     *, recipe: str, paths: list[str], seeds: list[int], real_size: bool, device: torch.device,
-    options: dict[str, bool | str] | None = None, lora_std: float = 0.0,
+    options: dict[str, bool | str] | None = None, lora_std: float = 0.0, backbone_name: str | None = None,
 ) -> list[dict[str, float | int | str | bool]]:
     """Cosine of each path's first-step gradient with the reference's, per seed. ``skipped``:
     the step was not taken, an fp16 overflow (a non-finite gradient where the path scales its
     loss); ``failed``: any other non-finite gradient or cosine. ``options`` are set on every path
     but the reference, ``lora_std`` draws SteerMusic+'s LoRA B
-    (:func:`benchmarks.models.lora_concept`). Raises :class:`NonFiniteReference` where the
-    reference's own gradient is not finite."""
-    backbone = build_backbone(real_size=real_size, device=device)
-    shape = REAL_LATENT if real_size else TINY_LATENT
-    latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    (:func:`benchmarks.models.lora_concept`). ``backbone_name``: SteerMusic on that model
+    (``load_backbone``), the demo's clip and :data:`DEMO_PROMPTS`, in place of a benchmark model.
+    Raises :class:`NonFiniteReference` where the reference's own gradient is not finite."""
+    prompts = PROMPTS
+    if backbone_name is None:
+        backbone = build_backbone(real_size=real_size, device=device)
+        shape = REAL_LATENT if real_size else TINY_LATENT
+        latent = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    else:
+        from backbones import load_backbone
+        from steer import load_audio
+        from steer.cli import DEMO_SOURCE
+
+        if recipe != "steermusic":
+            raise ValueError("a backbone_name measures SteerMusic (SteerMusic+ would need a concept of that model)")
+        backbone, clip, prompts = load_backbone(backbone_name, device=device), load_audio(DEMO_SOURCE), DEMO_PROMPTS
+        latent = backbone.encode_audio(clip.waveform[None].to(device), clip.sample_rate)
     concept = lora_concept(backbone=backbone, std=lora_std) if recipe == "steermusic_plus" else None
     performances = {"reference": PRESETS["reference"]}
     performances.update({path: dataclasses.replace(PRESETS[path], **(options or {})) for path in paths})
@@ -101,14 +120,14 @@ def agreement(
         for seed in seeds:
             start = time.perf_counter()
             with full_fp32():
-                reference = first_gradient(editors["reference"], latent, seed)
+                reference = first_gradient(editors["reference"], latent, seed, prompts)
             if not reference.isfinite().all():
                 raise NonFiniteReference(
                     f"the reference path's gradient is not finite for seed {seed}: the fp32 reference loop itself "
                     "fails here, so no path can be compared with it; trace it as benchmarks/README.md's NaN note did"
                 )
             for path in paths:
-                gradient = first_gradient(editors[path], latent, seed)
+                gradient = first_gradient(editors[path], latent, seed, prompts)
                 cosine = torch.nn.functional.cosine_similarity(gradient.flatten(), reference.flatten(), dim=0).item()
                 finite = bool(gradient.isfinite().all()) and math.isfinite(cosine)
                 # a scaled loss's overflow makes the gradient non-finite and skips the step (fp16's
@@ -163,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch.compile backend of the fused paths (aot_eager: seconds on a CPU)")
     parser.add_argument("--lora-std", type=float, default=0.0,
                         help="SteerMusic+'s LoRA B drawn with this std (0: B = 0); --recipe steermusic_plus only")
+    parser.add_argument("--backbone", help="SteerMusic on this model (load_backbone: a folder, a Hub repo id) and the "
+                        "demo's clip, in place of a benchmark model")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     args = parser.parse_args(argv)
@@ -173,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.lora_std and args.recipe != "steermusic_plus":
         parser.error("--lora-std draws SteerMusic+'s LoRA B, and SteerMusic has no concept: give it with "
                      "--recipe steermusic_plus, or leave it out")
+    if args.backbone is not None and (args.recipe != "steermusic" or args.real_size):
+        parser.error("--backbone measures SteerMusic on that model: leave out --recipe steermusic_plus and --real-size")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     warnings.filterwarnings("ignore", message="fused kernels need triton")
     options = {"fuse_projections": args.fuse_projections, "merge_lora": args.merge_lora,
@@ -180,13 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rows = agreement(
             recipe=args.recipe, paths=args.paths, seeds=args.seeds, real_size=args.real_size, device=device,
-            options=options, lora_std=args.lora_std,
+            options=options, lora_std=args.lora_std, backbone_name=args.backbone,
         )
     except NonFiniteReference as error:
         sys.exit(str(error))
     for path in args.paths:
         print(f"{args.recipe} {path}: cosine with reference {summary(rows, path)} ({device.type}, torch "
-              f"{torch.__version__}, {'real-size' if args.real_size else 'tiny'} model)")
+              f"{torch.__version__}, {args.backbone or ('real-size' if args.real_size else 'tiny')} model)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -74,6 +74,29 @@ def test_agreement_compares_the_paths_with_their_options_against_a_drawn_lora_co
     assert [(r["path"], r["skipped"]) for r in rows] == [("batched", False)] and rows[0]["cosine"] > 0.999
 
 
+def test_agreement_measures_a_loaded_backbone_on_the_demos_clip(capsys):
+    """`--backbone`: SteerMusic on the shipped trained model, where bf16's first step is checked
+    (the benchmark models are random); the demo's clip and prompts, its guidance 30."""
+    from backbones import load_backbone
+    from benchmarks.agreement import DEMO_PROMPTS, agreement, first_gradient, main
+    from steer import SteerMusic, load_audio
+    from steer.cli import DEMO_SOURCE, SWAP_BACKBONE
+
+    rows = agreement(recipe="steermusic", paths=["batched", "bf16"], seeds=[3], real_size=False,
+                     device=torch.device("cpu"), backbone_name=str(SWAP_BACKBONE))
+    backbone = load_backbone(str(SWAP_BACKBONE))
+    clip = load_audio(DEMO_SOURCE)
+    latent = backbone.encode_audio(clip.waveform[None], clip.sample_rate)
+    reference = first_gradient(SteerMusic(backbone, steps=1, performance="reference"), latent, 3, DEMO_PROMPTS)
+    bf16 = first_gradient(SteerMusic(backbone, steps=1, performance="bf16"), latent, 3, DEMO_PROMPTS)
+    expected = torch.nn.functional.cosine_similarity(bf16.flatten(), reference.flatten(), dim=0).item()
+    assert rows[0]["cosine"] > 0.9999 and rows[1]["cosine"] == pytest.approx(expected, abs=1e-6)
+    assert rows[1]["cosine"] < 0.95  # seed 3 draws t = 863: bf16's rounding against a small delta
+    with pytest.raises(SystemExit):
+        main(["--backbone", str(SWAP_BACKBONE), "--recipe", "steermusic_plus"])
+    assert "--backbone measures SteerMusic on that model" in capsys.readouterr().err
+
+
 def test_the_agreements_reference_runs_without_tf32_and_leaves_the_users_settings_as_they_were():
     """On a GPU torch lets cuDNN's convolutions use TF32 by default: the reference gradient is
     taken without it (and without TF32 matmuls, where a user allowed them)."""
@@ -439,7 +462,7 @@ def test_the_agreement_fails_a_non_finite_gradient_but_skips_an_fp16_overflow(mo
     loss overflowed, the step not taken) is the one skip."""
     from benchmarks import agreement
 
-    def first_gradient(editor, latent, seed):
+    def first_gradient(editor, latent, seed, prompts):
         gradient = torch.ones(4)
         if editor.performance.precision == "bf16" and seed == 1:
             gradient[0] = math.nan
@@ -606,7 +629,7 @@ def test_the_agreement_names_a_non_finite_reference_not_the_path_compared_with_i
     gradient on batched"): it stops at the reference, naming it."""
     from benchmarks import agreement
 
-    def first_gradient(editor, latent, seed):
+    def first_gradient(editor, latent, seed, prompts):
         return torch.full((4,), math.nan if editor.performance.path == "reference" else 1.0)
 
     monkeypatch.setattr(agreement, "first_gradient", first_gradient)
