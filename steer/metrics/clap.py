@@ -16,12 +16,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import ClapModel, ClapProcessor
 
 from steer.metrics.base import PerClipMetric
+from steer.metrics.functional import _too_short
 
 __all__ = ["CLAPScore", "ClapEncoder"]
 
@@ -72,6 +75,23 @@ class ClapEncoder(nn.Module):
     def sample_rate(self) -> int:
         """The rate the audio feature extractor expects (48 kHz for LAION CLAP)."""
         return self.processor.feature_extractor.sampling_rate
+
+    @property
+    def shortest(self) -> int:
+        """The fewest samples at :attr:`sample_rate` the audio features read: one STFT window
+        (1024 at 48 kHz, 0.021 s). The extractor repeats a shorter clip to its input length, so
+        a clip of a few samples became a buzz that LPAPS scored 0 against its source's start."""
+        return self.processor.feature_extractor.fft_window_size
+
+    def too_short(self, waveform: Tensor, what: str) -> Tensor | None:
+        """For clips ``(B, samples)`` at :attr:`sample_rate` shorter than :attr:`shortest`, a
+        ``(B,)`` NaN score and a ``RuntimeWarning`` saying so (as the log-mel distance does);
+        ``None`` for clips long enough."""
+        samples = waveform.shape[-1]
+        if samples >= self.shortest:
+            return None
+        warnings.warn(f"{what} is NaN: {_too_short(what, samples, self.shortest, self.sample_rate)}", RuntimeWarning, stacklevel=3)
+        return torch.full(waveform.shape[:1], float("nan"))
 
     @property
     def _device(self) -> torch.device:
@@ -131,6 +151,7 @@ class CLAPScore(PerClipMetric):
     """Cosine between the CLAP embedding of each edited clip and that of its target prompt.
 
     Per clip in [-1, 1], higher when the audio fits the prompt better; ``source`` is not used.
+    NaN, with a warning, for a clip shorter than one STFT window (:attr:`ClapEncoder.shortest`).
     A clip longer than the feature extractor reads (10 s for LAION CLAP; AudioLDM2's clips are
     10.24 s) is cropped or chunked as LAION does, at positions fixed per clip length (see
     :meth:`ClapEncoder._audio_inputs`), so a clip scores the same in any batch and on every run.
@@ -156,6 +177,9 @@ class CLAPScore(PerClipMetric):
         one target prompt per clip."""
         prompts = self._prompts(target_prompts, edited.shape[0], "the CLAP score")
         edited = self._mono(edited, "edited")
+        if (nan := self.clap.too_short(edited, "the CLAP score")) is not None:
+            self._append(nan)
+            return
         audio, text = self.clap.audio_embeddings(edited), self.clap.text_embeddings(prompts)
         # Both are unit-norm already; normalising again keeps the cosine exact in float64.
         self._append(torch.cosine_similarity(audio.double(), text.double(), dim=-1))

@@ -29,6 +29,8 @@ __all__ = ["LPAPS"]
 
 class LPAPS(PerClipMetric):
     """LPAPS between each edited clip and its source; 0 for identical clips, lower is closer.
+    NaN, with a warning, where their common start is shorter than one STFT window of CLAP's
+    features (:attr:`~steer.metrics.clap.ClapEncoder.shortest`, 0.021 s).
 
     Args:
         sample_rate: rate of the waveforms passed to ``update``; they are down-mixed and
@@ -74,6 +76,9 @@ class LPAPS(PerClipMetric):
         # it: windowing each clip as it is padded the shorter one's last window by repetition
         # where the longer one had audio, so a copy 160 samples short scored 0.047, not 0.
         edited, source = self._pair(edited[..., :common], source[..., :common])
+        if (nan := self.clap.too_short(edited, "LPAPS")) is not None:  # their common start
+            self._append(nan)
+            return
         # As the reference: windows start every hop; the last one may be short (the processor
         # pads it by repetition).
         starts = range(0, edited.shape[-1], self.hop)

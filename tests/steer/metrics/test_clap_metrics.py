@@ -272,3 +272,19 @@ def test_empty_batches_and_clips_are_refused_naming_the_shape(clap, shape):
         with pytest.raises(ValueError) as error:
             metric.update(waveform, waveform, target_prompts=["x"] * shape[0])
         assert (message if shape[0] else "edited holds no clips (shape (0, 16000))") in str(error.value)
+
+
+def test_clips_shorter_than_one_clap_window_score_nan_with_a_warning(clap):
+    """A 3-sample edit of a 1-s source scored LPAPS 0.0 (the best), its common start repeated to
+    CLAP's input length on both sides; the CLAP score of such a clip was a buzz's."""
+    source = tones(220)
+    window = -(-clap.shortest * SR // clap.sample_rate)  # the STFT window at the clips' rate, rounded up
+    lpaps, score = LPAPS(sample_rate=SR, model=clap), CLAPScore(sample_rate=SR, model=clap)
+    with pytest.warns(RuntimeWarning, match=r"LPAPS is NaN: a clip of 0\.000\d* s is too short for LPAPS, which reads at least 0\.021"):
+        lpaps.update(source[:, :3], source)
+    with pytest.warns(RuntimeWarning, match="the CLAP score is NaN: a clip of"):
+        score.update(source[:, :3], source, target_prompts=["piano"])
+    lpaps.update(source[:, :window], source)
+    score.update(source[:, :window], source, target_prompts=["piano"])
+    assert lpaps.values()[0].isnan() and score.values()[0].isnan()
+    assert lpaps.values()[1] == 0.0 and score.values()[1].isfinite()
