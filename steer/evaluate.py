@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shlex
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -391,13 +392,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> s
 def _label(row: Mapping[str, Any]) -> str:
     """A row's edit type as a table cell: :data:`ALL` for the overall row, :data:`NO_TYPE` for
     the items without a type; an edit type written as one of those, or holding a quote, a
-    pipe or an unprintable character, is quoted (JSON), so no two rows read alike."""
+    pipe, a backslash (Markdown's escape) or an unprintable character, or with spaces at an end
+    (a table cell trims them) or not in Unicode's composed form (NFC: "café" typed two ways), is
+    quoted (JSON), so no two rows read alike."""
     kind = row["edit_type"]
     if row["overall"]:
         return ALL
     if kind is None:
         return NO_TYPE
-    if kind in (ALL, NO_TYPE) or not kind.isprintable() or '"' in kind or "|" in kind:
+    plain = kind.isprintable() and kind == kind.strip() and kind and unicodedata.is_normalized("NFC", kind)
+    if kind in (ALL, NO_TYPE) or not plain or any(char in kind for char in '"|\\'):
         return json.dumps(kind, ensure_ascii=False).replace("|", "\\|")
     return kind
 

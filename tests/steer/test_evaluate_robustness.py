@@ -89,6 +89,23 @@ def test_items_without_a_type_and_a_type_named_none_stay_apart():
     assert labels == ["| (none)", '| "(none)"', '| "a\\|b"', "| all"]
 
 
+def test_edit_types_a_table_would_show_alike_or_break_are_quoted():
+    """"genre " (a cell trims it), "café" composed and decomposed, and a type ending in a
+    backslash (it escaped the cell's pipe, shifting the columns) read as written."""
+    import unicodedata
+
+    kinds = ["genre", "genre ", unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café"), "strings\\"]
+    rows = aggregate([(kind, {"m": float(i)}) for i, kind in enumerate(kinds)], ["m"])
+    lines = markdown_table(rows, ["m"]).splitlines()[2:]
+    assert lines[-1].startswith("| all | 5 | 2.0000 |")
+    labels = {line.split(" | ")[2]: line.split(" | ")[0].removeprefix("| ") for line in lines[:-1]}  # by value
+    assert labels == {
+        "0.0000": "genre", "1.0000": '"genre "', "2.0000": "café",
+        "3.0000": '"' + unicodedata.normalize("NFD", "café") + '"', "4.0000": '"strings\\\\"',
+    }
+    assert all(line.count(" | ") == 3 for line in lines)  # label, n, value, NaN count
+
+
 def test_a_table_of_items_without_types_has_the_overall_row_alone():
     """It printed a "(none)" row and an "all" row of the same numbers."""
     rows = aggregate([(None, {"m": 1.0}), (None, {"m": 3.0})], ["m"])
