@@ -297,10 +297,10 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
     segments from YouTube): a row's ``audio_path`` (relative to the folder) is used when present,
     else the clip is looked up by YouTube id in ``audio/``, see :func:`_find_audio`. Ids are the
     row's key (object files) or ``<row number>_<ytid>``. A metadata file in a folder named
-    ``data`` is read as its dataset folder's (the one above), as the folder is.
+    ``data`` is read as its dataset folder's (the one above), however it is given: the dataset
+    folder, its ``data`` folder or the file.
     """
     path = Path(path)
-    folder = path if path.is_dir() else path.parent.parent if path.parent.name == "data" else path.parent
     if path.is_dir():
         places = [p for p in (path, path / "data") if p.is_dir()]
         files = sorted(f for p in places for f in p.iterdir() if f.suffix in _ZOME_SUFFIXES and _is_zome_bench(f))
@@ -311,6 +311,7 @@ def read_zome_bench(path: str | os.PathLike) -> list[EditItem]:
                 f"with 'editing_prompt'), found {found}; pass the file itself"
             )
         path = files[0]
+    folder = path.parent.parent if path.parent.name == "data" else path.parent
     items, places = [], []
     for number, (key, row) in enumerate(_zome_rows(path)):
         where = f"{path}: row {number}" + ("" if key is None else f" (key {key!r})")

@@ -106,3 +106,4 @@ def test_zome_bench_metadata_under_data_finds_the_audio_as_its_folder_does(tmp_p
     (tmp_path / "data" / "m.jsonl").write_text(json.dumps(ZOME) + "\n")
     items = read_edit_manifest(tmp_path / "data" / "m.jsonl")
     assert items == read_edit_manifest(tmp_path) and items[0].audio == tmp_path / "audio" / "-0Gj8-vB1q4.wav"
+    assert read_edit_manifest(tmp_path / "data") == items  # the data folder: looked in data/audio/
