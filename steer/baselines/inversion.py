@@ -15,10 +15,10 @@ from backbones import Backbone, Conditioning
 
 from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list
 from ..sampling import SamplerCallback, SamplerState, ddim_timesteps
-from .settings import check_settings
+from .settings import DefaultStrength, check_settings
 
 
-class InversionEditor(LatentEditor):
+class InversionEditor(DefaultStrength, LatentEditor):
     """Edit by inverting with the source prompt and sampling with the target prompt.
 
     Subclasses implement :meth:`invert` and :meth:`sample` and set :attr:`default_strength`;
@@ -40,9 +40,6 @@ class InversionEditor(LatentEditor):
         guidance_scale: classifier-free guidance of the target prompt while sampling.
     """
 
-    #: the strength an editor gets when none is given
-    default_strength: float
-
     def __init__(
         self,
         backbone: Backbone,
@@ -58,16 +55,6 @@ class InversionEditor(LatentEditor):
         self.guidance_scale_inversion = guidance_scale_inversion
         self.guidance_scale = guidance_scale
         self.check_settings()
-
-    @property
-    def strength(self) -> float:
-        """The fraction of the schedule inverted and re-sampled; set ``None`` for the method's
-        :attr:`default_strength`."""
-        return self._strength
-
-    @strength.setter
-    def strength(self, strength: float | None) -> None:
-        self._strength = self.default_strength if strength is None else strength
 
     def check_settings(self) -> None:
         """Refuse settings of the wrong type or out of range (:func:`~steer.baselines.settings.check_settings`):

@@ -16,10 +16,10 @@ from backbones import Backbone
 
 from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list, seeded_generator
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
-from .settings import check_settings
+from .settings import DefaultStrength, check_settings
 
 
-class SDEdit(LatentEditor):
+class SDEdit(DefaultStrength, LatentEditor):
     """Edit by partial noising and guided denoising.
 
     The source latent is noised with seeded ε to the first timestep of the last ``strength``
@@ -42,7 +42,8 @@ class SDEdit(LatentEditor):
         strength: fraction of the schedule that is re-generated, in (0, 1]: near 0 returns the
             source, 1 starts from the schedule's first timestep and forgets it: (almost) pure
             noise with enough steps (diffusers' "leading" spacing starts at
-            ``1 + (steps − 1) · ⌊1000 / steps⌋``: t = 1 for 1 step, 501 for 2, 901 for 10).
+            ``1 + (steps − 1) · ⌊1000 / steps⌋``: t = 1 for 1 step, 501 for 2, 901 for 10);
+            ``None`` for :attr:`default_strength`, 0.5.
         steps: DDIM steps of the full schedule (``int(steps · strength)``, at least one, are
             run: :func:`~steer.sampling.ddim_timesteps`).
         guidance_scale: classifier-free guidance of the target prompt.
@@ -57,11 +58,13 @@ class SDEdit(LatentEditor):
         torch.Size([1, 16000])
     """
 
+    default_strength = 0.5
+
     def __init__(
         self,
         backbone: Backbone,
         *,
-        strength: float = 0.5,
+        strength: float | None = None,
         steps: int = 200,
         guidance_scale: float = 12.0,
     ) -> None:

@@ -19,3 +19,20 @@ def check_settings(backbone: Backbone, *, steps: int, strength: float, **guidanc
     check_strength(strength)
     for name, value in guidance_scales.items():
         check_finite(name, value)
+
+
+class DefaultStrength:
+    """A baseline's ``strength`` setting, where ``None`` stands for the method's
+    :attr:`default_strength` (so that one settings dict builds any baseline)."""
+
+    #: the strength an editor gets when none is given
+    default_strength: float
+
+    @property
+    def strength(self) -> float:
+        """The fraction of the schedule edited; set ``None`` for the method's :attr:`default_strength`."""
+        return self._strength
+
+    @strength.setter
+    def strength(self, strength: float | None) -> None:
+        self._strength = self.default_strength if strength is None else strength

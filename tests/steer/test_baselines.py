@@ -295,14 +295,15 @@ def test_settings_set_between_edits_are_checked_as_the_constructor_checks_them(a
         editor.edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute")
 
 
-@pytest.mark.parametrize("make", [DDIMInversion, DDPMInversion])
+@pytest.mark.parametrize("make", [DDIMInversion, DDPMInversion, SDEdit])
 def test_a_strength_set_to_none_between_edits_is_the_default_as_in_the_constructor(analytic_backbone, make):
-    """It was refused at the edit ("strength must be a number in (0, 1], got None"). (SDEdit's
-    constructor refuses None, as its edits do.)"""
+    """It was refused at the edit ("strength must be a number in (0, 1], got None"); SDEdit
+    refused None even in its constructor, so one settings dict could not build every baseline."""
+    default = {DDIMInversion: 1.0, DDPMInversion: 0.5, SDEdit: 0.5}[make]
+    assert make(analytic_backbone, steps=8, strength=None).strength == default
     editor = make(analytic_backbone, steps=8, strength=0.25)
     given = editor.strength
     editor.strength = None
-    default = {DDIMInversion: 1.0, DDPMInversion: 0.5}[type(editor)]
     assert editor.strength == default
     editor.edit_latent(_randn(1, 2, 6, 4), source="a piano", target="a flute")
     editor.strength = given
