@@ -223,6 +223,13 @@ def check_seed(seed: int, name: str = "seed") -> None:
         raise ValueError(f"{name} must be an integer from -2**63 to 2**64 - 1 (a 64-bit seed), got {seed!r}")
 
 
+def check_callback(callback: object) -> None:
+    """Refuse a ``callback`` that is neither ``None`` nor callable, before any step (``True``
+    failed after the first step's work with "'bool' object is not callable")."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function taking the step's state, or None, got {callback!r}")
+
+
 def seeded_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator on ``device`` seeded with ``seed`` (checked by :func:`check_seed`), every one
     of its 64 bits counting.
@@ -581,6 +588,7 @@ class Editor(LatentEditor):
         """
         self._check_settings()
         check_latent(latent, self.backbone)
+        check_callback(callback)
         # the loop backpropagates (PCon through the denoiser), also when called under no_grad or
         # inference_mode; the prompts and the latent's copy are made here as normal tensors (the
         # denoiser's weights must have been made so too: _check_differentiable_weights)
@@ -786,7 +794,7 @@ class Editor(LatentEditor):
                         noise=noise,
                         latent=x.detach().clone(),
                         gradient=x.grad.detach().clone(),
-                        losses=values,
+                        losses=dict(values),  # a copy: a callback's changes stay out of the history
                         lr=lr,
                     )
                 )

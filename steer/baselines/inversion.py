@@ -13,7 +13,7 @@ from torch import Tensor
 
 from backbones import Backbone, Conditioning
 
-from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list
+from ..editor import EditResult, LatentEditor, Prompts, check_callback, check_latent, check_seed, prompt_list
 from ..sampling import SamplerCallback, SamplerState, ddim_timesteps
 from .settings import DefaultStrength, check_settings
 
@@ -112,6 +112,7 @@ class InversionEditor(DefaultStrength, LatentEditor):
         self.check_settings()
         check_latent(latent, backbone)
         check_seed(seed)
+        check_callback(callback)
         batch = latent.shape[0]
         source_cond = backbone.encode_prompt(prompt_list(source, batch, "source"))
         targets = prompt_list(target, batch, "target")

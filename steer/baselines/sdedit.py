@@ -14,7 +14,7 @@ from torch import Tensor
 
 from backbones import Backbone
 
-from ..editor import EditResult, LatentEditor, Prompts, check_latent, check_seed, prompt_list, seeded_generator
+from ..editor import EditResult, LatentEditor, Prompts, check_callback, check_latent, check_seed, prompt_list, seeded_generator
 from ..sampling import SamplerState, ddim_sample, ddim_timesteps
 from .settings import DefaultStrength, check_settings
 
@@ -94,6 +94,7 @@ class SDEdit(DefaultStrength, LatentEditor):
         self.check_settings()
         check_latent(latent, backbone)
         check_seed(seed)
+        check_callback(callback)
         batch = latent.shape[0]
         prompt_list(source, batch, "source")
         cond = backbone.encode_prompt(prompt_list(target, batch, "target"))

@@ -23,7 +23,9 @@ from losses import (
 from steer import (
     Audio,
     Concept,
+    DDIMInversion,
     Editor,
+    SDEdit,
     SteerMusic,
     SteerMusicPlus,
     load_audio,
@@ -754,3 +756,24 @@ def test_an_empty_batch_is_refused_naming_its_shape(tiny_backbone):
             editor.edit_latent(torch.zeros(0, 8, 16, 16), source=[], target=[])
         with pytest.raises(ValueError, match=r"^the latent of shape \(1, 8, 0, 16\) has an empty axis"):
             editor.edit_latent(torch.zeros(1, 8, 0, 16), source="a", target="b")
+
+
+def test_a_callback_changing_its_losses_leaves_the_history_alone(tiny_backbone, latent, monkeypatch):
+    """The callback's dict was the history's: a key added at one step raised KeyError after
+    the last step (the edit lost), a key removed went missing from the history."""
+
+    def meddle(state):
+        if state.step == 0:
+            state.losses["first_step_lr"] = torch.tensor(state.lr)
+        state.losses.pop("total")
+
+    result = SteerMusic(tiny_backbone, steps=3).edit_latent(latent, source="a piano", target="a violin", callback=meddle)
+    assert [sorted(row) for row in result.history] == [["DeltaDenoisingScore", "total"]] * 3
+
+
+@pytest.mark.parametrize("make", [lambda b: SteerMusic(b, steps=1), lambda b: SDEdit(b, steps=2), lambda b: DDIMInversion(b, steps=2)])
+def test_a_callback_that_cannot_be_called_is_refused_before_any_step(tiny_backbone, latent, monkeypatch, make):
+    """`callback=True` failed after the first step's work, "'bool' object is not callable"."""
+    monkeypatch.setattr(tiny_backbone, "predict_noise", lambda *a, **k: pytest.fail("a step ran"))
+    with pytest.raises(TypeError, match=r"^callback must be a function taking the step's state, or None, got True$"):
+        make(tiny_backbone).edit_latent(latent, source="a piano", target="a violin", callback=True)
