@@ -38,6 +38,7 @@ the latent length ``L`` at predict time: no state to set, and correct for any cl
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,7 +213,9 @@ class StableAudioBackbone(PipelineBackbone):
             sample_rate: its rate; resampled to 44.1 kHz.
 
         The end is padded with silence to whole latent frames; the latent is the posterior's mean
-        (the deterministic choice).
+        (the deterministic choice). A clip longer than the DiT was trained on (its
+        ``sample_size`` frames: 47.55 s for Stable Audio Open, the most the pipeline generates)
+        is encoded with a warning: every prediction then conditions on a duration the model never saw.
         """
         if waveform.dim() == 2:
             waveform = waveform[:, None]
@@ -234,6 +237,16 @@ class StableAudioBackbone(PipelineBackbone):
         waveform = F.pad(waveform, (0, -waveform.shape[-1] % vae.hop_length))
         with torch.no_grad():
             latent = vae.encode(waveform.to(self.device, vae.dtype)).latent_dist.mode()
+        longest = int(self.pipe.transformer.config.sample_size)
+        if latent.shape[-1] > longest:
+            seconds = vae.hop_length / self.sample_rate
+            warnings.warn(
+                f"a clip of {latent.shape[-1] * seconds:.2f} s is longer than the {longest * seconds:.2f} s this "
+                "model was trained on (the most its pipeline generates): it is edited conditioned on a duration "
+                "the model never saw; edit it in pieces of that length at most",
+                UserWarning,
+                stacklevel=2,
+            )
         return latent.float()
 
     def decode_audio(self, latent: Tensor, num_samples: int | None = None) -> Tensor:

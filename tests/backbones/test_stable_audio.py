@@ -1,6 +1,7 @@
 """The Stable Audio Open adapter against diffusers' StableAudioPipeline and the EDM closed forms."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -327,3 +328,17 @@ def test_samplers_end_where_the_pipelines_scheduler_ends(sa_pipe, monkeypatch, f
         else:  # ends on timestep 0's level: √ᾱ_0 c + √(1 − ᾱ_0) ε̂, as that scheduler does
             assert (latent - clean).abs().max() > 0.1, name
     assert backbone.final_alpha_cumprod.item() == (1.0 if final == "zero" else pytest.approx(1 / (1 + sigma_min**2)))
+
+
+def test_a_clip_longer_than_the_model_was_trained_on_is_warned_of():
+    """The pipeline refuses to generate past sample_size frames (47.55 s for Stable Audio Open);
+    a 60-s clip was edited conditioned on 60 s without a word."""
+    pipe = tiny_stable_audio_pipeline(seed=0)
+    pipe.transformer.register_to_config(sample_size=4)  # 0.19 s, so that the test clip is short
+    backbone = StableAudioBackbone.from_pipe(pipe)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backbone.encode_audio(torch.zeros(1, 2, 4 * 2048), 44100).shape[-1] == 4
+    with pytest.warns(UserWarning, match=r"a clip of 0\.23 s is longer than the 0\.19 s this model was trained on") as seen:
+        backbone.encode_audio(torch.zeros(1, 2, 4 * 2048 + 1), 44100)
+    assert seen[0].filename == __file__
