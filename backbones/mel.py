@@ -80,6 +80,13 @@ class MelFrontEnd:
     Calling it maps a mono waveform ``(B, samples)`` at :attr:`sample_rate` to a log-mel
     ``(B, 1, frames, n_mels)`` with ``frames = samples // hop_length`` (the last STFT frame, which
     only the centre padding creates, is dropped so that decoding gives back ``samples``).
+
+    Frame k is centred on sample k · hop (``torch.stft(center=True)``, reflection padding of
+    n_fft / 2 = 512). AudioLDM's own preprocessor (the SteerMusic authors' ``preprocessor.py``)
+    pads (n_fft − hop) / 2 = 432 and runs ``center=False``, so its frame k is centred 80 samples
+    (5 ms) later: the same clip gives frames shifted by that much, and AudioLDM2's vocoder, trained
+    on its framing, returns audio that much later. That preprocessor also reads a stereo file's
+    first channel, where :func:`to_mono` takes the channels' mean.
     """
 
     sample_rate: int = 16000

@@ -90,9 +90,11 @@ class SteerMusicPlus(Editor):
     The target prompt names the concept's token ("a sks guitar melody"); the personalised model
     ε' reads it as is, while the base model's shift-term prompt drops the token ("a guitar
     melody"). Defaults are the authors' recipe: 400 SGD steps at learning rate 0.1 (×0.9 every 20
-    steps), t in [50, 950] (``SteerMusic_personalized.py`` keeps its pipeline's default t_range
-    0.05–0.95; the zero-shot script passes 0.02–0.98), w(t) = 1 − ᾱ_t, guidance 15, λ = 0.05, PCon with weight 3 on the
-    up-block self-attention outputs, 256 time positions, τ = 0.07, reference features from the
+    steps; the paper's 400, where the loop of their ``SteerMusic_personalized.py`` makes 401
+    updates before the audio it saves, and their zero-shot script 400), t in [50, 950] (that
+    script keeps its pipeline's default t_range 0.05–0.95; the zero-shot script passes
+    0.02–0.98), w(t) = 1 − ᾱ_t, guidance 15, λ = 0.05, PCon with weight 3 on the up-block
+    self-attention outputs, 256 time positions, τ = 0.07, reference features from the
     base model on the source (the paper; ``pcon_reference="edited"`` is the authors' script).
 
     The editor holds ε' (for a LoRA concept, an adapter injected into the base denoiser): use it
