@@ -63,8 +63,8 @@ def sds_gradient(eps_pred: Tensor, noise: Tensor, weight: Tensor) -> Tensor:
         weight: w(t), ``(B,)``.
 
     Returns:
-        ``(B, ...)``, non-finite entries (NaN and ±inf) set to zero as in the SteerMusic authors'
-        code (:func:`_zero_nonfinite`).
+        ``(B, ...)``, non-finite entries set to zero: NaN as in the SteerMusic authors' code
+        (``nan_to_num``), ±inf too, where theirs gives ±3.4e38 (:func:`_zero_nonfinite`).
     """
     _check_same_shape(eps_pred, noise, "the prediction and the noise")
     return _zero_nonfinite(_per_sample(weight, eps_pred) * (eps_pred - noise))
