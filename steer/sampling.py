@@ -236,6 +236,12 @@ def _levels(backbone: Backbone, path: Tensor) -> Tensor:
     return torch.where(path.to(table.device) == 0, backbone.final_alpha_cumprod.to(levels), levels)
 
 
+def _map_scale(sigma: Tensor) -> Tensor:
+    """What a DDPM step's noise map is multiplied by: σ, or 1 at a deterministic step (σ = 0,
+    the last step onto a clean end at ᾱ = 1), whose map is then the residual itself."""
+    return torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+
+
 def _walk(
     backbone: Backbone,
     x: Tensor,
@@ -264,7 +270,7 @@ def _walk(
             x, denoised = ddim_step(x, noise_pred, *levels, clip)
         else:
             mean, sigma, denoised = _ddpm_step_mean(x, noise_pred, *levels, clip)
-            x = mean + sigma * noises[i]
+            x = mean + _map_scale(sigma) * noises[i]
         if callback is not None:
             callback(SamplerState(step=i, t=t, latent=x, denoised=denoised, noise_pred=noise_pred))
     return x
@@ -318,11 +324,11 @@ def ddim_invert(
     """Run deterministic DDIM backwards, from clean latents up to the level of ``timesteps[0]``.
 
     The levels of :func:`ddim_sample` walked upwards, 0 → τ_{K−1} → … → τ_0 (x0 sits at the
-    backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`), each step the same DDIM step with the noise predicted at the current
-    point and its own timestep, ε̂(x, τ_current): the Euler step of the DDIM ODE run backwards
-    (DDIM, sections 4.3 and 5.4). Sampling back evaluates ε̂ at the other end of each step, so
-    a round trip is exact only where ε̂ is constant along the path (as for a point-mass data
-    distribution); elsewhere this is the inversion error of the SteerMusic paper's Figure 2,
+    backbone's :attr:`~backbones.Backbone.final_alpha_cumprod`), each step the same DDIM step
+    with the noise predicted at the current point and its own timestep, ε̂(x, τ_current): the
+    Euler step of the DDIM ODE run backwards (DDIM, sections 4.3 and 5.4). Sampling back
+    evaluates ε̂ at the other end of each step, so a round trip is exact only where ε̂ is
+    constant along the path (as for a point-mass data distribution); elsewhere this is the inversion error of the SteerMusic paper's Figure 2,
     and it shrinks with more steps. Where the backbone has a :attr:`~backbones.Backbone.latent_range`,
     x̂_0 is clamped to it here as in :func:`ddim_sample` (and in :func:`ddpm_invert`), so that
     both directions follow the same ODE: on the shipped mel model, a 1 s clip inverted and
@@ -382,8 +388,8 @@ def ddpm_invert(
 
     Unlike the reference code, the last step's map is kept (that code zeroes it, leaving the
     round trip off by that step's σ z), so that the round trip is exact. Where the clean end is
-    ᾱ = 1 (Stable Audio) the last step has σ = 0: it lands on x̂_0, its map is zero, and the round
-    trip is off by that x̂_0's error.
+    ᾱ = 1 (Stable Audio) the last step has σ = 0: its map is then the residual x0 − mean itself,
+    which :func:`ddpm_sample` adds as it is, so the round trip stays exact.
 
     Args:
         backbone: the model.
@@ -431,7 +437,7 @@ def ddpm_invert(
             mean, sigma, denoised = _ddpm_step_mean(
                 xs[i], noise_pred, alpha_bar[i].expand(batch), alpha_bar[i + 1].expand(batch), clip
             )
-            noises[i] = torch.where(sigma > 0, (xs[i + 1] - mean) / sigma, 0)  # σ = 0: onto x̂_0
+            noises[i] = (xs[i + 1] - mean) / _map_scale(sigma)
             if callback is not None:
                 step_t = t[(i - start) * batch : (i - start + 1) * batch]
                 callback(SamplerState(step=i, t=step_t, latent=xs[i + 1], denoised=denoised, noise_pred=noise_pred))
@@ -462,7 +468,8 @@ def ddpm_sample(
         x_t: latents at the noise level of ``timesteps[0]``, ``(B, ...)``.
         cond: conditioning of batch size ``B``.
         timesteps: strictly decreasing integer timesteps above 0, e.g. :func:`ddim_timesteps`.
-        noises: one noise map per step, ``(K, B, ...)`` for K timesteps.
+        noises: one noise map per step, ``(K, B, ...)`` for K timesteps (a step with σ = 0 adds
+            its map as it is: :func:`ddpm_invert`).
         guidance_scale: classifier-free guidance of every prediction.
         callback: called with a :class:`SamplerState` after every step.
         progress: show a progress bar.

@@ -22,7 +22,7 @@ def latent(tiny_backbone):
 
 
 def test_without_shift_and_pcon_an_unchanged_concept_is_steermusic(tiny_backbone, latent):
-    kwargs = dict(steps=4, guidance_scale=30.0, lr=0.5, weighting=TimestepWeighting(scale=2.0))
+    kwargs = dict(steps=4, guidance_scale=30.0, lr=0.5, weighting=TimestepWeighting(scale=2.0), t_min=20, t_max=980)
     plus = SteerMusicPlus(tiny_backbone, SameModel(), shift=0, pcon_weight=0, **kwargs)
     plain = SteerMusic(tiny_backbone, **kwargs)
     prompts = dict(source="a piano melody", target="a sks guitar melody")
