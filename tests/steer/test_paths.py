@@ -254,20 +254,23 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
     eager = _gradients(_plus(tiny_backbone, lora, "batched", steps=2), latent, **PROMPTS)
     hooks = _hooks(tiny_backbone)
     editor = _plus(tiny_backbone, lora, Performance(compile=True, compile_backend="steer_counting"), steps=2)
-    compiled = _gradients(editor, latent, **PROMPTS)
-    # compiled prompts are padded to 32 tokens: eagerly that alone moves the gradient (max 2.3) by 5.8e-6
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
-    # ... and the second step (max 5.6) from a latent that moved by that much: 1.9e-5 with the guards checked too
-    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-4, atol=5e-5)
-    graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
-    assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
-    assert dynamo.breaks() == []  # ε′'s adapter switching is traced too
-    assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
-    assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
-    longer = dict(source="a soft piano melody", target="a sks guitar melody, fast")  # 21 and 27 tokens against 16 and 21
-    editor.edit_latent(latent, seed=6, **longer)
-    assert _COMPILED["graphs"] == graphs and _COMPILED["calls"] == 2 * calls
-    editor.close()
+    try:  # closed however it ends: the session's tiny pipeline is shared with the next tests
+        compiled = _gradients(editor, latent, **PROMPTS)
+        # compiled prompts are padded to 32 tokens: eagerly that alone moves the gradient a little;
+        # measured 2.0e-6 and 3.4e-6 of its norm (max 5.9; up to 1.6e-5 apart with the lowest versions)
+        assert (compiled[0] - eager[0]).norm() <= 2e-5 * eager[0].norm()
+        # ... and the second step from a latent that moved by that much, with the guards checked too
+        assert (compiled[1] - eager[1]).norm() <= 2e-5 * eager[1].norm()
+        graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
+        assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
+        assert dynamo.breaks() == []  # ε′'s adapter switching is traced too
+        assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
+        assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
+        longer = dict(source="a soft piano melody", target="a sks guitar melody, fast")  # 21 and 27 tokens against 16 and 21
+        editor.edit_latent(latent, seed=6, **longer)
+        assert _COMPILED["graphs"] == graphs and _COMPILED["calls"] == 2 * calls
+    finally:
+        editor.close()
     assert _hooks(tiny_backbone) == hooks
 
 
