@@ -57,8 +57,6 @@ from steer.data._files import result_file_problem
 from steer.performance import PRESETS
 
 PROMPTS = {"source": "a piano melody", "target": "a sks guitar melody"}
-#: ``--backbone``'s prompts: the demo's edit of its clip (``steer.cli.DEMO_SOURCE``).
-DEMO_PROMPTS = {"source": "a recording of a piano", "target": "a recording of a violin"}
 
 
 class NonFiniteReference(RuntimeError):
@@ -94,8 +92,9 @@ def agreement(
     loss); ``failed``: any other non-finite gradient or cosine. ``options`` are set on every path
     but the reference, ``lora_std`` draws SteerMusic+'s LoRA B
     (:func:`benchmarks.models.lora_concept`). ``backbone_name``: SteerMusic on that model
-    (``load_backbone``), the demo's clip and :data:`DEMO_PROMPTS`, in place of a benchmark model.
-    Raises :class:`NonFiniteReference` where the reference's own gradient is not finite."""
+    (``load_backbone``) with the demo's clip and prompts (``steer.cli.DEMO_PROMPTS``), in place of
+    a benchmark model. Raises :class:`NonFiniteReference` where the reference's own gradient is
+    not finite."""
     prompts = PROMPTS
     if backbone_name is None:
         backbone = build_backbone(real_size=real_size, device=device)
@@ -104,7 +103,7 @@ def agreement(
     else:
         from backbones import load_backbone
         from steer import load_audio
-        from steer.cli import DEMO_SOURCE
+        from steer.cli import DEMO_PROMPTS, DEMO_SOURCE
 
         if recipe != "steermusic":
             raise ValueError("a backbone_name measures SteerMusic (SteerMusic+ would need a concept of that model)")

@@ -66,6 +66,7 @@ CLASSIFIER = REPOSITORY / "weights" / "instrument-classifier"
 DEMO_SOURCE = REPOSITORY / "examples" / "audio" / "hornpipe_piano.wav"
 DEMO_TRUTH = REPOSITORY / "examples" / "audio" / "hornpipe_violin.wav"
 DEMO_GUIDANCE, DEMO_LR = 7.5, 0.005
+DEMO_PROMPTS = {"source": "a recording of a piano", "target": "a recording of a violin"}  # DEMO_SOURCE's edit
 #: The training timesteps of every offline build (backbones.auto.TINY), which bound a baseline's
 #: --steps: known before the backbone loads.
 TINY_TIMESTEPS = 1000
@@ -1015,7 +1016,7 @@ def _demo(args: argparse.Namespace) -> None:
             staged = {name: Path(aside) / name for name in names}
             source, truth = load_audio(DEMO_SOURCE), load_audio(DEMO_TRUTH)
             try:
-                _edit(args, editing, source, "a recording of a piano", "a recording of a violin", staged["edit.wav"])
+                _edit(args, editing, source, DEMO_PROMPTS["source"], DEMO_PROMPTS["target"], staged["edit.wav"])
             except UsageError as error:  # a diverged edit: named where the user would look for it
                 raise UsageError(str(error).replace(str(staged["edit.wav"]), str(outputs[1]))) from None
             edit = load_audio(staged["edit.wav"])

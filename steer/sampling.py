@@ -232,8 +232,8 @@ def _levels(backbone: Backbone, path: Tensor) -> Tensor:
     the clean end: the samplers' own timesteps are above it or end there) at the backbone's
     :attr:`~backbones.Backbone.final_alpha_cumprod`."""
     table = backbone.alphas_cumprod
-    levels = table[path.to(table.device)]
-    return torch.where(path.to(table.device) == 0, backbone.final_alpha_cumprod.to(levels), levels)
+    path = path.to(table.device)
+    return torch.where(path == 0, backbone.final_alpha_cumprod.to(table), table[path])
 
 
 def _map_scale(sigma: Tensor) -> Tensor:

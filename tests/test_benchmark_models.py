@@ -78,9 +78,9 @@ def test_agreement_measures_a_loaded_backbone_on_the_demos_clip(capsys):
     """`--backbone`: SteerMusic on the shipped trained model, where bf16's first step is checked
     (the benchmark models are random); the demo's clip and prompts, its guidance 30."""
     from backbones import load_backbone
-    from benchmarks.agreement import DEMO_PROMPTS, agreement, first_gradient, main
+    from benchmarks.agreement import agreement, first_gradient, main
     from steer import SteerMusic, load_audio
-    from steer.cli import DEMO_SOURCE, SWAP_BACKBONE
+    from steer.cli import DEMO_PROMPTS, DEMO_SOURCE, SWAP_BACKBONE
 
     rows = agreement(recipe="steermusic", paths=["batched", "bf16"], seeds=[3], real_size=False,
                      device=torch.device("cpu"), backbone_name=str(SWAP_BACKBONE))

@@ -381,9 +381,9 @@ def train_concept(
     if backbone.dtype != torch.float32:
         raise ValueError(f"train concepts on a float32 backbone (got {backbone.dtype}); apply them in any dtype")
     clips = load_references(references, backbone.sample_rate, keeps_level=backbone.family == "stable_audio")
-    segment = min(round(crop_seconds * backbone.sample_rate), min(len(c.waveform) for c in clips))
-    shortest = min(clips, key=lambda c: len(c.waveform))
-    if segment < round(crop_seconds * backbone.sample_rate) and any(len(c.waveform) > segment for c in clips):
+    crop, shortest = round(crop_seconds * backbone.sample_rate), min(clips, key=lambda c: len(c.waveform))
+    segment = min(crop, len(shortest.waveform))
+    if segment < crop and any(len(c.waveform) > segment for c in clips):
         warnings.warn(
             f"every clip trains in crops of {segment / backbone.sample_rate:.2f} s, the length of the shortest "
             f"reference {shortest.name}, not crop_seconds={crop_seconds:g}: leave it out or give clips of "
