@@ -17,6 +17,9 @@ class ShiftRegularizer(ScoreLoss):
     models. λ > 0 pushes the edit towards the concept, λ < 0 keeps it closer to the source (the
     paper's ablation of λ, section 5.4).
 
+    The logged value is λ times the mean square of w(t) · (ε' − ε): it keeps λ's sign and scale,
+    where the gradient's mean square (the delta scores' value) was the same for λ and −λ.
+
     Args:
         strength: λ (the paper uses 0.05).
         guidance_scale: classifier-free guidance of both predictions.
@@ -39,7 +42,7 @@ class ShiftRegularizer(ScoreLoss):
         self.requests = (self.personalized, self.base)
 
     def __call__(self, context: LossContext) -> LossOutput:
-        weight = self.strength * self.weighting(context.alpha_bar)
         p = context.predictions
-        grad = context.compile(dds_gradient)(p[self.personalized], p[self.base], weight)
-        return LossOutput(value=grad.detach().pow(2).mean(), gradient=grad)
+        shift = context.compile(dds_gradient)(p[self.personalized], p[self.base], self.weighting(context.alpha_bar))
+        # logged as the delta score's mean square times λ: with λ's sign, linear in it
+        return LossOutput(value=self.strength * shift.detach().pow(2).mean(), gradient=self.strength * shift)

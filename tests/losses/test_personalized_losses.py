@@ -43,6 +43,19 @@ def test_pds_and_shift_gradients_equal_the_formulas():
     assert shift.base == NoiseRequest("edit", "target_base", 15.0, "base")
 
 
+def test_the_shift_value_keeps_lambdas_sign_and_scale():
+    """The logged value was the gradient's mean square: λ and −λ logged alike, 2λ four times λ,
+    though their gradients point apart and scale linearly."""
+    eps_p, eps_base = torch.randn(2, 3), torch.randn(2, 3)
+    w = (1 - torch.tensor([0.3, 0.8]))[:, None]
+    expected = (w * (eps_p - eps_base)).pow(2).mean()
+    for strength in (0.05, -0.05, 0.1):
+        shift = ShiftRegularizer(strength=strength)
+        output = shift(_context({shift.personalized: eps_p, shift.base: eps_base}))
+        torch.testing.assert_close(output.value, strength * expected)
+        torch.testing.assert_close(output.gradient, strength * w * (eps_p - eps_base))
+
+
 def test_time_columns_sum_the_cosines_over_frequency():
     """h · h⁺ sums the per-bin cosines, as the authors' PConLoss (channels normalised, the F × C
     patch flattened): scaled to unit columns it was their mean, a temperature of F·τ."""
