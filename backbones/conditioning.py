@@ -33,10 +33,10 @@ def _pad_cat(tensors: Sequence[Tensor], name: str, masks: dict[str, str]) -> Ten
             "has no mask, so padding it would change the denoiser's output: name it with its mask "
             "field in Conditioning(masks={...}), or encode every prompt to the same length"
         )
-    return torch.cat([_pad_to(t, lengths[-1]) for t in tensors])
+    return torch.cat([pad_to(t, lengths[-1]) for t in tensors])
 
 
-def _pad_to(t: Tensor, length: int) -> Tensor:
+def pad_to(t: Tensor, length: int) -> Tensor:
     """``t`` ``(B, L, ...)`` zero-padded along dim 1 to ``length`` ≥ L."""
     missing = length - t.shape[1]
     if not missing:
@@ -107,7 +107,7 @@ class Conditioning:
             out = dict(fields)
             for name, mask in self.masks.items():
                 length = -(-fields[name].shape[1] // multiple) * multiple
-                out[name], out[mask] = _pad_to(fields[name], length), _pad_to(fields[mask], length)
+                out[name], out[mask] = pad_to(fields[name], length), pad_to(fields[mask], length)
             return out
 
         return Conditioning(cond=pad(self.cond), uncond=pad(self.uncond), masks=self.masks)

@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from backbones import Backbone, Conditioning
+from backbones.conditioning import pad_to
 from losses import DeltaDenoisingScore, LossContext, LossOutput, NoiseRequest, ScoreLoss
 from losses.base import Fn
 from losses.fused import noise_pair, triton_available
@@ -657,38 +658,46 @@ class Editor(LatentEditor):
 
     def _warn_if_no_delta(self, roles: dict[str, list[str]], prompts: dict[str, dict[str, Conditioning]]) -> None:
         """Warn, before the steps are spent, when every loss is a delta score between one model's
-        predictions (DDS, as in SteerMusic) and every clip's source and target prompts are the
-        same as the model reads them (``prompts``: the encodings by model and role; "a piano" and
-        "A Piano!" are one prompt to a model that reads neither case nor punctuation): x starts at
-        the source latent, so the delta is zero and x never moves. SteerMusic+ compares two
+        predictions (DDS, as in SteerMusic) and a clip's source and target prompts are the same as
+        the model reads them (``prompts``: the encodings by model and role, a row per clip; "a
+        piano" and "A Piano!" are one prompt to a model that reads neither case nor punctuation):
+        x starts at the source latent, so the clip's delta is zero and it never moves. Each clip is
+        checked on its own, so a batch warns as the clip alone would. SteerMusic+ compares two
         models, whose delta on one prompt is not zero."""
 
-        def same(a: Conditioning, b: Conditioning) -> bool:  # cond and uncond have the same fields
+        def same(a: Conditioning, b: Conditioning, row: int) -> bool:  # cond and uncond have the same fields
             return a.cond.keys() == b.cond.keys() and all(
-                torch.equal(a.cond[k], b.cond[k]) and torch.equal(a.uncond[k], b.uncond[k]) for k in a.cond
+                _same_row(x[k], y[k], row) for x, y in ((a.cond, b.cond), (a.uncond, b.uncond)) for k in x
             )
 
-        def no_delta(loss: ScoreLoss) -> bool:
+        def no_delta(loss: ScoreLoss, row: int) -> bool:
             if not isinstance(loss, DeltaDenoisingScore):
                 return False
             target, source = loss.target, loss.source
             same_call = (target.model, target.guidance_scale) == (source.model, source.guidance_scale)
-            return same_call and same(prompts[target.model][target.prompt], prompts[source.model][source.prompt])
+            return same_call and same(prompts[target.model][target.prompt], prompts[source.model][source.prompt], row)
 
-        if all(no_delta(loss) for loss in self.losses):
-            why = ""
-            if any(roles[loss.target.prompt] != roles[loss.source.prompt] for loss in self.losses):
-                why = (
-                    " (written otherwise, they differ only in what the model does not read: case or "
-                    "punctuation, or words past those it reads)"
-                )
-            warnings.warn(
-                "the source and target prompts are the same, so the delta score between them is zero "
-                f"and the {self.steps} steps would leave the clip as it is: describe the wanted result "
-                f"in the target prompt{why}",
-                UserWarning,
-                stacklevel=3,
+        batch = len(next(iter(roles.values())))
+        rows = [row for row in range(batch) if all(no_delta(loss, row) for loss in self.losses)]
+        if not rows:
+            return
+        why = ""
+        if any(roles[loss.target.prompt][row] != roles[loss.source.prompt][row] for loss in self.losses for row in rows):
+            why = (
+                " (written otherwise, they differ only in what the model does not read: case or "
+                "punctuation, or words past those it reads)"
             )
+        which, clip = ("", "the clip") if len(rows) == batch else (
+            f" for clip{'s' * (len(rows) > 1)} {', '.join(map(str, rows))} of the batch of {batch}",
+            "those clips" if len(rows) > 1 else "that clip",
+        )
+        warnings.warn(
+            f"the source and target prompts are the same{which}, so the delta score between them is zero "
+            f"and the {self.steps} step{'s' * (self.steps != 1)} would leave {clip} as it is: describe the wanted result "
+            f"in the target prompt{why}",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _loop(
         self,
@@ -711,6 +720,8 @@ class Editor(LatentEditor):
         taken_steps = skipped = 0
         generator = seeded_generator(seed, x.device)
         history: list[dict[str, Tensor]] = []
+        # steps with a non-finite prediction, counted on the device (the gradients zero its entries)
+        nonfinite_steps = torch.zeros((), device=x.device)
         x.grad = torch.zeros_like(x)  # the score gradients below are added into it
 
         def step(index: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -733,6 +744,8 @@ class Editor(LatentEditor):
                     predictors=runtime.predictors,
                 )
             _check_predictions(predictions, models, x)
+            if predictions:
+                nonfinite_steps.add_(torch.stack([~torch.isfinite(p).all() for p in predictions.values()]).any())
             context = LossContext(
                 t=t,
                 alpha_bar=backbone.alphas_cumprod[t],
@@ -799,7 +812,16 @@ class Editor(LatentEditor):
                     )
                 )
         bar.close()
-        numbers, nonfinite = _read(history, x)
+        numbers, nonfinite, bad_steps = _read(history, x, nonfinite_steps)
+        if bad_steps and not nonfinite:  # a non-finite latent makes its predictions so: warned of below
+            left = "the clip is returned unedited" if bad_steps == self.steps else "the edit went less far than asked"
+            warnings.warn(
+                f"{bad_steps} of the {self.steps} steps had noise predictions holding NaN or infinite values, "
+                f"whose entries the score gradients set to zero ({left} there). The model's weights or the "
+                "source are one cause, fp16 overflow another: edit in bf16 or float32",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if nonfinite:
             cause = (
                 "Compiled code the C++ compiler got wrong is one cause (steer.toolchain checks for a "
@@ -917,6 +939,16 @@ def _check_feature_requests(names: list[str], losses: list[ScoreLoss]) -> None:
                 )
 
 
+def _same_row(a: Tensor, b: Tensor, row: int) -> bool:
+    """Whether row ``row`` of two conditioning fields ``(B, ...)`` is one input to the denoiser:
+    equal once both are zero-padded along dim 1 to the longer, as a batch pads its rows."""
+    a, b = a[row : row + 1], b[row : row + 1]
+    if a.dim() >= 2 and a.shape[1] != b.shape[1]:
+        length = max(a.shape[1], b.shape[1])
+        a, b = pad_to(a, length), pad_to(b, length)
+    return torch.equal(a, b)
+
+
 def _check_predictions(predictions: dict[NoiseRequest, Tensor], models: dict[str, Backbone], x: Tensor) -> None:
     """Refuse a noise prediction not shaped like the latent (metadata only: no device sync)."""
     for request, prediction in predictions.items():
@@ -973,14 +1005,18 @@ def _check_outputs(names: list[str], outputs: list[LossOutput], x: Tensor) -> No
             )
 
 
-def _read(history: list[dict[str, Tensor]], latent: Tensor) -> tuple[list[dict[str, float]], bool]:
-    """Each step's loss values as numbers, and whether any of ``latent``'s values is not finite,
-    read from the device in one copy: reading them one by one waited for the device once per
-    value (4 a step for SteerMusic+, 1 600 an edit)."""
+def _read(
+    history: list[dict[str, Tensor]], latent: Tensor, nonfinite_steps: Tensor
+) -> tuple[list[dict[str, float]], bool, int]:
+    """Each step's loss values as numbers, whether any of ``latent``'s values is not finite, and
+    ``nonfinite_steps`` (a count, ``()``), read from the device in one copy: reading them one by
+    one waited for the device once per value (4 a step for SteerMusic+, 1 600 an edit)."""
     names = list(history[0]) if history else []
     values = [step[name] for step in history for name in names]
-    nonfinite = (~torch.isfinite(latent)).any().to(values[0].dtype if values else torch.float32)
-    flat = torch.stack([*values, nonfinite]).tolist()
+    nonfinite = (~torch.isfinite(latent)).any().to(torch.float32)
+    # stack promotes: a count of 401 steps stays whole beside bf16 values
+    flat = torch.stack([*values, nonfinite, nonfinite_steps.to(torch.float32)]).tolist()
+    bad_steps = round(flat.pop())
     found = bool(flat.pop())
     rows = [dict(zip(names, flat[i * len(names) : (i + 1) * len(names)])) for i in range(len(history))]
-    return rows, found
+    return rows, found, bad_steps

@@ -162,12 +162,29 @@ def test_equal_prompts_warn_only_where_the_delta_is_zero(tiny_backbone, lora, la
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         SteerMusic(tiny_backbone, steps=1).edit_latent(latent, source="a piano", target="a violin")
-        SteerMusic(tiny_backbone, steps=1).edit_latent(latent.expand(2, -1, -1, -1), source=["a", "b"], target=["a", "c"])
         losses = [DeltaDenoisingScore(), ScoreDistillationSampling()]
         Editor(tiny_backbone, losses=losses, steps=1).edit_latent(latent, source="a piano", target="a piano")
         SteerMusicPlus(tiny_backbone, lora, steps=1).edit_latent(latent, source="a sks violin", target="a sks violin")
-    with pytest.warns(UserWarning, match="the source and target prompts are the same"):
+    with pytest.warns(UserWarning, match="the source and target prompts are the same, so") as record:
         SteerMusic(tiny_backbone, steps=1).edit_latent(latent.expand(2, -1, -1, -1), source=["a", "b"], target=["a", "b"])
+    assert "leave the clip as it is" in str(record[0].message)
+
+
+def test_a_clip_of_a_batch_whose_prompts_are_the_same_is_warned_of_as_alone(tiny_backbone, latent):
+    """The check compared the whole batch's prompts: a clip whose source and target prompts are
+    the same came back unedited without a word when a clip beside it differed, where alone it was
+    warned of. Prompts of other lengths (padded to the batch's longest) are compared as read."""
+    long = "a long prompt of many words about a cello"
+    cases = [
+        (["a", "b"], ["a", "c"], "for clip 0 of the batch of 2, so the delta score between them is zero and the 1 step would leave that clip"),
+        (["b", long, "a"], ["c", long, "a"], "for clips 1, 2 of the batch of 3, so .* leave those clips as it is"),
+    ]
+    for source, target, message in cases:
+        batch = latent.expand(len(source), -1, -1, -1)
+        with pytest.warns(UserWarning, match=f"the source and target prompts are the same {message}"):
+            result = SteerMusic(tiny_backbone, steps=1).edit_latent(batch, source=source, target=target)
+        unchanged = [i for i in range(len(source)) if torch.equal(result.latent[i], latent[0])]
+        assert unchanged == [i for i in range(len(source)) if source[i] == target[i]]
 
 
 def test_batched_and_unbatched_predictions_agree(tiny_backbone, latent):
@@ -203,7 +220,8 @@ def test_requests_are_deduplicated(tiny_backbone, monkeypatch):
 def test_batch_of_clips_with_their_own_prompts(tiny_backbone, latent):
     pair = torch.cat([latent, latent.flip(2)])
     editor = SteerMusic(tiny_backbone, steps=2, lr=1.0)
-    result = editor.edit_latent(pair, source=["a piano", "a flute"], target=["a piano", "a drum"])
+    with pytest.warns(UserWarning, match="the source and target prompts are the same for clip 0 of the batch of 2"):
+        result = editor.edit_latent(pair, source=["a piano", "a flute"], target=["a piano", "a drum"])
     assert torch.equal(result.latent[0], pair[0])  # equal prompts: unchanged
     assert not torch.equal(result.latent[1], pair[1])
 
@@ -568,9 +586,9 @@ def test_an_infinite_noise_prediction_leaves_the_latent_finite_and_bounded(tiny_
     handle = tiny_backbone.denoiser.conv_out.register_forward_hook(overflow_once)
     states = []
     try:
-        result = Editor(tiny_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0)], steps=2, lr=0.02).edit_latent(
-            latent, source="a piano", target="a violin", callback=states.append
-        )
+        with pytest.warns(RuntimeWarning, match="^1 of the 2 steps had noise predictions holding NaN or infinite values.*less far"):
+            editor = Editor(tiny_backbone, losses=[DeltaDenoisingScore(guidance_scale=3.0)], steps=2, lr=0.02)
+            result = editor.edit_latent(latent, source="a piano", target="a violin", callback=states.append)
     finally:
         handle.remove()
     assert len(calls) == 2  # one batched call a step: the first one overflowed
@@ -578,6 +596,23 @@ def test_an_infinite_noise_prediction_leaves_the_latent_finite_and_bounded(tiny_
     assert torch.isfinite(result.latent).all()
     assert (result.latent - latent).abs().max() < 1.0  # was 6.8e36
     assert all(abs(h["total"]) < float("inf") for h in result.history)  # NaN fails too
+
+
+def test_noise_predictions_that_are_not_finite_are_counted_in_a_warning(analytic_backbone):
+    """A NaN or infinite prediction is zeroed in the gradient, so the latent stays finite and its
+    check never warned: a model predicting only NaN gave the clip back unedited, without a word."""
+    x = torch.randn(1, *analytic_backbone.shape)
+    editor = SteerMusic(analytic_backbone, steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        editor.edit_latent(x, source="a piano", target="a violin")
+    analytic_backbone.gain = float("nan")
+    try:
+        with pytest.warns(RuntimeWarning, match=r"^4 of the 4 steps had noise predictions holding NaN or infinite values.*the clip is returned unedited there"):
+            result = editor.edit_latent(x, source="a piano", target="a violin")
+    finally:
+        analytic_backbone.gain = 1.0
+    assert torch.equal(result.latent, x)
 
 
 class _ReadsAnotherLossesFeatures(ScoreLoss):
