@@ -513,7 +513,7 @@ class Editor(LatentEditor):
 
         def build() -> _Runtime:
             features = {name: [f for f in self.feature_requests if f.request.model == name] for name in models}
-            compiler = self.performance.compiler(device)
+            compiler = self.performance.compiler(device, checkpointing=self._checkpointing(models))
             checkpointing = self.performance.checkpointing
             with contextlib.ExitStack() as made:  # a predictor that fails closes those made before it
                 predictors = {}
@@ -546,13 +546,23 @@ class Editor(LatentEditor):
             return
         # what the kept runtime is built from: every setting but step_graph, which changes only
         # whether the compiled calls run as CUDA graphs (cuda_graphs)
-        built_for = (device, replace(self.performance, step_graph=False), self.performance.cuda_graphs(device))
+        built_for = (
+            device,
+            replace(self.performance, step_graph=False),
+            self.performance.cuda_graphs(device),
+            self._checkpointing(models),
+        )
         if self._compiled is None or self._compiled.built_for != built_for:
             self._drop_compiled()
             self._compiled = build()
             self._compiled.built_for = built_for
         self._compiled.follow_weights()
         yield self._compiled
+
+    def _checkpointing(self, models: dict[str, Backbone]) -> bool:
+        """Whether the compiled calls run checkpointed blocks: asked by :attr:`performance`, or a
+        model's checkpointing is on already (set by the user, or by another open editor)."""
+        return self.performance.checkpointing or any(model.gradient_checkpointing for model in models.values())
 
     def close(self) -> None:
         """Remove the hooks a compiled editor keeps between edits and release its compiled

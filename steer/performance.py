@@ -407,7 +407,7 @@ class Performance:
             return {}
         return dict(toolchain.AVX2)
 
-    def compiler(self, device: torch.device) -> Callable[[Fn], Fn] | None:
+    def compiler(self, device: torch.device, *, checkpointing: bool | None = None) -> Callable[[Fn], Fn] | None:
         """What compiles a function for this path on ``device`` (``None`` without ``compile``).
 
         ``torch.compile(fn, dynamic=dynamic, backend=compile_backend)``; with inductor on CUDA,
@@ -422,10 +422,17 @@ class Performance:
         ``Logger.info`` calls are dropped from the graphs rather than breaking them (AudioLDM2's
         UNet logs at info level on every call whose latent length is not a multiple of 8, a 10-s
         clip's 250 frames say, and a graph break runs the rest of the call eagerly); with
-        :attr:`checkpointing`, ``skip_fwd_side_effects_in_bwd_under_checkpoint``:
+        checkpointing, ``skip_fwd_side_effects_in_bwd_under_checkpoint``:
         PCon's feature hooks record inside checkpointed blocks in the forward pass, and are not
         run again by the recomputation (where eagerly they record nothing either), so those
         blocks are checkpointed too.
+
+        Args:
+            device: where the compiled calls run.
+            checkpointing: whether they run checkpointed blocks (default :attr:`checkpointing`);
+                the editor passes ``True`` also where a model's checkpointing is on already (the
+                user's, or another open editor's), whose blocks otherwise each broke the graph
+                until dynamo's recompilation limit failed the edit's second step.
         """
         if not self.compile:
             return None
@@ -445,7 +452,7 @@ class Performance:
         backend: str | Callable[..., Any] = self.compile_backend
         if backend == STEER_CUDA_GRAPHS:  # imported here: it imports inductor's CUDA-graph trees
             from steer.cuda_graphs import cuda_graphs as backend
-        checkpointing = self.checkpointing
+        checkpointing = self.checkpointing if checkpointing is None else checkpointing
 
         def compile_fn(fn: Fn) -> Fn:
             compiled = torch.compile(fn, dynamic=self.dynamic, backend=backend, mode=mode, options=options or None)

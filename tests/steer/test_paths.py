@@ -624,6 +624,24 @@ def test_compiled_checkpointing_recomputes_for_the_same_gradient(tiny_backbone, 
     assert not tiny_backbone.gradient_checkpointing
 
 
+@pytest.mark.slow  # dynamo traces the tiny UNet twice: about a minute on 2 cores
+def test_a_compiled_editor_on_a_backbone_checkpointing_already_traces_its_blocks(tiny_backbone, lora, latent, dynamo):
+    """Checkpointing the user (or another open editor) switched on, where the editor's
+    Performance does not ask for it: the compiler was set up for unchecked blocks only, each
+    checkpointed block broke the graph, and dynamo's recompilation limit (8) failed the second
+    step after a 225-s first. Now both steps give eager's edit, and the checkpointing stays on."""
+    tiny_backbone.gradient_checkpointing = True
+    try:
+        eager = _plus(tiny_backbone, lora, "batched", steps=2).edit_latent(latent, **PROMPTS).latent
+        with _plus(tiny_backbone, lora, Performance(compile=True, compile_backend="eager"), steps=2) as editor:
+            compiled = editor.edit_latent(latent, **PROMPTS).latent
+        assert tiny_backbone.gradient_checkpointing
+    finally:
+        tiny_backbone.gradient_checkpointing = False
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    assert dynamo.breaks() == []
+
+
 def test_a_predictor_that_cannot_be_made_leaves_no_hooks_and_no_checkpointing(tiny_backbone, lora, latent, monkeypatch):
     monkeypatch.setattr(type(tiny_backbone.denoiser), "_supports_gradient_checkpointing", False)
     # it said "leave it off" of checkpointing the user had not switched on, but the preset had
