@@ -64,7 +64,7 @@ def add_personalize_parser(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--crop-seconds", type=float, help="training crop length (default: by backbone)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--checkpoint-dir", type=path_option, help="save the training state here")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default: 50)")
     parser.add_argument(
         "--keep-checkpoints", type=int, default=2, help="newest checkpoints of this run to keep (default: 2; 0 keeps all)"
     )
