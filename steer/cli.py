@@ -29,7 +29,7 @@ import torch
 
 from backbones import load_backbone
 from backbones.auto import TINY, backbone_family, repo_shaped
-from backbones.mel import to_mono
+from backbones.mel import resample, to_mono
 from backbones.saving import check_can_be_folder
 from steer.data._files import atomic_write_text, model_source_problem
 
@@ -967,7 +967,6 @@ def _eval_reports(folders: list[Path], out: Path | None, overwrite: bool) -> lis
 
 
 def _plot(args: argparse.Namespace) -> None:
-    import torchaudio.functional
     from matplotlib.backend_bases import FigureCanvasBase
 
     from steer.metrics.functional import SCORING_RATE  # the picture's rate too (its mel and CQT: 16 kHz)
@@ -982,10 +981,10 @@ def _plot(args: argparse.Namespace) -> None:
         )
     source, edit = load_audio(args.source), load_audio(args.edit)
     # each straight to the picture's rate: the edit through the source's rate lost (or, from a
-    # low one, aliased) what lies above that rate's band
+    # low one, aliased) what lies above that rate's band; a constant clip stays constant (silent)
     clips = {
-        f"source: {args.source.name}": torchaudio.functional.resample(source.waveform, source.sample_rate, SCORING_RATE),
-        f"edit: {args.edit.name}": torchaudio.functional.resample(edit.waveform, edit.sample_rate, SCORING_RATE),
+        f"source: {args.source.name}": resample(source.waveform, source.sample_rate, SCORING_RATE),
+        f"edit: {args.edit.name}": resample(edit.waveform, edit.sample_rate, SCORING_RATE),
     }
     plot_comparison(clips, SCORING_RATE, args.output, title=args.title)
     print(f"wrote {args.output}")

@@ -184,6 +184,18 @@ def test_an_edit_is_resampled_straight_to_the_pictures_rate(tmp_path, monkeypatc
     torch.testing.assert_close(seen[1], expected, rtol=0, atol=1e-4)  # 16-bit file: 3e-5 steps
 
 
+def test_a_constant_clip_at_another_rate_is_drawn_silent(tmp_path, monkeypatch):
+    """torchaudio's resampling ramps a constant clip's ends (its filter pads with zeros): a
+    0.3 DC edit at 44.1 kHz got a melody line and no "silent" warning, which it gets at 16 kHz."""
+    seen = _drawn(monkeypatch)
+    sf.write(tmp_path / "src.wav", _tone(440, 88200, 44100), 44100)
+    sf.write(tmp_path / "dc.wav", np.full(88200, 0.3, np.float32), 44100)
+    with pytest.warns(RuntimeWarning, match=r"^clip 'edit: dc.wav' is silent: it has no melody line$"):
+        assert main(["plot", str(tmp_path / "src.wav"), str(tmp_path / "dc.wav"), "-o", str(tmp_path / "cmp.png")]) == 0
+    [(titles, [_, edit_lines])] = seen
+    assert titles[1].endswith("(silent: no melody line)") and list(edit_lines) == ["source: src.wav"]
+
+
 def test_names_and_titles_are_drawn_as_written(tmp_path, monkeypatch):
     """matplotlib read "$...$" in them as math: "take$\\alpha_1$.wav" was drawn "takeα₁.wav", and
     an unknown symbol stopped the plot with a parser's error naming neither."""
