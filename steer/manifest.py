@@ -68,8 +68,8 @@ def _item(raw: Any, where: str, folder: Path) -> EditItem:
             raise ValueError(f"{where}: field {name!r} must be a non-empty string")
     if not _ID.fullmatch(raw["id"]):
         raise ValueError(
-            f"{where}: field 'id' {raw['id']!r} must be a file name: letters, digits, '.', '_' "
-            "and '-', not starting with '.'"
+            f"{where}: field 'id' {raw['id']!r} must be a file name: ASCII letters (a-z, A-Z), "
+            "digits, '.', '_' and '-', not starting with '.'"
         )
     if len(raw["id"]) > MAX_ID_LENGTH:
         raise ValueError(

@@ -64,6 +64,8 @@ GOOD = {"id": "a", "audio": "a.wav", "source": "x", "target": "y"}
         (json.dumps({**GOOD, "source": " "}), "field 'source' must be a non-empty string"),
         (json.dumps({**GOOD, "concept": 3}), "field 'concept' must be a non-empty string"),
         (json.dumps({**GOOD, "id": "../a"}), "field 'id' '../a' must be a file name"),
+        # "letters" it said, and refused the letter ü
+        (json.dumps({**GOOD, "id": "gitarre-ü"}), "field 'id' 'gitarre-ü' must be a file name: ASCII letters (a-z, A-Z), digits"),
         (json.dumps({**GOOD, "id": "a" * 252}), "field 'id' is 252 characters long, too long for a file name"),
         (json.dumps(GOOD), "field 'id' 'a' is already used at"),
         ('{"id": "b", "audio": "a.wav", "source": "x", "target": "y", "id": "c"}', "field 'id' is given twice: keep one"),
