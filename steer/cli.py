@@ -738,6 +738,7 @@ def _run_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             if item.concept in configs and item.id not in problems:
                 if problem := _family_problem(configs[item.concept], args.backbone):
                     problems[item.id] = problem
+        check_outputs(items, args.out)  # first: _check_items took a source clip for a foreign wav
         warning = _check_items(items, problems, args.out, args.overwrite)
         for line in (warning, note):
             if line and state.is_main_process:
@@ -748,7 +749,6 @@ def _run_holding(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             check_batch_size(args.batch_size)
         except ValueError as error:
             raise UsageError(f"--batch-size: {error}") from error
-        check_outputs(items, args.out)
         _check_run_summary(args.out, args.overwrite)
         metrics = _run_metrics(names, args.clap_model, device)
         _make_folder(args.out, "--out")

@@ -392,6 +392,20 @@ def test_outputs_that_cannot_be_written_are_refused_before_a_model_loads(wav, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
 
 
+def test_steer_run_into_the_clips_folder_names_the_source_clip_it_would_replace(wav, capsys, no_model_loads):
+    """The item's own source clip was taken for a wav another program wrote: "move it away ... or
+    --overwrite", and --overwrite was then refused for another reason."""
+    manifest = wav.parent / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": wav.stem, "audio": wav.name, "source": "a piano", "target": "a violin"}) + "\n")
+    before = wav.read_bytes()
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["run", str(manifest), "--out", str(wav.parent), "--backbone", "tiny", "--device", "cpu", *overwrite]) == 2
+        assert capsys.readouterr().err == (
+            f"steer: error: item {wav.stem!r} would write its edit to {wav.resolve()}, its own source clip: pass another --out\n"
+        )
+    assert wav.read_bytes() == before
+
+
 @linux
 def test_steer_run_refuses_an_out_it_cannot_create_before_a_model_loads(wav, tmp_path, capsys, no_model_loads):
     manifest = tmp_path / "manifest.jsonl"
