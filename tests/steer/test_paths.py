@@ -16,6 +16,7 @@ from backbones import load_backbone
 from losses import FeatureRequest, NoiseRequest
 from losses.functional import dds_gradient, patch_nce_sum
 from steer import SteerMusic, SteerMusicPlus
+from steer.editor import _any_nonfinite
 from steer.performance import CastOnce, Performance
 from steer.predictions import Predictor
 
@@ -264,7 +265,8 @@ def test_compiled_calls_return_pcon_features_and_keep_their_graphs(tiny_backbone
         graphs, calls = _COMPILED["graphs"], _COMPILED["calls"]
         assert graphs > 0 and calls >= 2 * 2  # ε' with features and ε with features, each step
         assert dynamo.breaks() == []  # ε′'s adapter switching is traced too
-        assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum}  # the losses' maths too
+        # the losses' maths too, and the check for predictions that are not finite
+        assert set(editor._compiled.functions) == {dds_gradient, patch_nce_sum, _any_nonfinite}
         assert _hooks(tiny_backbone) > hooks  # the taps stay between edits
         longer = dict(source="a soft piano melody", target="a sks guitar melody, fast")  # 21 and 27 tokens against 16 and 21
         editor.edit_latent(latent, seed=6, **longer)
@@ -295,7 +297,8 @@ def test_a_compiled_editor_traces_new_clip_lengths_a_bounded_number_of_times(dyn
         graphs.append(dynamo.graphs())
     editor.close()
     assert dynamo.breaks() == []
-    assert graphs == [2, 4, 5, 5, 5], graphs  # the UNet's call and the DDS gradient, then the UNet's again
+    # the UNet's call, the DDS gradient and the non-finite check, then the UNet's again
+    assert graphs == [3, 6, 7, 7, 7], graphs
 
 
 @pytest.mark.slow
@@ -314,7 +317,7 @@ def test_a_compiled_steermusic_plus_editor_reads_features_of_a_new_clip_length(t
         graphs.append(dynamo.graphs())
     editor.close()
     assert dynamo.breaks() == []
-    assert graphs == [4, 8], graphs
+    assert graphs == [5, 10], graphs  # ε's and ε′'s calls, DDS, PCon and the non-finite check
 
 
 def test_compiled_predictors_count_their_recompilations_apart(dynamo):
@@ -361,9 +364,10 @@ def test_compiled_steps_after_an_edits_first_skip_the_guards_on_the_model(analyt
     performance = Performance(compile=True, compile_backend="eager", guards=guards)
     compiled = SteerMusic(backbone, steps=3, performance=performance)
     torch.testing.assert_close(edit(compiled, 1.0, then=2.0), unchanged if guards == "first-step" else changed)
-    assert dynamo.graphs() == (2 if guards == "first-step" else 3)  # the call, retraced for the new gain; the DDS maths
+    # the call, retraced for the new gain; the DDS maths; the check for non-finite predictions
+    assert dynamo.graphs() == (3 if guards == "first-step" else 4)
     torch.testing.assert_close(edit(compiled, 2.0), doubled)  # the next edit's first step sees it
-    assert dynamo.graphs() == 3
+    assert dynamo.graphs() == 4
     compiled.close()
 
 
