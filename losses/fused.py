@@ -79,10 +79,20 @@ def noise_pair(x: Tensor, x_src: Tensor, noise: Tensor, alpha_bar: Tensor) -> tu
 
     Returns:
         ``(x_t, x_src_t)``, each shaped like ``x``; x_src_t carries no gradient.
+
+    Raises:
+        ValueError: for latents of other shapes, or not float32 (the kernel's square roots take
+            float32; the editor's latents are float32).
     """
     if not x.shape == x_src.shape == noise.shape or alpha_bar.shape != x.shape[:1]:
         raise ValueError(
             f"noise_pair needs x, x_src and noise of one shape and alpha_bar (B,), got "
             f"{tuple(x.shape)}, {tuple(x_src.shape)}, {tuple(noise.shape)}, {tuple(alpha_bar.shape)}"
+        )
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in (x, x_src, noise)}
+    if dtypes != {"float32"}:
+        raise ValueError(
+            f"noise_pair takes float32 latents, got {', '.join(sorted(dtypes))}: pass x.float() (and the "
+            "same for x_src and noise), or use Backbone.add_noise"
         )
     return _NoisePair.apply(x, x_src, noise, alpha_bar)

@@ -211,6 +211,17 @@ _INTERPRETED = textwrap.dedent(
 )
 
 
+def test_the_noise_kernel_refuses_latents_that_are_not_float32():
+    """It failed inside Triton with "Expected dtype ['fp32', 'fp64'] but got fp16"."""
+    from losses.fused import noise_pair
+
+    x = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match=r"^noise_pair takes float32 latents, got float16, float32: pass x.float\(\)"):
+        noise_pair(x.half(), x, x, torch.ones(2))
+    with pytest.raises(ValueError, match="got bfloat16:"):
+        noise_pair(x.bfloat16(), x.bfloat16(), x.bfloat16(), torch.ones(2))
+
+
 def test_triton_noise_kernel_computes_add_noise_in_the_interpreter():
     pytest.importorskip("triton", reason="triton is not installed")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
