@@ -47,7 +47,7 @@ class Audio:
             raise TypeError(f"Audio's waveform must be a torch.Tensor, got {type(waveform).__name__}: "
                             "wrap a NumPy array with torch.from_numpy")
         if not waveform.is_floating_point():
-            raise ValueError(f"Audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: {_fix(waveform)}")
+            raise ValueError(f"Audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: {float_samples_fix(waveform)}")
         if not 1 <= waveform.dim() <= 3:
             raise ValueError(f"Audio's waveform must be (channels, samples), got shape {tuple(waveform.shape)}")
         if waveform.numel() == 0:
@@ -68,7 +68,7 @@ class Audio:
         return self.waveform.shape[-1] / self.sample_rate
 
 
-def _fix(waveform: Tensor) -> str:
+def float_samples_fix(waveform: Tensor) -> str:
     """How to make a waveform of a dtype that is not floating point one that is."""
     if waveform.is_complex():
         return "a recording is real: pass its real part (waveform.real) or its magnitude"
@@ -247,7 +247,7 @@ def save_audio(
         raise TypeError(f"save_audio's waveform must be a torch.Tensor, got {type(waveform).__name__}: "
                         "wrap a NumPy array with torch.from_numpy")
     if not waveform.is_floating_point():  # as Audio: int16 samples were clipped to ±1
-        raise ValueError(f"save_audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: {_fix(waveform)}")
+        raise ValueError(f"save_audio's waveform must be floating point in [-1, 1], got {waveform.dtype}: {float_samples_fix(waveform)}")
     data = waveform.detach().float().cpu()
     if data.dim() == 1:
         data = data[None]

@@ -10,6 +10,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from backbones.mel import to_mono
+from steer.audio import float_samples_fix
 
 __all__ = ["AudioPairMetric", "PerClipMetric"]
 
@@ -69,6 +70,10 @@ class AudioPairMetric(Metric):
         if not isinstance(waveform, Tensor) or waveform.ndim not in (2, 3):
             shape = tuple(waveform.shape) if isinstance(waveform, Tensor) else type(waveform).__name__
             raise ValueError(f"{name} must be a (B, samples) or (B, channels, samples) tensor, got {shape}")
+        if not waveform.is_floating_point():  # integer PCM, unscaled, changed CLAP's scores
+            raise ValueError(
+                f"{name} must hold floating-point samples in [-1, 1], got {waveform.dtype}: {float_samples_fix(waveform)}"
+            )
         if waveform.shape[0] == 0:
             raise ValueError(f"{name} holds no clips (shape {tuple(waveform.shape)}): pass at least one clip")
         if waveform.shape[-1] == 0:

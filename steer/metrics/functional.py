@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torchaudio.functional
 
+from steer.audio import float_samples_fix
+
 CQT_SAMPLE_RATE = 16000
 #: samples between CQT frames at :data:`CQT_SAMPLE_RATE` (32 ms)
 CQT_HOP = 512
@@ -104,6 +106,11 @@ def _too_short(what: str, samples: int, shortest: int, sample_rate: int) -> str:
 def _as_tensor(waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(waveform, np.ndarray):
         waveform = torch.from_numpy(np.ascontiguousarray(waveform))
+    if not waveform.is_floating_point():  # integer PCM, unscaled, is 32768 times too loud
+        raise ValueError(
+            f"a waveform must hold floating-point samples in [-1, 1], got {waveform.dtype}: "
+            f"{float_samples_fix(waveform)}"
+        )
     return waveform.detach().float()
 
 

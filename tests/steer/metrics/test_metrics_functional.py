@@ -219,6 +219,17 @@ def test_an_empty_batch_is_refused_naming_the_shape(metric):
         metric(sample_rate=SR).update(torch.zeros(0, 2000), torch.zeros(0, 2000))
 
 
+@pytest.mark.parametrize("metric", [CQT1PCC, LogMelDistance])
+def test_integer_pcm_is_refused_with_the_scaling_that_fixes_it(metric):
+    """int16 samples were taken as floats 32768 times too loud: CLAP-based scores moved (one went
+    from -0.25 to 0.06), and a stereo int16 clip failed inside torch's mean."""
+    pcm = torch.full((1, 2, 2000), 1000, dtype=torch.int16)
+    with pytest.raises(ValueError, match=r"^edited must hold floating-point samples in \[-1, 1\], got torch.int16: divide 16-bit samples by 32768"):
+        metric(sample_rate=SR).update(pcm, pcm.float() / 32768)
+    with pytest.raises(ValueError, match=r"^a waveform must hold floating-point samples in \[-1, 1\], got torch.int16: divide 16-bit"):
+        cqt1_pcc(pcm[0, 0].numpy(), pcm[0, 0].numpy() / 32768, sample_rate=SR)
+
+
 def test_lpaps_distance_takes_features_on_two_devices():
     """An edit's features on one device and its source's on another met in one subtraction
     ("Expected all tensors to be on the same device"); the meta device stands in for a GPU."""
